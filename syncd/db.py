@@ -1,0 +1,173 @@
+"""Database access: engines, session settings, error classes by errno, validated table names.
+
+Every connection syncd opens goes through :func:`make_engine`, so every session has the same,
+explicit settings (gh-ost style): a WordPress-compatible ``sql_mode``, UTC ``time_zone``,
+utf8mb4, READ COMMITTED, and a short ``innodb_lock_wait_timeout`` so that when syncd and a
+checkout want the same row, syncd is the one that gives up and retries.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine, make_url
+
+# MySQL/MariaDB error numbers syncd reacts to. Classified by number, never by message text.
+ER_LOCK_WAIT_TIMEOUT = 1205
+ER_LOCK_DEADLOCK = 1213
+ER_NO_SUCH_TABLE = 1146
+ER_BAD_DB_ERROR = 1049
+ER_ACCESS_DENIED = 1045
+ER_DBACCESS_DENIED = 1044
+ER_TABLEACCESS_DENIED = 1142
+ER_SPECIFIC_ACCESS_DENIED = 1227
+ER_OPTION_PREVENTS_STATEMENT = 1290  # e.g. --read-only
+ER_CANT_LOCK_READ_ONLY = 1792
+ER_SERVER_SHUTDOWN = 1053
+ER_QUERY_INTERRUPTED = 1317
+ER_CONNECTION_KILLED = 1927  # MariaDB
+CR_CONN_HOST_ERROR = 2003
+CR_CONNECTION_ERROR = 2002
+CR_SERVER_GONE = 2006
+CR_SERVER_LOST = 2013
+ER_CLIENT_INTERACTION_TIMEOUT = 4031  # MySQL 8: client disconnected by the server
+
+#: A batch that failed with one of these is rolled back and retried as a whole: nothing of it
+#: was applied, and its change rows are still there.
+RETRY_BATCH = frozenset({ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK})
+#: The connection is gone: reconnect (with capped backoff), then retry the batch.
+RECONNECT = frozenset(
+    {
+        CR_SERVER_GONE,
+        CR_SERVER_LOST,
+        CR_CONN_HOST_ERROR,
+        CR_CONNECTION_ERROR,
+        ER_SERVER_SHUTDOWN,
+        ER_QUERY_INTERRUPTED,
+        ER_CONNECTION_KILLED,
+        ER_CLIENT_INTERACTION_TIMEOUT,
+    }
+)
+#: The server refuses writes for now (read-only); wait and retry, the shop is not ours to fix.
+READ_ONLY = frozenset({ER_OPTION_PREVENTS_STATEMENT, ER_CANT_LOCK_READ_ONLY})
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_]{1,32}$")
+
+#: sql_mode WordPress's wpdb leaves in force: it strips the STRICT and related modes, so
+#: arithmetic on a '' meta_value warns instead of failing. syncd validates values itself
+#: before any arithmetic, so the mode only has to match what WordPress writes under.
+WORDPRESS_SQL_MODE = "NO_ENGINE_SUBSTITUTION"
+
+
+class PrefixError(ValueError):
+    """A table prefix that is not a plain identifier fragment."""
+
+
+def validate_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it may be pasted into a table name, else raise PrefixError.
+
+    Table names are the only thing syncd ever formats into SQL text; they come solely from
+    prefixes that pass this check (letters, digits, underscore), never from data.
+    """
+    if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
+        raise PrefixError(
+            f"table prefix {prefix!r} is not valid: expected 1-32 characters of A-Z, a-z, 0-9 or _"
+        )
+    return prefix
+
+
+def table(prefix: str, name: str) -> str:
+    """Backquoted table name ``prefix + name``; ``name`` is a constant of syncd's own code."""
+    if not re.fullmatch(r"[a-z0-9_]+", name):
+        raise ValueError(f"bad table suffix {name!r}")
+    return f"`{validate_prefix(prefix)}{name}`"
+
+
+def errno_of(exc: BaseException) -> int | None:
+    """The MySQL errno behind a (SQLAlchemy-wrapped) driver exception, if any."""
+    orig = getattr(exc, "orig", exc)
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int):
+        return args[0]
+    return None
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True when the whole batch should be rolled back and tried again."""
+    code = errno_of(exc)
+    return code in RETRY_BATCH or code in RECONNECT or code in READ_ONLY or _is_disconnect(exc)
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """True when the connection is unusable and must be replaced."""
+    code = errno_of(exc)
+    return code in RECONNECT or _is_disconnect(exc)
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    return bool(getattr(exc, "connection_invalidated", False))
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    lock_wait_timeout: int = 1
+    isolation: str = "READ COMMITTED"
+    apply_marker: bool = False  # set @syncd_apply=1 so capture triggers ignore this session
+
+
+def redact_url(url: str | URL) -> str:
+    """The URL as text with any password replaced by ***, for logs and messages."""
+    try:
+        u = make_url(url) if isinstance(url, str) else url
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown without its credentials part
+        return re.sub(r"//[^@/]*@", "//***@", str(url))
+    return u.render_as_string(hide_password=True)
+
+
+def make_engine(url: str | URL, settings: SessionSettings | None = None, **kw: Any) -> Engine:
+    """An Engine whose every new connection gets syncd's explicit session settings."""
+    settings = settings or SessionSettings()
+    u = make_url(url) if isinstance(url, str) else url
+    if u.get_backend_name() != "mysql":
+        raise ValueError(f"database url must be mysql+pymysql://..., got {redact_url(u)}")
+    if u.drivername != "mysql+pymysql":
+        u = u.set(drivername="mysql+pymysql")
+    query = dict(u.query)
+    query.setdefault("charset", "utf8mb4")
+    u = u.set(query=query)
+    connect_args = {"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30, "autocommit": False}
+    connect_args.update(kw.pop("connect_args", {}))
+    engine = sa.create_engine(
+        u,
+        connect_args=connect_args,
+        pool_pre_ping=True,
+        pool_size=kw.pop("pool_size", 2),
+        max_overflow=kw.pop("max_overflow", 4),
+        pool_recycle=kw.pop("pool_recycle", 3600),
+        isolation_level=settings.isolation.replace(" ", "_") if settings.isolation else None,
+        **kw,
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _session_setup(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute(
+                "SET SESSION sql_mode = %s, time_zone = '+00:00', innodb_lock_wait_timeout = %s",
+                (WORDPRESS_SQL_MODE, int(settings.lock_wait_timeout)),
+            )
+            if settings.apply_marker:
+                cur.execute("SET @syncd_apply = 1")
+        finally:
+            cur.close()
+
+    return engine
+
+
+def server_info(conn: sa.Connection) -> dict[str, Any]:
+    """Version and flavour of the server behind ``conn``."""
+    version = conn.exec_driver_sql("SELECT VERSION()").scalar_one()
+    return {"version": version, "flavor": "mariadb" if "mariadb" in version.lower() else "mysql"}
