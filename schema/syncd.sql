@@ -1,0 +1,84 @@
+-- syncd's own tables. {base} is the network's validated base prefix (e.g. wp_).
+-- Every statement is idempotent (MySQL/MariaDB DDL commits implicitly, so each step must be safe
+-- to re-run); schema.py applies them in order and records the version in {base}syncd_meta.
+-- Statements are separated by lines holding only "-- ;".
+
+-- Key/value state: schema version, trigger version per blog, daemon heartbeat and counters.
+CREATE TABLE IF NOT EXISTS `{base}syncd_meta` (
+  `name` VARCHAR(191) NOT NULL,
+  `value` TEXT NULL,
+  `updated_at` DATETIME(6) NOT NULL,
+  PRIMARY KEY (`name`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+-- ;
+-- One row per captured stock change, written by the capture triggers inside the writer's own
+-- transaction. The daemon deletes exactly the rows it applied, in the apply transaction.
+CREATE TABLE IF NOT EXISTS `{base}syncd_change` (
+  `id` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+  `blog_id` INT UNSIGNED NOT NULL,
+  `post_id` BIGINT UNSIGNED NOT NULL,
+  `meta_key` VARCHAR(64) NOT NULL,
+  `op` CHAR(1) NOT NULL,
+  `old_value` LONGTEXT NULL,
+  `new_value` LONGTEXT NULL,
+  `captured_at` DATETIME(6) NOT NULL,
+  `conn_id` BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  PRIMARY KEY (`id`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+-- ;
+-- Changes that could not be applied safely (kept, never dropped: an operator or reconcile decides).
+CREATE TABLE IF NOT EXISTS `{base}syncd_dead` (
+  `id` BIGINT UNSIGNED NOT NULL,
+  `blog_id` INT UNSIGNED NOT NULL,
+  `post_id` BIGINT UNSIGNED NOT NULL,
+  `meta_key` VARCHAR(64) NOT NULL,
+  `op` CHAR(1) NOT NULL,
+  `old_value` LONGTEXT NULL,
+  `new_value` LONGTEXT NULL,
+  `captured_at` DATETIME(6) NOT NULL,
+  `conn_id` BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  `failed_at` DATETIME(6) NOT NULL,
+  `error` TEXT NOT NULL,
+  PRIMARY KEY (`id`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+-- ;
+-- Link-group membership: which product on which blog is "the same thing" as which on another.
+-- link_key is the SKU's collation weight (WooCommerce compares SKUs by the column collation).
+CREATE TABLE IF NOT EXISTS `{base}syncd_member` (
+  `blog_id` INT UNSIGNED NOT NULL,
+  `post_id` BIGINT UNSIGNED NOT NULL,
+  `link_key` VARBINARY(1024) NOT NULL,
+  `sku` VARCHAR(255) NOT NULL,
+  `post_type` VARCHAR(20) NOT NULL,
+  `product_type` VARCHAR(32) NOT NULL DEFAULT '',
+  `parent_id` BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  `state` VARCHAR(16) NOT NULL DEFAULT 'linked',
+  `refreshed_at` DATETIME(6) NOT NULL,
+  PRIMARY KEY (`blog_id`, `post_id`),
+  KEY `link` (`link_key`(255), `blog_id`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+-- ;
+-- Every applied change: one 'origin' row for the captured change and one 'copy' row per member
+-- written because of it.
+CREATE TABLE IF NOT EXISTS `{base}syncd_history` (
+  `id` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+  `applied_at` DATETIME(6) NOT NULL,
+  `batch_id` BIGINT UNSIGNED NOT NULL,
+  `change_id` BIGINT UNSIGNED NOT NULL,
+  `captured_at` DATETIME(6) NOT NULL,
+  `role` VARCHAR(8) NOT NULL,
+  `blog_id` INT UNSIGNED NOT NULL,
+  `post_id` BIGINT UNSIGNED NOT NULL,
+  `sku` VARCHAR(255) NOT NULL DEFAULT '',
+  `link_key` VARBINARY(1024) NULL,
+  `meta_key` VARCHAR(64) NOT NULL,
+  `old_value` VARCHAR(255) NULL,
+  `new_value` VARCHAR(255) NULL,
+  `delta` DECIMAL(30,6) NULL,
+  `origin_blog_id` INT UNSIGNED NOT NULL,
+  `origin_post_id` BIGINT UNSIGNED NOT NULL,
+  PRIMARY KEY (`id`),
+  KEY `sku` (`sku`(64), `applied_at`),
+  KEY `applied_at` (`applied_at`),
+  KEY `change_id` (`change_id`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin

@@ -1,0 +1,70 @@
+"""syncd's own tables: create (idempotently), version, drop.
+
+All state lives in the shop's database under ``{base}syncd_*`` so that applying a batch and
+acknowledging its change rows is one transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from syncd.db import table, validate_prefix
+from syncd.sqlfiles import schema_text, split_statements
+
+SCHEMA_VERSION = 1
+OWN_TABLES = ("syncd_change", "syncd_dead", "syncd_member", "syncd_history", "syncd_meta")
+
+
+def schema_statements(base_prefix: str) -> list[str]:
+    """The DDL of syncd's tables for ``base_prefix`` (pure; golden-tested)."""
+    validate_prefix(base_prefix)
+    return [s.replace("{base}", base_prefix) for s in split_statements(schema_text("syncd.sql"))]
+
+
+def ensure_schema(conn: sa.Connection, base_prefix: str) -> int:
+    """Create missing tables and record the schema version. Safe to run any number of times."""
+    for stmt in schema_statements(base_prefix):
+        conn.exec_driver_sql(stmt)
+    set_meta(conn, base_prefix, "schema_version", str(SCHEMA_VERSION))
+    conn.commit()
+    return SCHEMA_VERSION
+
+
+def drop_schema(conn: sa.Connection, base_prefix: str, *, keep_history: bool = False) -> list[str]:
+    """Drop syncd's tables (never a WooCommerce table). Returns the tables dropped."""
+    dropped = []
+    for name in OWN_TABLES:
+        if keep_history and name == "syncd_history":
+            continue
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table(base_prefix, name)}")
+        dropped.append(base_prefix + name)
+    conn.commit()
+    return dropped
+
+
+def set_meta(conn: sa.Connection, base_prefix: str, name: str, value: str | None) -> None:
+    conn.execute(
+        sa.text(
+            f"INSERT INTO {table(base_prefix, 'syncd_meta')} (name, value, updated_at) "
+            "VALUES (:n, :v, :t) ON DUPLICATE KEY UPDATE value = VALUES(value), updated_at = VALUES(updated_at)"
+        ),
+        {"n": name, "v": value, "t": datetime.now(UTC).replace(tzinfo=None)},
+    )
+
+
+def get_meta(conn: sa.Connection, base_prefix: str, name: str) -> str | None:
+    return conn.execute(
+        sa.text(f"SELECT value FROM {table(base_prefix, 'syncd_meta')} WHERE name = :n"), {"n": name}
+    ).scalar_one_or_none()
+
+
+def schema_present(conn: sa.Connection, base_prefix: str) -> bool:
+    n = conn.execute(
+        sa.text(
+            "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t"
+        ),
+        {"t": base_prefix + "syncd_change"},
+    ).scalar_one()
+    return bool(n)
