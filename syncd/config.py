@@ -1,0 +1,396 @@
+"""Configuration: one TOML file plus environment overrides, parsed into frozen dataclasses.
+
+Where the file comes from, in order: ``--config PATH``, the environment variable ``SYNCD_CONFIG``,
+then ``/etc/syncd/syncd.toml``. Secrets can stay out of the file: ``SYNCD_DATABASE_URL`` replaces
+``database.url`` and ``SYNCD_DATABASE_PASSWORD`` injects only the password into it.
+
+Every value is checked here, once, so the rest of syncd can trust it. A bad value fails with a
+:class:`ConfigError` that names the file, the key (``sync.batch_size``) and the form expected;
+unknown sections and keys are errors too, because a misspelt key silently falling back to its
+default is the kind of mistake nobody notices until stock goes wrong.
+
+This module does no I/O besides reading the file: no logging, and no connection is opened here
+(:meth:`DatabaseConfig.make_engine` only builds the engine).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import URL, Engine, make_url
+
+from syncd.db import PrefixError, SessionSettings, make_engine, redact_url, validate_prefix
+
+DEFAULT_CONFIG_PATH = "/etc/syncd/syncd.toml"
+ENV_CONFIG = "SYNCD_CONFIG"
+ENV_DATABASE_URL = "SYNCD_DATABASE_URL"
+ENV_DATABASE_PASSWORD = "SYNCD_DATABASE_PASSWORD"
+
+CAPTURE_MODES = ("auto", "trigger", "poll")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("auto", "console", "json", "journal")
+
+
+class ConfigError(ValueError):
+    """The configuration is missing or invalid. ``key`` is the dotted key at fault, if any."""
+
+    def __init__(self, message: str, *, key: str | None = None, source: str | None = None) -> None:
+        self.key = key
+        self.source = source
+        self.detail = message
+        parts = [p for p in (source, key) if p]
+        super().__init__(": ".join([*parts, message]))
+
+
+# --------------------------------------------------------------------------- the dataclasses
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = field(repr=False)  # holds the password: never in repr(), logs use Config.redacted()
+    table_prefix: str = "wp_"
+    lock_wait_timeout: int = 1
+    connect_timeout: float = 5.0
+
+    def make_engine(self, *, apply_marker: bool = False, **kw: Any) -> Engine:
+        """An engine for this database with syncd's session settings (see :func:`syncd.db.make_engine`)."""
+        settings = SessionSettings(lock_wait_timeout=self.lock_wait_timeout, apply_marker=apply_marker)
+        connect_args = {"connect_timeout": self.connect_timeout, **kw.pop("connect_args", {})}
+        return make_engine(self.url, settings, connect_args=connect_args, **kw)
+
+    @property
+    def sa_url(self) -> URL:
+        return make_url(self.url)
+
+    @property
+    def user(self) -> str:
+        return self.sa_url.username or ""
+
+    @property
+    def server(self) -> str:
+        """Where the server is, for messages: host:port or the unix socket path."""
+        u = self.sa_url
+        sock = u.query.get("unix_socket")
+        if sock:
+            return str(sock if isinstance(sock, str) else sock[0])
+        return f"{u.host or 'localhost'}:{u.port or 3306}"
+
+    @property
+    def database(self) -> str:
+        return self.sa_url.database or ""
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    mode: str = "auto"
+    poll_interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    batch_size: int = 500
+    idle_wait: float = 0.01
+    exclude_skus: tuple[str, ...] = ()
+    discovery_interval: float = 30.0
+    install_triggers: bool = True
+
+    def sku_excluded(self, sku: str) -> bool:
+        """True when ``sku`` equals one of ``exclude_skus`` or matches one as a glob (case-sensitive)."""
+        return any(sku == pat or fnmatch.fnmatchcase(sku, pat) for pat in self.exclude_skus)
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    retention_days: int = 30
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "auto"
+
+
+@dataclass(frozen=True)
+class BlogsConfig:
+    include: tuple[int, ...] | None = None  # None = every blog
+    exclude: tuple[int, ...] = ()
+
+    def selects(self, blog_id: int) -> bool:
+        """Whether the configuration lets syncd work on ``blog_id`` (exclude wins over include)."""
+        if blog_id in self.exclude:
+            return False
+        return self.include is None or blog_id in self.include
+
+
+@dataclass(frozen=True)
+class Config:
+    database: DatabaseConfig
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    blogs: BlogsConfig = field(default_factory=BlogsConfig)
+    source: str | None = None  # the file this came from (None: built in code / environment only)
+
+    def redacted(self) -> dict[str, Any]:
+        """Everything as plain data with the database password removed: safe for the start-up log line."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        out["database"]["url"] = redact_url(self.database.url)
+        for section in out.values():
+            if isinstance(section, dict):
+                for k, v in section.items():
+                    if isinstance(v, tuple):
+                        section[k] = list(v)
+        return out
+
+    def with_log(self, level: str | None = None, fmt: str | None = None) -> Config:
+        """A copy with command-line log overrides applied (validated like the file's values)."""
+        data = {
+            "level": self.log.level if level is None else level,
+            "format": self.log.format if fmt is None else fmt,
+        }
+        return dataclasses.replace(self, log=_parse_log(data, "log"))
+
+
+# --------------------------------------------------------------------------- loading
+def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] = os.environ) -> Config:
+    """Read and validate the configuration (file chosen as described in the module docstring)."""
+    explicit = path if path is not None else env.get(ENV_CONFIG) or None
+    file = Path(explicit) if explicit is not None else Path(DEFAULT_CONFIG_PATH)
+    source = str(file)
+    if not file.exists():
+        if explicit is None and env.get(ENV_DATABASE_URL):
+            # No file at the default place, but the environment says where the database is: run on
+            # defaults (containers and quick tries need no file at all).
+            return parse_config({}, env=env, source=None)
+        if explicit is None:
+            hint = f" (give --config PATH, set {ENV_CONFIG}, or set {ENV_DATABASE_URL} to run without a file)"
+        else:
+            hint = ""
+        raise ConfigError(f"configuration file not found{hint}", source=source)
+    try:
+        with file.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", source=source) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror or exc}", source=source) from None
+    return parse_config(data, env=env, source=source)
+
+
+def parse_config(
+    data: Mapping[str, Any], *, env: Mapping[str, str] | None = None, source: str | None = None
+) -> Config:
+    """Validate an already-parsed TOML document (and the environment overrides) into a :class:`Config`."""
+    env = {} if env is None else env
+    try:
+        unknown = sorted(set(data) - set(_SECTIONS))
+        if unknown:
+            raise ConfigError(
+                f"unknown section [{unknown[0]}]; known sections: {', '.join(_SECTIONS)}", key=unknown[0]
+            )
+        sections: dict[str, Any] = {}
+        for name, parser in _SECTIONS.items():
+            raw = data.get(name, {})
+            if not isinstance(raw, Mapping):
+                raise ConfigError(f"expected a table [{name}], got {_show(raw)}", key=name)
+            sections[name] = parser(raw, env) if name == "database" else parser(raw, name)
+        return Config(**sections, source=source)
+    except ConfigError as exc:
+        if exc.source is None and source is not None:
+            raise ConfigError(exc.detail, key=exc.key, source=source) from None
+        raise
+
+
+def config_for(url: str, table_prefix: str = "wp_", **sections: Mapping[str, Any]) -> Config:
+    """A validated Config built in code (tests, demo): ``config_for(url, sync={"batch_size": 10})``."""
+    data: dict[str, Any] = {name: dict(values) for name, values in sections.items()}
+    data.setdefault("database", {})
+    data["database"] = {"url": url, "table_prefix": table_prefix, **data["database"]}
+    return parse_config(data, env={})
+
+
+# --------------------------------------------------------------------------- sections
+def _parse_database(raw: Mapping[str, Any], env: Mapping[str, str]) -> DatabaseConfig:
+    _check_keys("database", raw, ("url", "table_prefix", "lock_wait_timeout", "connect_timeout"))
+    url_text = env.get(ENV_DATABASE_URL) or raw.get("url")
+    key = "database.url" if not env.get(ENV_DATABASE_URL) else ENV_DATABASE_URL
+    if url_text is None:
+        raise ConfigError(
+            f"is required: a SQLAlchemy URL such as mysql+pymysql://syncd:PASSWORD@127.0.0.1:3306/wordpress "
+            f"(or set {ENV_DATABASE_URL})",
+            key="database.url",
+        )
+    if not isinstance(url_text, str) or not url_text.strip():
+        raise ConfigError(f"expected a URL string, got {_show(url_text)}", key=key)
+    url = _parse_url(url_text.strip(), key)
+    password = env.get(ENV_DATABASE_PASSWORD)
+    if password is not None:
+        url = url.set(password=password)
+    prefix = raw.get("table_prefix", "wp_")
+    try:
+        validate_prefix(prefix)
+    except PrefixError:
+        raise ConfigError(
+            f"expected the network's base table prefix (1-32 of A-Z a-z 0-9 _, like 'wp_'), got {_show(prefix)}",
+            key="database.table_prefix",
+        ) from None
+    return DatabaseConfig(
+        url=url.render_as_string(hide_password=False),
+        table_prefix=prefix,
+        lock_wait_timeout=_int(raw, "database", "lock_wait_timeout", 1, lo=1, hi=3600),
+        connect_timeout=_number(raw, "database", "connect_timeout", 5.0, lo=0.1, hi=3600),
+    )
+
+
+def _parse_url(text: str, key: str) -> URL:
+    expected = "mysql+pymysql://USER:PASSWORD@HOST:PORT/DATABASE (unix socket: ?unix_socket=/path)"
+    try:
+        url = make_url(text)
+    except Exception:  # noqa: BLE001 - SQLAlchemy raises several types for a malformed URL
+        # The text may hold a password: never echo it.
+        raise ConfigError(f"is not a valid URL; expected {expected}", key=key) from None
+    if url.get_backend_name() != "mysql" or url.get_driver_name() not in ("pymysql", "mysqldb"):
+        raise ConfigError(f"expected {expected}, got {redact_url(url)}", key=key)
+    if url.drivername != "mysql+pymysql":
+        url = url.set(drivername="mysql+pymysql")
+    if not url.database:
+        raise ConfigError(f"names no database; expected {expected}", key=key)
+    if not url.host and "unix_socket" not in url.query:
+        raise ConfigError(f"names no host and no ?unix_socket=; expected {expected}", key=key)
+    return url
+
+
+def _parse_capture(raw: Mapping[str, Any], section: str) -> CaptureConfig:
+    _check_keys(section, raw, ("mode", "poll_interval"))
+    return CaptureConfig(
+        mode=_choice(raw, section, "mode", "auto", CAPTURE_MODES),
+        poll_interval=_number(raw, section, "poll_interval", 1.0, lo=0.01, hi=3600),
+    )
+
+
+def _parse_sync(raw: Mapping[str, Any], section: str) -> SyncConfig:
+    _check_keys(
+        section, raw, ("batch_size", "idle_wait", "exclude_skus", "discovery_interval", "install_triggers")
+    )
+    skus = raw.get("exclude_skus", [])
+    if not isinstance(skus, list) or not all(isinstance(s, str) and s != "" for s in skus):
+        raise ConfigError(
+            f"expected a list of non-empty SKU strings or glob patterns (['GIFT-*']), got {_show(skus)}",
+            key=f"{section}.exclude_skus",
+        )
+    return SyncConfig(
+        batch_size=_int(raw, section, "batch_size", 500, lo=1, hi=100_000),
+        idle_wait=_number(raw, section, "idle_wait", 0.01, lo=0.0, hi=60),
+        exclude_skus=tuple(skus),
+        discovery_interval=_number(raw, section, "discovery_interval", 30.0, lo=1, hi=86_400),
+        install_triggers=_bool(raw, section, "install_triggers", True),
+    )
+
+
+def _parse_history(raw: Mapping[str, Any], section: str) -> HistoryConfig:
+    _check_keys(section, raw, ("retention_days",))
+    return HistoryConfig(retention_days=_int(raw, section, "retention_days", 30, lo=1, hi=36_500))
+
+
+def _parse_log(raw: Mapping[str, Any], section: str) -> LogConfig:
+    _check_keys(section, raw, ("level", "format"))
+    level = raw.get("level", "info")
+    if isinstance(level, str):
+        level = level.lower()
+    return LogConfig(
+        level=_choice({"level": level}, section, "level", "info", LOG_LEVELS),
+        format=_choice(raw, section, "format", "auto", LOG_FORMATS),
+    )
+
+
+def _parse_blogs(raw: Mapping[str, Any], section: str) -> BlogsConfig:
+    _check_keys(section, raw, ("include", "exclude"))
+    include = _blog_ids(raw, section, "include") if "include" in raw else None
+    exclude = _blog_ids(raw, section, "exclude") if "exclude" in raw else ()
+    return BlogsConfig(include=include, exclude=exclude)
+
+
+_SECTIONS = {
+    "database": _parse_database,
+    "capture": _parse_capture,
+    "sync": _parse_sync,
+    "history": _parse_history,
+    "log": _parse_log,
+    "blogs": _parse_blogs,
+}
+
+
+# --------------------------------------------------------------------------- value checks
+def _check_keys(section: str, raw: Mapping[str, Any], known: tuple[str, ...]) -> None:
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"unknown key; [{section}] knows: {', '.join(known)}", key=f"{section}.{key}")
+
+
+def _int(raw: Mapping[str, Any], section: str, key: str, default: int, *, lo: int, hi: int) -> int:
+    value = raw.get(key, default)
+    # bool is an int subclass in Python: `batch_size = true` must not pass as 1.
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(
+            f"expected an integer from {lo} to {hi}, got {_show(value)}", key=f"{section}.{key}"
+        )
+    return value
+
+
+def _number(raw: Mapping[str, Any], section: str, key: str, default: float, *, lo: float, hi: float) -> float:
+    value = raw.get(key, default)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not lo <= value <= hi
+    ):
+        raise ConfigError(
+            f"expected a number of seconds from {lo:g} to {hi:g}, got {_show(value)}", key=f"{section}.{key}"
+        )
+    return float(value)
+
+
+def _bool(raw: Mapping[str, Any], section: str, key: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"expected true or false, got {_show(value)}", key=f"{section}.{key}")
+    return value
+
+
+def _choice(raw: Mapping[str, Any], section: str, key: str, default: str, choices: tuple[str, ...]) -> str:
+    value = raw.get(key, default)
+    if value not in choices:
+        raise ConfigError(
+            f"expected one of {', '.join(repr(c) for c in choices)}, got {_show(value)}",
+            key=f"{section}.{key}",
+        )
+    return value
+
+
+def _blog_ids(raw: Mapping[str, Any], section: str, key: str) -> tuple[int, ...]:
+    value = raw[key]
+    ok = isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
+    )
+    if not ok or len(set(value)) != len(value):
+        raise ConfigError(
+            f"expected a list of distinct blog ids (integers >= 1, like [1, 3]), got {_show(value)}",
+            key=f"{section}.{key}",
+        )
+    return tuple(value)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
