@@ -17,7 +17,7 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_change` (
   `id` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
   `blog_id` INT UNSIGNED NOT NULL,
   `post_id` BIGINT UNSIGNED NOT NULL,
-  `meta_key` VARCHAR(64) NOT NULL,
+  `meta_key` VARCHAR(255) NOT NULL,
   `op` CHAR(1) NOT NULL,
   `old_value` LONGTEXT NULL,
   `new_value` LONGTEXT NULL,
@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_dead` (
   `id` BIGINT UNSIGNED NOT NULL,
   `blog_id` INT UNSIGNED NOT NULL,
   `post_id` BIGINT UNSIGNED NOT NULL,
-  `meta_key` VARCHAR(64) NOT NULL,
+  `meta_key` VARCHAR(255) NOT NULL,
   `op` CHAR(1) NOT NULL,
   `old_value` LONGTEXT NULL,
   `new_value` LONGTEXT NULL,
@@ -58,8 +58,8 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_member` (
   KEY `link` (`link_key`(255), `blog_id`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
 -- ;
--- Every applied change: one 'origin' row for the captured change and one 'copy' row per member
--- written because of it.
+-- Every applied change: one 'origin' row for the captured change, one 'copy' row per member
+-- written because of it, and one 'skipped' row (with the reason in note) per member left alone.
 CREATE TABLE IF NOT EXISTS `{base}syncd_history` (
   `id` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
   `applied_at` DATETIME(6) NOT NULL,
@@ -71,12 +71,13 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_history` (
   `post_id` BIGINT UNSIGNED NOT NULL,
   `sku` VARCHAR(255) NOT NULL DEFAULT '',
   `link_key` VARBINARY(1024) NULL,
-  `meta_key` VARCHAR(64) NOT NULL,
+  `meta_key` VARCHAR(255) NOT NULL,
   `old_value` VARCHAR(255) NULL,
   `new_value` VARCHAR(255) NULL,
   `delta` DECIMAL(30,6) NULL,
   `origin_blog_id` INT UNSIGNED NOT NULL,
   `origin_post_id` BIGINT UNSIGNED NOT NULL,
+  `note` VARCHAR(255) NULL,
   PRIMARY KEY (`id`),
   KEY `sku` (`sku`(64), `applied_at`),
   KEY `applied_at` (`applied_at`),

@@ -1,0 +1,526 @@
+"""Apply: one transaction per batch.
+
+In order, on the apply connection (whose session has ``@syncd_apply`` set, so nothing written
+here is captured again):
+
+1. delete exactly the batch's change rows (by id); if any is already gone, another applier
+   got there first and the batch is abandoned;
+2. refresh the membership of products whose SKU or trash state changed;
+3. resolve the link groups of the changed products;
+4. lock and read, in canonical order (blog, then post id), the stock meta of every product
+   involved, and the posts rows;
+5. plan (pure, :mod:`syncd.plan`);
+6. write quantities (relative updates) and registers, one savepoint per member so that an
+   unsafe member is skipped without losing the others;
+7. recompute WooCommerce's derived data on every touched product, per blog (:mod:`syncd.derived`);
+8. record history.
+
+The caller commits. Any error that is not about one member (deadlock, lock wait timeout, lost
+connection) escapes, the caller rolls back, and nothing of the batch was applied: its change
+rows are still there to be retried.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import sqlalchemy as sa
+import structlog
+
+from syncd import catalog
+from syncd.db import errno_of, is_retryable, table
+from syncd.network import Blog
+from syncd.plan import (
+    BACKORDERS,
+    LOW_STOCK,
+    MANAGE,
+    MEMBERSHIP_KEYS,
+    STATUS,
+    STOCK,
+    Change,
+    Facts,
+    Key,
+    MemberWrite,
+    Note,
+    StockValueError,
+    format_quantity,
+    parse_quantity,
+    plan_batch,
+)
+
+log = structlog.get_logger("syncd.apply")
+
+FACT_KEYS = (STOCK, MANAGE, BACKORDERS, LOW_STOCK, STATUS)
+
+RefreshFn = Callable[..., object]
+
+
+class BatchConflict(RuntimeError):
+    """Some change rows of the batch were already acknowledged by someone else."""
+
+
+@dataclass
+class MetaRow:
+    meta_id: int
+    value: str | None
+
+
+@dataclass
+class ProductRows:
+    """Posts row and locked stock meta rows of one product."""
+
+    exists: bool = False
+    post_status: str = ""
+    post_type: str = ""
+    parent_id: int = 0
+    meta: dict[str, list[MetaRow]] = field(default_factory=dict)
+
+    def value(self, key: str) -> str | None:
+        rows = self.meta.get(key)
+        return rows[0].value if rows else None
+
+    def facts(self) -> Facts:
+        return Facts(
+            exists=self.exists,
+            post_status=self.post_status,
+            manage_stock=self.value(MANAGE),
+            stock=self.value(STOCK),
+            has_stock_row=bool(self.meta.get(STOCK)),
+        )
+
+
+@dataclass
+class HistoryRow:
+    change: Change
+    role: str  # origin | copy | skipped
+    blog_id: int
+    post_id: int
+    sku: str
+    meta_key: str
+    old_value: str | None
+    new_value: str | None
+    delta: Decimal | None
+    note: str | None = None
+
+
+@dataclass
+class BatchResult:
+    batch_id: int
+    changes: int
+    writes: int = 0
+    skipped: int = 0
+    history: list[HistoryRow] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+    derived: dict[int, object] = field(default_factory=dict)
+
+
+_batch_ids = itertools.count(int(datetime.now(UTC).timestamp() * 1000))
+
+
+def new_batch_id() -> int:
+    return next(_batch_ids)
+
+
+class Applier:
+    """Applies batches of captured changes for one network."""
+
+    def __init__(
+        self,
+        base_prefix: str,
+        blogs: Callable[[], Mapping[int, Blog]],
+        refresh: RefreshFn | None = None,
+    ) -> None:
+        self.base = base_prefix
+        self._blogs = blogs
+        if refresh is None:
+            from syncd.derived import refresh_products
+
+            refresh = refresh_products
+        self._refresh = refresh
+
+    # -- the transaction -------------------------------------------------------------------
+
+    def apply(
+        self, conn: sa.Connection, changes: Sequence[Change], batch_id: int | None = None
+    ) -> BatchResult:
+        batch_id = batch_id if batch_id is not None else new_batch_id()
+        result = BatchResult(batch_id=batch_id, changes=len(changes))
+        if not changes:
+            return result
+        self._acknowledge(conn, changes)
+        blogs = self._live_blogs(conn)
+        now = datetime.now(UTC).replace(tzinfo=None)
+
+        # Membership first: a product whose SKU changed, that was trashed, or that syncd has not
+        # seen yet (created since the last discovery) must be grouped before planning.
+        origins = sorted({c.key for c in changes if c.blog_id in blogs})
+        stale = {c.key for c in changes if c.meta_key in MEMBERSHIP_KEYS and c.blog_id in blogs}
+        unknown = set(origins) - catalog.known_members(conn, self.base, origins)
+        for blog_id, posts in _by_blog(stale | unknown).items():
+            self._guarded(
+                blog_id, lambda b=blog_id, p=posts: catalog.refresh_members(conn, self.base, blogs[b], p)
+            )
+        groups = catalog.groups_for(conn, self.base, origins)
+
+        involved: set[Key] = set(origins)
+        for members in groups.values():
+            involved.update(m.key for m in members if m.blog_id in blogs)
+        rows: dict[Key, ProductRows] = {}
+        for blog_id, posts in sorted(_by_blog(involved).items()):
+            try:
+                rows.update(self._lock_and_read(conn, blogs[blog_id], posts))
+            except Exception as exc:  # noqa: BLE001 - one broken blog must not stop the others
+                if is_retryable(exc):
+                    raise
+                log.error("blog_unreadable", blog=blog_id, error=str(exc), errno=errno_of(exc))
+                blogs = {b: v for b, v in blogs.items() if b != blog_id}
+
+        plan = plan_batch(changes, groups, {k: r.facts() for k, r in rows.items()}, blogs.keys())
+        result.notes = plan.notes
+        for n in plan.notes:
+            if n.level == "warning":
+                log.warning(
+                    "change_skipped",
+                    blog=n.blog_id,
+                    post=n.post_id,
+                    sku=n.sku,
+                    change=n.change_id,
+                    reason=n.reason,
+                )
+                result.history.append(
+                    HistoryRow(
+                        _change_by_id(changes, n.change_id),
+                        "skipped",
+                        n.blog_id,
+                        n.post_id,
+                        n.sku,
+                        _change_by_id(changes, n.change_id).meta_key,
+                        None,
+                        None,
+                        None,
+                        n.reason[:255],
+                    )
+                )
+
+        by_id = {c.id: c for c in changes}
+        touched: dict[int, set[int]] = {b: set(p) for b, p in plan.refresh.items()}
+        for w in plan.writes:
+            ok = self._write_member(conn, w, rows[w.key], by_id, result)
+            if not ok:
+                touched.get(w.blog_id, set()).discard(w.post_id)
+
+        for c in plan.applied:
+            if c.meta_key in MEMBERSHIP_KEYS:
+                continue
+            delta = _delta(c) if c.meta_key == STOCK else None
+            result.history.append(
+                HistoryRow(
+                    c,
+                    "origin",
+                    c.blog_id,
+                    c.post_id,
+                    plan.origin_sku.get(c.id, ""),
+                    c.meta_key,
+                    c.old_value,
+                    c.new_value,
+                    delta,
+                )
+            )
+
+        for blog_id, posts in sorted(touched.items()):
+            if not posts or blog_id not in blogs:
+                continue
+            blog = blogs[blog_id]
+            report = self._guarded(
+                blog_id,
+                lambda blog=blog, posts=posts: self._refresh(conn, blog, sorted(posts), now_utc=now),
+                savepoint=conn,
+            )
+            result.derived[blog_id] = report
+
+        self._write_history(conn, batch_id, result.history, now)
+        return result
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def _acknowledge(self, conn: sa.Connection, changes: Sequence[Change]) -> None:
+        ids = sorted(c.id for c in changes)
+        names = ", ".join(f":i{n}" for n in range(len(ids)))
+        deleted = conn.execute(
+            sa.text(f"DELETE FROM {table(self.base, 'syncd_change')} WHERE id IN ({names})"),
+            {f"i{n}": v for n, v in enumerate(ids)},
+        ).rowcount
+        if deleted != len(ids):
+            raise BatchConflict(f"{len(ids) - deleted} of {len(ids)} change rows were already acknowledged")
+
+    def _live_blogs(self, conn: sa.Connection) -> dict[int, Blog]:
+        """Usable blogs that are still live right now (a blog deleted mid-run is never written)."""
+        known = self._blogs()
+        live = {
+            r[0]
+            for r in conn.execute(
+                sa.text(
+                    f"SELECT blog_id FROM {table(self.base, 'blogs')} WHERE deleted = 0 AND archived = 0 AND spam = 0"
+                )
+            )
+        }
+        return {b: blog for b, blog in known.items() if b in live and blog.usable}
+
+    def _lock_and_read(self, conn: sa.Connection, blog: Blog, posts: Iterable[int]) -> dict[Key, ProductRows]:
+        ids = sorted(set(posts))
+        params = {f"p{n}": v for n, v in enumerate(ids)}
+        in_ids = ", ".join(f":p{n}" for n in range(len(ids)))
+        keys = ", ".join(f"'{k}'" for k in FACT_KEYS)
+        out = {(blog.blog_id, p): ProductRows() for p in ids}
+        for pid, status, ptype, parent in conn.execute(
+            sa.text(
+                f"SELECT ID, post_status, post_type, post_parent FROM {table(blog.prefix, 'posts')} WHERE ID IN ({in_ids})"
+            ),
+            params,
+        ):
+            r = out[(blog.blog_id, pid)]
+            r.exists, r.post_status, r.post_type, r.parent_id = True, status, ptype, parent
+        # FOR UPDATE through the post_id index: rows are locked in ascending post id, the same
+        # order on every batch, so two appliers (or a reconcile) cannot deadlock each other.
+        for meta_id, pid, key, value in conn.execute(
+            sa.text(
+                f"SELECT meta_id, post_id, meta_key, meta_value FROM {table(blog.prefix, 'postmeta')} "
+                f"WHERE post_id IN ({in_ids}) AND meta_key IN ({keys}) ORDER BY post_id, meta_id FOR UPDATE"
+            ),
+            params,
+        ):
+            out[(blog.blog_id, pid)].meta.setdefault(key, []).append(MetaRow(meta_id, value))
+        return out
+
+    def _write_member(
+        self,
+        conn: sa.Connection,
+        w: MemberWrite,
+        rows: ProductRows,
+        by_id: Mapping[int, Change],
+        result: BatchResult,
+    ) -> bool:
+        blog = self._blogs()[w.blog_id]
+        origin = by_id[w.change_ids[-1]]
+        pending: list[HistoryRow] = []
+        sp = conn.begin_nested()
+        try:
+            for key, value in w.registers.items():
+                old = rows.value(key)
+                if self._set_meta(conn, blog, w.post_id, rows, key, value):
+                    pending.append(
+                        HistoryRow(origin, "copy", w.blog_id, w.post_id, w.sku, key, old, value, None)
+                    )
+            if w.status_register is not None and rows.value(MANAGE) != "yes":
+                old = rows.value(STATUS)
+                if self._set_meta(conn, blog, w.post_id, rows, STATUS, w.status_register):
+                    pending.append(
+                        HistoryRow(
+                            origin, "copy", w.blog_id, w.post_id, w.sku, STATUS, old, w.status_register, None
+                        )
+                    )
+            if w.stock is not None:
+                row = self._write_stock(conn, blog, w, rows)
+                if row is not None:
+                    pending.extend(self._stock_history(w, by_id, row))
+            sp.commit()
+        except _MemberSkipped as skip:
+            sp.rollback()
+            self._skip(result, w, by_id, skip.reason)
+            return False
+        except Exception as exc:
+            if is_retryable(exc):
+                raise
+            sp.rollback()
+            self._skip(result, w, by_id, f"database error {errno_of(exc)}: {str(exc)[:160]}")
+            return False
+        result.writes += 1
+        result.history.extend(pending)
+        return True
+
+    def _skip(self, result: BatchResult, w: MemberWrite, by_id: Mapping[int, Change], reason: str) -> None:
+        result.skipped += 1
+        log.warning(
+            "member_skipped", blog=w.blog_id, post=w.post_id, sku=w.sku, changes=w.change_ids, reason=reason
+        )
+        for cid in w.change_ids:
+            c = by_id[cid]
+            result.history.append(
+                HistoryRow(
+                    c, "skipped", w.blog_id, w.post_id, w.sku, c.meta_key, None, None, None, reason[:255]
+                )
+            )
+
+    def _write_stock(
+        self, conn: sa.Connection, blog: Blog, w: MemberWrite, rows: ProductRows
+    ) -> tuple[str | None, str | None] | None:
+        op = w.stock
+        assert op is not None
+        meta = rows.meta.get(STOCK)
+        pm = table(blog.prefix, "postmeta")
+        if op.is_set:
+            target = None if op.set_value is None else format_quantity(op.set_value + op.delta)
+            old = rows.value(STOCK)
+            self._set_meta(conn, blog, w.post_id, rows, STOCK, target)
+            return (old, target)
+        if not meta:
+            raise _MemberSkipped("has no _stock row while it manages stock")
+        if len(meta) > 1:
+            raise _MemberSkipped(f"has {len(meta)} _stock rows")
+        try:
+            current = parse_quantity(meta[0].value)
+        except StockValueError as exc:
+            raise _MemberSkipped(f"_stock {exc}") from None
+        if current is None:
+            raise _MemberSkipped("_stock is SQL NULL while it manages stock")
+        # Relative update, as WooCommerce's own checkout writes it (meta_value = meta_value - 2):
+        # the row is locked and its value validated, so the server's arithmetic is exact.
+        conn.execute(
+            sa.text(f"UPDATE {pm} SET meta_value = meta_value + :d WHERE meta_id = :id"),
+            {"d": op.delta, "id": meta[0].meta_id},
+        )
+        new = conn.execute(
+            sa.text(f"SELECT meta_value FROM {pm} WHERE meta_id = :id"), {"id": meta[0].meta_id}
+        ).scalar_one()
+        old_text = meta[0].value
+        meta[0] = MetaRow(meta[0].meta_id, new)
+        return (old_text, new)
+
+    def _stock_history(
+        self, w: MemberWrite, by_id: Mapping[int, Change], row: tuple[str | None, str | None]
+    ) -> list[HistoryRow]:
+        """One 'copy' row per originating stock change, so history shows each sale once per member."""
+        out = []
+        stock_changes = [by_id[c] for c in w.change_ids if by_id[c].meta_key == STOCK]
+        old, new = row
+        for i, c in enumerate(stock_changes):
+            out.append(
+                HistoryRow(
+                    c,
+                    "copy",
+                    w.blog_id,
+                    w.post_id,
+                    w.sku,
+                    STOCK,
+                    old if i == 0 else None,
+                    new if i == len(stock_changes) - 1 else None,
+                    _delta(c),
+                )
+            )
+        return out
+
+    def _set_meta(
+        self, conn: sa.Connection, blog: Blog, post_id: int, rows: ProductRows, key: str, value: str | None
+    ) -> bool:
+        """Make ``key`` hold ``value`` (None: delete the row, as WooCommerce does for ''). True if written."""
+        pm = table(blog.prefix, "postmeta")
+        existing = rows.meta.get(key, [])
+        if value is None and key != STOCK:
+            if not existing:
+                return False
+            conn.execute(
+                sa.text(f"DELETE FROM {pm} WHERE post_id = :p AND meta_key = :k"), {"p": post_id, "k": key}
+            )
+            rows.meta[key] = []
+            return True
+        if existing:
+            if existing[0].value == value and len(existing) == 1:
+                return False
+            conn.execute(
+                sa.text(f"UPDATE {pm} SET meta_value = :v WHERE post_id = :p AND meta_key = :k"),
+                {"v": value, "p": post_id, "k": key},
+            )
+            rows.meta[key] = [MetaRow(r.meta_id, value) for r in existing]
+            return True
+        res = conn.execute(
+            sa.text(f"INSERT INTO {pm} (post_id, meta_key, meta_value) VALUES (:p, :k, :v)"),
+            {"p": post_id, "k": key, "v": value},
+        )
+        rows.meta[key] = [MetaRow(res.lastrowid, value)]
+        return True
+
+    def _guarded(
+        self, blog_id: int, fn: Callable[[], object], savepoint: sa.Connection | None = None
+    ) -> object:
+        """Run one blog's step; a non-retryable failure is logged and leaves the other blogs alone."""
+        sp = savepoint.begin_nested() if savepoint is not None else None
+        try:
+            out = fn()
+            if sp is not None:
+                sp.commit()
+            return out
+        except Exception as exc:
+            if is_retryable(exc):
+                raise
+            if sp is not None:
+                sp.rollback()
+            log.error("blog_step_failed", blog=blog_id, error=str(exc)[:300], errno=errno_of(exc))
+            return None
+
+    def _write_history(
+        self, conn: sa.Connection, batch_id: int, rows: list[HistoryRow], now: datetime
+    ) -> None:
+        if not rows:
+            return
+        conn.execute(
+            sa.text(
+                f"INSERT INTO {table(self.base, 'syncd_history')} (applied_at, batch_id, change_id, captured_at, role, "
+                "blog_id, post_id, sku, meta_key, old_value, new_value, delta, origin_blog_id, origin_post_id, note) "
+                "VALUES (:at, :batch, :cid, :cap, :role, :b, :p, :sku, :k, :old, :new, :d, :ob, :op, :note)"
+            ),
+            [
+                {
+                    "at": now,
+                    "batch": batch_id,
+                    "cid": h.change.id,
+                    "cap": h.change.captured_at or now,
+                    "role": h.role,
+                    "b": h.blog_id,
+                    "p": h.post_id,
+                    "sku": (h.sku or "")[:255],
+                    "k": h.meta_key,
+                    "old": _clip(h.old_value),
+                    "new": _clip(h.new_value),
+                    "d": h.delta,
+                    "ob": h.change.blog_id,
+                    "op": h.change.post_id,
+                    "note": h.note,
+                }
+                for h in rows
+            ],
+        )
+
+
+class _MemberSkipped(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _by_blog(keys: Iterable[Key]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for b, p in keys:
+        out.setdefault(b, []).append(p)
+    return out
+
+
+def _delta(c: Change) -> Decimal | None:
+    try:
+        old, new = parse_quantity(c.old_value), parse_quantity(c.new_value)
+    except StockValueError:
+        return None
+    if old is None or new is None:
+        return None
+    return new - old
+
+
+def _clip(v: str | None) -> str | None:
+    return None if v is None else v[:255]
+
+
+def _change_by_id(changes: Sequence[Change], cid: int) -> Change:
+    return next(c for c in changes if c.id == cid)
