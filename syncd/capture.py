@@ -181,3 +181,75 @@ def backlog(conn: sa.Connection, base_prefix: str) -> tuple[int, object]:
         sa.text(f"SELECT COUNT(*), MIN(captured_at) FROM {table(base_prefix, 'syncd_change')}")
     ).one()
     return int(row[0]), row[1]
+
+
+def install_all(config: object, *, out: object = None) -> int:
+    """``syncd install``: create syncd's tables and install or upgrade the triggers of every usable blog.
+
+    Idempotent: running it again changes nothing. Exit status 0 when every usable blog has current
+    triggers, 1 otherwise (the reasons are printed and logged).
+    """
+    import sys
+
+    from syncd import catalog, schema
+    from syncd.network import discover
+
+    out = out or sys.stdout
+    base = config.database.table_prefix  # type: ignore[attr-defined]
+    engine = config.database.make_engine()  # type: ignore[attr-defined]
+    failed = 0
+    try:
+        with engine.connect() as conn:
+            schema.ensure_schema(conn, base)
+            network = discover(conn, base)
+            conn.rollback()
+            for blog in network.blogs:
+                if not blog.usable:
+                    print(
+                        f"blog {blog.blog_id} ({blog.prefix}): left alone: {'; '.join(blog.problems) or 'WooCommerce not active'}",
+                        file=out,
+                    )
+                    continue
+                try:
+                    outcome = install_blog_triggers(conn, base, blog)
+                    catalog.refresh_members(conn, base, blog)
+                    conn.commit()
+                    print(
+                        f"blog {blog.blog_id} ({blog.prefix}): triggers {outcome} (v{TRIGGER_VERSION})",
+                        file=out,
+                    )
+                except Exception as exc:  # noqa: BLE001 - report every blog, then fail
+                    conn.rollback()
+                    failed += 1
+                    print(f"blog {blog.blog_id} ({blog.prefix}): FAILED: {exc}", file=out)
+    finally:
+        engine.dispose()
+    return 1 if failed else 0
+
+
+def uninstall_all(config: object, *, keep_history: bool = False, out: object = None) -> int:
+    """``syncd uninstall``: drop every syncd trigger, then syncd's tables. WooCommerce data is untouched.
+
+    Triggers go first so that no shop write ever meets a trigger whose change table is gone.
+    Pending changes not yet applied are lost with the change table: the count is printed.
+    """
+    import sys
+
+    from syncd import schema
+
+    out = out or sys.stdout
+    base = config.database.table_prefix  # type: ignore[attr-defined]
+    engine = config.database.make_engine()  # type: ignore[attr-defined]
+    try:
+        with engine.connect() as conn:
+            names = uninstall_all_triggers(conn, base)
+            print(f"dropped {len(names)} triggers", file=out)
+            if schema.schema_present(conn, base):
+                n, _ = backlog(conn, base)
+                if n:
+                    print(f"warning: {n} captured changes were still pending and are discarded", file=out)
+            dropped = schema.drop_schema(conn, base, keep_history=keep_history)
+            print(f"dropped tables: {', '.join(dropped)}", file=out)
+    finally:
+        engine.dispose()
+    return 0

@@ -1,0 +1,587 @@
+"""The daemon: one active instance per network, a main loop that applies captured changes, and
+periodic work on a scheduler.
+
+Process model (DESIGN.md section 4):
+
+* The leader holds ``GET_LOCK('syncd:<schema>:<prefix>')`` on a dedicated connection. Another
+  instance waits as a hot standby and takes over as soon as the lock frees (the leader stopped,
+  died, or lost its connection).
+* The main loop reads the oldest change rows, plans and applies them in one transaction, and
+  between empty polls waits on the stop event (``sync.idle_wait``), so shutdown is prompt.
+* Deadlocks, lock-wait timeouts, lost connections and a read-only server roll the batch back
+  and retry it with capped backoff; nothing of it was applied, its change rows are still there.
+  A change that fails for any other reason is retried alone and, if it still fails, moved to
+  ``{base}syncd_dead`` with the error, so one poisoned row never stops the shop's sync.
+* First SIGTERM/SIGINT: finish the batch in flight and exit 0. Second: abort (the open
+  transaction is rolled back by the server when the connection closes) and exit 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+
+from syncd import capture, catalog, schema
+from syncd.apply import Applier, BatchConflict, BatchResult
+from syncd.config import Config
+from syncd.db import errno_of, is_disconnect, is_retryable, table
+from syncd.network import Blog
+from syncd.notify import notify, watchdog_interval
+from syncd.plan import Change
+
+log = structlog.get_logger("syncd.daemon")
+
+EXIT_OK = 0
+EXIT_FATAL = 1
+EXIT_ABORTED = 3
+
+
+class HardStop(BaseException):
+    """Raised in the main thread by the second stop signal."""
+
+
+@dataclass
+class Stats:
+    started_at: float = field(default_factory=time.time)
+    leader_since: float | None = None
+    batches: int = 0
+    changes: int = 0
+    writes: int = 0
+    skipped: int = 0
+    retries: int = 0
+    dead: int = 0
+    errors: int = 0
+    reconnects: int = 0
+    last_apply: float | None = None
+    last_capture: float | None = None
+    last_lag_ms: float | None = None
+    last_error: str | None = None
+    connection: str = "starting"
+
+
+def lock_name(database: str, base_prefix: str) -> str:
+    """GET_LOCK name for this network; MySQL limits lock names to 64 characters."""
+    name = f"syncd:{database}:{base_prefix}"
+    if len(name) <= 64:
+        return name
+    return "syncd:" + hashlib.sha1(name.encode()).hexdigest()
+
+
+class Daemon:
+    def __init__(
+        self, config: Config, *, instance: str | None = None, refresh: Callable[..., object] | None = None
+    ) -> None:
+        self.config = config
+        self._refresh = refresh  # derived-data writer; None = syncd.derived.refresh_products
+        self.base = config.database.table_prefix
+        self.stop = threading.Event()
+        self.instance = instance or f"{socket.gethostname()}:{os.getpid()}"
+        self.stats = Stats()
+        self._blogs: dict[int, Blog] = {}
+        self._blogs_lock = threading.Lock()
+        self._apply_engine: sa.Engine | None = None
+        self._admin_engine: sa.Engine | None = None
+        self._lock_conn: sa.Connection | None = None
+        self._lock_name = ""
+        self._scheduler: Any = None
+        self._in_batch = False
+        self.capture_mode = "trigger"
+        self.on_batch: Callable[[BatchResult], None] | None = None  # test/bench hook
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _make_engines(self) -> None:
+        if self._apply_engine is None:
+            self._apply_engine = self.config.database.make_engine(
+                apply_marker=True, pool_size=1, max_overflow=1
+            )
+        if self._admin_engine is None:
+            self._admin_engine = self.config.database.make_engine(pool_size=2, max_overflow=2)
+
+    def prepare(self) -> None:
+        """Engines, own tables, discovery and triggers, without leadership or the loop (tests, tools)."""
+        self._make_engines()
+        assert self._admin_engine is not None
+        with self._admin_engine.connect() as conn:
+            schema.ensure_schema(conn, self.base)
+        self.discover(initial=True)
+
+    def apply_pending(self, max_batches: int = 1000) -> int:
+        """Apply every pending change now (one-shot, like rq's burst mode). Returns changes consumed."""
+        self._make_engines()
+        assert self._apply_engine is not None
+        total = 0
+        with self._apply_engine.connect() as conn:
+            for _ in range(max_batches):
+                n = self.process_once(conn)
+                if not n:
+                    break
+                total += n
+        return total
+
+    def close(self) -> None:
+        self._shutdown()
+
+    def run(self) -> int:
+        """Run until stopped. Returns the process exit status."""
+        try:
+            self._make_engines()
+            if not self._become_leader():
+                return EXIT_OK  # stopped while standing by
+            self._start_up()
+            notify("READY=1", "STATUS=leader, applying changes")
+            log.info(
+                "daemon_ready", instance=self.instance, blogs=sorted(self._blogs), capture=self.capture_mode
+            )
+            self._loop()
+            return EXIT_OK
+        except HardStop:
+            log.warning("daemon_aborted", instance=self.instance, in_batch=self._in_batch)
+            return EXIT_ABORTED
+        finally:
+            notify("STOPPING=1")
+            self._shutdown()
+
+    def request_stop(self) -> None:
+        self.stop.set()
+
+    def _shutdown(self) -> None:
+        if self._scheduler is not None:
+            try:
+                self._scheduler.shutdown(wait=False)
+            except Exception:  # noqa: BLE001 - best effort at exit
+                pass
+        if self._lock_conn is not None:
+            try:
+                self._lock_conn.exec_driver_sql("DO RELEASE_LOCK(%s)", (self._lock_name,))
+                self._lock_conn.close()
+            except Exception:  # noqa: BLE001 - the server releases it when the connection closes anyway
+                pass
+        for engine in (self._apply_engine, self._admin_engine):
+            if engine is not None:
+                engine.dispose()
+        log.info(
+            "daemon_stopped", instance=self.instance, batches=self.stats.batches, changes=self.stats.changes
+        )
+
+    # -- leadership ------------------------------------------------------------------------
+
+    def _become_leader(self) -> bool:
+        """Block (as a hot standby) until this instance holds the network's lock, or stop is set."""
+        assert self._admin_engine is not None
+        waited = False
+        while not self.stop.is_set():
+            try:
+                if self._lock_conn is None:
+                    self._lock_conn = self._admin_engine.connect()
+                    database = self._lock_conn.exec_driver_sql("SELECT DATABASE()").scalar_one()
+                    self._lock_name = lock_name(database or "", self.base)
+                got = self._lock_conn.exec_driver_sql(
+                    "SELECT GET_LOCK(%s, 1)", (self._lock_name,)
+                ).scalar_one()
+                self._lock_conn.commit()
+                if got == 1:
+                    self.stats.leader_since = time.time()
+                    log.info("leader_acquired", lock=self._lock_name, instance=self.instance, waited=waited)
+                    return True
+                if not waited:
+                    holder = self._lock_conn.exec_driver_sql(
+                        "SELECT IS_USED_LOCK(%s)", (self._lock_name,)
+                    ).scalar()
+                    log.info("standby_waiting", lock=self._lock_name, leader_connection=holder)
+                    notify("STATUS=standby, waiting for the leader lock")
+                    waited = True
+            except Exception as exc:  # noqa: BLE001 - a standby rides out any database fault
+                self._drop_lock_conn()
+                self._note_error("leader_lock_failed", exc)
+                self.stop.wait(1.0)
+        return False
+
+    def _drop_lock_conn(self) -> None:
+        if self._lock_conn is not None:
+            try:
+                self._lock_conn.invalidate()
+                self._lock_conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._lock_conn = None
+
+    def _still_leader(self) -> bool:
+        """The lock is tied to its connection: if that connection died, another instance may lead."""
+        if self._lock_conn is None:
+            return False
+        try:
+            holder = self._lock_conn.exec_driver_sql(
+                "SELECT IS_USED_LOCK(%s) = CONNECTION_ID()", (self._lock_name,)
+            ).scalar()
+            self._lock_conn.commit()
+            return holder == 1
+        except Exception as exc:  # noqa: BLE001
+            self._note_error("leader_check_failed", exc)
+            self._drop_lock_conn()
+            return False
+
+    # -- start-up and periodic work ----------------------------------------------------------
+
+    def _start_up(self) -> None:
+        assert self._admin_engine is not None
+        with self._admin_engine.connect() as conn:
+            schema.ensure_schema(conn, self.base)
+        self.discover(initial=True)
+        self._start_scheduler()
+
+    def blogs(self) -> Mapping[int, Blog]:
+        with self._blogs_lock:
+            return self._blogs
+
+    def discover(self, initial: bool = False) -> None:
+        """Refresh the blog list, install triggers on new blogs, refresh link groups."""
+        from syncd.network import discover
+
+        assert self._admin_engine is not None
+        with self._admin_engine.connect() as conn:
+            network = discover(conn, self.base)
+            conn.rollback()
+            usable = {b.blog_id: b for b in network.usable_blogs() if self._blog_selected(b.blog_id)}
+            added = sorted(set(usable) - set(self._blogs))
+            gone = sorted(set(self._blogs) - set(usable))
+            for b in network.blogs:
+                if b.problems:
+                    log.warning("blog_left_alone", blog=b.blog_id, prefix=b.prefix, problems=list(b.problems))
+            if self.capture_mode == "trigger" and self.config.sync.install_triggers:
+                for blog_id in sorted(usable):
+                    try:
+                        outcome = capture.install_blog_triggers(conn, self.base, usable[blog_id])
+                        if outcome != "unchanged":
+                            log.info(
+                                "triggers_installed",
+                                blog=blog_id,
+                                outcome=outcome,
+                                version=capture.TRIGGER_VERSION,
+                            )
+                    except Exception as exc:  # noqa: BLE001 - leave this blog, keep the others
+                        conn.rollback()
+                        self._note_error("trigger_install_failed", exc, blog=blog_id)
+            for blog_id in sorted(usable) if initial else added:
+                try:
+                    catalog.refresh_members(conn, self.base, usable[blog_id])
+                    conn.commit()
+                except Exception as exc:  # noqa: BLE001
+                    conn.rollback()
+                    self._note_error("members_refresh_failed", exc, blog=blog_id)
+            if gone:
+                catalog.drop_blog_members(conn, self.base, usable)
+                conn.commit()
+                log.warning("blogs_gone", blogs=gone)
+            if added and not initial:
+                log.info("blogs_added", blogs=added)
+        with self._blogs_lock:
+            self._blogs = usable
+
+    def _blog_selected(self, blog_id: int) -> bool:
+        sel = self.config.blogs
+        if sel.include is not None and blog_id not in sel.include:
+            return False
+        return blog_id not in sel.exclude
+
+    def refresh_all_members(self) -> None:
+        assert self._admin_engine is not None
+        with self._admin_engine.connect() as conn:
+            for blog in self.blogs().values():
+                try:
+                    catalog.refresh_members(conn, self.base, blog)
+                    conn.commit()
+                except Exception as exc:  # noqa: BLE001
+                    conn.rollback()
+                    self._note_error("members_refresh_failed", exc, blog=blog.blog_id)
+
+    def prune_history(self) -> int:
+        assert self._admin_engine is not None
+        total = 0
+        with self._admin_engine.connect() as conn:
+            while not self.stop.is_set():
+                n = conn.execute(
+                    sa.text(
+                        f"DELETE FROM {table(self.base, 'syncd_history')} "
+                        "WHERE applied_at < UTC_TIMESTAMP(6) - INTERVAL :d DAY LIMIT 5000"
+                    ),
+                    {"d": self.config.history.retention_days},
+                ).rowcount
+                conn.commit()
+                total += n
+                if n < 5000:
+                    break
+        if total:
+            log.info("history_pruned", rows=total, retention_days=self.config.history.retention_days)
+        return total
+
+    def heartbeat(self) -> None:
+        """Publish this daemon's state in {base}syncd_meta for `syncd status`."""
+        assert self._admin_engine is not None
+        s = self.stats
+        payload = {
+            "instance": self.instance,
+            "pid": os.getpid(),
+            "started_at": s.started_at,
+            "leader_since": s.leader_since,
+            "capture": self.capture_mode,
+            "batches": s.batches,
+            "changes": s.changes,
+            "writes": s.writes,
+            "skipped": s.skipped,
+            "retries": s.retries,
+            "dead": s.dead,
+            "errors": s.errors,
+            "reconnects": s.reconnects,
+            "last_apply": s.last_apply,
+            "last_capture": s.last_capture,
+            "last_lag_ms": s.last_lag_ms,
+            "last_error": s.last_error,
+            "connection": s.connection,
+            "heartbeat": time.time(),
+        }
+        with self._admin_engine.connect() as conn:
+            schema.set_meta(conn, self.base, "daemon", json.dumps(payload))
+            conn.commit()
+
+    def _start_scheduler(self) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        sched = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
+
+        def guarded(name: str, fn: Callable[[], object]) -> Callable[[], None]:
+            def job() -> None:
+                try:
+                    fn()
+                except Exception as exc:  # noqa: BLE001 - periodic work must never kill the daemon
+                    self._note_error(name, exc)
+
+            return job
+
+        sched.add_job(
+            guarded("discovery_failed", self.discover),
+            "interval",
+            seconds=self.config.sync.discovery_interval,
+        )
+        sched.add_job(guarded("members_refresh_failed", self.refresh_all_members), "interval", minutes=10)
+        sched.add_job(guarded("history_prune_failed", self.prune_history), "interval", hours=1)
+        sched.add_job(guarded("heartbeat_failed", self.heartbeat), "interval", seconds=5)
+        sched.start()
+        self._scheduler = sched
+        guarded("heartbeat_failed", self.heartbeat)()
+
+    # -- the main loop -----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        assert self._apply_engine is not None
+        wd = watchdog_interval()
+        last_ping = 0.0
+        last_leader_check = time.monotonic()
+        conn: sa.Connection | None = None
+        backoff = _Backoff()
+        while not self.stop.is_set():
+            now = time.monotonic()
+            if wd and now - last_ping >= wd:
+                notify("WATCHDOG=1", self._status_line())
+                last_ping = now
+            if now - last_leader_check > 2.0:
+                last_leader_check = now
+                if not self._still_leader():
+                    log.warning("leadership_lost", lock=self._lock_name)
+                    if conn is not None:
+                        _discard(conn)
+                        conn = None
+                    if not self._become_leader():
+                        return
+            try:
+                if conn is None:
+                    conn = self._apply_engine.connect()
+                    self.stats.connection = "connected"
+                applied = self.process_once(conn)
+                backoff.reset()
+                if not applied:
+                    self.stop.wait(self.config.sync.idle_wait)
+            except Exception as exc:  # noqa: BLE001 - classified below; the daemon stays up
+                if conn is not None and (is_disconnect(exc) or not is_retryable(exc)):
+                    _discard(conn)
+                    conn = None
+                self.stats.connection = "reconnecting" if is_disconnect(exc) else self.stats.connection
+                if is_disconnect(exc):
+                    self.stats.reconnects += 1
+                self._note_error("loop_error", exc)
+                self.stop.wait(backoff.next())
+        if conn is not None:
+            conn.close()
+
+    def process_once(self, conn: sa.Connection) -> int:
+        """Fetch one batch and apply it (retrying as documented). Returns the changes consumed."""
+        conn.rollback()
+        changes = capture.fetch_changes(conn, self.base, self.config.sync.batch_size)
+        if not changes:
+            conn.rollback()
+            return 0
+        return self.apply_with_retry(conn, changes)
+
+    def apply_with_retry(self, conn: sa.Connection, changes: Sequence[Change]) -> int:
+        applier = Applier(self.base, self.blogs, self._refresh)
+        backoff = _Backoff()
+        attempt = 0
+        while True:
+            attempt += 1
+            self._in_batch = True
+            try:
+                result = applier.apply(conn, changes)
+                conn.commit()
+            except BatchConflict as exc:
+                conn.rollback()
+                log.warning("batch_conflict", reason=str(exc))
+                return 0
+            except Exception as exc:
+                _safe_rollback(conn)
+                if is_disconnect(exc):
+                    raise  # the loop reconnects and fetches again; the rows are still there
+                if is_retryable(exc):
+                    self.stats.retries += 1
+                    log.warning(
+                        "batch_retry",
+                        attempt=attempt,
+                        errno=errno_of(exc),
+                        changes=len(changes),
+                        error=str(exc)[:200],
+                    )
+                    if self.stop.wait(backoff.next()):
+                        raise
+                    continue
+                return self._isolate(conn, changes, exc)
+            finally:
+                self._in_batch = False
+            self._account(result, changes)
+            return len(changes)
+
+    def _isolate(self, conn: sa.Connection, changes: Sequence[Change], exc: BaseException) -> int:
+        """A batch failed for a reason other than contention: apply its changes one by one."""
+        if len(changes) == 1:
+            self._dead_letter(conn, changes[0], exc)
+            return 1
+        log.error("batch_failed", changes=len(changes), errno=errno_of(exc), error=str(exc)[:300])
+        for c in changes:
+            self.apply_with_retry(conn, [c])
+        return len(changes)
+
+    def _dead_letter(self, conn: sa.Connection, change: Change, exc: BaseException) -> None:
+        self.stats.dead += 1
+        log.error(
+            "change_dead_lettered",
+            change=change.id,
+            blog=change.blog_id,
+            post=change.post_id,
+            key=change.meta_key,
+            errno=errno_of(exc),
+            error=str(exc)[:300],
+        )
+        change_t, dead_t = table(self.base, "syncd_change"), table(self.base, "syncd_dead")
+        conn.execute(
+            sa.text(
+                f"INSERT IGNORE INTO {dead_t} (id, blog_id, post_id, meta_key, op, old_value, new_value, captured_at, "
+                f"conn_id, failed_at, error) SELECT id, blog_id, post_id, meta_key, op, old_value, new_value, "
+                f"captured_at, conn_id, UTC_TIMESTAMP(6), :err FROM {change_t} WHERE id = :id"
+            ),
+            {"id": change.id, "err": f"{errno_of(exc)}: {exc}"[:2000]},
+        )
+        conn.execute(sa.text(f"DELETE FROM {change_t} WHERE id = :id"), {"id": change.id})
+        conn.commit()
+
+    def _account(self, result: BatchResult, changes: Sequence[Change]) -> None:
+        s = self.stats
+        s.batches += 1
+        s.changes += len(changes)
+        s.writes += result.writes
+        s.skipped += result.skipped
+        s.last_apply = time.time()
+        newest = max((c.captured_at for c in changes if c.captured_at), default=None)
+        if newest is not None:
+            s.last_capture = newest.replace(tzinfo=UTC).timestamp()
+            s.last_lag_ms = round((s.last_apply - s.last_capture) * 1000, 1)
+        log.info(
+            "batch_applied",
+            batch=result.batch_id,
+            changes=len(changes),
+            writes=result.writes,
+            skipped=result.skipped,
+            lag_ms=s.last_lag_ms,
+        )
+        if self.on_batch is not None:
+            self.on_batch(result)
+
+    def _note_error(self, event: str, exc: BaseException, **context: Any) -> None:
+        self.stats.errors += 1
+        self.stats.last_error = f"{datetime.now(UTC).isoformat(timespec='seconds')} {event}: {str(exc)[:200]}"
+        log.error(event, errno=errno_of(exc), error=str(exc)[:300], **context)
+
+    def _status_line(self) -> str:
+        s = self.stats
+        return f"STATUS=leader; changes={s.changes} lag_ms={s.last_lag_ms} errors={s.errors}"
+
+
+class _Backoff:
+    """Capped exponential backoff: 50 ms, 100 ms, ... up to 5 s."""
+
+    def __init__(self, first: float = 0.05, cap: float = 5.0) -> None:
+        self.first, self.cap, self.current = first, cap, 0.0
+
+    def next(self) -> float:
+        self.current = self.first if self.current == 0 else min(self.cap, self.current * 2)
+        return self.current
+
+    def reset(self) -> None:
+        self.current = 0.0
+
+
+def _discard(conn: sa.Connection) -> None:
+    try:
+        conn.invalidate()
+        conn.close()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _safe_rollback(conn: sa.Connection) -> None:
+    try:
+        conn.rollback()
+    except Exception:  # noqa: BLE001 - a dead connection has nothing to roll back
+        pass
+
+
+def install_signal_handlers(daemon: Daemon) -> None:
+    """First SIGTERM/SIGINT: finish the batch and exit 0. Second: abort now."""
+    count = {"n": 0}
+
+    def handler(signum: int, _frame: object) -> None:
+        count["n"] += 1
+        if count["n"] == 1:
+            log.info("stop_requested", signal=signal.Signals(signum).name, in_batch=daemon._in_batch)
+            daemon.request_stop()
+        else:
+            raise HardStop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def run(config: Config) -> int:
+    """Entry point of ``syncd run``: run the daemon in the foreground until stopped."""
+    daemon = Daemon(config)
+    install_signal_handlers(daemon)
+    return daemon.run()
