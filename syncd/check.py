@@ -1,0 +1,571 @@
+"""``syncd check``: can syncd run against this database, and what will it see?
+
+Read-only. Three steps, kept apart so the middle one can be tested without a server:
+
+1. :func:`gather` (I/O): server version and variables, the user's grants (``SHOW GRANTS``), the
+   network (:func:`syncd.network.discover`), per-blog product counts and duplicate SKUs;
+2. :func:`build_report` (pure): turns those facts into a report (plain dict, the ``--json`` output)
+   with an exit status;
+3. :func:`render_text` (pure): the table for people.
+
+Exit status is a bitmask (like pt-table-checksum), so a monitor can tell the causes apart:
+
+====  ======================================================================================
+ 0    syncd can run
+ 1    FATAL: not a multisite network under the configured prefix (nothing else checked);
+      the CLI also exits 1 when the server cannot be reached or refuses the login
+ 4    a privilege syncd needs on the database is missing
+ 8    capture.mode = "trigger" but triggers cannot be created here
+16    fewer than two usable WooCommerce blogs: nothing to keep in sync
+32    with --strict only: warnings (blogs left alone, duplicate SKUs, unreadable options...)
+====  ======================================================================================
+
+(2 is left to usage errors, 78 to configuration errors: see :mod:`syncd.cli`.)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import sqlalchemy as sa
+
+from syncd.config import Config
+from syncd.db import redact_url, server_info, table
+from syncd.log import get_logger
+from syncd.network import Blog, Network, NotMultisiteError, discover
+
+EXIT_OK = 0
+EXIT_FATAL = 1
+EXIT_PRIVILEGES = 4
+EXIT_CAPTURE = 8
+EXIT_NO_BLOGS = 16
+EXIT_WARNINGS = 32
+
+#: What syncd does on the database: read and write shop rows, create/alter/drop its own tables.
+REQUIRED_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "INDEX", "ALTER")
+#: Needed for trigger capture only; without it syncd falls back to polling (capture.mode = auto).
+TRIGGER_PRIVILEGE = "TRIGGER"
+
+log = get_logger(component="check")
+
+
+# --------------------------------------------------------------------------- grants (pure)
+_GRANT_ON_RE = re.compile(
+    r"^GRANT\s+(?P<privs>.+?)\s+ON\s+(?:(?:TABLE|FUNCTION|PROCEDURE|PACKAGE\s+BODY|PACKAGE)\s+)?"
+    r"(?P<db>`(?:[^`]|``)*`|\*)\.(?P<tbl>`(?:[^`]|``)*`|\*)\s+TO\s",
+    re.IGNORECASE | re.DOTALL,
+)
+_ALL = frozenset({"ALL", "ALL PRIVILEGES"})
+
+
+@dataclass(frozen=True)
+class Grants:
+    """Privileges that apply to the whole database (global or database-level grants)."""
+
+    on_database: frozenset[str]
+    global_: frozenset[str]
+    all_on_database: bool = False
+    all_global: bool = False
+
+    def has(self, privilege: str) -> bool:
+        return self.all_on_database or privilege in self.on_database
+
+    def has_global(self, privilege: str) -> bool:
+        return self.all_global or privilege in self.global_
+
+
+def _split_privileges(text: str) -> list[str]:
+    """'SELECT, INSERT (`a`, `b`), ALL PRIVILEGES' -> ['SELECT', 'INSERT', 'ALL PRIVILEGES']."""
+    out, depth, buf = [], 0, []
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            out.append("".join(buf))
+            buf = []
+            continue
+        if depth == 0 and ch not in "()":
+            buf.append(ch)
+    out.append("".join(buf))
+    return [" ".join(p.split()).upper() for p in out if p.strip()]
+
+
+def _unquote(ident: str) -> str:
+    return ident[1:-1].replace("``", "`") if ident.startswith("`") else ident
+
+
+def db_pattern_matches(pattern: str, database: str) -> bool:
+    """Whether a database name in a grant (LIKE-style: % and _ wildcards, backslash escapes) covers ``database``."""
+    rx, i = [], 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            rx.append(re.escape(pattern[i + 1]))
+            i += 2
+            continue
+        rx.append(".*" if ch == "%" else "." if ch == "_" else re.escape(ch))
+        i += 1
+    return re.fullmatch("".join(rx), database, re.DOTALL) is not None
+
+
+def parse_grants(lines: Iterable[str], database: str) -> Grants:
+    """Fold ``SHOW GRANTS`` lines into the privileges that hold on every table of ``database``.
+
+    Table- and column-level grants are ignored: syncd creates its own tables, so it needs
+    database-wide privileges. Role grant lines (``GRANT `r` TO ...``) carry no privileges by
+    themselves; MariaDB lists the current role's grants separately, and gather() expands MySQL's.
+    """
+    on_db: set[str] = set()
+    glob: set[str] = set()
+    all_db = all_glob = False
+    for line in lines:
+        m = _GRANT_ON_RE.match(line.strip())
+        if not m or m.group("tbl") != "*":  # table/column-level grant, or a role grant
+            continue
+        privs = set(_split_privileges(m.group("privs")))
+        if "PROXY" in privs:
+            continue
+        db = m.group("db")
+        is_all = bool(privs & _ALL)
+        if db == "*":
+            glob |= privs
+            on_db |= privs
+            all_glob = all_glob or is_all
+            all_db = all_db or is_all
+        elif db_pattern_matches(_unquote(db), database):
+            on_db |= privs
+            all_db = all_db or is_all
+    return Grants(frozenset(on_db), frozenset(glob), all_db, all_glob)
+
+
+# --------------------------------------------------------------------------- facts (I/O)
+@dataclass(frozen=True)
+class BlogStats:
+    products: int = 0
+    variations: int = 0
+    with_sku: int = 0
+    managing_stock: int = 0
+
+
+@dataclass(frozen=True)
+class DuplicateSku:
+    sku: str
+    lang: str  # '' when the blog has no Polylang
+    post_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class CheckFacts:
+    url: str  # redacted
+    server: dict[str, Any]
+    user: str
+    variables: dict[str, Any]
+    grants: Grants
+    network: Network | None = None
+    network_error: str | None = None
+    stats: dict[int, BlogStats] = field(default_factory=dict)
+    duplicates: dict[int, tuple[DuplicateSku, ...]] = field(default_factory=dict)
+
+
+def sql_blog_stats(prefix: str) -> str:
+    """Products and variations of one blog (not trashed, not auto-drafts), with SKU, managing stock."""
+    posts, meta = table(prefix, "posts"), table(prefix, "postmeta")
+    return (
+        "SELECT p.post_type, COUNT(*) AS n, "  # noqa: S608 - validated prefix
+        f"SUM(EXISTS(SELECT 1 FROM {meta} m WHERE m.post_id = p.ID AND m.meta_key = '_sku' "
+        "AND m.meta_value <> '')) AS with_sku, "
+        f"SUM(EXISTS(SELECT 1 FROM {meta} m WHERE m.post_id = p.ID AND m.meta_key = '_manage_stock' "
+        "AND m.meta_value = 'yes')) AS managing_stock "
+        f"FROM {posts} p WHERE p.post_type IN ('product', 'product_variation') "
+        "AND p.post_status NOT IN ('trash', 'auto-draft') GROUP BY p.post_type"
+    )
+
+
+def _language_of(prefix: str) -> str:
+    return (
+        "SELECT tr.object_id, MIN(t.slug) AS lang "  # noqa: S608 - validated prefix
+        f"FROM {table(prefix, 'term_relationships')} tr "
+        f"JOIN {table(prefix, 'term_taxonomy')} tt ON tt.term_taxonomy_id = tr.term_taxonomy_id "
+        f"JOIN {table(prefix, 'terms')} t ON t.term_id = tt.term_id "
+        "WHERE tt.taxonomy = 'language' GROUP BY tr.object_id"
+    )
+
+
+def sql_duplicate_skus(prefix: str, per_language: bool) -> str:
+    """SKUs held by more than one product/variation of a blog.
+
+    Grouping is done by the server on the ``_sku`` meta_value column, so equality follows the
+    column's collation (utf8mb4_unicode_520_ci: 'mug' = 'MUG', trailing spaces ignored) just as
+    WooCommerce's own uniqueness check (``lookup.sku = %s``, same collation) and Polylang for
+    WooCommerce's per-language check (``meta_value = %s``) compare. Trashed posts do not count,
+    as in WooCommerce. On Polylang blogs the key is SKU + language; a variation without its own
+    language term takes its parent's.
+    """
+    posts, meta = table(prefix, "posts"), table(prefix, "postmeta")
+    if per_language:
+        lang = "COALESCE(own.lang, par.lang, '')"
+        joins = (
+            f"LEFT JOIN ({_language_of(prefix)}) own ON own.object_id = p.ID "
+            f"LEFT JOIN ({_language_of(prefix)}) par ON par.object_id = p.post_parent "
+        )
+        group = "m.meta_value, " + lang
+    else:
+        lang, joins, group = "''", "", "m.meta_value"
+    return (
+        f"SELECT MIN(m.meta_value) AS sku, {lang} AS lang, "  # noqa: S608 - validated prefix
+        "GROUP_CONCAT(DISTINCT p.ID ORDER BY p.ID SEPARATOR ',') AS ids "
+        f"FROM {posts} p JOIN {meta} m ON m.post_id = p.ID AND m.meta_key = '_sku' {joins}"
+        "WHERE p.post_type IN ('product', 'product_variation') AND p.post_status <> 'trash' "
+        f"AND m.meta_value <> '' GROUP BY {group} HAVING COUNT(DISTINCT p.ID) > 1 ORDER BY sku"
+    )
+
+
+def read_grants(conn: sa.Connection, flavor: str) -> list[str]:
+    """``SHOW GRANTS`` for the session, with MySQL 8's active roles expanded (MariaDB lists them itself)."""
+    lines = [str(r[0]) for r in conn.exec_driver_sql("SHOW GRANTS")]
+    if flavor == "mysql":
+        try:
+            roles = conn.exec_driver_sql("SELECT CURRENT_ROLE()").scalar_one()
+            if roles and str(roles).upper() != "NONE":
+                # The role list comes from the server as quoted identifiers (`r`@`%`, ...): not user data.
+                lines = [
+                    str(r[0]) for r in conn.exec_driver_sql(f"SHOW GRANTS FOR CURRENT_USER() USING {roles}")
+                ]
+        except sa.exc.DBAPIError:
+            conn.rollback()
+    return lines
+
+
+def gather(conn: sa.Connection, config: Config) -> CheckFacts:
+    """Everything check needs from the server (read-only)."""
+    server = dict(server_info(conn))
+    database, user = conn.exec_driver_sql("SELECT DATABASE(), CURRENT_USER()").one()
+    server["database"] = database
+    log_bin, trust, read_only = conn.exec_driver_sql(
+        "SELECT @@log_bin, @@log_bin_trust_function_creators, @@read_only"
+    ).one()
+    variables = {
+        "log_bin": bool(int(log_bin or 0)),
+        "log_bin_trust_function_creators": bool(int(trust or 0)),
+        "read_only": bool(int(read_only or 0)),
+    }
+    grants = parse_grants(read_grants(conn, server["flavor"]), database or "")
+    url = redact_url(config.database.url)
+    try:
+        network = discover(conn, config.database.table_prefix)
+    except NotMultisiteError as exc:
+        return CheckFacts(url, server, user, variables, grants, network_error=str(exc))
+
+    stats: dict[int, BlogStats] = {}
+    duplicates: dict[int, tuple[DuplicateSku, ...]] = {}
+    for blog in network.blogs:
+        if not blog.woocommerce or _missing_any(blog, ("posts", "postmeta")):
+            continue
+        stats[blog.blog_id] = _blog_stats(conn, blog)
+        per_language = blog.polylang and not _missing_any(
+            blog, ("term_relationships", "term_taxonomy", "terms")
+        )
+        duplicates[blog.blog_id] = tuple(
+            DuplicateSku(
+                sku=_text(sku),
+                lang=_text(lang or ""),
+                post_ids=tuple(int(i) for i in _text(ids).split(",") if i),
+            )
+            for sku, lang, ids in conn.execute(sa.text(sql_duplicate_skus(blog.prefix, per_language)))
+        )
+    return CheckFacts(url, server, user, variables, grants, network, None, stats, duplicates)
+
+
+def _missing_any(blog: Blog, suffixes: Sequence[str]) -> bool:
+    return any(blog.prefix + s in blog.missing_tables for s in suffixes)
+
+
+def _blog_stats(conn: sa.Connection, blog: Blog) -> BlogStats:
+    counts = {"product": (0, 0, 0), "product_variation": (0, 0, 0)}
+    for post_type, n, with_sku, managing in conn.execute(sa.text(sql_blog_stats(blog.prefix))):
+        counts[_text(post_type)] = (int(n or 0), int(with_sku or 0), int(managing or 0))
+    p, v = counts["product"], counts["product_variation"]
+    return BlogStats(products=p[0], variations=v[0], with_sku=p[1] + v[1], managing_stock=p[2] + v[2])
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes | bytearray) else str(value)
+
+
+# --------------------------------------------------------------------------- report (pure)
+def build_report(facts: CheckFacts, config: Config, *, strict: bool = False) -> dict[str, Any]:
+    """The check's verdict as plain data (also the ``--json`` document)."""
+    exit_code = EXIT_OK
+    errors: list[str] = []
+    warnings: list[str] = []
+    database = facts.server.get("database") or ""
+
+    privileges = {p: facts.grants.has(p) for p in (*REQUIRED_PRIVILEGES, TRIGGER_PRIVILEGE)}
+    missing = [p for p in REQUIRED_PRIVILEGES if not privileges[p]]
+    if missing:
+        exit_code |= EXIT_PRIVILEGES
+        errors.append(
+            f"user {facts.user} lacks {', '.join(missing)} on database `{database}`: "
+            f"GRANT {', '.join(REQUIRED_PRIVILEGES)}, {TRIGGER_PRIVILEGE} ON `{database}`.* TO <user>"
+        )
+
+    has_super = facts.grants.has_global("SUPER")
+    binlog = facts.variables.get("log_bin", False)
+    trust = facts.variables.get("log_bin_trust_function_creators", False)
+    if not privileges[TRIGGER_PRIVILEGE]:
+        trigger_ok, trigger_why = False, f"the user lacks the TRIGGER privilege on `{database}`"
+    elif binlog and not (trust or has_super):
+        trigger_ok, trigger_why = (
+            False,
+            "binary logging is on, log_bin_trust_function_creators is OFF and the user lacks SUPER "
+            "(set log_bin_trust_function_creators = ON, or grant SUPER)",
+        )
+    else:
+        trigger_ok, trigger_why = True, "the user may create triggers"
+    mode = config.capture.mode
+    if mode == "poll":
+        effective = "poll"
+    elif trigger_ok:
+        effective = "trigger"
+    elif mode == "auto":
+        effective = "poll"
+        warnings.append(f"capture falls back to polling: {trigger_why}")
+    else:
+        effective = None
+        exit_code |= EXIT_CAPTURE
+        errors.append(f'capture.mode = "trigger" but triggers cannot be created: {trigger_why}')
+    if facts.variables.get("read_only") and not has_super:
+        warnings.append(
+            "the server is read-only (a replica?): syncd's writes will be refused until it is not"
+        )
+
+    blogs_out: list[dict[str, Any]] = []
+    usable_selected = 0
+    network = facts.network
+    if facts.network_error:
+        exit_code |= EXIT_FATAL
+        errors.append(facts.network_error)
+    if network is not None:
+        warnings.extend(f"network: {p}" for p in network.problems)
+        for blog in network.blogs:
+            entry = _blog_entry(blog, facts, config)
+            if entry["status"] == "usable":
+                usable_selected += 1
+            blogs_out.append(entry)
+            for p in blog.problems:
+                warnings.append(f"blog {blog.blog_id}: {p}")
+            for w in blog.warnings:
+                warnings.append(f"blog {blog.blog_id}: {w}")
+            for d in facts.duplicates.get(blog.blog_id, ()):
+                where = f" (language {d.lang})" if d.lang else ""
+                warnings.append(
+                    f"blog {blog.blog_id}: duplicate SKU {d.sku!r}{where} on posts "
+                    f"{', '.join(map(str, d.post_ids))}: syncd cannot tell which one to link"
+                )
+        for s in network.skipped:
+            blogs_out.append(
+                {
+                    "blog_id": s.blog_id,
+                    "prefix": s.prefix,
+                    "site_id": s.site_id,
+                    "domain": s.domain,
+                    "path": s.path,
+                    "status": "skipped (" + ", ".join(s.reasons) + ")",
+                }
+            )
+        blogs_out.sort(key=lambda b: b["blog_id"])
+        if usable_selected < 2:
+            exit_code |= EXIT_NO_BLOGS
+            errors.append(
+                f"{usable_selected} usable WooCommerce blog(s) under prefix {network.base_prefix!r}: "
+                "syncd needs at least two to keep in sync"
+            )
+    if strict and warnings:
+        exit_code |= EXIT_WARNINGS
+
+    return {
+        "ok": exit_code == EXIT_OK,
+        "exit_code": exit_code,
+        "errors": errors,
+        "warnings": warnings,
+        "database": {
+            "url": facts.url,
+            "version": facts.server.get("version"),
+            "flavor": facts.server.get("flavor"),
+            "database": database,
+            "user": facts.user,
+            "log_bin": binlog,
+            "log_bin_trust_function_creators": trust,
+            "read_only": bool(facts.variables.get("read_only")),
+        },
+        "privileges": {**privileges, "SUPER": has_super},
+        "capture": {
+            "mode": mode,
+            "effective": effective,
+            "triggers_possible": trigger_ok,
+            "reason": trigger_why,
+        },
+        "network": {
+            "base_prefix": config.database.table_prefix,
+            "live_blogs": len(network.blogs) if network else 0,
+            "skipped_blogs": len(network.skipped) if network else 0,
+            "usable_blogs": usable_selected,
+        },
+        "blogs": blogs_out,
+    }
+
+
+def _blog_entry(blog: Blog, facts: CheckFacts, config: Config) -> dict[str, Any]:
+    if not config.blogs.selects(blog.blog_id):
+        status = "excluded by configuration"
+    elif blog.problems:
+        status = "left alone"
+    elif not blog.woocommerce:
+        status = "no WooCommerce"
+    else:
+        status = "usable"
+    stats = facts.stats.get(blog.blog_id)
+    return {
+        "blog_id": blog.blog_id,
+        "prefix": blog.prefix,
+        "site_id": blog.site_id,
+        "domain": blog.domain,
+        "path": blog.path,
+        "name": blog.name,
+        "status": status,
+        "woocommerce": blog.woocommerce,
+        "woocommerce_version": blog.woocommerce_version or None,
+        "polylang": blog.polylang,
+        "polylang_wc": blog.polylang_wc,
+        "notify_no_stock_amount": blog.notify_no_stock_amount,
+        "hide_out_of_stock": blog.hide_out_of_stock,
+        "counts": None
+        if stats is None
+        else {
+            "products": stats.products,
+            "variations": stats.variations,
+            "with_sku": stats.with_sku,
+            "managing_stock": stats.managing_stock,
+        },
+        "duplicate_skus": [
+            {"sku": d.sku, "lang": d.lang or None, "post_ids": list(d.post_ids)}
+            for d in facts.duplicates.get(blog.blog_id, ())
+        ],
+        "problems": list(blog.problems),
+        "warnings": list(blog.warnings),
+    }
+
+
+# --------------------------------------------------------------------------- text (pure)
+def render_text(report: dict[str, Any]) -> str:
+    """The report as a page for people."""
+    db = report["database"]
+    lines = [
+        f"Server:     {db['flavor'] or '?'} {db['version'] or '?'}  ({db['url']})",
+        f"Database:   {db['database']}   user {db['user']}",
+        "Binary log: "
+        + (
+            "on, log_bin_trust_function_creators="
+            + ("ON" if db["log_bin_trust_function_creators"] else "OFF")
+            if db["log_bin"]
+            else "off"
+        )
+        + ("   READ-ONLY" if db["read_only"] else ""),
+        "",
+        "Privileges on the database:",
+    ]
+    privs = report["privileges"]
+    lines.append(
+        "  "
+        + "  ".join(f"{p} {'yes' if privs[p] else 'NO'}" for p in (*REQUIRED_PRIVILEGES, TRIGGER_PRIVILEGE))
+    )
+    if db["log_bin"]:
+        lines.append(
+            f"  SUPER {'yes' if privs['SUPER'] else 'no'} (needed for triggers while binary logging is on)"
+        )
+    cap = report["capture"]
+    lines += [
+        "",
+        f"Capture:    mode {cap['mode']} -> {cap['effective'] or 'NOT POSSIBLE'} ({cap['reason']})",
+        "",
+    ]
+    net = report["network"]
+    lines.append(
+        f"Network (base prefix {net['base_prefix']}): {net['live_blogs']} live blog(s), "
+        f"{net['usable_blogs']} usable, {net['skipped_blogs']} skipped"
+    )
+    if report["blogs"]:
+        header = (
+            "BLOG",
+            "PREFIX",
+            "SITE",
+            "WOOCOMMERCE",
+            "POLYLANG",
+            "PRODUCTS",
+            "VARIATIONS",
+            "SKU",
+            "MANAGED",
+            "STATUS",
+        )
+        rows = [header]
+        for b in report["blogs"]:
+            counts = b.get("counts") or {}
+            wc = b.get("woocommerce")
+            poly = b.get("polylang")
+            rows.append(
+                (
+                    str(b["blog_id"]),
+                    b["prefix"],
+                    f"{b['domain']}{b['path']}",
+                    "-" if wc is None else (b.get("woocommerce_version") or "active") if wc else "no",
+                    "-" if poly is None else ("yes+wc" if b.get("polylang_wc") else "yes") if poly else "no",
+                    str(counts.get("products", "")),
+                    str(counts.get("variations", "")),
+                    str(counts.get("with_sku", "")),
+                    str(counts.get("managing_stock", "")),
+                    b["status"],
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        for r in rows:
+            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    if report["errors"]:
+        lines += ["", "Errors (syncd cannot run):"] + [f"  - {e}" for e in report["errors"]]
+    if report["warnings"]:
+        lines += ["", "Warnings:"] + [f"  - {w}" for w in report["warnings"]]
+    lines += [
+        "",
+        f"Result: {'OK, syncd can run' if report['ok'] else 'NOT OK'} (exit status {report['exit_code']})",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- entry point
+def run_check(
+    config: Config, *, json_output: bool = False, out: TextIO = sys.stdout, strict: bool = False
+) -> int:
+    """Connect, check, print the report (text or JSON) to ``out``; return the exit status bitmask.
+
+    Connection failures (unreachable server, wrong password, unknown database) are raised as the
+    driver's error for the caller to report: there is nothing else to check without a connection.
+    """
+    engine = config.database.make_engine(pool_size=1, max_overflow=0)
+    try:
+        with engine.connect() as conn:
+            facts = gather(conn, config)
+    finally:
+        engine.dispose()
+    report = build_report(facts, config, strict=strict)
+    log.debug("check", exit_code=report["exit_code"], blogs=len(report["blogs"]))
+    if json_output:
+        out.write(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    else:
+        out.write(render_text(report))
+    return int(report["exit_code"])
