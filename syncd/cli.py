@@ -1,0 +1,283 @@
+"""Command line: argument parsing only. Each command calls one library function.
+
+``syncd`` with no command runs the daemon (``syncd run``); ``syncd --reconcile`` runs a reconcile
+pass. Modules are imported lazily so that ``syncd demo`` and ``syncd --help`` work before the
+configuration exists, and so that a command whose module is not there yet says so plainly.
+
+Exit status (all commands): 0 success; 1 fatal error (server unreachable, login refused, unknown
+database, not a multisite network, unexpected error); 2 usage error or command not available;
+78 configuration missing or invalid (EX_CONFIG: systemd's RestartPreventExitStatus=78 stops a
+restart loop on a bad file). ``syncd check`` adds its own bits (4, 8, 16, 32): see syncd.check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
+
+import sqlalchemy as sa
+
+from syncd import config as config_mod
+from syncd.config import Config, ConfigError
+from syncd.db import errno_of
+from syncd.log import FORMATS, LEVELS, configure_logging, get_logger
+from syncd.network import NotMultisiteError
+
+EXIT_OK = 0
+EXIT_FATAL = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 78
+
+log = get_logger(component="cli")
+
+
+class NotImplementedYet(RuntimeError):
+    """The module or function behind a command is not part of this build yet."""
+
+
+# --------------------------------------------------------------------------- parser
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=30)
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """--config/--log-level/--log-format, accepted before or after the command."""
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=default,
+        help=f"configuration file (default: ${config_mod.ENV_CONFIG}, else {config_mod.DEFAULT_CONFIG_PATH})",
+    )
+    parser.add_argument("--log-level", choices=tuple(LEVELS), default=default, help="overrides log.level")
+    parser.add_argument("--log-format", choices=FORMATS, default=default, help="overrides log.format")
+
+
+def _command(
+    sub: Any, name: str, help_text: str, example: str, description: str = ""
+) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description=(description or help_text),
+        epilog=f"Example:\n  {example}",
+        formatter_class=_formatter,
+    )
+    _global_options(p, suppress=True)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="syncd",
+        description="Keep WooCommerce stock identical across the blogs of a WordPress multisite network.",
+        epilog=textwrap.dedent(
+            """\
+            With no command, syncd runs the daemon (same as `syncd run`).
+
+            Example:
+              syncd --config /etc/syncd/syncd.toml check
+            """
+        ),
+        formatter_class=_formatter,
+    )
+    _global_options(parser, suppress=False)
+    parser.add_argument(
+        "--reconcile",
+        action="store_true",
+        help="run one reconcile pass (audit every link group, repair drift) instead of the daemon",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = _command(
+        sub,
+        "run",
+        "run the daemon in the foreground (the default)",
+        "syncd --config /etc/syncd/syncd.toml run",
+        "Run the daemon in the foreground until SIGTERM: capture stock changes and apply them to the\n"
+        "linked products of the other blogs. One instance per network is active; others wait.",
+    )
+    p.add_argument(
+        "--reconcile",
+        action="store_true",
+        default=argparse.SUPPRESS,  # keep `syncd --reconcile run` working
+        help="run one reconcile pass instead of the daemon",
+    )
+    p.set_defaults(handler=cmd_run)
+
+    p = _command(
+        sub,
+        "check",
+        "check server, privileges and network; exit 0 when syncd can run",
+        "syncd check --json | jq .blogs",
+        "Read-only: server version, the privileges syncd needs, each blog's WooCommerce/Polylang\n"
+        "state and product counts, and the problems that make syncd leave a blog alone.\n"
+        "Exit status is a bitmask: 1 fatal, 4 missing privilege, 8 triggers impossible in\n"
+        "trigger mode, 16 fewer than two usable blogs, 32 warnings (--strict only).",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as one JSON document")
+    p.add_argument(
+        "--strict", action="store_true", help="also fail (bit 32) on warnings such as duplicate SKUs"
+    )
+    p.set_defaults(handler=cmd_check)
+
+    p = _command(
+        sub,
+        "install",
+        "create syncd's tables and install or upgrade the triggers",
+        "syncd install",
+        "Create syncd's tables and install or upgrade the capture triggers on every usable blog.\n"
+        "Idempotent. The daemon does this itself at start when sync.install_triggers = true.",
+    )
+    p.set_defaults(handler=cmd_install)
+
+    p = _command(
+        sub,
+        "uninstall",
+        "drop syncd's triggers and tables (WooCommerce data is untouched)",
+        "syncd uninstall --keep-history",
+    )
+    p.add_argument("--keep-history", action="store_true", help="keep the history table (audit trail)")
+    p.set_defaults(handler=cmd_uninstall)
+
+    p = _command(
+        sub,
+        "status",
+        "show the daemon's state: leader, backlog, last batches",
+        "syncd status --json",
+    )
+    p.add_argument("--json", action="store_true", help="print the status as one JSON document")
+    p.set_defaults(handler=cmd_status)
+
+    p = _command(
+        sub,
+        "demo",
+        "run syncd on a throwaway demo network (private MariaDB, 3-blog WooCommerce multisite)",
+        "syncd demo",
+        "Start a private MariaDB server, load a 3-blog WooCommerce network, run syncd against it and\n"
+        "show a sale on one blog reaching the others. Needs no configuration file.",
+    )
+    p.add_argument("demo_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(handler=cmd_demo, needs_config=False)
+
+    return parser
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    if getattr(args, "reconcile", False):
+        return _call("syncd.reconcile", "main", config, args)
+    log.info("start", config=config.redacted())
+    return _call("syncd.daemon", "run", config)
+
+
+def cmd_check(args: argparse.Namespace, config: Config) -> int:
+    from syncd.check import run_check
+
+    return run_check(config, json_output=args.json, strict=args.strict)
+
+
+def cmd_install(args: argparse.Namespace, config: Config) -> int:
+    return _call("syncd.capture", "install_all", config)
+
+
+def cmd_uninstall(args: argparse.Namespace, config: Config) -> int:
+    return _call("syncd.capture", "uninstall_all", config, keep_history=args.keep_history)
+
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    return _call("syncd.status", "main", config, args)
+
+
+def cmd_demo(args: argparse.Namespace, config: Config | None) -> int:
+    return _call("syncd.demo", "main", args)
+
+
+def _load(module: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        # Only "the module itself is absent" means not implemented; a missing dependency inside an
+        # existing module is a real error and propagates.
+        if exc.name == module:
+            raise NotImplementedYet(f"{module} is not implemented yet") from None
+        raise
+
+
+def _call(module: str, function: str, *args: Any, **kwargs: Any) -> int:
+    fn: Callable[..., Any] | None = getattr(_load(module), function, None)
+    if fn is None:
+        raise NotImplementedYet(f"{module}.{function} is not implemented yet")
+    result = fn(*args, **kwargs)
+    return EXIT_OK if result is None else int(result)
+
+
+# --------------------------------------------------------------------------- errors
+#: What a connect-time errno means, in words for the operator.
+_CONNECT_REASONS = {
+    1045: "access denied: wrong user name or password",
+    1044: "access denied to the database for this user",
+    1049: "unknown database",
+    1130: "this host is not allowed to connect",
+    2002: "cannot connect through the socket (server down or wrong socket path)",
+    2003: "cannot connect (server down, wrong host/port, or a firewall)",
+    2005: "unknown host name",
+    2013: "connection lost while connecting",
+}
+
+
+def describe_db_error(exc: BaseException, config: Config) -> str:
+    """One line for an operator: server, user, database, the reason. Never the password."""
+    code = errno_of(exc)
+    orig = getattr(exc, "orig", exc)
+    detail = str(orig.args[1]) if len(getattr(orig, "args", ())) > 1 else str(orig)
+    password = config.database.sa_url.password
+    if password:
+        detail = detail.replace(str(password), "***")
+    reason = _CONNECT_REASONS.get(code or -1, "database error")
+    db = config.database
+    return (
+        f"syncd: cannot use MySQL server {db.server} as user {db.user!r}, database {db.database!r}: "
+        f"{reason} (error {code}: {detail})"
+    )
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: sys.argv[1:]), run the command, return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.command is None:
+        args.handler = cmd_run
+        args.command = "run"
+    level = args.log_level or "info"
+    fmt = args.log_format or "auto"
+    configure_logging(level, fmt)
+
+    config: Config | None = None
+    try:
+        if getattr(args, "needs_config", True):
+            config = config_mod.load_config(args.config).with_log(args.log_level, args.log_format)
+            configure_logging(config.log.level, config.log.format)
+        return int(args.handler(args, config))
+    except ConfigError as exc:
+        print(f"syncd: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except NotMultisiteError as exc:
+        print(f"syncd: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    except NotImplementedYet as exc:
+        print(f"syncd {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except sa.exc.DBAPIError as exc:
+        if config is None:
+            raise
+        print(describe_db_error(exc, config), file=sys.stderr)
+        return EXIT_FATAL
+    except KeyboardInterrupt:
+        return 130
