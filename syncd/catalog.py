@@ -47,9 +47,11 @@ def refresh_sql(base_prefix: str, prefix: str, collation: str, n_ids: int | None
     only = ""
     if n_ids is not None:
         only = "AND p.ID IN (" + ", ".join(f":id{i}" for i in range(n_ids)) + ")"
+    text = "\n".join(
+        ln for ln in sql_text("member_refresh.sql").splitlines() if not ln.lstrip().startswith("--")
+    )
     return (
-        sql_text("member_refresh.sql")
-        .replace("{base}", base_prefix)
+        text.replace("{base}", base_prefix)
         .replace("{prefix}", prefix)
         .replace("{collation}", collation)
         .replace("{only_ids}", only)

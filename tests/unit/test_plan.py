@@ -1,0 +1,186 @@
+"""The planner is pure: these tests pin its merge rules without a database."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from syncd.plan import (
+    Change,
+    Facts,
+    Member,
+    StockValueError,
+    format_quantity,
+    parse_quantity,
+    plan_batch,
+    target_stock_value,
+)
+
+A, B, C = (1, 11), (2, 21), (3, 31)
+GROUP = [Member(*A, sku="X"), Member(*B, sku="X"), Member(*C, sku="X")]
+GROUPS = {m.key: GROUP for m in GROUP}
+FACTS = {m.key: Facts(stock="10") for m in GROUP}
+LIVE = (1, 2, 3)
+
+
+def ch(i, key, old, new, meta="_stock", op="U"):
+    return Change(i, key[0], key[1], meta, op, old, new)
+
+
+def writes(plan):
+    return {w.key: w for w in plan.writes}
+
+
+def test_relative_change_goes_to_every_other_member():
+    plan = plan_batch([ch(1, A, "10", "7")], GROUPS, FACTS, LIVE)
+    w = writes(plan)
+    assert set(w) == {B, C}
+    assert all(x.stock.delta == -3 and not x.stock.is_set for x in w.values())
+    assert plan.refresh == {1: {11}, 2: {21}, 3: {31}}  # the origin is repaired too
+
+
+def test_concurrent_deltas_sum_per_member():
+    plan = plan_batch([ch(1, A, "10", "9"), ch(2, B, "10", "8"), ch(3, A, "9", "12")], GROUPS, FACTS, LIVE)
+    w = writes(plan)
+    assert w[A].stock.delta == -2
+    assert w[B].stock.delta == 2
+    # C's net delta is zero (-1 -2 +3): nothing to write on C at all
+    assert C not in w
+
+
+def test_text_forms_compare_as_numbers():
+    plan = plan_batch([ch(1, A, "42", "42.000000")], GROUPS, FACTS, LIVE)
+    assert plan.writes == []
+
+
+def test_absolute_set_from_null_and_own_set_overrides_earlier_sibling_deltas():
+    plan = plan_batch([ch(1, B, "10", "9"), ch(2, A, None, "5")], GROUPS, FACTS, LIVE)
+    w = writes(plan)
+    assert w[B].stock.is_set and w[B].stock.set_value == 5
+    assert w[C].stock.is_set and w[C].stock.set_value == 5
+    assert A not in w  # A's own set came after B's delta: A keeps 5
+
+
+def test_delta_after_set_is_added_to_it():
+    plan = plan_batch([ch(1, A, None, "5"), ch(2, B, "5", "4")], GROUPS, FACTS, LIVE)
+    w = writes(plan)
+    assert w[C].stock.is_set and w[C].stock.set_value == 5 and w[C].stock.delta == -1
+    assert target_stock_value("999", w[C].stock) == 4
+
+
+@pytest.mark.parametrize("bad", ["abc", "", " "])
+def test_unparseable_origin_value_is_not_propagated(bad):
+    plan = plan_batch([ch(1, A, "10", bad)], GROUPS, FACTS, LIVE)
+    assert plan.writes == []
+    assert any(n.level == "warning" and "not a number" in n.reason for n in plan.notes)
+
+
+def test_registers_last_captured_change_wins_and_own_later_change_wins():
+    plan = plan_batch(
+        [ch(1, A, "no", "notify", "_backorders"), ch(2, C, "no", "yes", "_backorders")], GROUPS, FACTS, LIVE
+    )
+    w = writes(plan)
+    assert w[B].registers == {"_backorders": "yes"}
+    assert w[A].registers == {"_backorders": "yes"}
+    assert C not in w
+
+
+def test_low_stock_amount_unset_is_propagated_as_delete_but_other_deletes_are_not():
+    plan = plan_batch(
+        [ch(1, A, "5", None, "_low_stock_amount", "D"), ch(2, A, "no", None, "_backorders", "D")],
+        GROUPS,
+        FACTS,
+        LIVE,
+    )
+    w = writes(plan)
+    assert w[B].registers == {"_low_stock_amount": None}
+
+
+def test_creation_inserts_are_not_propagated():
+    plan = plan_batch(
+        [ch(1, A, None, "10", op="I"), ch(2, A, None, "no", "_backorders", "I")], GROUPS, FACTS, LIVE
+    )
+    assert plan.writes == []
+
+
+def test_members_that_do_not_manage_stock_get_no_quantity():
+    facts = dict(FACTS)
+    facts[B] = Facts(manage_stock="no", stock=None)
+    plan = plan_batch([ch(1, A, "10", "7")], GROUPS, facts, LIVE)
+    assert set(writes(plan)) == {C}
+
+
+def test_manage_stock_switched_on_with_quantity_in_one_batch():
+    facts = {k: Facts(manage_stock="no", stock=None) for k in FACTS}
+    plan = plan_batch([ch(1, A, "no", "yes", "_manage_stock"), ch(2, A, None, "4")], GROUPS, facts, LIVE)
+    w = writes(plan)
+    assert w[B].registers == {"_manage_stock": "yes"}
+    assert w[B].stock.is_set and w[B].stock.set_value == 4
+
+
+def test_status_is_derived_when_managed_and_a_register_when_not():
+    managed = plan_batch([ch(1, A, "instock", "outofstock", "_stock_status")], GROUPS, FACTS, LIVE)
+    assert managed.writes == [] and managed.refresh == {1: {11}}
+    facts = {k: Facts(manage_stock="no", stock=None) for k in FACTS}
+    unmanaged = plan_batch([ch(1, A, "instock", "outofstock", "_stock_status")], GROUPS, facts, LIVE)
+    assert {w.key: w.status_register for w in unmanaged.writes} == {B: "outofstock", C: "outofstock"}
+
+
+def test_dead_blogs_trashed_members_ambiguous_and_unlinked_origins():
+    facts = dict(FACTS)
+    facts[C] = Facts(post_status="trash", stock="10")
+    plan = plan_batch([ch(1, A, "10", "7")], GROUPS, facts, live_blogs=(1,))
+    assert plan.writes == []  # blog 2 not live, blog 3 member trashed
+    amb = [Member(*A, sku="X", state="ambiguous"), Member(*B, sku="X")]
+    plan = plan_batch([ch(1, A, "10", "7")], {A: amb}, FACTS, LIVE)
+    assert plan.writes == [] and any("ambiguous" in n.reason for n in plan.notes)
+    plan = plan_batch([ch(1, (1, 99), "10", "7")], {}, {(1, 99): Facts()}, LIVE)
+    assert plan.writes == [] and plan.refresh == {1: {99}}
+
+
+def test_membership_changes_are_acknowledged_without_writes():
+    plan = plan_batch([ch(1, A, "X", "Y", "_sku")], GROUPS, FACTS, LIVE)
+    assert plan.writes == [] and [c.id for c in plan.applied] == [1]
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("7", 7), ("42.000000", 42), ("-2", -2), ("2.5", Decimal("2.5")), (None, None)]
+)
+def test_parse_quantity(text, value):
+    assert parse_quantity(text) == value
+
+
+@pytest.mark.parametrize("text", ["abc", "", "NaN", "inf", "1e"])
+def test_parse_quantity_refuses_non_numbers(text):
+    with pytest.raises(StockValueError):
+        parse_quantity(text)
+
+
+def test_format_quantity():
+    assert format_quantity(Decimal("42.000000")) == "42"
+    assert format_quantity(Decimal("2.50")) == "2.5"
+
+
+deltas = st.lists(
+    st.tuples(st.sampled_from([A, B, C]), st.integers(min_value=-5, max_value=5)), min_size=1, max_size=40
+)
+
+
+@given(deltas)
+@settings(max_examples=200)
+def test_any_sequence_of_relative_changes_converges(events):
+    """Each member ends at start + the sum of every delta, whichever member it happened on."""
+    current = {k: Decimal(10) for k in GROUPS}
+    changes = []
+    for i, (key, d) in enumerate(events, 1):
+        old = current[key]
+        current[key] = old + d
+        changes.append(ch(i, key, str(old), str(old + d)))
+    plan = plan_batch(changes, GROUPS, FACTS, LIVE)
+    w = writes(plan)
+    final = {k: current[k] + (w[k].stock.delta if k in w and w[k].stock else 0) for k in current}
+    expected = 10 + sum(d for _, d in events)
+    assert set(final.values()) == {expected}

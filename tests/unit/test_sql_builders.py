@@ -1,0 +1,81 @@
+"""Golden tests of the SQL syncd builds (whitespace-normalised)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from syncd.capture import render_blog_triggers, render_trigger, trigger_name
+from syncd.catalog import refresh_sql
+from syncd.db import PrefixError, table, validate_prefix
+from syncd.schema import schema_statements
+
+
+def norm(sql: str) -> str:
+    return re.sub(r"\s+", " ", sql).strip()
+
+
+def test_trigger_update_golden():
+    d = render_trigger("wp_", (3, "wp_3_"), "update")
+    assert d.name == "wp_syncd_b3_au"
+    assert d.table == "wp_3_postmeta"
+    s = norm(d.create_sql)
+    assert s.startswith("CREATE TRIGGER `wp_syncd_b3_au` AFTER UPDATE ON `wp_3_postmeta` FOR EACH ROW BEGIN")
+    assert "DECLARE CONTINUE HANDLER FOR 1146 BEGIN END;" in s
+    assert (
+        "IF @syncd_apply IS NULL AND (NEW.meta_key IN ('_stock', '_manage_stock', '_backorders', '_low_stock_amount', '_stock_status', '_sku', '_wp_trash_meta_status')"
+        in s
+    )
+    assert "ELSEIF NOT (BINARY OLD.meta_value <=> BINARY NEW.meta_value) THEN" in s
+    assert (
+        "INSERT INTO `wp_syncd_change` (blog_id, post_id, meta_key, op, old_value, new_value, captured_at, conn_id) VALUES (3, NEW.post_id, NEW.meta_key, 'U', OLD.meta_value, NEW.meta_value, UTC_TIMESTAMP(6), CONNECTION_ID());"
+        in s
+    )
+    assert s.endswith("END IF; END IF; END")
+    assert d.body.startswith("BEGIN")
+
+
+def test_trigger_names_per_blog_and_event():
+    assert [d.name for d in render_blog_triggers("shop_", (1, "shop_"))] == [
+        "shop_syncd_b1_ai",
+        "shop_syncd_b1_au",
+        "shop_syncd_b1_ad",
+    ]
+    assert trigger_name("wp_", 12, "delete") == "wp_syncd_b12_ad"
+
+
+@pytest.mark.parametrize("bad", ["wp-", "wp_; DROP TABLE x", "", "wp_`", "a" * 33])
+def test_prefixes_are_validated_everywhere(bad):
+    with pytest.raises(PrefixError):
+        validate_prefix(bad)
+    with pytest.raises(PrefixError):
+        render_trigger(bad, (1, "wp_"), "insert")
+    with pytest.raises(PrefixError):
+        table(bad, "posts")
+
+
+def test_member_refresh_golden():
+    s = norm(refresh_sql("wp_", "wp_2_", "utf8mb4_unicode_520_ci", 2))
+    assert s.startswith(
+        "INSERT INTO `wp_syncd_member` (blog_id, post_id, link_key, sku, post_type, product_type, parent_id, state, refreshed_at) SELECT :blog_id, p.ID, WEIGHT_STRING(CONVERT(TRIM(TRAILING ' ' FROM pm.meta_value) USING utf8mb4) COLLATE utf8mb4_unicode_520_ci)"
+    )
+    assert "FROM `wp_2_posts` p JOIN `wp_2_postmeta` pm ON pm.post_id = p.ID AND pm.meta_key = '_sku'" in s
+    assert "AND p.ID IN (:id0, :id1)" in s
+    assert "IF(COALESCE(pt.slug, '') IN ('grouped', 'external'), 'skipped', 'linked')" in s
+    assert "AND p.ID IN" not in norm(refresh_sql("wp_", "wp_", "utf8mb4_general_ci", None))
+    with pytest.raises(ValueError):
+        refresh_sql("wp_", "wp_", "utf8mb4; DROP", None)
+
+
+def test_schema_statements_use_the_base_prefix_only():
+    stmts = schema_statements("shop_")
+    names = [re.search(r"CREATE TABLE IF NOT EXISTS `([^`]+)`", s).group(1) for s in stmts]
+    assert names == [
+        "shop_syncd_meta",
+        "shop_syncd_change",
+        "shop_syncd_dead",
+        "shop_syncd_member",
+        "shop_syncd_history",
+    ]
+    assert all("{base}" not in s for s in stmts)
