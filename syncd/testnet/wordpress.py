@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -483,10 +484,10 @@ def add_blog(
     )
     # WordPress core's default category is term 1; WooCommerce's installer then adds its terms and
     # the default product category 'Uncategorized' (term 15 = option default_product_cat).
-    _insert_term(conn, prefix, "Uncategorized", "uncategorized", "category", term_id=1)
+    insert_term(conn, prefix, "Uncategorized", "uncategorized", "category", term_id=1)
     for taxonomy, slug in WC_INSTALL_TERMS:
-        _insert_term(conn, prefix, slug, slug, taxonomy)
-    cat_id = _insert_term(conn, prefix, "Uncategorized", "uncategorized", "product_cat")
+        insert_term(conn, prefix, slug, slug, taxonomy)
+    cat_id = insert_term(conn, prefix, "Uncategorized", "uncategorized", "product_cat")
     conn.execute(
         sa.text(
             f"UPDATE {table(prefix, 'options')} SET option_value = :v WHERE option_name = 'default_product_cat'"
@@ -494,8 +495,7 @@ def add_blog(
         {"v": str(cat_id)},
     )
     if polylang:
-        for slug in languages:
-            add_polylang_language(conn, prefix, slug)
+        setup_polylang(conn, prefix, languages)
     conn.execute(
         sa.text(
             f"INSERT INTO {table(base, 'blogs')} (blog_id, site_id, domain, path, registered, last_updated, "  # noqa: S608
@@ -506,7 +506,7 @@ def add_blog(
     )
 
 
-def _insert_term(
+def insert_term(
     conn: sa.Connection,
     prefix: str,
     name: str,
@@ -537,25 +537,143 @@ def _insert_term(
     return tid
 
 
-def add_polylang_language(
-    conn: sa.Connection, prefix: str, slug: str, *, term_group: int | None = None, term_id: int | None = None
+#: Name/slug Polylang gives the default category's translation when a language is added.
+_DEFAULT_CATEGORY_NAMES = {
+    "fr": ("Non classé", "non-classe"),
+    "de": ("Allgemein", "allgemein"),
+    "es": ("Sin categoría", "sin-categoria"),
+}
+
+_uniq_last = [0]
+
+
+def pll_uniqid() -> str:
+    """A Polylang translation-group term name: 'pll_' + PHP uniqid() (8 hex seconds + 5 hex microseconds)."""
+    now = max(int(time.time() * 1_000_000), _uniq_last[0] + 1)
+    _uniq_last[0] = now
+    return f"pll_{now // 1_000_000:08x}{now % 1_000_000:05x}"
+
+
+def relate(conn: sa.Connection, prefix: str, object_id: int, term_taxonomy_id: int) -> None:
+    """wp_set_object_terms() for one term, without the recount (callers recount)."""
+    conn.execute(
+        sa.text(
+            f"INSERT IGNORE INTO {table(prefix, 'term_relationships')} "  # noqa: S608
+            "(object_id, term_taxonomy_id, term_order) VALUES (:o, :t, 0)"
+        ),
+        {"o": object_id, "t": term_taxonomy_id},
+    )
+
+
+def delete_term(conn: sa.Connection, prefix: str, term_id: int) -> None:
+    """wp_delete_term() of a term whose term_taxonomy_id equals its term_id."""
+    for suffix, col in (
+        ("term_relationships", "term_taxonomy_id"),
+        ("term_taxonomy", "term_id"),
+        ("terms", "term_id"),
+    ):
+        conn.execute(sa.text(f"DELETE FROM {table(prefix, suffix)} WHERE {col} = :id"), {"id": term_id})  # noqa: S608
+
+
+def set_translation_group(
+    conn: sa.Connection, prefix: str, taxonomy: str, members: dict[str, int], group_id: int | None = None
 ) -> int:
-    """Create a Polylang language: its ``language`` term and its ``term_language`` (pll_<slug>) term."""
-    name, locale, flag = LANGUAGES[slug]
-    if term_group is None:
-        term_group = int(
-            conn.execute(
-                sa.text(f"SELECT COUNT(*) FROM {table(prefix, 'term_taxonomy')} WHERE taxonomy = 'language'")  # noqa: S608
-            ).scalar_one()
+    """Create (or rewrite) a Polylang translation group term (post_translations / term_translations)."""
+    desc = _php(members)
+    if group_id is None:
+        name = pll_uniqid()
+        group_id = insert_term(conn, prefix, name, name, taxonomy, description=desc)
+    else:
+        conn.execute(
+            sa.text(
+                f"UPDATE {table(prefix, 'term_taxonomy')} SET description = :d WHERE term_taxonomy_id = :id"
+            ),  # noqa: S608
+            {"d": desc, "id": group_id},
         )
-    desc = _php({"locale": locale, "rtl": False, "flag_code": flag})
-    lang_id = _insert_term(
-        conn, prefix, name, slug, "language", term_id=term_id, description=desc, term_group=term_group
+    for obj in members.values():
+        relate(conn, prefix, obj, group_id)
+    _count_all_objects(conn, prefix, group_id)
+    return group_id
+
+
+def _count_all_objects(conn: sa.Connection, prefix: str, tt_id: int) -> None:
+    # _update_generic_term_count(): taxonomies whose objects are terms or groups count every relationship.
+    conn.execute(
+        sa.text(
+            f"UPDATE {table(prefix, 'term_taxonomy')} SET count = (SELECT COUNT(*) FROM "  # noqa: S608
+            f"{table(prefix, 'term_relationships')} WHERE term_taxonomy_id = :id) WHERE term_taxonomy_id = :id"
+        ),
+        {"id": tt_id},
     )
-    _insert_term(
-        conn, prefix, name, "pll_" + slug, "term_language", term_id=None if term_id is None else term_id + 1
-    )
-    return lang_id
+
+
+def find_translation_group(
+    conn: sa.Connection, prefix: str, taxonomy: str, object_id: int
+) -> tuple[int, dict[str, int]] | None:
+    row = conn.execute(
+        sa.text(
+            f"SELECT tt.term_taxonomy_id, tt.description FROM {table(prefix, 'term_taxonomy')} tt "  # noqa: S608
+            f"JOIN {table(prefix, 'term_relationships')} tr ON tr.term_taxonomy_id = tt.term_taxonomy_id "
+            "WHERE tt.taxonomy = :t AND tr.object_id = :o"
+        ),
+        {"t": taxonomy, "o": object_id},
+    ).first()
+    if row is None:
+        return None
+    members = phpserialize.loads(row[1].encode(), decode_strings=True)
+    return int(row[0]), {str(k): int(v) for k, v in members.items()}
+
+
+def polylang_languages(conn: sa.Connection, prefix: str) -> dict[str, tuple[int, int]]:
+    """slug -> (language term_taxonomy_id, term_language term_taxonomy_id) of a Polylang blog."""
+    rows = conn.execute(
+        sa.text(
+            f"SELECT t.slug, tt.term_taxonomy_id, tt.taxonomy FROM {table(prefix, 'terms')} t "  # noqa: S608
+            f"JOIN {table(prefix, 'term_taxonomy')} tt ON tt.term_id = t.term_id "
+            "WHERE tt.taxonomy IN ('language', 'term_language') ORDER BY t.term_group, t.term_id"
+        )
+    ).fetchall()
+    langs: dict[str, list[int]] = {}
+    for slug, tt_id, taxonomy in rows:
+        key = slug[4:] if taxonomy == "term_language" else slug
+        langs.setdefault(key, [0, 0])[0 if taxonomy == "language" else 1] = int(tt_id)
+    return {k: (v[0], v[1]) for k, v in langs.items()}
+
+
+def setup_polylang(conn: sa.Connection, prefix: str, languages: Sequence[str]) -> None:
+    """Add Polylang languages the way Polylang's wizard leaves them (term ids 16-22 for en+fr, as recorded).
+
+    Each language is a ``language`` term plus a ``term_language`` term; the default category (term 1)
+    joins the first language, every further language gets a translated default category, and all of
+    them form one ``term_translations`` group (recreated on each addition: hence recorded id gaps).
+    """
+    group: tuple[int, dict[str, int]] | None = None
+    for i, slug in enumerate(languages):
+        name, locale, flag = LANGUAGES[slug]
+        insert_term(
+            conn,
+            prefix,
+            name,
+            slug,
+            "language",
+            term_group=i,
+            description=_php({"locale": locale, "rtl": False, "flag_code": flag}),
+        )
+        tl = insert_term(conn, prefix, name, "pll_" + slug, "term_language")
+        if i == 0:
+            cat = 1
+        else:
+            cname, cslug = _DEFAULT_CATEGORY_NAMES.get(
+                slug, (f"Uncategorized ({slug})", f"uncategorized-{slug}")
+            )
+            cat = insert_term(conn, prefix, cname, cslug, "category")
+        relate(conn, prefix, cat, tl)
+        _count_all_objects(conn, prefix, tl)
+        members = {slug: cat}
+        if group is not None:
+            delete_term(conn, prefix, group[0])
+            members.update(group[1])
+        group = (set_translation_group(conn, prefix, "term_translations", members), members)
 
 
 def set_blog_flags(
