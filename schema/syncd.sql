@@ -83,3 +83,15 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_history` (
   KEY `applied_at` (`applied_at`),
   KEY `change_id` (`change_id`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+-- ;
+-- Poll mode only: the last seen value of every watched meta row, per blog. The poller diffs
+-- postmeta against it to synthesise change rows; the applier keeps it current for its own writes.
+CREATE TABLE IF NOT EXISTS `{base}syncd_snapshot` (
+  `blog_id` INT UNSIGNED NOT NULL,
+  `meta_id` BIGINT UNSIGNED NOT NULL,
+  `post_id` BIGINT UNSIGNED NOT NULL,
+  `meta_key` VARCHAR(255) NOT NULL,
+  `value` LONGTEXT NULL,
+  PRIMARY KEY (`blog_id`, `meta_id`),
+  KEY `post` (`blog_id`, `post_id`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin

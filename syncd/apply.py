@@ -31,7 +31,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 import structlog
 
-from syncd import catalog
+from syncd import catalog, poll
 from syncd.db import errno_of, is_retryable, table
 from syncd.network import Blog
 from syncd.plan import (
@@ -133,9 +133,12 @@ class Applier:
         base_prefix: str,
         blogs: Callable[[], Mapping[int, Blog]],
         refresh: RefreshFn | None = None,
+        *,
+        poll_mode: bool = False,
     ) -> None:
         self.base = base_prefix
         self._blogs = blogs
+        self.poll_mode = poll_mode
         if refresh is None:
             from syncd.derived import refresh_products
 
@@ -172,7 +175,20 @@ class Applier:
         rows: dict[Key, ProductRows] = {}
         for blog_id, posts in sorted(_by_blog(involved).items()):
             try:
-                rows.update(self._lock_and_read(conn, blogs[blog_id], posts))
+                locked = self._lock_and_read(conn, blogs[blog_id], posts)
+                rows.update(locked)
+                if self.poll_mode:
+                    poll.capture_unseen(
+                        conn,
+                        self.base,
+                        blogs[blog_id],
+                        [
+                            (m.meta_id, k[1], key, m.value)
+                            for k, r in locked.items()
+                            for key, ms in r.meta.items()
+                            for m in ms
+                        ],
+                    )
             except Exception as exc:  # noqa: BLE001 - one broken blog must not stop the others
                 if is_retryable(exc):
                     raise
@@ -242,6 +258,10 @@ class Applier:
             )
             result.derived[blog_id] = report
 
+        if self.poll_mode:
+            for blog_id, posts in sorted(_by_blog(rows).items()):
+                if blog_id in blogs:
+                    poll.resync_snapshot(conn, self.base, blogs[blog_id], posts, FACT_KEYS)
         self._write_history(conn, batch_id, result.history, now)
         return result
 

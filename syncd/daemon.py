@@ -43,6 +43,10 @@ from syncd.plan import Change
 
 log = structlog.get_logger("syncd.daemon")
 
+#: Refusals that mean "this user may not create triggers" (1419: binary logging needs SUPER or
+#: log_bin_trust_function_creators), and nothing else: other errors are real errors.
+PRIVILEGE_ERRORS = frozenset({1044, 1142, 1227, 1419, 1370})
+
 EXIT_OK = 0
 EXIT_FATAL = 1
 EXIT_ABORTED = 3
@@ -260,6 +264,8 @@ class Daemon:
             for b in network.blogs:
                 if b.problems:
                     log.warning("blog_left_alone", blog=b.blog_id, prefix=b.prefix, problems=list(b.problems))
+            if initial:
+                self._choose_capture_mode(conn, usable)
             if self.capture_mode == "trigger" and self.config.sync.install_triggers:
                 for blog_id in sorted(usable):
                     try:
@@ -289,6 +295,55 @@ class Daemon:
                 log.info("blogs_added", blogs=added)
         with self._blogs_lock:
             self._blogs = usable
+
+    def _choose_capture_mode(self, conn: sa.Connection, usable: Mapping[int, Blog]) -> None:
+        """trigger or poll. ``auto`` tries triggers and falls back to polling when the user may not create them."""
+        mode = self.config.capture.mode
+        installed = capture.installed_triggers(conn, self.base)
+        if mode == "poll":
+            if installed:
+                # Triggers and polling together would capture every change twice.
+                capture.uninstall_all_triggers(conn, self.base)
+                log.warning("triggers_removed_for_poll_mode", triggers=sorted(installed))
+            self.capture_mode = "poll"
+            return
+        if mode == "trigger" or not usable:
+            self.capture_mode = "trigger"
+            return
+        probe = usable[min(usable)]
+        try:
+            capture.install_blog_triggers(conn, self.base, probe)
+            self.capture_mode = "trigger"
+        except Exception as exc:  # noqa: BLE001 - classified: only a privilege refusal selects polling
+            conn.rollback()
+            if errno_of(exc) in PRIVILEGE_ERRORS:
+                self.capture_mode = "poll"
+                log.warning(
+                    "capture_falls_back_to_poll",
+                    reason="the database user may not create triggers",
+                    errno=errno_of(exc),
+                    poll_interval=self.config.capture.poll_interval,
+                )
+            else:
+                raise
+
+    def poll(self) -> int:
+        """Poll mode: diff every blog against the snapshot and queue the differences."""
+        from syncd.poll import poll_blog
+
+        assert self._apply_engine is not None
+        total = 0
+        with self._apply_engine.connect() as conn:
+            for blog in self.blogs().values():
+                try:
+                    total += poll_blog(conn, self.base, blog)
+                    conn.commit()
+                except Exception as exc:  # noqa: BLE001 - one blog's failure leaves the others polled
+                    conn.rollback()
+                    if is_disconnect(exc):
+                        raise
+                    self._note_error("poll_failed", exc, blog=blog.blog_id)
+        return total
 
     def _blog_selected(self, blog_id: int) -> bool:
         sel = self.config.blogs
@@ -389,6 +444,7 @@ class Daemon:
         wd = watchdog_interval()
         last_ping = 0.0
         last_leader_check = time.monotonic()
+        last_poll = 0.0
         conn: sa.Connection | None = None
         backoff = _Backoff()
         while not self.stop.is_set():
@@ -406,13 +462,20 @@ class Daemon:
                     if not self._become_leader():
                         return
             try:
+                if self.capture_mode == "poll" and now - last_poll >= self.config.capture.poll_interval:
+                    # Same thread as the applier: a poll and a batch never interleave (see syncd.poll).
+                    last_poll = now
+                    self.poll()
                 if conn is None:
                     conn = self._apply_engine.connect()
                     self.stats.connection = "connected"
                 applied = self.process_once(conn)
                 backoff.reset()
                 if not applied:
-                    self.stop.wait(self.config.sync.idle_wait)
+                    idle = self.config.sync.idle_wait
+                    if self.capture_mode == "poll":
+                        idle = max(idle, min(0.1, self.config.capture.poll_interval))
+                    self.stop.wait(idle)
             except Exception as exc:  # noqa: BLE001 - classified below; the daemon stays up
                 if conn is not None and (is_disconnect(exc) or not is_retryable(exc)):
                     _discard(conn)
@@ -435,7 +498,7 @@ class Daemon:
         return self.apply_with_retry(conn, changes)
 
     def apply_with_retry(self, conn: sa.Connection, changes: Sequence[Change]) -> int:
-        applier = Applier(self.base, self.blogs, self._refresh)
+        applier = Applier(self.base, self.blogs, self._refresh, poll_mode=self.capture_mode == "poll")
         backoff = _Backoff()
         attempt = 0
         while True:

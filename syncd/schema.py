@@ -14,7 +14,7 @@ from syncd.db import table, validate_prefix
 from syncd.sqlfiles import schema_text, split_statements
 
 SCHEMA_VERSION = 1
-OWN_TABLES = ("syncd_change", "syncd_dead", "syncd_member", "syncd_history", "syncd_meta")
+OWN_TABLES = ("syncd_change", "syncd_dead", "syncd_member", "syncd_snapshot", "syncd_history", "syncd_meta")
 
 
 def schema_statements(base_prefix: str) -> list[str]:

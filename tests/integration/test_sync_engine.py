@@ -95,3 +95,32 @@ def test_unsafe_member_is_skipped_and_the_others_still_sync(wp_network):
         assert any(n[0] == 3 and n[1] == tshirt[3] and n[2] == "TSHIRT-RED" and "not a number" in n[3] for n in notes)
     finally:
         d.close()
+
+
+def test_poll_mode_captures_and_applies_without_triggers_or_echo(wp_network):
+    net = wp_network
+    d = make_daemon(net, refresh=lambda *a, **k: None, capture={"mode": "poll", "poll_interval": 0.05})
+    try:
+        assert d.capture_mode == "poll"
+        with net.engine.connect() as c:
+            assert c.exec_driver_sql(
+                "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE()"
+            ).scalar_one() == 0
+        d.poll()  # first poll takes the snapshot
+        mug = ids(net, "MUG")
+        woo_decrease(net, 1, mug[1], 1)
+        woo_decrease(net, 2, mug[2], 1)
+        assert d.poll() == 2
+        d.apply_pending()
+        assert [qty(net, b, mug[b]) for b in (1, 2, 3)] == [1, 1, 1]
+        # syncd's own writes are not seen as changes by the next poll
+        assert d.poll() == 0
+        # a shop write that lands between two polls on a row syncd then writes is captured once
+        woo_increase(net, 1, mug[1], 5)
+        assert d.poll() == 1
+        woo_decrease(net, 3, mug[3], 1)  # not polled: the applier finds it on the row it locks
+        d.apply_pending()
+        assert [qty(net, b, mug[b]) for b in (1, 2, 3)] == [5, 5, 5]
+        assert d.poll() == 0 and pending(net) == 0
+    finally:
+        d.close()

@@ -77,5 +77,6 @@ def test_schema_statements_use_the_base_prefix_only():
         "shop_syncd_dead",
         "shop_syncd_member",
         "shop_syncd_history",
+        "shop_syncd_snapshot",
     ]
     assert all("{base}" not in s for s in stmts)
