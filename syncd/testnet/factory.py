@@ -610,51 +610,84 @@ class ProductFactory:
 
     # ------------------------------------------------------------------ writing
     def flush(self) -> None:
-        """Write buffered rows with multi-row INSERTs (pymysql batches executemany of INSERT ... VALUES)."""
+        """Write buffered rows: one executemany per table on the DBAPI cursor.
+
+        pymysql turns ``executemany`` of ``INSERT ... VALUES (%s, ...)`` into multi-row INSERTs (values
+        still escaped by the driver, never pasted by us). Going straight to the cursor skips
+        SQLAlchemy's per-row parameter processing, which dominated bulk loads (~2x slower).
+        """
         b, p = self._buf, self.prefix
+        self._buf = _Buffers()
+        batches: list[tuple[str, list[tuple[Any, ...]]]] = []
         if b.posts:
             cols = list(b.posts[0])
-            self.conn.execute(
-                sa.text(
-                    f"INSERT INTO {table(p, 'posts')} ({', '.join(cols)}) "  # noqa: S608
-                    f"VALUES ({', '.join(':' + c for c in cols)})"
-                ),
-                b.posts,
+            batches.append(
+                (
+                    f"INSERT INTO {table(p, 'posts')} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})",  # noqa: S608
+                    [tuple(r[c] for c in cols) for r in b.posts],
+                )
             )
         if b.postmeta:
-            self.conn.execute(
-                sa.text(
-                    f"INSERT INTO {table(p, 'postmeta')} (post_id, meta_key, meta_value) VALUES (:p, :k, :v)"
-                ),  # noqa: S608
-                b.postmeta,
+            batches.append(
+                (
+                    f"INSERT INTO {table(p, 'postmeta')} (post_id, meta_key, meta_value) VALUES (%s, %s, %s)",  # noqa: S608
+                    [(r["p"], r["k"], r["v"]) for r in b.postmeta],
+                )
             )
         if b.rels:
-            self.conn.execute(
-                sa.text(
+            batches.append(
+                (
                     f"INSERT INTO {table(p, 'term_relationships')} (object_id, term_taxonomy_id, term_order) "  # noqa: S608
-                    "VALUES (:o, :t, 0)"
-                ),
-                b.rels,
+                    "VALUES (%s, %s, %s)",
+                    [(r["o"], r["t"], 0) for r in b.rels],
+                )
             )
         if b.lookup:
-            self.conn.execute(
-                sa.text(
+            # Only placeholders in VALUES: with a literal there pymysql falls back to one statement per row.
+            batches.append(
+                (
                     f"INSERT INTO {table(p, 'wc_product_meta_lookup')} (product_id, sku, global_unique_id, "  # noqa: S608
                     "virtual, downloadable, min_price, max_price, onsale, stock_quantity, stock_status, "
                     "rating_count, average_rating, total_sales, tax_status, tax_class) "
-                    "VALUES (:id, :sku, '', 0, 0, :min, :max, 0, :qty, :status, 0, 0, 0, 'taxable', :tax_class)"
-                ),
-                b.lookup,
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [
+                        (
+                            r["id"],
+                            r["sku"],
+                            "",
+                            0,
+                            0,
+                            r["min"],
+                            r["max"],
+                            0,
+                            r["qty"],
+                            r["status"],
+                            0,
+                            0,
+                            0,
+                            "taxable",
+                            r["tax_class"],
+                        )
+                        for r in b.lookup
+                    ],
+                )
             )
         if b.attrs:
-            self.conn.execute(
-                sa.text(
+            batches.append(
+                (
                     f"INSERT INTO {table(p, 'wc_product_attributes_lookup')} (product_id, product_or_parent_id, "  # noqa: S608
-                    "taxonomy, term_id, is_variation_attribute, in_stock) VALUES (:p, :pp, :t, :term, :v, :s)"
-                ),
-                b.attrs,
+                    "taxonomy, term_id, is_variation_attribute, in_stock) VALUES (%s, %s, %s, %s, %s, %s)",
+                    [(r["p"], r["pp"], r["t"], r["term"], r["v"], r["s"]) for r in b.attrs],
+                )
             )
-        self._buf = _Buffers()
+        if not batches:
+            return
+        cur = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            for sql, rows in batches:
+                cur.executemany(sql, rows)
+        finally:
+            cur.close()
 
     def recount(self) -> None:
         """WordPress term counts for product taxonomies and WooCommerce's product_count_product_cat meta."""
