@@ -124,3 +124,24 @@ def test_poll_mode_captures_and_applies_without_triggers_or_echo(wp_network):
         assert d.poll() == 0 and pending(net) == 0
     finally:
         d.close()
+
+
+def test_status_reports_triggers_backlog_and_no_leader(wp_network):
+    import json
+    from types import SimpleNamespace
+
+    from syncd import status
+
+    net = wp_network
+    d = make_daemon(net, refresh=lambda *a, **k: None)
+    try:
+        woo_decrease(net, 1, ids(net, "MUG")[1], 1)
+        out = __import__("io").StringIO()
+        code = status.main(d.config, SimpleNamespace(json=True), out=out)
+        report = json.loads(out.getvalue())
+        assert report["backlog"]["pending"] == 1
+        assert [b["triggers"] for b in report["blogs"]] == ["installed"] * 3
+        assert code & status.EXIT_NO_LEADER  # prepare() does not take the leader lock
+        assert not code & status.EXIT_TRIGGERS
+    finally:
+        d.close()
