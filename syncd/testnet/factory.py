@@ -761,6 +761,11 @@ class ProductFactory:
             self.finish()
 
     # ------------------------------------------------------------------ lookups
+    @property
+    def skus(self) -> dict[tuple[str, str | None], int]:
+        """Post id of every product/variation created by this factory, by (sku, language)."""
+        return dict(self._skus)
+
     def id_of(self, sku: str, language: str | None = None) -> int:
         return self._skus[(sku, language)]
 
