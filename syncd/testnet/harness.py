@@ -110,10 +110,15 @@ def docker_engine_answers(timeout: float = 1.0) -> bool:
 
 def start_container(flavor: str) -> ExternalServer:
     """A testcontainers MariaDB 11 / MySQL 8.4; the root user gets rights to create databases."""
-    from testcontainers.mysql import MySqlContainer  # noqa: PLC0415 - only needed when Docker exists
+    try:  # only needed when Docker exists; the module moved in testcontainers 4.x
+        from testcontainers.community.mysql import MySqlContainer  # noqa: PLC0415
+    except ImportError:
+        from testcontainers.mysql import MySqlContainer  # noqa: PLC0415
 
     image = DOCKER_IMAGES[flavor]
-    container = MySqlContainer(image, username="root", password="syncd", dbname="mysql")
+    container = MySqlContainer(
+        image, username="root", root_password="syncd", password="syncd", dbname="syncd_test"
+    )
     container.start()
     host = container.get_container_host_ip()
     port = container.get_exposed_port(3306)
