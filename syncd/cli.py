@@ -160,10 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
         "run syncd on a throwaway demo network (private MariaDB, 3-blog WooCommerce multisite)",
         "syncd demo",
         "Start a private MariaDB server, load a 3-blog WooCommerce network, run syncd against it and\n"
-        "show a sale on one blog reaching the others. Needs no configuration file.",
+        "show a sale on one blog reaching the others. Needs no configuration file. Further options\n"
+        "(--keep, --config-out PATH, --base-dir DIR) are passed to the demo as they are.",
     )
-    p.add_argument("demo_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    p.set_defaults(handler=cmd_demo, needs_config=False)
+    p.set_defaults(handler=cmd_demo, needs_config=False, demo_args=[])
 
     return parser
 
@@ -251,7 +251,12 @@ def describe_db_error(exc: BaseException, config: Config) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: sys.argv[1:]), run the command, return the exit status."""
     parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    args, extra = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    if extra:
+        # Only the demo takes options of its own (it parses them itself); anything else is a typo.
+        if args.command != "demo":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.demo_args = [*args.demo_args, *extra]
     if args.command is None:
         args.handler = cmd_run
         args.command = "run"

@@ -115,6 +115,9 @@ def configure_logging(level: str = "info", fmt: str = "auto", *, stream: TextIO 
 
 
 def get_logger(**bind: Any) -> Any:
-    """A structlog logger with ``bind`` as context (``get_logger(blog_id=3).info("apply", n=2)``)."""
-    logger = structlog.get_logger()
-    return logger.bind(**bind) if bind else logger
+    """A structlog logger with ``bind`` as context (``get_logger(blog_id=3).info("apply", n=2)``).
+
+    Lazy: a module-level ``log = get_logger(component="x")`` follows a configure_logging() that
+    happens later (binding eagerly would freeze whatever configuration existed at import time).
+    """
+    return structlog.get_logger(**bind)
