@@ -42,10 +42,13 @@ class DemoNetwork:
     products: dict[int, dict[tuple[str, str | None], int]]
 
 
-def start_demo_server(base_dir: str | None = None) -> PrivateServer:
-    """Make sure a server binary exists (installing MariaDB as root if needed) and start a private server."""
+def start_demo_server(base_dir: str | None = None, keep: bool = False) -> PrivateServer:
+    """Make sure a server binary exists (installing MariaDB as root if needed) and start a private server.
+
+    With ``keep`` the server survives this process (otherwise it dies with it, even on a crash).
+    """
     binary = ensure_server_installed()
-    return PrivateServer(binary=binary, base_dir=base_dir).start()
+    return PrivateServer(binary=binary, base_dir=base_dir, die_with_parent=not keep).start()
 
 
 def create_demo_database(server: PrivateServer, name: str = DEMO_DATABASE) -> str:
@@ -175,7 +178,7 @@ def main(args: argparse.Namespace | Sequence[str] | None = None, out: TextIO = s
 
 def run_demo(opts: Any, out: TextIO = sys.stdout) -> int:
     try:
-        server = start_demo_server(opts.base_dir)
+        server = start_demo_server(opts.base_dir, keep=bool(opts.keep))
     except ServerNotInstalled as exc:
         out.write(f"{exc}\n")
         return 69  # EX_UNAVAILABLE

@@ -8,12 +8,16 @@ these settings make DDL-heavy test set-up several times faster.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -49,6 +53,21 @@ _FAST_OPTIONS = (
     "--default-time-zone=+00:00",
     "--innodb_lock_wait_timeout=10",
 )
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: SIGTERM the server when the process that started it dies (a killed pytest, a
+    crashed script), so throwaway servers never outlive their owner. Linux only; no-op elsewhere."""
+    os.setsid()  # own session: a Ctrl-C in the terminal must not kill the server mid-teardown
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except OSError:
+            pass
 
 
 class ServerNotInstalled(RuntimeError):
@@ -120,7 +139,12 @@ class PrivateServer:
     """One private mysqld/mariadbd process with its own datadir, socket and port."""
 
     def __init__(
-        self, binary: str | None = None, base_dir: str | None = None, port: int | None = None
+        self,
+        binary: str | None = None,
+        base_dir: str | None = None,
+        port: int | None = None,
+        *,
+        die_with_parent: bool = True,
     ) -> None:
         found = binary or find_server_binary()
         if not found:
@@ -141,6 +165,8 @@ class PrivateServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
         self.private = True
+        #: False only for servers meant to outlive this process (``syncd demo --keep``).
+        self.die_with_parent = die_with_parent
 
     # ----------------------------------------------------------------- lifecycle
     def start(self, timeout: float = 60.0) -> PrivateServer:
@@ -231,12 +257,17 @@ class PrivateServer:
         return cmd
 
     def _spawn(self, timeout: float) -> None:
+        # PDEATHSIG fires when the *thread* that forked exits, so only tie the server to its owner when
+        # started from the main thread (a fault test may restart() from a helper thread).
+        tie = self.die_with_parent and threading.current_thread() is threading.main_thread()
         self.proc = subprocess.Popen(
             self._command(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            start_new_session=True,  # a Ctrl-C in the test terminal must not kill the server mid-teardown
+            # Own session either way (a Ctrl-C in the test terminal must not kill the server mid-teardown).
+            start_new_session=not tie,
+            preexec_fn=_die_with_parent if tie else None,  # noqa: PLW1509
         )
         self._wait_ready(timeout)
 

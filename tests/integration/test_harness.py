@@ -181,3 +181,25 @@ def test_blog_helpers(make_network: Any) -> None:
         assert not any(t.startswith("wp_3_") for t in tables)
         assert "wp_2_posts" in tables and "wp_posts" in tables
         assert conn.exec_driver_sql("SELECT COUNT(*) FROM wp_blogs").scalar_one() == 2
+
+
+def test_private_server_restart_and_kill_keep_data(private_server: Any, db_url: str) -> None:
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE survive (id INT PRIMARY KEY)")
+            conn.exec_driver_sql("INSERT INTO survive VALUES (1)")
+        port, socket_path = private_server.port, private_server.socket
+        private_server.kill()  # crash: no clean shutdown
+        assert not private_server.running
+        private_server.restart()  # same datadir, port and socket
+        assert (private_server.port, private_server.socket) == (port, socket_path)
+        engine.dispose()  # pooled connections died with the old process
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT id FROM survive").scalar_one() == 1
+        private_server.restart()  # clean shutdown + start
+        engine.dispose()
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT COUNT(*) FROM survive").scalar_one() == 1
+    finally:
+        engine.dispose()
