@@ -382,6 +382,9 @@ class Applier:
         assert op is not None
         meta = rows.meta.get(STOCK)
         pm = table(blog.prefix, "postmeta")
+        if op.is_noop:
+            current_text = rows.value(STOCK)
+            return (current_text, current_text)
         if op.is_set:
             target = None if op.set_value is None else format_quantity(op.set_value + op.delta)
             old = rows.value(STOCK)

@@ -317,8 +317,6 @@ def plan_batch(
                 )
             continue
         manages_after = w.registers.get(MANAGE, f.manage_stock) == "yes"
-        if w.stock is not None and w.stock.is_noop:
-            w.stock = None
         if w.stock is not None and not manages_after and not w.stock.is_set:
             for cid in w.change_ids:
                 notes.append(Note(cid, w.blog_id, w.post_id, w.sku, "member does not manage stock"))
@@ -328,6 +326,10 @@ def plan_batch(
         if w.stock is None and not w.registers and w.status_register is None:
             continue
         final.append(w)
+        if w.stock is not None and w.stock.is_noop and not w.registers and w.status_register is None:
+            # Sibling deltas cancelled out (-1 from one blog, +1 from another): nothing to write,
+            # but each change still reached this member, and history records that.
+            continue
         refresh.setdefault(w.blog_id, set()).add(w.post_id)
     return Plan(
         writes=final,

@@ -7,12 +7,22 @@ from decimal import Decimal
 
 import sqlalchemy as sa
 
-from tests.integration.sync_helpers import ids, make_daemon, meta, pending, qty, set_meta, stock, woo_decrease, woo_increase
+from tests.integration.sync_helpers import (
+    ids,
+    make_daemon,
+    meta,
+    pending,
+    qty,
+    set_meta,
+    stock,
+    woo_decrease,
+    woo_increase,
+)
 
 
 def test_sale_on_one_blog_reaches_the_others(wp_network):
     net = wp_network
-    d = make_daemon(net, refresh=lambda *a, **k: None)
+    d = make_daemon(net)
     try:
         tshirt = ids(net, "TSHIRT-RED")
         assert set(tshirt) == {1, 2, 3}
@@ -30,7 +40,7 @@ def test_sale_on_one_blog_reaches_the_others(wp_network):
 
 def test_concurrent_sales_on_two_blogs_both_count(wp_network):
     net = wp_network
-    d = make_daemon(net, refresh=lambda *a, **k: None)
+    d = make_daemon(net)
     try:
         mug = ids(net, "MUG")
         woo_decrease(net, 1, mug[1], 1)
@@ -45,7 +55,7 @@ def test_concurrent_sales_on_two_blogs_both_count(wp_network):
 
 def test_registers_last_change_wins(wp_network):
     net = wp_network
-    d = make_daemon(net, refresh=lambda *a, **k: None)
+    d = make_daemon(net)
     try:
         mug = ids(net, "MUG")
         set_meta(net, 1, mug[1], "_backorders", "notify")
@@ -58,15 +68,25 @@ def test_registers_last_change_wins(wp_network):
 
 def test_ambiguous_sku_is_not_linked(wp_network):
     net = wp_network
-    d = make_daemon(net, refresh=lambda *a, **k: None)
+    d = make_daemon(net)
     try:
         with net.engine.connect() as c:
             book = {
-                b: [r[0] for r in c.execute(sa.text(
-                    f"SELECT post_id FROM {net.table(b, 'postmeta')} WHERE meta_key='_sku' AND meta_value='BOOK' ORDER BY post_id"))]
+                b: [
+                    r[0]
+                    for r in c.execute(
+                        sa.text(
+                            f"SELECT post_id FROM {net.table(b, 'postmeta')} WHERE meta_key='_sku' AND meta_value='BOOK' ORDER BY post_id"
+                        )
+                    )
+                ]
                 for b in (2, 3)
             }
-            states = c.exec_driver_sql(f"SELECT DISTINCT state FROM {net.prefix}syncd_member WHERE sku = 'BOOK'").scalars().all()
+            states = (
+                c.exec_driver_sql(f"SELECT DISTINCT state FROM {net.prefix}syncd_member WHERE sku = 'BOOK'")
+                .scalars()
+                .all()
+            )
         assert states == ["ambiguous"]
         woo_decrease(net, 2, book[2][0], 2)
         d.apply_pending()
@@ -78,7 +98,7 @@ def test_ambiguous_sku_is_not_linked(wp_network):
 
 def test_unsafe_member_is_skipped_and_the_others_still_sync(wp_network):
     net = wp_network
-    d = make_daemon(net, refresh=lambda *a, **k: None)
+    d = make_daemon(net)
     try:
         tshirt = ids(net, "TSHIRT-RED")
         set_meta(net, 3, tshirt[3], "_stock", "abc")
@@ -92,20 +112,25 @@ def test_unsafe_member_is_skipped_and_the_others_still_sync(wp_network):
             notes = c.exec_driver_sql(
                 f"SELECT blog_id, post_id, sku, note FROM {net.prefix}syncd_history WHERE role = 'skipped'"
             ).all()
-        assert any(n[0] == 3 and n[1] == tshirt[3] and n[2] == "TSHIRT-RED" and "not a number" in n[3] for n in notes)
+        assert any(
+            n[0] == 3 and n[1] == tshirt[3] and n[2] == "TSHIRT-RED" and "not a number" in n[3] for n in notes
+        )
     finally:
         d.close()
 
 
 def test_poll_mode_captures_and_applies_without_triggers_or_echo(wp_network):
     net = wp_network
-    d = make_daemon(net, refresh=lambda *a, **k: None, capture={"mode": "poll", "poll_interval": 0.05})
+    d = make_daemon(net, capture={"mode": "poll", "poll_interval": 0.05})
     try:
         assert d.capture_mode == "poll"
         with net.engine.connect() as c:
-            assert c.exec_driver_sql(
-                "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE()"
-            ).scalar_one() == 0
+            assert (
+                c.exec_driver_sql(
+                    "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE()"
+                ).scalar_one()
+                == 0
+            )
         d.poll()  # first poll takes the snapshot
         mug = ids(net, "MUG")
         woo_decrease(net, 1, mug[1], 1)
@@ -133,7 +158,7 @@ def test_status_reports_triggers_backlog_and_no_leader(wp_network):
     from syncd import status
 
     net = wp_network
-    d = make_daemon(net, refresh=lambda *a, **k: None)
+    d = make_daemon(net)
     try:
         woo_decrease(net, 1, ids(net, "MUG")[1], 1)
         out = __import__("io").StringIO()

@@ -47,8 +47,9 @@ def test_concurrent_deltas_sum_per_member():
     w = writes(plan)
     assert w[A].stock.delta == -2
     assert w[B].stock.delta == 2
-    # C's net delta is zero (-1 -2 +3): nothing to write on C at all
-    assert C not in w
+    # C's net delta is zero (-1 -2 +3): nothing to write on C, but all three changes reached it
+    assert w[C].stock.is_noop and w[C].change_ids == [1, 2, 3]
+    assert 3 not in plan.refresh  # C is no origin and nothing is written on it: no derived refresh
 
 
 def test_text_forms_compare_as_numbers():
