@@ -103,6 +103,7 @@ class Daemon:
         self._in_batch = False
         self.capture_mode = "trigger"
         self.on_batch: Callable[[BatchResult], None] | None = None  # test/bench hook
+        self.ready = threading.Event()  # set once this instance leads and has started up
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -146,6 +147,7 @@ class Daemon:
                 return EXIT_OK  # stopped while standing by
             self._start_up()
             notify("READY=1", "STATUS=leader, applying changes")
+            self.ready.set()
             log.info(
                 "daemon_ready", instance=self.instance, blogs=sorted(self._blogs), capture=self.capture_mode
             )

@@ -166,6 +166,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--config-out", metavar="PATH", help="where to write the demo config (default: server dir)"
     )
     parser.add_argument("--base-dir", metavar="DIR", help="parent directory of the server's temp dir")
+    parser.add_argument("--check-only", action="store_true", help="stop after `syncd check` (no live sync)")
     return parser.parse_args(list(argv or []))
 
 
@@ -201,6 +202,8 @@ def run_demo(opts: Any, out: TextIO = sys.stdout) -> int:
         out.flush()
         code = run_demo_check(config_path, out)
         out.write(f"\nsyncd check exited with status {code}\n")
+        if code == 0 and not getattr(opts, "check_only", False):
+            code = run_live_sync(config_path, out)
         if keep:
             out.write(
                 "\nThe demo server keeps running:\n"
@@ -212,3 +215,135 @@ def run_demo(opts: Any, out: TextIO = sys.stdout) -> int:
     finally:
         if not keep:
             server.stop()
+
+
+# --------------------------------------------------------------------------- live sync
+DEMO_SKUS = ("TSHIRT-RED", "MUG", "HOODIE-M")
+
+
+def _stock_table(
+    engine: sa.Engine, skus: Sequence[str], prefix: str = DEMO_PREFIX
+) -> dict[str, dict[int, tuple[str, str]]]:
+    """sku -> blog -> (_stock, _stock_status) as WooCommerce would show it (SKU lookup per blog)."""
+    out: dict[str, dict[int, tuple[str, str]]] = {sku: {} for sku in skus}
+    with engine.connect() as conn:
+        for blog_id in (1, 2, 3):
+            p = wp.blog_prefix(prefix, blog_id)
+            for sku in skus:
+                row = conn.execute(
+                    sa.text(
+                        f"SELECT s.meta_value, st.meta_value FROM `{p}postmeta` k "
+                        f"JOIN `{p}postmeta` s ON s.post_id = k.post_id AND s.meta_key = '_stock' "
+                        f"JOIN `{p}postmeta` st ON st.post_id = k.post_id AND st.meta_key = '_stock_status' "
+                        "WHERE k.meta_key = '_sku' AND k.meta_value = :sku LIMIT 1"
+                    ),
+                    {"sku": sku},
+                ).first()
+                if row is not None:
+                    out[sku][blog_id] = (row[0], row[1])
+    return out
+
+
+def _print_table(out: TextIO, title: str, table: dict[str, dict[int, tuple[str, str]]]) -> None:
+    out.write(f"\n{title}\n  {'SKU':<12}" + "".join(f"{'blog ' + str(b):<22}" for b in (1, 2, 3)) + "\n")
+    for sku, per_blog in table.items():
+        cells = "".join(
+            f"{(per_blog[b][0] + ' ' + per_blog[b][1]) if b in per_blog else '-':<22}" for b in (1, 2, 3)
+        )
+        out.write(f"  {sku:<12}{cells}\n")
+    out.flush()
+
+
+def _woo_sale(engine: sa.Engine, blog_id: int, sku: str, qty: int, prefix: str = DEMO_PREFIX) -> None:
+    """What WooCommerce's checkout does to stock: one autocommit relative UPDATE."""
+    p = wp.blog_prefix(prefix, blog_id)
+    with engine.connect() as conn:
+        post_id = conn.execute(
+            sa.text(f"SELECT post_id FROM `{p}postmeta` WHERE meta_key = '_sku' AND meta_value = :s LIMIT 1"),
+            {"s": sku},
+        ).scalar_one()
+        conn.execute(
+            sa.text(
+                f"UPDATE `{p}postmeta` SET meta_value = meta_value - :q WHERE post_id = :id AND meta_key = '_stock'"
+            ),
+            {"q": qty, "id": post_id},
+        )
+        conn.commit()
+
+
+def _wait_until(engine: sa.Engine, want: dict[str, str], timeout: float = 10.0) -> float:
+    """Seconds until every blog shows the wanted quantity for each SKU (or the timeout)."""
+    import time
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        table = _stock_table(engine, list(want))
+        if all(
+            len(per) > 0 and all(float(v[0]) == float(want[sku]) for v in per.values())
+            for sku, per in table.items()
+        ):
+            return time.monotonic() - t0
+        time.sleep(0.002)
+    return -1.0
+
+
+def run_live_sync(config_path: Path, out: TextIO = sys.stdout) -> int:
+    """Start the daemon on the demo network and show sales on one blog reaching the others."""
+    import threading
+
+    from syncd.config import load_config
+    from syncd.daemon import Daemon
+    from syncd.log import configure_logging
+
+    configure_logging("warning", "console")  # keep the demo's own output readable
+    config = load_config(config_path)
+    engine = config.database.make_engine()
+    daemon = Daemon(config, instance="demo")
+    thread = threading.Thread(target=daemon.run, name="syncd-daemon", daemon=True)
+    out.write(f"\n$ syncd --config {config_path} run     (in the background)\n")
+    thread.start()
+    if not daemon.ready.wait(30):
+        out.write("the daemon did not start within 30 s\n")
+        daemon.request_stop()
+        return 1
+    out.write("daemon ready: triggers installed on every blog, link groups built\n")
+    try:
+        _print_table(out, "Stock before (quantity, status):", _stock_table(engine, DEMO_SKUS))
+        out.write(
+            "\nA customer buys 3 x TSHIRT-RED on blog 1 (WooCommerce: meta_value = meta_value - 3) ...\n"
+        )
+        _woo_sale(engine, 1, "TSHIRT-RED", 3)
+        took = _wait_until(engine, {"TSHIRT-RED": "7"})
+        out.write(f"  every blog shows 7 after {took * 1000:.1f} ms\n")
+        out.write("\nTwo customers buy the last MUGs at the same time, 2 on blog 2 and 1 on blog 1 ...\n")
+        both = [threading.Thread(target=_woo_sale, args=(engine, b, "MUG", q)) for b, q in ((2, 2), (1, 1))]
+        for t in both:
+            t.start()
+        for t in both:
+            t.join()
+        took = _wait_until(engine, {"MUG": "0"})
+        out.write(f"  both sales count: every blog shows 0, out of stock, after {took * 1000:.1f} ms\n")
+        out.write("\nThe last HOODIE-M sells on blog 2 ...\n")
+        _woo_sale(engine, 2, "HOODIE-M", 3)
+        took = _wait_until(engine, {"HOODIE-M": "0"})
+        out.write(f"  every blog shows 0 after {took * 1000:.1f} ms\n")
+        _print_table(out, "Stock after (quantity, status):", _stock_table(engine, DEMO_SKUS))
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    f"SELECT role, blog_id, sku, old_value, new_value, delta FROM `{DEMO_PREFIX}syncd_history` "
+                    "WHERE meta_key = '_stock' ORDER BY id"
+                )
+            ).all()
+        out.write("\nHistory (syncd_history):\n")
+        for role, blog_id, sku, old, new, delta in rows:
+            out.write(f"  {role:<7} blog {blog_id}  {sku:<11} {old} -> {new}  (delta {delta:+g})\n")
+        ok = all(
+            _wait_until(engine, {s: v}, timeout=0.1) >= 0 for s, v in (("TSHIRT-RED", "7"), ("MUG", "0"))
+        )
+        return 0 if ok else 1
+    finally:
+        daemon.request_stop()
+        thread.join(15)
+        engine.dispose()
+        out.write("\ndaemon stopped (SIGTERM semantics: the batch in flight finished, exit 0)\n")
