@@ -41,6 +41,7 @@ in-scope change).
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -280,3 +281,253 @@ def test_every_stock_step_is_covered() -> None:
                     seen["order"] += 1
     # 01A2 01B1 01C3 02 03 04A 04B 05A 05B2 06 07x3 08A2 08B1 09A-E 12 13A 13B2 14x2
     assert seen["replayed"] == 25, seen
+
+
+# =========================================================================== beyond the recordings
+# Behaviour the fixtures do not record, on the same recorded network: batches, no-op calls,
+# skips, hierarchies, time zones, missing rows, unknown columns, and the audit.
+
+
+def _blog(net: Any, blog_id: int, **options: str) -> Any:
+    with net.engine.connect() as conn:
+        blog = discover(conn, net.prefix).blog(blog_id)
+    if options:
+        blog = replace(blog, options={**blog.options, **options})
+    return blog
+
+
+def _set_stock(conn: sa.Connection, prefix: str, values: dict[int, str | None]) -> None:
+    for pid, value in values.items():
+        conn.execute(
+            sa.text(
+                f"UPDATE {table(prefix, 'postmeta')} SET meta_value = :v WHERE post_id = :p AND meta_key = '_stock'"
+            ),
+            {"v": value, "p": pid},
+        )
+
+
+def _status(conn: sa.Connection, prefix: str, pid: int) -> str:
+    return conn.execute(
+        sa.text(
+            f"SELECT meta_value FROM {table(prefix, 'postmeta')} WHERE post_id = :p AND meta_key = '_stock_status'"
+        ),
+        {"p": pid},
+    ).scalar_one()
+
+
+def test_one_batch_many_products_few_statements(wp_network: Any) -> None:
+    blog = _blog(wp_network, 1)
+    p = blog.prefix
+    now = datetime.now(UTC).replace(microsecond=0)
+    with wp_network.engine.begin() as conn:
+        # MUG -> 0, POSTER -> 5, NOTEBOOK -> -2 (backorders notify), all HOODIE sizes -> 0, CAP -> 0.
+        _set_stock(conn, p, {12: "0", 13: "5", 14: "-2", 17: "0", 18: "0", 19: "0", 20: "0"})
+        report = refresh_products(conn, blog, [12, 13, 14, 17, 18, 19, 20], now_utc=now)
+    assert report.statements <= 25, report.statements  # set-based: no per-product round trips
+    flips = {pid: o.new_status for pid, o in report.products.items() if o.status_written}
+    assert flips == {
+        12: "outofstock",
+        13: "instock",
+        14: "onbackorder",
+        16: "outofstock",  # HOODIE: every child's new lookup status is outofstock
+        17: "outofstock",
+        18: "outofstock",
+        19: "outofstock",
+        20: "outofstock",
+        21: "outofstock",  # CAP's inheriting variations: status pushed, no term
+        22: "outofstock",
+    }
+    assert report.outofstock_count == (1, 6)  # -POSTER, +MUG +HOODIE +S/M/L +CAP
+    assert report.products[16].role == "parent" and report.products[21].role == "child"
+    assert report.posts_modified == (12, 13, 14, 16, 17, 18, 19, 20)
+    with wp_network.engine.connect() as conn:
+        assert check_products(conn, blog, [12, 13, 14, 16, 17, 18, 19, 20, 21, 22]) == []
+        in_stock = dict(
+            conn.execute(
+                sa.text(f"SELECT product_id, in_stock FROM {table(p, 'wc_product_attributes_lookup')}")
+            ).all()
+        )
+    assert in_stock == {11: 1, 17: 0, 18: 0, 19: 0, 21: 1, 22: 1}  # 21/22 stay 1, as in WooCommerce
+
+
+def test_second_call_with_nothing_changed_writes_nothing(wp_network: Any) -> None:
+    blog = _blog(wp_network, 1)
+    now = datetime.now(UTC).replace(microsecond=0)
+    with wp_network.engine.begin() as conn:
+        _set_stock(conn, blog.prefix, {12: "0"})
+        refresh_products(conn, blog, [12], now_utc=now)
+    before = h.snapshot(wp_network.url, blog.prefix)
+    with wp_network.engine.begin() as conn:
+        again = refresh_products(conn, blog, [12, 16, 20], now_utc=now + timedelta(seconds=5), changed=[])
+    assert not again.written, again.summary()
+    assert h.diff_snapshots(before, h.snapshot(wp_network.url, blog.prefix)) == {}
+
+
+def test_unusable_products_are_skipped_with_a_reason(wp_network: Any) -> None:
+    blog = _blog(wp_network, 1)
+    p = blog.prefix
+    with wp_network.engine.begin() as conn:
+        conn.execute(sa.text(f"UPDATE {table(p, 'posts')} SET post_status = 'trash' WHERE ID = 13"))
+        _set_stock(conn, p, {11: "abc", 14: "", 12: "0"})
+        report = refresh_products(conn, blog, [11, 12, 13, 14, 4242], now_utc=datetime.now(UTC))
+        assert report.skipped == {
+            11: "own _stock 'abc' is not a number",
+            13: "post is trash",
+            14: "own _stock '' is not a number",
+            4242: "post is gone",
+        }
+        assert _status(conn, p, 11) == "instock" and _status(conn, p, 14) == "instock"
+        assert _status(conn, p, 12) == "outofstock"
+        assert report.posts_modified == (12,)
+
+
+def test_hide_out_of_stock_recounts_ancestors_descendants_and_tags(wp_network: Any) -> None:
+    blog = _blog(wp_network, 2)  # woocommerce_hide_out_of_stock_items = yes
+    p = blog.prefix
+    with wp_network.engine.begin() as conn:
+        # A child category "mugs" under "home" (31) and a tag "kitchen", both holding MUG (23).
+        for term_id, name, taxonomy, parent in (
+            (90, "mugs", "product_cat", 31),
+            (91, "kitchen", "product_tag", 0),
+        ):
+            conn.execute(
+                sa.text(
+                    f"INSERT INTO {table(p, 'terms')} (term_id, name, slug, term_group) VALUES (:t, :n, :n, 0)"
+                ),
+                {"t": term_id, "n": name},
+            )
+            conn.execute(
+                sa.text(
+                    f"INSERT INTO {table(p, 'term_taxonomy')} (term_taxonomy_id, term_id, taxonomy, description, parent, count) "
+                    "VALUES (:t, :t, :tax, '', :parent, 1)"
+                ),
+                {"t": term_id, "tax": taxonomy, "parent": parent},
+            )
+            conn.execute(
+                sa.text(
+                    f"INSERT INTO {table(p, 'term_relationships')} (object_id, term_taxonomy_id) VALUES (23, :t)"
+                ),
+                {"t": term_id},
+            )
+        _set_stock(conn, p, {23: "0"})
+        report = refresh_products(conn, blog, [23], now_utc=datetime.now(UTC))
+        meta = dict(
+            conn.execute(
+                sa.text(
+                    f"SELECT CONCAT(term_id, ':', meta_key), meta_value FROM {table(p, 'termmeta')} "
+                    "WHERE meta_key LIKE 'product_count_%'"
+                )
+            ).all()
+        )
+        left = conn.execute(
+            sa.text(f"SELECT COUNT(*) FROM {table(p, 'options')} WHERE option_name LIKE '%wc_term_counts'")
+        ).scalar_one()
+    assert report.term_counts == {
+        "product_cat:31": (4, 3),  # as in fixture 12
+        "product_cat:90": (None, 0),  # missing row: inserted
+        "product_tag:91": (None, 0),
+    }
+    assert meta["31:product_count_product_cat"] == "3"
+    assert meta["90:product_count_product_cat"] == "0"
+    assert meta["91:product_count_product_tag"] == "0"
+    assert left == 0  # wc_term_counts and its timeout deleted
+    with wp_network.engine.connect() as conn:
+        assert check_products(conn, blog, [23]) == []
+
+
+def test_post_modified_uses_the_blog_time_zone(wp_network: Any) -> None:
+    blog = _blog(wp_network, 1, timezone_string="Asia/Kolkata")
+    now = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    with wp_network.engine.begin() as conn:
+        refresh_products(conn, blog, [12], now_utc=now)
+        row = conn.execute(
+            sa.text(
+                f"SELECT post_modified, post_modified_gmt FROM {table(blog.prefix, 'posts')} WHERE ID = 12"
+            )
+        ).one()
+        version = conn.execute(
+            sa.text(
+                f"SELECT option_value FROM {table(blog.prefix, 'options')} "
+                "WHERE option_name = '_transient_product-transient-version'"
+            )
+        ).scalar_one()
+    assert (str(row.post_modified), str(row.post_modified_gmt)) == (
+        "2030-01-02 08:34:05",
+        "2030-01-02 03:04:05",
+    )
+    assert version == str(int(now.timestamp()))
+
+
+def test_missing_rows_are_created_and_unknown_columns_kept(wp_network: Any) -> None:
+    blog = _blog(wp_network, 1)
+    p = blog.prefix
+    with wp_network.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                f"ALTER TABLE {table(p, 'wc_product_meta_lookup')} ADD COLUMN cogs_total_value DOUBLE NULL"
+            )
+        )
+    with wp_network.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                f"UPDATE {table(p, 'wc_product_meta_lookup')} SET cogs_total_value = 2.5 WHERE product_id = 12"
+            )
+        )
+        conn.execute(sa.text(f"DELETE FROM {table(p, 'wc_product_meta_lookup')} WHERE product_id = 11"))
+        conn.execute(
+            sa.text(f"DELETE FROM {table(p, 'options')} WHERE option_name LIKE '%transient-version'")
+        )
+        _set_stock(conn, p, {12: "0"})
+        report = refresh_products(conn, blog, [11, 12], now_utc=datetime.now(UTC))
+        rows = {
+            r.product_id: r
+            for r in conn.execute(
+                sa.text(f"SELECT * FROM {table(p, 'wc_product_meta_lookup')} WHERE product_id IN (11, 12)")
+            )
+        }
+        versions = conn.execute(
+            sa.text(
+                f"SELECT option_name, autoload FROM {table(p, 'options')} WHERE option_name LIKE '%transient-version'"
+            )
+        ).all()
+    assert report.products[11].lookup_columns  # inserted
+    assert (
+        rows[11].sku == "TSHIRT-RED"
+        and rows[11].stock_quantity == 10
+        and str(rows[11].min_price) == "19.9900"
+    )
+    assert rows[12].stock_status == "outofstock" and rows[12].cogs_total_value == 2.5
+    assert sorted(versions) == [
+        ("_transient_product-transient-version", "on"),
+        ("_transient_product_query-transient-version", "on"),
+    ]
+
+
+def test_check_products_reports_drift_and_refresh_repairs_it(wp_network: Any) -> None:
+    blog = _blog(wp_network, 1)
+    p = blog.prefix
+    with wp_network.engine.begin() as conn:
+        # A foreign writer changed statuses without WooCommerce's derived copies.
+        conn.execute(
+            sa.text(
+                f"UPDATE {table(p, 'postmeta')} SET meta_value = 'outofstock' WHERE post_id = 12 AND meta_key = '_stock_status'"
+            )
+        )
+        conn.execute(sa.text(f"DELETE FROM {table(p, 'wc_product_meta_lookup')} WHERE product_id = 19"))
+        conn.execute(sa.text(f"UPDATE {table(p, 'term_taxonomy')} SET count = 7 WHERE term_taxonomy_id = 9"))
+    with wp_network.engine.connect() as conn:
+        found = check_products(conn, blog, [12, 19])
+    fields = {(d.product_id, d.field) for d in found}
+    assert (12, "_stock_status") in fields and (12, "wc_product_meta_lookup.stock_status") not in fields
+    assert (19, "wc_product_meta_lookup.stock_quantity") in fields
+    assert (0, "term_taxonomy.count[product_visibility:outofstock]") in fields
+    with wp_network.engine.begin() as conn:
+        report = refresh_products(conn, blog, [12, 19], now_utc=datetime.now(UTC), changed=[])
+    assert report.products[12].status_written and report.products[12].new_status == "instock"
+    with wp_network.engine.connect() as conn:
+        left = check_products(conn, blog, [12, 19])
+    # WooCommerce recounts a term only when a relationship changes; so does syncd: the stale count
+    # stays until the next flip and is reported by the audit.
+    assert [(d.product_id, d.field) for d in left] == [
+        (0, "term_taxonomy.count[product_visibility:outofstock]")
+    ]
