@@ -248,13 +248,17 @@ def gather(conn: sa.Connection, config: Config) -> CheckFacts:
     server = dict(server_info(conn))
     database, user = conn.exec_driver_sql("SELECT DATABASE(), CURRENT_USER()").one()
     server["database"] = database
-    log_bin, trust, read_only = conn.exec_driver_sql(
-        "SELECT @@log_bin, @@log_bin_trust_function_creators, @@read_only"
-    ).one()
+    # SHOW VARIABLES rather than @@name: a variable a server version dropped is simply absent.
+    shown = {
+        str(name).lower(): str(value).upper()
+        for name, value in conn.execute(
+            sa.text(
+                "SHOW VARIABLES WHERE Variable_name IN ('log_bin', 'log_bin_trust_function_creators', 'read_only')"
+            )
+        )
+    }
     variables = {
-        "log_bin": bool(int(log_bin or 0)),
-        "log_bin_trust_function_creators": bool(int(trust or 0)),
-        "read_only": bool(int(read_only or 0)),
+        k: shown.get(k) in ("ON", "1") for k in ("log_bin", "log_bin_trust_function_creators", "read_only")
     }
     grants = parse_grants(read_grants(conn, server["flavor"]), database or "")
     url = redact_url(config.database.url)
