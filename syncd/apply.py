@@ -224,10 +224,13 @@ class Applier:
 
         by_id = {c.id: c for c in changes}
         touched: dict[int, set[int]] = {b: set(p) for b, p in plan.refresh.items()}
+        written: dict[int, set[int]] = {}
         for w in plan.writes:
             ok = self._write_member(conn, w, rows[w.key], by_id, result)
             if not ok:
                 touched.get(w.blog_id, set()).discard(w.post_id)
+            elif w.post_id in touched.get(w.blog_id, ()):
+                written.setdefault(w.blog_id, set()).add(w.post_id)
 
         for c in plan.applied:
             if c.meta_key in MEMBERSHIP_KEYS:
@@ -253,7 +256,12 @@ class Applier:
             blog = blogs[blog_id]
             report = self._guarded(
                 blog_id,
-                lambda blog=blog, posts=posts: self._refresh(conn, blog, sorted(posts), now_utc=now),
+                # Members syncd wrote count as saved (post_modified, transients), as WooCommerce
+                # saves a product whose stock it sets; an origin that is only repaired is saved
+                # only where one of its derived values was wrong.
+                lambda blog=blog, posts=posts: self._refresh(
+                    conn, blog, sorted(posts), now_utc=now, changed=sorted(written.get(blog.blog_id, ()))
+                ),
                 savepoint=conn,
             )
             result.derived[blog_id] = report
@@ -294,7 +302,6 @@ class Applier:
         ids = sorted(set(posts))
         params = {f"p{n}": v for n, v in enumerate(ids)}
         in_ids = ", ".join(f":p{n}" for n in range(len(ids)))
-        keys = ", ".join(f"'{k}'" for k in FACT_KEYS)
         out = {(blog.blog_id, p): ProductRows() for p in ids}
         for pid, status, ptype, parent in conn.execute(
             sa.text(
@@ -304,16 +311,28 @@ class Applier:
         ):
             r = out[(blog.blog_id, pid)]
             r.exists, r.post_status, r.post_type, r.parent_id = True, status, ptype, parent
-        # FOR UPDATE through the post_id index: rows are locked in ascending post id, the same
-        # order on every batch, so two appliers (or a reconcile) cannot deadlock each other.
+        # Every postmeta row this transaction will lock on this blog is locked here, in ONE scan of
+        # the post_id index (ascending post id, then meta_id): the products, and the variable
+        # parents and sibling variations whose derived data is recomputed later. A shop's own
+        # `UPDATE ... WHERE post_id = X AND meta_key = '_stock'` locks rows in that same order
+        # (one post's rows by meta_id, or every '_stock' row by meta_id through the meta_key
+        # index), so it can wait for syncd but never deadlock with it. Locking a product's rows
+        # first and its parent's or its other keys' rows later (the derived step) inverted that
+        # order, and InnoDB then killed the shop's statement (the smaller transaction): a sale
+        # whose stock update was lost (found by the crash test's write storm).
+        closure = _post_closure(conn, blog, ids)
+        cparams = {f"c{n}": v for n, v in enumerate(closure)}
+        in_closure = ", ".join(f":c{n}" for n in range(len(closure)))
+        wanted = set(ids)
         for meta_id, pid, key, value in conn.execute(
             sa.text(
                 f"SELECT meta_id, post_id, meta_key, meta_value FROM {table(blog.prefix, 'postmeta')} "
-                f"WHERE post_id IN ({in_ids}) AND meta_key IN ({keys}) ORDER BY post_id, meta_id FOR UPDATE"
+                f"FORCE INDEX (post_id) WHERE post_id IN ({in_closure}) ORDER BY post_id, meta_id FOR UPDATE"
             ),
-            params,
+            cparams,
         ):
-            out[(blog.blog_id, pid)].meta.setdefault(key, []).append(MetaRow(meta_id, value))
+            if pid in wanted and key in FACT_KEYS:
+                out[(blog.blog_id, pid)].meta.setdefault(key, []).append(MetaRow(meta_id, value))
         return out
 
     def _write_member(
@@ -522,6 +541,31 @@ class _MemberSkipped(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def _post_closure(conn: sa.Connection, blog: Blog, ids: Sequence[int]) -> list[int]:
+    """``ids`` plus what the derived step reads with them: their variations, the variable parents
+    of those that are variations, and those parents' variations (sorted)."""
+    posts = table(blog.prefix, "posts")
+    found = set(ids)
+    todo = sorted(found)
+    for _ in range(2):  # products -> their children; variations -> parent -> its children
+        if not todo:
+            break
+        params = {f"q{n}": v for n, v in enumerate(todo)}
+        in_todo = ", ".join(f":q{n}" for n in range(len(todo)))
+        rows = conn.execute(
+            sa.text(
+                f"SELECT ID, post_parent, post_type FROM {posts} WHERE ID IN ({in_todo}) "
+                f"UNION SELECT ID, post_parent, post_type FROM {posts} "
+                f"WHERE post_parent IN ({in_todo}) AND post_type = 'product_variation'"
+            ),
+            params,
+        ).all()
+        new = {int(r[0]) for r in rows} | {int(r[1]) for r in rows if r[2] == "product_variation" and r[1]}
+        todo = sorted(new - found)
+        found |= new
+    return sorted(found)
 
 
 def _by_blog(keys: Iterable[Key]) -> dict[int, list[int]]:
