@@ -32,7 +32,7 @@ from sqlalchemy.engine import Engine, make_url
 from syncd.db import make_engine, redact_url, server_info, validate_prefix
 from syncd.network import blog_prefix
 from syncd.testnet import wordpress
-from syncd.testnet.server import PrivateServer
+from syncd.testnet.server import PrivateServer, ensure_server_installed
 
 log = structlog.get_logger(__name__)
 
@@ -149,7 +149,9 @@ def acquire_server(flavor: str | None = None, backend: str | None = None) -> Any
             return server
         if backend == "docker":
             raise RuntimeError("SYNCD_TEST_BACKEND=docker but no Docker engine answers")
-    server = PrivateServer(binary=os.environ.get(ENV_SERVER_BINARY) or None)
+    # On a fresh machine (the README's test command) the server package may be missing: as root,
+    # install it; otherwise ensure_server_installed raises with the exact install line.
+    server = PrivateServer(binary=os.environ.get(ENV_SERVER_BINARY) or ensure_server_installed())
     if flavor and server.flavor != flavor:
         raise RuntimeError(
             f"flavour {flavor!r} requested but the local server binary {server.binary} is {server.flavor}; "
