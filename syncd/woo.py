@@ -447,6 +447,12 @@ def stored_lookup_value(column: str, value: Any) -> Any:
     if kind == "str100":
         text = str(value)
         return text if len(text) <= 100 else UNKNOWN
+    if type(value) is int:  # the common case (flags, quantities): no Decimal round trip
+        return (
+            float(value) if kind == "double" else value if kind == "int" else _quantize(kind, Decimal(value))
+        )
+    if kind == "int" and type(value) is str and value.isdigit():
+        return int(value)  # plain digits ('0', '12'): what total_sales usually holds
     number = _clean_decimal(value)
     if isinstance(number, _Unknown):
         return UNKNOWN
@@ -454,6 +460,10 @@ def stored_lookup_value(column: str, value: Any) -> Any:
         return int(number.to_integral_value(rounding=ROUND_HALF_UP))
     if kind == "double":
         return float(number)
+    return _quantize(kind, number)
+
+
+def _quantize(kind: str, number: Decimal) -> Any:
     quantum, digits = (_DEC4, 15) if kind == "dec19_4" else (_DEC2, 1)
     q = number.quantize(quantum, rounding=ROUND_HALF_UP)
     if q.adjusted() >= digits:
