@@ -178,6 +178,7 @@ def plan_refresh(
     hide_out_of_stock: bool,
     forced: Collection[int] | None = None,
     audit: bool = False,
+    children_from_postmeta: bool = False,
 ) -> RefreshPlan:
     """Decide every derived write for ``product_ids`` on one blog (pure).
 
@@ -186,6 +187,9 @@ def plan_refresh(
     one of their derived values has to change. ``audit``: check mode - an inheriting variation's
     term and attribute rows are not expected to follow its status (WooCommerce leaves both as they
     were when the parent pushes a status: fixture 08B), so they are not reported.
+    ``children_from_postmeta``: the blog's option ``woocommerce_product_lookup_table_is_generating``
+    is set, so ``child_has_stock_status()`` reads the children's ``_stock_status`` postmeta instead
+    of their lookup rows.
     """
     given = sorted({int(p) for p in product_ids})
     forced_set = set(given) if forced is None else {int(p) for p in forced}
@@ -349,9 +353,12 @@ def plan_refresh(
             else:
                 # sync_stock_status(): from the children's lookup rows, as they will be after
                 # this transaction (children first: fixture 07 step 3).
-                statuses = [
-                    lookup_status.get(c, (snap.lookup.get(c) or {}).get("stock_status")) for c in children
-                ]
+                if children_from_postmeta:
+                    statuses = [lookup_status.get(c, current_status(c)) for c in children]
+                else:
+                    statuses = [
+                        lookup_status.get(c, (snap.lookup.get(c) or {}).get("stock_status")) for c in children
+                    ]
                 status = woo.variable_parent_status(statuses)
         except _Skip as exc:
             outcomes[vid] = ProductOutcome(vid, role, old_status=current_status(vid), skipped=str(exc))
@@ -997,6 +1004,7 @@ def refresh_products(
         notify_no_stock_amount=blog.notify_no_stock_amount,
         hide_out_of_stock=blog.hide_out_of_stock,
         forced=changed,
+        children_from_postmeta=bool(blog.option("woocommerce_product_lookup_table_is_generating")),
     )
     sql = _Sql(conn)
     prefix = blog.prefix
@@ -1039,6 +1047,7 @@ def check_products(conn: sa.Connection, blog: Blog, product_ids: Collection[int]
         hide_out_of_stock=blog.hide_out_of_stock,
         forced=ids,
         audit=True,
+        children_from_postmeta=bool(blog.option("woocommerce_product_lookup_table_is_generating")),
     )
     out: list[Disagreement] = []
     b = blog.blog_id

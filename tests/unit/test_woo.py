@@ -464,3 +464,14 @@ def test_plan_hide_out_of_stock_recounts_products_not_variations() -> None:
     snap.meta[18]["_stock"] = ["0"]
     plan = plan_refresh(snap, [12, 18], notify_no_stock_amount=0, hide_out_of_stock=True)
     assert plan.recount_products == [12]
+
+
+def test_plan_parent_reads_children_postmeta_while_lookup_table_is_generating() -> None:
+    snap = _snap()
+    # HOODIE-S and -L are out of stock in postmeta but their lookup rows still say instock.
+    for pid in (17, 19):
+        snap.meta[pid]["_stock_status"] = ["outofstock"]
+    snap.meta[18]["_stock"] = ["0"]
+    assert _plan(snap, [18]).outcomes[16].new_status == "instock"  # lookup rows (default)
+    plan = _plan(snap, [18], children_from_postmeta=True)
+    assert plan.outcomes[16].new_status == "outofstock"
