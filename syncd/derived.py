@@ -1010,9 +1010,11 @@ def refresh_products(
     prefix = blog.prefix
     _write_statuses(sql, prefix, plan)
     _write_lookup(sql, prefix, plan, snap)
-    report.outofstock_count = _write_terms(sql, prefix, plan, snap)
     _write_attributes(sql, prefix, plan)
     _write_post_modified(sql, blog, plan, now_utc)
+    # Rows every WooCommerce save of any product also writes (the outofstock term's count, the
+    # version transients) come last, so they stay locked for the shortest time.
+    report.outofstock_count = _write_terms(sql, prefix, plan, snap)
     if plan.recount_products:
         report.term_counts = _recount_terms(sql, blog, snap, plan.recount_products)
     report.transients_deleted, report.versions_bumped = _write_transients(
