@@ -2,9 +2,10 @@
 
 * ``console``: coloured, aligned key=value lines for a person at a terminal;
 * ``json``: one JSON object per line (what log shippers and ``jq`` want);
-* ``journal``: the hook for native journald fields (``journalctl -u syncd SYNCD_SKU=...``);
-  until that renderer exists it writes the same JSON lines, which journald stores as the message;
-* ``auto``: console when stderr is a TTY, else json.
+* ``journal``: native journald entries with structured fields (``journalctl -u syncd SYNCD_SKU=...``),
+  see :mod:`syncd.journal`; JSON lines on stderr when the journal socket is missing;
+* ``auto``: journal when systemd connected stderr to the journal (``JOURNAL_STREAM``), else
+  console when stderr is a TTY, else json.
 
 Every event has a UTC ISO-8601 ``timestamp`` and a ``level``. Event names are short snake_case
 verbs (``apply``, ``retry_batch``); context goes in bound key/values, never into the event text.
@@ -19,6 +20,14 @@ import sys
 from typing import Any, TextIO
 
 import structlog
+
+from syncd.journal import (
+    JournalHandler,
+    JournalLoggerFactory,
+    JournalWriter,
+    as_kwargs,
+    journal_stream_is_stderr,
+)
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -36,6 +45,8 @@ def resolve_format(fmt: str, stream: TextIO) -> str:
         raise ValueError(f"log format {fmt!r} is not one of {', '.join(FORMATS)}")
     if fmt != "auto":
         return fmt
+    if journal_stream_is_stderr(stream=stream):
+        return "journal"
     isatty = getattr(stream, "isatty", None)
     return "console" if isatty is not None and isatty() else "json"
 
@@ -50,13 +61,14 @@ def _renderer(fmt: str, stream: TextIO) -> Any:
 
 
 def _journal_renderer() -> Any:
-    """Hook for the journald format.
+    """The journald format's last processor: it hands the event dict to
+    :class:`syncd.journal.JournalLogger`, which turns it into native journal fields (``MESSAGE``,
+    ``PRIORITY``, ``SYNCD_EVENT``, ``SYNCD_<KEY>`` for the bound context) and sends it."""
+    return as_kwargs
 
-    The intended renderer sends each event over the journal's native protocol with the bound
-    context as upper-case fields (``SYNCD_SKU``, ``SYNCD_BLOG_ID``) and ``PRIORITY`` from the level.
-    Until it is written, JSON lines on stderr (journald keeps them as MESSAGE) are the safe stand-in.
-    """
-    return structlog.processors.JSONRenderer(sort_keys=False, default=str)
+
+#: The journal writer of the current configuration (one socket per process; replaced on reconfigure).
+_journal_writer: JournalWriter | None = None
 
 
 def _shared_processors() -> list[Any]:
@@ -75,6 +87,10 @@ def configure_logging(level: str = "info", fmt: str = "auto", *, stream: TextIO 
     out = stream if stream is not None else sys.stderr
     chosen = resolve_format(fmt, out)
     renderer = _renderer(chosen, out)
+    global _journal_writer
+    if _journal_writer is not None:
+        _journal_writer.close()
+    _journal_writer = JournalWriter(fallback=out) if chosen == "journal" else None
     exc_processors: list[Any] = [] if chosen == "console" else [structlog.processors.format_exc_info]
 
     structlog.configure(
@@ -85,7 +101,11 @@ def configure_logging(level: str = "info", fmt: str = "auto", *, stream: TextIO 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level_name]),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=(
+            JournalLoggerFactory(_journal_writer)
+            if _journal_writer is not None
+            else structlog.PrintLoggerFactory(file=out)
+        ),
         # Not cached: loggers created at import time must follow a later configure_logging() (tests,
         # the CLI reconfiguring after reading the config file).
         cache_logger_on_first_use=False,
@@ -93,17 +113,21 @@ def configure_logging(level: str = "info", fmt: str = "auto", *, stream: TextIO 
 
     # Third-party libraries log through the standard library; give them the same renderer and
     # keep them one level quieter than ours unless we are debugging.
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[structlog.stdlib.add_logger_name, *_shared_processors()],
-            processors=[
-                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                *exc_processors,
-                renderer,
-            ],
+    handler: logging.Handler
+    if _journal_writer is not None:
+        handler = JournalHandler(_journal_writer)
+    else:
+        handler = logging.StreamHandler(out)
+        handler.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                foreign_pre_chain=[structlog.stdlib.add_logger_name, *_shared_processors()],
+                processors=[
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    *exc_processors,
+                    renderer,
+                ],
+            )
         )
-    )
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, "_syncd", False):
