@@ -2,7 +2,10 @@
 
 Where the file comes from, in order: ``--config PATH``, the environment variable ``SYNCD_CONFIG``,
 then ``/etc/syncd/syncd.toml``. Secrets can stay out of the file: ``SYNCD_DATABASE_URL`` replaces
-``database.url`` and ``SYNCD_DATABASE_PASSWORD`` injects only the password into it.
+``database.url`` and ``SYNCD_DATABASE_PASSWORD`` injects only the password into it. Under systemd,
+``LoadCredential=db-password:/etc/syncd/db-password`` puts the password in
+``$CREDENTIALS_DIRECTORY/db-password``, which is read when ``SYNCD_DATABASE_PASSWORD`` is not set
+(the password never appears on a command line or in the unit's environment).
 
 Every value is checked here, once, so the rest of syncd can trust it. A bad value fails with a
 :class:`ConfigError` that names the file, the key (``sync.batch_size``) and the form expected;
@@ -33,6 +36,8 @@ DEFAULT_CONFIG_PATH = "/etc/syncd/syncd.toml"
 ENV_CONFIG = "SYNCD_CONFIG"
 ENV_DATABASE_URL = "SYNCD_DATABASE_URL"
 ENV_DATABASE_PASSWORD = "SYNCD_DATABASE_PASSWORD"
+ENV_CREDENTIALS_DIRECTORY = "CREDENTIALS_DIRECTORY"  # set by systemd for LoadCredential=
+CREDENTIAL_PASSWORD = "db-password"
 
 CAPTURE_MODES = ("auto", "trigger", "poll")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -234,6 +239,8 @@ def _parse_database(raw: Mapping[str, Any], env: Mapping[str, str]) -> DatabaseC
         raise ConfigError(f"expected a URL string, got {_show(url_text)}", key=key)
     url = _parse_url(url_text.strip(), key)
     password = env.get(ENV_DATABASE_PASSWORD)
+    if password is None:
+        password = _credential_password(env)
     if password is not None:
         url = url.set(password=password)
     prefix = raw.get("table_prefix", "wp_")
@@ -250,6 +257,25 @@ def _parse_database(raw: Mapping[str, Any], env: Mapping[str, str]) -> DatabaseC
         lock_wait_timeout=_int(raw, "database", "lock_wait_timeout", 1, lo=1, hi=3600),
         connect_timeout=_number(raw, "database", "connect_timeout", 5.0, lo=0.1, hi=3600),
     )
+
+
+def _credential_password(env: Mapping[str, str]) -> str | None:
+    """The password systemd passed with ``LoadCredential=db-password:...``, if any.
+
+    One trailing newline is dropped (``echo pw > file`` writes one); nothing else is changed.
+    """
+    directory = env.get(ENV_CREDENTIALS_DIRECTORY)
+    if not directory:
+        return None
+    path = Path(directory) / CREDENTIAL_PASSWORD
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ConfigError(f"cannot read the database password credential: {reason}", key=str(path)) from None
+    return text[:-1] if text.endswith("\n") else text
 
 
 def _parse_url(text: str, key: str) -> URL:
