@@ -66,7 +66,9 @@ def write_config(
 class DaemonProcess:
     """One ``syncd run`` subprocess and the structured log it writes."""
 
-    def __init__(self, config_path: Path | str, *, name: str = "syncd", extra_args: Iterable[str] = ()) -> None:
+    def __init__(
+        self, config_path: Path | str, *, name: str = "syncd", extra_args: Iterable[str] = ()
+    ) -> None:
         self.config_path = str(config_path)
         self.name = name
         self.extra_args = list(extra_args)
@@ -273,7 +275,9 @@ def members(net: Any, sku: str) -> dict[int, int]:
     with net.engine.connect() as c:
         for b in net.blog_ids:
             rows = c.execute(
-                sa.text(f"SELECT post_id FROM {net.table(b, 'postmeta')} WHERE meta_key = '_sku' AND meta_value = :s"),
+                sa.text(
+                    f"SELECT post_id FROM {net.table(b, 'postmeta')} WHERE meta_key = '_sku' AND meta_value = :s"
+                ),
                 {"s": sku},
             ).all()
             if len(rows) == 1:
@@ -287,7 +291,9 @@ def quantities(net: Any, sku: str, ids: Mapping[int, int] | None = None) -> dict
     with net.engine.connect() as c:
         for b, p in sorted(ids.items()):
             v = c.execute(
-                sa.text(f"SELECT meta_value FROM {net.table(b, 'postmeta')} WHERE post_id = :p AND meta_key = '_stock'"),
+                sa.text(
+                    f"SELECT meta_value FROM {net.table(b, 'postmeta')} WHERE post_id = :p AND meta_key = '_stock'"
+                ),
                 {"p": p},
             ).scalar_one_or_none()
             out[b] = None if v is None else Decimal(v)
@@ -332,6 +338,21 @@ class Ledger:
     @property
     def total_writes(self) -> int:
         return sum(self.writes.values())
+
+
+def wpdb_engine(url: str, connections: int = 4) -> sa.Engine:
+    """Connections that behave like WordPress's wpdb: autocommit, the server's default isolation
+    (REPEATABLE READ), WordPress's non-strict sql_mode. A shop write that fails here (deadlock,
+    lock wait timeout) is a failed checkout: the storms treat it as a test failure."""
+    from syncd.db import SessionSettings, make_engine
+
+    return make_engine(
+        url,
+        SessionSettings(isolation=None, lock_wait_timeout=50),
+        connect_args={"autocommit": True},
+        pool_size=connections,
+        max_overflow=2,
+    )
 
 
 def relative_write(conn: sa.Connection, net: Any, blog: int, post: int, delta: int) -> None:
@@ -395,6 +416,7 @@ class Storm:
         self.errors: list[BaseException] = []
 
     def start(self) -> Storm:
+        self._engine = wpdb_engine(self.net.url, self.n)
         for i in range(self.n):
             t = threading.Thread(target=self._run, args=(i,), daemon=True, name=f"writer-{i}")
             t.start()
@@ -403,9 +425,7 @@ class Storm:
 
     def _run(self, i: int) -> None:
         rng = random.Random(self.seed * 1000 + i)
-        conn = self.net.engine.connect()
-        # Autocommit on the driver connection, like WordPress's wpdb (each statement commits).
-        conn.exec_driver_sql("SET autocommit = 1")
+        conn = self._engine.connect()
         try:
             script = self.ops[i] if self.ops is not None else None
             k = 0
@@ -416,7 +436,11 @@ class Storm:
                     blog, sku, kind, n = script[k]
                 else:
                     blog, sku = rng.choice(self.net.blog_ids), rng.choice(self.skus)
-                    kind, n = ("dec", rng.randint(1, self.max_delta)) if rng.random() < 0.7 else ("inc", rng.randint(1, self.max_delta))
+                    kind, n = (
+                        ("dec", rng.randint(1, self.max_delta))
+                        if rng.random() < 0.7
+                        else ("inc", rng.randint(1, self.max_delta))
+                    )
                 k += 1
                 post = self.ids[sku][blog]
                 if kind == "set":
@@ -442,6 +466,7 @@ class Storm:
         for t in self._threads:
             t.join(timeout)
             assert not t.is_alive(), f"{t.name} is stuck"
+        self._engine.dispose()
         if self.errors:
             raise self.errors[0]
         return self.ledger
@@ -482,18 +507,26 @@ def assert_derived_consistent(net: Any, skus: Iterable[str]) -> None:
     with net.engine.connect() as c:
         for sku in skus:
             for b, p in members(net, sku).items():
-                pm, lookup, opts = net.table(b, "postmeta"), net.table(b, "wc_product_meta_lookup"), net.table(b, "options")
+                pm, lookup, opts = (
+                    net.table(b, "postmeta"),
+                    net.table(b, "wc_product_meta_lookup"),
+                    net.table(b, "options"),
+                )
                 meta = dict(
                     c.execute(
-                        sa.text(f"SELECT meta_key, meta_value FROM {pm} WHERE post_id = :p AND meta_key IN "
-                                "('_stock', '_manage_stock', '_backorders', '_stock_status')"),
+                        sa.text(
+                            f"SELECT meta_key, meta_value FROM {pm} WHERE post_id = :p AND meta_key IN "
+                            "('_stock', '_manage_stock', '_backorders', '_stock_status')"
+                        ),
                         {"p": p},
                     ).all()
                 )
                 if meta.get("_manage_stock") != "yes" or meta.get("_stock") is None:
                     continue
                 notify = c.execute(
-                    sa.text(f"SELECT option_value FROM {opts} WHERE option_name = 'woocommerce_notify_no_stock_amount'")
+                    sa.text(
+                        f"SELECT option_value FROM {opts} WHERE option_name = 'woocommerce_notify_no_stock_amount'"
+                    )
                 ).scalar_one_or_none()
                 q = Decimal(meta["_stock"])
                 if q > Decimal(notify or 0):
@@ -501,12 +534,22 @@ def assert_derived_consistent(net: Any, skus: Iterable[str]) -> None:
                 else:
                     want = "outofstock" if meta.get("_backorders", "no") == "no" else "onbackorder"
                 if meta.get("_stock_status") != want:
-                    problems.append(f"{sku} blog {b} post {p}: _stock_status {meta.get('_stock_status')} for {q}, want {want}")
+                    problems.append(
+                        f"{sku} blog {b} post {p}: _stock_status {meta.get('_stock_status')} for {q}, want {want}"
+                    )
                 row = c.execute(
-                    sa.text(f"SELECT stock_quantity, stock_status FROM {lookup} WHERE product_id = :p"), {"p": p}
+                    sa.text(f"SELECT stock_quantity, stock_status FROM {lookup} WHERE product_id = :p"),
+                    {"p": p},
                 ).first()
-                if row is None or row[0] is None or Decimal(row[0]) != q or row[1] != meta.get("_stock_status"):
-                    problems.append(f"{sku} blog {b} post {p}: lookup {row} vs _stock {q}/{meta.get('_stock_status')}")
+                if (
+                    row is None
+                    or row[0] is None
+                    or Decimal(row[0]) != q
+                    or row[1] != meta.get("_stock_status")
+                ):
+                    problems.append(
+                        f"{sku} blog {b} post {p}: lookup {row} vs _stock {q}/{meta.get('_stock_status')}"
+                    )
     assert not problems, "\n".join(problems)
 
 
@@ -557,7 +600,9 @@ def assert_history_once(net: Any, ledger: Ledger, start: Mapping[str, Mapping[in
             ).scalar_one()
             others = len(before) - 1
             if copies != ledger.writes[sku] * others:
-                problems.append(f"{sku}: {copies} copy rows for {ledger.writes[sku]} writes x {others} other members")
+                problems.append(
+                    f"{sku}: {copies} copy rows for {ledger.writes[sku]} writes x {others} other members"
+                )
             now = quantities(net, sku)
             for (b, p), q0 in zip(sorted(members(net, sku).items()), before.values(), strict=True):
                 own, copied = c.execute(
@@ -568,5 +613,7 @@ def assert_history_once(net: Any, ledger: Ledger, start: Mapping[str, Mapping[in
                     {"b": b, "p": p},
                 ).one()
                 if q0 + Decimal(own) + Decimal(copied) != now[b]:
-                    problems.append(f"{sku} blog {b}: start {q0} + own {own} + copied {copied} != now {now[b]}")
+                    problems.append(
+                        f"{sku} blog {b}: start {q0} + own {own} + copied {copied} != now {now[b]}"
+                    )
         assert not problems, "\n".join(problems)

@@ -1,0 +1,111 @@
+"""Crash: the real daemon process (`syncd run`) is killed with SIGKILL at random moments - during
+start-up right after it took the leader lock, in the middle of a busy backlog (inside apply
+transactions), anywhere - over and over while writers keep selling and restocking on every blog.
+Sometimes a hot standby is waiting and takes over, sometimes a new process is started cold.
+
+Apply and acknowledge are one transaction, so at the end nothing is lost and nothing is applied
+twice: every member holds exactly start + the sum of all deltas, the change table is empty, and
+history has each origin change exactly once and one copy per other member.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from tests.integration.daemon_process import (
+    STOCK_SKUS,
+    DaemonProcess,
+    Storm,
+    assert_converged,
+    assert_history_once,
+    pending,
+    snapshot,
+    wait_drained,
+    write_config,
+)
+
+KILLS = 20
+
+
+def _leader(procs: list[DaemonProcess], timeout: float = 30.0) -> DaemonProcess:
+    """The process that holds the leader lock (it logged leader_acquired), waiting for one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.alive() and p.named("leader_acquired"):
+                return p
+        time.sleep(0.01)
+    tails = "\n\n".join(p.log_tail(15) for p in procs)
+    raise AssertionError(f"no leader within {timeout}s\n{tails}")
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_write_storm_loses_nothing_and_applies_nothing_twice(wp_network, tmp_path):
+    net = wp_network
+    skus = STOCK_SKUS[:6]
+    # Small batches: a backlog is many short transactions, so a kill lands inside one.
+    cfg = write_config(tmp_path, net, sync={"batch_size": 8, "idle_wait": 0.005})
+    rng = random.Random(20261123)
+    spawned = 0
+    procs: list[DaemonProcess] = []
+
+    def spawn() -> DaemonProcess:
+        nonlocal spawned
+        spawned += 1
+        p = DaemonProcess(cfg, name=f"syncd-{spawned}").start()
+        procs.append(p)
+        return p
+
+    # The first start installs the triggers; only then are writes captured.
+    spawn().wait_for("daemon_ready", timeout=30)
+    start = snapshot(net, skus)
+    # About 25 writes a second for the whole kill loop (what the daemon, often dead, keeps up with).
+    storm = Storm(net, skus, writers=3, pause=0.1, seed=7).start()
+    moments: list[str] = []
+    try:
+        for i in range(KILLS):
+            leader = _leader(procs)
+            if len(procs) < 2 and rng.random() < 0.85:
+                spawn()  # a hot standby waits on the lock
+            kind = ("startup", "batch", "any")[i % 3]
+            if kind == "startup":
+                # Right after taking the lock: schema check, discovery, trigger check, scheduler.
+                time.sleep(rng.uniform(0.0, 0.3))
+            elif kind == "batch":
+                # Inside the steady state: right after some batch committed, the next one is open.
+                leader.wait_for("daemon_ready", timeout=30)
+                leader.wait_for("batch_applied", timeout=30, after=leader.mark())
+                time.sleep(rng.uniform(0.0, 0.2))
+            else:
+                time.sleep(rng.uniform(0.0, 0.6))
+            assert not storm.errors, storm.errors
+            ready = bool(leader.named("daemon_ready"))
+            moments.append(f"{kind}{'' if ready else '(starting)'}:{pending(net)}")
+            assert leader.kill() == -9
+            assert leader.named("daemon_stopped") == [], "a SIGKILLed process cannot have shut down cleanly"
+            procs.remove(leader)
+            if not procs:
+                spawn()  # cold restart
+    finally:
+        ledger = storm.stop()
+        for p in procs:
+            p.kill()
+    assert len(moments) == KILLS
+    # Enough kills landed while work was queued (inside or between apply transactions).
+    assert sum(1 for m in moments if not m.endswith(":0")) >= KILLS // 2, moments
+    assert ledger.total_writes >= 300, ledger.total_writes
+
+    drain = write_config(tmp_path, net, name="drain.toml", sync={"batch_size": 500})
+    final = DaemonProcess(drain, name="final").start()
+    try:
+        wait_drained(net, timeout=90, alive=final.alive)
+        final.terminate()
+        assert final.wait(30) == 0
+    finally:
+        final.stop()
+    assert pending(net) == 0
+    assert_converged(net, start, ledger)
+    assert_history_once(net, ledger, start)
