@@ -531,3 +531,30 @@ def test_check_products_reports_drift_and_refresh_repairs_it(wp_network: Any) ->
     assert [(d.product_id, d.field) for d in left] == [
         (0, "term_taxonomy.count[product_visibility:outofstock]")
     ]
+
+
+def test_helpers_remap_a_recorded_diff_to_another_blog() -> None:
+    """What the end-to-end golden test needs: scenario 02 (MUG on blog 1) rewritten for blog 3."""
+    fx = h.load_transition("02")
+    catalogue = {b: {p["sku"]: p["id"] for p in prods} for b, prods in _catalogue_by_blog().items()}
+    ids = {catalogue[1][sku]: catalogue[3][sku] for sku in catalogue[1] if sku in catalogue[3]}
+    diff = h.remap_diff(h.step_diff(fx["variants"][0]["steps"][0], "wp_"), ids)
+    mug3 = str(catalogue[3]["MUG"])
+    assert {u["context"]["post_id"] for u in diff["postmeta"]["updated"]} == {mug3}
+    assert diff["wc_product_meta_lookup"]["updated"][0]["key"]["product_id"] == mug3
+    assert diff["term_relationships"]["inserted"][0]["object_id"] == mug3
+    names = {r["option_name"] for r in diff["options"]["deleted"]}
+    assert f"_transient_wc_related_{mug3}" in names and "_transient_wc_products_onsale" in names
+    # Facts ignore meta/option ids, so a remapped diff compares with a diff taken on blog 3.
+    assert h.compare_diffs(diff, diff) == []
+
+
+def _catalogue_by_blog() -> dict[int, list[dict[str, Any]]]:
+    """blog id -> products of catalogue.json (the English member where Polylang doubles a SKU)."""
+    import json
+
+    data = json.loads((h.ROOT / "schema" / "wordpress" / "catalogue.json").read_text())
+    return {
+        int(b): [p for p in blog["products"] if p.get("language") in (None, "", "en")]
+        for b, blog in data["blogs"].items()
+    }
