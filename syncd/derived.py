@@ -314,6 +314,7 @@ def plan_refresh(
     # Pass 1: the given products that have a rule of their own (everything but variable
     # products that take their status from their children or manage stock for them).
     variable_items: dict[int, str] = {}  # variable product -> role ('given' or 'parent')
+    synced: set[int] = set()  # variable parents of saved variations: always saved
     for pid in given:
         post = snap.posts.get(pid)
         reason = _unusable(post)
@@ -339,6 +340,7 @@ def plan_refresh(
         if saved and parent is not None and snap.product_types.get(parent.id) == "variable":
             # maybe_defer_product_sync(): the parent is synced and saved at shutdown (fixture 07).
             variable_items.setdefault(parent.id, "parent")
+            synced.add(parent.id)
         commit(ev, saved=saved, parent_id=parent.id if parent else None)
 
     # Pass 2: variable products (given, or parents of saved variations), after their children.
@@ -364,7 +366,7 @@ def plan_refresh(
             outcomes[vid] = ProductOutcome(vid, role, old_status=current_status(vid), skipped=str(exc))
             continue
         ev = evaluate(post, status, role, with_term=True, with_attributes=True)
-        saved = role == "parent" or vid in forced_set or any_change(ev)
+        saved = vid in synced or vid in forced_set or any_change(ev)
         pushed: list[int] = []
         if source.mode == "own":
             # sync_managed_variation_stock_status(): children that do not manage stock get the

@@ -475,3 +475,11 @@ def test_plan_parent_reads_children_postmeta_while_lookup_table_is_generating() 
     assert _plan(snap, [18]).outcomes[16].new_status == "instock"  # lookup rows (default)
     plan = _plan(snap, [18], children_from_postmeta=True)
     assert plan.outcomes[16].new_status == "outofstock"
+
+
+def test_plan_given_parent_is_saved_when_a_given_child_is() -> None:
+    snap = _snap()
+    snap.meta[17]["_stock"] = ["4"]  # no status change, but the lookup quantity changes
+    plan = _plan(snap, [16, 17], forced=[])
+    assert plan.saved == [16, 17]  # the deferred parent sync saves HOODIE even though nothing of it differs
+    assert plan.outcomes[16].role == "given" and not plan.outcomes[16].changed
