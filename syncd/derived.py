@@ -119,6 +119,9 @@ class ProductOutcome:
     parent_id: int | None = None
     children_written: tuple[int, ...] = ()
     skipped: str | None = None
+    #: The new status differs from the stored ``_stock_status`` or from the lookup row's status
+    #: (the caller itself may have written ``_stock_status``, e.g. a manual-status register).
+    flipped: bool = False
 
     @property
     def lookup_written(self) -> bool:
@@ -243,13 +246,15 @@ def plan_refresh(
         meta = snap.meta_of(pid)
         old = current_status(pid)
         status_changed = old != status
+        current_row = snap.lookup.get(pid)
+        flipped = status_changed or (current_row is not None and current_row.get("stock_status") != status)
         row = woo.lookup_row(
             pid,
             meta,
             stock_status=status,
             include_global_unique_id="global_unique_id" in snap.lookup_columns,
         )
-        lookup_cols = tuple(woo.lookup_differences(snap.lookup.get(pid), row))
+        lookup_cols = tuple(woo.lookup_differences(current_row, row))
         term = None
         if with_term and oos_tt is not None:
             want = woo.visibility_wants_outofstock(status)
@@ -268,6 +273,7 @@ def plan_refresh(
             "old": old,
             "new": status,
             "status_changed": status_changed,
+            "flipped": flipped,
             "row": row,
             "lookup_cols": lookup_cols,
             "term": term,
@@ -304,6 +310,7 @@ def plan_refresh(
             attributes_written=ev["attributes"],
             saved=saved,
             parent_id=parent_id,
+            flipped=ev["flipped"],
         )
         outcomes[pid] = out
         return out
@@ -403,7 +410,7 @@ def plan_refresh(
         if woo.recount_needed(
             hide_out_of_stock=hide_out_of_stock,
             post_type=snap.posts[pid].post_type if pid in snap.posts else "",
-            status_changed=o.status_written,
+            status_changed=o.flipped,
         )
     )
     return plan

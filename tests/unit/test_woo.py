@@ -483,3 +483,12 @@ def test_plan_given_parent_is_saved_when_a_given_child_is() -> None:
     plan = _plan(snap, [16, 17], forced=[])
     assert plan.saved == [16, 17]  # the deferred parent sync saves HOODIE even though nothing of it differs
     assert plan.outcomes[16].role == "given" and not plan.outcomes[16].changed
+
+
+def test_plan_recounts_when_the_caller_wrote_a_manual_status() -> None:
+    snap = _snap()
+    snap.meta[15]["_stock_status"] = ["outofstock"]  # a manual-status register written by syncd
+    plan = plan_refresh(snap, [15], notify_no_stock_amount=0, hide_out_of_stock=True)
+    o = plan.outcomes[15]
+    assert not o.status_written and o.flipped and o.term == "added"
+    assert plan.recount_products == [15]
