@@ -104,47 +104,6 @@ def _cases() -> list[Any]:
     return cases
 
 
-def _normalise_expected(expected: h.Diff, product_ids: set[int]) -> h.Diff:
-    """Remove the documented differences from a recorded step diff (see module docstring)."""
-    out = h.without_tables(h.expected_in_scope(expected, product_ids), ["wc_product_attributes_lookup"])
-    pm = out.get("postmeta")
-    if pm:
-        inserted = [
-            r
-            for r in pm["inserted"]
-            if not (r.get("meta_key") == "_thumbnail_id" and r.get("meta_value") == "0")
-        ]
-        # _price rows deleted and re-added with the same values: net them out.
-        deleted = list(pm["deleted"])
-        kept_inserts = []
-        for r in inserted:
-            twin = next(
-                (
-                    d
-                    for d in deleted
-                    if r.get("meta_key") == "_price"
-                    and d.get("meta_key") == "_price"
-                    and d.get("post_id") == r.get("post_id")
-                    and d.get("meta_value") == r.get("meta_value")
-                ),
-                None,
-            )
-            if twin is not None:
-                deleted.remove(twin)
-            else:
-                kept_inserts.append(r)
-        # _price rows of baseline ids deleted in an earlier WooCommerce step are not ours to delete.
-        deleted = [d for d in deleted if d.get("meta_key") != "_price"]
-        pm.update(inserted=kept_inserts, deleted=deleted)
-    opts = out.get("options")
-    if opts:
-        # Cache refills after the deletion: syncd deletes, the next reader refills.
-        opts["inserted"] = [
-            r for r in opts["inserted"] if not h.PRODUCT_CACHE_OPTION_RE.match(r["option_name"])
-        ]
-    return {t: d for t, d in out.items() if d.get("inserted") or d.get("deleted") or d.get("updated")}
-
-
 def _apply_primary(conn: sa.Connection, prefix: str, rows: list[tuple[str, dict[str, Any]]]) -> list[int]:
     postmeta = table(prefix, "postmeta")
     posts: set[int] = set()
@@ -203,7 +162,7 @@ def test_refresh_matches_recorded_woocommerce(wp_network: Any, scenario: str, va
         if not rows:
             # Nothing for syncd to do; such a step must not change in-scope product data either
             # (attribute lookups excepted: compared at the end).
-            leftover = _normalise_expected(recorded, products)
+            leftover = h.normalise_expected(recorded, products)
             assert not leftover, f"step {step['step']} changes product data without a stock write: {leftover}"
             continue
         # Steps were recorded at least 1 s apart; a synthetic clock keeps time-based values moving.
@@ -213,7 +172,7 @@ def test_refresh_matches_recorded_woocommerce(wp_network: Any, scenario: str, va
             report = refresh_products(conn, blog, written, now_utc=now)
         after = h.snapshot(wp_network.url, prefix)
         actual = h.without_tables(h.diff_snapshots(state, after), ["wc_product_attributes_lookup"])
-        expected = _normalise_expected(recorded, products)
+        expected = h.normalise_expected(recorded, products)
         problems = h.compare_diffs(actual, expected, volatile=volatile, volatile_options=volatile_options)
         problems += _check_volatile(actual, now, blog)
         assert not problems, (
