@@ -73,6 +73,8 @@ class Stats:
     last_lag_ms: float | None = None
     last_error: str | None = None
     connection: str = "starting"
+    backlog: int | None = None  # pending change rows at the last heartbeat
+    backlog_age_s: float | None = None  # age of the oldest of them
 
 
 def lock_name(database: str, base_prefix: str) -> str:
@@ -104,6 +106,8 @@ class Daemon:
         self.capture_mode = "trigger"
         self.on_batch: Callable[[BatchResult], None] | None = None  # test/bench hook
         self.ready = threading.Event()  # set once this instance leads and has started up
+        self._watchdog_every = watchdog_interval()  # None outside systemd / without WatchdogSec
+        self._last_ping = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -161,7 +165,20 @@ class Daemon:
             self._shutdown()
 
     def request_stop(self) -> None:
+        if not self.stop.is_set():
+            notify("STOPPING=1", "STATUS=stopping: finishing the batch in flight")
         self.stop.set()
+
+    def _ping_watchdog(self) -> None:
+        """WATCHDOG=1 (with the current STATUS) every WatchdogSec/2. Called only from the loops
+        that do the work (main loop, retry loop, standby loop): if one of them is stuck, the
+        pings stop and systemd restarts the daemon."""
+        if self._watchdog_every is None:
+            return
+        now = time.monotonic()
+        if now - self._last_ping >= self._watchdog_every:
+            notify("WATCHDOG=1", self._status_line())
+            self._last_ping = now
 
     def _shutdown(self) -> None:
         if self._scheduler is not None:
@@ -189,6 +206,7 @@ class Daemon:
         assert self._admin_engine is not None
         waited = False
         while not self.stop.is_set():
+            self._ping_watchdog()
             try:
                 if self._lock_conn is None:
                     self._lock_conn = self._admin_engine.connect()
@@ -207,7 +225,12 @@ class Daemon:
                         "SELECT IS_USED_LOCK(%s)", (self._lock_name,)
                     ).scalar()
                     log.info("standby_waiting", lock=self._lock_name, leader_connection=holder)
-                    notify("STATUS=standby, waiting for the leader lock")
+                    # A standby has started up as far as it can: tell systemd (Type=notify would
+                    # otherwise kill it at TimeoutStartSec), then keep the watchdog fed while waiting.
+                    notify(
+                        "READY=1",
+                        f"STATUS=standby: waiting for the leader lock (held by connection {holder})",
+                    )
                     waited = True
             except Exception as exc:  # noqa: BLE001 - a standby rides out any database fault
                 self._drop_lock_conn()
@@ -388,6 +411,13 @@ class Daemon:
         """Publish this daemon's state in {base}syncd_meta for `syncd status`."""
         assert self._admin_engine is not None
         s = self.stats
+        with self._admin_engine.connect() as conn:
+            pending, oldest = capture.backlog(conn, self.base)
+            utc_now = conn.exec_driver_sql("SELECT UTC_TIMESTAMP(6)").scalar_one()
+            conn.rollback()
+        s.backlog = pending
+        s.backlog_age_s = None if oldest is None else round((utc_now - oldest).total_seconds(), 3)
+        notify(self._status_line())
         payload = {
             "instance": self.instance,
             "pid": os.getpid(),
@@ -407,6 +437,8 @@ class Daemon:
             "last_lag_ms": s.last_lag_ms,
             "last_error": s.last_error,
             "connection": s.connection,
+            "backlog": s.backlog,
+            "backlog_age_s": s.backlog_age_s,
             "heartbeat": time.time(),
         }
         with self._admin_engine.connect() as conn:
@@ -443,17 +475,13 @@ class Daemon:
 
     def _loop(self) -> None:
         assert self._apply_engine is not None
-        wd = watchdog_interval()
-        last_ping = 0.0
         last_leader_check = time.monotonic()
         last_poll = 0.0
         conn: sa.Connection | None = None
         backoff = _Backoff()
         while not self.stop.is_set():
             now = time.monotonic()
-            if wd and now - last_ping >= wd:
-                notify("WATCHDOG=1", self._status_line())
-                last_ping = now
+            self._ping_watchdog()
             if now - last_leader_check > 2.0:
                 last_leader_check = now
                 if not self._still_leader():
@@ -518,6 +546,7 @@ class Daemon:
                 if is_disconnect(exc):
                     raise  # the loop reconnects and fetches again; the rows are still there
                 if is_retryable(exc):
+                    self._ping_watchdog()  # waiting out a read-only server is not a stuck loop
                     self.stats.retries += 1
                     log.warning(
                         "batch_retry",
@@ -596,8 +625,18 @@ class Daemon:
         log.error(event, errno=errno_of(exc), error=str(exc)[:300], **context)
 
     def _status_line(self) -> str:
+        """What `systemctl status syncd` shows: backlog, lag, work done, errors."""
         s = self.stats
-        return f"STATUS=leader; changes={s.changes} lag_ms={s.last_lag_ms} errors={s.errors}"
+        if s.leader_since is None:
+            return "STATUS=standby: waiting for the leader lock"
+        backlog = "?" if s.backlog is None else str(s.backlog)
+        if s.backlog_age_s is not None:
+            backlog += f" (oldest {s.backlog_age_s:.1f} s)"
+        lag = "-" if s.last_lag_ms is None else f"{s.last_lag_ms:g} ms"
+        return (
+            f"STATUS=leader: backlog {backlog}, lag {lag}, {s.changes} changes applied, "
+            f"{s.retries} retries, {s.errors} errors, connection {s.connection}"
+        )
 
 
 class _Backoff:
