@@ -44,6 +44,7 @@ from syncd.plan import (
     Change,
     Facts,
     Key,
+    Member,
     MemberWrite,
     Note,
     StockValueError,
@@ -163,9 +164,20 @@ class Applier:
         origins = sorted({c.key for c in changes if c.blog_id in blogs})
         stale = {c.key for c in changes if c.meta_key in MEMBERSHIP_KEYS and c.blog_id in blogs}
         unknown = set(origins) - catalog.known_members(conn, self.base, origins)
+        was_member = catalog.member_skus(conn, self.base, stale)
         for blog_id, posts in _by_blog(stale | unknown).items():
             self._guarded(
                 blog_id, lambda b=blog_id, p=posts: catalog.refresh_members(conn, self.base, blogs[b], p)
+            )
+        # A product that leaves its group (trashed, SKU removed) is no longer synced: say which.
+        for key in sorted(set(was_member) - catalog.known_members(conn, self.base, was_member)):
+            log.warning(
+                "member_left",
+                blog=key[0],
+                post=key[1],
+                sku=was_member[key],
+                keys=sorted({c.meta_key for c in changes if c.key == key}),
+                reason="no longer a linked product (trashed, deleted or SKU removed); not synced any more",
             )
         groups = catalog.groups_for(conn, self.base, origins)
 
@@ -173,6 +185,7 @@ class Applier:
         for members in groups.values():
             involved.update(m.key for m in members if m.blog_id in blogs)
         rows: dict[Key, ProductRows] = {}
+        unreadable: dict[int, str] = {}
         for blog_id, posts in sorted(_by_blog(involved).items()):
             try:
                 locked = self._lock_and_read(conn, blogs[blog_id], posts)
@@ -194,6 +207,7 @@ class Applier:
                     raise
                 log.error("blog_unreadable", blog=blog_id, error=str(exc), errno=errno_of(exc))
                 blogs = {b: v for b, v in blogs.items() if b != blog_id}
+                unreadable[blog_id] = f"blog {blog_id} is unreadable (errno {errno_of(exc)})"
 
         plan = plan_batch(changes, groups, {k: r.facts() for k, r in rows.items()}, blogs.keys())
         result.notes = plan.notes
@@ -221,6 +235,8 @@ class Applier:
                         n.reason[:255],
                     )
                 )
+
+        self._skip_dead_blogs(plan.applied, groups, blogs, unreadable, result)
 
         by_id = {c.id: c for c in changes}
         touched: dict[int, set[int]] = {b: set(p) for b, p in plan.refresh.items()}
@@ -274,6 +290,45 @@ class Applier:
         return result
 
     # -- steps -----------------------------------------------------------------------------
+
+    def _skip_dead_blogs(
+        self,
+        applied: Sequence[Change],
+        groups: Mapping[Key, Sequence[Member]],
+        blogs: Mapping[int, Blog],
+        unreadable: Mapping[int, str],
+        result: BatchResult,
+    ) -> None:
+        """Linked members on a blog that is deleted, archived, spam, unusable or unreadable now are
+        not written (the planner leaves them out); log and record each, with blog, post and SKU."""
+        missed: dict[Key, tuple[Member, list[Change]]] = {}
+        for c in applied:
+            if c.meta_key in MEMBERSHIP_KEYS:
+                continue
+            for m in groups.get(c.key, ()):
+                if m.key != c.key and m.state == "linked" and m.blog_id not in blogs:
+                    missed.setdefault(m.key, (m, []))[1].append(c)
+        for key in sorted(missed):
+            m, cs = missed[key]
+            reason = (
+                unreadable.get(m.blog_id)
+                or f"blog {m.blog_id} is not live (deleted, archived or spam) or not usable"
+            )
+            result.skipped += 1
+            log.warning(
+                "member_skipped",
+                blog=m.blog_id,
+                post=m.post_id,
+                sku=m.sku,
+                changes=[c.id for c in cs],
+                reason=reason,
+            )
+            for c in cs:
+                result.history.append(
+                    HistoryRow(
+                        c, "skipped", m.blog_id, m.post_id, m.sku, c.meta_key, None, None, None, reason[:255]
+                    )
+                )
 
     def _acknowledge(self, conn: sa.Connection, changes: Sequence[Change]) -> None:
         ids = sorted(c.id for c in changes)

@@ -134,6 +134,20 @@ def known_members(conn: sa.Connection, base_prefix: str, keys: Collection[Key]) 
     return {(r[0], r[1]) for r in rows}
 
 
+def member_skus(conn: sa.Connection, base_prefix: str, keys: Collection[Key]) -> dict[Key, str]:
+    """The members among ``keys``, with their SKU."""
+    if not keys:
+        return {}
+    cond, params = _key_condition("m", keys)
+    rows = conn.execute(
+        sa.text(
+            f"SELECT m.blog_id, m.post_id, m.sku FROM {table(base_prefix, 'syncd_member')} m WHERE {cond}"
+        ),
+        params,
+    )
+    return {(r[0], r[1]): r[2] for r in rows}
+
+
 def groups_for(conn: sa.Connection, base_prefix: str, keys: Collection[Key]) -> dict[Key, list[Member]]:
     """For each origin product in ``keys`` that is a member: every member of its group (itself included)."""
     if not keys:
