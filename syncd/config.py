@@ -142,11 +142,16 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     blogs: BlogsConfig = field(default_factory=BlogsConfig)
     source: str | None = None  # the file this came from (None: built in code / environment only)
+    #: --log-level/--log-format given on the command line (None: not given): a configuration
+    #: reload (SIGHUP) re-reads the file and applies these again, so the command line keeps winning.
+    log_overrides: tuple[str | None, str | None] = (None, None)
 
     def redacted(self) -> dict[str, Any]:
         """Everything as plain data with the database password removed: safe for the start-up log line."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
+            if f.name == "log_overrides":
+                continue
             value = getattr(self, f.name)
             out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
         out["database"]["url"] = redact_url(self.database.url)
@@ -163,7 +168,7 @@ class Config:
             "level": self.log.level if level is None else level,
             "format": self.log.format if fmt is None else fmt,
         }
-        return dataclasses.replace(self, log=_parse_log(data, "log"))
+        return dataclasses.replace(self, log=_parse_log(data, "log"), log_overrides=(level, fmt))
 
 
 # --------------------------------------------------------------------------- loading

@@ -12,12 +12,22 @@ Process model (DESIGN.md section 4):
   and retry it with capped backoff; nothing of it was applied, its change rows are still there.
   A change that fails for any other reason is retried alone and, if it still fails, moved to
   ``{base}syncd_dead`` with the error, so one poisoned row never stops the shop's sync.
+* SIGHUP: re-read the configuration file and apply what can change while running (log level and
+  format, sync, capture.poll_interval, history, blogs) without dropping the leader lock;
+  ``[database]`` and ``capture.mode`` changes are reported as needing a restart. A file that no
+  longer validates is reported and the running configuration is kept.
 * First SIGTERM/SIGINT: finish the batch in flight and exit 0. Second: abort (the open
-  transaction is rolled back by the server when the connection closes) and exit 1.
+  transaction is rolled back by the server when the connection closes) and exit 3.
+* Exit status is chosen for systemd's ``Restart=on-failure`` + ``RestartPreventExitStatus=78``:
+  0 stopped on request (no restart); 1 unexpected error (restart); 3 aborted (restart unless
+  systemd itself is stopping it); 78 what a restart cannot fix: the database refuses this
+  configuration at start-up (access denied, unknown database, no such network). A server that is
+  down at start-up is waited for with capped backoff, not exited on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -35,11 +45,19 @@ import structlog
 
 from syncd import capture, catalog, schema
 from syncd.apply import Applier, BatchConflict, BatchResult
-from syncd.config import Config
-from syncd.db import errno_of, is_disconnect, is_retryable, table
-from syncd.network import Blog
+from syncd.config import Config, ConfigError, load_config
+from syncd.db import (
+    ER_LOCK_DEADLOCK,
+    ER_LOCK_WAIT_TIMEOUT,
+    READ_ONLY,
+    errno_of,
+    is_disconnect,
+    is_retryable,
+    table,
+)
+from syncd.network import Blog, NotMultisiteError
 from syncd.notify import notify, watchdog_interval
-from syncd.plan import Change
+from syncd.plan import Change, format_quantity
 
 log = structlog.get_logger("syncd.daemon")
 
@@ -50,10 +68,19 @@ PRIVILEGE_ERRORS = frozenset({1044, 1142, 1227, 1419, 1370})
 EXIT_OK = 0
 EXIT_FATAL = 1
 EXIT_ABORTED = 3
+EXIT_CONFIG = 78  # same as syncd.cli.EXIT_CONFIG (EX_CONFIG): systemd does not restart on it
+
+#: Errors at start-up that mean "this configuration will never work here": access denied (1044,
+#: 1045, 1142, 1227, 1698), host not allowed (1130), unknown database (1049).
+REFUSED_AT_START = frozenset({1044, 1045, 1049, 1130, 1142, 1227, 1698})
 
 
 class HardStop(BaseException):
     """Raised in the main thread by the second stop signal."""
+
+
+class StartupRefused(RuntimeError):
+    """The database refuses this configuration at start-up; restarting will not help."""
 
 
 @dataclass
@@ -75,6 +102,8 @@ class Stats:
     connection: str = "starting"
     backlog: int | None = None  # pending change rows at the last heartbeat
     backlog_age_s: float | None = None  # age of the oldest of them
+    apply_connection_id: int | None = None  # CONNECTION_ID() of the apply connection (for status)
+    starts: int | None = None  # daemon starts recorded in {base}syncd_meta, this one included
 
 
 def lock_name(database: str, base_prefix: str) -> str:
@@ -108,6 +137,7 @@ class Daemon:
         self.ready = threading.Event()  # set once this instance leads and has started up
         self._watchdog_every = watchdog_interval()  # None outside systemd / without WatchdogSec
         self._last_ping = 0.0
+        self._reload = threading.Event()  # set by SIGHUP, served by the main or standby loop
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -145,6 +175,7 @@ class Daemon:
 
     def run(self) -> int:
         """Run until stopped. Returns the process exit status."""
+        clean = False
         try:
             self._make_engines()
             if not self._become_leader():
@@ -156,18 +187,85 @@ class Daemon:
                 "daemon_ready", instance=self.instance, blogs=sorted(self._blogs), capture=self.capture_mode
             )
             self._loop()
+            clean = True
             return EXIT_OK
         except HardStop:
             log.warning("daemon_aborted", instance=self.instance, in_batch=self._in_batch)
             return EXIT_ABORTED
+        except (StartupRefused, NotMultisiteError) as exc:
+            cause = exc.__cause__ or exc
+            log.error(
+                "startup_refused",
+                errno=errno_of(cause),
+                error=str(cause)[:300],
+                exit_status=EXIT_CONFIG,
+                hint="fix the configuration or the grants (syncd check), then start again",
+            )
+            return EXIT_CONFIG
         finally:
             notify("STOPPING=1")
-            self._shutdown()
+            self._shutdown(clean=clean)
 
     def request_stop(self) -> None:
         if not self.stop.is_set():
             notify("STOPPING=1", "STATUS=stopping: finishing the batch in flight")
         self.stop.set()
+
+    def request_reload(self) -> None:
+        """Ask the running loop to re-read the configuration (the SIGHUP handler calls this)."""
+        self._reload.set()
+
+    def _serve_reload(self) -> None:
+        if self._reload.is_set():
+            self._reload.clear()
+            self.reload_config()
+
+    def reload_config(self) -> bool:
+        """Re-read the configuration file and apply what can change without a restart.
+
+        Returns True when a valid configuration was read (even if some of it needs a restart).
+        """
+        notify("RELOADING=1", "STATUS=reloading the configuration")
+        try:
+            try:
+                new = load_config(self.config.source) if self.config.source else load_config()
+                new = new.with_log(*self.config.log_overrides)
+            except ConfigError as exc:
+                log.error("config_reload_failed", error=str(exc), kept="the running configuration")
+                return False
+            old = self.config
+            changed = _changed_keys(old, new)
+            needs_restart = [k for k in changed if k.startswith("database.") or k == "capture.mode"]
+            # The connections, the leader lock and the capture mode stay as they are until a restart.
+            new = dataclasses.replace(
+                new,
+                database=old.database,
+                capture=dataclasses.replace(new.capture, mode=old.capture.mode),
+            )
+            self.config = new
+            if new.log != old.log:
+                from syncd.log import configure_logging
+
+                configure_logging(new.log.level, new.log.format)
+            if new.sync.discovery_interval != old.sync.discovery_interval and self._scheduler is not None:
+                self._scheduler.reschedule_job(
+                    "discovery", trigger="interval", seconds=new.sync.discovery_interval
+                )
+            log.info(
+                "config_reloaded",
+                source=new.source,
+                changed=[k for k in changed if k not in needs_restart],
+                needs_restart=needs_restart,
+            )
+            if needs_restart:
+                log.warning(
+                    "config_change_needs_restart", keys=needs_restart, command="systemctl restart syncd"
+                )
+            if new.blogs != old.blogs and self.stats.leader_since is not None:
+                self.discover()  # blogs.include / exclude take effect now
+            return True
+        finally:
+            notify("READY=1", self._status_line())
 
     def _ping_watchdog(self) -> None:
         """WATCHDOG=1 (with the current STATUS) every WatchdogSec/2. Called only from the loops
@@ -180,12 +278,17 @@ class Daemon:
             notify("WATCHDOG=1", self._status_line())
             self._last_ping = now
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, clean: bool = False) -> None:
         if self._scheduler is not None:
             try:
                 self._scheduler.shutdown(wait=False)
             except Exception:  # noqa: BLE001 - best effort at exit
                 pass
+            if clean and self.stats.leader_since is not None and self._lock_conn is not None:
+                try:
+                    self.heartbeat(stopped=True)  # still the leader: record the clean stop
+                except Exception:  # noqa: BLE001 - the next start then counts it as unclean
+                    pass
         if self._lock_conn is not None:
             try:
                 self._lock_conn.exec_driver_sql("DO RELEASE_LOCK(%s)", (self._lock_name,))
@@ -205,8 +308,10 @@ class Daemon:
         """Block (as a hot standby) until this instance holds the network's lock, or stop is set."""
         assert self._admin_engine is not None
         waited = False
+        backoff = _Backoff(first=0.5, cap=10.0)
         while not self.stop.is_set():
             self._ping_watchdog()
+            self._serve_reload()
             try:
                 if self._lock_conn is None:
                     self._lock_conn = self._admin_engine.connect()
@@ -216,6 +321,7 @@ class Daemon:
                     "SELECT GET_LOCK(%s, 1)", (self._lock_name,)
                 ).scalar_one()
                 self._lock_conn.commit()
+                backoff.reset()
                 if got == 1:
                     self.stats.leader_since = time.time()
                     log.info("leader_acquired", lock=self._lock_name, instance=self.instance, waited=waited)
@@ -234,8 +340,12 @@ class Daemon:
                     waited = True
             except Exception as exc:  # noqa: BLE001 - a standby rides out any database fault
                 self._drop_lock_conn()
-                self._note_error("leader_lock_failed", exc)
-                self.stop.wait(1.0)
+                if self.stats.leader_since is None and errno_of(exc) in REFUSED_AT_START:
+                    raise StartupRefused(str(exc)) from exc  # wrong password etc.: waiting will not help
+                delay = backoff.next()
+                self.stats.connection = "waiting for the server"
+                self._note_error("leader_lock_failed", exc, retry_in=delay)
+                self.stop.wait(delay)
         return False
 
     def _drop_lock_conn(self) -> None:
@@ -266,10 +376,41 @@ class Daemon:
 
     def _start_up(self) -> None:
         assert self._admin_engine is not None
-        with self._admin_engine.connect() as conn:
-            schema.ensure_schema(conn, self.base)
-        self.discover(initial=True)
+        try:
+            with self._admin_engine.connect() as conn:
+                schema.ensure_schema(conn, self.base)
+                self._record_start(conn)
+            self.discover(initial=True)
+        except sa.exc.DBAPIError as exc:
+            if errno_of(exc) in REFUSED_AT_START:
+                raise StartupRefused(str(exc)) from exc
+            raise
         self._start_scheduler()
+
+    def _record_start(self, conn: sa.Connection) -> None:
+        """Count this start in {base}syncd_meta ('daemon_starts', for `syncd status`), and whether
+        the previous leader stopped cleanly (its last heartbeat says so) or died / lost its lock."""
+        previous = schema.get_meta(conn, self.base, "daemon")
+        raw = schema.get_meta(conn, self.base, "daemon_starts")
+        starts = json.loads(raw) if raw else {"starts": 0, "unclean": 0}
+        prev = json.loads(previous) if previous else None
+        unclean = prev is not None and not prev.get("stopped_at")
+        now = time.time()
+        starts["starts"] = int(starts.get("starts", 0)) + 1
+        starts["last_start_at"] = now
+        if unclean:
+            starts["unclean"] = int(starts.get("unclean", 0)) + 1
+            starts["last_unclean_at"] = now
+        schema.set_meta(conn, self.base, "daemon_starts", json.dumps(starts))
+        conn.commit()
+        self.stats.starts = starts["starts"]
+        log.info(
+            "daemon_started",
+            instance=self.instance,
+            starts=starts["starts"],
+            previous=None if prev is None else ("unclean" if unclean else "clean"),
+            previous_instance=None if prev is None else prev.get("instance"),
+        )
 
     def blogs(self) -> Mapping[int, Blog]:
         with self._blogs_lock:
@@ -407,8 +548,9 @@ class Daemon:
             log.info("history_pruned", rows=total, retention_days=self.config.history.retention_days)
         return total
 
-    def heartbeat(self) -> None:
-        """Publish this daemon's state in {base}syncd_meta for `syncd status`."""
+    def heartbeat(self, stopped: bool = False) -> None:
+        """Publish this daemon's state in {base}syncd_meta for `syncd status` (``stopped``: the
+        last one, written on a clean stop, so the next start knows it was not a crash)."""
         assert self._admin_engine is not None
         s = self.stats
         with self._admin_engine.connect() as conn:
@@ -439,8 +581,13 @@ class Daemon:
             "connection": s.connection,
             "backlog": s.backlog,
             "backlog_age_s": s.backlog_age_s,
+            "apply_connection_id": s.apply_connection_id,
+            "starts": s.starts,
             "heartbeat": time.time(),
         }
+        if stopped:
+            payload["stopped_at"] = payload["heartbeat"]
+            payload["connection"] = "closed"
         with self._admin_engine.connect() as conn:
             schema.set_meta(conn, self.base, "daemon", json.dumps(payload))
             conn.commit()
@@ -463,6 +610,7 @@ class Daemon:
             guarded("discovery_failed", self.discover),
             "interval",
             seconds=self.config.sync.discovery_interval,
+            id="discovery",  # rescheduled when a reload changes sync.discovery_interval
         )
         sched.add_job(guarded("members_refresh_failed", self.refresh_all_members), "interval", minutes=10)
         sched.add_job(guarded("history_prune_failed", self.prune_history), "interval", hours=1)
@@ -479,9 +627,11 @@ class Daemon:
         last_poll = 0.0
         conn: sa.Connection | None = None
         backoff = _Backoff()
+        lost_at: float | None = None  # when the apply connection was lost (None: not lost)
         while not self.stop.is_set():
             now = time.monotonic()
             self._ping_watchdog()
+            self._serve_reload()
             if now - last_leader_check > 2.0:
                 last_leader_check = now
                 if not self._still_leader():
@@ -498,7 +648,12 @@ class Daemon:
                     self.poll()
                 if conn is None:
                     conn = self._apply_engine.connect()
+                    self.stats.apply_connection_id = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
+                    conn.rollback()
                     self.stats.connection = "connected"
+                    if lost_at is not None:
+                        log.info("reconnected", down_s=round(time.monotonic() - lost_at, 3))
+                        lost_at = None
                 applied = self.process_once(conn)
                 backoff.reset()
                 if not applied:
@@ -510,11 +665,13 @@ class Daemon:
                 if conn is not None and (is_disconnect(exc) or not is_retryable(exc)):
                     _discard(conn)
                     conn = None
-                self.stats.connection = "reconnecting" if is_disconnect(exc) else self.stats.connection
+                delay = backoff.next()
                 if is_disconnect(exc):
+                    self.stats.connection = "reconnecting"
                     self.stats.reconnects += 1
-                self._note_error("loop_error", exc)
-                self.stop.wait(backoff.next())
+                    lost_at = lost_at if lost_at is not None else time.monotonic()
+                self._note_error("loop_error", exc, retry_in=delay, reason=_reason(exc))
+                self.stop.wait(delay)
         if conn is not None:
             conn.close()
 
@@ -548,20 +705,25 @@ class Daemon:
                 if is_retryable(exc):
                     self._ping_watchdog()  # waiting out a read-only server is not a stuck loop
                     self.stats.retries += 1
+                    delay = backoff.next()
+                    self.stats.connection = f"connected, retrying a batch: {_reason(exc)}"
                     log.warning(
                         "batch_retry",
                         attempt=attempt,
                         errno=errno_of(exc),
+                        reason=_reason(exc),
                         changes=len(changes),
+                        retry_in=delay,
                         error=str(exc)[:200],
                     )
-                    if self.stop.wait(backoff.next()):
+                    if self.stop.wait(delay):
                         raise
                     continue
                 return self._isolate(conn, changes, exc)
             finally:
                 self._in_batch = False
-            self._account(result, changes)
+            self.stats.connection = "connected"
+            self._account(result, changes, attempts=attempt)
             return len(changes)
 
     def _isolate(self, conn: sa.Connection, changes: Sequence[Change], exc: BaseException) -> int:
@@ -597,7 +759,7 @@ class Daemon:
         conn.execute(sa.text(f"DELETE FROM {change_t} WHERE id = :id"), {"id": change.id})
         conn.commit()
 
-    def _account(self, result: BatchResult, changes: Sequence[Change]) -> None:
+    def _account(self, result: BatchResult, changes: Sequence[Change], attempts: int = 1) -> None:
         s = self.stats
         s.batches += 1
         s.changes += len(changes)
@@ -608,6 +770,27 @@ class Daemon:
         if newest is not None:
             s.last_capture = newest.replace(tzinfo=UTC).timestamp()
             s.last_lag_ms = round((s.last_apply - s.last_capture) * 1000, 1)
+        # One line per captured change, with the SKU and blogs as context, so that
+        # `journalctl -u syncd SYNCD_SKU=X` / `SYNCD_BLOG=3` answer "what happened to X / on blog 3".
+        copied_to: dict[int, list[int]] = {}
+        for h in result.history:
+            if h.role == "copy":
+                copied_to.setdefault(h.change.id, []).append(h.blog_id)
+        for h in result.history:
+            if h.role == "origin":
+                log.info(
+                    "change_synced",
+                    batch=result.batch_id,
+                    change=h.change.id,
+                    sku=h.sku,
+                    blog=h.blog_id,
+                    post=h.post_id,
+                    key=h.meta_key,
+                    old=h.old_value,
+                    new=h.new_value,
+                    delta=None if h.delta is None else format_quantity(h.delta),
+                    to_blogs=sorted(copied_to.get(h.change.id, [])),
+                )
         log.info(
             "batch_applied",
             batch=result.batch_id,
@@ -615,6 +798,7 @@ class Daemon:
             writes=result.writes,
             skipped=result.skipped,
             lag_ms=s.last_lag_ms,
+            attempts=attempts,
         )
         if self.on_batch is not None:
             self.on_batch(result)
@@ -637,6 +821,31 @@ class Daemon:
             f"STATUS=leader: backlog {backlog}, lag {lag}, {s.changes} changes applied, "
             f"{s.retries} retries, {s.errors} errors, connection {s.connection}"
         )
+
+
+def _changed_keys(old: Config, new: Config) -> list[str]:
+    """Dotted keys whose value differs between two configurations (never the values: one is a password)."""
+    out = []
+    for section in ("database", "capture", "sync", "history", "log", "blogs"):
+        a, b = getattr(old, section), getattr(new, section)
+        for f in dataclasses.fields(a):
+            if getattr(a, f.name) != getattr(b, f.name):
+                out.append(f"{section}.{f.name}")
+    return out
+
+
+def _reason(exc: BaseException) -> str:
+    """The class of a database error in words, for log lines and STATUS (by errno, never by text)."""
+    code = errno_of(exc)
+    if code == ER_LOCK_DEADLOCK:
+        return "deadlock"
+    if code == ER_LOCK_WAIT_TIMEOUT:
+        return "lock wait timeout"
+    if code in READ_ONLY:
+        return "server read-only"
+    if is_disconnect(exc):
+        return "connection lost"
+    return "error"
 
 
 class _Backoff:
@@ -668,20 +877,32 @@ def _safe_rollback(conn: sa.Connection) -> None:
         pass
 
 
+def _log_from_thread(event: str, **context: Any) -> None:
+    """Log from a signal handler without deadlocking: the handler runs in the main thread, maybe
+    while that thread holds the log writer's lock (a log line being written), so the line is
+    written by a short-lived thread that waits for the lock instead."""
+    threading.Thread(target=lambda: log.info(event, **context), name="signal-log", daemon=True).start()
+
+
 def install_signal_handlers(daemon: Daemon) -> None:
-    """First SIGTERM/SIGINT: finish the batch and exit 0. Second: abort now."""
+    """First SIGTERM/SIGINT: finish the batch and exit 0. Second: abort now. SIGHUP: reload."""
     count = {"n": 0}
 
     def handler(signum: int, _frame: object) -> None:
         count["n"] += 1
         if count["n"] == 1:
-            log.info("stop_requested", signal=signal.Signals(signum).name, in_batch=daemon._in_batch)
+            _log_from_thread("stop_requested", signal=signal.Signals(signum).name, in_batch=daemon._in_batch)
             daemon.request_stop()
         else:
             raise HardStop()
 
+    def reload(signum: int, _frame: object) -> None:
+        _log_from_thread("reload_requested", signal=signal.Signals(signum).name)
+        daemon.request_reload()
+
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGHUP, reload)
 
 
 def run(config: Config) -> int:

@@ -187,7 +187,8 @@ class JournalWriter:
         self.fallback = fallback if fallback is not None else sys.stderr
         self.identifier = identifier
         self._sock: socket.socket | None = None
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler may log while the main thread is inside write().
+        self._lock = threading.RLock()
         self._down_since: float | None = None
         self.sent = 0
         self.fell_back = 0

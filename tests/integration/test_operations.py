@@ -20,11 +20,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from syncd import journal
 from tests.integration.daemon_process import members, quantities, wait_drained, write_config
 from tests.integration.ops_helpers import (
     DatagramListener,
     OpsDaemon,
+    parse_journal,
     parse_notify,
+    root_exec,
 )
 from tests.integration.sync_helpers import woo_decrease
 
@@ -108,3 +111,57 @@ def test_sd_notify_ready_status_watchdog_stopping_and_standby(wp_network, tmp_pa
         leader_sock.close()
         standby_sock.close()
     assert set(quantities(net, "TSHIRT-RED", tshirt).values()) == {8}
+
+
+# --------------------------------------------------------------------------- journald
+def test_journal_fields_of_the_running_daemon_and_fallback_to_stderr(wp_network, tmp_path: Path) -> None:
+    net = wp_network
+    # log.format = "journal" from the file (no --log-format on the command line, as in the unit).
+    cfg = write_config(tmp_path, net, log={"format": "journal"})
+    sock = DatagramListener(tmp_path / "journal.sock", parse_journal)
+    d = OpsDaemon(cfg, log_format=None, env={journal.ENV_SOCKET: sock.path})
+    mug = members(net, "MUG")
+    poster = members(net, "POSTER")
+    (mug_start,) = set(quantities(net, "MUG", mug).values())
+    try:
+        d.start()
+        sock.wait_for(lambda e: e["SYNCD_EVENT"] == ["daemon_ready"], timeout=30)
+        woo_decrease(net, 3, mug[3], 1)
+        synced = sock.wait_for(lambda e: e["SYNCD_EVENT"] == ["change_synced"], timeout=20)
+        # What `journalctl -u syncd SYNCD_SKU=MUG SYNCD_BLOG=3` matches: the change made on blog 3.
+        assert synced["SYNCD_SKU"] == ["MUG"] and synced["SYNCD_BLOG"] == ["3"]
+        assert synced["SYNCD_TO_BLOGS"] == ["1", "2"] and synced["SYNCD_DELTA"] == ["-1"]
+        assert synced["SYNCD_KEY"] == ["_stock"] and synced["SYNCD_POST"] == [str(mug[3])]
+        assert synced["PRIORITY"] == ["6"] and synced["SYSLOG_IDENTIFIER"] == ["syncd"]
+        assert synced["MESSAGE"][0].startswith("change_synced ") and "sku=MUG" in synced["MESSAGE"][0]
+        applied = sock.wait_for(lambda e: e["SYNCD_EVENT"] == ["batch_applied"], timeout=10)
+        assert applied["SYNCD_BATCH"] == synced["SYNCD_BATCH"], "SYNCD_BATCH=N finds all lines of a batch"
+        assert applied["SYNCD_CHANGES"] == ["1"] and float(applied["SYNCD_LAG_MS"][0]) >= 0
+
+        # A warning (`journalctl -p warning`): blog 2's POSTER holds a quantity WooCommerce would
+        # never write, so a sale on blog 1 is applied to blog 3 and blog 2 is skipped, loudly.
+        root_exec(
+            net,
+            f"UPDATE {net.table(2, 'postmeta')} SET meta_value = 'lots' "
+            f"WHERE post_id = {poster[2]} AND meta_key = '_stock'",
+        )
+        woo_decrease(net, 1, poster[1], 1)
+        warning = sock.wait_for(
+            lambda e: int(e["PRIORITY"][0]) <= 4 and e.get("SYNCD_SKU") == ["POSTER"], timeout=20
+        )
+        assert warning["PRIORITY"] == ["4"] and warning["SYNCD_EVENT"][0].endswith("skipped")
+        assert d.events == [], "native entries only: nothing duplicated on stderr"
+
+        # journald goes away: the daemon keeps running and logs JSON lines on stderr instead.
+        sock.close()
+        Path(sock.path).unlink()
+        woo_decrease(net, 1, mug[1], 1)
+        d.wait_for("journal_unavailable", timeout=20)
+        d.wait_for("change_synced", timeout=20, where=lambda e: e.get("sku") == "MUG")
+        d.terminate()
+        assert d.wait(30) == 0
+        assert d.named("daemon_stopped")
+    finally:
+        d.stop()
+        sock.close()
+    assert set(quantities(net, "MUG", mug).values()) == {mug_start - 2}
