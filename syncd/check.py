@@ -50,6 +50,9 @@ EXIT_WARNINGS = 32
 REQUIRED_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "INDEX", "ALTER")
 #: Needed for trigger capture only; without it syncd falls back to polling (capture.mode = auto).
 TRIGGER_PRIVILEGE = "TRIGGER"
+#: Trigger capture upgrades an outdated trigger under LOCK TABLES (so no write slips between DROP
+#: and CREATE): without it a newer syncd keeps the old triggers and says so. Warned, not fatal.
+LOCK_TABLES_PRIVILEGE = "LOCK TABLES"
 
 log = get_logger(component="check")
 
@@ -311,13 +314,16 @@ def build_report(facts: CheckFacts, config: Config, *, strict: bool = False) -> 
     warnings: list[str] = []
     database = facts.server.get("database") or ""
 
-    privileges = {p: facts.grants.has(p) for p in (*REQUIRED_PRIVILEGES, TRIGGER_PRIVILEGE)}
+    privileges = {
+        p: facts.grants.has(p) for p in (*REQUIRED_PRIVILEGES, LOCK_TABLES_PRIVILEGE, TRIGGER_PRIVILEGE)
+    }
     missing = [p for p in REQUIRED_PRIVILEGES if not privileges[p]]
     if missing:
         exit_code |= EXIT_PRIVILEGES
         errors.append(
             f"user {facts.user} lacks {', '.join(missing)} on database `{database}`: "
-            f"GRANT {', '.join(REQUIRED_PRIVILEGES)}, {TRIGGER_PRIVILEGE} ON `{database}`.* TO <user>"
+            f"GRANT {', '.join(REQUIRED_PRIVILEGES)}, {LOCK_TABLES_PRIVILEGE}, {TRIGGER_PRIVILEGE} "
+            f"ON `{database}`.* TO <user>"
         )
 
     has_super = facts.grants.has_global("SUPER")
@@ -345,6 +351,11 @@ def build_report(facts: CheckFacts, config: Config, *, strict: bool = False) -> 
         effective = None
         exit_code |= EXIT_CAPTURE
         errors.append(f'capture.mode = "trigger" but triggers cannot be created: {trigger_why}')
+    if effective == "trigger" and not privileges[LOCK_TABLES_PRIVILEGE]:
+        warnings.append(
+            f"the user lacks LOCK TABLES on `{database}`: triggers of an older syncd cannot be upgraded "
+            f"in place (GRANT LOCK TABLES ON `{database}`.* TO <user>)"
+        )
     if facts.variables.get("read_only") and not has_super:
         warnings.append(
             "the server is read-only (a replica?): syncd's writes will be refused until it is not"
@@ -488,7 +499,10 @@ def render_text(report: dict[str, Any]) -> str:
     privs = report["privileges"]
     lines.append(
         "  "
-        + "  ".join(f"{p} {'yes' if privs[p] else 'NO'}" for p in (*REQUIRED_PRIVILEGES, TRIGGER_PRIVILEGE))
+        + "  ".join(
+            f"{p} {'yes' if privs[p] else 'NO'}"
+            for p in (*REQUIRED_PRIVILEGES, LOCK_TABLES_PRIVILEGE, TRIGGER_PRIVILEGE)
+        )
     )
     if db["log_bin"]:
         lines.append(
