@@ -269,11 +269,11 @@ def refresh_fn() -> Any:
     return None if derived_available() else (lambda *a, **k: None)
 
 
-def members(net: Any, sku: str) -> dict[int, int]:
-    """blog_id -> post id of the one product with this SKU on each blog."""
+def members(net: Any, sku: str, blogs: Iterable[int] | None = None) -> dict[int, int]:
+    """blog_id -> post id of the one product with this SKU on each blog (of ``blogs``)."""
     out = {}
     with net.engine.connect() as c:
-        for b in net.blog_ids:
+        for b in net.blog_ids if blogs is None else blogs:
             rows = c.execute(
                 sa.text(
                     f"SELECT post_id FROM {net.table(b, 'postmeta')} WHERE meta_key = '_sku' AND meta_value = :s"
@@ -320,6 +320,58 @@ def wait_drained(net: Any, timeout: float = 60.0, alive: Callable[[], bool] | No
     raise AssertionError(f"{n} changes still pending after {timeout}s")
 
 
+def lock_waits(net: Any) -> int:
+    """Transactions waiting for a row lock right now (ours: the daemon's apply behind a held lock).
+
+    InnoDB refreshes INNODB_TRX only when it was not read for 0.1 s: poll it more slowly than that
+    (``wait_until(..., poll=0.15)``) or it never changes."""
+    with net.engine.connect() as c:
+        return int(
+            c.exec_driver_sql(
+                "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'"
+            ).scalar_one()
+        )
+
+
+def wait_until(cond: Callable[[], Any], timeout: float, what: str, poll: float = 0.01) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(poll)
+
+
+class RowLock:
+    """A shop transaction holding ``SELECT ... FOR UPDATE`` on one product's _stock row (what
+    WooCommerce's stock code does) until :meth:`release`."""
+
+    def __init__(self, net: Any, blog: int, post: int) -> None:
+        self._engine = wpdb_engine(net.url, 1)
+        self.conn = self._engine.connect()
+        self.conn.exec_driver_sql("START TRANSACTION")
+        self.value = self.conn.exec_driver_sql(
+            f"SELECT meta_value FROM {net.table(blog, 'postmeta')} WHERE post_id = {int(post)} "
+            "AND meta_key = '_stock' FOR UPDATE"
+        ).scalar_one()
+        self.taken_at = time.monotonic()
+
+    def release(self) -> None:
+        if self.conn is not None:
+            self.conn.exec_driver_sql("COMMIT")
+            self.conn.close()
+            self._engine.dispose()
+            self.conn = None
+
+    def __enter__(self) -> RowLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class Ledger:
     """What the writers did, for the exact expected end state: sum of deltas and writes per SKU."""
 
@@ -334,6 +386,12 @@ class Ledger:
             self.delta[sku] += Decimal(delta)
             if delta:
                 self.writes[sku] += 1
+
+    def merge(self, other: Ledger) -> Ledger:
+        self.delta.update(other.delta)
+        self.writes.update(other.writes)
+        self.sets += other.sets
+        return self
 
     @property
     def total_writes(self) -> int:
@@ -500,13 +558,13 @@ def assert_converged(
         assert_derived_consistent(net, list(start))
 
 
-def assert_derived_consistent(net: Any, skus: Iterable[str]) -> None:
+def assert_derived_consistent(net: Any, skus: Iterable[str], blogs: Iterable[int] | None = None) -> None:
     """WooCommerce's derived stock data agrees with each member's own quantity (its blog's rule):
     _stock_status from quantity/backorders, and the lookup row's stock_quantity/stock_status."""
     problems = []
     with net.engine.connect() as c:
         for sku in skus:
-            for b, p in members(net, sku).items():
+            for b, p in members(net, sku, blogs).items():
                 pm, lookup, opts = (
                     net.table(b, "postmeta"),
                     net.table(b, "wc_product_meta_lookup"),
