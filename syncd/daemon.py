@@ -381,6 +381,10 @@ class Daemon:
                 schema.ensure_schema(conn, self.base)
                 self._record_start(conn)
             self.discover(initial=True)
+            if self.capture_mode == "poll":
+                # Take the poll baselines before READY: a change made after READY must be seen,
+                # and a first poll only records the baseline.
+                self.poll()
         except sa.exc.DBAPIError as exc:
             if errno_of(exc) in REFUSED_AT_START:
                 raise StartupRefused(str(exc)) from exc
@@ -592,6 +596,12 @@ class Daemon:
             schema.set_meta(conn, self.base, "daemon", json.dumps(payload))
             conn.commit()
 
+    def _heartbeat_now(self) -> None:
+        try:
+            self.heartbeat()
+        except Exception as exc:  # noqa: BLE001 - the scheduled heartbeat tries again in 5 s
+            self._note_error("heartbeat_failed", exc)
+
     def _start_scheduler(self) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -654,6 +664,7 @@ class Daemon:
                     if lost_at is not None:
                         log.info("reconnected", down_s=round(time.monotonic() - lost_at, 3))
                         lost_at = None
+                    self._heartbeat_now()  # `syncd status` sees the new connection at once
                 applied = self.process_once(conn)
                 backoff.reset()
                 if not applied:
