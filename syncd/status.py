@@ -28,6 +28,8 @@ EXIT_TRIGGERS = 4
 EXIT_BACKLOG = 8
 EXIT_DEAD = 16
 BACKLOG_AGE_LIMIT = 60.0
+#: The leader writes its heartbeat every 5 s; three missed ones mean it is stuck or cut off.
+HEARTBEAT_STALE_AFTER = 15.0
 
 
 def collect(conn: sa.Connection, base_prefix: str) -> dict[str, Any]:
@@ -47,8 +49,19 @@ def collect(conn: sa.Connection, base_prefix: str) -> dict[str, Any]:
     if daemon:
         daemon["heartbeat_age_s"] = round(now - daemon.get("heartbeat", now), 1)
         if daemon.get("started_at"):
-            daemon["uptime_s"] = round(now - daemon["started_at"], 1)
+            # A daemon that stopped cleanly has no uptime running on.
+            daemon["uptime_s"] = round((daemon.get("stopped_at") or now) - daemon["started_at"], 1)
     out["daemon"] = daemon
+    starts_raw = schema.get_meta(conn, base_prefix, "daemon_starts")
+    starts = json.loads(starts_raw) if starts_raw else {}
+    out["restarts"] = {
+        "starts": int(starts.get("starts", 0)),
+        "restarts": max(0, int(starts.get("starts", 0)) - 1),
+        "unclean": int(starts.get("unclean", 0)),
+        "last_start_at": _iso(starts.get("last_start_at")),
+        "last_unclean_at": _iso(starts.get("last_unclean_at")),
+    }
+    out["connection"] = _connection(conn, daemon, holder)
     n, oldest = capture.backlog(conn, base_prefix)
     age = None
     if oldest is not None:
@@ -78,6 +91,48 @@ def collect(conn: sa.Connection, base_prefix: str) -> dict[str, Any]:
     out["blogs"] = blogs
     out["capture"] = (daemon or {}).get("capture") or ("trigger" if installed else "poll-or-none")
     return out
+
+
+def _connection(conn: sa.Connection, daemon: dict[str, Any] | None, lock_holder: Any) -> dict[str, Any]:
+    """The daemon's database connections as the server sees them now, plus what the daemon last said."""
+    read_only = conn.exec_driver_sql("SHOW VARIABLES LIKE 'read_only'").first()
+    out: dict[str, Any] = {
+        "server_read_only": bool(read_only) and str(read_only[1]).upper() in ("ON", "1"),
+        "daemon_reports": (daemon or {}).get("connection"),
+        "heartbeat_stale": bool(daemon)
+        and not daemon.get("stopped_at")
+        and daemon.get("heartbeat_age_s", 0) > HEARTBEAT_STALE_AFTER,
+    }
+    ids = {"lock": lock_holder, "apply": (daemon or {}).get("apply_connection_id") if lock_holder else None}
+    wanted = [int(v) for v in ids.values() if v is not None]
+    seen: dict[int, tuple[Any, ...]] = {}
+    if wanted:
+        marks = ", ".join(f":i{n}" for n in range(len(wanted)))
+        # A user sees its own sessions without the PROCESS privilege: syncd's status as syncd works.
+        for row in conn.execute(
+            sa.text(
+                f"SELECT ID, COMMAND, TIME, STATE FROM information_schema.PROCESSLIST WHERE ID IN ({marks})"
+            ),
+            {f"i{n}": v for n, v in enumerate(wanted)},
+        ):
+            seen[int(row[0])] = tuple(row[1:])
+    for role, cid in ids.items():
+        if cid is None:
+            out[role] = None
+            continue
+        row = seen.get(int(cid))
+        out[role] = {
+            "id": int(cid),
+            "visible": row is not None,
+            "command": None if row is None else row[0],
+            "seconds": None if row is None else row[1],
+            "state": None if row is None else (row[2] or None),
+        }
+    return out
+
+
+def _iso(ts: Any) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(float(ts), UTC).isoformat(timespec="seconds")
 
 
 def exit_status(report: dict[str, Any]) -> int:
@@ -120,6 +175,20 @@ def render(report: dict[str, Any], out: TextIO) -> None:
             file=out,
         )
         print(f"errors        {d.get('errors')}; last: {d.get('last_error') or '-'}", file=out)
+    r = report.get("restarts") or {}
+    if r.get("starts"):
+        unclean = (
+            f", {r['unclean']} after a crash or lost lock (last {r['last_unclean_at']})"
+            if r["unclean"]
+            else ""
+        )
+        print(
+            f"restarts      {r['restarts']} seen ({r['starts']} starts, last {r['last_start_at']}){unclean}",
+            file=out,
+        )
+    c = report.get("connection") or {}
+    if c:
+        print(f"connection    {_describe_connection(c)}", file=out)
     b = report["backlog"]
     print(
         f"backlog       {b['pending']} pending, oldest {b['oldest_age_s'] if b['oldest_age_s'] is not None else '-'} s",
@@ -133,6 +202,26 @@ def render(report: dict[str, Any], out: TextIO) -> None:
             "triggers", "left alone: " + "; ".join(blog["problems"]) if not blog["usable"] else ""
         )
         print(f"  {blog['blog_id']:>4}  {blog['prefix']:<16} {state}", file=out)
+
+
+def _describe_connection(c: dict[str, Any]) -> str:
+    parts = []
+    for role in ("lock", "apply"):
+        info = c.get(role)
+        if info is None:
+            continue
+        if not info["visible"]:
+            parts.append(f"{role} #{info['id']} not visible")
+            continue
+        state = f", {info['state']}" if info["state"] else ""
+        parts.append(f"{role} #{info['id']} {info['command']} {info['seconds']} s{state}")
+    if c.get("daemon_reports"):
+        parts.append(f"daemon says: {c['daemon_reports']}")
+    if c.get("heartbeat_stale"):
+        parts.append("HEARTBEAT STALE (daemon stuck or cut off from the database)")
+    if c.get("server_read_only"):
+        parts.append("SERVER READ-ONLY (writes wait until it is writable)")
+    return "; ".join(parts) or "-"
 
 
 def _dur(seconds: float | None) -> str:
