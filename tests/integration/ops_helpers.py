@@ -164,15 +164,15 @@ class Users:
         name = f"syncd_o_{secrets.token_hex(4)}"
         password = "Pw-" + secrets.token_hex(8)
         with self.root.begin() as conn:
-            conn.exec_driver_sql(f"CREATE USER '{name}'@'%' IDENTIFIED BY '{password}'")
-            conn.exec_driver_sql(f"GRANT {privileges} ON `{database}`.* TO '{name}'@'%'")
+            conn.execute(sa.text(f"CREATE USER '{name}'@'%' IDENTIFIED BY '{password}'"))
+            conn.execute(sa.text(f"GRANT {privileges} ON `{database}`.* TO '{name}'@'%'"))
         self.made.append(name)
         return name, password
 
     def close(self) -> None:
         with self.root.begin() as conn:
             for name in self.made:
-                conn.exec_driver_sql(f"DROP USER IF EXISTS '{name}'@'%'")
+                conn.execute(sa.text(f"DROP USER IF EXISTS '{name}'@'%'"))
         self.root.dispose()
 
 

@@ -15,19 +15,34 @@ restarts, KILL of the apply connection, standby takeover and SIGTERM mid-batch i
 
 from __future__ import annotations
 
+import io
+import json
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from syncd import journal
-from tests.integration.daemon_process import members, quantities, wait_drained, write_config
+from syncd.check import run_check
+from syncd.config import load_config
+from syncd.status import render
+from tests.integration.daemon_process import REPO, members, quantities, wait_drained, write_config
 from tests.integration.ops_helpers import (
+    README_PRIVILEGES,
     DatagramListener,
     OpsDaemon,
+    Users,
+    credentials_dir,
     parse_journal,
     parse_notify,
     root_exec,
+    user_url,
+    wait_until,
 )
 from tests.integration.sync_helpers import woo_decrease
 
@@ -165,3 +180,145 @@ def test_journal_fields_of_the_running_daemon_and_fallback_to_stderr(wp_network,
         d.stop()
         sock.close()
     assert set(quantities(net, "MUG", mug).values()) == {mug_start - 2}
+
+
+# --------------------------------------------------------------------------- least privilege
+@pytest.fixture
+def users(mysql_server: Any):
+    u = Users(mysql_server.root_url())
+    try:
+        yield u
+    finally:
+        u.close()
+
+
+def syncd_cli(cfg: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {
+        k: v for k, v in os.environ.items() if k not in ("CREDENTIALS_DIRECTORY", "SYNCD_DATABASE_PASSWORD")
+    }
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "syncd", "--config", str(cfg), "--log-format", "json", *args],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def make_outdated(net: Any, blog: int) -> None:
+    """Replace blog's update trigger with an older release's body (as root), so the next start upgrades it."""
+    from syncd import capture
+
+    name = capture.trigger_name(net.prefix, blog, "update")
+    root_exec(
+        net,
+        f"DROP TRIGGER `{name}`",
+        f"CREATE TRIGGER `{name}` AFTER UPDATE ON `{net.blog_prefix(blog)}postmeta` FOR EACH ROW BEGIN "
+        f"IF NEW.meta_key = '_stock' AND NOT (OLD.meta_value <=> NEW.meta_value) THEN "
+        f"INSERT INTO `{net.prefix}syncd_change` (blog_id, post_id, meta_key, op, old_value, new_value, captured_at) "
+        f"VALUES ({blog}, NEW.post_id, NEW.meta_key, 'U', OLD.meta_value, NEW.meta_value, UTC_TIMESTAMP(6)); END IF; END",
+    )
+
+
+def test_daemon_runs_as_a_user_with_exactly_the_readme_grants(wp_network, users, tmp_path: Path) -> None:
+    """The README's GRANT, nothing more; the password comes as a systemd credential (not in the
+    file, not on the command line). check passes, the daemon installs its tables and triggers,
+    upgrades an outdated trigger, propagates sales, and `syncd status` sees its connections."""
+    net = wp_network
+    user, password = users.create(net.database)
+    creds = credentials_dir(tmp_path, password)
+    cfg = write_config(tmp_path, net, database={"url": user_url(net, user)})
+    assert password not in cfg.read_text()
+
+    out = io.StringIO()
+    code = run_check(load_config(cfg, env=creds), json_output=True, out=out)
+    report = json.loads(out.getvalue())
+    assert code == 0, report
+    assert report["database"]["user"].startswith(user + "@")
+    assert all(report["privileges"][p] for p in README_PRIVILEGES.split(", ")), report["privileges"]
+    assert report["privileges"]["SUPER"] is False and report["warnings"] == []
+
+    tshirt, mug = members(net, "TSHIRT-RED"), members(net, "MUG")
+    (mug_start,) = set(quantities(net, "MUG", mug).values())
+    d = OpsDaemon(cfg, env=creds, name="limited")
+    try:
+        d.start()
+        ready = d.wait_for("daemon_ready", timeout=30)
+        assert ready["capture"] == "trigger"
+        assert trigger_count(net) == 3 * len(net.blog_ids)  # created by this user
+        assert d.named("daemon_started")[0]["previous"] is None
+        woo_decrease(net, 1, tshirt[1], 2)
+        d.wait_for("change_synced", timeout=20, where=lambda e: e["sku"] == "TSHIRT-RED")
+        wait_drained(net, timeout=20)
+        d.terminate()
+        assert d.wait(30) == 0
+
+        # A newer syncd finds an outdated trigger: as this user it replaces it (LOCK TABLES).
+        make_outdated(net, 2)
+        d.start()
+        d.wait_for("daemon_ready", timeout=30)
+        upgraded = d.named("triggers_installed")
+        assert [(e["blog"], e["outcome"]) for e in upgraded] == [(2, "upgraded")], d.log_tail()
+        assert d.named("daemon_started")[0]["previous"] == "clean"
+        woo_decrease(net, 2, mug[2], 1)
+        d.wait_for("change_synced", timeout=20, where=lambda e: e["sku"] == "MUG")
+        wait_drained(net, timeout=20)
+        assert d.kill() == -9  # a crash: the next start counts it as unclean
+
+        d.start()
+        d.wait_for("daemon_ready", timeout=30)
+        assert d.named("daemon_started")[0]["previous"] == "unclean"
+        time.sleep(0.3)  # the first heartbeat and a loop turn on the apply connection
+        status = syncd_cli(cfg, "status", "--json", env=creds)
+        st = json.loads(status.stdout)
+        assert st["restarts"]["starts"] == 3 and st["restarts"]["restarts"] == 2, st["restarts"]
+        assert st["restarts"]["unclean"] == 1, st["restarts"]
+        conn = st["connection"]
+        # As the same user, without PROCESS, status sees the daemon's own sessions.
+        assert conn["lock"]["visible"] and conn["apply"]["visible"], conn
+        assert conn["daemon_reports"] == "connected" and conn["server_read_only"] is False
+        assert st["daemon"]["uptime_s"] >= 0 and st["leader"]["held"]
+        text = io.StringIO()
+        render(st, text)
+        text = text.getvalue()
+        assert re.search(r"^restarts\s+2 seen \(3 starts", text, re.M), text
+        assert re.search(r"^connection\s+lock #\d+ \w+ \d+ s.*apply #\d+", text, re.M), text
+        d.terminate()
+        assert d.wait(30) == 0
+    finally:
+        d.stop()
+    assert not [e for e in d.errors() if e["event"] != "heartbeat_failed"], d.errors()
+    assert set(quantities(net, "TSHIRT-RED", tshirt).values()) == {8}
+    assert set(quantities(net, "MUG", mug).values()) == {mug_start - 1}
+    assert password not in "\n".join(d.raw)
+
+
+def test_user_without_trigger_gets_poll_mode_with_a_warning(wp_network, users, tmp_path: Path) -> None:
+    net = wp_network
+    no_trigger = README_PRIVILEGES.replace(", TRIGGER", "")
+    user, password = users.create(net.database, no_trigger)
+    cfg = write_config(
+        tmp_path, net, database={"url": user_url(net, user, password)}, capture={"poll_interval": 0.2}
+    )
+    check = syncd_cli(cfg, "check", "--json")
+    report = json.loads(check.stdout)
+    assert check.returncode == 0 and report["capture"]["effective"] == "poll", check.stdout
+    assert any("falls back to polling" in w for w in report["warnings"])
+    tshirt = members(net, "TSHIRT-RED")
+    d = OpsDaemon(cfg, name="poll")
+    try:
+        d.start()
+        warning = d.wait_for("capture_falls_back_to_poll", timeout=30)
+        assert warning["level"] == "warning" and warning["errno"] in (1142, 1044)
+        assert d.wait_for("daemon_ready", timeout=30)["capture"] == "poll"
+        assert trigger_count(net) == 0
+        woo_decrease(net, 3, tshirt[3], 4)
+        d.wait_for("change_synced", timeout=20, where=lambda e: e["sku"] == "TSHIRT-RED")
+        wait_until(lambda: set(quantities(net, "TSHIRT-RED", tshirt).values()) == {6}, 20, "poll-mode sync")
+        d.terminate()
+        assert d.wait(30) == 0
+    finally:
+        d.stop()
