@@ -178,14 +178,11 @@ def test_lock_held_on_a_target_is_waited_out_and_nothing_is_skipped(wp_network):
     retries = [e for e in logs if e["event"] == "batch_retry"]
     assert len(retries) >= 2 and {e["errno"] for e in retries} == {1205}, retries
     rows = history(net)
-    assert [(r[0], r[1], r[5]) for r in rows if r[4] == "_stock"] == [
-        ("origin", 1, Decimal(-2)),
-        ("copy", 2, Decimal(-2)),
-        ("copy", 3, Decimal(-2)),
-    ] or sorted((r[0], r[1], r[5]) for r in rows if r[4] == "_stock") == [
-        ("copy", 2, Decimal(-2)),
-        ("copy", 3, Decimal(-2)),
-        ("origin", 1, Decimal(-2)),
+    # One origin row and exactly one copy per other member, although the batch ran several times.
+    assert sorted((r[0], r[1], r[2], r[5]) for r in rows if r[4] == "_stock") == [
+        ("copy", 2, ids[2], Decimal(-2)),
+        ("copy", 3, ids[3], Decimal(-2)),
+        ("origin", 1, ids[1], Decimal(-2)),
     ], rows
     assert [r for r in rows if r[0] == "skipped"] == []
     assert_derived_consistent(net, ["TSHIRT-RED"])
@@ -243,7 +240,7 @@ def _kill(net: Any, conn_id: int) -> None:
 def test_apply_connection_killed_mid_transaction_and_during_a_storm(wp_network):
     net = wp_network
     skus = STOCK_SKUS[:5]
-    d = make_daemon(net, refresh=refresh_fn(), sync={"batch_size": 5})
+    d = make_daemon(net, refresh=refresh_fn(), sync={"batch_size": 10})
     apply_ids = _track_apply_connections(d)
     start = snapshot(net, skus)
     ledger = Ledger()
@@ -263,7 +260,7 @@ def test_apply_connection_killed_mid_transaction_and_during_a_storm(wp_network):
         wait_drained(net, timeout=30, alive=thread.is_alive)
         assert len(apply_ids) >= 2 and apply_ids[-1] != victim, "the daemon did not reconnect"
         # 2. At random moments while shops keep writing.
-        storm = Storm(net, skus, writers=3, pause=0.01, seed=5).start()
+        storm = Storm(net, skus, writers=3, pause=0.03, seed=5).start()
         rng = random.Random(5)
         kills = 0
         for _ in range(8):
@@ -325,7 +322,7 @@ def test_sigterm_during_a_storm_exits_0_and_loses_nothing(wp_network, tmp_path):
     p = DaemonProcess(cfg).start()
     try:
         p.wait_for("daemon_ready", timeout=30)
-        storm = Storm(net, skus, writers=3, pause=0.01, seed=11).start()
+        storm = Storm(net, skus, writers=3, pause=0.03, seed=11).start()
         p.wait_for("batch_applied", timeout=30, after=p.mark())
         time.sleep(random.Random(11).uniform(0.0, 0.3))
         p.terminate()
@@ -335,7 +332,9 @@ def test_sigterm_during_a_storm_exits_0_and_loses_nothing(wp_network, tmp_path):
         p.stop()
     assert p.named("stop_requested") and p.named("daemon_stopped") and not p.named("daemon_aborted")
     # What was captured after the stop is applied by the next run.
-    q = DaemonProcess(cfg, name="next").start()
+    q = DaemonProcess(
+        write_config(tmp_path, net, "drain.toml", sync={"batch_size": 500}), name="next"
+    ).start()
     try:
         wait_drained(net, timeout=60, alive=q.alive)
         q.terminate()
