@@ -313,6 +313,48 @@ def test_hot_standby_takes_over_within_5s_when_the_leader_is_killed(wp_network, 
     assert_history_once(net, ledger, start)
 
 
+def test_leader_losing_its_lock_connection_steps_down_and_nothing_is_applied_twice(wp_network, tmp_path):
+    """KILL of the leader's lock connection frees the lock while its apply connection still works:
+    the standby takes over at once, and until the old leader notices, both apply. Acknowledging by
+    id in the apply transaction keeps that safe: every change lands exactly once."""
+    net = wp_network
+    skus = STOCK_SKUS[:5]
+    cfg = write_config(tmp_path, net, sync={"batch_size": 5})
+    a = DaemonProcess(cfg, name="A").start()
+    b = DaemonProcess(cfg, name="B")
+    try:
+        a.wait_for("daemon_ready", timeout=30)
+        b.start()
+        b.wait_for("standby_waiting", timeout=30)
+        lock = a.named("leader_acquired")[0]["lock"]
+        start = snapshot(net, skus)
+        storm = Storm(net, skus, writers=3, pause=0.03, seed=13).start()
+        a.wait_for("batch_applied", timeout=30, after=a.mark())
+        with net.engine.connect() as c:
+            holder = c.exec_driver_sql("SELECT IS_USED_LOCK(%s)", (lock,)).scalar_one()
+        assert holder is not None
+        _kill(net, holder)
+        b.wait_for("daemon_ready", timeout=10)
+        lost = a.wait_for("leadership_lost", timeout=10)
+        a.wait_for("standby_waiting", timeout=10, after=a.events.index(lost))
+        mark = a.mark()
+        b.wait_for("batch_applied", timeout=10, after=b.mark())
+        ledger = storm.stop()
+        wait_drained(net, timeout=60, alive=b.alive)
+        assert [e for e in a.events[mark:] if e["event"] == "batch_applied"] == [], (
+            "the old leader kept applying"
+        )
+        b.terminate()
+        a.terminate()
+        assert b.wait(30) == EXIT_OK
+        assert a.wait(30) == EXIT_OK
+    finally:
+        a.stop()
+        b.stop()
+    assert_converged(net, start, ledger)
+    assert_history_once(net, ledger, start)
+
+
 # =========================================================================== signals
 def test_sigterm_during_a_storm_exits_0_and_loses_nothing(wp_network, tmp_path):
     net = wp_network
