@@ -22,6 +22,7 @@ import dataclasses
 import fnmatch
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -104,6 +105,7 @@ class SyncConfig:
     exclude_skus: tuple[str, ...] = ()
     discovery_interval: float = 30.0
     install_triggers: bool = True
+    propagate_sku_renames: bool = True
 
     def sku_excluded(self, sku: str) -> bool:
         """True when ``sku`` equals one of ``exclude_skus`` or matches one as a glob (case-sensitive)."""
@@ -122,15 +124,32 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class BlogSettings:
+    """``[blogs.N]``: what syncd cannot read from the database about one blog."""
+
+    language: str | None = None  # link language of a blog without Polylang (None: from its locale)
+    translations_share_stock: bool | None = None  # None: on when Polylang for WooCommerce is active
+
+
+@dataclass(frozen=True)
 class BlogsConfig:
     include: tuple[int, ...] | None = None  # None = every blog
     exclude: tuple[int, ...] = ()
+    settings: dict[int, BlogSettings] = field(default_factory=dict)  # [blogs.N] tables by blog id
 
     def selects(self, blog_id: int) -> bool:
         """Whether the configuration lets syncd work on ``blog_id`` (exclude wins over include)."""
         if blog_id in self.exclude:
             return False
         return self.include is None or blog_id in self.include
+
+    def for_blog(self, blog_id: int) -> BlogSettings:
+        return self.settings.get(blog_id, _NO_SETTINGS)
+
+
+_NO_SETTINGS = BlogSettings()
+#: A link language: a Polylang language slug ('en', 'fr', 'pt-br', 'zh-hans'); compared lowercased.
+LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(?:[-_][a-z0-9]{2,8})*$")
 
 
 @dataclass(frozen=True)
@@ -311,7 +330,16 @@ def _parse_capture(raw: Mapping[str, Any], section: str) -> CaptureConfig:
 
 def _parse_sync(raw: Mapping[str, Any], section: str) -> SyncConfig:
     _check_keys(
-        section, raw, ("batch_size", "idle_wait", "exclude_skus", "discovery_interval", "install_triggers")
+        section,
+        raw,
+        (
+            "batch_size",
+            "idle_wait",
+            "exclude_skus",
+            "discovery_interval",
+            "install_triggers",
+            "propagate_sku_renames",
+        ),
     )
     skus = raw.get("exclude_skus", [])
     if not isinstance(skus, list) or not all(isinstance(s, str) and s != "" for s in skus):
@@ -325,6 +353,7 @@ def _parse_sync(raw: Mapping[str, Any], section: str) -> SyncConfig:
         exclude_skus=tuple(skus),
         discovery_interval=_number(raw, section, "discovery_interval", 30.0, lo=1, hi=86_400),
         install_triggers=_bool(raw, section, "install_triggers", True),
+        propagate_sku_renames=_bool(raw, section, "propagate_sku_renames", True),
     )
 
 
@@ -345,10 +374,33 @@ def _parse_log(raw: Mapping[str, Any], section: str) -> LogConfig:
 
 
 def _parse_blogs(raw: Mapping[str, Any], section: str) -> BlogsConfig:
-    _check_keys(section, raw, ("include", "exclude"))
+    # [blogs.N] tables arrive as keys "N" of [blogs]: per-blog settings, validated like the rest.
+    per_blog = {k: v for k, v in raw.items() if isinstance(k, str) and k.isdigit()}
+    _check_keys(section, {k: v for k, v in raw.items() if k not in per_blog}, ("include", "exclude", "N"))
     include = _blog_ids(raw, section, "include") if "include" in raw else None
     exclude = _blog_ids(raw, section, "exclude") if "exclude" in raw else ()
-    return BlogsConfig(include=include, exclude=exclude)
+    settings: dict[int, BlogSettings] = {}
+    for key, value in per_blog.items():
+        name = f"{section}.{key}"
+        blog_id = int(key)
+        if blog_id < 1 or key != str(blog_id):
+            raise ConfigError(f"expected [{section}.N] with a blog id N >= 1, got [{name}]", key=name)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"expected a table [{name}], got {_show(value)}", key=name)
+        _check_keys(name, value, ("language", "translations_share_stock"))
+        language = value.get("language")
+        if language is not None:
+            if not isinstance(language, str) or not LANGUAGE_RE.match(language.lower()):
+                raise ConfigError(
+                    f"expected a language code as Polylang spells its slugs ('en', 'fr', 'pt-br'), got {_show(language)}",
+                    key=f"{name}.language",
+                )
+            language = language.lower()
+        share = value.get("translations_share_stock")
+        if share is not None:
+            share = _bool(value, name, "translations_share_stock", False)
+        settings[blog_id] = BlogSettings(language=language, translations_share_stock=share)
+    return BlogsConfig(include=include, exclude=exclude, settings=settings)
 
 
 _SECTIONS = {
