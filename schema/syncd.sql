@@ -43,19 +43,58 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_dead` (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
 -- ;
 -- Link-group membership: which product on which blog is "the same thing" as which on another.
--- link_key is the SKU's collation weight (WooCommerce compares SKUs by the column collation).
+-- sku_key is the SKU's collation weight (WooCommerce compares SKUs by the column collation), lang
+-- the product's language (Polylang term, else the blog's configured or locale language), link_key
+-- lang + 0x00 + sku_key ('' without a SKU). group_id is the member's link group
+-- ({base}syncd_group): kept across a SKU rename of a linked member, so groups have stable ids.
+-- link_kind: 'sku' (grouped by link_key) or 'manual' (grouped by {base}syncd_link).
+-- Schema 1 had no group_id: schema.py drops that table (a cache of postmeta) before this runs.
 CREATE TABLE IF NOT EXISTS `{base}syncd_member` (
   `blog_id` INT UNSIGNED NOT NULL,
   `post_id` BIGINT UNSIGNED NOT NULL,
   `link_key` VARBINARY(1024) NOT NULL,
+  `sku_key` VARBINARY(1024) NOT NULL DEFAULT '',
   `sku` VARCHAR(255) NOT NULL,
+  `lang` VARCHAR(32) NOT NULL DEFAULT '',
   `post_type` VARCHAR(20) NOT NULL,
   `product_type` VARCHAR(32) NOT NULL DEFAULT '',
   `parent_id` BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  `group_id` BIGINT UNSIGNED NULL,
+  `link_kind` VARCHAR(8) NOT NULL DEFAULT 'sku',
   `state` VARCHAR(16) NOT NULL DEFAULT 'linked',
   `refreshed_at` DATETIME(6) NOT NULL,
   PRIMARY KEY (`blog_id`, `post_id`),
-  KEY `link` (`link_key`(255), `blog_id`)
+  KEY `link` (`link_key`(255), `blog_id`),
+  KEY `grp` (`group_id`, `blog_id`),
+  KEY `sku_key` (`blog_id`, `sku_key`(255))
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+-- ;
+-- Link groups, with ids that never change. A 'sku' group is known under link_key (key_hash =
+-- SHA-256 of it, unique): a product without a group joins the group of its key. A propagated SKU
+-- rename moves the group's key; with sync.propagate_sku_renames off it stays. 'manual' groups
+-- have no key: their members are listed in {base}syncd_link.
+CREATE TABLE IF NOT EXISTS `{base}syncd_group` (
+  `group_id` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+  `kind` VARCHAR(8) NOT NULL DEFAULT 'sku',
+  `key_hash` BINARY(32) NULL,
+  `link_key` VARBINARY(1024) NULL,
+  `sku` VARCHAR(255) NOT NULL DEFAULT '',
+  `lang` VARCHAR(32) NOT NULL DEFAULT '',
+  `created_at` DATETIME(6) NOT NULL,
+  PRIMARY KEY (`group_id`),
+  UNIQUE KEY `key_hash` (`key_hash`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+-- ;
+-- Manual links (`syncd link`): these products form one group whatever their SKUs, overriding
+-- SKU matching. Kept until `syncd unlink`; a product that is deleted stays listed (and unsynced)
+-- until then.
+CREATE TABLE IF NOT EXISTS `{base}syncd_link` (
+  `blog_id` INT UNSIGNED NOT NULL,
+  `post_id` BIGINT UNSIGNED NOT NULL,
+  `group_id` BIGINT UNSIGNED NOT NULL,
+  `created_at` DATETIME(6) NOT NULL,
+  PRIMARY KEY (`blog_id`, `post_id`),
+  KEY `grp` (`group_id`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
 -- ;
 -- Every applied change: one 'origin' row for the captured change, one 'copy' row per member

@@ -32,6 +32,7 @@ import sqlalchemy as sa
 import structlog
 
 from syncd import catalog, poll
+from syncd.config import BlogSettings
 from syncd.db import errno_of, is_retryable, table
 from syncd.network import Blog
 from syncd.plan import (
@@ -39,8 +40,10 @@ from syncd.plan import (
     LOW_STOCK,
     MANAGE,
     MEMBERSHIP_KEYS,
+    SKU,
     STATUS,
     STOCK,
+    TRASH_MARK,
     Change,
     Facts,
     Key,
@@ -56,6 +59,8 @@ from syncd.plan import (
 log = structlog.get_logger("syncd.apply")
 
 FACT_KEYS = (STOCK, MANAGE, BACKORDERS, LOW_STOCK, STATUS)
+#: What the lock step records per product: the facts, and _sku (written by a propagated rename).
+READ_KEYS = (*FACT_KEYS, SKU)
 
 RefreshFn = Callable[..., object]
 
@@ -91,6 +96,8 @@ class ProductRows:
             manage_stock=self.value(MANAGE),
             stock=self.value(STOCK),
             has_stock_row=bool(self.meta.get(STOCK)),
+            backorders=self.value(BACKORDERS),
+            low_stock_amount=self.value(LOW_STOCK),
         )
 
 
@@ -136,10 +143,16 @@ class Applier:
         refresh: RefreshFn | None = None,
         *,
         poll_mode: bool = False,
+        blog_settings: Callable[[int], BlogSettings] | None = None,
+        propagate_sku_renames: bool = True,
     ) -> None:
         self.base = base_prefix
         self._blogs = blogs
         self.poll_mode = poll_mode
+        # [blogs.N] language / translations_share_stock (config.blogs.for_blog) and [sync]
+        # propagate_sku_renames: how products are linked (syncd.catalog).
+        self._settings: Callable[[int], BlogSettings] = blog_settings or (lambda _b: BlogSettings())
+        self.propagate_sku_renames = propagate_sku_renames
         if refresh is None:
             from syncd.derived import refresh_products
 
@@ -165,9 +178,13 @@ class Applier:
         stale = {c.key for c in changes if c.meta_key in MEMBERSHIP_KEYS and c.blog_id in blogs}
         unknown = set(origins) - catalog.known_members(conn, self.base, origins)
         was_member = catalog.member_skus(conn, self.base, stale)
+        before = catalog.member_groups(conn, self.base, stale | unknown)
         for blog_id, posts in _by_blog(stale | unknown).items():
             self._guarded(
-                blog_id, lambda b=blog_id, p=posts: catalog.refresh_members(conn, self.base, blogs[b], p)
+                blog_id,
+                lambda b=blog_id, p=posts: catalog.refresh_members(
+                    conn, self.base, blogs[b], p, settings=self._settings(b)
+                ),
             )
         # A product that leaves its group (trashed, SKU removed) is no longer synced: say which.
         for key in sorted(set(was_member) - catalog.known_members(conn, self.base, was_member)):
@@ -180,10 +197,14 @@ class Applier:
                 reason="no longer a linked product (trashed, deleted or SKU removed); not synced any more",
             )
         groups = catalog.groups_for(conn, self.base, origins)
+        translations = self._translations(conn, blogs, groups)
+        joins = self._joins(changes, stale | unknown, before, groups, blogs)
 
         involved: set[Key] = set(origins)
         for members in groups.values():
             involved.update(m.key for m in members if m.blog_id in blogs)
+        for tr in translations.values():
+            involved.update(k for k in tr if k[0] in blogs)
         rows: dict[Key, ProductRows] = {}
         unreadable: dict[int, str] = {}
         for blog_id, posts in sorted(_by_blog(involved).items()):
@@ -209,8 +230,35 @@ class Applier:
                 blogs = {b: v for b, v in blogs.items() if b != blog_id}
                 unreadable[blog_id] = f"blog {blog_id} is unreadable (errno {errno_of(exc)})"
 
-        plan = plan_batch(changes, groups, {k: r.facts() for k, r in rows.items()}, blogs.keys())
+        plan = plan_batch(
+            changes,
+            groups,
+            {k: r.facts() for k, r in rows.items()},
+            blogs.keys(),
+            translations=translations,
+            propagate_renames=self.propagate_sku_renames,
+            sku_conflicts=self._sku_conflicts(conn, changes, groups, blogs, joins),
+            joins=joins,
+        )
         result.notes = plan.notes
+        for key, auth in sorted(joins.items()):
+            me = next((m for m in groups.get(key, ()) if m.key == key), None)
+            w = next((x for x in plan.writes if x.key == key), None)
+            log.info(
+                "member_joined",
+                blog=key[0],
+                post=key[1],
+                sku=me.sku if me else "",
+                lang=me.lang if me else "",
+                group=me.group_id if me else None,
+                authority_blog=auth[0],
+                authority_post=auth[1],
+                stock=None
+                if w is None or w.stock is None
+                else format_quantity(w.stock.set_value or Decimal(0)),
+                settings=sorted(w.registers) if w is not None else [],
+                rule="takes the stock and settings of the group's linked member with the lowest blog id",
+            )
         for n in plan.notes:
             if n.level == "warning":
                 log.warning(
@@ -247,6 +295,24 @@ class Applier:
                 touched.get(w.blog_id, set()).discard(w.post_id)
             elif w.post_id in touched.get(w.blog_id, ()):
                 written.setdefault(w.blog_id, set()).add(w.post_id)
+
+        renamed = self._write_renames(conn, plan.writes, rows, by_id, result)
+        for blog_id, posts in sorted(_by_blog(renamed).items()):
+            self._guarded(
+                blog_id,
+                lambda b=blog_id, p=posts: catalog.refresh_members(
+                    conn, self.base, blogs[b], p, settings=self._settings(b)
+                ),
+                savepoint=conn,
+            )
+            for p in posts:
+                touched.setdefault(blog_id, set()).add(p)
+                written.setdefault(blog_id, set()).add(p)
+        for c in plan.renamed:
+            if catalog.move_group_key(conn, self.base, c.blog_id, c.post_id):
+                log.info(
+                    "group_renamed", blog=c.blog_id, post=c.post_id, old_sku=c.old_value, sku=c.new_value
+                )
 
         for c in plan.applied:
             if c.meta_key in MEMBERSHIP_KEYS:
@@ -285,9 +351,153 @@ class Applier:
         if self.poll_mode:
             for blog_id, posts in sorted(_by_blog(rows).items()):
                 if blog_id in blogs:
-                    poll.resync_snapshot(conn, self.base, blogs[blog_id], posts, FACT_KEYS)
+                    poll.resync_snapshot(conn, self.base, blogs[blog_id], posts, READ_KEYS)
         self._write_history(conn, batch_id, result.history, now)
         return result
+
+    # -- linking: translations, joins, renames (syncd.catalog) ---------------------------------
+
+    def _translations(
+        self, conn: sa.Connection, blogs: Mapping[int, Blog], groups: dict[Key, list[Member]]
+    ) -> dict[Key, tuple[Key, ...]]:
+        """On blogs whose translations share stock: the translation group of every product the
+        batch involves, and the link groups of those translations (``groups`` is extended), until
+        nothing new is found (a few rounds: links and translations form small components)."""
+        sharing = {b for b, blog in blogs.items() if catalog.shares_stock(blog, self._settings(b))}
+        out: dict[Key, tuple[Key, ...]] = {}
+        if not sharing:
+            return out
+        checked: set[Key] = set()
+        todo = {k for k in groups} | {m.key for ms in groups.values() for m in ms}
+        for _ in range(6):
+            ask = {k for k in todo if k[0] in sharing and k not in checked}
+            if not ask:
+                break
+            found: set[Key] = set()
+            for blog_id, posts in sorted(_by_blog(ask).items()):
+                tr, problems = catalog.translations_for(conn, blogs[blog_id], posts)
+                catalog.report_translation_problems(blog_id, problems)
+                for members in tr.values():
+                    keys = tuple((blog_id, p) for p in members)
+                    for k in keys:
+                        out[k] = keys
+                    found.update(keys)
+            checked |= ask | found
+            new = sorted(found - set(groups))
+            more = catalog.groups_for(conn, self.base, new) if new else {}
+            groups.update(more)
+            todo = found | {m.key for ms in more.values() for m in ms}
+        return out
+
+    def _joins(
+        self,
+        changes: Sequence[Change],
+        refreshed: set[Key],
+        before: Mapping[Key, tuple[int | None, str]],
+        groups: Mapping[Key, Sequence[Member]],
+        blogs: Mapping[int, Blog],
+    ) -> dict[Key, Key]:
+        """Products that joined a group in this batch -> the member whose values they take.
+
+        Joining: a linked product whose group is new to it (created, SKU added or changed while
+        ambiguous, untrashed), or whose creation this batch applies (its ``_sku``/``_stock`` rows
+        inserted). The group's values are those of its linked member with the lowest blog id (then
+        post id) that is not joining itself, on a blog syncd writes; a group without one is new.
+        """
+        created = {
+            c.key
+            for c in changes
+            if (c.op == "I" and c.meta_key in (SKU, STOCK)) or (c.op == "D" and c.meta_key == TRASH_MARK)
+        }
+        joining: set[Key] = set()
+        for key in refreshed | created:
+            me = next((m for m in groups.get(key, ()) if m.key == key), None)
+            if me is None or me.state != "linked" or me.group_id is None:
+                continue
+            if key in created or before.get(key) != (me.group_id, "linked"):
+                joining.add(key)
+        out: dict[Key, Key] = {}
+        for key in sorted(joining):
+            others = [
+                m.key
+                for m in groups.get(key, ())
+                if m.key not in joining and m.state == "linked" and m.blog_id in blogs and m.blog_id != key[0]
+            ]
+            if others:
+                out[key] = min(others)
+        return out
+
+    def _sku_conflicts(
+        self,
+        conn: sa.Connection,
+        changes: Sequence[Change],
+        groups: Mapping[Key, Sequence[Member]],
+        blogs: Mapping[int, Blog],
+        joins: Mapping[Key, Key],
+    ) -> dict[tuple[int, Key], int]:
+        """For each SKU rename syncd would carry: the members whose blog already has a product with
+        the new SKU (same language where Polylang for WooCommerce allows one SKU per language)."""
+        out: dict[tuple[int, Key], int] = {}
+        if not self.propagate_sku_renames:
+            return out
+        for c in changes:
+            new_sku = (c.new_value or "").strip()
+            if c.meta_key != SKU or c.op != "U" or not new_sku or not (c.old_value or "").strip():
+                continue
+            if c.key in joins:
+                continue
+            for m in groups.get(c.key, ()):
+                if m.key == c.key or m.state != "linked" or m.kind != "sku" or m.blog_id not in blogs:
+                    continue
+                blog = blogs[m.blog_id]
+                clash = catalog.sku_conflict(
+                    conn, self.base, blog, m.post_id, new_sku, m.lang, per_language=blog.polylang_wc
+                )
+                if clash is not None:
+                    out[(c.id, m.key)] = int(clash)
+        return out
+
+    def _write_renames(
+        self,
+        conn: sa.Connection,
+        writes: Sequence[MemberWrite],
+        rows: Mapping[Key, ProductRows],
+        by_id: Mapping[int, Change],
+        result: BatchResult,
+    ) -> set[Key]:
+        """Write each propagated SKU rename (``_sku``; the lookup row's ``sku`` is rewritten by the
+        derived refresh, as WooCommerce's save does: fixture 10). Returns the members renamed."""
+        done: set[Key] = set()
+        for w in writes:
+            if w.new_sku is None or w.key not in rows:
+                continue
+            blog = self._blogs()[w.blog_id]
+            origin = next(by_id[i] for i in w.change_ids if by_id[i].meta_key == SKU)
+            old = rows[w.key].value(SKU)
+            sp = conn.begin_nested()
+            try:
+                changed = self._set_meta(conn, blog, w.post_id, rows[w.key], SKU, w.new_sku)
+                sp.commit()
+            except Exception as exc:
+                if is_retryable(exc):
+                    raise
+                sp.rollback()
+                self._skip(result, w, by_id, f"database error {errno_of(exc)}: {str(exc)[:160]}")
+                continue
+            if changed:
+                done.add(w.key)
+                result.history.append(
+                    HistoryRow(origin, "copy", w.blog_id, w.post_id, w.sku, SKU, old, w.new_sku, None)
+                )
+                log.info(
+                    "sku_renamed",
+                    blog=w.blog_id,
+                    post=w.post_id,
+                    old_sku=old,
+                    sku=w.new_sku,
+                    origin_blog=origin.blog_id,
+                )
+        return done
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -386,7 +596,7 @@ class Applier:
             ),
             cparams,
         ):
-            if pid in wanted and key in FACT_KEYS:
+            if pid in wanted and key in READ_KEYS:
                 out[(blog.blog_id, pid)].meta.setdefault(key, []).append(MetaRow(meta_id, value))
         return out
 
@@ -419,7 +629,12 @@ class Applier:
                     )
             if w.stock is not None:
                 row = self._write_stock(conn, blog, w, rows)
-                if row is not None:
+                if row is not None and w.joined_from is not None:
+                    note = f"joined its group: stock of blog {w.joined_from[0]} post {w.joined_from[1]}"
+                    pending.append(
+                        HistoryRow(origin, "copy", w.blog_id, w.post_id, w.sku, STOCK, *row, None, note)
+                    )
+                elif row is not None:
                     pending.extend(self._stock_history(w, by_id, row))
             sp.commit()
         except _MemberSkipped as skip:

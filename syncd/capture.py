@@ -163,16 +163,37 @@ def uninstall_all_triggers(conn: sa.Connection, base_prefix: str) -> list[str]:
     return names
 
 
+#: Most rows a full batch is extended by to keep one statement's _stock rows together.
+FAN_OUT_TAIL = 100
+
+
 def fetch_changes(conn: sa.Connection, base_prefix: str, limit: int) -> list[Change]:
-    """The oldest committed change rows, in capture order (read, not removed: apply deletes them)."""
-    rows = conn.execute(
-        sa.text(
-            f"SELECT id, blog_id, post_id, meta_key, op, old_value, new_value, captured_at "
-            f"FROM {table(base_prefix, 'syncd_change')} ORDER BY id LIMIT :n"
-        ),
-        {"n": int(limit)},
-    )
-    return [Change(*r) for r in rows]
+    """The oldest committed change rows, in capture order (read, not removed: apply deletes them).
+
+    A full batch is extended with the remaining ``_stock`` rows of its last statement (same
+    connection and capture time, which is the statement's start; at most FAN_OUT_TAIL rows): a
+    Polylang for WooCommerce fan-out (one UPDATE on every translation of a product) is never split
+    across batches, so it is seen whole and counted once (syncd.plan).
+    """
+    change = table(base_prefix, "syncd_change")
+    cols = "id, blog_id, post_id, meta_key, op, old_value, new_value, captured_at, conn_id"
+    changes = [
+        Change(*r)
+        for r in conn.execute(sa.text(f"SELECT {cols} FROM {change} ORDER BY id LIMIT :n"), {"n": int(limit)})
+    ]
+    if len(changes) == int(limit) and changes[-1].conn_id and changes[-1].meta_key == "_stock":
+        last = changes[-1]
+        changes += [
+            Change(*r)
+            for r in conn.execute(
+                sa.text(
+                    f"SELECT {cols} FROM {change} WHERE id > :id AND conn_id = :c AND captured_at = :t "
+                    "AND meta_key = '_stock' ORDER BY id LIMIT :n"
+                ),
+                {"id": last.id, "c": last.conn_id, "t": last.captured_at, "n": FAN_OUT_TAIL},
+            )
+        ]
+    return changes
 
 
 def backlog(conn: sa.Connection, base_prefix: str) -> tuple[int, object]:
@@ -203,7 +224,13 @@ def install_all(config: object, *, out: object = None) -> int:
             schema.ensure_schema(conn, base)
             network = discover(conn, base)
             conn.rollback()
+            selection = config.blogs  # type: ignore[attr-defined]
             for blog in network.blogs:
+                if not selection.selects(blog.blog_id):
+                    # [blogs] include/exclude: never read or written, and no trigger of ours there.
+                    uninstall_blog_triggers(conn, base, blog.blog_id)
+                    print(f"blog {blog.blog_id} ({blog.prefix}): excluded by configuration", file=out)
+                    continue
                 if not blog.usable:
                     print(
                         f"blog {blog.blog_id} ({blog.prefix}): left alone: {'; '.join(blog.problems) or 'WooCommerce not active'}",
@@ -212,7 +239,7 @@ def install_all(config: object, *, out: object = None) -> int:
                     continue
                 try:
                     outcome = install_blog_triggers(conn, base, blog)
-                    catalog.refresh_members(conn, base, blog)
+                    catalog.refresh_members(conn, base, blog, settings=selection.for_blog(blog.blog_id))
                     conn.commit()
                     print(
                         f"blog {blog.blog_id} ({blog.prefix}): triggers {outcome} (v{TRIGGER_VERSION})",

@@ -450,16 +450,22 @@ class Daemon:
                     except Exception as exc:  # noqa: BLE001 - leave this blog, keep the others
                         conn.rollback()
                         self._note_error("trigger_install_failed", exc, blog=blog_id)
+            self._drop_excluded_triggers(conn, network.usable_blogs())
             for blog_id in sorted(usable) if initial else added:
                 try:
-                    catalog.refresh_members(conn, self.base, usable[blog_id])
+                    catalog.refresh_members(
+                        conn, self.base, usable[blog_id], settings=self.config.blogs.for_blog(blog_id)
+                    )
                     conn.commit()
+                    self._report_translations(conn, usable[blog_id])
                 except Exception as exc:  # noqa: BLE001
                     conn.rollback()
                     self._note_error("members_refresh_failed", exc, blog=blog_id)
-            if gone:
+            if gone or initial:
+                # At start too: members of a blog excluded (or gone) since the last run are forgotten.
                 catalog.drop_blog_members(conn, self.base, usable)
                 conn.commit()
+            if gone:
                 log.warning("blogs_gone", blogs=gone)
             if added and not initial:
                 log.info("blogs_added", blogs=added)
@@ -521,13 +527,39 @@ class Daemon:
             return False
         return blog_id not in sel.exclude
 
+    def _drop_excluded_triggers(self, conn: sa.Connection, blogs: Sequence[Blog]) -> None:
+        """[blogs] include/exclude: a blog syncd must not read keeps no capture trigger of syncd's
+        (installed before it was excluded), so its writes are not even queued."""
+        if self.capture_mode != "trigger" or not self.config.sync.install_triggers:
+            return
+        installed = capture.installed_triggers(conn, self.base)
+        for blog in blogs:
+            if self._blog_selected(blog.blog_id):
+                continue
+            if any(capture.trigger_name(self.base, blog.blog_id, e) in installed for e in capture.EVENTS):
+                try:
+                    capture.uninstall_blog_triggers(conn, self.base, blog.blog_id)
+                    log.info("triggers_removed", blog=blog.blog_id, reason="excluded by configuration")
+                except Exception as exc:  # noqa: BLE001 - retried at the next discovery
+                    conn.rollback()
+                    self._note_error("trigger_uninstall_failed", exc, blog=blog.blog_id)
+
+    def _report_translations(self, conn: sa.Connection, blog: Blog) -> None:
+        """Corrupt Polylang translation groups are logged (once per process) and skipped."""
+        if blog.polylang:
+            catalog.report_translation_problems(blog.blog_id, catalog.translation_problems(conn, blog))
+            conn.rollback()
+
     def refresh_all_members(self) -> None:
         assert self._admin_engine is not None
         with self._admin_engine.connect() as conn:
             for blog in self.blogs().values():
                 try:
-                    catalog.refresh_members(conn, self.base, blog)
+                    catalog.refresh_members(
+                        conn, self.base, blog, settings=self.config.blogs.for_blog(blog.blog_id)
+                    )
                     conn.commit()
+                    self._report_translations(conn, blog)
                 except Exception as exc:  # noqa: BLE001
                     conn.rollback()
                     self._note_error("members_refresh_failed", exc, blog=blog.blog_id)
@@ -696,7 +728,14 @@ class Daemon:
         return self.apply_with_retry(conn, changes)
 
     def apply_with_retry(self, conn: sa.Connection, changes: Sequence[Change]) -> int:
-        applier = Applier(self.base, self.blogs, self._refresh, poll_mode=self.capture_mode == "poll")
+        applier = Applier(
+            self.base,
+            self.blogs,
+            self._refresh,
+            poll_mode=self.capture_mode == "poll",
+            blog_settings=self.config.blogs.for_blog,
+            propagate_sku_renames=self.config.sync.propagate_sku_renames,
+        )
         backoff = _Backoff()
         attempt = 0
         while True:

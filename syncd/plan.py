@@ -23,7 +23,7 @@ Merge rules (DESIGN.md section 2, step 3):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -57,6 +57,7 @@ class Change:
     old_value: str | None
     new_value: str | None
     captured_at: datetime | None = None
+    conn_id: int = 0  # CONNECTION_ID() of the writer (0: unknown)
 
     @property
     def key(self) -> Key:
@@ -71,6 +72,9 @@ class Member:
     post_id: int
     sku: str = ""
     state: str = "linked"  # linked | ambiguous | skipped | excluded
+    lang: str = ""
+    group_id: int | None = None
+    kind: str = "sku"  # sku (matched by SKU + language) | manual (syncd link)
 
     @property
     def key(self) -> Key:
@@ -86,6 +90,8 @@ class Facts:
     manage_stock: str | None = "yes"
     stock: str | None = None
     has_stock_row: bool = True
+    backorders: str | None = None
+    low_stock_amount: str | None = None  # None: no row
 
     @property
     def manages(self) -> bool:
@@ -141,6 +147,8 @@ class MemberWrite:
     registers: dict[str, str | None] = field(default_factory=dict)  # None = delete the row
     status_register: str | None = None  # only applied if the member does not manage stock
     change_ids: list[int] = field(default_factory=list)
+    new_sku: str | None = None  # a propagated SKU rename: write _sku (and the lookup row's sku)
+    joined_from: Key | None = None  # a member joining its group: values taken from this member
 
     @property
     def key(self) -> Key:
@@ -164,6 +172,7 @@ class Plan:
     notes: list[Note]
     applied: list[Change]  # changes that produced at least one write or a repair
     origin_sku: dict[int, str]  # change id -> sku of its group (for history/logging)
+    renamed: list[Change] = field(default_factory=list)  # SKU renames carried to other members
 
 
 def plan_batch(
@@ -171,20 +180,49 @@ def plan_batch(
     groups: Mapping[Key, Sequence[Member]],
     facts: Mapping[Key, Facts],
     live_blogs: Iterable[int],
+    *,
+    translations: Mapping[Key, Sequence[Key]] | None = None,
+    propagate_renames: bool = False,
+    sku_conflicts: Mapping[tuple[int, Key], int] | None = None,
+    joins: Mapping[Key, Key] | None = None,
 ) -> Plan:
     """Compute the writes of one batch.
 
-    ``groups`` maps an origin product to every member of its link group (itself included; only
-    members in state 'linked' are written). ``facts`` holds what was read under lock for origins
-    and members. ``live_blogs`` are the blogs that may be written.
+    ``groups`` maps a product to every member of its link group (itself included; only members
+    in state 'linked' are written). ``facts`` holds what was read under lock for origins and
+    members. ``live_blogs`` are the blogs that may be written.
+
+    ``translations`` maps each product on a blog whose translations share stock
+    (``[blogs.N] translations_share_stock``) to every post of its Polylang translation group on
+    that blog, itself included. There, a translation group is one stock:
+
+    * a change reaches every product connected to its origin through link groups and such shared
+      translations, each exactly once (the *component*; syncd never writes the origin's own
+      translations: the shop wrote them, or will);
+    * the add-on's own fan-out - one statement hitting every translation's ``_stock``, captured as
+      rows with the same ``conn_id``, the same ``captured_at`` (the statement's start time) and the
+      same delta on posts of one translation group - is one sale, not one per translation; so is
+      its per-translation copy (same connection, same old and new value).
+
+    ``propagate_renames``: a ``_sku`` change (old and new non-empty) on a linked SKU-matched member
+    is written to every other linked member of its group, except where ``sku_conflicts`` holds
+    (change id, member) -> the post that already has the new SKU on that blog (refused, warned).
+
+    ``joins`` maps a product that joined a group in this batch to the member whose values are the
+    group's (see ``syncd.apply``): it takes that member's stock and settings as they are after
+    this batch, and its own changes of this batch are not propagated.
     """
     live = set(live_blogs)
+    translations = translations or {}
+    sku_conflicts = sku_conflicts or {}
+    joins = joins or {}
     ordered = sorted(changes, key=lambda c: c.id)
     writes: dict[Key, MemberWrite] = {}
     refresh: dict[int, set[int]] = {}
     notes: list[Note] = []
     applied: dict[int, Change] = {}
     origin_sku: dict[int, str] = {}
+    renamed: list[Change] = []
 
     def note(c: Change, sku: str, reason: str, level: str = "info") -> None:
         notes.append(Note(c.id, c.blog_id, c.post_id, sku, reason, level))
@@ -193,26 +231,46 @@ def plan_batch(
         refresh.setdefault(c.blog_id, set()).add(c.post_id)
         applied[c.id] = c
 
+    def self_of(key: Key) -> Member | None:
+        return next((m for m in groups.get(key, ()) if m.key == key), None)
+
     # Pass 1: what each change means, independent of targets.
     stock_events: list[tuple[Change, Decimal | None, bool]] = []  # (change, value, is_set)
     register_events: list[tuple[Change, str, str | None]] = []
     status_events: list[Change] = []
+    rename_events: list[Change] = []
     for c in ordered:
-        group = groups.get(c.key, ())
-        self_member = next((m for m in group if m.key == c.key), None)
+        self_member = self_of(c.key)
         sku = self_member.sku if self_member else ""
         origin_sku[c.id] = sku
         origin_facts = facts.get(c.key, Facts(exists=False))
         if c.meta_key in MEMBERSHIP_KEYS:
             note(c, sku, "membership")
             applied[c.id] = c
+            if (
+                propagate_renames
+                and c.meta_key == SKU
+                and c.op == "U"
+                and (c.old_value or "").strip()
+                and (c.new_value or "").strip()
+                and self_member is not None
+                and self_member.state == "linked"
+                and self_member.kind == "sku"
+                and c.key not in joins
+                and origin_facts.alive
+            ):
+                rename_events.append(c)
             continue
         if c.blog_id in live and origin_facts.alive:
             repair(c)  # the origin's own derived data is recomputed (DESIGN step 5)
         if not origin_facts.alive:
             note(c, sku, "origin product is deleted or trashed")
             continue
-        if self_member is None or self_member.state != "linked":
+        if c.key in joins:
+            note(c, sku, "origin joined its group in this batch: it takes the group's values")
+            continue
+        shared = c.key in translations
+        if not shared and (self_member is None or self_member.state != "linked"):
             state = self_member.state if self_member else "unlinked"
             level = "warning" if state == "ambiguous" else "info"
             note(c, sku, f"origin is {state}", level)
@@ -244,12 +302,43 @@ def plan_batch(
             if c.op == "U" and not origin_facts.manages:
                 status_events.append(c)
 
+    stock_events = _collapse_fan_out(stock_events, translations, note, origin_sku, applied)
+
     # Pass 2: fold the events onto each target, in capture order.
+    def origin_set(c: Change) -> set[Key]:
+        return set(translations.get(c.key, (c.key,)))
+
+    def component(c: Change) -> list[Member]:
+        """Every product connected to the origin by linked groups and shared translations, once."""
+        own = origin_set(c)
+        seen = set(own)
+        queue = sorted(own)
+        out: list[Member] = []
+        while queue:
+            key = queue.pop(0)
+            me = self_of(key)
+            if me is not None and me.state == "linked":
+                for m in groups.get(key, ()):
+                    if m.key in seen or m.state != "linked" or m.blog_id not in live:
+                        continue
+                    seen.add(m.key)
+                    out.append(m)
+                    queue.append(m.key)
+            sku = me.sku if me is not None else origin_sku.get(c.id, "")
+            for t in translations.get(key, ()):
+                if t in seen or t[0] not in live:
+                    continue
+                seen.add(t)
+                tm = self_of(t) or Member(t[0], t[1], sku)
+                if tm.state != "linked":
+                    tm = Member(t[0], t[1], tm.sku or sku)
+                out.append(tm)
+                queue.append(t)
+        return out
+
     def target(member: Member, c: Change) -> MemberWrite | None:
-        if member.key == c.key or member.state != "linked":
-            return None
-        if member.blog_id not in live:
-            return None
+        if member.key in joins:
+            return None  # takes the group's values after this batch instead
         w = writes.get(member.key)
         if w is None:
             w = writes[member.key] = MemberWrite(member.blog_id, member.post_id, member.sku)
@@ -267,12 +356,11 @@ def plan_batch(
     for _, kind, payload in events:
         if kind == "stock":
             c, value, is_set = payload  # type: ignore[misc]
-            for m in groups.get(c.key, ()):
-                if m.key == c.key:
-                    own = writes.get(m.key)
-                    if is_set and own is not None and own.stock is not None:
-                        own.stock = None  # its own absolute set overrides earlier sibling deltas
-                    continue
+            for key in origin_set(c):
+                own = writes.get(key)
+                if is_set and own is not None and own.stock is not None:
+                    own.stock = None  # its own absolute set overrides earlier sibling deltas
+            for m in component(c):
                 w = target(m, c)
                 if w is None:
                     continue
@@ -284,26 +372,96 @@ def plan_batch(
                 w.stock = op
         elif kind == "register":
             c, meta_key, value = payload  # type: ignore[misc]
-            for m in groups.get(c.key, ()):
-                if m.key == c.key:
-                    own = writes.get(m.key)
-                    if own is not None:
-                        own.registers.pop(meta_key, None)  # its own later change wins
-                    continue
+            for key in origin_set(c):
+                own = writes.get(key)
+                if own is not None:
+                    own.registers.pop(meta_key, None)  # its own later change wins
+            for m in component(c):
                 w = target(m, c)
                 if w is not None:
                     w.registers[meta_key] = value
         else:
             c = payload  # type: ignore[assignment]
-            for m in groups.get(c.key, ()):
-                if m.key == c.key:
-                    own = writes.get(m.key)
-                    if own is not None:
-                        own.status_register = None
-                    continue
+            for key in origin_set(c):
+                own = writes.get(key)
+                if own is not None:
+                    own.status_register = None
+            for m in component(c):
                 w = target(m, c)
                 if w is not None:
                     w.status_register = c.new_value
+
+    for c in rename_events:
+        new_sku = (c.new_value or "").strip()
+        carried = False
+        for m in groups.get(c.key, ()):
+            if m.key == c.key or m.state != "linked" or m.blog_id not in live or m.key in joins:
+                continue
+            clash = sku_conflicts.get((c.id, m.key))
+            if clash is not None:
+                notes.append(
+                    Note(
+                        c.id,
+                        m.blog_id,
+                        m.post_id,
+                        m.sku,
+                        f"SKU rename to {new_sku[:60]!r} refused on blog {m.blog_id}: post {clash} already has that SKU",
+                        "warning",
+                    )
+                )
+                continue
+            w = target(m, c)
+            if w is not None:
+                w.new_sku = new_sku
+                carried = True
+        if carried:
+            renamed.append(c)
+
+    # Joins: a product that joined a group takes the values its authority ends this batch with.
+    for key in sorted(joins):
+        auth = joins[key]
+        jf, af = facts.get(key, Facts(exists=False)), facts.get(auth, Facts(exists=False))
+        own_changes = [c for c in ordered if c.key == key]
+        if not own_changes or not jf.alive or not af.alive or key[0] not in live:
+            continue
+        aw = writes.get(auth)
+        a_registers = {MANAGE: af.manage_stock, BACKORDERS: af.backorders, LOW_STOCK: af.low_stock_amount}
+        if aw is not None:
+            a_registers.update(aw.registers)
+        j_registers = {MANAGE: jf.manage_stock, BACKORDERS: jf.backorders, LOW_STOCK: jf.low_stock_amount}
+        member = self_of(key) or Member(*key)
+        w = MemberWrite(key[0], key[1], member.sku, change_ids=[own_changes[0].id], joined_from=auth)
+        for k in REGISTERS:
+            if a_registers[k] != j_registers[k] and (a_registers[k] is not None or k == LOW_STOCK):
+                w.registers[k] = a_registers[k]
+        if a_registers[MANAGE] == "yes":
+            try:
+                a_stock = (
+                    target_stock_value(af.stock, aw.stock)
+                    if aw is not None and aw.stock is not None
+                    else parse_quantity(af.stock)
+                )
+                mine = parse_quantity(jf.stock) if jf.stock is not None else None
+            except StockValueError as exc:
+                notes.append(Note(w.change_ids[0], key[0], key[1], w.sku, f"join: _stock {exc}", "warning"))
+                a_stock, mine = None, None
+            if a_stock is not None and a_stock != mine:
+                w.stock = StockOp(set_value=a_stock, is_set=True)
+        notes.append(
+            Note(
+                w.change_ids[0],
+                key[0],
+                key[1],
+                w.sku,
+                f"joined its group: takes stock and settings of blog {auth[0]} post {auth[1]}",
+            )
+        )
+        for c in own_changes:
+            applied[c.id] = c
+        if w.stock is not None or w.registers:
+            writes[key] = w
+        else:
+            refresh.setdefault(key[0], set()).add(key[1])
 
     # Pass 3: drop what cannot or need not be written; every written member gets a derived refresh.
     final: list[MemberWrite] = []
@@ -323,10 +481,16 @@ def plan_batch(
             w.stock = None
         if w.status_register is not None and manages_after:
             w.status_register = None
-        if w.stock is None and not w.registers and w.status_register is None:
+        if w.stock is None and not w.registers and w.status_register is None and w.new_sku is None:
             continue
         final.append(w)
-        if w.stock is not None and w.stock.is_noop and not w.registers and w.status_register is None:
+        if (
+            w.stock is not None
+            and w.stock.is_noop
+            and not w.registers
+            and w.status_register is None
+            and w.new_sku is None
+        ):
             # Sibling deltas cancelled out (-1 from one blog, +1 from another): nothing to write,
             # but each change still reached this member, and history records that.
             continue
@@ -337,7 +501,62 @@ def plan_batch(
         notes=notes,
         applied=[applied[i] for i in sorted(applied)],
         origin_sku=origin_sku,
+        renamed=renamed,
     )
+
+
+def _collapse_fan_out(
+    events: list[tuple[Change, Decimal | None, bool]],
+    translations: Mapping[Key, Sequence[Key]],
+    note: Callable[[Change, str, str], None],
+    origin_sku: Mapping[int, str],
+    applied: dict[int, Change],
+) -> list[tuple[Change, Decimal | None, bool]]:
+    """Polylang for WooCommerce writes one sale to every translation's ``_stock`` (one statement,
+    ``post_id IN (...)``; or one copy per translation after an absolute set): keep the first
+    change of each such fan-out, absorb the others (counted once; history keeps them as origins).
+
+    Two changes belong to one fan-out when they are on different posts of one translation group
+    of a sharing blog, come from the same connection, and either share the statement's capture
+    time and the delta (or set value), or have the same old and new value (the copy).
+    """
+    out: list[tuple[Change, Decimal | None, bool]] = []
+    open_fanouts: dict[tuple[object, ...], tuple[Change, set[int]]] = {}
+    for event in events:
+        c, value, is_set = event
+        tr = translations.get(c.key)
+        if tr is None or c.conn_id == 0:
+            out.append(event)
+            continue
+        group = tuple(sorted(tr))
+        kind = ("set", value) if is_set else ("delta", value)
+        try:
+            values = (parse_quantity(c.old_value), parse_quantity(c.new_value))
+        except StockValueError:
+            values = (c.old_value, c.new_value)  # type: ignore[assignment]
+        keys = [
+            ("stmt", c.blog_id, group, c.conn_id, c.captured_at, kind),
+            ("copy", c.blog_id, group, c.conn_id, values),
+        ]
+        absorbed_by: Change | None = None
+        for k in keys:
+            found = open_fanouts.get(k)
+            if found is not None and c.post_id not in found[1]:
+                absorbed_by = found[0]
+                found[1].add(c.post_id)
+                break
+        if absorbed_by is not None:
+            applied[c.id] = c
+            note(
+                c,
+                origin_sku.get(c.id, ""),
+                f"translation fan-out of change {absorbed_by.id} (shared stock): counted once",
+            )
+            continue
+        for k in keys:
+            open_fanouts[k] = (c, {c.post_id})
+        out.append(event)
+    return out
 
 
 def target_stock_value(current: str | None, op: StockOp) -> Decimal | None:

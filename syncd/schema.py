@@ -13,8 +13,17 @@ import sqlalchemy as sa
 from syncd.db import table, validate_prefix
 from syncd.sqlfiles import schema_text, split_statements
 
-SCHEMA_VERSION = 1
-OWN_TABLES = ("syncd_change", "syncd_dead", "syncd_member", "syncd_snapshot", "syncd_history", "syncd_meta")
+SCHEMA_VERSION = 2
+OWN_TABLES = (
+    "syncd_change",
+    "syncd_dead",
+    "syncd_member",
+    "syncd_group",
+    "syncd_link",
+    "syncd_snapshot",
+    "syncd_history",
+    "syncd_meta",
+)
 
 
 def schema_statements(base_prefix: str) -> list[str]:
@@ -25,11 +34,28 @@ def schema_statements(base_prefix: str) -> list[str]:
 
 def ensure_schema(conn: sa.Connection, base_prefix: str) -> int:
     """Create missing tables and record the schema version. Safe to run any number of times."""
+    _drop_v1_members(conn, base_prefix)
     for stmt in schema_statements(base_prefix):
         conn.exec_driver_sql(stmt)
     set_meta(conn, base_prefix, "schema_version", str(SCHEMA_VERSION))
     conn.commit()
     return SCHEMA_VERSION
+
+
+def _drop_v1_members(conn: sa.Connection, base_prefix: str) -> None:
+    """Schema 1's member table had no group ids. It is only a cache of postmeta (rebuilt by the
+    next membership refresh), so it is dropped and created anew rather than altered column by
+    column (MySQL has no ADD COLUMN IF NOT EXISTS). Idempotent: does nothing once upgraded."""
+    old = conn.execute(
+        sa.text(
+            "SELECT COUNT(*) FROM information_schema.TABLES t WHERE t.TABLE_SCHEMA = DATABASE() "
+            "AND t.TABLE_NAME = :t AND NOT EXISTS (SELECT 1 FROM information_schema.COLUMNS c "
+            "WHERE c.TABLE_SCHEMA = t.TABLE_SCHEMA AND c.TABLE_NAME = t.TABLE_NAME AND c.COLUMN_NAME = 'group_id')"
+        ),
+        {"t": base_prefix + "syncd_member"},
+    ).scalar_one()
+    if old:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table(base_prefix, 'syncd_member')}")
 
 
 def drop_schema(conn: sa.Connection, base_prefix: str, *, keep_history: bool = False) -> list[str]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-import sqlalchemy as sa
-
+from syncd.testnet.factory import ProductFactory
 from tests.integration.sync_helpers import (
     ids,
     make_daemon,
@@ -67,31 +66,32 @@ def test_registers_last_change_wins(wp_network):
 
 
 def test_ambiguous_sku_is_not_linked(wp_network):
+    """Two products of one language with one SKU on one blog: neither is linked (the others still are).
+    (BOOK en/fr on blogs 2 and 3 is no longer ambiguous: the key is SKU + language.)"""
     net = wp_network
     d = make_daemon(net)
     try:
-        with net.engine.connect() as c:
-            book = {
-                b: [
-                    r[0]
-                    for r in c.execute(
-                        sa.text(
-                            f"SELECT post_id FROM {net.table(b, 'postmeta')} WHERE meta_key='_sku' AND meta_value='BOOK' ORDER BY post_id"
-                        )
-                    )
-                ]
-                for b in (2, 3)
-            }
-            states = (
-                c.exec_driver_sql(f"SELECT DISTINCT state FROM {net.prefix}syncd_member WHERE sku = 'BOOK'")
-                .scalars()
-                .all()
-            )
-        assert states == ["ambiguous"]
-        woo_decrease(net, 2, book[2][0], 2)
+        mug = ids(net, "MUG")
+        # A second product whose SKU is 'mug' = 'MUG' under the lookup column's collation, as for
+        # WooCommerce's uniqueness check (written directly: WooCommerce itself would refuse it).
+        with net.engine.connect() as c, ProductFactory(c, net.blog_prefix(1)) as f:
+            dup = f.simple("mug", "Second mug", stock=4)
         d.apply_pending()
-        assert qty(net, 3, book[3][0]) == Decimal(7)
-        assert qty(net, 3, book[3][1]) == Decimal(7)
+        with net.engine.connect() as c:
+            states = dict(
+                c.exec_driver_sql(
+                    f"SELECT post_id, state FROM {net.prefix}syncd_member WHERE blog_id = 1 AND post_id IN (%s, %s)",
+                    (mug[1], dup),
+                ).all()
+            )
+        assert states == {mug[1]: "ambiguous", dup: "ambiguous"}
+        woo_decrease(net, 2, mug[2], 2)
+        d.apply_pending()
+        assert qty(net, 3, mug[3]) == Decimal(1)  # the unambiguous members stay linked
+        assert (qty(net, 1, mug[1]), qty(net, 1, dup)) == (Decimal(3), Decimal(4))
+        woo_decrease(net, 1, mug[1], 1)  # an ambiguous origin is not propagated
+        d.apply_pending()
+        assert (qty(net, 2, mug[2]), qty(net, 3, mug[3])) == (Decimal(1), Decimal(1))
     finally:
         d.close()
 

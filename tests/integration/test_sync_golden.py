@@ -29,16 +29,13 @@ import pytest
 
 from tests.integration import derived_helpers as h
 from tests.integration.sync_helpers import make_daemon
-from tests.integration.test_derived_golden import _all_option_names, _normalise_expected, _primary_rows
+from tests.integration.test_derived_golden import _all_option_names, _normalise_expected
 
-SYNCED_META = ("_stock", "_manage_stock", "_backorders", "_low_stock_amount")
+SYNCED_META = ("_stock", "_manage_stock", "_backorders", "_low_stock_amount", "_sku")
 
 #: Recorded scenarios without a change syncd propagates, and why.
 NOT_PROPAGATED = {
-    "10-sku-rename": "a SKU rename moves a product between link groups; it is not copied (issue: linking)",
     "11-price-changes": "prices are not synced",
-    "13-polylang-free-translation-stock": "BOOK has two products (en, fr) on blogs 2 and 3: ambiguous "
-    "under SKU-only linking, so nothing is propagated (SKU + language linking is a later issue)",
 }
 
 
@@ -59,23 +56,33 @@ def _cases() -> list[Any]:
 
 
 def _synced_rows(step: dict[str, Any], prefix: str) -> list[tuple[str, dict[str, Any]]]:
-    return [(k, r) for k, r in _primary_rows(step, prefix) if r.get("meta_key") in SYNCED_META]
+    """The step's writes of the meta syncd propagates: ('update'|'insert'|'delete', row)."""
+    d = h.step_diff(step, prefix).get("postmeta", {})
+    out: list[tuple[str, dict[str, Any]]] = []
+    for u in d.get("updated", ()):
+        ctx = u.get("context", {})
+        if ctx.get("meta_key") in SYNCED_META and "meta_value" in u.get("new", {}):
+            out.append(("update", {**ctx, "meta_value": u["new"]["meta_value"]}))
+    out += [("insert", r) for r in d.get("inserted", ()) if r.get("meta_key") in SYNCED_META]
+    out += [("delete", r) for r in d.get("deleted", ()) if r.get("meta_key") in SYNCED_META]
+    return out
 
 
 def _sku_ids(net: Any, blog_id: int) -> dict[str, int]:
-    """SKU -> post id on one blog of the recorded catalogue (Polylang duplicates left out)."""
+    """Link key -> post id on one blog of the recorded catalogue: the SKU, written 'SKU@fr' for a
+    product in another language than English (the transitions name BOOK@en / BOOK@fr so). Blog 1
+    has no Polylang and links as English; a variation takes its parent's language."""
     out: dict[str, int] = {}
-    seen: set[str] = set()
     for p in net.catalogue["blogs"][str(blog_id)]["products"]:
         sku = p.get("sku")
-        if not sku:
-            continue
-        if sku in seen:
-            out.pop(sku, None)
-            continue
-        seen.add(sku)
-        out[sku] = int(p["id"])
+        if sku:
+            out[f"{sku}@{p['language']}" if p.get("language") not in (None, "en") else sku] = int(p["id"])
     return out
+
+
+def _fixture_key(name: str) -> str:
+    """A transition's product name ('BOOK@en', 'MUG') as a key of _sku_ids."""
+    return name[: -len("@en")] if name.endswith("@en") else name
 
 
 def _without_total_sales(diff: h.Diff) -> h.Diff:
@@ -134,10 +141,11 @@ def test_propagated_rows_match_what_woocommerce_wrote(
     prefix = net.blog_prefix(target)
     target_ids = _sku_ids(net, target)
     sku_of = {pid: sku for sku, pid in target_ids.items()}
+    wanted = {_fixture_key(n) for n in fx["products"]}
     origin = next(
         b
         for b in net.blog_ids
-        if b != target and all(s in _sku_ids(net, b) for s in target_ids if s in fx["products"])
+        if b != target and all(s in _sku_ids(net, b) for s in target_ids if s in wanted)
     )
     origin_ids = _sku_ids(net, origin)
     id_map = {pid: origin_ids[sku] for pid, sku in sku_of.items() if sku in origin_ids}

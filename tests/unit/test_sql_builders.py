@@ -58,11 +58,27 @@ def test_prefixes_are_validated_everywhere(bad):
 def test_member_refresh_golden():
     s = norm(refresh_sql("wp_", "wp_2_", "utf8mb4_unicode_520_ci", 2))
     assert s.startswith(
-        "INSERT INTO `wp_syncd_member` (blog_id, post_id, link_key, sku, post_type, product_type, parent_id, state, refreshed_at) SELECT :blog_id, p.ID, WEIGHT_STRING(CONVERT(TRIM(TRAILING ' ' FROM pm.meta_value) USING utf8mb4) COLLATE utf8mb4_unicode_520_ci)"
+        "INSERT INTO `wp_syncd_member` (blog_id, post_id, link_key, sku_key, sku, lang, post_type, product_type, "
+        "parent_id, group_id, link_kind, state, refreshed_at) SELECT :blog_id, x.ID, "
+        "IF(x.s_sku_key = '', '', CONCAT(CAST(x.s_lang AS BINARY), 0x00, x.s_sku_key))"
     )
-    assert "FROM `wp_2_posts` p JOIN `wp_2_postmeta` pm ON pm.post_id = p.ID AND pm.meta_key = '_sku'" in s
-    assert "AND p.ID IN (:id0, :id1)" in s
-    assert "IF(COALESCE(pt.slug, '') IN ('grouped', 'external'), 'skipped', 'linked')" in s
+    assert (
+        "COALESCE(WEIGHT_STRING(CONVERT(TRIM(TRAILING ' ' FROM pm.meta_value) USING utf8mb4) COLLATE utf8mb4_unicode_520_ci), '') AS s_sku_key"
+        in s
+    )
+    assert (
+        "FROM `wp_2_posts` p LEFT JOIN `wp_2_postmeta` pm ON pm.post_id = p.ID AND pm.meta_key = '_sku'" in s
+    )
+    assert "LEFT JOIN `wp_syncd_link` l ON l.blog_id = :blog_id AND l.post_id = p.ID" in s
+    assert "AND (pm.meta_id IS NOT NULL OR l.post_id IS NOT NULL) AND p.ID IN (:id0, :id1)" in s
+    assert "IF(NOT x.s_manual AND x.s_product_type IN ('grouped', 'external'), 'skipped', 'linked')" in s
+    # Without Polylang the language is the bound :lang; with it, the post's term, its parent's, then :lang.
+    assert "LEFT(LOWER(:lang), 32) AS s_lang" in s
+    poly = norm(refresh_sql("wp_", "wp_2_", "utf8mb4_unicode_520_ci", None, polylang=True))
+    assert "ltt.taxonomy = 'language'" in poly and "WHERE ltr.object_id = p.ID)" in poly
+    assert "WHERE ltr.object_id = p.post_parent), :lang)" in poly
+    # The group is decided from the old row before anything else is overwritten (stable ids).
+    assert "ON DUPLICATE KEY UPDATE group_id = IF( link_kind = VALUES(link_kind)" in s
     assert "AND p.ID IN" not in norm(refresh_sql("wp_", "wp_", "utf8mb4_general_ci", None))
     with pytest.raises(ValueError):
         refresh_sql("wp_", "wp_", "utf8mb4; DROP", None)
@@ -76,6 +92,8 @@ def test_schema_statements_use_the_base_prefix_only():
         "shop_syncd_change",
         "shop_syncd_dead",
         "shop_syncd_member",
+        "shop_syncd_group",
+        "shop_syncd_link",
         "shop_syncd_history",
         "shop_syncd_snapshot",
     ]
