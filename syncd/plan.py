@@ -288,6 +288,17 @@ def plan_batch(
             if old is not None and new is not None:
                 if new != old:
                     stock_events.append((c, new - old, False))
+            elif new is None and origin_facts.manages:
+                # WooCommerce nulls _stock only together with _manage_stock='no' (fixture 09E). A
+                # NULL on a product that still manages stock is broken data, not a switch-off:
+                # copying it would wipe every member's stock.
+                note(
+                    c,
+                    sku,
+                    "origin _stock became SQL NULL while it still manages stock; not propagated",
+                    "warning",
+                )
+                continue
             else:
                 stock_events.append((c, new, True))
         elif c.meta_key in REGISTERS:

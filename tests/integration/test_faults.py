@@ -99,22 +99,7 @@ def _break(net: Any, case: str, post: int) -> None:
         c.commit()
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(
-            c,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="plan.py propagates a SQL NULL _stock as 'stock management switched off' even while "
-                "the origin still has _manage_stock='yes': every member's stock is wiped",
-            ),
-        )
-        if c == "null"
-        else c
-        for c in BAD
-    ],
-)
+@pytest.mark.parametrize("case", BAD)
 def test_bad_member_is_named_and_skipped_while_the_others_sync(wp_network, case):
     net = wp_network
     sku = "TSHIRT-RED"

@@ -185,3 +185,20 @@ def test_any_sequence_of_relative_changes_converges(events):
     final = {k: current[k] + (w[k].stock.delta if k in w and w[k].stock else 0) for k in current}
     expected = 10 + sum(d for _, d in events)
     assert set(final.values()) == {expected}
+
+
+def test_null_stock_on_a_product_that_still_manages_stock_is_not_propagated():
+    """Broken data (direct SQL), not WooCommerce switching management off: copying it would wipe
+    every member's stock (found by the fault test)."""
+    plan = plan_batch([ch(1, A, "10", None)], GROUPS, FACTS, LIVE)
+    assert plan.writes == []
+    assert any(n.level == "warning" and "SQL NULL" in n.reason for n in plan.notes)
+
+
+def test_stock_management_switched_off_propagates_null_and_the_register():
+    facts = dict(FACTS)
+    facts[A] = Facts(manage_stock="no", stock=None)
+    plan = plan_batch([ch(1, A, "yes", "no", "_manage_stock"), ch(2, A, "3", None)], GROUPS, facts, LIVE)
+    w = writes(plan)
+    assert w[B].registers == {"_manage_stock": "no"}
+    assert w[B].stock.is_set and w[B].stock.set_value is None
