@@ -117,6 +117,24 @@ class HistoryConfig:
     retention_days: int = 30
 
 
+#: ``[reconcile] authority``: whose values reconcile writes to the other members of a group.
+AUTHORITY_RE = re.compile(r"^(lowest|latest|blog:([1-9][0-9]{0,9}))$")
+
+
+@dataclass(frozen=True)
+class ReconcileConfig:
+    """``[reconcile]``: ``authority`` is "lowest" (the member with the lowest quantity: never
+    oversells, the default), "latest" (the member changed most recently) or "blog:N" (a master blog).
+    Registers (manage stock, backorders, low-stock amount) follow the same member."""
+
+    authority: str = "lowest"
+
+    @property
+    def authority_blog(self) -> int | None:
+        m = AUTHORITY_RE.match(self.authority)
+        return int(m.group(2)) if m and m.group(2) else None
+
+
 @dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
@@ -158,6 +176,7 @@ class Config:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     log: LogConfig = field(default_factory=LogConfig)
     blogs: BlogsConfig = field(default_factory=BlogsConfig)
     source: str | None = None  # the file this came from (None: built in code / environment only)
@@ -362,6 +381,17 @@ def _parse_history(raw: Mapping[str, Any], section: str) -> HistoryConfig:
     return HistoryConfig(retention_days=_int(raw, section, "retention_days", 30, lo=1, hi=36_500))
 
 
+def _parse_reconcile(raw: Mapping[str, Any], section: str) -> ReconcileConfig:
+    _check_keys(section, raw, ("authority",))
+    authority = raw.get("authority", "lowest")
+    if not isinstance(authority, str) or not AUTHORITY_RE.match(authority):
+        raise ConfigError(
+            f"expected \"lowest\", \"latest\" or \"blog:N\" (N a blog id), got {_show(authority)}",
+            key=f"{section}.authority",
+        )
+    return ReconcileConfig(authority=authority)
+
+
 def _parse_log(raw: Mapping[str, Any], section: str) -> LogConfig:
     _check_keys(section, raw, ("level", "format"))
     level = raw.get("level", "info")
@@ -408,6 +438,7 @@ _SECTIONS = {
     "capture": _parse_capture,
     "sync": _parse_sync,
     "history": _parse_history,
+    "reconcile": _parse_reconcile,
     "log": _parse_log,
     "blogs": _parse_blogs,
 }
