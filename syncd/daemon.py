@@ -76,7 +76,12 @@ REFUSED_AT_START = frozenset({1044, 1045, 1049, 1130, 1142, 1227, 1698})
 
 
 class HardStop(BaseException):
-    """Raised in the main thread by the second stop signal."""
+    """Raised in the main thread by the second stop signal; ``in_batch`` is taken at the signal
+    (by the time run() catches it, the batch's ``finally`` has already reset the flag)."""
+
+    def __init__(self, in_batch: bool = False) -> None:
+        super().__init__(in_batch)
+        self.in_batch = in_batch
 
 
 class StartupRefused(RuntimeError):
@@ -189,8 +194,8 @@ class Daemon:
             self._loop()
             clean = True
             return EXIT_OK
-        except HardStop:
-            log.warning("daemon_aborted", instance=self.instance, in_batch=self._in_batch)
+        except HardStop as stop:
+            log.warning("daemon_aborted", instance=self.instance, in_batch=stop.in_batch)
             return EXIT_ABORTED
         except (StartupRefused, NotMultisiteError) as exc:
             cause = exc.__cause__ or exc
@@ -944,7 +949,7 @@ def install_signal_handlers(daemon: Daemon) -> None:
             _log_from_thread("stop_requested", signal=signal.Signals(signum).name, in_batch=daemon._in_batch)
             daemon.request_stop()
         else:
-            raise HardStop()
+            raise HardStop(daemon._in_batch)
 
     def reload(signum: int, _frame: object) -> None:
         _log_from_thread("reload_requested", signal=signal.Signals(signum).name)

@@ -420,7 +420,7 @@ def test_second_sigterm_aborts_the_batch_and_nothing_of_it_lands(wp_network, tmp
             # Aborted while the lock is still held: the batch never finished.
             assert p.wait(10) == EXIT_ABORTED
             assert p.named("stop_requested")[0]["in_batch"] is True
-            assert p.named("daemon_aborted")
+            assert p.named("daemon_aborted")[0]["in_batch"] is True
             assert p.named("batch_applied") == []
         # The server rolled the open transaction back: the change is still queued, nothing applied.
         wait_until(lambda: lock_waits(net) == 0, 10, "the aborted transaction to go", poll=0.15)
