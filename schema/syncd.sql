@@ -98,14 +98,15 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_link` (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
 -- ;
 -- Every applied change: one 'origin' row for the captured change, one 'copy' row per member
--- written because of it, and one 'skipped' row (with the reason in note) per member left alone.
+-- written because of it, and one 'skipped' row (with the reason in note) per member left alone;
+-- 'reconcile' rows for what reconcile and `syncd sync` wrote, 'set' rows for `syncd set-stock`.
 CREATE TABLE IF NOT EXISTS `{base}syncd_history` (
   `id` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
   `applied_at` DATETIME(6) NOT NULL,
   `batch_id` BIGINT UNSIGNED NOT NULL,
   `change_id` BIGINT UNSIGNED NOT NULL,
   `captured_at` DATETIME(6) NOT NULL,
-  `role` VARCHAR(8) NOT NULL,
+  `role` VARCHAR(16) NOT NULL,
   `blog_id` INT UNSIGNED NOT NULL,
   `post_id` BIGINT UNSIGNED NOT NULL,
   `sku` VARCHAR(255) NOT NULL DEFAULT '',

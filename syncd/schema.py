@@ -37,6 +37,7 @@ def ensure_schema(conn: sa.Connection, base_prefix: str) -> int:
     _drop_v1_members(conn, base_prefix)
     for stmt in schema_statements(base_prefix):
         conn.exec_driver_sql(stmt)
+    _widen_history_role(conn, base_prefix)
     set_meta(conn, base_prefix, "schema_version", str(SCHEMA_VERSION))
     conn.commit()
     return SCHEMA_VERSION
@@ -56,6 +57,20 @@ def _drop_v1_members(conn: sa.Connection, base_prefix: str) -> None:
     ).scalar_one()
     if old:
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table(base_prefix, 'syncd_member')}")
+
+
+def _widen_history_role(conn: sa.Connection, base_prefix: str) -> None:
+    """History tables created before reconcile existed hold ``role`` in VARCHAR(8), too short for
+    'reconcile'. Widened in place (a metadata-only change); idempotent: does nothing once wide."""
+    width = conn.execute(
+        sa.text(
+            "SELECT CHARACTER_MAXIMUM_LENGTH FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+            "AND TABLE_NAME = :t AND COLUMN_NAME = 'role'"
+        ),
+        {"t": base_prefix + "syncd_history"},
+    ).scalar_one_or_none()
+    if width is not None and int(width) < 16:
+        conn.exec_driver_sql(f"ALTER TABLE {table(base_prefix, 'syncd_history')} MODIFY `role` VARCHAR(16) NOT NULL")
 
 
 def drop_schema(conn: sa.Connection, base_prefix: str, *, keep_history: bool = False) -> list[str]:
