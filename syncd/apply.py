@@ -37,6 +37,7 @@ from syncd.db import errno_of, is_retryable, table
 from syncd.network import Blog
 from syncd.plan import (
     BACKORDERS,
+    FAN_OUT_NOTE,
     LOW_STOCK,
     MANAGE,
     MEMBERSHIP_KEYS,
@@ -320,6 +321,8 @@ class Applier:
                     "group_renamed", blog=c.blog_id, post=c.post_id, old_sku=c.old_value, sku=c.new_value
                 )
 
+        # An origin absorbed as part of a translation fan-out says so: it reached nobody itself.
+        fan_out = {n.change_id: n.reason for n in plan.notes if n.reason.startswith(FAN_OUT_NOTE)}
         for c in plan.applied:
             if c.meta_key in MEMBERSHIP_KEYS:
                 continue
@@ -335,6 +338,7 @@ class Applier:
                     c.old_value,
                     c.new_value,
                     delta,
+                    fan_out.get(c.id),
                 )
             )
 

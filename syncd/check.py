@@ -34,6 +34,7 @@ from typing import Any, TextIO
 
 import sqlalchemy as sa
 
+from syncd import catalog
 from syncd.config import Config
 from syncd.db import redact_url, server_info, table
 from syncd.log import get_logger
@@ -175,6 +176,10 @@ class CheckFacts:
     network_error: str | None = None
     stats: dict[int, BlogStats] = field(default_factory=dict)
     duplicates: dict[int, tuple[DuplicateSku, ...]] = field(default_factory=dict)
+    #: Link languages per blog (Polylang languages, else the configured or locale language).
+    languages: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    #: Corrupt Polylang post_translations groups per blog (skipped by syncd).
+    translation_problems: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
 
 def sql_blog_stats(prefix: str) -> str:
@@ -272,6 +277,8 @@ def gather(conn: sa.Connection, config: Config) -> CheckFacts:
 
     stats: dict[int, BlogStats] = {}
     duplicates: dict[int, tuple[DuplicateSku, ...]] = {}
+    languages: dict[int, tuple[str, ...]] = {}
+    translation_problems: dict[int, tuple[str, ...]] = {}
     for blog in network.blogs:
         if not blog.woocommerce or _missing_any(blog, ("posts", "postmeta")):
             continue
@@ -287,7 +294,24 @@ def gather(conn: sa.Connection, config: Config) -> CheckFacts:
             )
             for sku, lang, ids in conn.execute(sa.text(sql_duplicate_skus(blog.prefix, per_language)))
         )
-    return CheckFacts(url, server, user, variables, grants, network, None, stats, duplicates)
+        if per_language:
+            languages[blog.blog_id] = tuple(sorted(catalog.blog_language_slugs(conn, blog)))
+            translation_problems[blog.blog_id] = tuple(catalog.translation_problems(conn, blog))
+        else:
+            languages[blog.blog_id] = (catalog.blog_language(blog, config.blogs.for_blog(blog.blog_id)),)
+    return CheckFacts(
+        url,
+        server,
+        user,
+        variables,
+        grants,
+        network,
+        None,
+        stats,
+        duplicates,
+        languages,
+        translation_problems,
+    )
 
 
 def _missing_any(blog: Blog, suffixes: Sequence[str]) -> bool:
@@ -378,6 +402,8 @@ def build_report(facts: CheckFacts, config: Config, *, strict: bool = False) -> 
                 warnings.append(f"blog {blog.blog_id}: {p}")
             for w in blog.warnings:
                 warnings.append(f"blog {blog.blog_id}: {w}")
+            for p in facts.translation_problems.get(blog.blog_id, ()):
+                warnings.append(f"blog {blog.blog_id}: {p}: syncd skips this translation data")
             for d in facts.duplicates.get(blog.blog_id, ()):
                 where = f" (language {d.lang})" if d.lang else ""
                 warnings.append(
@@ -459,6 +485,9 @@ def _blog_entry(blog: Blog, facts: CheckFacts, config: Config) -> dict[str, Any]
         "woocommerce_version": blog.woocommerce_version or None,
         "polylang": blog.polylang,
         "polylang_wc": blog.polylang_wc,
+        "languages": list(facts.languages.get(blog.blog_id, ())),
+        "translations_share_stock": catalog.shares_stock(blog, config.blogs.for_blog(blog.blog_id)),
+        "translation_problems": list(facts.translation_problems.get(blog.blog_id, ())),
         "notify_no_stock_amount": blog.notify_no_stock_amount,
         "hide_out_of_stock": blog.hide_out_of_stock,
         "counts": None
@@ -526,6 +555,7 @@ def render_text(report: dict[str, Any]) -> str:
             "SITE",
             "WOOCOMMERCE",
             "POLYLANG",
+            "LANGUAGES",
             "PRODUCTS",
             "VARIATIONS",
             "SKU",
@@ -544,6 +574,9 @@ def render_text(report: dict[str, Any]) -> str:
                     f"{b['domain']}{b['path']}",
                     "-" if wc is None else (b.get("woocommerce_version") or "active") if wc else "no",
                     "-" if poly is None else ("yes+wc" if b.get("polylang_wc") else "yes") if poly else "no",
+                    ",".join(b.get("languages") or ())
+                    + (" (shared stock)" if b.get("translations_share_stock") else "")
+                    or "-",
                     str(counts.get("products", "")),
                     str(counts.get("variations", "")),
                     str(counts.get("with_sku", "")),

@@ -156,6 +156,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(
         sub,
+        "link",
+        "link products manually (overrides SKU matching; works without SKUs)",
+        "syncd link 1:11 2:24 3:15",
+        "Make these products (BLOG:POST = blog id and post id) one link group whatever their SKUs:\n"
+        "a manual link overrides SKU matching, works for products without a SKU and for ambiguous\n"
+        "SKUs. Products already linked manually in one group are extended. Refused, with the\n"
+        "reason, for products that cannot share one stock: grouped/external products, a simple\n"
+        "product or variation with a variable product, managed with unmanaged stock, two products\n"
+        "of one blog. Stock is not copied: the command says when quantities differ.",
+    )
+    p.add_argument("targets", nargs="+", metavar="BLOG:POST", help="the products to link (two or more)")
+    p.set_defaults(handler=cmd_link)
+
+    p = _command(
+        sub,
+        "unlink",
+        "remove a product from its manual link group",
+        "syncd unlink 2:24",
+        "Take the product out of its manual link group; it goes back to SKU matching. A group left\n"
+        "with one product is dissolved.",
+    )
+    p.add_argument("target", metavar="BLOG:POST", help="the product to unlink")
+    p.set_defaults(handler=cmd_unlink)
+
+    p = _command(
+        sub,
+        "links",
+        "list the manual links",
+        "syncd links --json",
+        "List the manual link groups: each product with its SKU, language and whether it is synced.",
+    )
+    p.add_argument("--json", action="store_true", help="print the links as one JSON document")
+    p.set_defaults(handler=cmd_links)
+
+    p = _command(
+        sub,
         "demo",
         "run syncd on a throwaway demo network (private MariaDB, 3-blog WooCommerce multisite)",
         "syncd demo",
@@ -192,6 +228,18 @@ def cmd_uninstall(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
     return _call("syncd.status", "main", config, args)
+
+
+def cmd_link(args: argparse.Namespace, config: Config) -> int:
+    return _call("syncd.links", "link_main", config, args)
+
+
+def cmd_unlink(args: argparse.Namespace, config: Config) -> int:
+    return _call("syncd.links", "unlink_main", config, args)
+
+
+def cmd_links(args: argparse.Namespace, config: Config) -> int:
+    return _call("syncd.links", "links_main", config, args)
 
 
 def cmd_demo(args: argparse.Namespace, config: Config | None) -> int:

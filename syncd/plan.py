@@ -39,6 +39,8 @@ TRASH_MARK = "_wp_trash_meta_status"
 REGISTERS = (MANAGE, BACKORDERS, LOW_STOCK)
 #: Meta keys the capture triggers watch. Order matters only for readability.
 WATCHED_KEYS = (STOCK, MANAGE, BACKORDERS, LOW_STOCK, STATUS, SKU, TRASH_MARK)
+#: History/notes: a change absorbed into a Polylang for WooCommerce fan-out (see _collapse_fan_out).
+FAN_OUT_NOTE = "translation fan-out (shared stock)"
 #: Keys whose change can move a product into, out of, or between link groups.
 MEMBERSHIP_KEYS = (SKU, TRASH_MARK)
 
@@ -558,11 +560,7 @@ def _collapse_fan_out(
                 break
         if absorbed_by is not None:
             applied[c.id] = c
-            note(
-                c,
-                origin_sku.get(c.id, ""),
-                f"translation fan-out of change {absorbed_by.id} (shared stock): counted once",
-            )
+            note(c, origin_sku.get(c.id, ""), f"{FAN_OUT_NOTE} of change {absorbed_by.id}: counted once")
             continue
         for k in keys:
             open_fanouts[k] = (c, {c.post_id})
