@@ -222,6 +222,9 @@ def install_all(config: object, *, out: object = None) -> int:
     try:
         with engine.connect() as conn:
             schema.ensure_schema(conn, base)
+            # [sync] exclude_skus, for this and every later membership refresh (catalog.mark_excluded).
+            catalog.store_exclusions(conn, base, config.sync.exclude_skus)  # type: ignore[attr-defined]
+            conn.commit()
             network = discover(conn, base)
             conn.rollback()
             selection = config.blogs  # type: ignore[attr-defined]

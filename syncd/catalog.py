@@ -29,6 +29,7 @@ apply engine and reconcile use: for each origin, every member of its group.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -166,11 +167,14 @@ def refresh_members(
     *,
     collation: str | None = None,
     settings: BlogSettings | None = None,
+    exclude_skus: Sequence[str] | None = None,
 ) -> None:
     """Re-read membership of ``blog``'s products (all, or only ``post_ids``) inside the caller's transaction.
 
     Products that no longer qualify (SKU removed without a manual link, trashed, deleted) leave;
-    products without a group get the group of their key; ambiguity is recomputed.
+    products without a group get the group of their key; products whose SKU matches
+    ``[sync] exclude_skus`` (``exclude_skus``, default: the patterns the daemon stored with
+    :func:`store_exclusions`) are 'excluded' (never written nor propagated); ambiguity is recomputed.
     """
     now = datetime.now(UTC).replace(tzinfo=None)
     ids = sorted(set(post_ids)) if post_ids is not None else None
@@ -201,7 +205,59 @@ def refresh_members(
         {"b": blog.blog_id, "now": now, **id_params},
     )
     assign_groups(conn, base_prefix, blog.blog_id, ids, now=now)
+    patterns = stored_exclusions(conn, base_prefix) if exclude_skus is None else tuple(exclude_skus)
+    mark_excluded(conn, base_prefix, blog.blog_id, ids, patterns)
     recompute_ambiguity(conn, base_prefix, blog.blog_id)
+
+
+# --------------------------------------------------------------------------- exclusions
+EXCLUSIONS_META = "exclude_skus"
+
+
+def stored_exclusions(conn: sa.Connection, base_prefix: str) -> tuple[str, ...]:
+    """The ``[sync] exclude_skus`` patterns the daemon runs with (stored in ``{base}syncd_meta``), so
+    that every membership refresh - the daemon's, ``syncd install``'s, ``syncd link``'s - marks the
+    same products excluded."""
+    from syncd.schema import get_meta
+
+    raw = get_meta(conn, base_prefix, EXCLUSIONS_META)
+    try:
+        value = json.loads(raw) if raw else []
+    except ValueError:
+        return ()
+    return tuple(v for v in value if isinstance(v, str) and v) if isinstance(value, list) else ()
+
+
+def store_exclusions(conn: sa.Connection, base_prefix: str, patterns: Sequence[str]) -> bool:
+    """Record the configured patterns; True when they changed (memberships must be refreshed)."""
+    from syncd.schema import set_meta
+
+    if stored_exclusions(conn, base_prefix) == tuple(patterns):
+        return False
+    set_meta(conn, base_prefix, EXCLUSIONS_META, json.dumps(list(patterns)))
+    return True
+
+
+def mark_excluded(
+    conn: sa.Connection, base_prefix: str, blog_id: int, post_ids: Sequence[int] | None, patterns: Sequence[str]
+) -> int:
+    """State 'excluded' for members of ``blog_id`` (or of ``post_ids``) whose SKU matches a pattern."""
+    if not patterns:
+        return 0
+    from syncd.exclusion import exclusion_condition
+
+    cond, params = exclusion_condition("sku", patterns)
+    only = ""
+    if post_ids is not None:
+        only = " AND post_id IN (" + ", ".join(f":id{i}" for i in range(len(post_ids))) + ")"
+        params.update({f"id{i}": v for i, v in enumerate(post_ids)})
+    return conn.execute(
+        sa.text(
+            f"UPDATE {table(base_prefix, 'syncd_member')} SET state = 'excluded' "
+            f"WHERE blog_id = :b AND state IN ('linked', 'ambiguous') AND {cond}{only}"
+        ),
+        {"b": blog_id, **params},
+    ).rowcount
 
 
 def assign_groups(

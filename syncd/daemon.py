@@ -456,7 +456,11 @@ class Daemon:
                         conn.rollback()
                         self._note_error("trigger_install_failed", exc, blog=blog_id)
             self._drop_excluded_triggers(conn, network.usable_blogs())
-            for blog_id in sorted(usable) if initial else added:
+            # [sync] exclude_skus: stored for every membership refresh; changed (or at start) means
+            # every blog's members are refreshed so that the 'excluded' marks follow the file.
+            exclusions_changed = catalog.store_exclusions(conn, self.base, self.config.sync.exclude_skus)
+            conn.commit()
+            for blog_id in sorted(usable) if initial or exclusions_changed else added:
                 try:
                     catalog.refresh_members(
                         conn, self.base, usable[blog_id], settings=self.config.blogs.for_blog(blog_id)
