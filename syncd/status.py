@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -32,8 +33,11 @@ BACKLOG_AGE_LIMIT = 60.0
 HEARTBEAT_STALE_AFTER = 15.0
 
 
-def collect(conn: sa.Connection, base_prefix: str) -> dict[str, Any]:
-    """Everything `syncd status` shows, as plain data."""
+def collect(
+    conn: sa.Connection, base_prefix: str, selects: Callable[[int], bool] | None = None
+) -> dict[str, Any]:
+    """Everything `syncd status` shows, as plain data. ``selects``: [blogs] include/exclude
+    (a blog it rejects is reported as excluded, and its missing triggers are expected)."""
     from syncd.network import discover
 
     out: dict[str, Any] = {"installed": schema.schema_present(conn, base_prefix)}
@@ -85,7 +89,10 @@ def collect(conn: sa.Connection, base_prefix: str) -> dict[str, Any]:
             "usable": blog.usable,
             "problems": list(blog.problems),
         }
-        if blog.usable:
+        if selects is not None and not selects(blog.blog_id):
+            entry["excluded"] = True
+            entry["triggers"] = "excluded by configuration"
+        elif blog.usable:
             entry["triggers"] = capture.blog_trigger_state(installed, base_prefix, blog).state
         blogs.append(entry)
     out["blogs"] = blogs
@@ -142,7 +149,8 @@ def exit_status(report: dict[str, Any]) -> int:
     if not report["leader"]["held"]:
         code |= EXIT_NO_LEADER
     if report.get("capture") == "trigger" and any(
-        b.get("usable") and b.get("triggers") != "installed" for b in report["blogs"]
+        b.get("usable") and not b.get("excluded") and b.get("triggers") != "installed"
+        for b in report["blogs"]
     ):
         code |= EXIT_TRIGGERS
     age = report["backlog"]["oldest_age_s"]
@@ -170,7 +178,8 @@ def render(report: dict[str, Any], out: TextIO) -> None:
             file=out,
         )
         print(
-            f"applied       {d.get('changes')} changes in {d.get('batches')} batches; last lag {d.get('last_lag_ms')} ms; "
+            f"applied       {d.get('changes')} changes in {d.get('batches')} batches; "
+            f"last lag {'-' if d.get('last_lag_ms') is None else d.get('last_lag_ms')} ms; "
             f"retries {d.get('retries')}, reconnects {d.get('reconnects')}, skipped members {d.get('skipped')}",
             file=out,
         )
@@ -237,7 +246,7 @@ def main(config: Any, args: Any, out: TextIO | None = None) -> int:
     engine = config.database.make_engine()
     try:
         with engine.connect() as conn:
-            report = collect(conn, config.database.table_prefix)
+            report = collect(conn, config.database.table_prefix, config.blogs.selects)
     finally:
         engine.dispose()
     report["checked_at"] = datetime.now(UTC).isoformat(timespec="seconds")

@@ -228,6 +228,12 @@ def make_outdated(net: Any, blog: int) -> None:
     )
 
 
+def test_readme_shows_the_grants_the_tests_use() -> None:
+    readme = (REPO / "README.md").read_text()
+    statement = f"GRANT {README_PRIVILEGES} ON `wordpress`.* TO 'syncd'@'localhost';"
+    assert readme.count(statement) >= 2, "Requirements and Least privilege must show the tested GRANT"
+
+
 def test_daemon_runs_as_a_user_with_exactly_the_readme_grants(wp_network, users, tmp_path: Path) -> None:
     """The README's GRANT, nothing more; the password comes as a systemd credential (not in the
     file, not on the command line). check passes, the daemon installs its tables and triggers,
