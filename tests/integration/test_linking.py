@@ -11,11 +11,12 @@ from __future__ import annotations
 import io
 import json
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import structlog
 
-from syncd import capture, check, cli
+from syncd import capture, check, cli, status
 from syncd.config import load_config
 from syncd.testnet.factory import ProductFactory
 from tests.integration.sync_helpers import ids, make_daemon, meta, pending, qty, set_meta, woo_decrease
@@ -321,6 +322,10 @@ def test_blog_include_exclude_on_every_path(wp_network):
             installed = capture.installed_triggers(c, net.prefix)
         assert {n.split("_b")[1][0] for n in installed} == {"1", "2"}  # blog 3's triggers removed
         assert {k[0] for k in members(net)} == {1, 2}
+        out = io.StringIO()
+        code = status.main(d.config, SimpleNamespace(json=True), out=out)
+        report = {b["blog_id"]: b for b in json.loads(out.getvalue())["blogs"]}
+        assert report[3]["triggers"] == "excluded by configuration" and not code & status.EXIT_TRIGGERS
         tshirt = ids(net, "TSHIRT-RED")
         woo_decrease(net, 3, tshirt[3], 4)  # not captured
         assert pending(net) == 0
