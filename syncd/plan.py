@@ -263,6 +263,10 @@ def plan_batch(
             ):
                 rename_events.append(c)
             continue
+        if self_member is not None and self_member.state == "excluded":
+            # [sync] exclude_skus: not propagated, not repaired, no history - left to the shop.
+            note(c, sku, "origin is excluded (sync.exclude_skus)")
+            continue
         if c.blog_id in live and origin_facts.alive:
             repair(c)  # the origin's own derived data is recomputed (DESIGN step 5)
         if not origin_facts.alive:
