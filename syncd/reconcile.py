@@ -1,0 +1,1004 @@
+"""Reconcile: make every member of a link group hold its authority's values; and the operator's
+writing tools built on the same path (``syncd sync SKU...``, ``syncd set-stock SKU QTY``).
+
+The authority (``[reconcile] authority``):
+
+* ``lowest`` (default): the member with the lowest quantity among those that manage stock with a
+  usable number - never oversells; ties go to the lowest blog id. A group where no member manages
+  stock takes the registers of its member on the lowest blog id.
+* ``latest``: the member changed most recently - the newest of its product's last save
+  (``post_modified_gmt``) and of syncd's history for it (capture time of its own changes, apply
+  time of what syncd wrote to it); ties go to the lowest quantity, then the lowest blog id.
+* ``blog:N``: the member on blog N; a group without one is left alone (and reported).
+
+Registers (manage stock, backorders, low-stock amount, and the stock status of products whose
+status is set by hand) follow the same member as the quantity.
+
+Every write runs through the apply machinery, one transaction per chunk of groups, on a session
+whose writes the capture triggers ignore (``@syncd_apply``):
+
+1. lock the stock meta of every member of the chunk's groups (:meth:`Applier._lock_and_read`:
+   blog by blog, ascending post id, one scan each - the daemon's canonical order);
+2. apply the pending ``{base}syncd_change`` rows of those members with the normal
+   :class:`~syncd.apply.Applier` (a daemon that wants the same rows gets a BatchConflict and
+   fetches again); a shop write that arrives after step 1 waits for our locks and is captured
+   relative to the value we write, so nothing is lost and nothing is counted twice;
+3. re-read under lock and decide the authority from those up-to-date values;
+4. write the members that differ (absolute values, on locked rows; registers deleted where the
+   authority has none), recompute WooCommerce's derived data of every touched product
+   (:func:`syncd.derived.refresh_products`) and of products whose own derived data disagrees
+   with their quantity, and record history (role ``reconcile``; ``set`` for set-stock);
+5. commit. A lock wait timeout (1205) or deadlock (1213) rolls the chunk back; it is retried
+   twice, then skipped and reported (exit bit 8).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, TextIO
+
+import sqlalchemy as sa
+import structlog
+
+from syncd import capture, poll
+from syncd.apply import READ_KEYS, Applier, BatchConflict, ProductRows, new_batch_id
+from syncd.audit import (
+    CHUNK_GROUPS,
+    EXIT_BAD_ARGUMENT,
+    EXIT_DRIFT,
+    EXIT_FATAL,
+    EXIT_SKIPPED,
+    EXIT_UNSAFE,
+    FIELDS,
+    REPORT_LIMIT,
+    Auditor,
+    GroupState,
+    MemberValues,
+    Report,
+    Scope,
+    compare_group,
+    read_members,
+    read_meta,
+    render as render_audit,
+    scope_for,
+)
+from syncd.config import Config
+from syncd.db import errno_of, is_disconnect, is_retryable, table
+from syncd.exclusion import matching_pattern
+from syncd.plan import (
+    BACKORDERS,
+    LOW_STOCK,
+    MANAGE,
+    STATUS,
+    STOCK,
+    Change,
+    Key,
+    StockValueError,
+    format_quantity,
+    parse_quantity,
+)
+from syncd.progress import Progress, dump_json
+from syncd.progress import table as print_table
+from syncd.schema import get_meta, schema_present
+
+log = structlog.get_logger("syncd.reconcile")
+
+#: Attempts per chunk: the first, then two retries on lock wait timeout / deadlock / conflict.
+ATTEMPTS = 3
+
+
+# --------------------------------------------------------------------------- planning (pure)
+@dataclass(frozen=True)
+class FieldWrite:
+    member: Key
+    sku: str
+    meta_key: str
+    old: str | None
+    new: str | None  # None: delete the row (SQL NULL for _stock)
+
+    @property
+    def field(self) -> str:
+        return next(name for name, key in FIELDS.items() if key == self.meta_key)
+
+
+@dataclass
+class GroupPlan:
+    group_id: int
+    sku: str
+    lang: str
+    authority: Key | None
+    reason: str  # why this member is the authority, or why the group is left alone
+    writes: list[FieldWrite] = field(default_factory=list)
+    left_alone: list[tuple[Key, str]] = field(default_factory=list)  # unsafe members skipped
+
+
+def _usable_quantity(m: MemberValues) -> Decimal | None:
+    """The member's quantity when it manages stock with one numeric ``_stock`` row, else None."""
+    if not m.manages:
+        return None
+    try:
+        return m.quantity()
+    except StockValueError:
+        return None
+
+
+def choose_authority(
+    policy: str, members: Sequence[MemberValues], last_changed: Mapping[Key, datetime] | None = None
+) -> tuple[MemberValues | None, str]:
+    """The member whose values the others take, and why (pure)."""
+    if not members:
+        return None, "no linked member"
+    ordered = sorted(members, key=lambda m: m.key)
+    if policy.startswith("blog:"):
+        blog_id = int(policy.split(":", 1)[1])
+        on_blog = [m for m in ordered if m.blog_id == blog_id]
+        if not on_blog:
+            return None, f"no member on authority blog {blog_id}"
+        return on_blog[0], f"blog {blog_id}"
+    managing = [m for m in ordered if m.manages]
+    usable = [(q, m) for m in managing if (q := _usable_quantity(m)) is not None]
+    if policy == "latest":
+        times = last_changed or {}
+        best = max(
+            ordered,
+            key=lambda m: (
+                times.get(m.key) or datetime.min,
+                -(q if (q := _usable_quantity(m)) is not None else Decimal("Infinity")),
+                -m.blog_id,
+                -m.post_id,
+            ),
+        )
+        when = times.get(best.key)
+        return best, f"latest change ({when.isoformat(sep=' ', timespec='seconds') if when else 'no record'})"
+    # lowest
+    if usable:
+        q, best = min(usable, key=lambda qm: (qm[0], qm[1].key))
+        return best, f"lowest quantity ({format_quantity(q)})"
+    if managing:
+        return None, "no member that manages stock has a usable quantity"
+    return ordered[0], "no member manages stock: registers of the lowest blog id"
+
+
+def plan_group(
+    policy: str, group: GroupState, last_changed: Mapping[Key, datetime] | None = None
+) -> GroupPlan:
+    """What reconcile writes to make ``group`` agree with its authority (pure)."""
+    auth, reason = choose_authority(policy, group.members, last_changed)
+    plan = GroupPlan(group.group_id, group.sku, group.lang, auth.key if auth else None, reason)
+    if auth is None:
+        return plan
+    if auth.manages and _usable_quantity(auth) is None:
+        plan.authority = None
+        plan.reason = f"authority {auth.blog_id}:{auth.post_id} has an unusable quantity ({auth.value(STOCK)!r})"
+        return plan
+    target_manage = auth.value(MANAGE)
+    target_qty = _usable_quantity(auth)
+    for m in group.members:
+        if m.key == auth.key:
+            continue
+        for key in (MANAGE, BACKORDERS):
+            if m.value(key) != auth.value(key) or len(m.meta.get(key) or []) > 1:
+                plan.writes.append(FieldWrite(m.key, m.sku, key, m.value(key), auth.value(key)))
+        if _blank(m.value(LOW_STOCK)) != _blank(auth.value(LOW_STOCK)):
+            plan.writes.append(FieldWrite(m.key, m.sku, LOW_STOCK, m.value(LOW_STOCK), auth.value(LOW_STOCK)))
+        if target_qty is not None:
+            try:
+                current = m.quantity()
+            except StockValueError:
+                current = None
+                differs = True
+            else:
+                differs = current != target_qty
+            if differs:
+                plan.writes.append(FieldWrite(m.key, m.sku, STOCK, m.value(STOCK), format_quantity(target_qty)))
+        manual_after = (
+            target_manage != "yes"
+            and m.product_type != "variable"
+            and not (m.post_type == "product_variation" and m.parent_manages)
+        )
+        if auth.manual_status and manual_after and m.value(STATUS) != auth.value(STATUS):
+            if auth.value(STATUS) is not None:
+                plan.writes.append(FieldWrite(m.key, m.sku, STATUS, m.value(STATUS), auth.value(STATUS)))
+    return plan
+
+
+def _blank(v: str | None) -> str | None:
+    return None if v is None or v.strip() == "" else v
+
+
+def parse_qty(text: str) -> Decimal:
+    """A quantity argument: a finite number ('12', '-3', '2.5')."""
+    try:
+        value = Decimal(text.strip())
+    except (InvalidOperation, ValueError):
+        raise ValueError(f"QTY must be a number, got {text!r}") from None
+    if not value.is_finite():
+        raise ValueError(f"QTY must be a finite number, got {text!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- SKU arguments
+class BadSku(ValueError):
+    """A SKU argument that names no group syncd may write (unknown, ambiguous, excluded...)."""
+
+
+@dataclass
+class Resolved:
+    sku: str
+    group_ids: list[int]
+    langs: list[str]
+
+
+def resolve_sku(conn: sa.Connection, scope: Scope, sku: str, lang: str | None = None) -> Resolved:
+    """The link group(s) a SKU argument names, compared as WooCommerce compares SKUs (collation)."""
+    from syncd.catalog import sku_collation
+
+    text = sku.strip()
+    if not text:
+        raise BadSku("an empty SKU names no product")
+    pattern = matching_pattern(text, scope.exclude_skus)
+    if pattern is not None:
+        raise BadSku(f"SKU {text!r} is excluded by sync.exclude_skus ({pattern!r}): syncd never writes it")
+    member = table(scope.base, "syncd_member")
+    found: list[tuple[int, int, int | None, str, str, str]] = []
+    for blog_id in scope.blog_ids:
+        blog = scope.blogs[blog_id]
+        coll = sku_collation(conn, blog)
+        rows = conn.execute(
+            sa.text(
+                f"SELECT blog_id, post_id, group_id, state, lang, sku FROM {member} WHERE blog_id = :b "
+                f"AND sku_key = WEIGHT_STRING(CONVERT(TRIM(TRAILING ' ' FROM :sku) USING utf8mb4) COLLATE {coll})"
+            ),
+            {"b": blog_id, "sku": text},
+        ).all()
+        found.extend((int(r[0]), int(r[1]), r[2], r[3], r[4] or "", r[5]) for r in rows)
+    if lang is not None:
+        found = [f for f in found if f[4] == lang.lower()]
+    if not found:
+        where = f" in language {lang!r}" if lang else ""
+        raise BadSku(
+            f"unknown SKU {text!r}{where}: no linked product has it on blogs "
+            f"{', '.join(map(str, scope.blog_ids))} (syncd install / the daemon refresh the link groups)"
+        )
+    for b, p, _g, state, _l, real in found:
+        pat = matching_pattern(real, scope.exclude_skus)
+        if state == "excluded" or pat is not None:
+            raise BadSku(f"SKU {real!r} (blog {b}, post {p}) is excluded by sync.exclude_skus")
+    ambiguous: dict[int, list[int]] = {}
+    for b, p, _g, state, _l, _s in found:
+        if state == "ambiguous":
+            ambiguous.setdefault(b, []).append(p)
+    if ambiguous:
+        where = "; ".join(f"blog {b}: posts {', '.join(map(str, sorted(ps)))}" for b, ps in sorted(ambiguous.items()))
+        raise BadSku(
+            f"SKU {text!r} is ambiguous ({where} share it): syncd does not know which product is meant; "
+            f"give them distinct SKUs or link one manually (syncd link)"
+        )
+    linked = [f for f in found if f[3] == "linked" and f[2] is not None]
+    if not linked:
+        states = sorted({f[3] for f in found})
+        raise BadSku(f"SKU {text!r} is not synced (state {', '.join(states)}: grouped/external products hold no stock)")
+    groups: dict[int, str] = {}
+    for _b, _p, g, _s, lg, _k in linked:
+        groups[int(g)] = lg
+    if len(groups) > 1 and lang is None:
+        langs = ", ".join(sorted(set(groups.values())))
+        raise BadSku(f"SKU {text!r} names {len(groups)} link groups (languages {langs}): add --lang")
+    return Resolved(text, sorted(groups), sorted(set(groups.values())))
+
+
+# --------------------------------------------------------------------------- the writer
+@dataclass
+class Outcome:
+    """What reconcile (or sync / set-stock) did, or would do with --dry-run."""
+
+    dry_run: bool = False
+    authority: str = "lowest"
+    writes: list[dict[str, Any]] = field(default_factory=list)
+    groups: list[dict[str, Any]] = field(default_factory=list)  # per group written / planned
+    healed: list[dict[str, Any]] = field(default_factory=list)
+    skipped_chunks: list[dict[str, Any]] = field(default_factory=list)
+    left_alone: list[dict[str, Any]] = field(default_factory=list)
+    pending_applied: int = 0
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"groups": 0, "writes": 0, "healed": 0, "skipped_chunks": 0, "left_alone": 0}
+    )
+
+    def add(self, kind: str, entry: dict[str, Any]) -> None:
+        key = {"writes": "writes", "healed": "healed", "skipped_chunks": "skipped_chunks", "left_alone": "left_alone", "groups": "groups"}[kind]
+        self.counts[key] += 1
+        target: list[dict[str, Any]] = getattr(self, kind)
+        if len(target) < REPORT_LIMIT:
+            target.append(entry)
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "authority": self.authority,
+            "counts": self.counts,
+            "pending_applied": self.pending_applied,
+            "groups": self.groups,
+            "writes": self.writes,
+            "healed": self.healed,
+            "left_alone": self.left_alone,
+            "skipped_chunks": self.skipped_chunks,
+        }
+
+
+class ChunkSkipped(RuntimeError):
+    pass
+
+
+class Writer:
+    """Writes through the apply machinery, one transaction per chunk (see module docstring)."""
+
+    def __init__(self, config: Config, scope: Scope, engine: sa.Engine, outcome: Outcome) -> None:
+        self.config = config
+        self.scope = scope
+        self.engine = engine
+        self.outcome = outcome
+        self.base = scope.base
+        self.policy = config.reconcile.authority
+        self._poll_blogs: set[int] | None = None
+        self.applier = Applier(
+            self.base,
+            lambda: scope.blogs,
+            poll_mode=False,
+            blog_settings=config.blogs.for_blog,
+            propagate_sku_renames=config.sync.propagate_sku_renames,
+        )
+        from syncd.derived import refresh_products
+
+        self._refresh = refresh_products
+
+    # -- public ---------------------------------------------------------------------------
+    def run_chunk(
+        self,
+        group_ids: Sequence[int],
+        heal: Mapping[int, Iterable[int]] | None = None,
+        *,
+        force: bool = False,
+        set_quantity: Decimal | None = None,
+    ) -> bool:
+        """One chunk in its own transaction, retried as documented. False when skipped."""
+        heal = {b: set(p) for b, p in (heal or {}).items() if p}
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with self.engine.connect() as conn:
+                    try:
+                        staged = self._chunk(conn, group_ids, heal, force=force, set_quantity=set_quantity)
+                        conn.commit()
+                    except BaseException:
+                        _safe_rollback(conn)
+                        raise
+                self._publish(staged)
+                return True
+            except BatchConflict as exc:
+                reason = f"conflict with the daemon: {exc}"
+            except Exception as exc:
+                if not (is_retryable(exc) or is_disconnect(exc)):
+                    raise
+                reason = f"errno {errno_of(exc)}: {str(getattr(exc, 'orig', exc))[:160]}"
+            log.warning("chunk_retry", groups=len(group_ids), attempt=attempt, reason=reason)
+            if attempt >= ATTEMPTS:
+                self.outcome.add(
+                    "skipped_chunks",
+                    {"groups": list(group_ids)[:50], "n_groups": len(group_ids), "reason": reason},
+                )
+                log.error("chunk_skipped", groups=len(group_ids), attempts=attempt, reason=reason)
+                return False
+            time.sleep(0.05 * attempt)
+
+    # -- the transaction ------------------------------------------------------------------
+    def _chunk(
+        self,
+        conn: sa.Connection,
+        group_ids: Sequence[int],
+        heal: Mapping[int, set[int]],
+        *,
+        force: bool,
+        set_quantity: Decimal | None,
+    ) -> dict[str, Any]:
+        staged: dict[str, Any] = {"writes": [], "groups": [], "healed": [], "left_alone": [], "pending": 0}
+        ranges = [(g, g) for g in sorted(set(group_ids))]
+        groups, rows = self._lock(conn, ranges, heal)
+        pending = self._pending(conn, rows.keys())
+        if pending:
+            self.applier.poll_mode = bool(self._poll(conn))
+            self.applier.apply(conn, pending)  # BatchConflict: the daemon took some first; retry
+            staged["pending"] = len(pending)
+            groups, rows = self._lock(conn, ranges, heal)  # re-read: membership and values may have moved
+        self._fill_values(conn, groups.values(), rows)
+        last = last_changed(conn, self.scope, groups.values()) if self.policy == "latest" else None
+        now = datetime.now(UTC).replace(tzinfo=None)
+        written: dict[int, set[int]] = {}
+        history: list[dict[str, Any]] = []
+        batch = new_batch_id()
+        for gid in sorted(groups):
+            g = groups[gid]
+            if set_quantity is not None:
+                plan = self._plan_set(g, set_quantity)
+            else:
+                if not force and not compare_group(g)[0]:
+                    continue  # agrees now (the daemon, or a pending change, already fixed it)
+                plan = plan_group(self.policy, g, last)
+            if plan.authority is None and set_quantity is None:
+                staged["left_alone"].append({"group": gid, "sku": g.sku, "lang": g.lang, "reason": plan.reason})
+                continue
+            staged["groups"].append(
+                {
+                    "group": gid,
+                    "sku": g.sku,
+                    "lang": g.lang,
+                    "authority": None if plan.authority is None else f"{plan.authority[0]}:{plan.authority[1]}",
+                    "reason": plan.reason,
+                    "writes": len(plan.writes),
+                }
+            )
+            for (b, p), reason in plan.left_alone:
+                staged["left_alone"].append({"group": gid, "sku": g.sku, "blog": b, "post": p, "reason": reason})
+            for w in plan.writes:
+                blog = self.scope.blogs[w.member[0]]
+                sp = conn.begin_nested()
+                try:
+                    self.applier._set_meta(conn, blog, w.member[1], rows[w.member], w.meta_key, w.new)
+                    sp.commit()
+                except Exception as exc:
+                    if is_retryable(exc) or is_disconnect(exc):
+                        raise
+                    sp.rollback()
+                    staged["left_alone"].append(
+                        {"group": gid, "sku": w.sku, "blog": w.member[0], "post": w.member[1], "reason": f"database error {errno_of(exc)}"}
+                    )
+                    continue
+                written.setdefault(w.member[0], set()).add(w.member[1])
+                entry = _write_entry(g, plan, w)
+                staged["writes"].append(entry)
+                history.append(self._history_row(batch, now, g, plan, w, "set" if set_quantity is not None else "reconcile"))
+        touched: dict[int, set[int]] = {b: set(p) for b, p in heal.items()}
+        for b, ps in written.items():
+            touched.setdefault(b, set()).update(ps)
+        if force:
+            for g in groups.values():
+                for m in g.members:
+                    touched.setdefault(m.blog_id, set()).add(m.post_id)
+        for blog_id in sorted(touched):
+            ids = sorted(touched[blog_id])
+            if not ids or blog_id not in self.scope.blogs:
+                continue
+            report = self._refresh(
+                conn, self.scope.blogs[blog_id], ids, now_utc=now, changed=sorted(written.get(blog_id, ()))
+            )
+            for pid, o in sorted(getattr(report, "products", {}).items()):
+                if o.changed and pid not in written.get(blog_id, ()):
+                    staged["healed"].append(
+                        {
+                            "blog": blog_id,
+                            "post": pid,
+                            "status": None if not o.status_written else f"{o.old_status} -> {o.new_status}",
+                            "lookup": list(o.lookup_columns),
+                            "term": o.term,
+                        }
+                    )
+        poll_blogs = self._poll(conn)
+        for blog_id in sorted(poll_blogs & set(touched)):
+            poll.resync_snapshot(conn, self.base, self.scope.blogs[blog_id], touched[blog_id], READ_KEYS)
+        self._write_history(conn, history)
+        return staged
+
+    def _publish(self, staged: Mapping[str, Any]) -> None:
+        o = self.outcome
+        o.pending_applied += staged["pending"]
+        for kind in ("groups", "writes", "healed", "left_alone"):
+            for entry in staged[kind]:
+                o.add(kind, entry)
+        for entry in staged["writes"]:
+            log.info(
+                "reconcile_written",
+                sku=entry["sku"],
+                blog=entry["blog"],
+                post=entry["post"],
+                key=entry["key"],
+                old=entry["old"],
+                new=entry["new"],
+                authority=entry["authority"],
+            )
+
+    # -- steps ----------------------------------------------------------------------------
+    def _lock(
+        self, conn: sa.Connection, ranges: Sequence[tuple[int, int]], heal: Mapping[int, set[int]]
+    ) -> tuple[dict[int, GroupState], dict[Key, ProductRows]]:
+        """Membership of the groups, then every member's (and healed product's) stock meta locked,
+        blog by blog in ascending post id order."""
+        groups = read_members(conn, self.scope, ranges)
+        by_blog: dict[int, set[int]] = {b: set(p) for b, p in heal.items()}
+        for g in groups.values():
+            for m in g.members:
+                by_blog.setdefault(m.blog_id, set()).add(m.post_id)
+        rows: dict[Key, ProductRows] = {}
+        poll_blogs = self._poll(conn)
+        for blog_id in sorted(by_blog):
+            if blog_id not in self.scope.blogs or not by_blog[blog_id]:
+                continue
+            blog = self.scope.blogs[blog_id]
+            locked = self.applier._lock_and_read(conn, blog, sorted(by_blog[blog_id]))
+            rows.update(locked)
+            if blog_id in poll_blogs:
+                poll.capture_unseen(
+                    conn,
+                    self.base,
+                    blog,
+                    [(m.meta_id, k[1], key, m.value) for k, r in locked.items() for key, ms in r.meta.items() for m in ms],
+                )
+        return groups, rows
+
+    def _pending(self, conn: sa.Connection, keys: Iterable[Key]) -> list[Change]:
+        """Committed, not yet applied change rows of these products (capture order)."""
+        by_blog: dict[int, list[int]] = {}
+        for b, p in keys:
+            by_blog.setdefault(b, []).append(p)
+        if not by_blog:
+            return []
+        parts, params = [], {}
+        for i, (b, posts) in enumerate(sorted(by_blog.items())):
+            names = []
+            for j, p in enumerate(sorted(posts)):
+                params[f"p{i}_{j}"] = p
+                names.append(f":p{i}_{j}")
+            params[f"b{i}"] = b
+            parts.append(f"(blog_id = :b{i} AND post_id IN ({', '.join(names)}))")
+        rows = conn.execute(
+            sa.text(
+                f"SELECT id, blog_id, post_id, meta_key, op, old_value, new_value, captured_at, conn_id "
+                f"FROM {table(self.base, 'syncd_change')} WHERE {' OR '.join(parts)} ORDER BY id"
+            ),
+            params,
+        )
+        return [Change(*r) for r in rows]
+
+    def _poll(self, conn: sa.Connection) -> set[int]:
+        """Blogs captured by polling (no triggers, a poll baseline taken): writes there must keep
+        the snapshot current, and unseen shop writes must be queued before we overwrite anything."""
+        if self._poll_blogs is None:
+            installed = capture.installed_triggers(conn, self.base)
+            out = set()
+            for b, blog in self.scope.blogs.items():
+                if capture.blog_trigger_state(installed, self.base, blog).state == "installed":
+                    continue
+                if get_meta(conn, self.base, f"poll_baseline:{b}") is not None:
+                    out.add(b)
+            self._poll_blogs = out
+        return self._poll_blogs
+
+    def _fill_values(
+        self, conn: sa.Connection, groups: Iterable[GroupState], rows: Mapping[Key, ProductRows]
+    ) -> None:
+        parents: dict[int, set[int]] = {}
+        members = [m for g in groups for m in g.members]
+        for m in members:
+            r = rows.get(m.key)
+            m.meta = {k: [x.value for x in v] for k, v in (r.meta.items() if r else ()) if v}
+            if m.parent_id:
+                parents.setdefault(m.blog_id, set()).add(m.parent_id)
+        manages: dict[Key, bool] = {}
+        for blog_id, ids in parents.items():
+            meta = read_meta(conn, self.scope.blogs[blog_id], sorted(ids), (MANAGE,))
+            for pid in ids:
+                manages[(blog_id, pid)] = (meta.get(pid, {}).get(MANAGE) or [None])[0] == "yes"
+        for m in members:
+            if m.parent_id:
+                m.parent_manages = manages.get((m.blog_id, m.parent_id), False)
+
+    def _plan_set(self, g: GroupState, qty: Decimal) -> GroupPlan:
+        plan = GroupPlan(g.group_id, g.sku, g.lang, None, f"set-stock {format_quantity(qty)}")
+        target = format_quantity(qty)
+        for m in g.members:
+            if not m.manages:
+                plan.left_alone.append((m.key, "does not manage stock"))
+                continue
+            try:
+                same = m.quantity() == qty
+            except StockValueError:
+                same = False
+            if not same:
+                plan.writes.append(FieldWrite(m.key, m.sku, STOCK, m.value(STOCK), target))
+        return plan
+
+    def _history_row(
+        self, batch: int, now: datetime, g: GroupState, plan: GroupPlan, w: FieldWrite, role: str
+    ) -> dict[str, Any]:
+        delta = None
+        if w.meta_key == STOCK:
+            try:
+                old, new = parse_quantity(w.old), parse_quantity(w.new)
+                delta = None if old is None or new is None else new - old
+            except StockValueError:
+                delta = None
+        auth = plan.authority or w.member
+        return {
+            "at": now,
+            "batch": batch,
+            "cid": 0,
+            "cap": now,
+            "role": role,
+            "b": w.member[0],
+            "p": w.member[1],
+            "sku": (w.sku or g.sku)[:255],
+            "k": w.meta_key,
+            "old": None if w.old is None else w.old[:255],
+            "new": None if w.new is None else w.new[:255],
+            "d": delta,
+            "ob": auth[0],
+            "op": auth[1],
+            "note": f"{role}: {plan.reason}"[:255],
+        }
+
+    def _write_history(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        conn.execute(
+            sa.text(
+                f"INSERT INTO {table(self.base, 'syncd_history')} (applied_at, batch_id, change_id, captured_at, role, "
+                "blog_id, post_id, sku, meta_key, old_value, new_value, delta, origin_blog_id, origin_post_id, note) "
+                "VALUES (:at, :batch, :cid, :cap, :role, :b, :p, :sku, :k, :old, :new, :d, :ob, :op, :note)"
+            ),
+            rows,
+        )
+
+
+def last_changed(conn: sa.Connection, scope: Scope, groups: Iterable[GroupState]) -> dict[Key, datetime]:
+    """Per member: the newest of its last save and syncd's history of it."""
+    out: dict[Key, datetime] = {}
+    members = [m for g in groups for m in g.members]
+    by_blog: dict[int, list[int]] = {}
+    for m in members:
+        by_blog.setdefault(m.blog_id, []).append(m.post_id)
+    for blog_id, ids in by_blog.items():
+        names = ", ".join(f":i{n}" for n in range(len(ids)))
+        for pid, when in conn.execute(
+            sa.text(f"SELECT ID, post_modified_gmt FROM {table(scope.blogs[blog_id].prefix, 'posts')} WHERE ID IN ({names})"),
+            {f"i{n}": v for n, v in enumerate(ids)},
+        ):
+            if when is not None:
+                out[(blog_id, int(pid))] = when
+    skus = sorted({m.sku for m in members if m.sku})
+    wanted = {m.key for m in members}
+    for start in range(0, len(skus), 500):
+        part = skus[start : start + 500]
+        names = ", ".join(f":s{n}" for n in range(len(part)))
+        for b, p, when in conn.execute(
+            sa.text(
+                f"SELECT blog_id, post_id, MAX(IF(role = 'origin', captured_at, applied_at)) "
+                f"FROM {table(scope.base, 'syncd_history')} WHERE sku IN ({names}) AND role <> 'skipped' "
+                f"GROUP BY blog_id, post_id"
+            ),
+            {f"s{n}": v for n, v in enumerate(part)},
+        ):
+            key = (int(b), int(p))
+            if key in wanted and when is not None and (key not in out or when > out[key]):
+                out[key] = when
+    return out
+
+
+def _write_entry(g: GroupState, plan: GroupPlan, w: FieldWrite) -> dict[str, Any]:
+    return {
+        "group": g.group_id,
+        "sku": w.sku or g.sku,
+        "lang": g.lang,
+        "blog": w.member[0],
+        "post": w.member[1],
+        "field": w.field,
+        "key": w.meta_key,
+        "old": w.old,
+        "new": w.new,
+        "authority": None if plan.authority is None else f"{plan.authority[0]}:{plan.authority[1]}",
+    }
+
+
+def _safe_rollback(conn: sa.Connection) -> None:
+    try:
+        conn.rollback()
+    except Exception:  # noqa: BLE001 - a dead connection has nothing to roll back
+        pass
+
+
+# --------------------------------------------------------------------------- reconcile
+def reconcile(
+    config: Config,
+    *,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    engine: sa.Engine | None = None,
+) -> tuple[Report, Outcome]:
+    """Audit every group; write the authority's values where members differ and heal derived data.
+
+    Returns the audit report (what was found before writing) and what was written (or, with
+    ``dry_run``, what would be)."""
+    own = engine is None
+    engine = engine or _engine(config)
+    progress = progress or Progress("reconcile", enabled=False)
+    outcome = Outcome(dry_run=dry_run, authority=config.reconcile.authority)
+    try:
+        with engine.connect() as conn:
+            _require_schema(conn, config)
+            scope = scope_for(conn, config)
+        auditor = Auditor(engine, scope, progress=progress)
+        writer = Writer(config, scope, engine, outcome)
+        started = time.monotonic()
+        buckets = auditor.checksum()
+        chunks = list(auditor.bucket_ranges(buckets))
+        progress.stage("reconcile: examining and writing", len(chunks))
+        with engine.connect() as ro:
+            for ranges in chunks:
+                chunk = auditor.examine(ro, ranges)
+                ro.rollback()
+                auditor.record(chunk)
+                groups = {g.group_id: g for g in chunk.groups}
+                drifted = sorted(chunk.drifted)
+                heal: dict[int, set[int]] = {}
+                for d in chunk.disagreements:
+                    if d.product_id:
+                        heal.setdefault(d.blog_id, set()).add(d.product_id)
+                if dry_run:
+                    _plan_dry(config, ro, scope, outcome, [groups[g] for g in drifted], heal)
+                    ro.rollback()
+                elif drifted or heal:
+                    for start in range(0, max(1, len(drifted)), CHUNK_GROUPS):
+                        part = drifted[start : start + CHUNK_GROUPS]
+                        writer.run_chunk(part, heal if start == 0 else None)
+                progress.advance(1)
+            for blog_id, found in auditor.unlinked_disagreements(ro):
+                ro.rollback()
+                ids = sorted({d.product_id for d in found if d.product_id})
+                for d in found:
+                    auditor.report.add("derived", {"blog": d.blog_id, "post": d.product_id, "sku": "", "field": d.field, "expected": d.expected, "actual": d.actual})
+                if dry_run:
+                    for pid in ids:
+                        outcome.add("healed", {"blog": blog_id, "post": pid, "status": None, "lookup": [], "term": None})
+                elif ids:
+                    writer.run_chunk([], {blog_id: set(ids)})
+            for entry in auditor.single_blog_groups(ro):
+                auditor.report.add("single_blog", entry)
+            ro.rollback()
+        auditor.report.seconds = time.monotonic() - started
+        return auditor.report, outcome
+    finally:
+        if own:
+            engine.dispose()
+
+
+def _plan_dry(
+    config: Config,
+    conn: sa.Connection,
+    scope: Scope,
+    outcome: Outcome,
+    groups: Sequence[GroupState],
+    heal: Mapping[int, set[int]],
+) -> None:
+    """--dry-run: the writes a reconcile would make from the values read now (nothing locked)."""
+    policy = config.reconcile.authority
+    last = None
+    if policy == "latest" and groups:
+        last = last_changed(conn, scope, groups)  # the writer's rule, read without locks
+    for g in groups:
+        plan = plan_group(policy, g, last)
+        if plan.authority is None:
+            outcome.add("left_alone", {"group": g.group_id, "sku": g.sku, "lang": g.lang, "reason": plan.reason})
+            continue
+        outcome.add(
+            "groups",
+            {
+                "group": g.group_id,
+                "sku": g.sku,
+                "lang": g.lang,
+                "authority": f"{plan.authority[0]}:{plan.authority[1]}",
+                "reason": plan.reason,
+                "writes": len(plan.writes),
+            },
+        )
+        for w_ in plan.writes:
+            outcome.add("writes", _write_entry(g, plan, w_))
+    for blog_id, ids in sorted(heal.items()):
+        for pid in sorted(ids):
+            outcome.add("healed", {"blog": blog_id, "post": pid, "status": None, "lookup": [], "term": None})
+
+
+def _engine(config: Config) -> sa.Engine:
+    """Writes as syncd's apply session (never captured by the triggers), long reads allowed."""
+    return config.database.make_engine(
+        apply_marker=True, pool_size=2, max_overflow=2, connect_args={"read_timeout": 3600}
+    )
+
+
+def _require_schema(conn: sa.Connection, config: Config) -> None:
+    if not schema_present(conn, config.database.table_prefix):
+        raise NotInstalled("syncd is not installed in this database (run: syncd install)")
+
+
+class NotInstalled(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------- rendering
+def render_outcome(outcome: Outcome, out: TextIO) -> None:
+    verb = "Would write" if outcome.dry_run else "Wrote"
+    c = outcome.counts
+    print(
+        f"\n{verb} {c['writes']} value(s) in {c['groups']} group(s) (authority: {outcome.authority}); "
+        f"derived data {'to heal' if outcome.dry_run else 'healed'} on {c['healed']} product(s)"
+        + ("" if outcome.dry_run else f"; {outcome.pending_applied} pending change(s) applied first"),
+        file=out,
+    )
+    if outcome.writes:
+        print_table(
+            [
+                (w["sku"], w["lang"], f"{w['blog']}:{w['post']}", w["field"], _txt(w["old"]), _txt(w["new"]), w["authority"])
+                for w in outcome.writes
+            ],
+            ("SKU", "LANG", "BLOG:POST", "FIELD", "OLD", "NEW", "AUTHORITY"),
+            out,
+        )
+    if outcome.healed:
+        print_table(
+            [(h["blog"], h["post"], h["status"] or "", " ".join(h["lookup"]) or "", h["term"] or "") for h in outcome.healed],
+            ("BLOG", "POST", "STATUS", "LOOKUP COLUMNS", "OUTOFSTOCK TERM"),
+            out,
+        )
+    if outcome.left_alone:
+        print(f"\nLeft alone: {c['left_alone']}", file=out)
+        print_table(
+            [(x.get("sku", ""), x.get("group", ""), f"{x['blog']}:{x['post']}" if "blog" in x else "", x["reason"]) for x in outcome.left_alone],
+            ("SKU", "GROUP", "BLOG:POST", "REASON"),
+            out,
+        )
+    if outcome.skipped_chunks:
+        print(f"\nChunks skipped after {ATTEMPTS} attempts (run again): {c['skipped_chunks']}", file=out)
+        for s in outcome.skipped_chunks:
+            print(f"  {s['n_groups']} group(s): {s['reason']}", file=out)
+
+
+def _txt(v: Any) -> str:
+    return "NULL" if v is None else str(v)
+
+
+def exit_status(report: Report | None, outcome: Outcome, bad_arguments: bool = False) -> int:
+    """Reconcile: 4 when drift was found (written, or with --dry-run to be written); sync and
+    set-stock (``report`` None): 0 when done. Both: 8 chunk skipped, 16 bad argument, 32 left alone."""
+    code = 0
+    if report is not None:
+        code |= report.exit_status()
+        if outcome.counts["writes"] or outcome.counts["healed"]:
+            code |= EXIT_DRIFT
+    if outcome.counts["skipped_chunks"]:
+        code |= EXIT_SKIPPED
+    if outcome.counts["left_alone"]:
+        code |= EXIT_UNSAFE
+    if bad_arguments:
+        code |= EXIT_BAD_ARGUMENT
+    return code
+
+
+# --------------------------------------------------------------------------- entry points
+def main(config: Config, args: Any, out: TextIO | None = None) -> int:
+    """``syncd --reconcile [--dry-run] [--json]`` / ``syncd reconcile``."""
+    out = out or sys.stdout
+    dry_run = bool(getattr(args, "dry_run", False))
+    try:
+        with Progress("reconcile") as bar:
+            report, outcome = reconcile(config, dry_run=dry_run, progress=bar)
+    except NotInstalled as exc:
+        print(f"syncd: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    code = exit_status(report, outcome)
+    log.info(
+        "reconcile_finished",
+        dry_run=dry_run,
+        authority=outcome.authority,
+        groups=outcome.counts["groups"],
+        writes=outcome.counts["writes"],
+        healed=outcome.counts["healed"],
+        skipped_chunks=outcome.counts["skipped_chunks"],
+        exit_status=code,
+    )
+    if getattr(args, "json", False):
+        dump_json({"audit": report.document(), "reconcile": outcome.document(), "exit_status": code}, out)
+    else:
+        render_audit(report, out)
+        render_outcome(outcome, out)
+        print(f"\nExit status {code}", file=out)
+    return code
+
+
+def _resolve_all(
+    conn: sa.Connection, scope: Scope, skus: Sequence[str], lang: str | None
+) -> tuple[list[Resolved], list[str]]:
+    resolved, errors = [], []
+    for sku in skus:
+        try:
+            resolved.append(resolve_sku(conn, scope, sku, lang))
+        except BadSku as exc:
+            errors.append(str(exc))
+    return resolved, errors
+
+
+def sync_skus(config: Config, skus: Sequence[str], *, lang: str | None = None) -> tuple[Outcome, list[str]]:
+    """``syncd sync SKU...``: push each named group's authoritative state to all its members now.
+    Nothing is written when any argument is bad (the errors are returned)."""
+    engine = _engine(config)
+    outcome = Outcome(authority=config.reconcile.authority)
+    try:
+        with engine.connect() as conn:
+            _require_schema(conn, config)
+            scope = scope_for(conn, config)
+            resolved, errors = _resolve_all(conn, scope, skus, lang)
+            conn.rollback()
+        if errors:
+            return outcome, errors
+        writer = Writer(config, scope, engine, outcome)
+        for r in resolved:
+            writer.run_chunk(r.group_ids, force=True)
+        return outcome, []
+    finally:
+        engine.dispose()
+
+
+def set_stock(
+    config: Config, sku: str, qty: str, *, lang: str | None = None
+) -> tuple[Outcome, list[str]]:
+    """``syncd set-stock SKU QTY``: every member of the group that manages stock gets QTY, in one
+    transaction (pending changes of the group are applied first, as in reconcile)."""
+    try:
+        value = parse_qty(qty)
+    except ValueError as exc:
+        return Outcome(authority="set-stock"), [str(exc)]
+    engine = _engine(config)
+    outcome = Outcome(authority="set-stock")
+    try:
+        with engine.connect() as conn:
+            _require_schema(conn, config)
+            scope = scope_for(conn, config)
+            resolved, errors = _resolve_all(conn, scope, [sku], lang)
+            conn.rollback()
+        if errors:
+            return outcome, errors
+        writer = Writer(config, scope, engine, outcome)
+        writer.run_chunk(resolved[0].group_ids, force=True, set_quantity=value)
+        return outcome, []
+    finally:
+        engine.dispose()
+
+
+def _tool_main(
+    run: Callable[[], tuple[Outcome, list[str]]], args: Any, out: TextIO | None, title: str
+) -> int:
+    out = out or sys.stdout
+    try:
+        outcome, errors = run()
+    except NotInstalled as exc:
+        print(f"syncd: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    for e in errors:
+        print(f"syncd {title}: {e}", file=sys.stderr)
+    code = exit_status(None, outcome, bad_arguments=bool(errors))
+    if getattr(args, "json", False):
+        dump_json({**outcome.document(), "errors": errors, "exit_status": code}, out)
+    elif not errors:
+        render_outcome(outcome, out)
+    return code
+
+
+def sync_main(config: Config, args: Any, out: TextIO | None = None) -> int:
+    """``syncd sync SKU... [--lang L] [--json]``."""
+    return _tool_main(lambda: sync_skus(config, args.skus, lang=args.lang), args, out, "sync")
+
+
+def set_stock_main(config: Config, args: Any, out: TextIO | None = None) -> int:
+    """``syncd set-stock SKU QTY [--lang L] [--json]``."""
+    return _tool_main(lambda: set_stock(config, args.sku, args.qty, lang=args.lang), args, out, "set-stock")

@@ -1,0 +1,155 @@
+"""Pure parts of audit and reconcile: field comparison, authority policies, group plans, SQL text,
+argument parsing; and the planner's handling of excluded origins."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from decimal import Decimal
+
+import pytest
+
+from syncd.audit import GroupState, MemberValues, compare_group, member_checksum_sql, meta_checksum_sql
+from syncd.config import ConfigError, config_for
+from syncd.history import BadArgument, parse_since
+from syncd.plan import Change, Facts, Member, plan_batch
+from syncd.reconcile import choose_authority, parse_qty, plan_group
+
+
+def mv(blog, post, stock="5", manage="yes", backorders="no", low=None, status="instock", **kw):
+    meta = {"_manage_stock": [manage], "_backorders": [backorders], "_stock_status": [status]}
+    if stock is not False:
+        meta["_stock"] = stock if isinstance(stock, list) else [stock]
+    if low is not None:
+        meta["_low_stock_amount"] = [low]
+    return MemberValues(blog, post, kw.pop("sku", "SKU"), "en", kw.pop("post_type", "product"), kw.pop("product_type", "simple"), kw.pop("parent_id", 0), meta=meta, **kw)
+
+
+def group(*members):
+    return GroupState(7, list(members))
+
+
+def test_quantities_compare_as_numbers():
+    g = group(mv(1, 10, "7"), mv(2, 20, "7.000000"), mv(3, 30, "7.0"))
+    assert compare_group(g) == ([], [])
+    diffs, _ = compare_group(group(mv(1, 10, "7"), mv(2, 20, "6.5")))
+    assert [d.field for d in diffs] == ["quantity"]
+    assert diffs[0].values == {(1, 10): "7", (2, 20): "6.5"}
+
+
+def test_quantity_ignored_where_stock_is_not_managed_and_status_only_where_manual():
+    g = group(mv(1, 10, None, manage="no", status="instock"), mv(2, 20, "3", manage="no", status="instock"))
+    assert compare_group(g) == ([], [])
+    diffs, _ = compare_group(group(mv(1, 10, None, manage="no", status="outofstock"), mv(2, 20, None, manage="no")))
+    assert [d.field for d in diffs] == ["stock_status"]
+    # managed: status is derived, never compared
+    assert compare_group(group(mv(1, 10, "0", status="instock"), mv(2, 20, "0", status="outofstock"))) == ([], [])
+    # a variation whose parent manages stock takes its status from the parent
+    a = mv(1, 10, None, manage="no", status="outofstock", post_type="product_variation", product_type="", parent_id=5, parent_manages=True)
+    b = mv(2, 20, None, manage="no", status="instock", post_type="product_variation", product_type="", parent_id=6, parent_manages=True)
+    assert compare_group(group(a, b)) == ([], [])
+
+
+def test_registers_and_empty_low_stock_amount():
+    diffs, _ = compare_group(group(mv(1, 10, backorders="notify"), mv(2, 20)))
+    assert [d.field for d in diffs] == ["backorders"]
+    assert compare_group(group(mv(1, 10, low=""), mv(2, 20))) == ([], [])
+    diffs, _ = compare_group(group(mv(1, 10, low="2"), mv(2, 20)))
+    assert [d.field for d in diffs] == ["low_stock_amount"]
+
+
+def test_unusable_quantities_are_reported_and_count_as_different():
+    diffs, unsafe = compare_group(group(mv(1, 10, "abc"), mv(2, 20, "5"), mv(3, 30, ["5", "5"]), mv(4, 40, None)))
+    assert [d.field for d in diffs] == ["quantity"]
+    assert [(m.key, r) for m, r in unsafe] == [
+        ((1, 10), "_stock not a number: 'abc'"),
+        ((3, 30), "_stock has 2 _stock rows"),
+        ((4, 40), "_stock is SQL NULL (or missing) while stock is managed"),
+    ]
+    # a broken member is overwritten with the authority's quantity
+    plan = plan_group("lowest", group(mv(1, 10, "abc"), mv(2, 20, "5"), mv(4, 40, None)))
+    assert plan.authority == (2, 20) and {(w.member, w.new) for w in plan.writes} == {((1, 10), "5"), ((4, 40), "5")}
+
+
+def test_lowest_never_oversells_and_ties_go_to_the_lowest_blog():
+    a, b, c = mv(1, 10, "9"), mv(2, 20, "4"), mv(3, 30, "4.000")
+    auth, why = choose_authority("lowest", [a, b, c])
+    assert auth is b and why == "lowest quantity (4)"
+    assert choose_authority("lowest", [mv(1, 10, "abc"), mv(2, 20, "8")])[0].key == (2, 20)
+    # SQL NULL under managed stock is broken data, never an authority
+    assert choose_authority("lowest", [mv(1, 10, "abc"), mv(2, 20, None)]) == (
+        None,
+        "no member that manages stock has a usable quantity",
+    )
+    unmanaged = [mv(2, 20, None, manage="no"), mv(1, 10, None, manage="no", backorders="yes")]
+    assert choose_authority("lowest", unmanaged)[0].key == (1, 10)
+
+
+def test_blog_and_latest_policies():
+    a, b = mv(1, 10, "9"), mv(2, 20, "4")
+    assert choose_authority("blog:1", [a, b])[0] is a
+    assert choose_authority("blog:3", [a, b]) == (None, "no member on authority blog 3")
+    t = {(1, 10): datetime(2026, 1, 2), (2, 20): datetime(2026, 1, 1)}
+    assert choose_authority("latest", [a, b], t)[0] is a
+    assert choose_authority("latest", [a, b], {})[0] is b  # no record: ties go to the lowest quantity
+
+
+def test_plan_group_writes_every_field_from_one_authority():
+    auth = mv(2, 20, "4", backorders="notify", low="1")
+    other = mv(1, 10, "9.000000", backorders="no")
+    plan = plan_group("blog:2", group(other, auth))
+    assert plan.authority == (2, 20)
+    assert {(w.meta_key, w.old, w.new) for w in plan.writes} == {
+        ("_backorders", "no", "notify"),
+        ("_low_stock_amount", None, "1"),
+        ("_stock", "9.000000", "4"),
+    }
+    # same values in another text form: nothing to write
+    assert plan_group("lowest", group(mv(1, 10, "4.000000"), mv(2, 20, "4"))).writes == []
+    # an authority whose own quantity is unusable leaves the group alone
+    bad = plan_group("blog:1", group(mv(1, 10, "x"), mv(2, 20, "4")))
+    assert bad.authority is None and "unusable quantity" in bad.reason and bad.writes == []
+
+
+def test_plan_group_copies_manual_status_and_manage_flag():
+    auth = mv(1, 10, None, manage="no", status="outofstock")
+    other = mv(2, 20, "3", manage="yes", status="instock")
+    plan = plan_group("blog:1", group(auth, other))
+    assert {(w.meta_key, w.new) for w in plan.writes} == {("_manage_stock", "no"), ("_stock_status", "outofstock")}
+
+
+def test_checksum_sql_binds_everything_but_table_names():
+    sql = meta_checksum_sql("wp_", "wp_3_", "(FALSE OR m.state = 'excluded')")
+    assert "FROM `wp_3_postmeta` pm LEFT JOIN `wp_syncd_member` m ON m.blog_id = :b AND m.post_id = pm.post_id" in sql
+    assert "BIT_XOR(IF((m.state = 'linked' AND NOT (FALSE OR m.state = 'excluded')), CRC32(CONCAT_WS('#', m.group_id, pm.meta_key, IF(pm.meta_key = '_stock' AND LOCATE('.', pm.meta_value) > 0, TRIM(TRAILING '.' FROM TRIM(TRAILING '0' FROM pm.meta_value)), pm.meta_value), ISNULL(pm.meta_value))), 0))" in sql
+    assert "pm.meta_id >= :lo AND pm.meta_id < :hi GROUP BY bucket" in sql
+    assert set(re.findall(r":(\w+)", sql)) == {"b", "g0", "w", "kmax", "notify", "oos", "lo", "hi"}
+    assert "GROUP BY bucket" in member_checksum_sql("wp_", "FALSE")
+
+
+def test_authority_setting_and_arguments():
+    assert config_for("mysql+pymysql://u@h/db").reconcile.authority == "lowest"
+    assert config_for("mysql+pymysql://u@h/db", reconcile={"authority": "blog:2"}).reconcile.authority_blog == 2
+    with pytest.raises(ConfigError, match="reconcile.authority"):
+        config_for("mysql+pymysql://u@h/db", reconcile={"authority": "highest"})
+    with pytest.raises(ConfigError, match="reconcile.color"):
+        config_for("mysql+pymysql://u@h/db", reconcile={"color": "x"})
+    assert parse_qty(" 12 ") == Decimal(12) and parse_qty("-2.5") == Decimal("-2.5")
+    for bad in ("", "ten", "nan", "inf"):
+        with pytest.raises(ValueError):
+            parse_qty(bad)
+    assert parse_since("2026-05-01") == datetime(2026, 5, 1)
+    assert parse_since("2h", datetime(2026, 5, 1, 12, tzinfo=__import__("datetime").UTC)) == datetime(2026, 5, 1, 10)
+    with pytest.raises(BadArgument):
+        parse_since("yesterday")
+
+
+def test_excluded_origin_is_neither_propagated_nor_repaired():
+    """[sync] exclude_skus: an excluded member's change is left to the shop (no write, no repair, no history)."""
+    members = [Member(1, 10, "GIFT-1", "excluded"), Member(2, 20, "GIFT-1", "linked")]
+    c = Change(1, 1, 10, "_stock", "U", "5", "4")
+    plan = plan_batch(
+        [c], {(1, 10): members, (2, 20): members}, {(1, 10): Facts(stock="4"), (2, 20): Facts(stock="5")}, [1, 2]
+    )
+    assert plan.writes == [] and plan.refresh == {} and plan.applied == []
+    assert [n.reason for n in plan.notes] == ["origin is excluded (sync.exclude_skus)"]
