@@ -384,3 +384,11 @@ def test_membership_changes_join_and_leave(wp_network):
         assert (qty(net, 1, poster[1]), qty(net, 3, poster[3])) == (0, 0)
     finally:
         d.close()
+    # Created while the daemon is stopped (the triggers queue its creation): joins at the next start.
+    again = new_product(net, 1, "BOOK", 1, name="Book again")
+    d = make_daemon(net)
+    try:
+        d.apply_pending()
+        assert qty(net, 1, again) == qty(net, 2, BOOK[(2, "en")]) == 5
+    finally:
+        d.close()
