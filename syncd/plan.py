@@ -347,7 +347,10 @@ def plan_batch(
                     continue
                 seen.add(t)
                 tm = self_of(t) or Member(t[0], t[1], sku)
+                if tm.state == "excluded":
+                    continue  # sync.exclude_skus: left to the shop, even as a shared translation
                 if tm.state != "linked":
+                    # Ambiguous or without a SKU: not linked by key, but it is the same stock.
                     tm = Member(t[0], t[1], tm.sku or sku)
                 out.append(tm)
                 queue.append(t)

@@ -120,6 +120,15 @@ def test_translation_without_sku_is_written_through_its_shared_stock():
     assert deltas(plan) == {EN2: -1, nosku: -1, EN3: -1}
 
 
+def test_excluded_translation_is_not_written():
+    nosku = (2, 40)
+    tr = {EN2: (EN2, nosku), nosku: (EN2, nosku)}
+    groups = {**GROUPS, nosku: [Member(*nosku, "GIFT-1", "excluded")]}
+    facts = {**FACTS, nosku: Facts(stock="7")}
+    plan = plan_batch([sale(1, B1, "7", "6")], groups, facts, LIVE, translations=tr)
+    assert deltas(plan) == {EN2: -1, EN3: -1}
+
+
 def rename(i, key, old, new):
     return Change(i, key[0], key[1], "_sku", "U", old, new, T0, 5)
 
