@@ -7,7 +7,9 @@ configuration exists, and so that a command whose module is not there yet says s
 Exit status (all commands): 0 success; 1 fatal error (server unreachable, login refused, unknown
 database, not a multisite network, unexpected error); 2 usage error or command not available;
 78 configuration missing or invalid (EX_CONFIG: systemd's RestartPreventExitStatus=78 stops a
-restart loop on a bad file). ``syncd check`` adds its own bits (4, 8, 16, 32): see syncd.check.
+restart loop on a bad file). ``syncd check`` adds its own bits (4, 8, 16, 32): see syncd.check;
+audit, reconcile, sync, set-stock and history theirs (4 drift, 8 chunk skipped, 16 bad argument,
+32 left alone): see syncd.audit.
 """
 
 from __future__ import annotations
@@ -92,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run one reconcile pass (audit every link group, repair drift) instead of the daemon",
     )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="with --reconcile: print every change it would make, write nothing"
+    )
+    parser.add_argument("--json", action="store_true", help="with --reconcile: print the result as one JSON document")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = _command(
@@ -190,6 +196,83 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the links as one JSON document")
     p.set_defaults(handler=cmd_links)
 
+    # Audit, reconcile and the operator's tools (syncd.audit, syncd.reconcile, syncd.history).
+    # --json / --dry-run default to SUPPRESS so that `syncd --json audit` works as `syncd audit --json`.
+    # Exit status bitmask of these five: 1 fatal, 2 usage, 4 drift found, 8 chunk skipped after
+    # retries, 16 bad SKU/QTY argument, 32 a product left alone (unusable stock value, no authority).
+    p = _command(
+        sub,
+        "audit",
+        "compare every link group across blogs and report drift; writes nothing",
+        "syncd audit --json | jq .counts",
+        "Read-only: groups whose members differ (quantity, manage stock, backorders, low-stock\n"
+        "amount, manual stock status), derived data that disagrees with the quantity on a blog\n"
+        "(status, lookup row, outofstock term, parent status), unusable stock values, ambiguous SKUs,\n"
+        "SKUs present on one blog only, groups whose product types differ. Checksums first, so a\n"
+        "clean network is read once. Exit status: 0 clean, 4 drift found, 32 unusable values, 1 fatal.",
+    )
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the report as one JSON document")
+    p.set_defaults(handler=cmd_audit)
+
+    p = _command(
+        sub,
+        "reconcile",
+        "one reconcile pass: write each group's authoritative values to its members (= syncd --reconcile)",
+        "syncd reconcile --dry-run",
+        "Audit every link group, then make the members of each group that differs hold the values of\n"
+        "its authority ([reconcile] authority: lowest (default), latest or blog:N), and recompute\n"
+        "WooCommerce's derived data where it disagrees with the quantity. One short transaction per\n"
+        "chunk; pending captured changes are applied first. Exit status: 0 nothing to do, 4 drift\n"
+        "found (written, or with --dry-run to be written), 8 a chunk skipped after retries (run\n"
+        "again), 32 groups or products left alone, 1 fatal.",
+    )
+    p.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS, help="print every change it would make; write nothing")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the result as one JSON document")
+    p.set_defaults(handler=cmd_reconcile)
+
+    p = _command(
+        sub,
+        "sync",
+        "push the named SKUs' authoritative state to every member of their groups now",
+        "syncd sync TSHIRT-RED MUG",
+        "For each SKU (compared as WooCommerce compares SKUs), write its group authority's quantity and\n"
+        "settings to every member that differs, and refresh every member's derived data. Nothing is\n"
+        "written when an argument is unknown, ambiguous or excluded (exit status 16).",
+    )
+    p.add_argument("skus", nargs="+", metavar="SKU", help="SKUs to push")
+    p.add_argument("--lang", metavar="LANG", help="the language, when a SKU exists in several (Polylang)")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the result as one JSON document")
+    p.set_defaults(handler=cmd_sync)
+
+    p = _command(
+        sub,
+        "set-stock",
+        "set the quantity of every member of a SKU's group, in one transaction",
+        "syncd set-stock TSHIRT-RED 12",
+        "Every member of the SKU's link group that manages stock gets QTY (and its derived data), in\n"
+        "one transaction; changes captured before are applied first. History role 'set'.",
+    )
+    p.add_argument("sku", metavar="SKU", help="the product's SKU")
+    p.add_argument("qty", metavar="QTY", help="the new quantity (a number; may be negative)")
+    p.add_argument("--lang", metavar="LANG", help="the language, when the SKU exists in several (Polylang)")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the result as one JSON document")
+    p.set_defaults(handler=cmd_set_stock)
+
+    p = _command(
+        sub,
+        "history",
+        "every stock change of a product on every blog, oldest first",
+        "syncd history TSHIRT-RED --since 7d --limit 50",
+        "From syncd's history table: time, blog, old -> new, delta, and the role - origin (the change\n"
+        "as made on its blog), copy (written by syncd to a linked product), skipped, reconcile, set.",
+    )
+    p.add_argument("sku", metavar="SKU", help="the product's SKU")
+    p.add_argument("--since", metavar="WHEN", help="only changes applied since WHEN: 2026-05-01, 2026-05-01T12:00, 90m, 12h, 7d")
+    p.add_argument("--limit", type=int, default=200, metavar="N", help="show the newest N rows (default 200; 0: all)")
+    p.add_argument("--lang", metavar="LANG", help="the language, when the SKU exists in several (Polylang)")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the rows as one JSON document")
+    p.set_defaults(handler=cmd_history)
+
     p = _command(
         sub,
         "demo",
@@ -240,6 +323,26 @@ def cmd_unlink(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_links(args: argparse.Namespace, config: Config) -> int:
     return _call("syncd.links", "links_main", config, args)
+
+
+def cmd_audit(args: argparse.Namespace, config: Config) -> int:
+    return _call("syncd.audit", "main", config, args)
+
+
+def cmd_reconcile(args: argparse.Namespace, config: Config) -> int:
+    return _call("syncd.reconcile", "main", config, args)
+
+
+def cmd_sync(args: argparse.Namespace, config: Config) -> int:
+    return _call("syncd.reconcile", "sync_main", config, args)
+
+
+def cmd_set_stock(args: argparse.Namespace, config: Config) -> int:
+    return _call("syncd.reconcile", "set_stock_main", config, args)
+
+
+def cmd_history(args: argparse.Namespace, config: Config) -> int:
+    return _call("syncd.history", "main", config, args)
 
 
 def cmd_demo(args: argparse.Namespace, config: Config | None) -> int:

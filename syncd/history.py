@@ -1,0 +1,201 @@
+"""``syncd history SKU``: every stock change of a product on every blog, oldest first.
+
+Read from ``{base}syncd_history``: for each change syncd applied, one ``origin`` row (the change as
+captured on its own blog), one ``copy`` row per member it was written to, ``skipped`` rows for
+members left alone (with the reason), and ``reconcile`` / ``set`` rows for what reconcile, sync
+and set-stock wrote. The SKU argument is resolved like every other command's (collation, language,
+exclusions); rows are those of every member of its group(s), whatever SKU text each blog uses.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, TextIO
+
+import sqlalchemy as sa
+
+from syncd.audit import EXIT_BAD_ARGUMENT, EXIT_FATAL, Scope, scope_for
+from syncd.config import Config
+from syncd.db import table
+from syncd.progress import dump_json
+from syncd.progress import table as print_table
+
+#: Role order inside one change: the origin first, then what it caused.
+_ROLE_ORDER = {"origin": 0, "copy": 1, "skipped": 2, "reconcile": 3, "set": 3}
+
+
+@dataclass(frozen=True)
+class Entry:
+    applied_at: datetime
+    captured_at: datetime
+    change_id: int
+    role: str
+    blog_id: int
+    post_id: int
+    sku: str
+    meta_key: str
+    old: str | None
+    new: str | None
+    delta: Decimal | None
+    origin: tuple[int, int]
+    note: str | None
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "time": self.captured_at.replace(tzinfo=UTC).isoformat(timespec="microseconds"),
+            "applied_at": self.applied_at.replace(tzinfo=UTC).isoformat(timespec="microseconds"),
+            "change": self.change_id,
+            "role": self.role,
+            "blog": self.blog_id,
+            "post": self.post_id,
+            "sku": self.sku,
+            "key": self.meta_key,
+            "old": self.old,
+            "new": self.new,
+            "delta": None if self.delta is None else _num(self.delta),
+            "origin": f"{self.origin[0]}:{self.origin[1]}",
+            "note": self.note,
+        }
+
+
+def _num(d: Decimal) -> str:
+    text = format(d.normalize(), "f")
+    return text if text.startswith("-") else "+" + text
+
+
+class BadArgument(ValueError):
+    pass
+
+
+def parse_since(text: str | None, now: datetime | None = None) -> datetime | None:
+    """``--since``: an ISO date/time (UTC unless it says otherwise) or a duration back from now
+    ('90m', '12h', '7d')."""
+    if text is None:
+        return None
+    now = now or datetime.now(UTC)
+    t = text.strip()
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+    if t[-1:] in units and t[:-1].isdigit():
+        return (now - timedelta(**{units[t[-1]]: int(t[:-1])})).astimezone(UTC).replace(tzinfo=None)
+    try:
+        value = datetime.fromisoformat(t)
+    except ValueError:
+        raise BadArgument(
+            f"--since expects an ISO date or time (2026-05-01, 2026-05-01T12:00) or a duration (90m, 12h, 7d), got {text!r}"
+        ) from None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+def group_members(conn: sa.Connection, scope: Scope, group_ids: list[int]) -> tuple[list[tuple[int, int]], list[str]]:
+    """(blog, post) of every member (any state) of the groups, and their SKU texts."""
+    names = ", ".join(f":g{i}" for i in range(len(group_ids)))
+    rows = conn.execute(
+        sa.text(f"SELECT blog_id, post_id, sku FROM {table(scope.base, 'syncd_member')} WHERE group_id IN ({names})"),
+        {f"g{i}": g for i, g in enumerate(group_ids)},
+    ).all()
+    return [(int(r[0]), int(r[1])) for r in rows], sorted({r[2] for r in rows if r[2]})
+
+
+def read_history(
+    conn: sa.Connection,
+    scope: Scope,
+    group_ids: list[int],
+    *,
+    since: datetime | None = None,
+    limit: int = 200,
+) -> list[Entry]:
+    """History rows of the groups' members, oldest first; ``limit`` > 0 keeps the newest ``limit``."""
+    members, skus = group_members(conn, scope, group_ids)
+    if not skus:
+        return []
+    wanted = set(members)
+    params: dict[str, Any] = {f"s{i}": s for i, s in enumerate(skus)}
+    cond = f"sku IN ({', '.join(f':s{i}' for i in range(len(skus)))})"
+    if since is not None:
+        cond += " AND applied_at >= :since"
+        params["since"] = since
+    rows = conn.execute(
+        sa.text(
+            f"SELECT applied_at, captured_at, change_id, role, blog_id, post_id, sku, meta_key, old_value, new_value, "
+            f"delta, origin_blog_id, origin_post_id, note, id FROM {table(scope.base, 'syncd_history')} "
+            f"WHERE {cond} ORDER BY id"
+        ),
+        params,
+    )
+    out = [
+        Entry(r[0], r[1], int(r[2]), r[3], int(r[4]), int(r[5]), r[6], r[7], r[8], r[9], r[10], (int(r[11]), int(r[12])), r[13])
+        for r in rows
+        if (int(r[4]), int(r[5])) in wanted
+    ]
+    out.sort(key=lambda e: (e.captured_at, e.change_id, _ROLE_ORDER.get(e.role, 9), e.blog_id, e.post_id))
+    if limit > 0:
+        out = out[-limit:]
+    return out
+
+
+def render(entries: list[Entry], out: TextIO, title: str) -> None:
+    print(title, file=out)
+    if not entries:
+        print("  (no history)", file=out)
+        return
+    print_table(
+        [
+            (
+                e.captured_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+                e.blog_id,
+                e.post_id,
+                e.meta_key,
+                f"{_txt(e.old)} -> {_txt(e.new)}",
+                None if e.delta is None else _num(e.delta),
+                e.role,
+                f"{e.origin[0]}:{e.origin[1]}",
+                e.note,
+            )
+            for e in entries
+        ],
+        ("TIME (UTC)", "BLOG", "POST", "KEY", "OLD -> NEW", "DELTA", "ROLE", "ORIGIN", "NOTE"),
+        out,
+    )
+
+
+def _txt(v: str | None) -> str:
+    return "NULL" if v is None else v
+
+
+def main(config: Config, args: Any, out: TextIO | None = None) -> int:
+    """``syncd history SKU [--since WHEN] [--limit N] [--lang L] [--json]``."""
+    from syncd.reconcile import BadSku, resolve_sku
+    from syncd.schema import schema_present
+
+    out = out or sys.stdout
+    try:
+        since = parse_since(getattr(args, "since", None))
+    except BadArgument as exc:
+        print(f"syncd history: {exc}", file=sys.stderr)
+        return EXIT_BAD_ARGUMENT
+    limit = int(getattr(args, "limit", 200) or 0)
+    engine = config.database.make_engine(pool_size=1, max_overflow=0)
+    try:
+        with engine.connect() as conn:
+            if not schema_present(conn, config.database.table_prefix):
+                print("syncd: syncd is not installed in this database (run: syncd install)", file=sys.stderr)
+                return EXIT_FATAL
+            scope = scope_for(conn, config)
+            try:
+                resolved = resolve_sku(conn, scope, args.sku, getattr(args, "lang", None))
+            except BadSku as exc:
+                print(f"syncd history: {exc}", file=sys.stderr)
+                return EXIT_BAD_ARGUMENT
+            entries = read_history(conn, scope, resolved.group_ids, since=since, limit=limit)
+    finally:
+        engine.dispose()
+    if getattr(args, "json", False):
+        dump_json({"sku": resolved.sku, "groups": resolved.group_ids, "entries": [e.document() for e in entries]}, out)
+    else:
+        render(entries, out, f"History of {resolved.sku} ({', '.join(resolved.langs)}), oldest first:")
+    return 0
