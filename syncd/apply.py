@@ -809,24 +809,27 @@ class Applier:
     def _set_meta(
         self, conn: sa.Connection, blog: Blog, post_id: int, rows: ProductRows, key: str, value: str | None
     ) -> bool:
-        """Make ``key`` hold ``value`` (None: delete the row, as WooCommerce does for ''). True if written."""
+        """Make ``key`` hold ``value`` (None: delete the row, as WooCommerce does for ''). True if written.
+
+        Existing rows are addressed by the meta_ids locked in :meth:`_lock_and_read`: a statement
+        ``WHERE post_id = ? AND meta_key = ?`` may be run through the meta_key index, scanning (and
+        waiting on) every row of that key on the blog; a shop's checkout statement scanning the
+        same index then forms a lock cycle with syncd, and InnoDB kills the smaller transaction -
+        the checkout (found by reconcile's write-storm test)."""
         pm = table(blog.prefix, "postmeta")
         existing = rows.meta.get(key, [])
+        ids = {f"m{i}": r.meta_id for i, r in enumerate(existing)}
+        in_ids = ", ".join(f":{n}" for n in ids)
         if value is None and key != STOCK:
             if not existing:
                 return False
-            conn.execute(
-                sa.text(f"DELETE FROM {pm} WHERE post_id = :p AND meta_key = :k"), {"p": post_id, "k": key}
-            )
+            conn.execute(sa.text(f"DELETE FROM {pm} WHERE meta_id IN ({in_ids})"), ids)
             rows.meta[key] = []
             return True
         if existing:
             if existing[0].value == value and len(existing) == 1:
                 return False
-            conn.execute(
-                sa.text(f"UPDATE {pm} SET meta_value = :v WHERE post_id = :p AND meta_key = :k"),
-                {"v": value, "p": post_id, "k": key},
-            )
+            conn.execute(sa.text(f"UPDATE {pm} SET meta_value = :v WHERE meta_id IN ({in_ids})"), {"v": value, **ids})
             rows.meta[key] = [MetaRow(r.meta_id, value) for r in existing]
             return True
         res = conn.execute(
