@@ -9,9 +9,17 @@ from decimal import Decimal
 
 import pytest
 
-from syncd.catalog import locale_language, parse_translations, polylang_default_language, validate_groups
-from syncd.config import ConfigError, parse_config
+from syncd.catalog import (
+    blog_language,
+    locale_language,
+    parse_translations,
+    polylang_default_language,
+    shares_stock,
+    validate_groups,
+)
+from syncd.config import BlogSettings, ConfigError, parse_config
 from syncd.links import LinkError, Product, link_refusals, parse_target
+from syncd.network import Blog
 from syncd.plan import FAN_OUT_NOTE, Change, Facts, Member, plan_batch
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, 123456)
@@ -233,6 +241,18 @@ def test_languages_from_locale_and_polylang_option():
     ]
     assert polylang_default_language(b'a:2:{s:12:"default_lang";s:2:"FR";s:4:"sync";a:0:{}}') == "fr"
     assert polylang_default_language(b"corrupt") is None
+
+
+def test_blog_language_and_shared_stock_defaults():
+    plain = Blog(1, "wp_", woocommerce=True, options={"WPLANG": "de_DE"})
+    assert blog_language(plain) == "de" and blog_language(plain, BlogSettings(language="en")) == "en"
+    assert blog_language(Blog(2, "wp_2_", woocommerce=True)) == "en"  # '' = en_US
+    pll = Blog(2, "wp_2_", woocommerce=True, polylang=True)
+    pllwc = Blog(3, "wp_3_", woocommerce=True, polylang=True, polylang_wc=True)
+    assert (shares_stock(pll), shares_stock(pllwc)) == (False, True)  # on with the add-on
+    assert shares_stock(pllwc, BlogSettings(translations_share_stock=False)) is False
+    assert shares_stock(pll, BlogSettings(translations_share_stock=True)) is True
+    assert shares_stock(plain, BlogSettings(translations_share_stock=True)) is False  # no translations
 
 
 def product(b, p, **kw):
