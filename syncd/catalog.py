@@ -300,9 +300,12 @@ def assign_groups(
         ),
         params,
     )
+    # STRAIGHT_JOIN: members first, then each one's group by the unique key_hash (eq_ref). Left to
+    # itself the optimizer, misled by the stats of a syncd_group that was just filled, scans every
+    # group for every member: 2,000 SKUs took 6.5 s instead of 0.04 s, quadratic in the catalogue.
     conn.execute(
         sa.text(
-            f"UPDATE {member} m JOIN {group} g ON g.key_hash = UNHEX(SHA2(m.link_key, 256)) "
+            f"UPDATE {member} m STRAIGHT_JOIN {group} g ON g.key_hash = UNHEX(SHA2(m.link_key, 256)) "
             f"SET m.group_id = g.group_id WHERE m.blog_id = :b AND m.group_id IS NULL "
             f"AND m.link_kind = 'sku' AND m.link_key <> ''{only}"
         ),
