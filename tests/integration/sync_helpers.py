@@ -85,8 +85,6 @@ def pending(net: Any) -> int:
 def ids(net: Any, sku: str) -> dict[int, int]:
     """blog_id -> post id of the product with this SKU in the recorded catalogue (non-Polylang SKUs)."""
     out = {}
-    for blog in net.catalogue["blogs"] if isinstance(net.catalogue, dict) and "blogs" in net.catalogue else []:
-        pass
     with net.engine.connect() as c:
         for b in net.blog_ids:
             row = c.execute(
