@@ -304,6 +304,12 @@ def session_tuning(flavor: str) -> str:
     return "SET SESSION optimizer_switch = 'mrr=on,mrr_cost_based=off,batched_key_access=on'"
 
 
+def session_reset(flavor: str) -> str:
+    if flavor == "mariadb":
+        return "SET SESSION join_cache_level = DEFAULT, optimizer_switch = DEFAULT"
+    return "SET SESSION optimizer_switch = DEFAULT"
+
+
 # --------------------------------------------------------------------------- scope
 @dataclass
 class Scope:
@@ -425,9 +431,11 @@ class Report:
     single_blog: list[dict[str, Any]] = field(default_factory=list)
     type_mismatch: list[dict[str, Any]] = field(default_factory=list)
     unsafe: list[dict[str, Any]] = field(default_factory=list)
+    in_flight: list[dict[str, Any]] = field(default_factory=list)
     counts: dict[str, int] = field(
         default_factory=lambda: {
             "drifted_groups": 0,
+            "in_flight": 0,
             "derived": 0,
             "ambiguous": 0,
             "single_blog": 0,
@@ -469,6 +477,7 @@ class Report:
             "single_blog": self.single_blog,
             "type_mismatch": self.type_mismatch,
             "unsafe": self.unsafe,
+            "in_flight": self.in_flight,
             "limit": REPORT_LIMIT,
             "seconds": round(self.seconds, 3),
             "exit_status": self.exit_status(),
@@ -505,6 +514,7 @@ class Chunk:
 
     groups: list[GroupState]
     drifted: dict[int, list[FieldDiff]] = field(default_factory=dict)  # group id -> differing fields
+    pending: dict[int, int] = field(default_factory=dict)  # drifted group id -> captured changes not yet applied
     disagreements: list[derived.Disagreement] = field(default_factory=list)
     unsafe: list[tuple[MemberValues, str]] = field(default_factory=list)
 
@@ -606,6 +616,7 @@ class Auditor:
                     elif ref[i] != digest:
                         examine[i] = 1
             conn.rollback()
+            conn.exec_driver_sql(session_reset(flavor))  # the connection goes back to the pool
         return [i for i in range(k) if examine[i]]
 
     def _meta_bounds(self, conn: sa.Connection, blog: Blog) -> list[tuple[int, int]]:
@@ -646,6 +657,8 @@ class Auditor:
             if diffs:
                 chunk.drifted[g.group_id] = diffs
             chunk.unsafe.extend(unsafe)
+        if chunk.drifted:
+            chunk.pending = pending_changes(conn, self.scope.base, [g for g in chunk.groups if g.group_id in chunk.drifted])
         by_blog: dict[int, set[int]] = {}
         for g in chunk.groups:
             for m in (*g.members, *g.ambiguous):
@@ -721,7 +734,12 @@ class Auditor:
         skus = {m.key: m.sku for g in chunk.groups for m in (*g.members, *g.ambiguous)}
         for g in chunk.groups:
             diffs = chunk.drifted.get(g.group_id)
-            if diffs:
+            if diffs and chunk.pending.get(g.group_id):
+                # Captured changes not applied yet: the daemon is on its way (or stopped: syncd status).
+                entry = drift_entry(g, diffs)
+                entry["pending_changes"] = chunk.pending[g.group_id]
+                report.add("in_flight", entry)
+            elif diffs:
                 report.add("drifted_groups", drift_entry(g, diffs))
                 for d in diffs:
                     report.field_counts[d.field] += 1
@@ -752,6 +770,33 @@ class Auditor:
             report.add("derived", disagreement_entry(d, skus.get((d.blog_id, d.product_id), "")))
 
 
+def pending_changes(conn: sa.Connection, base_prefix: str, groups: Sequence[GroupState]) -> dict[int, int]:
+    """Per group: captured change rows of its members that no daemon has applied yet."""
+    owner: dict[Key, int] = {m.key: g.group_id for g in groups for m in (*g.members, *g.ambiguous)}
+    if not owner:
+        return {}
+    by_blog: dict[int, list[int]] = {}
+    for b, p in owner:
+        by_blog.setdefault(b, []).append(p)
+    parts, params = [], {}
+    for i, (b, posts) in enumerate(sorted(by_blog.items())):
+        names, pp = _in(f"pc{i}_", sorted(posts))
+        params.update(pp)
+        params[f"pb{i}"] = b
+        parts.append(f"(blog_id = :pb{i} AND post_id IN ({names}))")
+    out: dict[int, int] = {}
+    for b, p, n in conn.execute(
+        sa.text(
+            f"SELECT blog_id, post_id, COUNT(*) FROM {table(base_prefix, 'syncd_change')} "
+            f"WHERE {' OR '.join(parts)} GROUP BY blog_id, post_id"
+        ),
+        params,
+    ):
+        gid = owner[(int(b), int(p))]
+        out[gid] = out.get(gid, 0) + int(n)
+    return out
+
+
 def _outofstock_tt(conn: sa.Connection, blog: Blog) -> int:
     tt = conn.execute(
         sa.text(
@@ -779,6 +824,8 @@ def render(report: Report, out: TextIO) -> None:
     doc = report.document()
     members = ", ".join(f"blog {b}: {n}" for b, n in sorted(report.members.items()))
     print(f"Audited blogs {', '.join(map(str, report.blogs)) or '-'} ({members or 'no members'})", file=out)
+    if not any(report.members.values()):
+        print("  no link groups yet: run `syncd install` (or start the daemon) to build them", file=out)
     print(
         f"  {report.buckets} buckets of {report.width} group id(s); {report.examined_groups} groups read row by row; "
         f"{doc['seconds']} s",
@@ -800,6 +847,14 @@ def render(report: Report, out: TextIO) -> None:
             ("BLOG", "POST", "SKU", "FIELD", "EXPECTED", "ACTUAL"),
             out,
         )
+    if report.in_flight:
+        print(f"\nGroups that differ while captured changes wait to be applied (not counted as drift): {c['in_flight']}", file=out)
+        rows = []
+        for g in report.in_flight:
+            for name, values in g["fields"].items():
+                shown = "  ".join(f"{v['blog']}:{v['post']}={_show(v['value'])}" for v in values)
+                rows.append((g["sku"], g["lang"], name, g["pending_changes"], shown))
+        print_table(rows, ("SKU", "LANG", "FIELD", "PENDING", "BLOG:POST=VALUE"), out)
     if report.unsafe:
         print(f"\nMembers with unusable stock values (left alone): {c['unsafe']}", file=out)
         print_table([(u["blog"], u["post"], u["sku"], u["reason"]) for u in report.unsafe], ("BLOG", "POST", "SKU", "REASON"), out)

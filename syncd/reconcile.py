@@ -747,7 +747,10 @@ def reconcile(
                     if d.product_id:
                         heal.setdefault(d.blog_id, set()).add(d.product_id)
                 if dry_run:
-                    _plan_dry(config, ro, scope, outcome, [groups[g] for g in drifted], heal)
+                    # Groups with captured changes in flight: a real run applies those first, so
+                    # what it would write cannot be told from the values read now.
+                    settled = [groups[g] for g in drifted if not chunk.pending.get(g)]
+                    _plan_dry(config, ro, scope, outcome, settled, heal)
                     ro.rollback()
                 elif drifted or heal:
                     for start in range(0, max(1, len(drifted)), CHUNK_GROUPS):
