@@ -15,15 +15,13 @@ restarts, KILL of the apply connection, standby takeover and SIGTERM mid-batch i
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
-import os
 import re
 import secrets
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from syncd import cli, journal
 from syncd.check import run_check
 from syncd.config import load_config
 from syncd.daemon import EXIT_CONFIG
+from syncd.status import main as status_main
 from syncd.status import render
 from tests.integration.daemon_process import REPO, members, quantities, wait_drained, write_config
 from tests.integration.ops_helpers import (
@@ -197,22 +196,6 @@ def users(mysql_server: Any):
         u.close()
 
 
-def syncd_cli(cfg: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {
-        k: v for k, v in os.environ.items() if k not in ("CREDENTIALS_DIRECTORY", "SYNCD_DATABASE_PASSWORD")
-    }
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "syncd", "--config", str(cfg), "--log-format", "json", *args],
-        cwd=REPO,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def make_outdated(net: Any, blog: int) -> None:
     """Replace blog's update trigger with an older release's body (as root), so the next start upgrades it."""
     from syncd import capture
@@ -237,7 +220,8 @@ def test_readme_shows_the_grants_the_tests_use() -> None:
 def test_daemon_runs_as_a_user_with_exactly_the_readme_grants(wp_network, users, tmp_path: Path) -> None:
     """The README's GRANT, nothing more; the password comes as a systemd credential (not in the
     file, not on the command line). check passes, the daemon installs its tables and triggers,
-    upgrades an outdated trigger, propagates sales, and `syncd status` sees its connections."""
+    upgrades an outdated trigger after a crash, propagates sales, and `syncd status` shows the
+    restart and sees its connections."""
     net = wp_network
     user, password = users.create(net.database)
     creds = credentials_dir(tmp_path, password)
@@ -264,8 +248,7 @@ def test_daemon_runs_as_a_user_with_exactly_the_readme_grants(wp_network, users,
         woo_decrease(net, 1, tshirt[1], 2)
         d.wait_for("change_synced", timeout=20, where=lambda e: e["sku"] == "TSHIRT-RED")
         wait_drained(net, timeout=20)
-        d.terminate()
-        assert d.wait(30) == 0
+        assert d.kill() == -9  # a crash: the next start counts it as unclean
 
         # A newer syncd finds an outdated trigger: as this user it replaces it (LOCK TABLES).
         make_outdated(net, 2)
@@ -273,32 +256,38 @@ def test_daemon_runs_as_a_user_with_exactly_the_readme_grants(wp_network, users,
         d.wait_for("daemon_ready", timeout=30)
         upgraded = d.named("triggers_installed")
         assert [(e["blog"], e["outcome"]) for e in upgraded] == [(2, "upgraded")], d.log_tail()
-        assert d.named("daemon_started")[0]["previous"] == "clean"
+        assert d.named("daemon_started")[0]["previous"] == "unclean"
         woo_decrease(net, 2, mug[2], 1)
         d.wait_for("change_synced", timeout=20, where=lambda e: e["sku"] == "MUG")
         wait_drained(net, timeout=20)
-        assert d.kill() == -9  # a crash: the next start counts it as unclean
 
-        d.start()
-        d.wait_for("daemon_ready", timeout=30)
-        assert d.named("daemon_started")[0]["previous"] == "unclean"
-        time.sleep(0.3)  # the first heartbeat and a loop turn on the apply connection
-        status = syncd_cli(cfg, "status", "--json", env=creds)
-        st = json.loads(status.stdout)
-        assert st["restarts"]["starts"] == 3 and st["restarts"]["restarts"] == 2, st["restarts"]
+        # `syncd status` as the same user (it needs nothing more, not even PROCESS).
+        out = io.StringIO()
+        code = status_main(load_config(cfg, env=creds), argparse.Namespace(json=True), out=out)
+        st = json.loads(out.getvalue())
+        assert code == 0, st
+        assert st["restarts"]["starts"] == 2 and st["restarts"]["restarts"] == 1, st["restarts"]
         assert st["restarts"]["unclean"] == 1, st["restarts"]
         conn = st["connection"]
-        # As the same user, without PROCESS, status sees the daemon's own sessions.
         assert conn["lock"]["visible"] and conn["apply"]["visible"], conn
+        assert conn["lock"]["id"] == st["leader"]["connection_id"]
         assert conn["daemon_reports"] == "connected" and conn["server_read_only"] is False
+        assert conn["heartbeat_stale"] is False
         assert st["daemon"]["uptime_s"] >= 0 and st["leader"]["held"]
         text = io.StringIO()
         render(st, text)
         text = text.getvalue()
-        assert re.search(r"^restarts\s+2 seen \(3 starts", text, re.M), text
+        assert re.search(r"^restarts\s+1 seen \(2 starts.*1 after a crash", text, re.M), text
         assert re.search(r"^connection\s+lock #\d+ \w+ \d+ s.*apply #\d+", text, re.M), text
         d.terminate()
         assert d.wait(30) == 0
+        with net.engine.connect() as c:
+            last = json.loads(
+                c.exec_driver_sql(
+                    f"SELECT value FROM {net.prefix}syncd_meta WHERE name = 'daemon'"
+                ).scalar_one()
+            )
+        assert last["stopped_at"] and last["connection"] == "closed", "a clean stop is recorded as such"
     finally:
         d.stop()
     assert not [e for e in d.errors() if e["event"] != "heartbeat_failed"], d.errors()
@@ -314,9 +303,10 @@ def test_user_without_trigger_gets_poll_mode_with_a_warning(wp_network, users, t
     cfg = write_config(
         tmp_path, net, database={"url": user_url(net, user, password)}, capture={"poll_interval": 0.2}
     )
-    check = syncd_cli(cfg, "check", "--json")
-    report = json.loads(check.stdout)
-    assert check.returncode == 0 and report["capture"]["effective"] == "poll", check.stdout
+    out = io.StringIO()
+    code = run_check(load_config(cfg, env={}), json_output=True, out=out)
+    report = json.loads(out.getvalue())
+    assert code == 0 and report["capture"]["effective"] == "poll", report
     assert any("falls back to polling" in w for w in report["warnings"])
     tshirt = members(net, "TSHIRT-RED")
     d = OpsDaemon(cfg, name="poll")
