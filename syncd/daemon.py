@@ -148,8 +148,12 @@ class Daemon:
 
     def _make_engines(self) -> None:
         if self._apply_engine is None:
+            # query_cache_size=0: the apply statements carry IN lists of every size (one SQL text
+            # per list length), so SQLAlchemy's compiled cache keeps hundreds of large one-off
+            # entries: +15 MB RSS per 500-change batch with 10 blogs, 57 -> 223 MB after 12 batches
+            # (bench/). Compiling a text() statement again costs microseconds.
             self._apply_engine = self.config.database.make_engine(
-                apply_marker=True, pool_size=1, max_overflow=1
+                apply_marker=True, pool_size=1, max_overflow=1, query_cache_size=0
             )
         if self._admin_engine is None:
             self._admin_engine = self.config.database.make_engine(pool_size=2, max_overflow=2)
