@@ -1,0 +1,1 @@
+"""Benchmarks for syncd: runnable scripts that print figures (see bench/README.md)."""
