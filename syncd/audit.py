@@ -16,17 +16,19 @@ What is reported (DESIGN.md step 6):
 How (pt-table-checksum style, checksum first, memory flat whatever the catalogue size):
 
 1. Link groups are numbered (``{base}syncd_member.group_id``) and split into *buckets* of ``W``
-   consecutive group ids (at most ``MAX_BUCKETS`` buckets: ``W`` = 1 up to 65,536 groups).
+   consecutive group ids (at most ``MAX_BUCKETS`` buckets: ``W`` = 1 up to 16,384 groups).
 2. Per blog, two aggregate queries give each bucket a checksum: one over the blog's member rows
    (presence and product type), one over its stock meta rows (``COUNT`` and
    ``BIT_XOR(CRC32(CONCAT_WS('#', group, key, normalised value, ISNULL(value))))``), the latter
-   as a scan of ``postmeta`` in primary-key slices joined to the member table with batched key
-   access. The same scan carries a set-based check of the derived data of every product on the
-   blog (status vs lookup row vs visibility term vs quantity): a clean network is read once.
+   as a scan of ``postmeta`` in primary-key slices joined to the member, lookup and term tables
+   by primary key. The same scan carries a set-based check of the derived data of every product
+   on the blog (status vs lookup row vs visibility term vs quantity): a clean network is read
+   once. Two blogs are scanned at a time, each on its own connection.
 3. Buckets whose checksums differ between the blogs that have members in them, that hold an
    ambiguous member, or that hold a product whose derived data looks wrong, are read row by row
-   (members by ``group_id`` range, their meta by ``post_id``), compared exactly in Python, and
-   their products are checked with :func:`syncd.derived.check_products`.
+   (members by ``group_id`` range, their meta by ``post_id``) and compared exactly in Python; the
+   products of the groups that differ and of the buckets whose derived data looked wrong are
+   checked with :func:`syncd.derived.check_products`.
 
 Why not range chunks walked per blog with one aggregate each (pt-table-checksum's own shape):
 WordPress's ``postmeta`` has no (post_id, meta_key) index, so reading five keys of a chunk's
@@ -43,6 +45,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,7 +57,7 @@ import structlog
 
 from syncd import derived
 from syncd.config import Config
-from syncd.db import server_info, table
+from syncd.db import table
 from syncd.exclusion import exclusion_condition, matching_pattern
 from syncd.network import Blog
 from syncd.plan import BACKORDERS, LOW_STOCK, MANAGE, STATUS, STOCK, Key, StockValueError, parse_quantity
@@ -81,9 +84,14 @@ FIELDS: dict[str, str] = {
     "low_stock_amount": LOW_STOCK,
     "stock_status": STATUS,
 }
-MAX_BUCKETS = 65_536
-#: postmeta rows (by meta_id) per scan statement: a fraction of a second each.
-SCAN_SLICE = 500_000
+#: At most this many buckets: the per-blog scan returns one row per bucket (Python reads them all),
+#: and a differing bucket is read row by row (W groups). 16,384: W = 7 at 100,000 groups.
+MAX_BUCKETS = 16_384
+#: postmeta rows (by meta_id range) per scan statement: one statement per blog up to ~200,000
+#: WooCommerce products; each returns up to MAX_BUCKETS rows.
+SCAN_SLICE = 4_000_000
+#: Blogs scanned at the same time (one connection each).
+SCAN_WORKERS = 2
 #: Groups read row by row per step (and written per reconcile transaction).
 CHUNK_GROUPS = 200
 #: Entries kept per report list (counts stay exact).
@@ -236,7 +244,7 @@ def member_checksum_sql(base_prefix: str, excluded: str) -> str:
         f"BIT_XOR(IF({synced}, CRC32(CONCAT_WS('#', m.group_id, m.post_type, m.product_type)), 0)), "
         f"SUM(m.state = 'ambiguous' AND NOT {excluded}) "
         f"FROM {table(base_prefix, 'syncd_member')} m "
-        f"WHERE m.blog_id = :b AND m.group_id IS NOT NULL GROUP BY bucket"
+        f"WHERE m.blog_id = :b AND m.group_id IS NOT NULL GROUP BY bucket ORDER BY NULL"
     )
 
 
@@ -278,7 +286,7 @@ def meta_checksum_sql(base_prefix: str, prefix: str, excluded: str) -> str:
         f"LEFT JOIN {table(prefix, 'term_relationships')} tr ON tr.object_id = pm.post_id "
         f"AND tr.term_taxonomy_id = :oos "
         f"WHERE pm.meta_key IN ({_keys_sql()}) AND pm.meta_id >= :lo AND pm.meta_id < :hi "
-        f"GROUP BY bucket"
+        f"GROUP BY bucket ORDER BY NULL"
     )
 
 
@@ -295,19 +303,6 @@ def unlinked_flagged_sql(base_prefix: str, prefix: str, excluded: str) -> str:
         f"AND (m.post_id IS NULL OR (m.state = 'ambiguous' AND NOT {excluded})) "
         f"AND ({derived_flag_sql()}) ORDER BY pm.post_id"
     )
-
-
-def session_tuning(flavor: str) -> str:
-    """Batched key access for the scan joins (one primary-key probe batch per join buffer)."""
-    if flavor == "mariadb":
-        return "SET SESSION join_cache_level = 6, optimizer_switch = 'mrr=on'"
-    return "SET SESSION optimizer_switch = 'mrr=on,mrr_cost_based=off,batched_key_access=on'"
-
-
-def session_reset(flavor: str) -> str:
-    if flavor == "mariadb":
-        return "SET SESSION join_cache_level = DEFAULT, optimizer_switch = DEFAULT"
-    return "SET SESSION optimizer_switch = DEFAULT"
 
 
 # --------------------------------------------------------------------------- scope
@@ -357,13 +352,13 @@ def read_members(
     for i, (lo, hi) in enumerate(ranges):
         conds.append(f"m.group_id BETWEEN :rlo{i} AND :rhi{i}")
         params[f"rlo{i}"], params[f"rhi{i}"] = lo, hi
-    blogs_in, bparams = _in("bl", scope.blog_ids)
-    params.update(bparams)
+    # The blogs are filtered here, not in SQL: ranges x blog ids can exceed the optimizer's index
+    # dive limit, and the estimate then picked a full scan of the member table (0.7 s a call).
     rows = conn.execute(
         sa.text(
             f"SELECT m.group_id, m.blog_id, m.post_id, m.sku, m.lang, m.post_type, m.product_type, "
-            f"m.parent_id, m.state FROM {table(scope.base, 'syncd_member')} m "
-            f"WHERE ({' OR '.join(conds)}) AND m.blog_id IN ({blogs_in}) "
+            f"m.parent_id, m.state FROM {table(scope.base, 'syncd_member')} m FORCE INDEX (grp) "
+            f"WHERE ({' OR '.join(conds)}) "
             f"AND m.state IN ('linked', 'ambiguous') AND NOT {excl} "
             f"ORDER BY m.group_id, m.blog_id, m.post_id" + (" LOCK IN SHARE MODE" if lock else "")
         ),
@@ -371,6 +366,8 @@ def read_members(
     )
     groups: dict[int, GroupState] = {}
     for gid, b, p, sku, lang, ptype, prodtype, parent, state in rows:
+        if int(b) not in scope.blogs:
+            continue
         g = groups.setdefault(int(gid), GroupState(int(gid), []))
         mv = MemberValues(int(b), int(p), sku, lang or "", ptype, prodtype or "", int(parent or 0), state)
         (g.members if state == "linked" else g.ambiguous).append(mv)
@@ -496,6 +493,11 @@ def drift_entry(group: GroupState, diffs: Sequence[FieldDiff]) -> dict[str, Any]
     }
 
 
+def single_entry(g: GroupState) -> dict[str, Any]:
+    m = g.members[0]
+    return {"group": g.group_id, "sku": m.sku, "lang": m.lang, "blog": m.blog_id, "post": m.post_id}
+
+
 def disagreement_entry(d: derived.Disagreement, sku: str = "") -> dict[str, Any]:
     return {
         "blog": d.blog_id,
@@ -519,6 +521,19 @@ class Chunk:
     unsafe: list[tuple[MemberValues, str]] = field(default_factory=list)
 
 
+@dataclass
+class _BlogScan:
+    blog_id: int
+    n_m: array  # per bucket: synced members
+    x_m: array  # per bucket: checksum of (group, post type, product type)
+    n_v: array  # per bucket: stock meta rows of synced members
+    x_v: array  # per bucket: their checksum
+    members: int = 0
+    examine: set[int] = field(default_factory=set)  # buckets with an ambiguous member or a derived flag
+    flagged: set[int] = field(default_factory=set)  # buckets with a derived flag on this blog
+    flagged_unlinked: bool = False  # a product outside the groups looks wrong
+
+
 class Auditor:
     """Checksum pass then row-by-row examination; shared by audit and reconcile (read-only)."""
 
@@ -531,6 +546,7 @@ class Auditor:
         chunk_groups: int = CHUNK_GROUPS,
         max_buckets: int = MAX_BUCKETS,
         slice_rows: int = SCAN_SLICE,
+        workers: int = SCAN_WORKERS,
     ) -> None:
         self.engine = engine
         self.scope = scope
@@ -538,11 +554,14 @@ class Auditor:
         self.chunk_groups = chunk_groups
         self.max_buckets = max_buckets
         self.slice_rows = slice_rows
+        self.workers = workers
         self.report = Report(blogs=scope.blog_ids)
         self.g0 = 0
         self.width = 1
         self.nbuckets = 0
         self._flagged_unlinked: dict[int, bool] = {}
+        self._flagged: dict[int, set[int]] = {}  # bucket -> blogs where the set-based derived check found something
+        self._lone = bytearray(0)
 
     # -- pass 1: checksums ------------------------------------------------------------------
     def checksum(self) -> list[int]:
@@ -553,71 +572,74 @@ class Auditor:
             lo, hi = conn.execute(
                 sa.text(f"SELECT MIN(group_id), MAX(group_id) FROM {member} WHERE group_id IS NOT NULL")
             ).one()
-            if lo is None or not scope.blogs:
-                return []
-            self.g0 = int(lo)
-            span = int(hi) - int(lo) + 1
-            self.width = max(1, math.ceil(span / self.max_buckets))
-            self.nbuckets = math.ceil(span / self.width)
-            self.report.buckets, self.report.width = self.nbuckets, self.width
-            flavor = server_info(conn)["flavor"]
-            conn.exec_driver_sql(session_tuning(flavor))
-            k = self.nbuckets
-            ref = array("q", [0]) * k  # digest of the first blog with members in the bucket
-            have = bytearray(k)  # 1: ref is set
-            examine = bytearray(k)
-            excl, xparams = scope.excluded_sql()
-            slices = {b: self._meta_bounds(conn, scope.blogs[b]) for b in scope.blog_ids}
-            total = sum(len(s) for s in slices.values()) + len(scope.blogs)
-            self.progress.stage("audit: checksums", total)
-            for blog_id in scope.blog_ids:
-                blog = scope.blogs[blog_id]
-                base_params = {"b": blog_id, "g0": self.g0, "w": self.width, "kmax": k - 1, **xparams}
-                n_m = array("q", [0]) * k
-                x_m = array("q", [0]) * k
-                for bucket, n, crc, amb in conn.execute(
-                    sa.text(member_checksum_sql(scope.base, excl)), base_params
-                ):
-                    i = int(bucket)
-                    n_m[i], x_m[i] = int(n or 0), int(crc or 0)
-                    if amb:
-                        examine[i] = 1
-                self.report.members[blog_id] = int(sum(n_m))
-                self.progress.advance(1, f"blog {blog_id}")
-                n_v = array("q", [0]) * k
-                x_v = array("q", [0]) * k
-                oos = _outofstock_tt(conn, blog)
-                sql = sa.text(meta_checksum_sql(scope.base, blog.prefix, excl))
-                for lo_id, hi_id in slices[blog_id]:
-                    params = {
-                        **base_params,
-                        "lo": lo_id,
-                        "hi": hi_id,
-                        "notify": blog.notify_no_stock_amount,
-                        "oos": oos,
-                    }
-                    for bucket, n, crc, flags in conn.execute(sql, params):
-                        i = int(bucket)
-                        if i < 0:
-                            if flags:
-                                self._flagged_unlinked[blog_id] = True
-                            continue
-                        n_v[i] += int(n or 0)
-                        x_v[i] ^= int(crc or 0)
-                        if flags:
-                            examine[i] = 1
-                    self.progress.advance(1, f"blog {blog_id}")
+            conn.rollback()
+        if lo is None or not scope.blogs:
+            return []
+        self.g0 = int(lo)
+        span = int(hi) - int(lo) + 1
+        self.width = max(1, math.ceil(span / self.max_buckets))
+        self.nbuckets = math.ceil(span / self.width)
+        self.report.buckets, self.report.width = self.nbuckets, self.width
+        k = self.nbuckets
+        ref = array("q", [0]) * k  # digest of the first blog (by id) with members in the bucket
+        have = bytearray(k)  # 1: ref is set
+        examine = bytearray(k)
+        self._lone = bytearray(k)  # 1: members on exactly one blog (so far), 2: on several
+        self.progress.stage("audit: checksums", len(scope.blogs))
+        # Blogs are scanned in parallel (each on its own connection), compared in blog id order.
+        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(scope.blogs)))) as pool:
+            for scan in pool.map(self._scan_blog, scope.blog_ids):
+                self.report.members[scan.blog_id] = scan.members
+                if scan.flagged_unlinked:
+                    self._flagged_unlinked[scan.blog_id] = True
+                for i in scan.examine:
+                    examine[i] = 1
+                for i in scan.flagged:
+                    self._flagged.setdefault(i, set()).add(scan.blog_id)
                 for i in range(k):
-                    if not n_m[i] and not n_v[i]:
+                    if not scan.n_m[i] and not scan.n_v[i]:
                         continue  # no member of this blog in the bucket
-                    digest = hash((n_m[i], x_m[i], n_v[i], x_v[i]))
+                    digest = hash((scan.n_m[i], scan.x_m[i], scan.n_v[i], scan.x_v[i]))
+                    if scan.n_m[i]:
+                        self._lone[i] = min(2, self._lone[i] + 1)
                     if not have[i]:
                         ref[i], have[i] = digest, 1
                     elif ref[i] != digest:
                         examine[i] = 1
-            conn.rollback()
-            conn.exec_driver_sql(session_reset(flavor))  # the connection goes back to the pool
+                self.progress.advance(1, f"blog {scan.blog_id}")
         return [i for i in range(k) if examine[i]]
+
+    def _scan_blog(self, blog_id: int) -> _BlogScan:
+        """One blog's bucket checksums: its member rows, then its stock meta (one statement per slice)."""
+        scope = self.scope
+        blog = scope.blogs[blog_id]
+        k = self.nbuckets
+        excl, xparams = scope.excluded_sql()
+        scan = _BlogScan(blog_id, array("q", [0]) * k, array("q", [0]) * k, array("q", [0]) * k, array("q", [0]) * k)
+        base_params = {"b": blog_id, "g0": self.g0, "w": self.width, "kmax": k - 1, **xparams}
+        with self.engine.connect() as conn:
+            for bucket, n, crc, amb in conn.execute(sa.text(member_checksum_sql(scope.base, excl)), base_params):
+                i = int(bucket)
+                scan.n_m[i], scan.x_m[i] = int(n or 0), int(crc or 0)
+                scan.members += int(n or 0)
+                if amb:
+                    scan.examine.add(i)
+            oos = _outofstock_tt(conn, blog)
+            sql = sa.text(meta_checksum_sql(scope.base, blog.prefix, excl))
+            for lo_id, hi_id in self._meta_bounds(conn, blog):
+                params = {**base_params, "lo": lo_id, "hi": hi_id, "notify": blog.notify_no_stock_amount, "oos": oos}
+                for bucket, n, crc, flags in conn.execute(sql, params):
+                    i = int(bucket)
+                    if i < 0:
+                        scan.flagged_unlinked = scan.flagged_unlinked or bool(flags)
+                        continue
+                    scan.n_v[i] += int(n or 0)
+                    scan.x_v[i] ^= int(crc or 0)
+                    if flags:
+                        scan.examine.add(i)
+                        scan.flagged.add(i)
+            conn.rollback()
+        return scan
 
     def _meta_bounds(self, conn: sa.Connection, blog: Blog) -> list[tuple[int, int]]:
         lo, hi = conn.execute(
@@ -647,8 +669,9 @@ class Auditor:
                     ranges.append((lo, hi))
             yield ranges
 
-    def examine(self, conn: sa.Connection, ranges: Sequence[tuple[int, int]]) -> Chunk:
-        """Read the groups in ``ranges`` row by row, compare, and check their derived data."""
+    def examine(self, conn: sa.Connection, ranges: Sequence[tuple[int, int]], *, check_drifted: bool = True) -> Chunk:
+        """Read the groups in ``ranges`` row by row, compare, and check their derived data (that of
+        drifted groups only with ``check_drifted``: reconcile rewrites and refreshes those anyway)."""
         groups = read_members(conn, self.scope, ranges)
         read_values(conn, self.scope, groups.values())
         chunk = Chunk(groups=[groups[g] for g in sorted(groups)])
@@ -661,8 +684,13 @@ class Auditor:
             chunk.pending = pending_changes(conn, self.scope.base, [g for g in chunk.groups if g.group_id in chunk.drifted])
         by_blog: dict[int, set[int]] = {}
         for g in chunk.groups:
+            bucket = min((g.group_id - self.g0) // self.width, self.nbuckets - 1) if self.nbuckets else -1
+            drifted = g.group_id in chunk.drifted and check_drifted
+            flagged = self._flagged.get(bucket, set())
             for m in (*g.members, *g.ambiguous):
-                by_blog.setdefault(m.blog_id, set()).add(m.post_id)
+                # the members of a drifted group; elsewhere only where the scan saw a suspect product
+                if drifted or m.blog_id in flagged:
+                    by_blog.setdefault(m.blog_id, set()).add(m.post_id)
         for blog_id, ids in sorted(by_blog.items()):
             chunk.disagreements.extend(_check(conn, self.scope.blogs[blog_id], ids))
         return chunk
@@ -687,22 +715,16 @@ class Auditor:
                 if found:
                     yield blog_id, found
 
-    def single_blog_groups(self, conn: sa.Connection) -> Iterator[dict[str, Any]]:
-        """Groups whose synced members are all on one blog (streamed, group id order)."""
-        excl, params = self.scope.excluded_sql()
-        blogs_in, bparams = _in("bl", self.scope.blog_ids)
-        params.update(bparams)
-        rows = conn.execution_options(stream_results=True).execute(
-            sa.text(
-                f"SELECT m.group_id, MIN(m.blog_id), MIN(m.post_id), MIN(m.sku), MIN(m.lang) "
-                f"FROM {table(self.scope.base, 'syncd_member')} m "
-                f"WHERE m.group_id IS NOT NULL AND m.blog_id IN ({blogs_in}) AND m.state = 'linked' "
-                f"AND NOT {excl} GROUP BY m.group_id HAVING COUNT(DISTINCT m.blog_id) = 1"
-            ),
-            params,
-        )
-        for gid, blog_id, post_id, sku, lang in rows:
-            yield {"group": int(gid), "sku": sku, "lang": lang or "", "blog": int(blog_id), "post": int(post_id)}
+    def single_blog_groups(self, conn: sa.Connection, examined: Sequence[int]) -> Iterator[dict[str, Any]]:
+        """Groups whose synced members are all on one blog: those of the buckets with members on one
+        blog only (which checksums cannot tell apart), read from the member table; those of the
+        examined buckets are found by :meth:`record`."""
+        seen = set(examined)
+        lone = [i for i in range(len(self._lone)) if self._lone[i] == 1 and i not in seen]
+        for ranges in self.bucket_ranges(lone):
+            for g in read_members(conn, self.scope, ranges).values():
+                if g.members and len(g.blogs) == 1:
+                    yield single_entry(g)
 
     # -- the whole audit ----------------------------------------------------------------------
     def run(self, on_chunk: Callable[[Chunk], None] | None = None) -> Report:
@@ -722,7 +744,7 @@ class Auditor:
             for _blog_id, found in self.unlinked_disagreements(conn):
                 for d in found:
                     report.add("derived", disagreement_entry(d))
-            for entry in self.single_blog_groups(conn):
+            for entry in self.single_blog_groups(conn, buckets):
                 report.add("single_blog", entry)
             conn.rollback()
         report.seconds = time.monotonic() - started
@@ -752,6 +774,8 @@ class Auditor:
                         "ambiguous",
                         {"group": g.group_id, "sku": g.ambiguous[0].sku, "lang": g.lang, "blog": blog_id, "posts": posts},
                     )
+            if g.members and len(g.blogs) == 1:
+                report.add("single_blog", single_entry(g))
             if types_differ(g):
                 report.add(
                     "type_mismatch",
