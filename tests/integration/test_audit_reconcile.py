@@ -316,3 +316,20 @@ def test_reconcile_during_a_write_storm_loses_nothing(wp_network):
         assert [qty(net, b, posts[s][b]) for b in sorted(posts[s])] == [start[s] + totals[s]] * len(posts[s]), s
     report = audit(net).document()
     assert report["counts"]["drifted_groups"] == 0 and report["counts"]["derived"] == 0, report
+
+
+def test_audit_reports_ambiguous_single_blog_and_mismatched_types(wp_network):
+    net = wp_network
+    sticker, cap, mug, notebook = ids(net, "STICKER"), ids(net, "CAP"), ids(net, "MUG"), ids(net, "NOTEBOOK")
+    drift_sql(net, 3, cap[3], "_sku", "CAP-OLD")  # blog 3's variable CAP leaves the group: single-blog
+    drift_sql(net, 3, sticker[3], "_sku", "CAP")  # ... and a simple product takes its SKU: types differ
+    drift_sql(net, 1, notebook[1], "_sku", "MUG")  # two MUGs on blog 1: ambiguous
+    installed(net)
+    report = audit(net).document()
+    assert [(s["sku"], s["blog"]) for s in report["single_blog"]] == [("CAP-OLD", 3)]
+    assert [(t["sku"], sorted(m["type"] for m in t["members"])) for t in report["type_mismatch"]] == [
+        ("CAP", ["simple", "variable", "variable"])
+    ]
+    assert [(a["sku"], a["blog"], sorted(a["posts"])) for a in report["ambiguous"]] == [
+        ("MUG", 1, sorted([mug[1], notebook[1]]))
+    ]
