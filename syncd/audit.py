@@ -45,9 +45,9 @@ from __future__ import annotations
 import math
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TextIO
@@ -58,7 +58,7 @@ import structlog
 from syncd import derived
 from syncd.config import Config
 from syncd.db import table
-from syncd.exclusion import exclusion_condition, matching_pattern
+from syncd.exclusion import exclusion_condition
 from syncd.network import Blog
 from syncd.plan import BACKORDERS, LOW_STOCK, MANAGE, STATUS, STOCK, Key, StockValueError, parse_quantity
 from syncd.progress import Progress, dump_json
@@ -273,9 +273,7 @@ def meta_checksum_sql(base_prefix: str, prefix: str, excluded: str) -> str:
     primary keys of the member, lookup and term-relationship tables (batched key access)."""
     synced = f"(m.state = 'linked' AND NOT {excluded})"
     not_ignored = f"NOT (m.post_id IS NOT NULL AND (m.state NOT IN ('linked', 'ambiguous') OR {excluded}))"
-    crc = (
-        f"CRC32(CONCAT_WS('#', m.group_id, pm.meta_key, {normalised_value_sql()}, ISNULL(pm.meta_value)))"
-    )
+    crc = f"CRC32(CONCAT_WS('#', m.group_id, pm.meta_key, {normalised_value_sql()}, ISNULL(pm.meta_value)))"
     return (
         f"SELECT IF({synced}, {bucket_sql()}, -1) AS bucket, SUM({synced}), "
         f"BIT_XOR(IF({synced}, {crc}, 0)), SUM({not_ignored} AND ({derived_flag_sql()})) "
@@ -516,7 +514,9 @@ class Chunk:
 
     groups: list[GroupState]
     drifted: dict[int, list[FieldDiff]] = field(default_factory=dict)  # group id -> differing fields
-    pending: dict[int, int] = field(default_factory=dict)  # drifted group id -> captured changes not yet applied
+    pending: dict[int, int] = field(
+        default_factory=dict
+    )  # drifted group id -> captured changes not yet applied
     disagreements: list[derived.Disagreement] = field(default_factory=list)
     unsafe: list[tuple[MemberValues, str]] = field(default_factory=list)
 
@@ -560,7 +560,9 @@ class Auditor:
         self.width = 1
         self.nbuckets = 0
         self._flagged_unlinked: dict[int, bool] = {}
-        self._flagged: dict[int, set[int]] = {}  # bucket -> blogs where the set-based derived check found something
+        self._flagged: dict[
+            int, set[int]
+        ] = {}  # bucket -> blogs where the set-based derived check found something
         self._lone = bytearray(0)
 
     # -- pass 1: checksums ------------------------------------------------------------------
@@ -615,10 +617,14 @@ class Auditor:
         blog = scope.blogs[blog_id]
         k = self.nbuckets
         excl, xparams = scope.excluded_sql()
-        scan = _BlogScan(blog_id, array("q", [0]) * k, array("q", [0]) * k, array("q", [0]) * k, array("q", [0]) * k)
+        scan = _BlogScan(
+            blog_id, array("q", [0]) * k, array("q", [0]) * k, array("q", [0]) * k, array("q", [0]) * k
+        )
         base_params = {"b": blog_id, "g0": self.g0, "w": self.width, "kmax": k - 1, **xparams}
         with self.engine.connect() as conn:
-            for bucket, n, crc, amb in conn.execute(sa.text(member_checksum_sql(scope.base, excl)), base_params):
+            for bucket, n, crc, amb in conn.execute(
+                sa.text(member_checksum_sql(scope.base, excl)), base_params
+            ):
                 i = int(bucket)
                 scan.n_m[i], scan.x_m[i] = int(n or 0), int(crc or 0)
                 scan.members += int(n or 0)
@@ -627,7 +633,13 @@ class Auditor:
             oos = _outofstock_tt(conn, blog)
             sql = sa.text(meta_checksum_sql(scope.base, blog.prefix, excl))
             for lo_id, hi_id in self._meta_bounds(conn, blog):
-                params = {**base_params, "lo": lo_id, "hi": hi_id, "notify": blog.notify_no_stock_amount, "oos": oos}
+                params = {
+                    **base_params,
+                    "lo": lo_id,
+                    "hi": hi_id,
+                    "notify": blog.notify_no_stock_amount,
+                    "oos": oos,
+                }
                 for bucket, n, crc, flags in conn.execute(sql, params):
                     i = int(bucket)
                     if i < 0:
@@ -669,7 +681,9 @@ class Auditor:
                     ranges.append((lo, hi))
             yield ranges
 
-    def examine(self, conn: sa.Connection, ranges: Sequence[tuple[int, int]], *, check_drifted: bool = True) -> Chunk:
+    def examine(
+        self, conn: sa.Connection, ranges: Sequence[tuple[int, int]], *, check_drifted: bool = True
+    ) -> Chunk:
         """Read the groups in ``ranges`` row by row, compare, and check their derived data (that of
         drifted groups only with ``check_drifted``: reconcile rewrites and refreshes those anyway)."""
         groups = read_members(conn, self.scope, ranges)
@@ -681,7 +695,9 @@ class Auditor:
                 chunk.drifted[g.group_id] = diffs
             chunk.unsafe.extend(unsafe)
         if chunk.drifted:
-            chunk.pending = pending_changes(conn, self.scope.base, [g for g in chunk.groups if g.group_id in chunk.drifted])
+            chunk.pending = pending_changes(
+                conn, self.scope.base, [g for g in chunk.groups if g.group_id in chunk.drifted]
+            )
         by_blog: dict[int, set[int]] = {}
         for g in chunk.groups:
             bucket = min((g.group_id - self.g0) // self.width, self.nbuckets - 1) if self.nbuckets else -1
@@ -708,7 +724,9 @@ class Auditor:
             }
             ids = [
                 int(r[0])
-                for r in conn.execute(sa.text(unlinked_flagged_sql(self.scope.base, blog.prefix, excl)), params)
+                for r in conn.execute(
+                    sa.text(unlinked_flagged_sql(self.scope.base, blog.prefix, excl)), params
+                )
             ]
             for start in range(0, len(ids), 500):
                 found = _check(conn, blog, ids[start : start + 500])
@@ -772,7 +790,13 @@ class Auditor:
                 for blog_id, posts in sorted(by_blog.items()):
                     report.add(
                         "ambiguous",
-                        {"group": g.group_id, "sku": g.ambiguous[0].sku, "lang": g.lang, "blog": blog_id, "posts": posts},
+                        {
+                            "group": g.group_id,
+                            "sku": g.ambiguous[0].sku,
+                            "lang": g.lang,
+                            "blog": blog_id,
+                            "posts": posts,
+                        },
                     )
             if g.members and len(g.blogs) == 1:
                 report.add("single_blog", single_entry(g))
@@ -867,12 +891,18 @@ def render(report: Report, out: TextIO) -> None:
     if report.derived:
         print(f"\nDerived data that disagrees with the quantity: {c['derived']}", file=out)
         print_table(
-            [(d["blog"], d["post"] or "-", d["sku"], d["field"], _show(d["expected"]), _show(d["actual"])) for d in report.derived],
+            [
+                (d["blog"], d["post"] or "-", d["sku"], d["field"], _show(d["expected"]), _show(d["actual"]))
+                for d in report.derived
+            ],
             ("BLOG", "POST", "SKU", "FIELD", "EXPECTED", "ACTUAL"),
             out,
         )
     if report.in_flight:
-        print(f"\nGroups that differ while captured changes wait to be applied (not counted as drift): {c['in_flight']}", file=out)
+        print(
+            f"\nGroups that differ while captured changes wait to be applied (not counted as drift): {c['in_flight']}",
+            file=out,
+        )
         rows = []
         for g in report.in_flight:
             for name, values in g["fields"].items():
@@ -881,7 +911,11 @@ def render(report: Report, out: TextIO) -> None:
         print_table(rows, ("SKU", "LANG", "FIELD", "PENDING", "BLOG:POST=VALUE"), out)
     if report.unsafe:
         print(f"\nMembers with unusable stock values (left alone): {c['unsafe']}", file=out)
-        print_table([(u["blog"], u["post"], u["sku"], u["reason"]) for u in report.unsafe], ("BLOG", "POST", "SKU", "REASON"), out)
+        print_table(
+            [(u["blog"], u["post"], u["sku"], u["reason"]) for u in report.unsafe],
+            ("BLOG", "POST", "SKU", "REASON"),
+            out,
+        )
     if report.ambiguous:
         print(f"\nAmbiguous SKUs (not synced on that blog): {c['ambiguous']}", file=out)
         print_table(
@@ -902,7 +936,9 @@ def render(report: Report, out: TextIO) -> None:
     if report.single_blog:
         print(f"\nSKUs present on one blog only: {c['single_blog']}", file=out)
         print_table(
-            [(s["sku"], s["lang"], s["blog"], s["post"]) for s in report.single_blog], ("SKU", "LANG", "BLOG", "POST"), out
+            [(s["sku"], s["lang"], s["blog"], s["post"]) for s in report.single_blog],
+            ("SKU", "LANG", "BLOG", "POST"),
+            out,
         )
     truncated = [k for k, n in c.items() if n > REPORT_LIMIT]
     if truncated:

@@ -81,7 +81,9 @@ def _set_char(c: str) -> str:
     return "\\" + c if c in "\\]^-[" else c
 
 
-def exclusion_condition(column: str, patterns: Sequence[str], prefix: str = "xs") -> tuple[str, dict[str, str]]:
+def exclusion_condition(
+    column: str, patterns: Sequence[str], prefix: str = "xs"
+) -> tuple[str, dict[str, str]]:
     """``(sql, params)``: a condition true when ``column`` matches one of ``patterns``.
 
     ``column`` is a constant of syncd's code (e.g. ``m.sku``); with no patterns the condition is

@@ -91,11 +91,15 @@ def parse_since(text: str | None, now: datetime | None = None) -> datetime | Non
     return value
 
 
-def group_members(conn: sa.Connection, scope: Scope, group_ids: list[int]) -> tuple[list[tuple[int, int]], list[str]]:
+def group_members(
+    conn: sa.Connection, scope: Scope, group_ids: list[int]
+) -> tuple[list[tuple[int, int]], list[str]]:
     """(blog, post) of every member (any state) of the groups, and their SKU texts."""
     names = ", ".join(f":g{i}" for i in range(len(group_ids)))
     rows = conn.execute(
-        sa.text(f"SELECT blog_id, post_id, sku FROM {table(scope.base, 'syncd_member')} WHERE group_id IN ({names})"),
+        sa.text(
+            f"SELECT blog_id, post_id, sku FROM {table(scope.base, 'syncd_member')} WHERE group_id IN ({names})"
+        ),
         {f"g{i}": g for i, g in enumerate(group_ids)},
     ).all()
     return [(int(r[0]), int(r[1])) for r in rows], sorted({r[2] for r in rows if r[2]})
@@ -128,7 +132,21 @@ def read_history(
         params,
     )
     out = [
-        Entry(r[0], r[1], int(r[2]), r[3], int(r[4]), int(r[5]), r[6], r[7], r[8], r[9], r[10], (int(r[11]), int(r[12])), r[13])
+        Entry(
+            r[0],
+            r[1],
+            int(r[2]),
+            r[3],
+            int(r[4]),
+            int(r[5]),
+            r[6],
+            r[7],
+            r[8],
+            r[9],
+            r[10],
+            (int(r[11]), int(r[12])),
+            r[13],
+        )
         for r in rows
         if (int(r[4]), int(r[5])) in wanted
     ]
@@ -195,7 +213,10 @@ def main(config: Config, args: Any, out: TextIO | None = None) -> int:
     finally:
         engine.dispose()
     if getattr(args, "json", False):
-        dump_json({"sku": resolved.sku, "groups": resolved.group_ids, "entries": [e.document() for e in entries]}, out)
+        dump_json(
+            {"sku": resolved.sku, "groups": resolved.group_ids, "entries": [e.document() for e in entries]},
+            out,
+        )
     else:
         render(entries, out, f"History of {resolved.sku} ({', '.join(resolved.langs)}), oldest first:")
     return 0

@@ -63,8 +63,10 @@ from syncd.audit import (
     compare_group,
     read_members,
     read_meta,
-    render as render_audit,
     scope_for,
+)
+from syncd.audit import (
+    render as render_audit,
 )
 from syncd.config import Config
 from syncd.db import errno_of, is_disconnect, is_retryable, table
@@ -175,7 +177,9 @@ def plan_group(
         return plan
     if auth.manages and _usable_quantity(auth) is None:
         plan.authority = None
-        plan.reason = f"authority {auth.blog_id}:{auth.post_id} has an unusable quantity ({auth.value(STOCK)!r})"
+        plan.reason = (
+            f"authority {auth.blog_id}:{auth.post_id} has an unusable quantity ({auth.value(STOCK)!r})"
+        )
         return plan
     target_manage = auth.value(MANAGE)
     target_qty = _usable_quantity(auth)
@@ -196,7 +200,9 @@ def plan_group(
             else:
                 differs = current != target_qty
             if differs:
-                plan.writes.append(FieldWrite(m.key, m.sku, STOCK, m.value(STOCK), format_quantity(target_qty)))
+                plan.writes.append(
+                    FieldWrite(m.key, m.sku, STOCK, m.value(STOCK), format_quantity(target_qty))
+                )
         manual_after = (
             target_manage != "yes"
             and m.product_type != "variable"
@@ -275,7 +281,9 @@ def resolve_sku(conn: sa.Connection, scope: Scope, sku: str, lang: str | None = 
         if state == "ambiguous":
             ambiguous.setdefault(b, []).append(p)
     if ambiguous:
-        where = "; ".join(f"blog {b}: posts {', '.join(map(str, sorted(ps)))}" for b, ps in sorted(ambiguous.items()))
+        where = "; ".join(
+            f"blog {b}: posts {', '.join(map(str, sorted(ps)))}" for b, ps in sorted(ambiguous.items())
+        )
         raise BadSku(
             f"SKU {text!r} is ambiguous ({where} share it): syncd does not know which product is meant; "
             f"give them distinct SKUs or link one manually (syncd link)"
@@ -283,7 +291,9 @@ def resolve_sku(conn: sa.Connection, scope: Scope, sku: str, lang: str | None = 
     linked = [f for f in found if f[3] == "linked" and f[2] is not None]
     if not linked:
         states = sorted({f[3] for f in found})
-        raise BadSku(f"SKU {text!r} is not synced (state {', '.join(states)}: grouped/external products hold no stock)")
+        raise BadSku(
+            f"SKU {text!r} is not synced (state {', '.join(states)}: grouped/external products hold no stock)"
+        )
     groups: dict[int, str] = {}
     for _b, _p, g, _s, lg, _k in linked:
         groups[int(g)] = lg
@@ -311,7 +321,13 @@ class Outcome:
     )
 
     def add(self, kind: str, entry: dict[str, Any]) -> None:
-        key = {"writes": "writes", "healed": "healed", "skipped_chunks": "skipped_chunks", "left_alone": "left_alone", "groups": "groups"}[kind]
+        key = {
+            "writes": "writes",
+            "healed": "healed",
+            "skipped_chunks": "skipped_chunks",
+            "left_alone": "left_alone",
+            "groups": "groups",
+        }[kind]
         self.counts[key] += 1
         target: list[dict[str, Any]] = getattr(self, kind)
         if len(target) < REPORT_LIMIT:
@@ -432,27 +448,39 @@ class Writer:
                     continue  # agrees now (the daemon, or a pending change, already fixed it)
                 plan = plan_group(self.policy, g, last)
             if plan.authority is None and set_quantity is None:
-                staged["left_alone"].append({"group": gid, "sku": g.sku, "lang": g.lang, "reason": plan.reason})
+                staged["left_alone"].append(
+                    {"group": gid, "sku": g.sku, "lang": g.lang, "reason": plan.reason}
+                )
                 continue
             staged["groups"].append(
                 {
                     "group": gid,
                     "sku": g.sku,
                     "lang": g.lang,
-                    "authority": None if plan.authority is None else f"{plan.authority[0]}:{plan.authority[1]}",
+                    "authority": None
+                    if plan.authority is None
+                    else f"{plan.authority[0]}:{plan.authority[1]}",
                     "reason": plan.reason,
                     "writes": len(plan.writes),
                 }
             )
             for (b, p), reason in plan.left_alone:
-                staged["left_alone"].append({"group": gid, "sku": g.sku, "blog": b, "post": p, "reason": reason})
+                staged["left_alone"].append(
+                    {"group": gid, "sku": g.sku, "blog": b, "post": p, "reason": reason}
+                )
             role = "set" if set_quantity is not None else "reconcile"
             for w in plan.writes:
                 pending_writes.append((g, plan, w, role))
         for g, plan, w, role, error in self._write_values(conn, pending_writes, rows):
             if error is not None:
                 staged["left_alone"].append(
-                    {"group": g.group_id, "sku": w.sku, "blog": w.member[0], "post": w.member[1], "reason": error}
+                    {
+                        "group": g.group_id,
+                        "sku": w.sku,
+                        "blog": w.member[0],
+                        "post": w.member[1],
+                        "reason": error,
+                    }
                 )
                 continue
             written.setdefault(w.member[0], set()).add(w.member[1])
@@ -599,7 +627,12 @@ class Writer:
                     conn,
                     self.base,
                     blog,
-                    [(m.meta_id, k[1], key, m.value) for k, r in locked.items() for key, ms in r.meta.items() for m in ms],
+                    [
+                        (m.meta_id, k[1], key, m.value)
+                        for k, r in locked.items()
+                        for key, ms in r.meta.items()
+                        for m in ms
+                    ],
                 )
         return groups, rows
 
@@ -727,7 +760,9 @@ def last_changed(conn: sa.Connection, scope: Scope, groups: Iterable[GroupState]
     for blog_id, ids in by_blog.items():
         names = ", ".join(f":i{n}" for n in range(len(ids)))
         for pid, when in conn.execute(
-            sa.text(f"SELECT ID, post_modified_gmt FROM {table(scope.blogs[blog_id].prefix, 'posts')} WHERE ID IN ({names})"),
+            sa.text(
+                f"SELECT ID, post_modified_gmt FROM {table(scope.blogs[blog_id].prefix, 'posts')} WHERE ID IN ({names})"
+            ),
             {f"i{n}": v for n, v in enumerate(ids)},
         ):
             if when is not None:
@@ -843,10 +878,23 @@ def reconcile(
                 ro.rollback()
                 ids = sorted({d.product_id for d in found if d.product_id})
                 for d in found:
-                    auditor.report.add("derived", {"blog": d.blog_id, "post": d.product_id, "sku": "", "field": d.field, "expected": d.expected, "actual": d.actual})
+                    auditor.report.add(
+                        "derived",
+                        {
+                            "blog": d.blog_id,
+                            "post": d.product_id,
+                            "sku": "",
+                            "field": d.field,
+                            "expected": d.expected,
+                            "actual": d.actual,
+                        },
+                    )
                 if dry_run:
                     for pid in ids:
-                        outcome.add("healed", {"blog": blog_id, "post": pid, "status": None, "lookup": [], "term": None})
+                        outcome.add(
+                            "healed",
+                            {"blog": blog_id, "post": pid, "status": None, "lookup": [], "term": None},
+                        )
                 elif ids:
                     writer.run_chunk([], {blog_id: set(ids)})
             for entry in auditor.single_blog_groups(ro, buckets):
@@ -875,7 +923,9 @@ def _plan_dry(
     for g in groups:
         plan = plan_group(policy, g, last)
         if plan.authority is None:
-            outcome.add("left_alone", {"group": g.group_id, "sku": g.sku, "lang": g.lang, "reason": plan.reason})
+            outcome.add(
+                "left_alone", {"group": g.group_id, "sku": g.sku, "lang": g.lang, "reason": plan.reason}
+            )
             continue
         outcome.add(
             "groups",
@@ -924,7 +974,15 @@ def render_outcome(outcome: Outcome, out: TextIO) -> None:
     if outcome.writes:
         print_table(
             [
-                (w["sku"], w["lang"], f"{w['blog']}:{w['post']}", w["field"], _txt(w["old"]), _txt(w["new"]), w["authority"])
+                (
+                    w["sku"],
+                    w["lang"],
+                    f"{w['blog']}:{w['post']}",
+                    w["field"],
+                    _txt(w["old"]),
+                    _txt(w["new"]),
+                    w["authority"],
+                )
                 for w in outcome.writes
             ],
             ("SKU", "LANG", "BLOG:POST", "FIELD", "OLD", "NEW", "AUTHORITY"),
@@ -932,14 +990,25 @@ def render_outcome(outcome: Outcome, out: TextIO) -> None:
         )
     if outcome.healed:
         print_table(
-            [(h["blog"], h["post"], h["status"] or "", " ".join(h["lookup"]) or "", h["term"] or "") for h in outcome.healed],
+            [
+                (h["blog"], h["post"], h["status"] or "", " ".join(h["lookup"]) or "", h["term"] or "")
+                for h in outcome.healed
+            ],
             ("BLOG", "POST", "STATUS", "LOOKUP COLUMNS", "OUTOFSTOCK TERM"),
             out,
         )
     if outcome.left_alone:
         print(f"\nLeft alone: {c['left_alone']}", file=out)
         print_table(
-            [(x.get("sku", ""), x.get("group", ""), f"{x['blog']}:{x['post']}" if "blog" in x else "", x["reason"]) for x in outcome.left_alone],
+            [
+                (
+                    x.get("sku", ""),
+                    x.get("group", ""),
+                    f"{x['blog']}:{x['post']}" if "blog" in x else "",
+                    x["reason"],
+                )
+                for x in outcome.left_alone
+            ],
             ("SKU", "GROUP", "BLOG:POST", "REASON"),
             out,
         )
@@ -1034,9 +1103,7 @@ def sync_skus(config: Config, skus: Sequence[str], *, lang: str | None = None) -
         engine.dispose()
 
 
-def set_stock(
-    config: Config, sku: str, qty: str, *, lang: str | None = None
-) -> tuple[Outcome, list[str]]:
+def set_stock(config: Config, sku: str, qty: str, *, lang: str | None = None) -> tuple[Outcome, list[str]]:
     """``syncd set-stock SKU QTY``: every member of the group that manages stock gets QTY, in one
     transaction (pending changes of the group are applied first, as in reconcile)."""
     try:

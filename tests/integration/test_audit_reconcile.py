@@ -34,14 +34,18 @@ def installed(net: Any) -> None:
     make_daemon(net).close()
 
 
-def drift_sql(net: Any, blog_id: int, post_id: int, key: str, value: str | None, *, captured: bool = False) -> None:
+def drift_sql(
+    net: Any, blog_id: int, post_id: int, key: str, value: str | None, *, captured: bool = False
+) -> None:
     """Write a meta value directly; ``captured=False`` bypasses the triggers (drift from before
     syncd was installed, or from a writer syncd never saw)."""
     with net.engine.connect() as c:
         if not captured:
             c.exec_driver_sql("SET @syncd_apply = 1")
         c.execute(
-            sa.text(f"UPDATE {net.table(blog_id, 'postmeta')} SET meta_value = :v WHERE post_id = :p AND meta_key = :k"),
+            sa.text(
+                f"UPDATE {net.table(blog_id, 'postmeta')} SET meta_value = :v WHERE post_id = :p AND meta_key = :k"
+            ),
             {"v": value, "p": post_id, "k": key},
         )
         if not captured:
@@ -52,7 +56,9 @@ def drift_sql(net: Any, blog_id: int, post_id: int, key: str, value: str | None,
 def lookup_status(net: Any, blog_id: int, post_id: int) -> tuple[Any, ...] | None:
     with net.engine.connect() as c:
         row = c.execute(
-            sa.text(f"SELECT stock_status, stock_quantity FROM {net.table(blog_id, 'wc_product_meta_lookup')} WHERE product_id = :p"),
+            sa.text(
+                f"SELECT stock_status, stock_quantity FROM {net.table(blog_id, 'wc_product_meta_lookup')} WHERE product_id = :p"
+            ),
             {"p": post_id},
         ).one_or_none()
     return None if row is None else tuple(row)
@@ -61,12 +67,17 @@ def lookup_status(net: Any, blog_id: int, post_id: int) -> tuple[Any, ...] | Non
 def test_drift_is_found_by_audit_and_fixed_by_reconcile(wp_network):
     net = wp_network
     installed(net)
-    mug, tshirt, poster, hm, hl, nb = (ids(net, s) for s in ("MUG", "TSHIRT-RED", "POSTER", "HOODIE-M", "HOODIE-L", "NOTEBOOK"))
+    mug, tshirt, poster, hm, hl, nb = (
+        ids(net, s) for s in ("MUG", "TSHIRT-RED", "POSTER", "HOODIE-M", "HOODIE-L", "NOTEBOOK")
+    )
     drift_sql(net, 2, mug[2], "_stock", "1.000000")  # quantity
     drift_sql(net, 3, tshirt[3], "_backorders", "yes")  # register
     drift_sql(net, 3, poster[3], "_stock_status", "instock")  # derived: stock 0, says in stock
     with net.engine.connect() as c:  # derived: a missing lookup row
-        c.execute(sa.text(f"DELETE FROM {net.table(2, 'wc_product_meta_lookup')} WHERE product_id = :p"), {"p": hm[2]})
+        c.execute(
+            sa.text(f"DELETE FROM {net.table(2, 'wc_product_meta_lookup')} WHERE product_id = :p"),
+            {"p": hm[2]},
+        )
         c.commit()
     drift_sql(net, 1, hl[1], "_stock", "6", captured=True)  # a sale captured, no daemon applying it
     assert pending(net) == 1
@@ -91,7 +102,10 @@ def test_drift_is_found_by_audit_and_fixed_by_reconcile(wp_network):
     assert [meta(net, b, nb[b], "_backorders") for b in (1, 2, 3)] == ["notify"] * 3  # tie: lowest blog id
     assert meta(net, 3, poster[3], "_stock_status") == "outofstock"
     assert lookup_status(net, 2, hm[2]) == ("instock", 3.0)
-    assert lookup_status(net, 1, mug[1]) == ("instock", 1.0) and lookup_status(net, 2, mug[2]) == ("instock", 1.0)
+    assert lookup_status(net, 1, mug[1]) == ("instock", 1.0) and lookup_status(net, 2, mug[2]) == (
+        "instock",
+        1.0,
+    )
 
     after = audit(net).document()
     assert after["counts"]["drifted_groups"] == 0 and after["counts"]["derived"] == 0, after
@@ -156,7 +170,9 @@ def test_dry_run_writes_nothing(wp_network):
     assert pending(net) == 1
     writes = {(w["sku"], w["blog"], w["field"], w["old"], w["new"]) for w in plan.writes}
     assert ("MUG", 1, "quantity", "3", "2") in writes and ("MUG", 2, "quantity", "3", "2") in writes
-    assert not [w for w in plan.writes if w["sku"] == "TSHIRT-RED"]  # in flight: its pending change comes first
+    assert not [
+        w for w in plan.writes if w["sku"] == "TSHIRT-RED"
+    ]  # in flight: its pending change comes first
     assert [g["sku"] for g in found.in_flight] == ["TSHIRT-RED"]
     assert {(h["blog"], h["post"]) for h in plan.healed} >= {(2, poster[2])}
     assert found.counts["drifted_groups"] >= 2  # MUG, NOTEBOOK
@@ -189,7 +205,9 @@ def test_authority_lowest_blog_and_latest(wp_network):
     spread(net, "TSHIRT-RED", {1: ("8", "no"), 2: ("5", "notify"), 3: ("7", "yes")})
     with net.engine.connect() as c:  # blog 1's product was saved last
         c.execute(
-            sa.text(f"UPDATE {net.table(1, 'posts')} SET post_modified_gmt = UTC_TIMESTAMP() + INTERVAL 1 HOUR WHERE ID = :p"),
+            sa.text(
+                f"UPDATE {net.table(1, 'posts')} SET post_modified_gmt = UTC_TIMESTAMP() + INTERVAL 1 HOUR WHERE ID = :p"
+            ),
             {"p": posts[1]},
         )
         c.commit()
@@ -200,7 +218,12 @@ def test_authority_lowest_blog_and_latest(wp_network):
     # A group without a member on the authority blog is left alone, and says so (exit bit 32).
     mug = ids(net, "MUG")
     with net.engine.connect() as c:
-        c.execute(sa.text(f"UPDATE {net.prefix}syncd_member SET state = 'skipped' WHERE blog_id = 3 AND post_id = :p"), {"p": mug[3]})
+        c.execute(
+            sa.text(
+                f"UPDATE {net.prefix}syncd_member SET state = 'skipped' WHERE blog_id = 3 AND post_id = :p"
+            ),
+            {"p": mug[3]},
+        )
         c.commit()
     drift_sql(net, 2, mug[2], "_stock", "1")
     _found, done = run_reconcile(net, reconcile={"authority": "blog:3"})
@@ -313,7 +336,9 @@ def test_reconcile_during_a_write_storm_loses_nothing(wp_network):
     assert not errors, errors
     assert pending(net) == 0
     for s in skus:
-        assert [qty(net, b, posts[s][b]) for b in sorted(posts[s])] == [start[s] + totals[s]] * len(posts[s]), s
+        assert [qty(net, b, posts[s][b]) for b in sorted(posts[s])] == [start[s] + totals[s]] * len(
+            posts[s]
+        ), s
     report = audit(net).document()
     assert report["counts"]["drifted_groups"] == 0 and report["counts"]["derived"] == 0, report
 

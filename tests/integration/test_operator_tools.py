@@ -31,9 +31,13 @@ def _restore_logging() -> Any:
             root.removeHandler(handler)
 
 
-def run(net: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], *argv: str, extra: str = "") -> tuple[int, str, str]:
+def run(
+    net: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], *argv: str, extra: str = ""
+) -> tuple[int, str, str]:
     path = tmp_path / "syncd.toml"
-    path.write_text(f'[database]\nurl = "{net.url}"\ntable_prefix = "{net.prefix}"\n{extra}', encoding="utf-8")
+    path.write_text(
+        f'[database]\nurl = "{net.url}"\ntable_prefix = "{net.prefix}"\n{extra}', encoding="utf-8"
+    )
     capsys.readouterr()
     code = cli.main(["--config", str(path), "--log-level", "warning", *argv])
     out, err = capsys.readouterr()
@@ -44,7 +48,9 @@ def test_bad_sku_arguments_get_clear_errors(wp_network, tmp_path, capsys):
     net = wp_network
     with net.engine.connect() as c:  # a second MUG on blog 1: MUG becomes ambiguous there
         c.execute(
-            sa.text(f"UPDATE {net.table(1, 'postmeta')} SET meta_value = 'MUG' WHERE post_id = :p AND meta_key = '_sku'"),
+            sa.text(
+                f"UPDATE {net.table(1, 'postmeta')} SET meta_value = 'MUG' WHERE post_id = :p AND meta_key = '_sku'"
+            ),
             {"p": ids(net, "NOTEBOOK")[1]},
         )
         c.commit()
@@ -116,7 +122,9 @@ def test_audit_and_reconcile_through_the_cli(wp_network, tmp_path, capsys):
     code, out, _err = run(net, tmp_path, capsys, "--reconcile", "--dry-run")
     assert code == 4 and "Would write" in out and "MUG" in out
     assert qty(net, 1, mug[1]) == 3
-    code, out, _err = run(net, tmp_path, capsys, "reconcile", "--json", extra='[reconcile]\nauthority = "blog:2"\n')
+    code, out, _err = run(
+        net, tmp_path, capsys, "reconcile", "--json", extra='[reconcile]\nauthority = "blog:2"\n'
+    )
     assert code == 4 and json.loads(out)["reconcile"]["authority"] == "blog:2"
     assert [qty(net, b, mug[b]) for b in (1, 2, 3)] == [1, 1, 1]
     assert [meta(net, b, ids(net, "NOTEBOOK")[b], "_backorders") for b in (1, 2, 3)] == ["no"] * 3
@@ -159,6 +167,8 @@ def test_readme_documents_every_command_and_option(command: str, capsys: pytest.
     missing = sorted(o for o in options if o not in readme)
     assert not missing, f"README lacks options of `syncd {command}`: {missing}"
     usage = text.split("\n\n", 1)[0]
-    positionals = [p for p in re.findall(r"(?<![\[\w-])([A-Z][A-Z:_]+)(?:\.\.\.)?(?!\w)", usage) if p not in ("COMMAND",)]
+    positionals = [
+        p for p in re.findall(r"(?<![\[\w-])([A-Z][A-Z:_]+)(?:\.\.\.)?(?!\w)", usage) if p not in ("COMMAND",)
+    ]
     missing = sorted(p for p in positionals if p not in readme)
     assert not missing, f"README lacks arguments of `syncd {command}`: {missing}"

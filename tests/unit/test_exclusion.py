@@ -14,10 +14,38 @@ import pytest
 from syncd.config import SyncConfig
 from syncd.exclusion import _like, _regexp, exclusion_condition, matching_pattern
 
-SKUS = ["GIFT-1", "gift-1", "GIFT-", "GIFT-12", "SAMPLE", "SAMPLE-A", "SAMPLE-AB", "50%OFF", "A_B", "AxB",
-        "x[1]", "CARD-7", "CARD-x", "CARD-b", "CARD-]", "G|X", "G-X"]
-PATTERNS = ["GIFT-*", "SAMPLE", "SAMPLE-?", "50%OFF", "A_B", "x[1]", "CARD-[0-9]", "CARD-[!0-9a]", "G|X",
-            "CARD-[]]", "*"]
+SKUS = [
+    "GIFT-1",
+    "gift-1",
+    "GIFT-",
+    "GIFT-12",
+    "SAMPLE",
+    "SAMPLE-A",
+    "SAMPLE-AB",
+    "50%OFF",
+    "A_B",
+    "AxB",
+    "x[1]",
+    "CARD-7",
+    "CARD-x",
+    "CARD-b",
+    "CARD-]",
+    "G|X",
+    "G-X",
+]
+PATTERNS = [
+    "GIFT-*",
+    "SAMPLE",
+    "SAMPLE-?",
+    "50%OFF",
+    "A_B",
+    "x[1]",
+    "CARD-[0-9]",
+    "CARD-[!0-9a]",
+    "G|X",
+    "CARD-[]]",
+    "*",
+]
 
 
 def like_match(value: str, pattern: str, escape: str = "|") -> bool:

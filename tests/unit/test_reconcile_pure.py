@@ -22,7 +22,17 @@ def mv(blog, post, stock="5", manage="yes", backorders="no", low=None, status="i
         meta["_stock"] = stock if isinstance(stock, list) else [stock]
     if low is not None:
         meta["_low_stock_amount"] = [low]
-    return MemberValues(blog, post, kw.pop("sku", "SKU"), "en", kw.pop("post_type", "product"), kw.pop("product_type", "simple"), kw.pop("parent_id", 0), meta=meta, **kw)
+    return MemberValues(
+        blog,
+        post,
+        kw.pop("sku", "SKU"),
+        "en",
+        kw.pop("post_type", "product"),
+        kw.pop("product_type", "simple"),
+        kw.pop("parent_id", 0),
+        meta=meta,
+        **kw,
+    )
 
 
 def group(*members):
@@ -40,13 +50,38 @@ def test_quantities_compare_as_numbers():
 def test_quantity_ignored_where_stock_is_not_managed_and_status_only_where_manual():
     g = group(mv(1, 10, None, manage="no", status="instock"), mv(2, 20, "3", manage="no", status="instock"))
     assert compare_group(g) == ([], [])
-    diffs, _ = compare_group(group(mv(1, 10, None, manage="no", status="outofstock"), mv(2, 20, None, manage="no")))
+    diffs, _ = compare_group(
+        group(mv(1, 10, None, manage="no", status="outofstock"), mv(2, 20, None, manage="no"))
+    )
     assert [d.field for d in diffs] == ["stock_status"]
     # managed: status is derived, never compared
-    assert compare_group(group(mv(1, 10, "0", status="instock"), mv(2, 20, "0", status="outofstock"))) == ([], [])
+    assert compare_group(group(mv(1, 10, "0", status="instock"), mv(2, 20, "0", status="outofstock"))) == (
+        [],
+        [],
+    )
     # a variation whose parent manages stock takes its status from the parent
-    a = mv(1, 10, None, manage="no", status="outofstock", post_type="product_variation", product_type="", parent_id=5, parent_manages=True)
-    b = mv(2, 20, None, manage="no", status="instock", post_type="product_variation", product_type="", parent_id=6, parent_manages=True)
+    a = mv(
+        1,
+        10,
+        None,
+        manage="no",
+        status="outofstock",
+        post_type="product_variation",
+        product_type="",
+        parent_id=5,
+        parent_manages=True,
+    )
+    b = mv(
+        2,
+        20,
+        None,
+        manage="no",
+        status="instock",
+        post_type="product_variation",
+        product_type="",
+        parent_id=6,
+        parent_manages=True,
+    )
     assert compare_group(group(a, b)) == ([], [])
 
 
@@ -59,7 +94,9 @@ def test_registers_and_empty_low_stock_amount():
 
 
 def test_unusable_quantities_are_reported_and_count_as_different():
-    diffs, unsafe = compare_group(group(mv(1, 10, "abc"), mv(2, 20, "5"), mv(3, 30, ["5", "5"]), mv(4, 40, None)))
+    diffs, unsafe = compare_group(
+        group(mv(1, 10, "abc"), mv(2, 20, "5"), mv(3, 30, ["5", "5"]), mv(4, 40, None))
+    )
     assert [d.field for d in diffs] == ["quantity"]
     assert [(m.key, r) for m, r in unsafe] == [
         ((1, 10), "_stock not a number: 'abc'"),
@@ -68,7 +105,10 @@ def test_unusable_quantities_are_reported_and_count_as_different():
     ]
     # a broken member is overwritten with the authority's quantity
     plan = plan_group("lowest", group(mv(1, 10, "abc"), mv(2, 20, "5"), mv(4, 40, None)))
-    assert plan.authority == (2, 20) and {(w.member, w.new) for w in plan.writes} == {((1, 10), "5"), ((4, 40), "5")}
+    assert plan.authority == (2, 20) and {(w.member, w.new) for w in plan.writes} == {
+        ((1, 10), "5"),
+        ((4, 40), "5"),
+    }
 
 
 def test_lowest_never_oversells_and_ties_go_to_the_lowest_blog():
@@ -115,13 +155,22 @@ def test_plan_group_copies_manual_status_and_manage_flag():
     auth = mv(1, 10, None, manage="no", status="outofstock")
     other = mv(2, 20, "3", manage="yes", status="instock")
     plan = plan_group("blog:1", group(auth, other))
-    assert {(w.meta_key, w.new) for w in plan.writes} == {("_manage_stock", "no"), ("_stock_status", "outofstock")}
+    assert {(w.meta_key, w.new) for w in plan.writes} == {
+        ("_manage_stock", "no"),
+        ("_stock_status", "outofstock"),
+    }
 
 
 def test_checksum_sql_binds_everything_but_table_names():
     sql = meta_checksum_sql("wp_", "wp_3_", "(FALSE OR m.state = 'excluded')")
-    assert "FROM `wp_3_postmeta` pm LEFT JOIN `wp_syncd_member` m ON m.blog_id = :b AND m.post_id = pm.post_id" in sql
-    assert "BIT_XOR(IF((m.state = 'linked' AND NOT (FALSE OR m.state = 'excluded')), CRC32(CONCAT_WS('#', m.group_id, pm.meta_key, IF(pm.meta_key = '_stock' AND LOCATE('.', pm.meta_value) > 0, TRIM(TRAILING '.' FROM TRIM(TRAILING '0' FROM pm.meta_value)), pm.meta_value), ISNULL(pm.meta_value))), 0))" in sql
+    assert (
+        "FROM `wp_3_postmeta` pm LEFT JOIN `wp_syncd_member` m ON m.blog_id = :b AND m.post_id = pm.post_id"
+        in sql
+    )
+    assert (
+        "BIT_XOR(IF((m.state = 'linked' AND NOT (FALSE OR m.state = 'excluded')), CRC32(CONCAT_WS('#', m.group_id, pm.meta_key, IF(pm.meta_key = '_stock' AND LOCATE('.', pm.meta_value) > 0, TRIM(TRAILING '.' FROM TRIM(TRAILING '0' FROM pm.meta_value)), pm.meta_value), ISNULL(pm.meta_value))), 0))"
+        in sql
+    )
     assert "pm.meta_id >= :lo AND pm.meta_id < :hi GROUP BY bucket" in sql
     assert set(re.findall(r":(\w+)", sql)) == {"b", "g0", "w", "kmax", "notify", "oos", "lo", "hi"}
     assert "GROUP BY bucket" in member_checksum_sql("wp_", "FALSE")
@@ -129,7 +178,9 @@ def test_checksum_sql_binds_everything_but_table_names():
 
 def test_authority_setting_and_arguments():
     assert config_for("mysql+pymysql://u@h/db").reconcile.authority == "lowest"
-    assert config_for("mysql+pymysql://u@h/db", reconcile={"authority": "blog:2"}).reconcile.authority_blog == 2
+    assert (
+        config_for("mysql+pymysql://u@h/db", reconcile={"authority": "blog:2"}).reconcile.authority_blog == 2
+    )
     with pytest.raises(ConfigError, match="reconcile.authority"):
         config_for("mysql+pymysql://u@h/db", reconcile={"authority": "highest"})
     with pytest.raises(ConfigError, match="reconcile.color"):
@@ -139,7 +190,9 @@ def test_authority_setting_and_arguments():
         with pytest.raises(ValueError):
             parse_qty(bad)
     assert parse_since("2026-05-01") == datetime(2026, 5, 1)
-    assert parse_since("2h", datetime(2026, 5, 1, 12, tzinfo=__import__("datetime").UTC)) == datetime(2026, 5, 1, 10)
+    assert parse_since("2h", datetime(2026, 5, 1, 12, tzinfo=__import__("datetime").UTC)) == datetime(
+        2026, 5, 1, 10
+    )
     with pytest.raises(BadArgument):
         parse_since("yesterday")
 
@@ -149,7 +202,10 @@ def test_excluded_origin_is_neither_propagated_nor_repaired():
     members = [Member(1, 10, "GIFT-1", "excluded"), Member(2, 20, "GIFT-1", "linked")]
     c = Change(1, 1, 10, "_stock", "U", "5", "4")
     plan = plan_batch(
-        [c], {(1, 10): members, (2, 20): members}, {(1, 10): Facts(stock="4"), (2, 20): Facts(stock="5")}, [1, 2]
+        [c],
+        {(1, 10): members, (2, 20): members},
+        {(1, 10): Facts(stock="4"), (2, 20): Facts(stock="5")},
+        [1, 2],
     )
     assert plan.writes == [] and plan.refresh == {} and plan.applied == []
     assert [n.reason for n in plan.notes] == ["origin is excluded (sync.exclude_skus)"]
