@@ -18,7 +18,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,11 +87,16 @@ class DaemonProcess:
             return [sys.executable, "-m", "syncd", *argv]
         return [sys.executable, str(Path(__file__).resolve()), *argv]
 
-    def start(self) -> DaemonProcess:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
+    def environment(self) -> dict[str, str]:
+        """The child's environment: ours, without systemd's notify variables (subclasses add them)."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("NOTIFY_SOCKET", None)
         env.pop("WATCHDOG_USEC", None)
+        return env
+
+    def start(self) -> DaemonProcess:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        env = self.environment()
         self.events, self.raw = [], []
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
@@ -675,3 +681,23 @@ def assert_history_once(net: Any, ledger: Ledger, start: Mapping[str, Mapping[in
                         f"{sku} blog {b}: start {q0} + own {own} + copied {copied} != now {now[b]}"
                     )
         assert not problems, "\n".join(problems)
+
+
+@contextmanager
+def running(d: Any) -> Iterator[threading.Thread]:
+    """``Daemon.run()`` in a thread (leader lock, scheduler, main loop); stopped at the end, and
+    required to exit 0. What the test does inside happens mid-run, after start-up."""
+    from syncd.daemon import EXIT_OK
+
+    code: list[int] = []
+    t = threading.Thread(target=lambda: code.append(d.run()), name="daemon", daemon=True)
+    t.start()
+    try:
+        wait_until(lambda: d.ready.is_set() or not t.is_alive(), 30, "the daemon to start")
+        assert t.is_alive(), "the daemon died while starting"
+        yield t
+    finally:
+        d.request_stop()
+        t.join(30)
+    assert not t.is_alive(), "the daemon did not stop"
+    assert code == [EXIT_OK]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -20,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from syncd import journal
-from tests.integration.daemon_process import REPO, DaemonProcess
+from tests.integration.daemon_process import DaemonProcess
 
 #: The README's grants (section "Least privilege"), database-wide. Kept in one place: the tests
 #: check the README shows exactly this statement.
@@ -47,10 +46,9 @@ class OpsDaemon(DaemonProcess):
         fmt = ["--log-format", self.log_format] if self.log_format else []
         return [sys.executable, "-m", "syncd", "--config", self.config_path, *fmt, *args]
 
-    def start(self) -> OpsDaemon:
-        # As DaemonProcess.start, but with self.env (which may set NOTIFY_SOCKET and WATCHDOG_USEC,
-        # deliberately removed there).
-        assert self.proc is None or self.proc.poll() is not None, "already running"
+    def environment(self) -> dict[str, str]:
+        # As DaemonProcess's, but a test's self.env may set what systemd would (NOTIFY_SOCKET,
+        # WATCHDOG_USEC, CREDENTIALS_DIRECTORY, JOURNAL_STREAM); nothing leaks in from ours.
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         for k in (
             "NOTIFY_SOCKET",
@@ -61,25 +59,7 @@ class OpsDaemon(DaemonProcess):
         ):
             env.pop(k, None)
         env.update(self.env)
-        self.events, self.raw = [], []
-        self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(
-            self.command("run", *self.extra_args),
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        self._readers = [
-            threading.Thread(target=self._read, args=(self.proc.stderr,), daemon=True),
-            threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True),
-        ]
-        for t in self._readers:
-            t.start()
-        return self
+        return env
 
 
 class DatagramListener:

@@ -14,16 +14,14 @@ are in test_faults.py.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from syncd.config import config_for
-from syncd.daemon import EXIT_OK, Daemon
+from syncd.daemon import Daemon
 from tests.integration.daemon_process import (
     Ledger,
     assert_converged,
@@ -32,28 +30,13 @@ from tests.integration.daemon_process import (
     pending,
     quantities,
     refresh_fn,
+    running,
     snapshot,
     wait_drained,
     wpdb_engine,
 )
 from tests.integration.ops_helpers import Users, lock_waits, root_exec, user_url, wait_until
 from tests.integration.sync_helpers import woo_decrease
-
-
-@contextmanager
-def running(d: Daemon) -> Iterator[threading.Thread]:
-    """``Daemon.run()`` in a thread (leader lock, scheduler, main loop), stopped at the end (exit 0)."""
-    code: list[int] = []
-    t = threading.Thread(target=lambda: code.append(d.run()), name="daemon", daemon=True)
-    t.start()
-    try:
-        assert d.ready.wait(30), "the daemon did not start"
-        yield t
-    finally:
-        d.request_stop()
-        t.join(30)
-    assert not t.is_alive(), "the daemon did not stop"
-    assert code == [EXIT_OK]
 
 
 # --------------------------------------------------------------------------- deadlock

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import random
 import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -34,30 +31,13 @@ from tests.integration.daemon_process import (
     pending,
     quantities,
     refresh_fn,
+    running,
     snapshot,
     wait_drained,
     wait_until,
     write_config,
 )
 from tests.integration.sync_helpers import make_daemon, set_meta, stock, woo_decrease
-
-
-@contextmanager
-def running(d: Daemon) -> Iterator[threading.Thread]:
-    """``Daemon.run()`` in a thread; stopped (and required to exit 0) at the end."""
-    code: list[int] = []
-    t = threading.Thread(target=lambda: code.append(d.run()), name="daemon", daemon=True)
-    t.start()
-    try:
-        # Started up (schema, discovery, triggers, scheduler): what happens next happens mid-run.
-        wait_until(lambda: d._scheduler is not None or not t.is_alive(), 30, "the daemon to start")
-        assert t.is_alive()
-        yield t
-    finally:
-        d.request_stop()
-        t.join(30)
-    assert not t.is_alive(), "the daemon did not stop"
-    assert code == [EXIT_OK]
 
 
 def history(net: Any, where: str = "1=1") -> list[tuple]:
