@@ -62,6 +62,9 @@ log = structlog.get_logger("syncd.apply")
 FACT_KEYS = (STOCK, MANAGE, BACKORDERS, LOW_STOCK, STATUS)
 #: What the lock step records per product: the facts, and _sku (written by a propagated rename).
 READ_KEYS = (*FACT_KEYS, SKU)
+#: Above this many posts on a blog, the lock step locks with COUNT(*) and then reads only the
+#: rows it needs: one more round trip, 2/3 fewer rows to parse. Below, one statement is cheaper.
+_LOCK_ONLY_ABOVE = 32
 
 RefreshFn = Callable[..., object]
 
@@ -599,13 +602,34 @@ class Applier:
         cparams = {f"c{n}": v for n, v in enumerate(closure)}
         in_closure = ", ".join(f":c{n}" for n in range(len(closure)))
         wanted = set(ids)
-        for meta_id, pid, key, value in conn.execute(
-            sa.text(
-                f"SELECT meta_id, post_id, meta_key, meta_value FROM {table(blog.prefix, 'postmeta')} "
-                f"FORCE INDEX (post_id) WHERE post_id IN ({in_closure}) ORDER BY post_id, meta_id FOR UPDATE"
-            ),
-            cparams,
-        ):
+        pm = table(blog.prefix, "postmeta")
+        if len(closure) <= _LOCK_ONLY_ABOVE:
+            locked = conn.execute(
+                sa.text(
+                    f"SELECT meta_id, post_id, meta_key, meta_value FROM {pm} "
+                    f"FORCE INDEX (post_id) WHERE post_id IN ({in_closure}) ORDER BY post_id, meta_id FOR UPDATE"
+                ),
+                cparams,
+            )
+        else:
+            # Same locks, same scan, same order, but one row back instead of every row of every
+            # product (~18 per product: 81,000 rows for a 500-change batch on 10 blogs, parsed in
+            # Python, most of them only to be dropped below); then the rows the plan needs. They
+            # are all locked by us now, so this plain read sees their current values.
+            conn.execute(
+                sa.text(
+                    f"SELECT COUNT(*) FROM {pm} FORCE INDEX (post_id) WHERE post_id IN ({in_closure}) FOR UPDATE"
+                ),
+                cparams,
+            )
+            locked = conn.execute(
+                sa.text(
+                    f"SELECT meta_id, post_id, meta_key, meta_value FROM {pm} FORCE INDEX (post_id) "
+                    f"WHERE post_id IN ({in_ids}) AND meta_key IN :keys ORDER BY post_id, meta_id"
+                ).bindparams(sa.bindparam("keys", expanding=True)),
+                {**params, "keys": list(READ_KEYS)},
+            )
+        for meta_id, pid, key, value in locked:
             if pid in wanted and key in READ_KEYS:
                 out[(blog.blog_id, pid)].meta.setdefault(key, []).append(MetaRow(meta_id, value))
         return out
