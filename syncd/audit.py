@@ -94,6 +94,9 @@ SCAN_SLICE = 4_000_000
 SCAN_WORKERS = 2
 #: Groups read row by row per step (and written per reconcile transaction).
 CHUNK_GROUPS = 200
+#: SQLAlchemy's compiled-statement cache per engine: statements with IN lists of every length would
+#: otherwise fill its default 500 entries (tens of MB at 100,000 SKUs); memory must stay flat.
+QUERY_CACHE = 50
 #: Entries kept per report list (counts stay exact).
 REPORT_LIMIT = 1000
 
@@ -958,10 +961,17 @@ def _show(value: Any) -> str:
 # --------------------------------------------------------------------------- entry point
 def main(config: Config, args: Any, out: TextIO | None = None) -> int:
     """``syncd audit [--json]``: report drift without writing. Exit status: see module EXIT_*."""
+    from syncd.schema import schema_present
+
     out = out or sys.stdout
-    engine = config.database.make_engine(pool_size=1, max_overflow=1, connect_args={"read_timeout": 3600})
+    engine = config.database.make_engine(
+        pool_size=1, max_overflow=2, query_cache_size=QUERY_CACHE, connect_args={"read_timeout": 3600}
+    )
     try:
         with engine.connect() as conn:
+            if not schema_present(conn, config.database.table_prefix):
+                print("syncd: syncd is not installed in this database (run: syncd install)", file=sys.stderr)
+                return EXIT_FATAL
             scope = scope_for(conn, config)
         with Progress("audit") as bar:
             report = Auditor(engine, scope, progress=bar).run()

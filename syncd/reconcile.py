@@ -54,6 +54,7 @@ from syncd.audit import (
     EXIT_SKIPPED,
     EXIT_UNSAFE,
     FIELDS,
+    QUERY_CACHE,
     REPORT_LIMIT,
     Auditor,
     GroupState,
@@ -948,7 +949,11 @@ def _plan_dry(
 def _engine(config: Config) -> sa.Engine:
     """Writes as syncd's apply session (never captured by the triggers), long reads allowed."""
     return config.database.make_engine(
-        apply_marker=True, pool_size=2, max_overflow=2, connect_args={"read_timeout": 3600}
+        apply_marker=True,
+        pool_size=2,
+        max_overflow=2,
+        query_cache_size=QUERY_CACHE,
+        connect_args={"read_timeout": 3600},
     )
 
 
