@@ -555,10 +555,8 @@ class Applier:
 
     def _acknowledge(self, conn: sa.Connection, changes: Sequence[Change]) -> None:
         ids = sorted(c.id for c in changes)
-        names = ", ".join(f":i{n}" for n in range(len(ids)))
         deleted = conn.execute(
-            sa.text(f"DELETE FROM {table(self.base, 'syncd_change')} WHERE id IN ({names})"),
-            {f"i{n}": v for n, v in enumerate(ids)},
+            _in_list(f"DELETE FROM {table(self.base, 'syncd_change')} WHERE id IN :ids", "ids"), {"ids": ids}
         ).rowcount
         if deleted != len(ids):
             raise BatchConflict(f"{len(ids) - deleted} of {len(ids)} change rows were already acknowledged")
@@ -578,14 +576,13 @@ class Applier:
 
     def _lock_and_read(self, conn: sa.Connection, blog: Blog, posts: Iterable[int]) -> dict[Key, ProductRows]:
         ids = sorted(set(posts))
-        params = {f"p{n}": v for n, v in enumerate(ids)}
-        in_ids = ", ".join(f":p{n}" for n in range(len(ids)))
         out = {(blog.blog_id, p): ProductRows() for p in ids}
         for pid, status, ptype, parent in conn.execute(
-            sa.text(
-                f"SELECT ID, post_status, post_type, post_parent FROM {table(blog.prefix, 'posts')} WHERE ID IN ({in_ids})"
+            _in_list(
+                f"SELECT ID, post_status, post_type, post_parent FROM {table(blog.prefix, 'posts')} WHERE ID IN :ids",
+                "ids",
             ),
-            params,
+            {"ids": ids},
         ):
             r = out[(blog.blog_id, pid)]
             r.exists, r.post_status, r.post_type, r.parent_id = True, status, ptype, parent
@@ -599,17 +596,16 @@ class Applier:
         # order, and InnoDB then killed the shop's statement (the smaller transaction): a sale
         # whose stock update was lost (found by the crash test's write storm).
         closure = _post_closure(conn, blog, ids)
-        cparams = {f"c{n}": v for n, v in enumerate(closure)}
-        in_closure = ", ".join(f":c{n}" for n in range(len(closure)))
         wanted = set(ids)
         pm = table(blog.prefix, "postmeta")
         if len(closure) <= _LOCK_ONLY_ABOVE:
             locked = conn.execute(
-                sa.text(
+                _in_list(
                     f"SELECT meta_id, post_id, meta_key, meta_value FROM {pm} "
-                    f"FORCE INDEX (post_id) WHERE post_id IN ({in_closure}) ORDER BY post_id, meta_id FOR UPDATE"
+                    f"FORCE INDEX (post_id) WHERE post_id IN :closure ORDER BY post_id, meta_id FOR UPDATE",
+                    "closure",
                 ),
-                cparams,
+                {"closure": closure},
             )
         else:
             # Same locks, same scan, same order, but one row back instead of every row of every
@@ -617,17 +613,20 @@ class Applier:
             # Python, most of them only to be dropped below); then the rows the plan needs. They
             # are all locked by us now, so this plain read sees their current values.
             conn.execute(
-                sa.text(
-                    f"SELECT COUNT(*) FROM {pm} FORCE INDEX (post_id) WHERE post_id IN ({in_closure}) FOR UPDATE"
+                _in_list(
+                    f"SELECT COUNT(*) FROM {pm} FORCE INDEX (post_id) WHERE post_id IN :closure FOR UPDATE",
+                    "closure",
                 ),
-                cparams,
+                {"closure": closure},
             )
             locked = conn.execute(
-                sa.text(
+                _in_list(
                     f"SELECT meta_id, post_id, meta_key, meta_value FROM {pm} FORCE INDEX (post_id) "
-                    f"WHERE post_id IN ({in_ids}) AND meta_key IN :keys ORDER BY post_id, meta_id"
-                ).bindparams(sa.bindparam("keys", expanding=True)),
-                {**params, "keys": list(READ_KEYS)},
+                    f"WHERE post_id IN :ids AND meta_key IN :keys ORDER BY post_id, meta_id",
+                    "ids",
+                    "keys",
+                ),
+                {"ids": ids, "keys": list(READ_KEYS)},
             )
         for meta_id, pid, key, value in locked:
             if pid in wanted and key in READ_KEYS:
@@ -930,20 +929,27 @@ def _post_closure(conn: sa.Connection, blog: Blog, ids: Sequence[int]) -> list[i
     for _ in range(2):  # products -> their children; variations -> parent -> its children
         if not todo:
             break
-        params = {f"q{n}": v for n, v in enumerate(todo)}
-        in_todo = ", ".join(f":q{n}" for n in range(len(todo)))
         rows = conn.execute(
-            sa.text(
-                f"SELECT ID, post_parent, post_type FROM {posts} WHERE ID IN ({in_todo}) "
+            _in_list(
+                f"SELECT ID, post_parent, post_type FROM {posts} WHERE ID IN :todo "
                 f"UNION SELECT ID, post_parent, post_type FROM {posts} "
-                f"WHERE post_parent IN ({in_todo}) AND post_type = 'product_variation'"
+                f"WHERE post_parent IN :todo AND post_type = 'product_variation'",
+                "todo",
             ),
-            params,
+            {"todo": todo},
         ).all()
         new = {int(r[0]) for r in rows} | {int(r[1]) for r in rows if r[2] == "product_variation" and r[1]}
         todo = sorted(new - found)
         found |= new
     return sorted(found)
+
+
+def _in_list(sql: str, *names: str) -> sa.TextClause:
+    """``sql`` whose ``IN :name`` parameters take a list (expanding bind parameters). One SQL text
+    whatever the list's length, unlike ``IN (:p0, :p1, ...)``: SQLAlchemy parses and compiles a
+    text with N named parameters at ~20 us per parameter (8-13 ms for 455 ids, 2.7-5 ms
+    expanding, measured), and every distinct N was a new compiled-cache entry."""
+    return sa.text(sql).bindparams(*(sa.bindparam(n, expanding=True) for n in names))
 
 
 def _by_blog(keys: Iterable[Key]) -> dict[int, list[int]]:
