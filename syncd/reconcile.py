@@ -509,15 +509,18 @@ class Writer:
             )
             for pid, o in sorted(getattr(report, "products", {}).items()):
                 if o.changed and pid not in written.get(blog_id, ()):
-                    staged["healed"].append(
-                        {
-                            "blog": blog_id,
-                            "post": pid,
-                            "status": None if not o.status_written else f"{o.old_status} -> {o.new_status}",
-                            "lookup": list(o.lookup_columns),
-                            "term": o.term,
-                        }
-                    )
+                    what = []
+                    if o.status_written:
+                        what.append(f"_stock_status {o.old_status} -> {o.new_status}")
+                    if o.lookup_columns:
+                        what.append(
+                            "lookup row: " + ", ".join(c for c in o.lookup_columns if c != "product_id")
+                        )
+                    if o.term:
+                        what.append(f"outofstock term {o.term}")
+                    if o.attributes_written:
+                        what.append("attribute lookup in_stock")
+                    staged["healed"].append({"blog": blog_id, "post": pid, "what": "; ".join(what)})
         poll_blogs = self._poll(conn)
         for blog_id in sorted(poll_blogs & set(touched)):
             poll.resync_snapshot(conn, self.base, self.scope.blogs[blog_id], touched[blog_id], READ_KEYS)
@@ -865,7 +868,7 @@ def reconcile(
                     # Groups with captured changes in flight: a real run applies those first, so
                     # what it would write cannot be told from the values read now.
                     settled = [groups[g] for g in drifted if not chunk.pending.get(g)]
-                    _plan_dry(config, ro, scope, outcome, settled, found)
+                    _plan_dry(config, ro, scope, outcome, settled, _disagreement_texts(chunk.disagreements))
                     ro.rollback()
                 else:
                     todo.extend(drifted)
@@ -891,11 +894,8 @@ def reconcile(
                         },
                     )
                 if dry_run:
-                    for pid in ids:
-                        outcome.add(
-                            "healed",
-                            {"blog": blog_id, "post": pid, "status": None, "lookup": [], "term": None},
-                        )
+                    for pid, what in sorted(_disagreement_texts(found).items()):
+                        outcome.add("healed", {"blog": pid[0], "post": pid[1], "what": what})
                 elif ids:
                     writer.run_chunk([], {blog_id: set(ids)})
             for entry in auditor.single_blog_groups(ro, buckets):
@@ -914,7 +914,7 @@ def _plan_dry(
     scope: Scope,
     outcome: Outcome,
     groups: Sequence[GroupState],
-    heal: Mapping[int, set[int]],
+    heal: Mapping[Key, str],
 ) -> None:
     """--dry-run: the writes a reconcile would make from the values read now (nothing locked)."""
     policy = config.reconcile.authority
@@ -941,9 +941,17 @@ def _plan_dry(
         )
         for w_ in plan.writes:
             outcome.add("writes", _write_entry(g, plan, w_))
-    for blog_id, ids in sorted(heal.items()):
-        for pid in sorted(ids):
-            outcome.add("healed", {"blog": blog_id, "post": pid, "status": None, "lookup": [], "term": None})
+    for (blog_id, pid), what in sorted(heal.items()):
+        outcome.add("healed", {"blog": blog_id, "post": pid, "what": what})
+
+
+def _disagreement_texts(found: Iterable[Any]) -> dict[Key, str]:
+    """(blog, post) -> 'field: actual -> expected; ...' for the products --dry-run would heal."""
+    out: dict[Key, list[str]] = {}
+    for d in found:
+        if d.product_id:
+            out.setdefault((d.blog_id, d.product_id), []).append(f"{d.field}: {d.actual} -> {d.expected}")
+    return {k: "; ".join(v) for k, v in out.items()}
 
 
 def _engine(config: Config) -> sa.Engine:
@@ -995,11 +1003,12 @@ def render_outcome(outcome: Outcome, out: TextIO) -> None:
         )
     if outcome.healed:
         print_table(
-            [
-                (h["blog"], h["post"], h["status"] or "", " ".join(h["lookup"]) or "", h["term"] or "")
-                for h in outcome.healed
-            ],
-            ("BLOG", "POST", "STATUS", "LOOKUP COLUMNS", "OUTOFSTOCK TERM"),
+            [(h["blog"], h["post"], h["what"]) for h in outcome.healed],
+            (
+                "BLOG",
+                "POST",
+                "DERIVED DATA " + ("TO RECOMPUTE (actual -> expected)" if outcome.dry_run else "RECOMPUTED"),
+            ),
             out,
         )
     if outcome.left_alone:
