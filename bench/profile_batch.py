@@ -263,7 +263,7 @@ def run(args: Any) -> dict[str, Any]:
     quiet_logs()
     refreshes = ["stub", "real"] if args.refresh == "both" else [resolve_refresh(args.refresh)]
     blogs = [int(x) for x in args.blogs.split(",")]
-    batches = [int(x) for x in args.batch.split(",")]
+    batches = [int(x) for x in (args.batch or ("1,100" if args.quick else "1,500")).split(",")]
     rounds = args.rounds or (2 if args.quick else 5)
     skus = args.skus or (1000 if args.quick else 5000)
     server = start_server()
@@ -299,8 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     for action in p._actions:
         if action.dest == "refresh":
             action.choices = ("auto", "stub", "real", "both")
-    p.add_argument("--blogs", default="3,10")
-    p.add_argument("--batch", default="1,500", help="changes per batch (comma-separated)")
+    p.add_argument("--blogs", default="3,10")  # quick: the same blog counts, smaller batches
+    p.add_argument(
+        "--batch", default="", help="changes per batch, comma-separated (default 1,500; quick 1,100)"
+    )
     p.add_argument("--rounds", type=int, default=0)
     p.add_argument("--skus", type=int, default=0)
     p.add_argument(

@@ -1,7 +1,7 @@
 """Sustained throughput with 10 blogs: stock changes applied per second.
 
     python -m bench.throughput            # 10 blogs, 10,000 SKUs: 20,000-change backlog + 30 s steady state
-    python -m bench.throughput --quick    # 1,000 SKUs, 2,000-change backlog, 5 s steady state (< 30 s)
+    python -m bench.throughput --quick    # 500 SKUs, 600-change backlog, 1.5 s steady state (< 30 s)
     python -m bench.throughput --backlog 100000 --max-drain 600 --rate 2000 --steady 120 --json
 
 Two phases, each with the daemon in its own process (``bench.daemon_proc``, default settings:
@@ -93,10 +93,11 @@ def drain_rate(events: dict[str, Any]) -> tuple[float | None, int, float]:
 
 def run(args: Any) -> dict[str, Any]:
     refresh = resolve_refresh(args.refresh)
-    skus = args.skus or (1000 if args.quick else 10000)
-    backlog = args.backlog or (2000 if args.quick else 20000)
-    max_drain = args.max_drain or (20.0 if args.quick else 90.0)
-    steady = args.steady or (5.0 if args.quick else 30.0)
+    skus = args.skus or (500 if args.quick else 10000)
+    backlog = args.backlog or (600 if args.quick else 20000)
+    max_drain = args.max_drain or (6.0 if args.quick else 90.0)
+    steady = args.steady or (1.5 if args.quick else 30.0)
+    drain_timeout = args.drain_timeout or (3.0 if args.quick else 30.0)
     server = start_server()
     out: dict[str, Any] = {
         "benchmark": "throughput",
@@ -153,7 +154,7 @@ def run(args: Any) -> dict[str, Any]:
         t_start = min(x.scheduled for x in writes) if writes else 0.0
         t_end = max(x.committed for x in writes) if writes else 0.0
         left_at_end = net.pending()
-        drained = wait_drained(net, timeout=args.drain_timeout, poll=0.2)
+        drained = wait_drained(net, timeout=drain_timeout, poll=0.2)
         cpu.stop()
         events = daemon.stop()
         in_window = sum(len(c) for t, c in events.get("batches", []) if t_start <= t <= t_end)
@@ -200,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=TARGET_PER_S, help="offered changes/s in the steady state")
     p.add_argument("--steady", type=float, default=0.0, help="seconds of steady state (default 30)")
     p.add_argument(
-        "--drain-timeout", type=float, default=30.0, help="wait for the queue after the writers stop"
+        "--drain-timeout",
+        type=float,
+        default=0.0,
+        help="wait for the queue after the writers stop (default 30 s)",
     )
     args = p.parse_args(argv)
     out = run(args)
