@@ -1,6 +1,7 @@
 """Run every benchmark and print its figures against the targets.
 
-    python -m bench.run_all                    # default sizes (~10 min, most of it loading 1M products)
+    python -m bench.run_all                    # default sizes (~8 min)
+    python -m bench.run_all --full             # + memory at 100,000 SKUs x 10 blogs (~15 min)
     python -m bench.run_all --quick            # every benchmark in quick mode (~2 min)
     python -m bench.run_all --only latency,trigger_overhead --json > figures.json
     python -m bench.run_all --snapshot HEAD    # measure a commit, not the working tree
@@ -122,6 +123,7 @@ def verdicts(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--full", action="store_true", help="memory at 10,000 and 100,000 SKUs x 10 blogs")
     p.add_argument("--json", action="store_true", help="print every result as one JSON document")
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     p.add_argument(
@@ -137,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in names:
             print(f"== bench.{name}", file=sys.stderr, flush=True)
-            results.append(run_one(root, name, extra))
+            more = ["--skus", "10000,100000"] if args.full and name == "memory" else []
+            results.append(run_one(root, name, extra + more))
     finally:
         if args.snapshot and not args.keep_snapshot:
             shutil.rmtree(root, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Sustained throughput with 10 blogs: stock changes applied per second.
 
-    python -m bench.throughput            # 10 blogs, 10,000 SKUs: 20,000-change backlog + 30 s steady state
+    python -m bench.throughput            # 10 blogs, 10,000 SKUs: 20,000-change backlog (60 s max) + 20 s steady state
     python -m bench.throughput --quick    # 500 SKUs, 600-change backlog, 1.5 s steady state (< 30 s)
     python -m bench.throughput --backlog 100000 --max-drain 600 --rate 2000 --steady 120 --json
 
@@ -95,9 +95,9 @@ def run(args: Any) -> dict[str, Any]:
     refresh = resolve_refresh(args.refresh)
     skus = args.skus or (500 if args.quick else 10000)
     backlog = args.backlog or (600 if args.quick else 20000)
-    max_drain = args.max_drain or (6.0 if args.quick else 90.0)
-    steady = args.steady or (1.5 if args.quick else 30.0)
-    drain_timeout = args.drain_timeout or (3.0 if args.quick else 30.0)
+    max_drain = args.max_drain or (6.0 if args.quick else 60.0)
+    steady = args.steady or (1.5 if args.quick else 20.0)
+    drain_timeout = args.drain_timeout or (3.0 if args.quick else 20.0)
     server = start_server()
     out: dict[str, Any] = {
         "benchmark": "throughput",
@@ -197,14 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blogs", type=int, default=10)
     p.add_argument("--skus", type=int, default=0, help="SKUs per blog (default 10,000; quick 1,000)")
     p.add_argument("--backlog", type=int, default=0, help="changes queued before the drain (default 20,000)")
-    p.add_argument("--max-drain", type=float, default=0.0, help="seconds the drain may take (default 90)")
+    p.add_argument("--max-drain", type=float, default=0.0, help="seconds the drain may take (default 60)")
     p.add_argument("--rate", type=float, default=TARGET_PER_S, help="offered changes/s in the steady state")
-    p.add_argument("--steady", type=float, default=0.0, help="seconds of steady state (default 30)")
+    p.add_argument("--steady", type=float, default=0.0, help="seconds of steady state (default 20)")
     p.add_argument(
         "--drain-timeout",
         type=float,
         default=0.0,
-        help="wait for the queue after the writers stop (default 30 s)",
+        help="wait for the queue after the writers stop (default 20 s)",
     )
     args = p.parse_args(argv)
     out = run(args)
