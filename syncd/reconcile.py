@@ -19,11 +19,17 @@ whose writes the capture triggers ignore (``@syncd_apply``):
 
 1. lock the stock meta of every member of the chunk's groups (:meth:`Applier._lock_and_read`:
    blog by blog, ascending post id, one scan each - the daemon's canonical order);
-2. apply the pending ``{base}syncd_change`` rows of those members with the normal
-   :class:`~syncd.apply.Applier` (a daemon that wants the same rows gets a BatchConflict and
-   fetches again); a shop write that arrives after step 1 waits for our locks and is captured
-   relative to the value we write, so nothing is lost and nothing is counted twice;
-3. re-read under lock and decide the authority from those up-to-date values;
+2. look for pending ``{base}syncd_change`` rows of those members (a plain read). If there are
+   any, roll back, apply them with the normal :class:`~syncd.apply.Applier` in a transaction of
+   their own, exactly as the daemon does (acknowledge, then lock; a daemon that got there first
+   makes it a BatchConflict, which is fine), and start the chunk again. The chunk never deletes
+   change rows while it holds stock rows: the daemon takes change rows first and stock rows
+   second, and the opposite order made a three-way deadlock - daemon, a shop's
+   ``UPDATE ... meta_value - 1`` scanning ``_stock`` rows, reconcile - whose victim InnoDB
+   chose was the shop's statement: a lost sale. A shop write that arrives after step 1 waits
+   for our locks and is captured relative to the value we write, so nothing is lost and nothing
+   is counted twice;
+3. decide the authority from the values read under lock;
 4. write the members that differ (absolute values, on locked rows; registers deleted where the
    authority has none), recompute WooCommerce's derived data of every touched product
    (:func:`syncd.derived.refresh_products`) and of products whose own derived data disagrees
@@ -92,6 +98,8 @@ log = structlog.get_logger("syncd.reconcile")
 
 #: Attempts per chunk: the first, then two retries on lock wait timeout / deadlock / conflict.
 ATTEMPTS = 3
+#: How many times one chunk applies newly arrived changes and looks again before it is skipped.
+PENDING_ROUNDS = 20
 #: Groups written per transaction (every member locked for its duration, ~0.1 s per 10 groups x 10 blogs).
 WRITE_GROUPS = 100
 
@@ -352,6 +360,14 @@ class ChunkSkipped(RuntimeError):
     pass
 
 
+class PendingChanges(Exception):
+    """Captured, unapplied changes of a chunk's products: apply them first, then redo the chunk."""
+
+    def __init__(self, changes: Sequence[Change]) -> None:
+        super().__init__(f"{len(changes)} pending change(s)")
+        self.changes = list(changes)
+
+
 class Writer:
     """Writes through the apply machinery, one transaction per chunk (see module docstring)."""
 
@@ -386,6 +402,7 @@ class Writer:
         """One chunk in its own transaction, retried as documented. False when skipped."""
         heal = {b: set(p) for b, p in (heal or {}).items() if p}
         attempt = 0
+        pending_rounds = 0
         while True:
             attempt += 1
             try:
@@ -398,6 +415,17 @@ class Writer:
                         raise
                 self._publish(staged)
                 return True
+            except PendingChanges as exc:
+                # Not a failure: the shops are selling these products right now. Apply what they
+                # sold (its own transaction, the daemon's lock order) and look again; a product
+                # that never rests for the milliseconds between two looks is reported, not forced.
+                pending_rounds += 1
+                attempt -= 1
+                if pending_rounds <= PENDING_ROUNDS:
+                    self._apply_pending(exc.changes)
+                    continue
+                reason = f"changes kept arriving for {pending_rounds} rounds"
+                attempt = ATTEMPTS
             except BatchConflict as exc:
                 reason = f"conflict with the daemon: {exc}"
             except Exception as exc:
@@ -424,15 +452,14 @@ class Writer:
         force: bool,
         set_quantity: Decimal | None,
     ) -> dict[str, Any]:
-        staged: dict[str, Any] = {"writes": [], "groups": [], "healed": [], "left_alone": [], "pending": 0}
+        staged: dict[str, Any] = {"writes": [], "groups": [], "healed": [], "left_alone": []}
         ranges = [(g, g) for g in sorted(set(group_ids))]
         groups, rows = self._lock(conn, ranges, heal)
         pending = self._pending(conn, rows.keys())
         if pending:
-            self.applier.poll_mode = bool(self._poll(conn))
-            self.applier.apply(conn, pending)  # BatchConflict: the daemon took some first; retry
-            staged["pending"] = len(pending)
-            groups, rows = self._lock(conn, ranges, heal)  # re-read: membership and values may have moved
+            # Deleting change rows now, while holding stock rows, would invert the daemon's lock
+            # order (see the module docstring): roll back and apply them first (run_chunk).
+            raise PendingChanges(pending)
         self._fill_values(conn, groups.values(), rows)
         last = last_changed(conn, self.scope, groups.values()) if self.policy == "latest" else None
         now = datetime.now(UTC).replace(tzinfo=None)
@@ -591,7 +618,6 @@ class Writer:
 
     def _publish(self, staged: Mapping[str, Any]) -> None:
         o = self.outcome
-        o.pending_applied += staged["pending"]
         for kind in ("groups", "writes", "healed", "left_alone"):
             for entry in staged[kind]:
                 o.add(kind, entry)
@@ -639,6 +665,29 @@ class Writer:
                     ],
                 )
         return groups, rows
+
+    def _apply_pending(self, changes: Sequence[Change]) -> None:
+        """Apply captured changes as the daemon does: one transaction that acknowledges them
+        first, then locks. A daemon that took some first raises BatchConflict here: nothing to do,
+        the chunk looks again."""
+        with self.engine.connect() as conn:
+            try:
+                self.applier.poll_mode = bool(self._poll(conn))
+                self.applier.apply(conn, changes)
+                conn.commit()
+            except BatchConflict:
+                _safe_rollback(conn)
+                return
+            except Exception as exc:
+                _safe_rollback(conn)
+                if not (is_retryable(exc) or is_disconnect(exc)):
+                    raise
+                log.warning("pending_retry", changes=len(changes), errno=errno_of(exc))
+                return
+            except BaseException:
+                _safe_rollback(conn)
+                raise
+        self.outcome.pending_applied += len(changes)
 
     def _pending(self, conn: sa.Connection, keys: Iterable[Key]) -> list[Change]:
         """Committed, not yet applied change rows of these products (capture order)."""

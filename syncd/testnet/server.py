@@ -52,6 +52,10 @@ _FAST_OPTIONS = (
     "--max_connections=300",
     "--default-time-zone=+00:00",
     "--innodb_lock_wait_timeout=10",
+    # Every deadlock goes to the error log with both transactions' statements and locks: the one
+    # diagnosis a flaky "shop statement was the deadlock victim" test needs (SYNCD_TEST_SERVER_LOG
+    # keeps the log after the server is gone).
+    "--innodb_print_all_deadlocks=ON",
 )
 
 
@@ -317,6 +321,9 @@ class PrivateServer:
         self._terminate(timeout)
         self.proc = None
         if self.tmp is not None:
+            keep = os.environ.get("SYNCD_TEST_SERVER_LOG")
+            if keep and self.log_path is not None and self.log_path.exists():
+                shutil.copyfile(self.log_path, keep)
             shutil.rmtree(self.tmp, ignore_errors=True)
             log.info("private_server_stopped", port=self.port)
             self.tmp = None

@@ -82,6 +82,22 @@ def pending(net: Any) -> int:
         return c.exec_driver_sql(f"SELECT COUNT(*) FROM {net.prefix}syncd_change").scalar_one()
 
 
+def deadlocks(net: Any) -> int:
+    """InnoDB deadlocks detected by the server so far (server-wide; tests run one at a time).
+
+    A deadlock between syncd and a shop may pick the shop's statement as its victim - a lost
+    sale - so storm tests assert that none happened at all, not only that nothing was lost."""
+    with net.engine.connect() as c:
+        row = c.exec_driver_sql("SHOW GLOBAL STATUS LIKE 'Innodb_deadlocks'").first()  # MariaDB
+        if row is not None:
+            return int(row[1])
+        return int(  # MySQL: the lock_deadlocks metric (enabled by default)
+            c.exec_driver_sql(
+                "SELECT `COUNT` FROM information_schema.INNODB_METRICS WHERE NAME = 'lock_deadlocks'"
+            ).scalar_one()
+        )
+
+
 def ids(net: Any, sku: str) -> dict[int, int]:
     """blog_id -> post id of the product with this SKU in the recorded catalogue (non-Polylang SKUs)."""
     out = {}
