@@ -401,7 +401,8 @@ class Ledger:
 
     @property
     def total_writes(self) -> int:
-        return sum(self.writes.values())
+        with self._lock:  # read while writer threads add new SKUs
+            return sum(self.writes.values())
 
 
 def wpdb_engine(url: str, connections: int = 4) -> sa.Engine:

@@ -26,8 +26,10 @@ from tests.integration.daemon_process import (
     wait_drained,
     write_config,
 )
+from tests.integration.sync_helpers import deadlocks
 
 KILLS = 20
+WRITES_PER_KILL = 15
 
 
 def _leader(procs: list[DaemonProcess], timeout: float = 30.0) -> DaemonProcess:
@@ -62,6 +64,7 @@ def test_kill_9_during_a_write_storm_loses_nothing_and_applies_nothing_twice(wp_
     # The first start installs the triggers; only then are writes captured.
     spawn().wait_for("daemon_ready", timeout=30)
     start = snapshot(net, skus)
+    deadlocks_before = deadlocks(net)
     # About 25 writes a second for the whole kill loop (what the daemon, often dead, keeps up with).
     storm = Storm(net, skus, writers=3, pause=0.1, seed=7).start()
     moments: list[str] = []
@@ -76,6 +79,14 @@ def test_kill_9_during_a_write_storm_loses_nothing_and_applies_nothing_twice(wp_
             else:
                 while len(procs) < 3:
                     spawn()  # hot standbys wait on the lock (two, so one is always warm)
+            # Every kill lands on shops that kept selling since the previous one (at least
+            # WRITES_PER_KILL writes each time). Left to the storm's rate, a slow run could end
+            # the loop with fewer writes than this test promises (seen once: 297 of 300).
+            deadline = time.monotonic() + 60
+            while storm.ledger.total_writes < WRITES_PER_KILL * (i + 1):
+                assert not storm.errors, storm.errors
+                assert time.monotonic() < deadline, f"the storm stalled at {storm.ledger.total_writes} writes"
+                time.sleep(0.01)
             kind = ("startup", "batch", "any")[i % 3]
             if kind == "startup":
                 # Right after taking the lock: schema check, discovery, trigger check, scheduler.
@@ -102,7 +113,10 @@ def test_kill_9_during_a_write_storm_loses_nothing_and_applies_nothing_twice(wp_
     assert len(moments) == KILLS
     # Enough kills landed while work was queued (inside or between apply transactions).
     assert sum(1 for m in moments if not m.endswith(":0")) >= KILLS // 2, moments
-    assert ledger.total_writes >= 300, ledger.total_writes
+    assert ledger.total_writes >= KILLS * WRITES_PER_KILL >= 300, ledger.total_writes
+    # No lock cycle between syncd and the shops at all: whichever side InnoDB rolls back, one
+    # that picked the shop would be a lost sale.
+    assert deadlocks(net) == deadlocks_before
 
     drain = write_config(tmp_path, net, name="drain.toml", sync={"batch_size": 500})
     final = DaemonProcess(drain, name="final").start()
