@@ -34,6 +34,7 @@ import structlog
 from syncd import catalog, poll
 from syncd.config import BlogSettings
 from syncd.db import errno_of, is_retryable, table
+from syncd.derived import PostRow
 from syncd.network import Blog
 from syncd.plan import (
     BACKORDERS,
@@ -162,6 +163,9 @@ class Applier:
 
             refresh = refresh_products
         self._refresh = refresh
+        #: Per blog, this batch's locked product ids and the posts rows read with them (the lock
+        #: step's closure), handed to the derived step so that it does not read them again.
+        self._posts: dict[int, tuple[frozenset[int], dict[int, PostRow]]] = {}
 
     # -- the transaction -------------------------------------------------------------------
 
@@ -173,6 +177,7 @@ class Applier:
         if not changes:
             return result
         self._acknowledge(conn, changes)
+        self._posts = {}
         blogs = self._live_blogs(conn)
         now = datetime.now(UTC).replace(tzinfo=None)
 
@@ -180,7 +185,8 @@ class Applier:
         # seen yet (created since the last discovery) must be grouped before planning.
         origins = sorted({c.key for c in changes if c.blog_id in blogs})
         stale = {c.key for c in changes if c.meta_key in MEMBERSHIP_KEYS and c.blog_id in blogs}
-        unknown = set(origins) - catalog.known_members(conn, self.base, origins)
+        known, groups = catalog.members_and_groups(conn, self.base, origins)
+        unknown = set(origins) - known
         was_member = catalog.member_skus(conn, self.base, stale)
         before = catalog.member_groups(conn, self.base, stale | unknown)
         for blog_id, posts in _by_blog(stale | unknown).items():
@@ -200,7 +206,8 @@ class Applier:
                 keys=sorted({c.meta_key for c in changes if c.key == key}),
                 reason="no longer a linked product (trashed, deleted or SKU removed); not synced any more",
             )
-        groups = catalog.groups_for(conn, self.base, origins)
+        if stale | unknown:  # membership may have moved: read the groups again
+            groups = catalog.groups_for(conn, self.base, origins)
         translations = self._translations(conn, blogs, groups)
         joins = self._joins(changes, stale | unknown, before, groups, blogs)
 
@@ -345,21 +352,14 @@ class Applier:
                 )
             )
 
-        for blog_id, posts in sorted(touched.items()):
-            if not posts or blog_id not in blogs:
-                continue
-            blog = blogs[blog_id]
-            report = self._guarded(
-                blog_id,
-                # Members syncd wrote count as saved (post_modified, transients), as WooCommerce
-                # saves a product whose stock it sets; an origin that is only repaired is saved
-                # only where one of its derived values was wrong.
-                lambda blog=blog, posts=posts: self._refresh(
-                    conn, blog, sorted(posts), now_utc=now, changed=sorted(written.get(blog.blog_id, ()))
-                ),
-                savepoint=conn,
+        result.derived.update(
+            self._refresh_blogs(
+                conn,
+                [(blogs[b], sorted(p)) for b, p in sorted(touched.items()) if p and b in blogs],
+                written,
+                now,
             )
-            result.derived[blog_id] = report
+        )
 
         if self.poll_mode:
             for blog_id, posts in sorted(_by_blog(rows).items()):
@@ -577,15 +577,14 @@ class Applier:
     def _lock_and_read(self, conn: sa.Connection, blog: Blog, posts: Iterable[int]) -> dict[Key, ProductRows]:
         ids = sorted(set(posts))
         out = {(blog.blog_id, p): ProductRows() for p in ids}
-        for pid, status, ptype, parent in conn.execute(
-            _in_list(
-                f"SELECT ID, post_status, post_type, post_parent FROM {table(blog.prefix, 'posts')} WHERE ID IN :ids",
-                "ids",
-            ),
-            {"ids": ids},
-        ):
-            r = out[(blog.blog_id, pid)]
-            r.exists, r.post_status, r.post_type, r.parent_id = True, status, ptype, parent
+        post_rows = _post_closure(conn, blog, ids)
+        for pid in ids:
+            row = post_rows.get(pid)
+            if row is not None:
+                r = out[(blog.blog_id, pid)]
+                r.exists, r.post_status, r.post_type, r.parent_id = True, row.post_status, row.post_type, row.parent_id
+        # The derived step of this batch takes its posts rows from here (see _refresh_blogs).
+        self._posts[blog.blog_id] = (frozenset(ids), post_rows)
         # Every postmeta row this transaction will lock on this blog is locked here, in ONE scan of
         # the post_id index (ascending post id, then meta_id): the products, and the variable
         # parents and sibling variations whose derived data is recomputed later. A shop's own
@@ -595,7 +594,7 @@ class Applier:
         # first and its parent's or its other keys' rows later (the derived step) inverted that
         # order, and InnoDB then killed the shop's statement (the smaller transaction): a sale
         # whose stock update was lost (found by the crash test's write storm).
-        closure = _post_closure(conn, blog, ids)
+        closure = sorted(set(post_rows) | set(ids))
         wanted = set(ids)
         pm = table(blog.prefix, "postmeta")
         if len(closure) <= _LOCK_ONLY_ABOVE:
@@ -862,6 +861,54 @@ class Applier:
         rows.meta[key] = [MetaRow(res.lastrowid, value)]
         return True
 
+    def _refresh_blogs(
+        self,
+        conn: sa.Connection,
+        jobs: Sequence[tuple[Blog, list[int]]],
+        written: Mapping[int, set[int]],
+        now: datetime,
+    ) -> dict[int, object]:
+        """The derived step of every touched blog, under one savepoint.
+
+        Members syncd wrote count as saved (post_modified, transients), as WooCommerce saves a
+        product whose stock it sets; an origin that is only repaired is saved only where one of
+        its derived values was wrong. If one blog fails (not retryably: e.g. a table missing),
+        everything the step wrote is rolled back and it runs again with a savepoint per blog, so
+        that the failing blog alone is left out: the common case pays for one savepoint, not one
+        per blog (two round trips each)."""
+        if not jobs:
+            return {}
+
+        def refresh(blog: Blog, posts: list[int]) -> object:
+            locked, rows = self._posts.get(blog.blog_id, (frozenset(), {}))
+            return self._refresh(
+                conn,
+                blog,
+                posts,
+                now_utc=now,
+                changed=sorted(written.get(blog.blog_id, ())),
+                # The lock step's rows hold every post the derived step reads for these products
+                # when they were all locked (their closure was read there); otherwise it reads.
+                posts=rows if locked.issuperset(posts) else None,
+            )
+
+        sp = conn.begin_nested()
+        try:
+            out = {blog.blog_id: refresh(blog, posts) for blog, posts in jobs}
+            sp.commit()
+            return out
+        except Exception as exc:
+            if is_retryable(exc):
+                raise
+            sp.rollback()
+            log.warning("derived_retry_per_blog", error=str(exc)[:300], errno=errno_of(exc))
+        return {
+            blog.blog_id: self._guarded(
+                blog.blog_id, lambda blog=blog, posts=posts: refresh(blog, posts), savepoint=conn
+            )
+            for blog, posts in jobs
+        }
+
     def _guarded(
         self, blog_id: int, fn: Callable[[], object], savepoint: sa.Connection | None = None
     ) -> object:
@@ -920,10 +967,14 @@ class _MemberSkipped(Exception):
         self.reason = reason
 
 
-def _post_closure(conn: sa.Connection, blog: Blog, ids: Sequence[int]) -> list[int]:
-    """``ids`` plus what the derived step reads with them: their variations, the variable parents
-    of those that are variations, and those parents' variations (sorted)."""
+def _post_closure(conn: sa.Connection, blog: Blog, ids: Sequence[int]) -> dict[int, PostRow]:
+    """The posts rows of ``ids`` and of what the derived step reads with them: their variations,
+    the variable parents of those that are variations, and those parents' variations. Ids that
+    are not posts are absent. The rows are also the lock step's posts read and the derived
+    step's (:func:`syncd.derived.posts_for`): one query per round instead of three reads."""
     posts = table(blog.prefix, "posts")
+    cols = "ID, post_parent, post_type, post_status, menu_order"
+    out: dict[int, PostRow] = {}
     found = set(ids)
     todo = sorted(found)
     for _ in range(2):  # products -> their children; variations -> parent -> its children
@@ -931,17 +982,19 @@ def _post_closure(conn: sa.Connection, blog: Blog, ids: Sequence[int]) -> list[i
             break
         rows = conn.execute(
             _in_list(
-                f"SELECT ID, post_parent, post_type FROM {posts} WHERE ID IN :todo "
-                f"UNION SELECT ID, post_parent, post_type FROM {posts} "
+                f"SELECT {cols} FROM {posts} WHERE ID IN :todo "
+                f"UNION SELECT {cols} FROM {posts} "
                 f"WHERE post_parent IN :todo AND post_type = 'product_variation'",
                 "todo",
             ),
             {"todo": todo},
         ).all()
+        for pid, parent, ptype, status, order in rows:
+            out[int(pid)] = PostRow(int(pid), str(ptype), str(status), int(parent), int(order))
         new = {int(r[0]) for r in rows} | {int(r[1]) for r in rows if r[2] == "product_variation" and r[1]}
         todo = sorted(new - found)
         found |= new
-    return sorted(found)
+    return out
 
 
 def _in_list(sql: str, *names: str) -> sa.TextClause:

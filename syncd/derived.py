@@ -523,6 +523,27 @@ def _read_posts(sql: _Sql, prefix: str, ids: Sequence[int]) -> dict[int, PostRow
     return {int(r[0]): PostRow(int(r[0]), str(r[1]), str(r[2]), int(r[3]), int(r[4])) for r in rows}
 
 
+def posts_for(rows: Mapping[int, PostRow], ids: Iterable[int]) -> dict[int, PostRow]:
+    """What :func:`_read_posts` returns for ``ids``, taken from rows already read: the given
+    posts, their variations, and for a given variation its parent and siblings. ``rows`` must
+    hold all of those (the apply step's lock closure does); ids absent from it are not posts."""
+    wanted = set(ids)
+    parents: set[int] = set()  # the parents of given variations: themselves and their variations
+    for pid in wanted:
+        row = rows.get(pid)
+        if row is not None and row.post_type == woo.VARIATION and row.parent_id > 0:
+            parents.add(row.parent_id)
+    out: dict[int, PostRow] = {}
+    for pid, row in rows.items():
+        if (
+            pid in wanted
+            or pid in parents
+            or (row.post_type == woo.VARIATION and (row.parent_id in wanted or row.parent_id in parents))
+        ):
+            out[pid] = row
+    return out
+
+
 def _candidate_transients(snap: Snapshot, ids: Sequence[int], hide_out_of_stock: bool) -> list[str]:
     """``_transient_`` rows a save of ``ids`` (and their variable parents) may delete."""
     owners = set(ids)
@@ -649,7 +670,13 @@ def _read_meta(
 
 
 def read_snapshot(
-    conn: sa.Connection, blog: Blog, product_ids: Iterable[int], *, lock: bool, with_transients: bool = False
+    conn: sa.Connection,
+    blog: Blog,
+    product_ids: Iterable[int],
+    *,
+    lock: bool,
+    with_transients: bool = False,
+    posts: Mapping[int, PostRow] | None = None,
 ) -> tuple[Snapshot, int]:
     """Read what the planner needs for ``product_ids``, their variable parents and their children.
 
@@ -657,7 +684,9 @@ def read_snapshot(
     ``FOR UPDATE`` in ascending post id order (the canonical lock order); the postmeta read is
     forced onto the ``post_id`` index so that the scan, and therefore the locking, follows post ids.
     ``with_transients`` also reads which of the transients a save may delete exist. Four round
-    trips in all. Returns the snapshot and the number of statements used.
+    trips in all, three when ``posts`` (rows the caller already read in this transaction, holding
+    at least what :func:`posts_for` needs) is given. Returns the snapshot and the number of
+    statements used.
     """
     sql = _Sql(conn)
     prefix = blog.prefix
@@ -665,7 +694,7 @@ def read_snapshot(
     snap = Snapshot()
     if not ids:
         return snap, 0
-    snap.posts = _read_posts(sql, prefix, ids)
+    snap.posts = _read_posts(sql, prefix, ids) if posts is None else posts_for(posts, ids)
     involved = sorted(snap.posts)
     if not involved:
         return snap, sql.count
@@ -984,6 +1013,7 @@ def refresh_products(
     *,
     now_utc: datetime,
     changed: Collection[int] | None = None,
+    posts: Mapping[int, PostRow] | None = None,
 ) -> DerivedReport:
     """Recompute and write WooCommerce's derived data for ``product_ids`` on ``blog``.
 
@@ -993,7 +1023,9 @@ def refresh_products(
     whose stock meta the caller itself wrote in this transaction - WooCommerce would have saved
     those (post_modified, transients, version transients) even when no derived value changes
     (e.g. only ``_low_stock_amount``: fixture 09B). ``None`` (default) treats every given id so.
-    Any other id is saved only when one of its derived values had to change.
+    Any other id is saved only when one of its derived values had to change. ``posts``: the
+    posts rows the caller read in this transaction, if they include every post
+    :func:`posts_for` needs (saves a round trip).
 
     ``now_utc`` is the save time (naive = UTC): ``post_modified_gmt``, ``post_modified`` in the
     blog's time zone, and the version transients' unix time.
@@ -1006,7 +1038,7 @@ def refresh_products(
     ids = sorted({int(p) for p in product_ids})
     if not ids:
         return report
-    snap, reads = read_snapshot(conn, blog, ids, lock=True, with_transients=True)
+    snap, reads = read_snapshot(conn, blog, ids, lock=True, with_transients=True, posts=posts)
     plan = plan_refresh(
         snap,
         ids,

@@ -123,6 +123,36 @@ def test_bad_member_is_named_and_skipped_while_the_others_sync(wp_network, case)
     assert_derived_consistent(net, [sku, "MUG"], blogs=(1, 2))
 
 
+def test_derived_step_failing_on_one_blog_leaves_the_others_written(wp_network):
+    """The derived step of all blogs runs under one savepoint; when one blog fails (its lookup
+    table vanished after discovery), that work is rolled back and redone blog by blog, so the
+    failing blog alone loses its derived writes: every quantity is synced, the other blogs'
+    derived data is right, and the daemon keeps going."""
+    net = wp_network
+    sku = "MUG"
+    ids = members(net, sku)
+    d = make_daemon(net)
+    with net.engine.connect() as c:
+        d.apply_pending()  # discovery: blog 3 is usable, with its lookup table
+        c.exec_driver_sql(f"RENAME TABLE {net.table(3, 'wc_product_meta_lookup')} TO {net.prefix}3_lookup_away")
+        c.commit()
+    try:
+        with capture_logs() as logs:
+            woo_decrease(net, 1, ids[1], 3)
+            assert d.apply_pending() == 1
+        assert quantities(net, sku) == {1: 0, 2: 0, 3: 0}  # out of stock everywhere
+        assert [e["event"] for e in logs if e.get("event") == "derived_retry_per_blog"] == ["derived_retry_per_blog"]
+        failed = [e for e in logs if e.get("event") == "blog_step_failed"]
+        assert [e["blog"] for e in failed] == [3] and failed[0]["errno"] == 1146, failed
+        assert_derived_consistent(net, [sku], blogs=(1, 2))
+        assert d.stats.dead == 0 and pending(net) == 0
+    finally:
+        with net.engine.connect() as c:
+            c.exec_driver_sql(f"RENAME TABLE {net.prefix}3_lookup_away TO {net.table(3, 'wc_product_meta_lookup')}")
+            c.commit()
+        d.close()
+
+
 # =========================================================================== contention
 def test_lock_held_on_a_target_is_waited_out_and_nothing_is_skipped(wp_network):
     """WooCommerce holds SELECT ... FOR UPDATE on a target's _stock for ~3 s: syncd's apply times
