@@ -23,7 +23,9 @@ How (pt-table-checksum style, checksum first, memory flat whatever the catalogue
    as a scan of ``postmeta`` in primary-key slices joined to the member, lookup and term tables
    by primary key. The same scan carries a set-based check of the derived data of every product
    on the blog (status vs lookup row vs visibility term vs quantity): a clean network is read
-   once. Two blogs are scanned at a time, each on its own connection.
+   once. Each statement's per-bucket rows come back as one packed text row (:func:`packed_sql`):
+   the driver parses rows in Python, ~8 us each. Two blogs are scanned at a time, each on its own
+   connection.
 3. Buckets whose checksums differ between the blogs that have members in them, that hold an
    ambiguous member, or that hold a product whose derived data looks wrong, are read row by row
    (members by ``group_id`` range, their meta by ``post_id``) and compared exactly in Python; the
@@ -243,9 +245,9 @@ def member_checksum_sql(base_prefix: str, excluded: str) -> str:
     """Per bucket of one blog: synced members, checksum of (group, post type, product type), ambiguous members."""
     synced = f"(m.state = 'linked' AND NOT {excluded})"
     return (
-        f"SELECT {bucket_sql()} AS bucket, SUM({synced}), "
-        f"BIT_XOR(IF({synced}, CRC32(CONCAT_WS('#', m.group_id, m.post_type, m.product_type)), 0)), "
-        f"SUM(m.state = 'ambiguous' AND NOT {excluded}) "
+        f"SELECT {bucket_sql()} AS bucket, SUM({synced}) AS n, "
+        f"BIT_XOR(IF({synced}, CRC32(CONCAT_WS('#', m.group_id, m.post_type, m.product_type)), 0)) AS x, "
+        f"SUM(m.state = 'ambiguous' AND NOT {excluded}) AS f "
         f"FROM {table(base_prefix, 'syncd_member')} m "
         f"WHERE m.blog_id = :b AND m.group_id IS NOT NULL GROUP BY bucket ORDER BY NULL"
     )
@@ -278,8 +280,8 @@ def meta_checksum_sql(base_prefix: str, prefix: str, excluded: str) -> str:
     not_ignored = f"NOT (m.post_id IS NOT NULL AND (m.state NOT IN ('linked', 'ambiguous') OR {excluded}))"
     crc = f"CRC32(CONCAT_WS('#', m.group_id, pm.meta_key, {normalised_value_sql()}, ISNULL(pm.meta_value)))"
     return (
-        f"SELECT IF({synced}, {bucket_sql()}, -1) AS bucket, SUM({synced}), "
-        f"BIT_XOR(IF({synced}, {crc}, 0)), SUM({not_ignored} AND ({derived_flag_sql()})) "
+        f"SELECT IF({synced}, {bucket_sql()}, -1) AS bucket, SUM({synced}) AS n, "
+        f"BIT_XOR(IF({synced}, {crc}, 0)) AS x, SUM({not_ignored} AND ({derived_flag_sql()})) AS f "
         f"FROM {table(prefix, 'postmeta')} pm "
         f"LEFT JOIN {table(base_prefix, 'syncd_member')} m ON m.blog_id = :b AND m.post_id = pm.post_id "
         f"AND m.group_id IS NOT NULL "
@@ -289,6 +291,31 @@ def meta_checksum_sql(base_prefix: str, prefix: str, excluded: str) -> str:
         f"WHERE pm.meta_key IN ({_keys_sql()}) AND pm.meta_id >= :lo AND pm.meta_id < :hi "
         f"GROUP BY bucket ORDER BY NULL"
     )
+
+
+def packed_sql(per_bucket: str) -> str:
+    """The rows of a per-bucket aggregate (``bucket, n, x, f``) as one row: their count and their
+    values as one space-separated text. Up to MAX_BUCKETS rows per statement, parsed row by row by
+    the pure-Python driver, cost ~8 us each (a third of the audit's CPU at 20,000 SKUs x 10 blogs);
+    one text split in Python costs well under 1 us per row. The count detects a truncated text."""
+    return (
+        "SELECT COUNT(*), GROUP_CONCAT(CONCAT_WS(' ', t.bucket, IFNULL(t.n, 0), IFNULL(t.x, 0), "
+        f"IFNULL(t.f, 0)) SEPARATOR ' ') FROM ({per_bucket}) t"
+    )
+
+
+def unpack(row: Sequence[Any]) -> Iterator[tuple[int, int, int, int]]:
+    """``(bucket, n, x, f)`` tuples from a :func:`packed_sql` row."""
+    count, text = int(row[0] or 0), row[1]
+    if isinstance(text, bytes | bytearray):
+        text = text.decode()
+    values = [int(v) for v in text.split()] if text else []
+    if len(values) != 4 * count:
+        raise RuntimeError(
+            f"checksum result truncated ({len(values)} values for {count} buckets): group_concat_max_len"
+        )
+    it = iter(values)
+    return zip(it, it, it, it, strict=True)
 
 
 def unlinked_flagged_sql(base_prefix: str, prefix: str, excluded: str) -> str:
@@ -625,16 +652,16 @@ class Auditor:
         )
         base_params = {"b": blog_id, "g0": self.g0, "w": self.width, "kmax": k - 1, **xparams}
         with self.engine.connect() as conn:
-            for bucket, n, crc, amb in conn.execute(
-                sa.text(member_checksum_sql(scope.base, excl)), base_params
-            ):
-                i = int(bucket)
-                scan.n_m[i], scan.x_m[i] = int(n or 0), int(crc or 0)
-                scan.members += int(n or 0)
+            # packed_sql: at most k + 1 rows of 4 numbers (< 64 characters) per statement
+            conn.execute(sa.text("SET SESSION group_concat_max_len = :n"), {"n": max(1 << 20, 64 * (k + 2))})
+            row = conn.execute(sa.text(packed_sql(member_checksum_sql(scope.base, excl))), base_params).one()
+            for i, n, crc, amb in unpack(row):
+                scan.n_m[i], scan.x_m[i] = n, crc
+                scan.members += n
                 if amb:
                     scan.examine.add(i)
             oos = _outofstock_tt(conn, blog)
-            sql = sa.text(meta_checksum_sql(scope.base, blog.prefix, excl))
+            sql = sa.text(packed_sql(meta_checksum_sql(scope.base, blog.prefix, excl)))
             for lo_id, hi_id in self._meta_bounds(conn, blog):
                 params = {
                     **base_params,
@@ -643,13 +670,12 @@ class Auditor:
                     "notify": blog.notify_no_stock_amount,
                     "oos": oos,
                 }
-                for bucket, n, crc, flags in conn.execute(sql, params):
-                    i = int(bucket)
+                for i, n, crc, flags in unpack(conn.execute(sql, params).one()):
                     if i < 0:
                         scan.flagged_unlinked = scan.flagged_unlinked or bool(flags)
                         continue
-                    scan.n_v[i] += int(n or 0)
-                    scan.x_v[i] ^= int(crc or 0)
+                    scan.n_v[i] += n
+                    scan.x_v[i] ^= crc
                     if flags:
                         scan.examine.add(i)
                         scan.flagged.add(i)

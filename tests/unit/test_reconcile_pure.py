@@ -9,7 +9,15 @@ from decimal import Decimal
 
 import pytest
 
-from syncd.audit import GroupState, MemberValues, compare_group, member_checksum_sql, meta_checksum_sql
+from syncd.audit import (
+    GroupState,
+    MemberValues,
+    compare_group,
+    member_checksum_sql,
+    meta_checksum_sql,
+    packed_sql,
+    unpack,
+)
 from syncd.config import ConfigError, config_for
 from syncd.history import BadArgument, parse_since
 from syncd.plan import Change, Facts, Member, plan_batch
@@ -174,6 +182,21 @@ def test_checksum_sql_binds_everything_but_table_names():
     assert "pm.meta_id >= :lo AND pm.meta_id < :hi GROUP BY bucket" in sql
     assert set(re.findall(r":(\w+)", sql)) == {"b", "g0", "w", "kmax", "notify", "oos", "lo", "hi"}
     assert "GROUP BY bucket" in member_checksum_sql("wp_", "FALSE")
+    packed = packed_sql(sql)
+    assert packed.startswith("SELECT COUNT(*), GROUP_CONCAT(") and packed.endswith(f"FROM ({sql}) t")
+    assert set(re.findall(r":(\w+)", packed)) == set(re.findall(r":(\w+)", sql))
+
+
+def test_packed_checksum_rows_are_unpacked_and_truncation_is_an_error():
+    assert list(unpack((3, "-1 0 0 2 0 5 4294967295 0 7 1 12 1"))) == [
+        (-1, 0, 0, 2),
+        (0, 5, 4294967295, 0),
+        (7, 1, 12, 1),
+    ]
+    assert list(unpack((0, None))) == []
+    assert list(unpack((1, b"4 2 99 0"))) == [(4, 2, 99, 0)]
+    with pytest.raises(RuntimeError, match="truncated"):
+        list(unpack((3, "-1 0 0 2 0 5 4294967295 0 7 1")))  # group_concat_max_len cut the text
 
 
 def test_authority_setting_and_arguments():
