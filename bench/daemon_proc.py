@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -65,7 +66,15 @@ def main(argv: list[str] | None = None) -> int:
 
         daemon.on_batch = on_batch  # type: ignore[assignment]
     install_signal_handlers(daemon)
-    status = daemon.run()
+    profile_to = os.environ.get("SYNCD_BENCH_PROFILE")  # where the daemon's cProfile stats go
+    if profile_to:
+        import cProfile  # noqa: PLC0415
+
+        prof = cProfile.Profile()
+        status = prof.runcall(daemon.run)
+        prof.dump_stats(profile_to)
+    else:
+        status = daemon.run()
     if args.events:
         s = daemon.stats
         Path(args.events).write_text(

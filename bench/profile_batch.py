@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import cProfile
 import io
+import os
 import pstats
 import random
 import sys
@@ -69,6 +70,7 @@ class Recorder:
         self.stack: list[str] = []
         self.ms: dict[str, float] = defaultdict(float)
         self.stmts: dict[str, int] = defaultdict(int)
+        self.trips: dict[str, int] = defaultdict(int)
         self.log: list[tuple[str, str]] | None = None  # (step, statement) of the last batch, if asked
         self.peak_kb: dict[str, float] = defaultdict(float)  # with tracemalloc: peak growth per step
 
@@ -101,13 +103,17 @@ class Recorder:
 
     def on_statement(self, _conn: Any, _cursor: Any, statement: str, *_a: Any, **_k: Any) -> None:
         step = self.stack[-1] if self.stack else "other"
-        self.stmts[step] += 1
+        # syncd.db.run_many sends several statements as one round trip, joined by ";\n" (values
+        # are bound, so the separator can only be syncd's): count statements and round trips.
+        self.stmts[step] += statement.count(";\n") + 1
+        self.trips[step] += 1
         if self.log is not None:
             self.log.append((step, " ".join(statement.split())[:160]))
 
     def reset(self) -> None:
         self.ms.clear()
         self.stmts.clear()
+        self.trips.clear()
 
 
 def measure(
@@ -214,7 +220,7 @@ def measure(
                 tracemalloc.stop()
             if prof:
                 s = io.StringIO()
-                pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(cprof)
+                pstats.Stats(prof, stream=s).sort_stats(os.environ.get("SYNCD_PROFILE_SORT", "cumulative")).print_stats(cprof)
                 profile_text = s.getvalue()
     finally:
         for owner, attr, fn in originals:
@@ -229,6 +235,7 @@ def measure(
         ms = rec.ms.get(step, 0.0) / rounds
         accounted += ms if step != "other" else 0
         st = rec.stmts.get(step, 0) / rounds
+        tr = rec.trips.get(step, 0) / rounds
         if step == "other":
             ms = max(0.0, total - accounted)
         steps.append(
@@ -237,11 +244,13 @@ def measure(
                 "ms": round(ms, 2),
                 "pct": round(100 * ms / total, 1) if total else 0,
                 "statements": round(st, 1),
+                "round_trips": round(tr, 1),
                 "per_change": round(st / batch, 2),
                 **({"peak_mb": round(rec.peak_kb.get(step, 0.0) / 1024, 1)} if trace else {}),
             }
         )
     stmts_total = sum(rec.stmts.values()) / rounds
+    trips_total = sum(rec.trips.values()) / rounds
     return {
         "blogs": nblogs,
         "batch": batch,
@@ -251,6 +260,7 @@ def measure(
         "changes_per_s": round(batch * 1000 / total, 1),
         "statements_per_batch": round(stmts_total, 1),
         "statements_per_change": round(stmts_total / batch, 2),
+        "round_trips_per_batch": round(trips_total, 1),
         "ms_per_statement": round(total / stmts_total, 3) if stmts_total else None,
         "steps": steps,
         "cprofile": profile_text,
@@ -330,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             ("changes_per_s", "changes/s"),
             ("statements_per_batch", "stmts/batch"),
             ("statements_per_change", "stmts/change"),
+            ("round_trips_per_batch", "round trips/batch"),
             ("ms_per_statement", "ms/stmt"),
         ],
         title="Apply batches (in process, no concurrent writers)",
@@ -342,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("ms", "ms"),
                 ("pct", "%"),
                 ("statements", "statements"),
+                ("round_trips", "round trips"),
                 ("per_change", "per change"),
             ]
             + ([("peak_mb", "peak MB")] if "batch_peak_mb" in r else []),

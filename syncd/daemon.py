@@ -152,8 +152,10 @@ class Daemon:
             # per list length), so SQLAlchemy's compiled cache keeps hundreds of large one-off
             # entries: +15 MB RSS per 500-change batch with 10 blogs, 57 -> 223 MB after 12 batches
             # (bench/). Compiling a text() statement again costs microseconds.
+            # multi_statements: the derived step sends its reads, then its writes, as one round
+            # trip each (syncd.db.run_many); latency is round trips.
             self._apply_engine = self.config.database.make_engine(
-                apply_marker=True, pool_size=1, max_overflow=1, query_cache_size=0
+                apply_marker=True, pool_size=1, max_overflow=1, query_cache_size=0, multi_statements=True
             )
         if self._admin_engine is None:
             self._admin_engine = self.config.database.make_engine(pool_size=2, max_overflow=2)

@@ -9,10 +9,13 @@ checkout want the same row, syncd is the one that gives up and retries.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pymysql
 import sqlalchemy as sa
+from pymysql.constants import CLIENT
 from sqlalchemy.engine import URL, Engine, make_url
 
 # MySQL/MariaDB error numbers syncd reacts to. Classified by number, never by message text.
@@ -127,8 +130,15 @@ def redact_url(url: str | URL) -> str:
     return u.render_as_string(hide_password=True)
 
 
-def make_engine(url: str | URL, settings: SessionSettings | None = None, **kw: Any) -> Engine:
-    """An Engine whose every new connection gets syncd's explicit session settings."""
+def make_engine(
+    url: str | URL, settings: SessionSettings | None = None, *, multi_statements: bool = False, **kw: Any
+) -> Engine:
+    """An Engine whose every new connection gets syncd's explicit session settings.
+
+    ``multi_statements``: the connections may send several statements in one round trip
+    (:func:`run_many`); only the apply engine asks for it. Safe because no value is ever pasted
+    into SQL text - values are always bound (escaped by the driver) and table names come only
+    from validated prefixes - so nothing can be stacked onto a statement by data."""
     settings = settings or SessionSettings()
     u = make_url(url) if isinstance(url, str) else url
     if u.get_backend_name() != "mysql":
@@ -138,7 +148,16 @@ def make_engine(url: str | URL, settings: SessionSettings | None = None, **kw: A
     query = dict(u.query)
     query.setdefault("charset", "utf8mb4")
     u = u.set(query=query)
-    connect_args = {"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30, "autocommit": False}
+    connect_args: dict[str, Any] = {
+        "connect_timeout": 5,
+        "read_timeout": 30,
+        "write_timeout": 30,
+        "autocommit": False,
+    }
+    if multi_statements:
+        # FOUND_ROWS is what SQLAlchemy's dialect sets itself (rowcount = rows matched); an
+        # explicit client_flag replaces the dialect's, so both are given.
+        connect_args["client_flag"] = CLIENT.MULTI_STATEMENTS | CLIENT.FOUND_ROWS
     connect_args.update(kw.pop("connect_args", {}))
     engine = sa.create_engine(
         u,
@@ -171,3 +190,74 @@ def server_info(conn: sa.Connection) -> dict[str, Any]:
     """Version and flavour of the server behind ``conn``."""
     version = conn.exec_driver_sql("SELECT VERSION()").scalar_one()
     return {"version": version, "flavor": "mariadb" if "mariadb" in version.lower() else "mysql"}
+
+
+@dataclass
+class Rows:
+    """One statement's result from :func:`run_many`: column names and rows (empty for writes)."""
+
+    columns: tuple[str, ...]
+    rows: list[tuple[Any, ...]]
+
+
+def multi_statements(conn: sa.Connection) -> bool:
+    """True when ``conn`` was opened with multi-statements (``make_engine(multi_statements=True)``)."""
+    raw = conn.connection.dbapi_connection
+    return bool(getattr(raw, "client_flag", 0) & CLIENT.MULTI_STATEMENTS)
+
+
+def run_many(conn: sa.Connection, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[Rows]:
+    """Run driver-level statements (``%s`` placeholders, values bound) in order, in the caller's
+    transaction; returns each one's rows.
+
+    On a multi-statement connection they go to the server as ONE round trip (the server runs
+    them one after the other and stops at the first error), else one by one. Same statements,
+    same order, same locks either way; only the round trips differ. A failure is raised as
+    SQLAlchemy's DBAPIError (errno intact, so retry and reconnect logic treats it like any
+    other), and a lost connection is invalidated."""
+    if not statements:
+        return []
+    if len(statements) == 1 or not multi_statements(conn):
+        out = []
+        for text, params in statements:
+            result = conn.exec_driver_sql(text, tuple(params))
+            if result.returns_rows:
+                out.append(Rows(tuple(result.keys()), [tuple(r) for r in result]))
+            else:
+                out.append(Rows((), []))
+        return out
+    if not conn.in_transaction():
+        # What SQLAlchemy's autobegin would do for a statement of its own: without it the raw
+        # cursor's statements would run in a server transaction SQLAlchemy does not know of, and
+        # the caller's commit() or rollback() would not end it.
+        conn.begin()
+    joined = ";\n".join(text for text, _ in statements)
+    flat = tuple(p for _, params in statements for p in params)
+    cursor = conn.connection.dbapi_connection.cursor()
+    if conn.dispatch.before_cursor_execute:
+        # Listeners (statement counters in bench/, SQL logging) see the round trip as one
+        # execution of the joined text.
+        conn.dispatch.before_cursor_execute(conn, cursor, joined, flat, None, False)
+    out = []
+    try:
+        cursor.execute(joined, flat)
+        while True:
+            if cursor.description:
+                out.append(Rows(tuple(d[0] for d in cursor.description), list(cursor.fetchall())))
+            else:
+                out.append(Rows((), []))
+            if not cursor.nextset():
+                break
+    except pymysql.err.Error as exc:
+        wrapped = sa.exc.DBAPIError.instance(joined, flat, exc, pymysql.err.Error)
+        if is_disconnect(wrapped):
+            conn.invalidate()
+        raise wrapped from exc
+    finally:
+        try:
+            cursor.close()
+        except pymysql.err.Error:
+            pass  # the error itself was raised above; a dead connection has nothing to drain
+    if len(out) != len(statements):  # pragma: no cover - the server answers every statement or errs
+        raise RuntimeError(f"{len(statements)} statements sent, {len(out)} results received")
+    return out

@@ -36,7 +36,7 @@ import sqlalchemy as sa
 import structlog
 
 from syncd import woo
-from syncd.db import table
+from syncd.db import Rows, run_many, table
 from syncd.network import Blog
 
 log = structlog.get_logger("syncd.derived")
@@ -492,10 +492,27 @@ class _Sql:
     def __init__(self, conn: sa.Connection) -> None:
         self.conn = conn
         self.count = 0
+        self._deferred: list[tuple[str, tuple[Any, ...]]] = []
 
     def run(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        self.flush()
         self.count += 1
         return self.conn.exec_driver_sql(statement, tuple(params))
+
+    def many(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[Rows]:
+        """Deferred writes, then ``statements``, in order - one round trip on the apply connection
+        (:func:`syncd.db.run_many`). Returns the results of ``statements``."""
+        queued, self._deferred = self._deferred, []
+        self.count += len(queued) + len(statements)
+        return run_many(self.conn, [*queued, *((t, tuple(p)) for t, p in statements)])[len(queued) :]
+
+    def defer(self, statement: str, params: Sequence[Any] = ()) -> None:
+        """A write whose result nobody reads: sent with the next statement, or by :meth:`flush`."""
+        self._deferred.append((statement, tuple(params)))
+
+    def flush(self) -> None:
+        if self._deferred:
+            self.many([])
 
 
 def _marks(n: int) -> str:
@@ -559,11 +576,9 @@ def _candidate_transients(snap: Snapshot, ids: Sequence[int], hide_out_of_stock:
     return [woo.transient_option_names(n)[0] for n in names]
 
 
-def _read_side_tables(
-    sql: _Sql, snap: Snapshot, prefix: str, involved: Sequence[int], transients: Sequence[str]
-) -> None:
+def _side_tables_sql(prefix: str, involved: Sequence[int], transients: Sequence[str]) -> tuple[str, list[Any]]:
     """product_type/product_visibility terms, the relationships that matter (variable type,
-    outofstock), attribute-lookup stock flags and existing transients: one UNION ALL round trip.
+    outofstock), attribute-lookup stock flags and existing transients: one UNION ALL.
 
     Every string column is cast to BINARY so that tables created with different collations
     cannot make the UNION fail ("Illegal mix of collations")."""
@@ -594,9 +609,13 @@ def _read_side_tables(
             f"WHERE option_name IN ({_marks(len(transients))})"
         )
         params += transients
+    return " UNION ALL ".join(parts), params
+
+
+def _parse_side_tables(snap: Snapshot, rows: Iterable[Sequence[Any]]) -> None:
     relationships: list[tuple[int, int]] = []
     type_tt: dict[int, str] = {}
-    for kind, a, b, c, d, e in sql.run(" UNION ALL ".join(parts), params):
+    for kind, a, b, c, d, e in rows:
         kind = kind.decode() if isinstance(kind, bytes) else kind
         if kind == "t":
             taxonomy, name, slug = _text(b), _text(c), _text(d)
@@ -641,19 +660,21 @@ def _decode_first_row(cell: Any) -> tuple[int, str | None] | None:
     return int(text[:20]), (None if text[20] == "N" else text[21:])
 
 
-def _read_meta(
-    sql: _Sql, prefix: str, ids: Sequence[int], lock: bool
-) -> dict[int, dict[str, list[str | None]]]:
+def _meta_sql(prefix: str, ids: Sequence[int], lock: bool) -> tuple[str, list[Any]]:
     """One row per post with ``get_post_meta($id, $key, true)`` of every key (first row by meta_id)
     and the last ``_price`` row: the pivot happens in the server, so ~15x fewer rows cross the wire."""
     keys = list(META_KEYS)
     columns = [_first_row_expr("MIN") for _ in keys] + [_first_row_expr("MAX")]
-    rows = sql.run(
+    return (
         f"SELECT post_id, {', '.join(columns)} FROM {table(prefix, 'postmeta')} FORCE INDEX (post_id) "
         f"WHERE post_id IN ({_marks(len(ids))}) AND meta_key IN ({_marks(len(keys))}) "
         f"GROUP BY post_id ORDER BY post_id" + (" FOR UPDATE" if lock else ""),
         [*keys, "_price", *ids, *keys],
     )
+
+
+def _parse_meta(rows: Iterable[Sequence[Any]]) -> dict[int, dict[str, list[str | None]]]:
+    keys = list(META_KEYS)
     out: dict[int, dict[str, list[str | None]]] = {}
     for r in rows:
         meta: dict[str, list[str | None]] = {}
@@ -699,16 +720,24 @@ def read_snapshot(
     if not involved:
         return snap, sql.count
     transients = _candidate_transients(snap, ids, blog.hide_out_of_stock) if with_transients else []
-    _read_side_tables(sql, snap, prefix, involved, transients)
-    snap.meta = _read_meta(sql, prefix, involved, lock)
-    result = sql.run(
-        f"SELECT * FROM {table(prefix, 'wc_product_meta_lookup')} WHERE product_id IN ({_marks(len(involved))}) "
-        f"ORDER BY product_id" + (" FOR UPDATE" if lock else ""),
-        involved,
+    # Three reads that depend only on the posts: one round trip on the apply connection, in this
+    # order (the meta rows, then the lookup rows, are locked in ascending post id order).
+    side, meta, lookup = sql.many(
+        [
+            _side_tables_sql(prefix, involved, transients),
+            _meta_sql(prefix, involved, lock),
+            (
+                f"SELECT * FROM {table(prefix, 'wc_product_meta_lookup')} "
+                f"WHERE product_id IN ({_marks(len(involved))}) ORDER BY product_id" + (" FOR UPDATE" if lock else ""),
+                involved,
+            ),
+        ]
     )
-    keys = list(result.keys())
+    _parse_side_tables(snap, side.rows)
+    snap.meta = _parse_meta(meta.rows)
+    keys = list(lookup.columns)
     snap.lookup_columns = tuple(c for c in woo.LOOKUP_COLUMNS if c in keys)
-    for r in result:
+    for r in lookup.rows:
         row = dict(zip(keys, r, strict=True))
         snap.lookup[int(row["product_id"])] = row
     return snap, sql.count
@@ -724,7 +753,7 @@ def _write_statuses(sql: _Sql, prefix: str, plan: RefreshPlan) -> None:
         by_value.setdefault(status, []).append(pid)
     for status, pids in sorted(by_value.items()):
         # update_post_meta() without prev_value rewrites every row of the key.
-        sql.run(
+        sql.defer(
             f"UPDATE {postmeta} SET meta_value = %s WHERE meta_key = %s AND post_id IN ({_marks(len(pids))})",
             [status, STATUS_KEY, *sorted(pids)],
         )
@@ -732,7 +761,7 @@ def _write_statuses(sql: _Sql, prefix: str, plan: RefreshPlan) -> None:
         params: list[Any] = []
         for pid, status in sorted(plan.status_inserts.items()):
             params += [pid, STATUS_KEY, status]
-        sql.run(
+        sql.defer(
             f"INSERT INTO {postmeta} (post_id, meta_key, meta_value) VALUES "
             + ", ".join(["(%s, %s, %s)"] * len(plan.status_inserts)),
             params,
@@ -761,7 +790,7 @@ def _write_lookup(sql: _Sql, prefix: str, plan: RefreshPlan, snap: Snapshot) -> 
         updates = ", ".join(f"`{c}` = VALUES(`{c}`)" for c in cols if c != "product_id")
         if not updates:
             continue
-        sql.run(
+        sql.defer(
             f"INSERT INTO {table(prefix, 'wc_product_meta_lookup')} ({', '.join(f'`{c}`' for c in cols)}) VALUES "
             + ", ".join([f"({_marks(len(cols))})"] * len(pids))
             + f" ON DUPLICATE KEY UPDATE {updates}",
@@ -779,14 +808,14 @@ def _write_terms(sql: _Sql, prefix: str, plan: RefreshPlan, snap: Snapshot) -> t
         for pid in plan.term_add:
             params += [pid, tt]
         # A concurrent WooCommerce save may have added the same row since the read: no-op then.
-        sql.run(
+        sql.defer(
             f"INSERT INTO {rel} (object_id, term_taxonomy_id, term_order) VALUES "
             + ", ".join(["(%s, %s, 0)"] * len(plan.term_add))
             + " ON DUPLICATE KEY UPDATE term_order = term_order",
             params,
         )
     if plan.term_remove:
-        sql.run(
+        sql.defer(
             f"DELETE FROM {rel} WHERE term_taxonomy_id = %s AND object_id IN ({_marks(len(plan.term_remove))})",
             [tt, *plan.term_remove],
         )
@@ -794,7 +823,7 @@ def _write_terms(sql: _Sql, prefix: str, plan: RefreshPlan, snap: Snapshot) -> t
     # objects of the taxonomy's post types (fixture 07 step 3: 3 -> 5).
     old, new = _outofstock_count(sql, prefix, tt, lock=True)
     if old != new:
-        sql.run(
+        sql.defer(
             f"UPDATE {table(prefix, 'term_taxonomy')} SET count = %s WHERE term_taxonomy_id = %s", [new, tt]
         )
         return old, new
@@ -821,7 +850,7 @@ def _write_attributes(sql: _Sql, prefix: str, plan: RefreshPlan) -> None:
     for pid, in_stock in plan.attributes.items():
         by_value.setdefault(in_stock, []).append(pid)
     for in_stock, pids in sorted(by_value.items()):
-        sql.run(
+        sql.defer(
             f"UPDATE {table(prefix, 'wc_product_attributes_lookup')} SET in_stock = %s "
             f"WHERE product_id IN ({_marks(len(pids))}) AND in_stock <> %s",
             [in_stock, *sorted(pids), in_stock],
@@ -832,7 +861,7 @@ def _write_post_modified(sql: _Sql, blog: Blog, plan: RefreshPlan, now_utc: date
     if not plan.saved:
         return
     local, gmt = woo.post_modified_values(now_utc, blog.option("timezone_string"), blog.option("gmt_offset"))
-    sql.run(
+    sql.defer(
         f"UPDATE {table(blog.prefix, 'posts')} SET post_modified = %s, post_modified_gmt = %s "
         f"WHERE ID IN ({_marks(len(plan.saved))})",
         [local, gmt, *plan.saved],
@@ -951,7 +980,7 @@ def _recount_terms(
                 inserts.append((term, new))
                 written[f"{taxonomy}:{term}"] = (None, new)
             elif stored[term] != str(new):
-                sql.run(
+                sql.defer(
                     f"UPDATE {termmeta} SET meta_value = %s WHERE term_id = %s AND meta_key = %s",
                     [str(new), term, key],
                 )
@@ -960,7 +989,7 @@ def _recount_terms(
             params: list[Any] = []
             for term, new in inserts:
                 params += [term, key, str(new)]
-            sql.run(
+            sql.defer(
                 f"INSERT INTO {termmeta} (term_id, meta_key, meta_value) VALUES "
                 + ", ".join(["(%s, %s, %s)"] * len(inserts)),
                 params,
@@ -986,7 +1015,7 @@ def _write_transients(
         if main in snap.present_transients:
             doomed += [main, timeout]
     if doomed:
-        sql.run(f"DELETE FROM {options} WHERE option_name IN ({_marks(len(doomed))})", doomed)
+        sql.defer(f"DELETE FROM {options} WHERE option_name IN ({_marks(len(doomed))})", doomed)
     versions = woo.version_transients_bumped(product_saved=bool(plan.saved))
     if not versions:
         return tuple(doomed), False
@@ -994,7 +1023,7 @@ def _write_transients(
     params: list[Any] = []
     for name in versions:
         params += [woo.transient_option_names(name)[0], stamp]
-    sql.run(
+    sql.defer(
         f"INSERT INTO {options} (option_name, option_value, autoload) VALUES "
         + ", ".join(["(%s, %s, 'on')"] * len(versions))
         + " ON DUPLICATE KEY UPDATE option_value = VALUES(option_value)",
@@ -1061,6 +1090,7 @@ def refresh_products(
     report.transients_deleted, report.versions_bumped = _write_transients(
         sql, prefix, plan, snap, now_utc, term_counts=bool(plan.recount_products)
     )
+    sql.flush()  # the writes: one round trip on the apply connection, in the order queued
     report.products = dict(sorted(plan.outcomes.items()))
     report.posts_modified = tuple(plan.saved)
     report.statements = reads + sql.count

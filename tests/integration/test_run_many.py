@@ -1,0 +1,65 @@
+"""syncd.db.run_many: several statements in one round trip on a multi-statement connection, one
+by one elsewhere - the same results, the same effects, the same errors either way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from syncd.db import SessionSettings, errno_of, is_retryable, make_engine, multi_statements, run_many
+
+
+@pytest.fixture(params=[True, False], ids=["multi", "one-by-one"])
+def engine(request, wp_network):
+    eng = make_engine(wp_network.url, SessionSettings(), multi_statements=request.param)
+    yield eng
+    eng.dispose()
+
+
+def _scratch(conn: sa.Connection, net: Any) -> str:
+    name = f"{net.prefix}run_many_t"
+    conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS `{name}` (id INT PRIMARY KEY, v VARCHAR(20))")
+    conn.exec_driver_sql(f"DELETE FROM `{name}`")
+    conn.commit()
+    return f"`{name}`"
+
+
+def test_results_and_effects_in_order(engine, wp_network, request):
+    with engine.connect() as conn:
+        assert multi_statements(conn) is (request.node.callspec.params["engine"])
+        t = _scratch(conn, wp_network)
+        out = run_many(
+            conn,
+            [
+                (f"INSERT INTO {t} (id, v) VALUES (%s, %s), (%s, %s)", [1, "a;b", 2, "it's 50%"]),
+                (f"SELECT id, v FROM {t} ORDER BY id", []),
+                (f"UPDATE {t} SET v = %s WHERE id = %s", ["x", 2]),
+                (f"SELECT v AS value FROM {t} WHERE id IN (%s, %s) ORDER BY id", [1, 2]),
+            ],
+        )
+        assert [r.columns for r in out] == [(), ("id", "v"), (), ("value",)]
+        assert out[1].rows == [(1, "a;b"), (2, "it's 50%")]  # values are bound, never pasted
+        assert out[3].rows == [("a;b",), ("x",)]
+        conn.rollback()  # all of it was in the caller's transaction
+        assert conn.exec_driver_sql(f"SELECT COUNT(*) FROM {t}").scalar_one() == 0
+
+
+def test_an_error_stops_the_rest_and_keeps_its_errno(engine, wp_network):
+    with engine.connect() as conn:
+        t = _scratch(conn, wp_network)
+        with pytest.raises(sa.exc.DBAPIError) as err:
+            run_many(
+                conn,
+                [
+                    (f"INSERT INTO {t} (id, v) VALUES (%s, %s)", [1, "first"]),
+                    (f"SELECT * FROM {wp_network.prefix}no_such_table", []),
+                    (f"INSERT INTO {t} (id, v) VALUES (%s, %s)", [2, "never"]),
+                ],
+            )
+        assert errno_of(err.value) == 1146 and not is_retryable(err.value)
+        # The statement before the failure ran (in the open transaction), the one after did not,
+        # and the connection is usable.
+        assert conn.exec_driver_sql(f"SELECT id FROM {t} ORDER BY id").all() == [(1,)]
+        conn.rollback()
