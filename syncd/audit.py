@@ -86,9 +86,13 @@ FIELDS: dict[str, str] = {
     "low_stock_amount": LOW_STOCK,
     "stock_status": STATUS,
 }
-#: At most this many buckets: the per-blog scan returns one row per bucket (Python reads them all),
-#: and a differing bucket is read row by row (W groups). 16,384: W = 7 at 100,000 groups.
-MAX_BUCKETS = 16_384
+#: At most this many buckets (fewer when the server's max_allowed_packet cannot carry 32 bytes per
+#: bucket): each scan statement returns one packed text of 32 characters per bucket (4 MB at most,
+#: a few ms to unpack), and a differing bucket is read row by row (W groups). 131,072: W = 1 up to
+#: 131,072 groups, so that reconcile reads and checks only the groups that differ (with 16,384
+#: buckets, W = 7 at 100,000 groups: seven groups read, and their flagged products checked, per
+#: drifted one).
+MAX_BUCKETS = 131_072
 #: postmeta rows (by meta_id range) per scan statement: one statement per blog up to ~200,000
 #: WooCommerce products; each returns up to MAX_BUCKETS rows.
 SCAN_SLICE = 4_000_000
@@ -293,29 +297,44 @@ def meta_checksum_sql(base_prefix: str, prefix: str, excluded: str) -> str:
     )
 
 
+#: Array type code of unsigned 32-bit numbers (the packed checksum values).
+U32 = "I" if array("I").itemsize == 4 else "L"
+
+
 def packed_sql(per_bucket: str) -> str:
-    """The rows of a per-bucket aggregate (``bucket, n, x, f``) as one row: their count and their
-    values as one space-separated text. Up to MAX_BUCKETS rows per statement, parsed row by row by
-    the pure-Python driver, cost ~8 us each (a third of the audit's CPU at 20,000 SKUs x 10 blogs);
-    one text split in Python costs well under 1 us per row. The count detects a truncated text."""
-    return (
-        "SELECT COUNT(*), GROUP_CONCAT(CONCAT_WS(' ', t.bucket, IFNULL(t.n, 0), IFNULL(t.x, 0), "
-        f"IFNULL(t.f, 0)) SEPARATOR ' ') FROM ({per_bucket}) t"
+    """The rows of a per-bucket aggregate (``bucket, n, x, f``) as one row: their count, and one
+    text of four 8-digit hex numbers per row (bucket + 1, then n, x, f), in bucket order.
+
+    Up to MAX_BUCKETS rows per statement, parsed one by one by the pure-Python driver, cost ~8 us
+    each (a third of the audit's CPU at 20,000 SKUs x 10 blogs with 10,000 buckets); one hex text
+    is turned into an array in C. Every value fits 32 bits: a bucket number (bucket -1: products
+    that are not synced members), a count of rows of one bucket, an XOR of CRC32s. The count
+    detects a text cut short by ``group_concat_max_len``."""
+    cols = ", ".join(
+        f"LPAD(HEX({e}), 8, '0')"
+        for e in (
+            "t.bucket + 1",
+            "LEAST(IFNULL(t.n, 0), 4294967295)",
+            "IFNULL(t.x, 0)",
+            "LEAST(IFNULL(t.f, 0), 4294967295)",
+        )
     )
+    return f"SELECT COUNT(*), GROUP_CONCAT({cols} ORDER BY t.bucket SEPARATOR '') FROM ({per_bucket}) t"
 
 
-def unpack(row: Sequence[Any]) -> Iterator[tuple[int, int, int, int]]:
-    """``(bucket, n, x, f)`` tuples from a :func:`packed_sql` row."""
+def unpack(row: Sequence[Any]) -> array:
+    """A :func:`packed_sql` row as one flat array ``bucket + 1, n, x, f, bucket + 1, n, ...``."""
     count, text = int(row[0] or 0), row[1]
     if isinstance(text, bytes | bytearray):
-        text = text.decode()
-    values = [int(v) for v in text.split()] if text else []
+        text = text.decode("ascii")
+    values = array(U32, bytes.fromhex(text) if text else b"")
+    if sys.byteorder == "little":
+        values.byteswap()  # the hex digits are big-endian
     if len(values) != 4 * count:
         raise RuntimeError(
             f"checksum result truncated ({len(values)} values for {count} buckets): group_concat_max_len"
         )
-    it = iter(values)
-    return zip(it, it, it, it, strict=True)
+    return values
 
 
 def unlinked_flagged_sql(base_prefix: str, prefix: str, excluded: str) -> str:
@@ -564,6 +583,29 @@ class _BlogScan:
     flagged_unlinked: bool = False  # a product outside the groups looks wrong
 
 
+def _spread(packed: array, n: array, x: array, ordinal: array, *, first: bool) -> list[tuple[int, int]]:
+    """Add one statement's packed ``(bucket + 1, n, x, f)`` values into the per-bucket arrays (n
+    summed, x XORed; ``first``: the arrays are still zero). Returns the (bucket, f) pairs with a
+    non-zero f, bucket -1 included. ``ordinal`` is ``1..k``: a result with every bucket in order
+    (the usual case: every group has a member on the blog) is copied in C."""
+    buckets, ns, xs, fs = packed[0::4], packed[1::4], packed[2::4], packed[3::4]
+    flags = [(buckets[j] - 1, f) for j, f in enumerate(fs) if f] if any(fs) else []
+    if buckets and buckets[0] == 0:  # bucket -1 (first): products that are not synced members
+        buckets, ns, xs = buckets[1:], ns[1:], xs[1:]
+    if first and buckets == ordinal:
+        n[:] = ns
+        x[:] = xs
+        return flags
+    for b, nv, xv in zip(buckets, ns, xs, strict=True):
+        n[b - 1] += nv
+        x[b - 1] ^= xv
+    return flags
+
+
+#: bytearray.translate table for the per-bucket count of blogs with members (0, 1, 2 = several): + 1
+_ONE_MORE_BLOG = bytes([1, 2] + [2] * 254)
+
+
 class Auditor:
     """Checksum pass then row-by-row examination; shared by audit and reconcile (read-only)."""
 
@@ -594,6 +636,7 @@ class Auditor:
             int, set[int]
         ] = {}  # bucket -> blogs where the set-based derived check found something
         self._lone = bytearray(0)
+        self._ordinal = array(U32)
 
     # -- pass 1: checksums ------------------------------------------------------------------
     def checksum(self) -> list[int]:
@@ -601,26 +644,34 @@ class Auditor:
         scope = self.scope
         member = table(scope.base, "syncd_member")
         with self.engine.connect() as conn:
-            lo, hi = conn.execute(
-                sa.text(f"SELECT MIN(group_id), MAX(group_id) FROM {member} WHERE group_id IS NOT NULL")
+            lo, hi, packet = conn.execute(
+                sa.text(
+                    f"SELECT MIN(group_id), MAX(group_id), @@max_allowed_packet FROM {member} "
+                    "WHERE group_id IS NOT NULL"
+                )
             ).one()
             conn.rollback()
         if lo is None or not scope.blogs:
             return []
         self.g0 = int(lo)
         span = int(hi) - int(lo) + 1
-        self.width = max(1, math.ceil(span / self.max_buckets))
+        max_buckets = min(self.max_buckets, max(1024, (int(packet or 0) - 65536) // 32))
+        self.width = max(1, math.ceil(span / max_buckets))
         self.nbuckets = math.ceil(span / self.width)
         self.report.buckets, self.report.width = self.nbuckets, self.width
         k = self.nbuckets
-        ref = array("q", [0]) * k  # digest of the first blog (by id) with members in the bucket
+        self._ordinal = array(U32, range(1, k + 1))
+        # n_m, x_m, n_v, x_v of the first blog (by id) with members in the bucket
+        ref = [array(U32, bytes(4 * k)) for _ in range(4)]
         have = bytearray(k)  # 1: ref is set
+        n_have = 0
         examine = bytearray(k)
         self._lone = bytearray(k)  # 1: members on exactly one blog (so far), 2: on several
         self.progress.stage("audit: checksums", len(scope.blogs))
         # Blogs are scanned in parallel (each on its own connection), compared in blog id order.
         with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(scope.blogs)))) as pool:
             for scan in pool.map(self._scan_blog, scope.blog_ids):
+                self.progress.advance(1, f"blog {scan.blog_id}")
                 self.report.members[scan.blog_id] = scan.members
                 if scan.flagged_unlinked:
                     self._flagged_unlinked[scan.blog_id] = True
@@ -628,17 +679,35 @@ class Auditor:
                     examine[i] = 1
                 for i in scan.flagged:
                     self._flagged.setdefault(i, set()).add(scan.blog_id)
+                cols = (scan.n_m, scan.x_m, scan.n_v, scan.x_v)
+                if n_have in (0, k) and 0 not in scan.n_m:
+                    # The usual case, in C: this blog has members in every bucket, and so far
+                    # either no blog or every bucket has a reference.
+                    self._lone = self._lone.translate(_ONE_MORE_BLOG)
+                    if n_have == 0:
+                        for r, c in zip(ref, cols, strict=True):
+                            r[:] = c
+                        have, n_have = bytearray(b"\x01") * k, k
+                        continue
+                    for r, c in zip(ref, cols, strict=True):
+                        if r != c:
+                            for i in [i for i, (a, b) in enumerate(zip(r, c, strict=True)) if a != b]:
+                                examine[i] = 1
+                    continue
+                nm, xm, nv, xv = cols
+                rnm, rxm, rnv, rxv = ref
+                lone = self._lone
                 for i in range(k):
-                    if not scan.n_m[i] and not scan.n_v[i]:
+                    if not nm[i] and not nv[i]:
                         continue  # no member of this blog in the bucket
-                    digest = hash((scan.n_m[i], scan.x_m[i], scan.n_v[i], scan.x_v[i]))
-                    if scan.n_m[i]:
-                        self._lone[i] = min(2, self._lone[i] + 1)
+                    if nm[i]:
+                        lone[i] = min(2, lone[i] + 1)
                     if not have[i]:
-                        ref[i], have[i] = digest, 1
-                    elif ref[i] != digest:
+                        rnm[i], rxm[i], rnv[i], rxv[i] = nm[i], xm[i], nv[i], xv[i]
+                        have[i] = 1
+                        n_have += 1
+                    elif rnm[i] != nm[i] or rxm[i] != xm[i] or rnv[i] != nv[i] or rxv[i] != xv[i]:
                         examine[i] = 1
-                self.progress.advance(1, f"blog {scan.blog_id}")
         return [i for i in range(k) if examine[i]]
 
     def _scan_blog(self, blog_id: int) -> _BlogScan:
@@ -647,22 +716,18 @@ class Auditor:
         blog = scope.blogs[blog_id]
         k = self.nbuckets
         excl, xparams = scope.excluded_sql()
-        scan = _BlogScan(
-            blog_id, array("q", [0]) * k, array("q", [0]) * k, array("q", [0]) * k, array("q", [0]) * k
-        )
+        scan = _BlogScan(blog_id, *(array(U32, bytes(4 * k)) for _ in range(4)))
         base_params = {"b": blog_id, "g0": self.g0, "w": self.width, "kmax": k - 1, **xparams}
         with self.engine.connect() as conn:
-            # packed_sql: at most k + 1 rows of 4 numbers (< 64 characters) per statement
-            conn.execute(sa.text("SET SESSION group_concat_max_len = :n"), {"n": max(1 << 20, 64 * (k + 2))})
+            # packed_sql: 32 characters per bucket (k + 1 rows at most per statement)
+            conn.execute(sa.text("SET SESSION group_concat_max_len = :n"), {"n": 32 * (k + 2)})
             row = conn.execute(sa.text(packed_sql(member_checksum_sql(scope.base, excl))), base_params).one()
-            for i, n, crc, amb in unpack(row):
-                scan.n_m[i], scan.x_m[i] = n, crc
-                scan.members += n
-                if amb:
-                    scan.examine.add(i)
+            for i, _amb in _spread(unpack(row), scan.n_m, scan.x_m, self._ordinal, first=True):
+                scan.examine.add(i)
+            scan.members = sum(scan.n_m)
             oos = _outofstock_tt(conn, blog)
             sql = sa.text(packed_sql(meta_checksum_sql(scope.base, blog.prefix, excl)))
-            for lo_id, hi_id in self._meta_bounds(conn, blog):
+            for n_slice, (lo_id, hi_id) in enumerate(self._meta_bounds(conn, blog)):
                 params = {
                     **base_params,
                     "lo": lo_id,
@@ -670,13 +735,11 @@ class Auditor:
                     "notify": blog.notify_no_stock_amount,
                     "oos": oos,
                 }
-                for i, n, crc, flags in unpack(conn.execute(sql, params).one()):
+                packed = unpack(conn.execute(sql, params).one())
+                for i, _flags in _spread(packed, scan.n_v, scan.x_v, self._ordinal, first=n_slice == 0):
                     if i < 0:
-                        scan.flagged_unlinked = scan.flagged_unlinked or bool(flags)
-                        continue
-                    scan.n_v[i] += n
-                    scan.x_v[i] ^= crc
-                    if flags:
+                        scan.flagged_unlinked = True
+                    else:
                         scan.examine.add(i)
                         scan.flagged.add(i)
             conn.rollback()

@@ -4,14 +4,17 @@ argument parsing; and the planner's handling of excluded origins."""
 from __future__ import annotations
 
 import re
+from array import array
 from datetime import datetime
 from decimal import Decimal
 
 import pytest
 
 from syncd.audit import (
+    U32,
     GroupState,
     MemberValues,
+    _spread,
     compare_group,
     member_checksum_sql,
     meta_checksum_sql,
@@ -188,15 +191,29 @@ def test_checksum_sql_binds_everything_but_table_names():
 
 
 def test_packed_checksum_rows_are_unpacked_and_truncation_is_an_error():
-    assert list(unpack((3, "-1 0 0 2 0 5 4294967295 0 7 1 12 1"))) == [
-        (-1, 0, 0, 2),
-        (0, 5, 4294967295, 0),
-        (7, 1, 12, 1),
-    ]
+    text = "000000000000000000000000000000020000000100000005FFFFFFFF00000000"
+    assert list(unpack((2, text))) == [0, 0, 0, 2, 1, 5, 4294967295, 0]
+    assert list(unpack((2, text.lower().encode()))) == [0, 0, 0, 2, 1, 5, 4294967295, 0]
     assert list(unpack((0, None))) == []
-    assert list(unpack((1, b"4 2 99 0"))) == [(4, 2, 99, 0)]
     with pytest.raises(RuntimeError, match="truncated"):
-        list(unpack((3, "-1 0 0 2 0 5 4294967295 0 7 1")))  # group_concat_max_len cut the text
+        unpack((3, text))  # group_concat_max_len cut the text
+
+
+def test_packed_checksum_values_are_summed_per_bucket():
+    k = 4
+    ordinal = array(U32, range(1, k + 1))
+    n, x = array(U32, bytes(4 * k)), array(U32, bytes(4 * k))
+    # every bucket, in order (copied), with the non-member bucket -1 first and one flag
+    dense = array(U32, [0, 0, 0, 1, 1, 2, 10, 0, 2, 2, 20, 0, 3, 2, 30, 3, 4, 2, 40, 0])
+    assert _spread(dense, n, x, ordinal, first=True) == [(-1, 1), (2, 3)]
+    assert list(n) == [2, 2, 2, 2] and list(x) == [10, 20, 30, 40]
+    # a second slice with some buckets only: summed and XORed
+    assert _spread(array(U32, [2, 1, 7, 0, 4, 3, 1, 0]), n, x, ordinal, first=False) == []
+    assert list(n) == [2, 3, 2, 5] and list(x) == [10, 20 ^ 7, 30, 40 ^ 1]
+    # a sparse first result
+    n2, x2 = array(U32, bytes(4 * k)), array(U32, bytes(4 * k))
+    assert _spread(array(U32, [3, 1, 9, 0]), n2, x2, ordinal, first=True) == []
+    assert list(n2) == [0, 0, 1, 0] and list(x2) == [0, 0, 9, 0]
 
 
 def test_authority_setting_and_arguments():
