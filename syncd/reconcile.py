@@ -1004,13 +1004,16 @@ def _disagreement_texts(found: Iterable[Any]) -> dict[Key, str]:
 
 
 def _engine(config: Config) -> sa.Engine:
-    """Writes as syncd's apply session (never captured by the triggers), long reads allowed."""
+    """Writes as syncd's apply session (never captured by the triggers), long reads allowed; with
+    multi-statements, as the daemon's apply engine, so that the derived step sends its reads and
+    its writes as one round trip each per blog (:func:`syncd.db.run_many`)."""
     return config.database.make_engine(
         apply_marker=True,
         pool_size=2,
         max_overflow=2,
         query_cache_size=QUERY_CACHE,
         connect_args={"read_timeout": 3600},
+        multi_statements=True,
     )
 
 
