@@ -27,13 +27,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
 
 from syncd import catalog, poll
 from syncd.config import BlogSettings
-from syncd.db import errno_of, is_retryable, table
+from syncd.db import errno_of, is_retryable, multi_statements, run_many, table
 from syncd.derived import PostRow
 from syncd.network import Blog
 from syncd.plan import (
@@ -66,6 +67,8 @@ READ_KEYS = (*FACT_KEYS, SKU)
 #: Above this many posts on a blog, the lock step locks with COUNT(*) and then reads only the
 #: rows it needs: one more round trip, 2/3 fewer rows to parse. Below, one statement is cheaper.
 _LOCK_ONLY_ABOVE = 32
+#: The savepoint around the one-round-trip stock writes (a name SQLAlchemy never uses).
+_BULK_SAVEPOINT = "syncd_bulk_stock"
 
 RefreshFn = Callable[..., object]
 
@@ -176,16 +179,27 @@ class Applier:
         result = BatchResult(batch_id=batch_id, changes=len(changes))
         if not changes:
             return result
-        self._acknowledge(conn, changes)
         self._posts = {}
-        blogs = self._live_blogs(conn)
+        # One round trip: acknowledge the change rows, which blogs are live, and the link groups
+        # of every changed product (those on blogs that are not live are dropped below).
+        ack, live, members = run_many(
+            conn,
+            [
+                self._acknowledge_sql(changes),
+                (self._live_blogs_sql(), ()),
+                catalog.members_and_groups_sql(self.base, {c.key for c in changes}),
+            ],
+        )
+        self._check_acknowledged(changes, ack.rowcount)
+        blogs = self._usable({int(r[0]) for r in live.rows})
         now = datetime.now(UTC).replace(tzinfo=None)
 
         # Membership first: a product whose SKU changed, that was trashed, or that syncd has not
         # seen yet (created since the last discovery) must be grouped before planning.
         origins = sorted({c.key for c in changes if c.blog_id in blogs})
         stale = {c.key for c in changes if c.meta_key in MEMBERSHIP_KEYS and c.blog_id in blogs}
-        known, groups = catalog.members_and_groups(conn, self.base, origins)
+        known, groups = catalog.parse_members_and_groups(members.rows)
+        groups = {k: g for k, g in groups.items() if k[0] in blogs}
         unknown = set(origins) - known
         was_member = catalog.member_skus(conn, self.base, stale)
         before = catalog.member_groups(conn, self.base, stale | unknown)
@@ -218,7 +232,18 @@ class Applier:
             involved.update(k for k in tr if k[0] in blogs)
         rows: dict[Key, ProductRows] = {}
         unreadable: dict[int, str] = {}
-        for blog_id, posts in sorted(_by_blog(involved).items()):
+        by_blog = sorted(_by_blog(involved).items())
+        if not self.poll_mode:
+            try:  # every blog at once: two or three round trips
+                rows = self._lock_and_read_blogs(conn, [(blogs[b], sorted(set(p))) for b, p in by_blog])
+                by_blog = []
+            except Exception as exc:  # noqa: BLE001 - a blog that cannot be read: see below
+                if is_retryable(exc):
+                    raise
+                # Blog by blog, to leave out the one that fails. Locks already taken are ours
+                # and taken again in the same order; nothing was written.
+                log.warning("lock_step_per_blog", error=str(exc)[:300], errno=errno_of(exc))
+        for blog_id, posts in by_blog:
             try:
                 locked = self._lock_and_read(conn, blogs[blog_id], posts)
                 rows.update(locked)
@@ -553,39 +578,35 @@ class Applier:
                     )
                 )
 
-    def _acknowledge(self, conn: sa.Connection, changes: Sequence[Change]) -> None:
+    def _acknowledge_sql(self, changes: Sequence[Change]) -> tuple[str, list[int]]:
         ids = sorted(c.id for c in changes)
-        deleted = conn.execute(
-            _in_list(f"DELETE FROM {table(self.base, 'syncd_change')} WHERE id IN :ids", "ids"), {"ids": ids}
-        ).rowcount
-        if deleted != len(ids):
-            raise BatchConflict(f"{len(ids) - deleted} of {len(ids)} change rows were already acknowledged")
+        return f"DELETE FROM {table(self.base, 'syncd_change')} WHERE id IN ({_marks(len(ids))})", ids
 
-    def _live_blogs(self, conn: sa.Connection) -> dict[int, Blog]:
-        """Usable blogs that are still live right now (a blog deleted mid-run is never written)."""
-        known = self._blogs()
-        live = {
-            r[0]
-            for r in conn.execute(
-                sa.text(
-                    f"SELECT blog_id FROM {table(self.base, 'blogs')} WHERE deleted = 0 AND archived = 0 AND spam = 0"
-                )
+    @staticmethod
+    def _check_acknowledged(changes: Sequence[Change], deleted: int) -> None:
+        if deleted != len(changes):
+            raise BatchConflict(
+                f"{len(changes) - deleted} of {len(changes)} change rows were already acknowledged"
             )
-        }
-        return {b: blog for b, blog in known.items() if b in live and blog.usable}
+
+    def _live_blogs_sql(self) -> str:
+        return f"SELECT blog_id FROM {table(self.base, 'blogs')} WHERE deleted = 0 AND archived = 0 AND spam = 0"
+
+    def _usable(self, live: set[int]) -> dict[int, Blog]:
+        """Usable blogs that are still live right now (a blog deleted mid-run is never written)."""
+        return {b: blog for b, blog in self._blogs().items() if b in live and blog.usable}
 
     def _lock_and_read(self, conn: sa.Connection, blog: Blog, posts: Iterable[int]) -> dict[Key, ProductRows]:
-        ids = sorted(set(posts))
-        out = {(blog.blog_id, p): ProductRows() for p in ids}
-        post_rows = _post_closure(conn, blog, ids)
-        for pid in ids:
-            row = post_rows.get(pid)
-            if row is not None:
-                r = out[(blog.blog_id, pid)]
-                r.exists, r.post_status, r.post_type, r.parent_id = True, row.post_status, row.post_type, row.parent_id
-        # The derived step of this batch takes its posts rows from here (see _refresh_blogs).
-        self._posts[blog.blog_id] = (frozenset(ids), post_rows)
-        # Every postmeta row this transaction will lock on this blog is locked here, in ONE scan of
+        return self._lock_and_read_blogs(conn, [(blog, sorted(set(posts)))])
+
+    def _lock_and_read_blogs(
+        self, conn: sa.Connection, jobs: Sequence[tuple[Blog, list[int]]]
+    ) -> dict[Key, ProductRows]:
+        """The lock step of several blogs (in the order given: ascending blog id): their posts
+        closures, then every blog's locking read, each phase one round trip for all blogs on the
+        apply connection (:func:`syncd.db.run_many`; the statements run in this order)."""
+        closures = _post_closures(conn, jobs)
+        # Every postmeta row this transaction will lock on a blog is locked here, in ONE scan of
         # the post_id index (ascending post id, then meta_id): the products, and the variable
         # parents and sibling variations whose derived data is recomputed later. A shop's own
         # `UPDATE ... WHERE post_id = X AND meta_key = '_stock'` locks rows in that same order
@@ -594,42 +615,62 @@ class Applier:
         # first and its parent's or its other keys' rows later (the derived step) inverted that
         # order, and InnoDB then killed the shop's statement (the smaller transaction): a sale
         # whose stock update was lost (found by the crash test's write storm).
-        closure = sorted(set(post_rows) | set(ids))
-        wanted = set(ids)
-        pm = table(blog.prefix, "postmeta")
-        if len(closure) <= _LOCK_ONLY_ABOVE:
-            locked = conn.execute(
-                _in_list(
-                    f"SELECT meta_id, post_id, meta_key, meta_value FROM {pm} "
-                    f"FORCE INDEX (post_id) WHERE post_id IN :closure ORDER BY post_id, meta_id FOR UPDATE",
-                    "closure",
-                ),
-                {"closure": closure},
-            )
-        else:
-            # Same locks, same scan, same order, but one row back instead of every row of every
-            # product (~18 per product: 81,000 rows for a 500-change batch on 10 blogs, parsed in
-            # Python, most of them only to be dropped below); then the rows the plan needs. They
-            # are all locked by us now, so this plain read sees their current values.
-            conn.execute(
-                _in_list(
-                    f"SELECT COUNT(*) FROM {pm} FORCE INDEX (post_id) WHERE post_id IN :closure FOR UPDATE",
-                    "closure",
-                ),
-                {"closure": closure},
-            )
-            locked = conn.execute(
-                _in_list(
-                    f"SELECT meta_id, post_id, meta_key, meta_value FROM {pm} FORCE INDEX (post_id) "
-                    f"WHERE post_id IN :ids AND meta_key IN :keys ORDER BY post_id, meta_id",
-                    "ids",
-                    "keys",
-                ),
-                {"ids": ids, "keys": list(READ_KEYS)},
-            )
-        for meta_id, pid, key, value in locked:
-            if pid in wanted and key in READ_KEYS:
-                out[(blog.blog_id, pid)].meta.setdefault(key, []).append(MetaRow(meta_id, value))
+        statements: list[tuple[str, Sequence[Any]]] = []
+        answer: list[int] = []  # per job, the statement whose rows hold its meta
+        for blog, ids in jobs:
+            post_rows = closures[blog.blog_id]
+            # The derived step of this batch takes its posts rows from here (see _refresh_blogs).
+            self._posts[blog.blog_id] = (frozenset(ids), post_rows)
+            closure = sorted(set(post_rows) | set(ids))
+            pm = table(blog.prefix, "postmeta")
+            if len(closure) <= _LOCK_ONLY_ABOVE:
+                statements.append(
+                    (
+                        f"SELECT meta_id, post_id, meta_key, meta_value FROM {pm} FORCE INDEX (post_id) "
+                        f"WHERE post_id IN ({_marks(len(closure))}) ORDER BY post_id, meta_id FOR UPDATE",
+                        closure,
+                    )
+                )
+            else:
+                # Same locks, same scan, same order, but one row back instead of every row of
+                # every product (~18 per product: 81,000 rows for a 500-change batch on 10 blogs,
+                # parsed in Python, most of them only to be dropped below); then the rows the plan
+                # needs. They are all locked by us now, so this plain read sees their values.
+                statements.append(
+                    (
+                        f"SELECT COUNT(*) FROM {pm} FORCE INDEX (post_id) "
+                        f"WHERE post_id IN ({_marks(len(closure))}) FOR UPDATE",
+                        closure,
+                    )
+                )
+                statements.append(
+                    (
+                        f"SELECT meta_id, post_id, meta_key, meta_value FROM {pm} FORCE INDEX (post_id) "
+                        f"WHERE post_id IN ({_marks(len(ids))}) AND meta_key IN ({_marks(len(READ_KEYS))}) "
+                        f"ORDER BY post_id, meta_id",
+                        [*ids, *READ_KEYS],
+                    )
+                )
+            answer.append(len(statements) - 1)
+        results = run_many(conn, statements)
+        out: dict[Key, ProductRows] = {}
+        for (blog, ids), i in zip(jobs, answer, strict=True):
+            post_rows = closures[blog.blog_id]
+            mine = {(blog.blog_id, p): ProductRows() for p in ids}
+            for pid in ids:
+                row = post_rows.get(pid)
+                if row is not None:
+                    r = mine[(blog.blog_id, pid)]
+                    r.exists, r.post_status, r.post_type, r.parent_id = (
+                        True,
+                        row.post_status,
+                        row.post_type,
+                        row.parent_id,
+                    )
+            for meta_id, pid, key, value in results[i].rows:
+                if (blog.blog_id, pid) in mine and key in READ_KEYS:
+                    mine[(blog.blog_id, pid)].meta.setdefault(key, []).append(MetaRow(meta_id, value))
+            out.update(mine)
         return out
 
     def _write_member(
@@ -714,6 +755,16 @@ class Applier:
                 continue
             seen.add(w.key)
             todo.setdefault(w.blog_id, []).append((w, meta[0]))
+        if todo and multi_statements(conn):
+            try:
+                return self._write_stock_deltas_at_once(conn, todo, rows)
+            except Exception as exc:
+                if is_retryable(exc):
+                    raise
+                log.warning("bulk_stock_write_failed", blogs=sorted(todo), errno=errno_of(exc))
+                conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_BULK_SAVEPOINT}")
+                conn.exec_driver_sql(f"RELEASE SAVEPOINT {_BULK_SAVEPOINT}")
+                # Nothing of it was applied: again statement by statement, to find the one.
         done: dict[Key, tuple[str | None, str | None]] = {}
         for blog_id, items in sorted(todo.items()):
             pm = table(self._blogs()[blog_id].prefix, "postmeta")
@@ -751,6 +802,43 @@ class Applier:
             for w, m in written:
                 meta = rows[w.key].meta[STOCK]
                 meta[0] = MetaRow(m.meta_id, new[m.meta_id])
+                done[w.key] = (m.value, new[m.meta_id])
+        return done
+
+    def _write_stock_deltas_at_once(
+        self,
+        conn: sa.Connection,
+        todo: Mapping[int, list[tuple[MemberWrite, MetaRow]]],
+        rows: Mapping[Key, ProductRows],
+    ) -> dict[Key, tuple[str | None, str | None]]:
+        """:meth:`_write_stock_deltas` for every blog in ONE round trip: per blog its UPDATEs
+        (one per delta) and the re-read, under a savepoint, so that a failure (not retryable)
+        can be undone as a whole and the caller can go statement by statement."""
+        statements: list[tuple[str, Sequence[Any]]] = [(f"SAVEPOINT {_BULK_SAVEPOINT}", ())]
+        reread: list[tuple[int, int]] = []  # (blog id, index of its re-read)
+        for blog_id, items in sorted(todo.items()):
+            pm = table(self._blogs()[blog_id].prefix, "postmeta")
+            by_delta: dict[Decimal, list[int]] = {}
+            for w, m in items:
+                assert w.stock is not None
+                by_delta.setdefault(w.stock.delta, []).append(m.meta_id)
+            for delta, ids in sorted(by_delta.items()):
+                statements.append(
+                    (
+                        f"UPDATE {pm} SET meta_value = meta_value + %s WHERE meta_id IN ({_marks(len(ids))})",
+                        [delta, *sorted(ids)],
+                    )
+                )
+            ids = sorted(m.meta_id for _, m in items)
+            statements.append((f"SELECT meta_id, meta_value FROM {pm} WHERE meta_id IN ({_marks(len(ids))})", ids))
+            reread.append((blog_id, len(statements) - 1))
+        statements.append((f"RELEASE SAVEPOINT {_BULK_SAVEPOINT}", ()))
+        results = run_many(conn, statements)
+        done: dict[Key, tuple[str | None, str | None]] = {}
+        for blog_id, i in reread:
+            new = dict(results[i].rows)
+            for w, m in todo[blog_id]:
+                rows[w.key].meta[STOCK][0] = MetaRow(m.meta_id, new[m.meta_id])
                 done[w.key] = (m.value, new[m.meta_id])
         return done
 
@@ -968,33 +1056,49 @@ class _MemberSkipped(Exception):
 
 
 def _post_closure(conn: sa.Connection, blog: Blog, ids: Sequence[int]) -> dict[int, PostRow]:
-    """The posts rows of ``ids`` and of what the derived step reads with them: their variations,
-    the variable parents of those that are variations, and those parents' variations. Ids that
-    are not posts are absent. The rows are also the lock step's posts read and the derived
-    step's (:func:`syncd.derived.posts_for`): one query per round instead of three reads."""
-    posts = table(blog.prefix, "posts")
+    return _post_closures(conn, [(blog, list(ids))])[blog.blog_id]
+
+
+def _post_closures(conn: sa.Connection, jobs: Sequence[tuple[Blog, Sequence[int]]]) -> dict[int, dict[int, PostRow]]:
+    """Per blog, the posts rows of ``ids`` and of what the derived step reads with them: their
+    variations, the variable parents of those that are variations, and those parents'
+    variations. Ids that are not posts are absent. The rows are also the lock step's posts read
+    and the derived step's (:func:`syncd.derived.posts_for`). One round trip per round for all
+    blogs (a second round only where variations are involved)."""
     cols = "ID, post_parent, post_type, post_status, menu_order"
-    out: dict[int, PostRow] = {}
-    found = set(ids)
-    todo = sorted(found)
+    out: dict[int, dict[int, PostRow]] = {blog.blog_id: {} for blog, _ in jobs}
+    found = {blog.blog_id: set(ids) for blog, ids in jobs}
+    todo = {blog.blog_id: sorted(set(ids)) for blog, ids in jobs}
     for _ in range(2):  # products -> their children; variations -> parent -> its children
-        if not todo:
+        asks = [blog for blog, _ in jobs if todo[blog.blog_id]]
+        if not asks:
             break
-        rows = conn.execute(
-            _in_list(
-                f"SELECT {cols} FROM {posts} WHERE ID IN :todo "
-                f"UNION SELECT {cols} FROM {posts} "
-                f"WHERE post_parent IN :todo AND post_type = 'product_variation'",
-                "todo",
-            ),
-            {"todo": todo},
-        ).all()
-        for pid, parent, ptype, status, order in rows:
-            out[int(pid)] = PostRow(int(pid), str(ptype), str(status), int(parent), int(order))
-        new = {int(r[0]) for r in rows} | {int(r[1]) for r in rows if r[2] == "product_variation" and r[1]}
-        todo = sorted(new - found)
-        found |= new
+        statements = []
+        for blog in asks:
+            posts, t = table(blog.prefix, "posts"), todo[blog.blog_id]
+            statements.append(
+                (
+                    f"SELECT {cols} FROM {posts} WHERE ID IN ({_marks(len(t))}) "
+                    f"UNION SELECT {cols} FROM {posts} "
+                    f"WHERE post_parent IN ({_marks(len(t))}) AND post_type = 'product_variation'",
+                    [*t, *t],
+                )
+            )
+        for blog, result in zip(asks, run_many(conn, statements), strict=True):
+            b = blog.blog_id
+            rows = result.rows
+            for pid, parent, ptype, status, order in rows:
+                out[b][int(pid)] = PostRow(int(pid), str(ptype), str(status), int(parent), int(order))
+            new = {int(r[0]) for r in rows} | {
+                int(r[1]) for r in rows if r[2] == "product_variation" and r[1]
+            }
+            todo[b] = sorted(new - found[b])
+            found[b] |= new
     return out
+
+
+def _marks(n: int) -> str:
+    return ", ".join(["%s"] * n)
 
 
 def _in_list(sql: str, *names: str) -> sa.TextClause:

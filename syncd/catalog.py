@@ -401,6 +401,25 @@ def groups_for(conn: sa.Connection, base_prefix: str, keys: Collection[Key]) -> 
     return out
 
 
+def members_and_groups_sql(base_prefix: str, keys: Collection[Key]) -> tuple[str, list[int]]:
+    """Driver-level statement (``%s``) of :func:`members_and_groups`, for a caller that sends it
+    with others in one round trip; :func:`parse_members_and_groups` reads its rows."""
+    member = table(base_prefix, "syncd_member")
+    by_blog: dict[int, set[int]] = {}
+    for b, p in keys:
+        by_blog.setdefault(b, set()).add(p)
+    parts, params = [], []
+    for b, posts in sorted(by_blog.items()):
+        parts.append(f"(o.blog_id = %s AND o.post_id IN ({', '.join(['%s'] * len(posts))}))")
+        params += [b, *sorted(posts)]
+    return (
+        f"SELECT o.blog_id, o.post_id, m.blog_id, m.post_id, m.sku, m.state, m.lang, m.group_id, m.link_kind "
+        f"FROM {member} o LEFT JOIN {member} m ON m.group_id = o.group_id "
+        f"WHERE {' OR '.join(parts) or '0'} ORDER BY o.blog_id, o.post_id, m.blog_id, m.post_id",
+        params,
+    )
+
+
 def members_and_groups(
     conn: sa.Connection, base_prefix: str, keys: Collection[Key]
 ) -> tuple[set[Key], dict[Key, list[Member]]]:
@@ -409,16 +428,11 @@ def members_and_groups(
     batch that changes no membership, where the two would read the same rows one after the other."""
     if not keys:
         return set(), {}
-    member = table(base_prefix, "syncd_member")
-    cond, params = _key_condition("o", keys)
-    rows = conn.execute(
-        sa.text(
-            f"SELECT o.blog_id, o.post_id, m.blog_id, m.post_id, m.sku, m.state, m.lang, m.group_id, m.link_kind "
-            f"FROM {member} o LEFT JOIN {member} m ON m.group_id = o.group_id "
-            f"WHERE {cond} ORDER BY o.blog_id, o.post_id, m.blog_id, m.post_id"
-        ),
-        params,
-    )
+    text, params = members_and_groups_sql(base_prefix, keys)
+    return parse_members_and_groups(conn.exec_driver_sql(text, tuple(params)))
+
+
+def parse_members_and_groups(rows: Iterable[Sequence[Any]]) -> tuple[set[Key], dict[Key, list[Member]]]:
     known: set[Key] = set()
     groups: dict[Key, list[Member]] = {}
     for ob, op, mb, mp, sku, state, lang, gid, kind in rows:

@@ -198,6 +198,7 @@ class Rows:
 
     columns: tuple[str, ...]
     rows: list[tuple[Any, ...]]
+    rowcount: int = -1  # rows affected (a write), as the driver reports it
 
 
 def multi_statements(conn: sa.Connection) -> bool:
@@ -222,9 +223,9 @@ def run_many(conn: sa.Connection, statements: Sequence[tuple[str, Sequence[Any]]
         for text, params in statements:
             result = conn.exec_driver_sql(text, tuple(params))
             if result.returns_rows:
-                out.append(Rows(tuple(result.keys()), [tuple(r) for r in result]))
+                out.append(Rows(tuple(result.keys()), [tuple(r) for r in result], result.rowcount))
             else:
-                out.append(Rows((), []))
+                out.append(Rows((), [], result.rowcount))
         return out
     if not conn.in_transaction():
         # What SQLAlchemy's autobegin would do for a statement of its own: without it the raw
@@ -243,9 +244,9 @@ def run_many(conn: sa.Connection, statements: Sequence[tuple[str, Sequence[Any]]
         cursor.execute(joined, flat)
         while True:
             if cursor.description:
-                out.append(Rows(tuple(d[0] for d in cursor.description), list(cursor.fetchall())))
+                out.append(Rows(tuple(d[0] for d in cursor.description), list(cursor.fetchall()), cursor.rowcount))
             else:
-                out.append(Rows((), []))
+                out.append(Rows((), [], cursor.rowcount))
             if not cursor.nextset():
                 break
     except pymysql.err.Error as exc:

@@ -153,6 +153,47 @@ def test_derived_step_failing_on_one_blog_leaves_the_others_written(wp_network):
         d.close()
 
 
+def test_a_member_whose_write_fails_is_skipped_and_the_others_are_written(wp_network):
+    """A write that fails on one member (here a shop's own BEFORE UPDATE trigger refuses it,
+    errno 1644) must not cost the other members theirs. The stock writes of every blog go in one
+    round trip under a savepoint: it is undone as a whole, then redone statement by statement,
+    so exactly the failing member is skipped (named, with a history row) and nothing is applied
+    twice."""
+    net = wp_network
+    sku = "NOTEBOOK"
+    ids = members(net, sku)
+    start = quantities(net, sku)
+    d = make_daemon(net)
+    trigger = f"{net.prefix}3_refuse_stock"
+    with net.engine.connect() as c:
+        d.apply_pending()
+        c.exec_driver_sql(
+            f"CREATE TRIGGER `{trigger}` BEFORE UPDATE ON {net.table(3, 'postmeta')} FOR EACH ROW "
+            f"BEGIN IF @syncd_apply IS NOT NULL AND NEW.post_id = {ids[3]} AND NEW.meta_key = '_stock' THEN "
+            "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by a shop plugin'; END IF; END"
+        )
+        c.commit()
+    try:
+        with capture_logs() as logs:
+            woo_decrease(net, 1, ids[1], 2)
+            woo_decrease(net, 2, ids[2], 1)
+            assert d.apply_pending() == 2
+        after = quantities(net, sku)
+        assert after[1] == after[2] == start[1] - 3  # each got the other's sale, once
+        assert after[3] == start[3]  # refused: left exactly as it was
+        assert [e["event"] for e in logs if e.get("event") == "bulk_stock_write_failed"], logs
+        skipped = [e for e in logs if e.get("event") == "member_skipped"]
+        assert {(e["blog"], e["post"]) for e in skipped} == {(3, ids[3])}, skipped
+        assert {(h[1], h[2]) for h in history(net, "role = 'skipped'")} == {(3, ids[3])}
+        assert d.stats.dead == 0 and pending(net) == 0
+        assert_derived_consistent(net, [sku], blogs=(1, 2))
+    finally:
+        with net.engine.connect() as c:
+            c.exec_driver_sql(f"DROP TRIGGER IF EXISTS `{trigger}`")
+            c.commit()
+        d.close()
+
+
 # =========================================================================== contention
 def test_lock_held_on_a_target_is_waited_out_and_nothing_is_skipped(wp_network):
     """WooCommerce holds SELECT ... FOR UPDATE on a target's _stock for ~3 s: syncd's apply times
