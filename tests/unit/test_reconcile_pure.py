@@ -7,13 +7,18 @@ import re
 from array import array
 from datetime import datetime
 from decimal import Decimal
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from syncd.audit import (
     U32,
+    Auditor,
     GroupState,
     MemberValues,
+    Scope,
+    _BlogScan,
     _spread,
     compare_group,
     member_checksum_sql,
@@ -249,3 +254,63 @@ def test_excluded_origin_is_neither_propagated_nor_repaired():
     )
     assert plan.writes == [] and plan.refresh == {} and plan.applied == []
     assert [n.reason for n in plan.notes] == ["origin is excluded (sync.exclude_skus)"]
+
+
+class _FakeEngine:
+    """Answers the checksum pass's one direct query: group ids 1..k, a 16 MB max_allowed_packet."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def connect(self) -> Any:
+        engine = self
+
+        class _Conn:
+            def __enter__(self) -> Any:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                return None
+
+            def execute(self, *a: object, **kw: object) -> Any:
+                return SimpleNamespace(one=lambda: (1, engine.k, 16 << 20))
+
+            def rollback(self) -> None:
+                return None
+
+        return _Conn()
+
+
+def _scan(blog_id: int, k: int, present: dict[int, tuple[int, int, int, int]]) -> _BlogScan:
+    cols = [array(U32, bytes(4 * k)) for _ in range(4)]
+    for i, values in present.items():
+        for col, v in zip(cols, values, strict=True):
+            col[i] = v
+    return _BlogScan(blog_id, *cols)
+
+
+def _checksum(scans: list[_BlogScan]) -> tuple[list[int], list[int]]:
+    """Buckets to examine, and the per-bucket blog counts (0, 1, 2 = several), of these scans."""
+    k = len(scans[0].n_m)
+    scope = Scope("wp_", {s.blog_id: SimpleNamespace(blog_id=s.blog_id) for s in scans})
+    auditor = Auditor(_FakeEngine(k), scope)  # type: ignore[arg-type]
+    by_blog = {s.blog_id: s for s in scans}
+    auditor._scan_blog = by_blog.__getitem__  # type: ignore[method-assign]
+    return auditor.checksum(), list(auditor._lone)
+
+
+def test_checksum_comparison_in_c_and_bucket_by_bucket_agree():
+    k = 6
+    same = dict.fromkeys(range(k), (1, 11, 4, 44))
+    # every blog has members in every bucket: compared as whole arrays
+    assert _checksum([_scan(b, k, same) for b in (1, 2, 3)]) == ([], [2] * k)
+    drifted = {**same, 3: (1, 11, 4, 45)}
+    assert _checksum([_scan(1, k, same), _scan(2, k, drifted), _scan(3, k, same)]) == ([3], [2] * k)
+    # blogs without members in some buckets: bucket by bucket; bucket 5 has members on blog 2 only
+    sparse = {i: v for i, v in drifted.items() if i not in (0, 5)}
+    sparse[1] = (2, 12, 8, 88)
+    scans = [_scan(1, k, sparse), _scan(2, k, same), _scan(3, k, {**same, 5: (0, 0, 0, 0)})]
+    assert _checksum(scans) == ([1, 3], [2, 2, 2, 2, 2, 1])
+    # the first blog full, a later one sparse, then a full one again (references partly set)
+    scans = [_scan(1, k, same), _scan(2, k, {2: (1, 11, 4, 44)}), _scan(3, k, drifted)]
+    assert _checksum(scans) == ([3], [2] * k)
