@@ -148,12 +148,14 @@ def measure(
     originals = []
     for owner, attr, step in (
         (capture, "fetch_changes", "fetch"),
+        # Before 32998de; since, acknowledge + live blogs + groups are one round trip, in "other".
         (apply_mod.Applier, "_acknowledge", "acknowledge"),
         (apply_mod.Applier, "_live_blogs", "live_blogs"),
         (catalog, "known_members", "membership"),
         (catalog, "refresh_members", "membership"),
         (catalog, "groups_for", "groups"),
         (apply_mod.Applier, "_lock_and_read", "lock_and_read"),
+        (apply_mod.Applier, "_lock_and_read_blogs", "lock_and_read"),
         (apply_mod, "plan_batch", "plan"),
         (apply_mod.Applier, "_write_member", "member_writes"),
         (apply_mod.Applier, "_write_stock_deltas", "member_writes"),  # bulk path (newer syncd)

@@ -752,9 +752,13 @@ def _write_statuses(sql: _Sql, prefix: str, plan: RefreshPlan) -> None:
     for pid, status in plan.status_updates.items():
         by_value.setdefault(status, []).append(pid)
     for status, pids in sorted(by_value.items()):
-        # update_post_meta() without prev_value rewrites every row of the key.
+        # update_post_meta() without prev_value rewrites every row of the key. Through the
+        # post_id index: the rows it touches are then only these products' rows, which the
+        # apply lock step already holds; through the meta_key index it would lock its way past
+        # every _stock_status row of the blog, i.e. wait for (or deadlock with) the shop.
         sql.defer(
-            f"UPDATE {postmeta} SET meta_value = %s WHERE meta_key = %s AND post_id IN ({_marks(len(pids))})",
+            f"UPDATE {postmeta} FORCE INDEX (post_id) SET meta_value = %s "
+            f"WHERE meta_key = %s AND post_id IN ({_marks(len(pids))})",
             [status, STATUS_KEY, *sorted(pids)],
         )
     if plan.status_inserts:
