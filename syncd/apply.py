@@ -1020,30 +1020,31 @@ class Applier:
     ) -> None:
         if not rows:
             return
-        conn.execute(
-            sa.text(
-                f"INSERT INTO {table(self.base, 'syncd_history')} (applied_at, batch_id, change_id, captured_at, role, "
-                "blog_id, post_id, sku, meta_key, old_value, new_value, delta, origin_blog_id, origin_post_id, note) "
-                "VALUES (:at, :batch, :cid, :cap, :role, :b, :p, :sku, :k, :old, :new, :d, :ob, :op, :note)"
-            ),
+        # Driver level, positional: one multi-row INSERT built by the driver's executemany,
+        # without SQLAlchemy's per-row parameter dictionaries (a 500-change batch on 10 blogs
+        # writes 5,000 rows of 15 values).
+        conn.exec_driver_sql(
+            f"INSERT INTO {table(self.base, 'syncd_history')} (applied_at, batch_id, change_id, captured_at, role, "
+            "blog_id, post_id, sku, meta_key, old_value, new_value, delta, origin_blog_id, origin_post_id, note) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             [
-                {
-                    "at": now,
-                    "batch": batch_id,
-                    "cid": h.change.id,
-                    "cap": h.change.captured_at or now,
-                    "role": h.role,
-                    "b": h.blog_id,
-                    "p": h.post_id,
-                    "sku": (h.sku or "")[:255],
-                    "k": h.meta_key,
-                    "old": _clip(h.old_value),
-                    "new": _clip(h.new_value),
-                    "d": h.delta,
-                    "ob": h.change.blog_id,
-                    "op": h.change.post_id,
-                    "note": h.note,
-                }
+                (
+                    now,
+                    batch_id,
+                    h.change.id,
+                    h.change.captured_at or now,
+                    h.role,
+                    h.blog_id,
+                    h.post_id,
+                    (h.sku or "")[:255],
+                    h.meta_key,
+                    _clip(h.old_value),
+                    _clip(h.new_value),
+                    h.delta,
+                    h.change.blog_id,
+                    h.change.post_id,
+                    h.note,
+                )
                 for h in rows
             ],
         )
