@@ -32,10 +32,9 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from syncd import catalog, poll
+from syncd import catalog, derived, poll
 from syncd.config import BlogSettings
 from syncd.db import errno_of, is_retryable, multi_statements, run_many, table
-from syncd.derived import PostRow
 from syncd.network import Blog
 from syncd.plan import (
     BACKORDERS,
@@ -161,14 +160,12 @@ class Applier:
         # propagate_sku_renames: how products are linked (syncd.catalog).
         self._settings: Callable[[int], BlogSettings] = blog_settings or (lambda _b: BlogSettings())
         self.propagate_sku_renames = propagate_sku_renames
-        if refresh is None:
-            from syncd.derived import refresh_products
-
-            refresh = refresh_products
+        # None: syncd.derived.refresh_many, every blog's derived step in two round trips; a
+        # given function (tests, benchmarks) is called per blog like refresh_products.
         self._refresh = refresh
         #: Per blog, this batch's locked product ids and the posts rows read with them (the lock
         #: step's closure), handed to the derived step so that it does not read them again.
-        self._posts: dict[int, tuple[frozenset[int], dict[int, PostRow]]] = {}
+        self._posts: dict[int, tuple[frozenset[int], dict[int, derived.PostRow]]] = {}
 
     # -- the transaction -------------------------------------------------------------------
 
@@ -967,22 +964,31 @@ class Applier:
         if not jobs:
             return {}
 
-        def refresh(blog: Blog, posts: list[int]) -> object:
+        def job(blog: Blog, posts: list[int]) -> derived.RefreshJob:
             locked, rows = self._posts.get(blog.blog_id, (frozenset(), {}))
-            return self._refresh(
-                conn,
+            return derived.RefreshJob(
                 blog,
                 posts,
-                now_utc=now,
                 changed=sorted(written.get(blog.blog_id, ())),
                 # The lock step's rows hold every post the derived step reads for these products
                 # when they were all locked (their closure was read there); otherwise it reads.
                 posts=rows if locked.issuperset(posts) else None,
             )
 
+        def refresh(blog: Blog, posts: list[int]) -> object:
+            j = job(blog, posts)
+            if self._refresh is None:
+                return derived.refresh_many(conn, [j], now_utc=now)[blog.blog_id]
+            return self._refresh(conn, blog, posts, now_utc=now, changed=j.changed, posts=j.posts)
+
         sp = conn.begin_nested()
         try:
-            out = {blog.blog_id: refresh(blog, posts) for blog, posts in jobs}
+            if self._refresh is None:
+                out: dict[int, object] = dict(
+                    derived.refresh_many(conn, [job(blog, posts) for blog, posts in jobs], now_utc=now)
+                )
+            else:
+                out = {blog.blog_id: refresh(blog, posts) for blog, posts in jobs}
             sp.commit()
             return out
         except Exception as exc:
@@ -1056,18 +1062,18 @@ class _MemberSkipped(Exception):
         self.reason = reason
 
 
-def _post_closure(conn: sa.Connection, blog: Blog, ids: Sequence[int]) -> dict[int, PostRow]:
+def _post_closure(conn: sa.Connection, blog: Blog, ids: Sequence[int]) -> dict[int, derived.PostRow]:
     return _post_closures(conn, [(blog, list(ids))])[blog.blog_id]
 
 
-def _post_closures(conn: sa.Connection, jobs: Sequence[tuple[Blog, Sequence[int]]]) -> dict[int, dict[int, PostRow]]:
+def _post_closures(conn: sa.Connection, jobs: Sequence[tuple[Blog, Sequence[int]]]) -> dict[int, dict[int, derived.PostRow]]:
     """Per blog, the posts rows of ``ids`` and of what the derived step reads with them: their
     variations, the variable parents of those that are variations, and those parents'
     variations. Ids that are not posts are absent. The rows are also the lock step's posts read
     and the derived step's (:func:`syncd.derived.posts_for`). One round trip per round for all
     blogs (a second round only where variations are involved)."""
     cols = "ID, post_parent, post_type, post_status, menu_order"
-    out: dict[int, dict[int, PostRow]] = {blog.blog_id: {} for blog, _ in jobs}
+    out: dict[int, dict[int, derived.PostRow]] = {blog.blog_id: {} for blog, _ in jobs}
     found = {blog.blog_id: set(ids) for blog, ids in jobs}
     todo = {blog.blog_id: sorted(set(ids)) for blog, ids in jobs}
     for _ in range(2):  # products -> their children; variations -> parent -> its children
@@ -1089,7 +1095,7 @@ def _post_closures(conn: sa.Connection, jobs: Sequence[tuple[Blog, Sequence[int]
             b = blog.blog_id
             rows = result.rows
             for pid, parent, ptype, status, order in rows:
-                out[b][int(pid)] = PostRow(int(pid), str(ptype), str(status), int(parent), int(order))
+                out[b][int(pid)] = derived.PostRow(int(pid), str(ptype), str(status), int(parent), int(order))
             new = {int(r[0]) for r in rows} | {
                 int(r[1]) for r in rows if r[2] == "product_variation" and r[1]
             }

@@ -503,11 +503,12 @@ class _Sql:
         """Deferred writes, then ``statements``, in order - one round trip on the apply connection
         (:func:`syncd.db.run_many`). Returns the results of ``statements``."""
         queued, self._deferred = self._deferred, []
-        self.count += len(queued) + len(statements)
+        self.count += len(statements)
         return run_many(self.conn, [*queued, *((t, tuple(p)) for t, p in statements)])[len(queued) :]
 
     def defer(self, statement: str, params: Sequence[Any] = ()) -> None:
         """A write whose result nobody reads: sent with the next statement, or by :meth:`flush`."""
+        self.count += 1
         self._deferred.append((statement, tuple(params)))
 
     def flush(self) -> None:
@@ -519,16 +520,16 @@ def _marks(n: int) -> str:
     return ", ".join(["%s"] * n)
 
 
-def _read_posts(sql: _Sql, prefix: str, ids: Sequence[int]) -> dict[int, PostRow]:
+def _posts_sql(prefix: str, ids: Sequence[int]) -> tuple[str, list[Any]]:
     """The given posts, their variations, and for a given variation its parent and siblings.
 
-    Four indexed branches (primary key, ``post_parent``) in one round trip; an OR across ``ID``
+    Four indexed branches (primary key, ``post_parent``) in one statement; an OR across ``ID``
     and ``post_parent`` could scan the table.
     """
     posts = table(prefix, "posts")
     cols = "x.ID, x.post_type, x.post_status, x.post_parent, x.menu_order"
     marks = _marks(len(ids))
-    rows = sql.run(
+    return (
         f"SELECT {cols} FROM {posts} x WHERE x.ID IN ({marks}) "
         f"UNION SELECT {cols} FROM {posts} x WHERE x.post_parent IN ({marks}) AND x.post_type = %s "
         f"UNION SELECT {cols} FROM {posts} v JOIN {posts} x ON x.ID = v.post_parent "
@@ -537,7 +538,15 @@ def _read_posts(sql: _Sql, prefix: str, ids: Sequence[int]) -> dict[int, PostRow
         f"WHERE v.ID IN ({marks}) AND v.post_type = %s AND v.post_parent > 0",
         [*ids, *ids, woo.VARIATION, *ids, woo.VARIATION, woo.VARIATION, *ids, woo.VARIATION],
     )
+
+
+def _parse_posts(rows: Iterable[Sequence[Any]]) -> dict[int, PostRow]:
     return {int(r[0]): PostRow(int(r[0]), str(r[1]), str(r[2]), int(r[3]), int(r[4])) for r in rows}
+
+
+def _read_posts(sql: _Sql, prefix: str, ids: Sequence[int]) -> dict[int, PostRow]:
+    text, params = _posts_sql(prefix, ids)
+    return _parse_posts(sql.run(text, params))
 
 
 def posts_for(rows: Mapping[int, PostRow], ids: Iterable[int]) -> dict[int, PostRow]:
@@ -704,43 +713,71 @@ def read_snapshot(
     With ``lock``, the postmeta rows and the lookup rows of every involved product are read
     ``FOR UPDATE`` in ascending post id order (the canonical lock order); the postmeta read is
     forced onto the ``post_id`` index so that the scan, and therefore the locking, follows post ids.
-    ``with_transients`` also reads which of the transients a save may delete exist. Four round
-    trips in all, three when ``posts`` (rows the caller already read in this transaction, holding
-    at least what :func:`posts_for` needs) is given. Returns the snapshot and the number of
-    statements used.
+    ``with_transients`` also reads which of the transients a save may delete exist. Four
+    statements in two round trips, three in one when ``posts`` (rows the caller already read in
+    this transaction, holding at least what :func:`posts_for` needs) is given. Returns the
+    snapshot and the number of statements used.
     """
-    sql = _Sql(conn)
-    prefix = blog.prefix
     ids = sorted({int(p) for p in product_ids})
-    snap = Snapshot()
-    if not ids:
-        return snap, 0
-    snap.posts = _read_posts(sql, prefix, ids) if posts is None else posts_for(posts, ids)
-    involved = sorted(snap.posts)
-    if not involved:
-        return snap, sql.count
-    transients = _candidate_transients(snap, ids, blog.hide_out_of_stock) if with_transients else []
-    # Three reads that depend only on the posts: one round trip on the apply connection, in this
-    # order (the meta rows, then the lookup rows, are locked in ascending post id order).
-    side, meta, lookup = sql.many(
-        [
-            _side_tables_sql(prefix, involved, transients),
-            _meta_sql(prefix, involved, lock),
+    snaps = read_snapshots(_Sql(conn), [(blog, ids, posts)], lock=lock, with_transients=with_transients)
+    return snaps[blog.blog_id]
+
+
+def read_snapshots(
+    sql: _Sql,
+    jobs: Sequence[tuple[Blog, Sequence[int], Mapping[int, PostRow] | None]],
+    *,
+    lock: bool,
+    with_transients: bool,
+) -> dict[int, tuple[Snapshot, int]]:
+    """:func:`read_snapshot` of several blogs (ascending blog id): the posts reads that are
+    needed in one round trip, then every blog's three reads in one, blog after blog."""
+    snaps: dict[int, Snapshot] = {blog.blog_id: Snapshot() for blog, _, _ in jobs}
+    counts: dict[int, int] = {blog.blog_id: 0 for blog, _, _ in jobs}
+    unread = [(blog, ids) for blog, ids, posts in jobs if ids and posts is None]
+    if unread:
+        for (blog, _ids), result in zip(
+            unread, sql.many([_posts_sql(blog.prefix, ids) for blog, ids in unread]), strict=True
+        ):
+            snaps[blog.blog_id].posts = _parse_posts(result.rows)
+            counts[blog.blog_id] += 1
+    statements: list[tuple[str, Sequence[Any]]] = []
+    reading: list[Blog] = []
+    for blog, ids, posts in jobs:
+        snap = snaps[blog.blog_id]
+        if not ids:
+            continue
+        if posts is not None:
+            snap.posts = posts_for(posts, ids)
+        involved = sorted(snap.posts)
+        if not involved:
+            continue
+        transients = _candidate_transients(snap, ids, blog.hide_out_of_stock) if with_transients else []
+        # Three reads that depend only on the posts (the meta rows, then the lookup rows, are
+        # locked in ascending post id order).
+        statements += [
+            _side_tables_sql(blog.prefix, involved, transients),
+            _meta_sql(blog.prefix, involved, lock),
             (
-                f"SELECT * FROM {table(prefix, 'wc_product_meta_lookup')} "
+                f"SELECT * FROM {table(blog.prefix, 'wc_product_meta_lookup')} "
                 f"WHERE product_id IN ({_marks(len(involved))}) ORDER BY product_id" + (" FOR UPDATE" if lock else ""),
                 involved,
             ),
         ]
-    )
-    _parse_side_tables(snap, side.rows)
-    snap.meta = _parse_meta(meta.rows)
-    keys = list(lookup.columns)
-    snap.lookup_columns = tuple(c for c in woo.LOOKUP_COLUMNS if c in keys)
-    for r in lookup.rows:
-        row = dict(zip(keys, r, strict=True))
-        snap.lookup[int(row["product_id"])] = row
-    return snap, sql.count
+        reading.append(blog)
+    results = sql.many(statements) if statements else []
+    for i, blog in enumerate(reading):
+        side, meta, lookup = results[3 * i : 3 * i + 3]
+        snap = snaps[blog.blog_id]
+        _parse_side_tables(snap, side.rows)
+        snap.meta = _parse_meta(meta.rows)
+        keys = list(lookup.columns)
+        snap.lookup_columns = tuple(c for c in woo.LOOKUP_COLUMNS if c in keys)
+        for r in lookup.rows:
+            row = dict(zip(keys, r, strict=True))
+            snap.lookup[int(row["product_id"])] = row
+        counts[blog.blog_id] += 3
+    return {b: (snaps[b], counts[b]) for b in snaps}
 
 
 # --------------------------------------------------------------------------- SQL: writing
@@ -1067,42 +1104,67 @@ def refresh_products(
     number are skipped with a reason in the report; nothing is raised for them. Database errors
     (deadlock, lock wait timeout, lost connection) propagate: the caller rolls back and retries.
     """
-    report = DerivedReport(blog_id=blog.blog_id)
-    ids = sorted({int(p) for p in product_ids})
-    if not ids:
-        return report
-    snap, reads = read_snapshot(conn, blog, ids, lock=True, with_transients=True, posts=posts)
-    plan = plan_refresh(
-        snap,
-        ids,
-        notify_no_stock_amount=blog.notify_no_stock_amount,
-        hide_out_of_stock=blog.hide_out_of_stock,
-        forced=changed,
-        children_from_postmeta=bool(blog.option("woocommerce_product_lookup_table_is_generating")),
-    )
+    return refresh_many(conn, [RefreshJob(blog, product_ids, changed, posts)], now_utc=now_utc)[blog.blog_id]
+
+
+@dataclass(frozen=True)
+class RefreshJob:
+    """One blog's part of :func:`refresh_many` (the arguments of :func:`refresh_products`)."""
+
+    blog: Blog
+    product_ids: Collection[int]
+    changed: Collection[int] | None = None
+    posts: Mapping[int, PostRow] | None = None
+
+
+def refresh_many(
+    conn: sa.Connection, jobs: Sequence[RefreshJob], *, now_utc: datetime
+) -> dict[int, DerivedReport]:
+    """:func:`refresh_products` of several blogs (ascending blog id) in one transaction step: the
+    reads of every blog in one round trip, then the writes of every blog in one (more only where
+    a status flip makes the ``outofstock`` count or the catalog counts be read back). Per blog,
+    the same statements in the same order as :func:`refresh_products` of that blog alone."""
     sql = _Sql(conn)
-    prefix = blog.prefix
-    _write_statuses(sql, prefix, plan)
-    _write_lookup(sql, prefix, plan, snap)
-    _write_attributes(sql, prefix, plan)
-    _write_post_modified(sql, blog, plan, now_utc)
-    # Rows every WooCommerce save of any product also writes (the outofstock term's count, the
-    # version transients) come last, so they stay locked for the shortest time.
-    report.outofstock_count = _write_terms(sql, prefix, plan, snap)
-    if plan.recount_products:
-        report.term_counts = _recount_terms(sql, blog, snap, plan.recount_products)
-    report.transients_deleted, report.versions_bumped = _write_transients(
-        sql, prefix, plan, snap, now_utc, term_counts=bool(plan.recount_products)
-    )
+    normalised = [(job.blog, sorted({int(p) for p in job.product_ids}), job.posts) for job in jobs]
+    snaps = read_snapshots(sql, normalised, lock=True, with_transients=True)
+    reports: dict[int, DerivedReport] = {}
+    for job, (blog, ids, _) in zip(jobs, normalised, strict=True):
+        report = reports[blog.blog_id] = DerivedReport(blog_id=blog.blog_id)
+        if not ids:
+            continue
+        snap, reads = snaps[blog.blog_id]
+        plan = plan_refresh(
+            snap,
+            ids,
+            notify_no_stock_amount=blog.notify_no_stock_amount,
+            hide_out_of_stock=blog.hide_out_of_stock,
+            forced=job.changed,
+            children_from_postmeta=bool(blog.option("woocommerce_product_lookup_table_is_generating")),
+        )
+        before = sql.count
+        prefix = blog.prefix
+        _write_statuses(sql, prefix, plan)
+        _write_lookup(sql, prefix, plan, snap)
+        _write_attributes(sql, prefix, plan)
+        _write_post_modified(sql, blog, plan, now_utc)
+        # Rows every WooCommerce save of any product also writes (the outofstock term's count,
+        # the version transients) come last, so they stay locked for the shortest time.
+        report.outofstock_count = _write_terms(sql, prefix, plan, snap)
+        if plan.recount_products:
+            report.term_counts = _recount_terms(sql, blog, snap, plan.recount_products)
+        report.transients_deleted, report.versions_bumped = _write_transients(
+            sql, prefix, plan, snap, now_utc, term_counts=bool(plan.recount_products)
+        )
+        report.products = dict(sorted(plan.outcomes.items()))
+        report.posts_modified = tuple(plan.saved)
+        report.statements = reads + sql.count - before
     sql.flush()  # the writes: one round trip on the apply connection, in the order queued
-    report.products = dict(sorted(plan.outcomes.items()))
-    report.posts_modified = tuple(plan.saved)
-    report.statements = reads + sql.count
-    for pid, reason in sorted(report.skipped.items()):
-        log.warning("derived_product_skipped", blog=blog.blog_id, post=pid, reason=reason)
-    if report.written:
-        log.debug("derived_refreshed", **report.summary())
-    return report
+    for report in reports.values():
+        for pid, reason in sorted(report.skipped.items()):
+            log.warning("derived_product_skipped", blog=report.blog_id, post=pid, reason=reason)
+        if report.written:
+            log.debug("derived_refreshed", **report.summary())
+    return reports
 
 
 def check_products(conn: sa.Connection, blog: Blog, product_ids: Collection[int]) -> list[Disagreement]:
