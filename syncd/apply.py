@@ -11,9 +11,15 @@ here is captured again):
    involved, and the posts rows;
 5. plan (pure, :mod:`syncd.plan`);
 6. write quantities (relative updates) and registers, one savepoint per member so that an
-   unsafe member is skipped without losing the others;
+   unsafe member is skipped without losing the others (the common case, relative ``_stock``
+   deltas only, in bulk: one savepoint for all);
 7. recompute WooCommerce's derived data on every touched product, per blog (:mod:`syncd.derived`);
 8. record history.
+
+Statements that do not depend on each other's results share a round trip
+(:func:`syncd.db.run_many`; executed in order, so locks are taken in the same order as one by
+one): steps 1 + the live blogs + 3, step 4's closure reads and locking reads of every blog, the
+bulk stock writes of every blog, the derived reads and the derived writes of every blog.
 
 The caller commits. Any error that is not about one member (deadlock, lock wait timeout, lost
 connection) escapes, the caller rolls back, and nothing of the batch was applied: its change
