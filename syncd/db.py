@@ -244,7 +244,9 @@ def run_many(conn: sa.Connection, statements: Sequence[tuple[str, Sequence[Any]]
         cursor.execute(joined, flat)
         while True:
             if cursor.description:
-                out.append(Rows(tuple(d[0] for d in cursor.description), list(cursor.fetchall()), cursor.rowcount))
+                out.append(
+                    Rows(tuple(d[0] for d in cursor.description), list(cursor.fetchall()), cursor.rowcount)
+                )
             else:
                 out.append(Rows((), [], cursor.rowcount))
             if not cursor.nextset():

@@ -8,6 +8,8 @@ from __future__ import annotations
 import random
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -134,21 +136,27 @@ def test_derived_step_failing_on_one_blog_leaves_the_others_written(wp_network):
     d = make_daemon(net)
     with net.engine.connect() as c:
         d.apply_pending()  # discovery: blog 3 is usable, with its lookup table
-        c.exec_driver_sql(f"RENAME TABLE {net.table(3, 'wc_product_meta_lookup')} TO {net.prefix}3_lookup_away")
+        c.exec_driver_sql(
+            f"RENAME TABLE {net.table(3, 'wc_product_meta_lookup')} TO {net.prefix}3_lookup_away"
+        )
         c.commit()
     try:
         with capture_logs() as logs:
             woo_decrease(net, 1, ids[1], 3)
             assert d.apply_pending() == 1
         assert quantities(net, sku) == {1: 0, 2: 0, 3: 0}  # out of stock everywhere
-        assert [e["event"] for e in logs if e.get("event") == "derived_retry_per_blog"] == ["derived_retry_per_blog"]
+        assert [e["event"] for e in logs if e.get("event") == "derived_retry_per_blog"] == [
+            "derived_retry_per_blog"
+        ]
         failed = [e for e in logs if e.get("event") == "blog_step_failed"]
         assert [e["blog"] for e in failed] == [3] and failed[0]["errno"] == 1146, failed
         assert_derived_consistent(net, [sku], blogs=(1, 2))
         assert d.stats.dead == 0 and pending(net) == 0
     finally:
         with net.engine.connect() as c:
-            c.exec_driver_sql(f"RENAME TABLE {net.prefix}3_lookup_away TO {net.table(3, 'wc_product_meta_lookup')}")
+            c.exec_driver_sql(
+                f"RENAME TABLE {net.prefix}3_lookup_away TO {net.table(3, 'wc_product_meta_lookup')}"
+            )
             c.commit()
         d.close()
 
@@ -423,19 +431,24 @@ def test_sigterm_during_a_storm_exits_0_and_loses_nothing(wp_network, tmp_path):
     assert_history_once(net, ledger, start)
 
 
+@contextmanager
+def _sale_waiting_on_a_lock(net: Any, p: DaemonProcess) -> Iterator[None]:
+    """Until the block ends: a row lock held on blog 3's TSHIRT-RED, and the daemon's apply
+    transaction for a sale of 2 on blog 1 waiting on it (the config's lock wait is long, 10 s,
+    so the batch is still in flight when the caller signals)."""
+    ids = members(net, "TSHIRT-RED")
+    p.wait_for("daemon_ready", timeout=30)
+    with RowLock(net, 3, ids[3]):
+        woo_decrease(net, 1, ids[1], 2)
+        wait_until(lambda: lock_waits(net) == 1, 10, "the apply transaction to wait on the lock", poll=0.15)
+        yield
+
+
 def test_first_sigterm_finishes_the_batch_in_flight(wp_network, tmp_path):
     net = wp_network
-    ids = members(net, "TSHIRT-RED")
-    # A long lock wait, so that the batch is still in flight when the lock goes.
-    cfg = write_config(tmp_path, net, database={"lock_wait_timeout": 10})
-    p = DaemonProcess(cfg).start()
+    p = DaemonProcess(write_config(tmp_path, net, database={"lock_wait_timeout": 10})).start()
     try:
-        p.wait_for("daemon_ready", timeout=30)
-        with RowLock(net, 3, ids[3]):
-            woo_decrease(net, 1, ids[1], 2)
-            wait_until(
-                lambda: lock_waits(net) == 1, 10, "the apply transaction to wait on the lock", poll=0.15
-            )
+        with _sale_waiting_on_a_lock(net, p):
             mark = p.mark()
             p.terminate()
             p.wait_for("stop_requested", timeout=10, after=mark)
@@ -459,12 +472,7 @@ def test_second_sigterm_aborts_the_batch_and_nothing_of_it_lands(wp_network, tmp
     cfg = write_config(tmp_path, net, database={"lock_wait_timeout": 10})
     p = DaemonProcess(cfg).start()
     try:
-        p.wait_for("daemon_ready", timeout=30)
-        with RowLock(net, 3, ids[3]):
-            woo_decrease(net, 1, ids[1], 2)
-            wait_until(
-                lambda: lock_waits(net) == 1, 10, "the apply transaction to wait on the lock", poll=0.15
-            )
+        with _sale_waiting_on_a_lock(net, p):
             p.terminate()
             p.wait_for("stop_requested", timeout=10)
             p.signal(signal.SIGTERM)
