@@ -232,6 +232,40 @@ def run_many(conn: sa.Connection, statements: Sequence[tuple[str, Sequence[Any]]
         # cursor's statements would run in a server transaction SQLAlchemy does not know of, and
         # the caller's commit() or rollback() would not end it.
         conn.begin()
+    out: list[Rows] = []
+    for part in _round_trips(statements):
+        out += _one_round_trip(conn, part)
+    return out
+
+
+#: Upper bound of one multi-statement round trip's text, values included. Far below the smallest
+#: max_allowed_packet in use (1 MiB on old MySQL/MariaDB configurations; 16-64 MiB by default
+#: today): a packet above the server's limit is not an error syncd could retry, the server
+#: drops the connection (and the same batch would be sent again).
+ROUND_TRIP_BYTES = 256 * 1024
+
+
+def _round_trips(
+    statements: Sequence[tuple[str, Sequence[Any]]], budget: int | None = None
+) -> list[list[tuple[str, Sequence[Any]]]]:
+    """Consecutive groups of ``statements`` whose estimated size stays within ``budget``
+    (default :data:`ROUND_TRIP_BYTES`; a statement larger than that goes alone, as it would
+    without run_many)."""
+    budget = ROUND_TRIP_BYTES if budget is None else budget
+    parts: list[list[tuple[str, Sequence[Any]]]] = []
+    size = 0
+    for text, params in statements:
+        # Escaped values are at most about twice their text (quotes, backslashes): a bound.
+        n = len(text) + sum(2 * len(str(p)) + 3 for p in params)
+        if not parts or size + n > budget:
+            parts.append([])
+            size = 0
+        parts[-1].append((text, params))
+        size += n
+    return parts
+
+
+def _one_round_trip(conn: sa.Connection, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[Rows]:
     joined = ";\n".join(text for text, _ in statements)
     flat = tuple(p for _, params in statements for p in params)
     cursor = conn.connection.dbapi_connection.cursor()

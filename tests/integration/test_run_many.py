@@ -8,7 +8,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from syncd.db import SessionSettings, errno_of, is_retryable, make_engine, multi_statements, run_many
+import syncd.db
+from syncd.db import (
+    SessionSettings,
+    _round_trips,
+    errno_of,
+    is_retryable,
+    make_engine,
+    multi_statements,
+    run_many,
+)
 
 
 @pytest.fixture(params=[True, False], ids=["multi", "one-by-one"])
@@ -62,4 +71,33 @@ def test_an_error_stops_the_rest_and_keeps_its_errno(engine, wp_network):
         # The statement before the failure ran (in the open transaction), the one after did not,
         # and the connection is usable.
         assert conn.exec_driver_sql(f"SELECT id FROM {t} ORDER BY id").all() == [(1,)]
+        conn.rollback()
+
+
+def test_round_trips_stay_within_the_packet_budget():
+    """Pure: consecutive groups, in order, each within the budget unless one statement alone is
+    larger (then it goes alone)."""
+    small = ("SELECT %s", ["x" * 10])
+    big = ("SELECT %s", ["y" * 500])
+    parts = _round_trips([small, small, big, small, small, small], budget=120)
+    assert [len(p) for p in parts] == [2, 1, 3]
+    assert [s for p in parts for s in p] == [small, small, big, small, small, small]
+    assert _round_trips([small] * 5) == [[small] * 5]
+
+
+def test_a_large_batch_is_split_into_several_round_trips_with_the_same_results(
+    engine, wp_network, monkeypatch
+):
+    monkeypatch.setattr(syncd.db, "ROUND_TRIP_BYTES", 200)
+    sent: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: sent.append(a[2]))
+    with engine.connect() as conn:
+        t = _scratch(conn, wp_network)
+        sent.clear()
+        inserts = [(f"INSERT INTO {t} (id, v) VALUES (%s, %s)", [i, f"value {i}"]) for i in range(20)]
+        out = run_many(conn, [*inserts, (f"SELECT COUNT(*), MAX(v) FROM {t}", [])])
+        assert out[-1].rows == [(20, "value 9")]
+        assert all(r.rowcount == 1 for r in out[:-1])
+        if multi_statements(conn):
+            assert 1 < len(sent) < 21  # several round trips, each with several statements
         conn.rollback()
