@@ -206,9 +206,10 @@ def main(argv: list[str] | None = None) -> int:
             f"idle, {nb} blogs: daemon {cpu.get('daemon_cpu_pct')}% of a core, server {cpu.get('server_cpu_pct')}%"
         )
     t = out["target"]
-    print(
-        f"\ntarget p99 <= {t['p99_ms_at_100_per_s_3_blogs']} ms at 100 changes/s, 3 blogs: measured {t['measured']} ms -> {'met' if t['met'] else 'MISSED'}"
+    verdict = "not measured (run with 3 blogs at 100/s)" if t["measured"] is None else (
+        f"measured {t['measured']} ms -> {'met' if t['met'] else 'MISSED'}"
     )
+    print(f"\ntarget p99 <= {t['p99_ms_at_100_per_s_3_blogs']} ms at 100 changes/s, 3 blogs: {verdict}")
     return 0
 
 
