@@ -61,6 +61,7 @@ from syncd.audit import (
     EXIT_UNSAFE,
     FIELDS,
     QUERY_CACHE,
+    RECONCILE_MAX_BUCKETS,
     REPORT_LIMIT,
     Auditor,
     GroupState,
@@ -881,7 +882,7 @@ def reconcile(
         with engine.connect() as conn:
             _require_schema(conn, config)
             scope = scope_for(conn, config)
-        auditor = Auditor(engine, scope, progress=progress)
+        auditor = Auditor(engine, scope, progress=progress, max_buckets=RECONCILE_MAX_BUCKETS)
         writer = Writer(config, scope, engine, outcome)
         started = time.monotonic()
         buckets = auditor.checksum()
