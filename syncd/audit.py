@@ -599,8 +599,9 @@ def _spread(packed: array, n: array, x: array, ordinal: array, *, first: bool) -
         x[:] = xs
         return flags
     for b, nv, xv in zip(buckets, ns, xs, strict=True):
-        n[b - 1] += nv
-        x[b - 1] ^= xv
+        if b:  # never bucket -1 (only first, in bucket order; but never into the last bucket)
+            n[b - 1] += nv
+            x[b - 1] ^= xv
     return flags
 
 

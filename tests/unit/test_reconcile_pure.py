@@ -219,6 +219,9 @@ def test_packed_checksum_values_are_summed_per_bucket():
     n2, x2 = array(U32, bytes(4 * k)), array(U32, bytes(4 * k))
     assert _spread(array(U32, [3, 1, 9, 0]), n2, x2, ordinal, first=True) == []
     assert list(n2) == [0, 0, 1, 0] and list(x2) == [0, 0, 9, 0]
+    # bucket -1 anywhere else (never the case in bucket order) is still never added to a bucket
+    assert _spread(array(U32, [1, 1, 5, 0, 0, 3, 3, 1]), n2, x2, ordinal, first=False) == [(-1, 1)]
+    assert list(n2) == [1, 0, 1, 0] and list(x2) == [5, 0, 9, 0]
 
 
 def test_authority_setting_and_arguments():
