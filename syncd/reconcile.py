@@ -387,9 +387,10 @@ class Writer:
             blog_settings=config.blogs.for_blog,
             propagate_sku_renames=config.sync.propagate_sku_renames,
         )
-        from syncd.derived import refresh_products
+        from syncd.derived import RefreshJob, refresh_many
 
-        self._refresh = refresh_products
+        self._refresh_many = refresh_many
+        self._refresh_job = RefreshJob
 
     # -- public ---------------------------------------------------------------------------
     def run_chunk(
@@ -528,13 +529,15 @@ class Writer:
             for g in groups.values():
                 for m in g.members:
                     touched.setdefault(m.blog_id, set()).add(m.post_id)
-        for blog_id in sorted(touched):
-            ids = sorted(touched[blog_id])
-            if not ids or blog_id not in self.scope.blogs:
-                continue
-            report = self._refresh(
-                conn, self.scope.blogs[blog_id], ids, now_utc=now, changed=sorted(written.get(blog_id, ()))
-            )
+        # Every blog's derived step at once, as the daemon's (ascending blog id; its reads in one
+        # round trip, its writes in one).
+        jobs = [
+            self._refresh_job(self.scope.blogs[b], sorted(touched[b]), changed=sorted(written.get(b, ())))
+            for b in sorted(touched)
+            if touched[b] and b in self.scope.blogs
+        ]
+        reports = self._refresh_many(conn, jobs, now_utc=now) if jobs else {}
+        for blog_id, report in sorted(reports.items()):
             for pid, o in sorted(getattr(report, "products", {}).items()):
                 if o.changed and pid not in written.get(blog_id, ()):
                     what = []
@@ -647,11 +650,19 @@ class Writer:
                 by_blog.setdefault(m.blog_id, set()).add(m.post_id)
         rows: dict[Key, ProductRows] = {}
         poll_blogs = self._poll(conn)
-        for blog_id in sorted(by_blog):
-            if blog_id not in self.scope.blogs or not by_blog[blog_id]:
-                continue
-            blog = self.scope.blogs[blog_id]
-            locked = self.applier._lock_and_read(conn, blog, sorted(by_blog[blog_id]))
+        jobs = [
+            (self.scope.blogs[b], sorted(by_blog[b]))
+            for b in sorted(by_blog)
+            if b in self.scope.blogs and by_blog[b]
+        ]
+        if poll_blogs.isdisjoint(blog.blog_id for blog, _ in jobs):
+            # The daemon's lock step for every blog at once: the same statements in the same order
+            # (blog by blog, ascending post id, one scan each), one round trip per phase.
+            rows.update(self.applier._lock_and_read_blogs(conn, jobs))
+            return groups, rows
+        for blog, ids in jobs:
+            blog_id = blog.blog_id
+            locked = self.applier._lock_and_read(conn, blog, ids)
             rows.update(locked)
             if blog_id in poll_blogs:
                 poll.capture_unseen(
