@@ -17,8 +17,9 @@ status is set by hand) follow the same member as the quantity.
 Every write runs through the apply machinery, one transaction per chunk of groups, on a session
 whose writes the capture triggers ignore (``@syncd_apply``):
 
-1. lock the stock meta of every member of the chunk's groups (:meth:`Applier._lock_and_read`:
-   blog by blog, ascending post id, one scan each - the daemon's canonical order);
+1. lock the stock meta of every member of the chunk's groups (:meth:`Applier._lock_and_read_blogs`,
+   the daemon's lock step: blog by blog, ascending post id, one scan each - the daemon's
+   canonical order);
 2. look for pending ``{base}syncd_change`` rows of those members (a plain read). If there are
    any, roll back, apply them with the normal :class:`~syncd.apply.Applier` in a transaction of
    their own, exactly as the daemon does (acknowledge, then lock; a daemon that got there first
@@ -32,7 +33,8 @@ whose writes the capture triggers ignore (``@syncd_apply``):
 3. decide the authority from the values read under lock;
 4. write the members that differ (absolute values, on locked rows; registers deleted where the
    authority has none), recompute WooCommerce's derived data of every touched product
-   (:func:`syncd.derived.refresh_products`) and of products whose own derived data disagrees
+   (:func:`syncd.derived.refresh_many`, as the daemon: every blog's locking reads, then every
+   blog's writes, ascending blog id) and of products whose own derived data disagrees
    with their quantity, and record history (role ``reconcile``; ``set`` for set-stock);
 5. commit. A lock wait timeout (1205) or deadlock (1213) rolls the chunk back; it is retried
    twice, then skipped and reported (exit bit 8).
