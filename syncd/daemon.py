@@ -124,7 +124,7 @@ class Daemon:
         self, config: Config, *, instance: str | None = None, refresh: Callable[..., object] | None = None
     ) -> None:
         self.config = config
-        self._refresh = refresh  # derived-data writer; None = syncd.derived.refresh_products
+        self._refresh = refresh  # derived-data writer; None = syncd.derived.refresh_many (all blogs at once)
         self.base = config.database.table_prefix
         self.stop = threading.Event()
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}"
