@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from syncd import journal
-from tests.integration.daemon_process import DaemonProcess
+from tests.integration.daemon_process import DaemonProcess, lock_waits, wait_until  # noqa: F401 - re-exported
 
 #: The README's grants (section "Least privilege"), database-wide. Kept in one place: the tests
 #: check the README shows exactly this statement.
@@ -175,29 +175,6 @@ def root_exec(net: Any, *statements: str) -> None:
         for stmt in statements:
             c.exec_driver_sql(stmt)
         c.commit()
-
-
-def wait_until(
-    pred: Callable[[], bool], timeout: float = 20.0, what: str = "condition", interval: float = 0.02
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"{what} not reached within {timeout}s")
-
-
-def lock_waits(net: Any) -> int:
-    """Transactions waiting for a row lock now. Poll it at most every 0.15 s (``wait_until(...,
-    interval=0.15)``): MariaDB refreshes its INNODB_TRX cache only when it was not read for 0.1 s,
-    so faster polling keeps reading the same stale snapshot."""
-    with net.engine.connect() as c:
-        return int(
-            c.exec_driver_sql(
-                "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'"
-            ).scalar_one()
-        )
 
 
 def iter_events(events: list[dict[str, Any]], name: str) -> Iterator[dict[str, Any]]:

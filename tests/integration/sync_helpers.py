@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from syncd.config import config_for
 from syncd.daemon import Daemon
+from tests.integration.daemon_process import pending  # noqa: F401 - re-exported
 
 
 def make_daemon(net: Any, refresh: Any = None, **sections: Any) -> Daemon:
@@ -75,11 +76,6 @@ def _run(net: Any, sql: str, conn: sa.Connection | None) -> None:
     with net.engine.connect() as c:
         c.exec_driver_sql(sql)
         c.commit()
-
-
-def pending(net: Any) -> int:
-    with net.engine.connect() as c:
-        return c.exec_driver_sql(f"SELECT COUNT(*) FROM {net.prefix}syncd_change").scalar_one()
 
 
 def deadlocks(net: Any) -> int:

@@ -69,7 +69,7 @@ def test_deadlock_with_a_shop_transaction_is_retried_and_the_shop_commits(wp_net
         # Meanwhile a sale on blog 2: syncd locks blog 1's row, then waits for blog 3's.
         woo_decrease(net, 2, ids[2], 2)
         ledger.add(sku, -2)
-        wait_until(lambda: lock_waits(net) == 1, 10, "syncd's batch to wait for blog 3's row", interval=0.15)
+        wait_until(lambda: lock_waits(net) == 1, 10, "syncd's batch to wait for blog 3's row", poll=0.15)
         # The shop now wants blog 1's row, which syncd holds: deadlock. InnoDB picks syncd.
         t.exec_driver_sql(
             f"UPDATE {net.table(1, 'postmeta')} SET meta_value = meta_value -1.000000 "
