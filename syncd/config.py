@@ -63,11 +63,16 @@ class DatabaseConfig:
     table_prefix: str = "wp_"
     lock_wait_timeout: int = 1
     connect_timeout: float = 5.0
+    #: Let the apply connections send several statements per round trip (syncd.db.run_many).
+    #: Off only for a proxy in front of the server that refuses multi-statements.
+    multi_statements: bool = True
 
     def make_engine(self, *, apply_marker: bool = False, **kw: Any) -> Engine:
-        """An engine for this database with syncd's session settings (see :func:`syncd.db.make_engine`)."""
+        """An engine for this database with syncd's session settings (see :func:`syncd.db.make_engine`).
+        ``multi_statements=True`` is honoured only when ``database.multi_statements`` allows it."""
         settings = SessionSettings(lock_wait_timeout=self.lock_wait_timeout, apply_marker=apply_marker)
         connect_args = {"connect_timeout": self.connect_timeout, **kw.pop("connect_args", {})}
+        kw["multi_statements"] = bool(kw.get("multi_statements", False)) and self.multi_statements
         return make_engine(self.url, settings, connect_args=connect_args, **kw)
 
     @property
@@ -269,7 +274,9 @@ def config_for(url: str, table_prefix: str = "wp_", **sections: Mapping[str, Any
 
 # --------------------------------------------------------------------------- sections
 def _parse_database(raw: Mapping[str, Any], env: Mapping[str, str]) -> DatabaseConfig:
-    _check_keys("database", raw, ("url", "table_prefix", "lock_wait_timeout", "connect_timeout"))
+    _check_keys(
+        "database", raw, ("url", "table_prefix", "lock_wait_timeout", "connect_timeout", "multi_statements")
+    )
     url_text = env.get(ENV_DATABASE_URL) or raw.get("url")
     key = "database.url" if not env.get(ENV_DATABASE_URL) else ENV_DATABASE_URL
     if url_text is None:
@@ -299,6 +306,7 @@ def _parse_database(raw: Mapping[str, Any], env: Mapping[str, str]) -> DatabaseC
         table_prefix=prefix,
         lock_wait_timeout=_int(raw, "database", "lock_wait_timeout", 1, lo=1, hi=3600),
         connect_timeout=_number(raw, "database", "connect_timeout", 5.0, lo=0.1, hi=3600),
+        multi_statements=_bool(raw, "database", "multi_statements", True),
     )
 
 

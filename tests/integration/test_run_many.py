@@ -101,3 +101,26 @@ def test_a_large_batch_is_split_into_several_round_trips_with_the_same_results(
         if multi_statements(conn):
             assert 1 < len(sent) < 21  # several round trips, each with several statements
         conn.rollback()
+
+
+def test_multi_statements_can_be_switched_off_and_the_daemon_syncs_the_same(wp_network):
+    """``[database] multi_statements = false`` (a proxy that refuses them): the apply connection
+    is opened without the flag, run_many sends one statement per round trip, and a sale still
+    reaches every member with its derived data."""
+    from tests.integration.daemon_process import assert_derived_consistent, members, quantities
+    from tests.integration.sync_helpers import make_daemon, woo_decrease
+
+    net = wp_network
+    d = make_daemon(net, database={"multi_statements": False})
+    try:
+        d.apply_pending()
+        assert d._apply_engine is not None
+        with d._apply_engine.connect() as conn:
+            assert multi_statements(conn) is False
+        ids = members(net, "TSHIRT-RED")
+        woo_decrease(net, 2, ids[2], 3)
+        assert d.apply_pending() == 1
+        assert set(quantities(net, "TSHIRT-RED").values()) == {7}
+        assert_derived_consistent(net, ["TSHIRT-RED"])
+    finally:
+        d.close()

@@ -43,6 +43,7 @@ def test_minimal_file_gets_every_default(tmp_path: Path) -> None:
     assert cfg.database.table_prefix == "wp_"
     assert cfg.database.lock_wait_timeout == 1
     assert cfg.database.connect_timeout == 5.0
+    assert cfg.database.multi_statements is True
     assert cfg.capture.mode == "auto"
     assert cfg.capture.poll_interval == 1.0
     assert cfg.sync.batch_size == 500
@@ -222,6 +223,7 @@ def test_error_message_carries_the_file_name(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- errors: each key
 BAD_VALUES = [
+    ("database", "multi_statements", "no", "expected true or false"),
     ("database", "url", "sqlite:///x.db", "mysql+pymysql://"),
     ("database", "url", "mysql+pymysql://u:p@h", "names no database"),
     ("database", "url", 42, "expected a URL string"),
