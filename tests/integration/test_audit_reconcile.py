@@ -6,6 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from syncd.audit import Auditor, scope_for
@@ -254,14 +255,19 @@ def test_sync_and_set_stock(wp_network):
     assert errors == ["QTY must be a number, got 'lots'"]
 
 
-def test_reconcile_during_a_write_storm_loses_nothing(wp_network):
+@pytest.mark.parametrize("write_groups", [100, 1], ids=["one-chunk", "chunk-per-group"])
+def test_reconcile_during_a_write_storm_loses_nothing(wp_network, write_groups, monkeypatch):
     """Writers sell and restock on every blog (WooCommerce's relative UPDATE, autocommit) while the
     daemon applies and reconcile passes run: every member ends at its authority's start value plus
     every captured delta, exactly, and the final audit is clean.
 
     And InnoDB detected no deadlock at all: reconcile once deleted pending change rows while it
     held stock rows (the daemon's order is the reverse), and in about one run in three the cycle
-    daemon -> shop UPDATE -> reconcile ended with the shop's statement rolled back."""
+    daemon -> shop UPDATE -> reconcile ended with the shop's statement rolled back. With one group
+    per write chunk, reconcile runs many short transactions against the storm instead of one."""
+    import syncd.reconcile
+
+    monkeypatch.setattr(syncd.reconcile, "WRITE_GROUPS", write_groups)
     import random
     import threading
     import time as _time
