@@ -53,8 +53,7 @@ from syncd.daemon import Daemon  # noqa: E402
 
 STEPS = (
     "fetch",
-    "acknowledge",
-    "live_blogs",
+    # acknowledge + live blogs + link groups: one round trip at the start of apply, in "other"
     "membership",
     "groups",
     "lock_and_read",
@@ -149,9 +148,6 @@ def measure(
     for owner, attr, step in (
         (capture, "fetch_changes", "fetch"),
         (derived_mod, "refresh_many", "derived"),
-        # Before 32998de; since, acknowledge + live blogs + groups are one round trip, in "other".
-        (apply_mod.Applier, "_acknowledge", "acknowledge"),
-        (apply_mod.Applier, "_live_blogs", "live_blogs"),
         (catalog, "known_members", "membership"),
         (catalog, "refresh_members", "membership"),
         (catalog, "groups_for", "groups"),

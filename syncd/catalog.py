@@ -402,8 +402,10 @@ def groups_for(conn: sa.Connection, base_prefix: str, keys: Collection[Key]) -> 
 
 
 def members_and_groups_sql(base_prefix: str, keys: Collection[Key]) -> tuple[str, list[int]]:
-    """Driver-level statement (``%s``) of :func:`members_and_groups`, for a caller that sends it
-    with others in one round trip; :func:`parse_members_and_groups` reads its rows."""
+    """For the changed products ``keys``: :func:`known_members` and :func:`groups_for` in one
+    driver-level statement (``%s``; a LEFT JOIN: a member without a group is known but has no
+    group), sent by the apply step with others in one round trip; read by
+    :func:`parse_members_and_groups`."""
     member = table(base_prefix, "syncd_member")
     by_blog: dict[int, set[int]] = {}
     for b, p in keys:
@@ -418,18 +420,6 @@ def members_and_groups_sql(base_prefix: str, keys: Collection[Key]) -> tuple[str
         f"WHERE {' OR '.join(parts) or '0'} ORDER BY o.blog_id, o.post_id, m.blog_id, m.post_id",
         params,
     )
-
-
-def members_and_groups(
-    conn: sa.Connection, base_prefix: str, keys: Collection[Key]
-) -> tuple[set[Key], dict[Key, list[Member]]]:
-    """:func:`known_members` and :func:`groups_for` of ``keys`` in one round trip (a LEFT JOIN:
-    a member without a group is known but has no group). For the apply step's common case, a
-    batch that changes no membership, where the two would read the same rows one after the other."""
-    if not keys:
-        return set(), {}
-    text, params = members_and_groups_sql(base_prefix, keys)
-    return parse_members_and_groups(conn.exec_driver_sql(text, tuple(params)))
 
 
 def parse_members_and_groups(rows: Iterable[Sequence[Any]]) -> tuple[set[Key], dict[Key, list[Member]]]:

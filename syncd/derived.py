@@ -544,13 +544,8 @@ def _parse_posts(rows: Iterable[Sequence[Any]]) -> dict[int, PostRow]:
     return {int(r[0]): PostRow(int(r[0]), str(r[1]), str(r[2]), int(r[3]), int(r[4])) for r in rows}
 
 
-def _read_posts(sql: _Sql, prefix: str, ids: Sequence[int]) -> dict[int, PostRow]:
-    text, params = _posts_sql(prefix, ids)
-    return _parse_posts(sql.run(text, params))
-
-
 def posts_for(rows: Mapping[int, PostRow], ids: Iterable[int]) -> dict[int, PostRow]:
-    """What :func:`_read_posts` returns for ``ids``, taken from rows already read: the given
+    """What :func:`_posts_sql` reads for ``ids``, taken from rows already read: the given
     posts, their variations, and for a given variation its parent and siblings. ``rows`` must
     hold all of those (the apply step's lock closure does); ids absent from it are not posts."""
     wanted = set(ids)
