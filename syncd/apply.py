@@ -182,7 +182,7 @@ class Applier:
         result = BatchResult(batch_id=batch_id, changes=len(changes))
         if not changes:
             return result
-        self._posts = {}
+        self.forget_posts()
         # One round trip: acknowledge the change rows, which blogs are live, and the link groups
         # of every changed product (those on blogs that are not live are dropped below).
         ack, live, members = run_many(
@@ -913,6 +913,19 @@ class Applier:
         rows.meta[key] = [MetaRow(res.lastrowid, value)]
         return True
 
+    def refresh_job(self, blog: Blog, posts: list[int], changed: list[int]) -> derived.RefreshJob:
+        """The derived step's job for ``posts`` on ``blog``, with the posts rows this transaction's
+        lock step read when it locked every one of them (their closure was read there), so that
+        the derived step does not read them again; otherwise the derived step reads them."""
+        locked, rows = self._posts.get(blog.blog_id, (frozenset(), {}))
+        return derived.RefreshJob(
+            blog, posts, changed=changed, posts=rows if locked.issuperset(posts) else None
+        )
+
+    def forget_posts(self) -> None:
+        """A new transaction: the lock step's posts rows of the last one are not to be reused."""
+        self._posts = {}
+
     def _refresh_blogs(
         self,
         conn: sa.Connection,
@@ -932,15 +945,7 @@ class Applier:
             return {}
 
         def job(blog: Blog, posts: list[int]) -> derived.RefreshJob:
-            locked, rows = self._posts.get(blog.blog_id, (frozenset(), {}))
-            return derived.RefreshJob(
-                blog,
-                posts,
-                changed=sorted(written.get(blog.blog_id, ())),
-                # The lock step's rows hold every post the derived step reads for these products
-                # when they were all locked (their closure was read there); otherwise it reads.
-                posts=rows if locked.issuperset(posts) else None,
-            )
+            return self.refresh_job(blog, posts, sorted(written.get(blog.blog_id, ())))
 
         def refresh(blog: Blog, posts: list[int]) -> object:
             j = job(blog, posts)

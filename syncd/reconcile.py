@@ -389,10 +389,9 @@ class Writer:
             blog_settings=config.blogs.for_blog,
             propagate_sku_renames=config.sync.propagate_sku_renames,
         )
-        from syncd.derived import RefreshJob, refresh_many
+        from syncd.derived import refresh_many
 
         self._refresh_many = refresh_many
-        self._refresh_job = RefreshJob
 
     # -- public ---------------------------------------------------------------------------
     def run_chunk(
@@ -534,7 +533,7 @@ class Writer:
         # Every blog's derived step at once, as the daemon's (ascending blog id; its reads in one
         # round trip, its writes in one).
         jobs = [
-            self._refresh_job(self.scope.blogs[b], sorted(touched[b]), changed=sorted(written.get(b, ())))
+            self.applier.refresh_job(self.scope.blogs[b], sorted(touched[b]), sorted(written.get(b, ())))
             for b in sorted(touched)
             if touched[b] and b in self.scope.blogs
         ]
@@ -645,6 +644,7 @@ class Writer:
     ) -> tuple[dict[int, GroupState], dict[Key, ProductRows]]:
         """Membership of the groups, then every member's (and healed product's) stock meta locked,
         blog by blog in ascending post id order."""
+        self.applier.forget_posts()  # this chunk's transaction: its own lock step
         groups = read_members(conn, self.scope, ranges)
         by_blog: dict[int, set[int]] = {b: set(p) for b, p in heal.items()}
         for g in groups.values():
