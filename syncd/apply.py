@@ -88,6 +88,16 @@ class BatchConflict(RuntimeError):
     """Some change rows of the batch were already acknowledged by someone else."""
 
 
+class BatchExtend(RuntimeError):  # noqa: N818 - a request to the caller, not a failure
+    """Changes of products this batch writes fixed values into were captured after the batch was
+    fetched (the lock step saw their effect): the caller rolls back and applies the batch again
+    with them (``ids``), so that a member's own newer value is never overwritten by an older one."""
+
+    def __init__(self, ids: Sequence[int]) -> None:
+        super().__init__(f"{len(ids)} changes of written products were captured after the fetch")
+        self.ids = list(ids)
+
+
 @dataclass
 class MetaRow:
     meta_id: int
@@ -167,8 +177,12 @@ class Applier:
         blog_settings: Callable[[int], BlogSettings] | None = None,
         propagate_sku_renames: bool = True,
         settle_seconds: float = 3.0,
+        step_hook: Callable[[str], None] | None = None,
     ) -> None:
         self.base = base_prefix
+        #: Called with a step's name just before it runs ('lock', 'settle_lock'): tests make races
+        #: deterministic with it (a shop write between the fetch and the lock step).
+        self._step_hook = step_hook
         self.settle_seconds = settle_seconds
         self._blogs = blogs
         self.poll_mode = poll_mode
@@ -248,6 +262,7 @@ class Applier:
         rows: dict[Key, ProductRows] = {}
         unreadable: dict[int, str] = {}
         by_blog = sorted(_by_blog(involved).items())
+        self.step("lock")
         if not self.poll_mode:
             try:  # every blog at once: two or three round trips
                 rows = self._lock_and_read_blogs(conn, [(blogs[b], sorted(set(p))) for b, p in by_blog])
@@ -291,6 +306,7 @@ class Applier:
             sku_conflicts=self._sku_conflicts(conn, changes, groups, blogs, frozen),
             settling=frozen,
         )
+        self._recheck(conn, changes, plan.writes)
         result.notes = plan.notes
         result.settling.extend(self._settle_records(changes, joining, frozen, plan.settle_deltas, groups))
         for n in plan.notes:
@@ -392,6 +408,28 @@ class Applier:
         self._write_history(conn, batch_id, result.history, now)
         return result
 
+    def step(self, name: str) -> None:
+        if self._step_hook is not None:
+            self._step_hook(name)
+
+    def _recheck(self, conn: sa.Connection, changes: Sequence[Change], writes: Sequence[MemberWrite]) -> None:
+        """After the lock step: a member that receives a fixed value (a register, an absolute
+        stock set, a manual status, a SKU) and has a change of its own captured after this batch
+        was fetched would have that newer value overwritten by an older one (issue 9 path 2). Its
+        rows are locked now, so nothing more can commit for it: ask for the batch again with those
+        changes (BatchExtend). Relative stock deltas commute and need no re-check."""
+        fixed = [
+            w.key
+            for w in writes
+            if w.registers or w.status_register is not None or w.new_sku is not None or (w.stock and w.stock.is_set)
+        ]
+        if not fixed:
+            return
+        batch = {c.id for c in changes}
+        later = [i for i in settle.queued_ids(conn, self.base, fixed) if i not in batch]
+        if later:
+            raise BatchExtend(later)
+
     # -- settling: joins and heals (syncd.settle) --------------------------------------------
 
     def settle(self, conn: sa.Connection, item: settle.Settling, batch_id: int | None = None) -> str:
@@ -414,12 +452,13 @@ class Applier:
             log.info("settle_dropped", blog=key[0], post=key[1], kind=item.kind, reason="not a linked product any more")
             return "dropped"
         involved = sorted({m.key for m in group if m.state == "linked"} | {key})
+        self.step("settle_lock")
         rows = self._lock_and_read_blogs(conn, [(blogs[b], p) for b, p in sorted(_by_blog(involved).items())])
         current = settle.lock(conn, self.base, item)
         if current is None:
             return "dropped"
         if settle.queued(conn, self.base, involved):
-            settle.postpone(conn, self.base, current, "changes of its group are queued: joins after them")
+            settle.postpone(conn, self.base, current, "changes of its group are queued: after them", restart=False)
             return "postponed"
         frozen = settle.frozen(conn, self.base, involved) - {key}
         linked = [m for m in group if m.state == "linked" and m.key != key and m.key not in frozen]

@@ -44,7 +44,7 @@ import sqlalchemy as sa
 import structlog
 
 from syncd import capture, catalog, schema, settle
-from syncd.apply import Applier, BatchConflict, BatchResult
+from syncd.apply import Applier, BatchConflict, BatchExtend, BatchResult
 from syncd.config import Config, ConfigError, load_config
 from syncd.db import (
     ER_LOCK_DEADLOCK,
@@ -129,6 +129,8 @@ class Daemon:
         self._refresh = refresh  # derived-data writer; None = syncd.derived.refresh_many (all blogs at once)
         self.base = config.database.table_prefix
         self.stop = threading.Event()
+        #: Tests: called with a pipeline step's name before it runs (syncd.apply.Applier.step).
+        self.step_hook: Callable[[str], None] | None = None
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}"
         self.stats = Stats()
         self._blogs: dict[int, Blog] = {}
@@ -178,8 +180,12 @@ class Daemon:
         with self._apply_engine.connect() as conn:
             for _ in range(max_batches):
                 n = self.process_once(conn)
-                if not n and not self.settle_due(conn):
-                    break
+                if not n:
+                    if self.settle_due(conn):
+                        continue
+                    n = self.process_once(conn)  # changes a postponed join waits for
+                    if not n:
+                        break
                 total += n
         return total
 
@@ -212,6 +218,7 @@ class Daemon:
             blog_settings=self.config.blogs.for_blog,
             propagate_sku_renames=self.config.sync.propagate_sku_renames,
             settle_seconds=self.config.sync.settle_seconds,
+            step_hook=self.step_hook,
         )
 
     def close(self) -> None:
@@ -793,6 +800,13 @@ class Daemon:
                 conn.rollback()
                 log.warning("batch_conflict", reason=str(exc))
                 return 0
+            except BatchExtend as extend:
+                conn.rollback()
+                extra = capture.fetch_by_ids(conn, self.base, extend.ids)
+                conn.rollback()
+                log.info("batch_extended", changes=len(changes), added=len(extra), reason=str(extend))
+                changes = sorted({c.id: c for c in [*changes, *extra]}.values(), key=lambda c: c.id)
+                continue
             except Exception as exc:
                 _safe_rollback(conn)
                 if is_disconnect(exc):

@@ -160,11 +160,14 @@ def remove(conn: sa.Connection, base_prefix: str, item: Settling) -> None:
     )
 
 
-def postpone(conn: sa.Connection, base_prefix: str, item: Settling, reason: str) -> None:
-    """Not now (its group has changes queued, a row is still missing): try again after settling."""
+def postpone(conn: sa.Connection, base_prefix: str, item: Settling, reason: str, *, restart: bool = True) -> None:
+    """Not now. ``restart``: the product may still be being written (a row is missing, its blog is
+    not usable): it must be quiet for ``settle_seconds`` again. Otherwise (its group has changes
+    queued, applied within milliseconds) it is due again as soon as they are."""
     conn.exec_driver_sql(
         f"UPDATE {table(base_prefix, 'syncd_settle')} SET attempts = attempts + 1, "
-        "last_change_at = UTC_TIMESTAMP(6), reason = %s WHERE blog_id = %s AND post_id = %s AND kind = %s",
+        f"last_change_at = {'UTC_TIMESTAMP(6)' if restart else 'last_change_at'}, reason = %s "
+        "WHERE blog_id = %s AND post_id = %s AND kind = %s",
         (reason[:255], item.blog_id, item.post_id, item.kind),
     )
 
@@ -186,3 +189,14 @@ def queued(conn: sa.Connection, base_prefix: str, keys: Iterable[Key]) -> int:
             f"SELECT COUNT(*) FROM {table(base_prefix, 'syncd_change')} WHERE {where}", tuple(params)
         ).scalar_one()
     )
+
+
+def queued_ids(conn: sa.Connection, base_prefix: str, keys: Iterable[Key]) -> list[int]:
+    """The ids of the captured changes of ``keys`` that wait in the queue (see :func:`queued`)."""
+    where, params = _keys_where(keys)
+    return [
+        int(r[0])
+        for r in conn.exec_driver_sql(
+            f"SELECT id FROM {table(base_prefix, 'syncd_change')} WHERE {where} ORDER BY id", tuple(params)
+        )
+    ]

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from syncd.testnet.factory import ProductFactory, Variation
-from tests.integration.sync_helpers import ids, make_daemon, meta, pending, qty, woo_decrease
+from tests.integration.sync_helpers import ids, make_daemon, meta, pending, qty, set_meta, woo_decrease
 from tests.integration.trace_replay import Replay, load, windows
 
 WATCHED = ("_stock", "_manage_stock", "_backorders", "_low_stock_amount", "_stock_status", "_sku")
@@ -256,5 +256,57 @@ def test_sale_elsewhere_inside_the_import_window_never_inserts_a_second_stock_ro
         # The import's absolute 4 came after the sale: 4 everywhere, and nothing left to heal.
         assert [qty(net, b, tshirt[b]) for b in (1, 2, 3)] == [4, 4, 4]
         assert settling(net) == {} and pending(net) == 0
+    finally:
+        d.close()
+
+
+# -- path 2: a change committed between the fetch and the lock step ------------------------------
+
+
+def test_register_changed_on_a_target_after_the_fetch_is_not_overwritten(wp_network):
+    """Backorders changed on blog 1 and fetched; before the lock step blog 2 changes its own: the
+    batch must not write blog 1's older value over it (the blogs stayed yes / notify / yes)."""
+    net = wp_network
+    mug = ids(net, "MUG")
+    d = make_daemon(net)
+    fired = []
+
+    def between_fetch_and_lock(step: str) -> None:
+        if step == "lock" and not fired:
+            fired.append(step)
+            set_meta(net, 2, mug[2], "_backorders", "notify")
+
+    try:
+        set_meta(net, 1, mug[1], "_backorders", "yes")
+        d.step_hook = between_fetch_and_lock
+        d.apply_pending()
+        assert fired and pending(net) == 0
+        assert [meta(net, b, mug[b], "_backorders") for b in (1, 2, 3)] == ["notify"] * 3
+    finally:
+        d.close()
+
+
+def test_join_waits_for_a_sale_committed_between_its_due_check_and_its_lock(wp_network):
+    """A product joins while a sale on the group's authority commits after the settle step
+    looked: the join must not take the post-sale value and then receive the sale again."""
+    net = wp_network
+    others = simple_elsewhere(net, "NEWSKU", 40)
+    d = make_daemon(net, sync={"settle_seconds": 3600})
+    fired = []
+
+    def sale_before_the_lock(step: str) -> None:
+        if step == "settle_lock" and not fired:
+            fired.append(step)
+            woo_decrease(net, 1, others[1], 4)
+
+    try:
+        d.apply_pending()
+        new = simple_elsewhere(net, "NEWSKU", 100, blogs=(2,))[2]
+        d.apply_pending()
+        settled_now(net)
+        d.step_hook = sale_before_the_lock
+        d.apply_pending()
+        assert fired and settling(net) == {} and pending(net) == 0
+        assert [qty(net, 1, others[1]), qty(net, 2, new), qty(net, 3, others[3])] == [36, 36, 36]
     finally:
         d.close()
