@@ -156,3 +156,18 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_settle` (
   PRIMARY KEY (`blog_id`, `post_id`, `kind`),
   KEY `due` (`last_change_at`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+-- ;
+-- Polylang for WooCommerce's per-translation stock copies still expected (syncd.fanout): written by
+-- the batch that applied a stock change on a blog whose translations share stock, deleted by the
+-- batch that captures the add-on's copy on the same connection, so that it is counted once.
+CREATE TABLE IF NOT EXISTS `{base}syncd_fanout` (
+  `blog_id` INT UNSIGNED NOT NULL,
+  `post_id` BIGINT UNSIGNED NOT NULL,
+  `conn_id` BIGINT UNSIGNED NOT NULL,
+  `change_id` BIGINT UNSIGNED NOT NULL,
+  `old_value` VARCHAR(191) NULL,
+  `new_value` VARCHAR(191) NULL,
+  `created_at` DATETIME(6) NOT NULL,
+  PRIMARY KEY (`blog_id`, `post_id`, `conn_id`, `change_id`),
+  KEY `created_at` (`created_at`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin

@@ -38,7 +38,7 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from syncd import catalog, derived, poll, settle
+from syncd import catalog, derived, fanout, poll, settle
 from syncd.config import BlogSettings
 from syncd.db import errno_of, is_retryable, multi_statements, run_many, table
 from syncd.network import Blog
@@ -296,6 +296,8 @@ class Applier:
                 blogs = {b: v for b, v in blogs.items() if b != blog_id}
                 unreadable[blog_id] = f"blog {blog_id} is unreadable (errno {errno_of(exc)})"
 
+        sharing_origins = [c.key for c in changes if c.meta_key == STOCK and c.key in translations]
+        expected = fanout.expected(conn, self.base, sharing_origins) if sharing_origins else []
         plan = plan_batch(
             changes,
             groups,
@@ -305,7 +307,9 @@ class Applier:
             propagate_renames=self.propagate_sku_renames,
             sku_conflicts=self._sku_conflicts(conn, changes, groups, blogs, frozen),
             settling=frozen,
+            expected_copies=expected,
         )
+        fanout.record(conn, self.base, plan.copies_expected, plan.copies_met)
         self._recheck(conn, changes, plan.writes)
         result.notes = plan.notes
         result.settling.extend(self._settle_records(changes, joining, frozen, plan.settle_deltas, groups))

@@ -43,7 +43,7 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from syncd import capture, catalog, schema, settle
+from syncd import capture, catalog, fanout, schema, settle
 from syncd.apply import Applier, BatchConflict, BatchExtend, BatchResult
 from syncd.config import Config, ConfigError, load_config
 from syncd.db import (
@@ -635,6 +635,8 @@ class Daemon:
                 total += n
                 if n < 5000:
                     break
+            fanout.prune(conn, self.base)
+            conn.commit()
         if total:
             log.info("history_pruned", rows=total, retention_days=self.config.history.retention_days)
         return total

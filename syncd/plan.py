@@ -181,6 +181,10 @@ class Plan:
     #: Products still settling (joining their group once WooCommerce has finished writing them):
     #: the sum of their own ``_stock`` deltas in this batch, carried into the join.
     settle_deltas: dict[Key, Decimal] = field(default_factory=dict)
+    #: Polylang for WooCommerce copies of a stock change: met in this batch (absorbed), and still
+    #: expected after it (syncd.fanout records them).
+    copies_met: list[CopyExpected] = field(default_factory=list)
+    copies_expected: list[CopyExpected] = field(default_factory=list)
 
 
 def duplicates_reason(keys: Sequence[str]) -> str:
@@ -200,6 +204,7 @@ def plan_batch(
     propagate_renames: bool = False,
     sku_conflicts: Mapping[tuple[int, Key], int] | None = None,
     settling: Collection[Key] = (),
+    expected_copies: Sequence[CopyExpected] = (),
 ) -> Plan:
     """Compute the writes of one batch.
 
@@ -217,7 +222,9 @@ def plan_batch(
     * the add-on's own fan-out - one statement hitting every translation's ``_stock``, captured as
       rows with the same ``conn_id``, the same ``captured_at`` (the statement's start time) and the
       same delta on posts of one translation group - is one sale, not one per translation; so is
-      its per-translation copy (same connection, same old and new value).
+      its per-translation copy (same connection, same old and new value), also when the copy is
+      captured after the batch that applied the original (``expected_copies``, recorded by that
+      batch: ``Plan.copies_expected``; the ones this batch meets are ``Plan.copies_met``).
 
     ``propagate_renames``: a ``_sku`` change (old and new non-empty) on a linked SKU-matched member
     is written to every other linked member of its group, except where ``sku_conflicts`` holds
@@ -339,7 +346,10 @@ def plan_batch(
             if c.op == "U" and not origin_facts.manages:
                 status_events.append(c)
 
-    stock_events = _collapse_fan_out(stock_events, translations, note, origin_sku, applied)
+    corrections: list[tuple[Change, Decimal]] = []
+    stock_events, copies_met, copies_expected = _collapse_fan_out(
+        stock_events, translations, note, origin_sku, applied, expected_copies, corrections
+    )
 
     # Pass 2: fold the events onto each target, in capture order.
     def origin_set(c: Change) -> set[Key]:
@@ -431,6 +441,12 @@ def plan_batch(
                 if w is not None:
                     w.status_register = c.new_value
 
+    for c, fix in corrections:  # a translation copy that overwrote a sale syncd wrote into it
+        w = target(self_of(c.key) or Member(c.blog_id, c.post_id, origin_sku.get(c.id, "")), c)
+        if w is not None:
+            w.stock = w.stock or StockOp()
+            w.stock.delta += fix
+
     for c in rename_events:
         new_sku = (c.new_value or "").strip()
         carried = False
@@ -496,6 +512,8 @@ def plan_batch(
         origin_sku=origin_sku,
         renamed=renamed,
         settle_deltas=settle_deltas,
+        copies_met=copies_met,
+        copies_expected=copies_expected,
     )
 
 
@@ -583,22 +601,66 @@ def plan_join(
     return JoinPlan(joined, others_writes, notes)
 
 
+@dataclass(frozen=True)
+class CopyExpected:
+    """A translation that Polylang for WooCommerce will copy an applied stock change to, in a
+    statement of its own on the same connection, possibly after the batch that applied it
+    (``{base}syncd_fanout``): when that copy is captured, it is the same sale, not another."""
+
+    blog_id: int
+    post_id: int
+    conn_id: int
+    old_value: str | None
+    new_value: str | None
+    change_id: int  # the change it copies
+
+    def matches(self, c: Change) -> bool:
+        """The add-on writes the same absolute value: same connection, same new value."""
+        return (c.blog_id, c.post_id, c.conn_id) == (self.blog_id, self.post_id, self.conn_id) and _number(
+            c.new_value
+        ) == _number(self.new_value)
+
+
+def _number(text: str | None) -> object:
+    try:
+        return parse_quantity(text)
+    except StockValueError:
+        return text
+
+
+def _copy_correction(copied_old: str | None, copy: Change) -> Decimal | None:
+    """A copy overwrites what the translation held: if syncd wrote a sibling's sale into it
+    between the original and the copy (copy.old differs), that sale is put back (the difference)."""
+    old, mine = _number(copied_old), _number(copy.old_value)
+    if isinstance(old, Decimal) and isinstance(mine, Decimal) and old != mine:
+        return mine - old
+    return None
+
+
 def _collapse_fan_out(
     events: list[tuple[Change, Decimal | None, bool]],
     translations: Mapping[Key, Sequence[Key]],
     note: Callable[[Change, str, str], None],
     origin_sku: Mapping[int, str],
     applied: dict[int, Change],
-) -> list[tuple[Change, Decimal | None, bool]]:
+    expected: Sequence[CopyExpected] = (),
+    corrections: list[tuple[Change, Decimal]] | None = None,
+) -> tuple[list[tuple[Change, Decimal | None, bool]], list[CopyExpected], list[CopyExpected]]:
     """Polylang for WooCommerce writes one sale to every translation's ``_stock`` (one statement,
     ``post_id IN (...)``; or one copy per translation after an absolute set): keep the first
     change of each such fan-out, absorb the others (counted once; history keeps them as origins).
 
     Two changes belong to one fan-out when they are on different posts of one translation group
     of a sharing blog, come from the same connection, and either share the statement's capture
-    time and the delta (or set value), or have the same old and new value (the copy).
+    time and the delta (or set value), or write the same new value (the copy: an absolute write
+    of the original's new value). A copy captured after the batch that applied its original
+    matches one of ``expected`` (recorded by that batch). A copy whose old value is not the
+    original's overwrote a sibling's sale syncd had written into that translation meanwhile: the
+    difference is appended to ``corrections`` (written back into that translation only). Returns the events kept, the expectations this batch met (to delete) and the
+    copies it still expects (to record: every translation of a kept event that did not copy it yet).
     """
     out: list[tuple[Change, Decimal | None, bool]] = []
+    met: list[CopyExpected] = []
     open_fanouts: dict[tuple[object, ...], tuple[Change, set[int]]] = {}
     for event in events:
         c, value, is_set = event
@@ -606,15 +668,18 @@ def _collapse_fan_out(
         if tr is None or c.conn_id == 0:
             out.append(event)
             continue
+        earlier = next((e for e in expected if e not in met and e.matches(c)), None)
+        if earlier is not None:
+            met.append(earlier)
+            applied[c.id] = c
+            note(c, origin_sku.get(c.id, ""), f"{FAN_OUT_NOTE} of change {earlier.change_id}: counted once")
+            _correct(corrections, c, earlier.old_value)
+            continue
         group = tuple(sorted(tr))
         kind = ("set", value) if is_set else ("delta", value)
-        try:
-            values = (parse_quantity(c.old_value), parse_quantity(c.new_value))
-        except StockValueError:
-            values = (c.old_value, c.new_value)  # type: ignore[assignment]
         keys = [
             ("stmt", c.blog_id, group, c.conn_id, c.captured_at, kind),
-            ("copy", c.blog_id, group, c.conn_id, values),
+            ("copy", c.blog_id, group, c.conn_id, _number(c.new_value)),
         ]
         absorbed_by: Change | None = None
         for k in keys:
@@ -626,11 +691,27 @@ def _collapse_fan_out(
         if absorbed_by is not None:
             applied[c.id] = c
             note(c, origin_sku.get(c.id, ""), f"{FAN_OUT_NOTE} of change {absorbed_by.id}: counted once")
+            if k[0] == "copy":
+                _correct(corrections, c, absorbed_by.old_value)
             continue
+        posts = {c.post_id}  # one set for both keys: a translation seen by either is copied
         for k in keys:
-            open_fanouts[k] = (c, {c.post_id})
+            open_fanouts[k] = (c, posts)
         out.append(event)
-    return out
+    expect = [
+        CopyExpected(c.blog_id, post, c.conn_id, c.old_value, c.new_value, c.id)
+        for k, (c, posts) in open_fanouts.items()
+        if k[0] == "copy"
+        for _blog, post in translations[c.key]
+        if post not in posts
+    ]
+    return out, met, expect
+
+
+def _correct(corrections: list[tuple[Change, Decimal]] | None, copy: Change, copied_old: str | None) -> None:
+    fix = _copy_correction(copied_old, copy)
+    if corrections is not None and fix is not None:
+        corrections.append((copy, fix))
 
 
 def target_stock_value(current: str | None, op: StockOp) -> Decimal | None:

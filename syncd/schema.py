@@ -24,6 +24,7 @@ OWN_TABLES = (
     "syncd_history",
     "syncd_meta",
     "syncd_settle",
+    "syncd_fanout",
 )
 
 

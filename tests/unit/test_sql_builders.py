@@ -97,6 +97,7 @@ def test_schema_statements_use_the_base_prefix_only():
         "shop_syncd_history",
         "shop_syncd_snapshot",
         "shop_syncd_settle",
+        "shop_syncd_fanout",
     ]
     assert all("{base}" not in s for s in stmts)
 
