@@ -395,14 +395,9 @@ class Applier:
                 )
             )
 
-        result.derived.update(
-            self._refresh_blogs(
-                conn,
-                [(blogs[b], sorted(p)) for b, p in sorted(touched.items()) if p and b in blogs],
-                written,
-                now,
-            )
-        )
+        jobs = [(blogs[b], sorted(p)) for b, p in sorted(touched.items()) if p and b in blogs]
+        result.derived.update(self._refresh_blogs(conn, jobs, written, now))
+        result.settling.extend(_heal_failed_derived(jobs, result.derived))
 
         if self.poll_mode:
             for blog_id, posts in sorted(_by_blog(rows).items()):
@@ -451,10 +446,12 @@ class Applier:
             return "postponed"
         group = [m for m in catalog.groups_for(conn, self.base, [key]).get(key, []) if m.blog_id in blogs]
         me = next((m for m in group if m.key == key), None)
-        if me is None or me.state != "linked":
+        if (me is None or me.state != "linked") and item.kind == settle.JOIN:
             settle.remove(conn, self.base, item)
             log.info("settle_dropped", blog=key[0], post=key[1], kind=item.kind, reason="not a linked product any more")
             return "dropped"
+        if me is None or me.state != "linked":  # a heal of a product that is not synced: derived data only
+            me, group = Member(key[0], key[1]), []
         involved = sorted({m.key for m in group if m.state == "linked"} | {key})
         self.step("settle_lock")
         rows = self._lock_and_read_blogs(conn, [(blogs[b], p) for b, p in sorted(_by_blog(involved).items())])
@@ -503,7 +500,12 @@ class Applier:
         touched = {b: set(p) for b, p in written.items()}
         touched.setdefault(key[0], set()).add(key[1])
         now = datetime.now(UTC).replace(tzinfo=None)
-        self._refresh_blogs(conn, [(blogs[b], sorted(p)) for b, p in sorted(touched.items())], written, now)
+        jobs = [(blogs[b], sorted(p)) for b, p in sorted(touched.items())]
+        heals = _heal_failed_derived(jobs, self._refresh_blogs(conn, jobs, written, now))
+        if any(h.key == key for h in heals):  # its own derived step failed: again once settled
+            settle.postpone(conn, self.base, item, heals[0].reason)
+            return "postponed"
+        settle.record(conn, self.base, heals)
         settle.remove(conn, self.base, item)
         self._write_history(conn, result.batch_id, result.history, now)
         w = joined.joiner
@@ -1206,6 +1208,20 @@ class _MemberSkipped(Exception):
         super().__init__(reason)
         self.reason = reason
         self.heal = heal  # finished later by syncd.settle (kind 'heal') instead of left as is
+
+
+def _heal_failed_derived(
+    jobs: Sequence[tuple[Blog, Sequence[int]]], outcome: Mapping[int, object]
+) -> list[settle.Record]:
+    """A blog whose derived step failed (not retryably: its stock is written, its lookup row,
+    status or term is not): each of its products is queued to be healed (issue 9 path 9), never
+    left wrong silently until its next change."""
+    return [
+        settle.Record(blog.blog_id, pid, settle.HEAL, reason="derived step failed; recomputed once settled")
+        for blog, posts in jobs
+        if outcome.get(blog.blog_id) is None
+        for pid in posts
+    ]
 
 
 def _post_closure(conn: sa.Connection, blog: Blog, ids: Sequence[int]) -> dict[int, derived.PostRow]:

@@ -69,6 +69,10 @@ class Record:
     last_change_at: datetime | None = None  # None: now (the server's clock)
     reason: str = ""
 
+    @property
+    def key(self) -> Key:
+        return (self.blog_id, self.post_id)
+
 
 def _marks(n: int) -> str:
     return ", ".join(["%s"] * n)
