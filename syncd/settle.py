@@ -201,12 +201,14 @@ def queued(conn: sa.Connection, base_prefix: str, keys: Iterable[Key]) -> int:
     )
 
 
-def queued_ids(conn: sa.Connection, base_prefix: str, keys: Iterable[Key]) -> list[int]:
-    """The ids of the captured changes of ``keys`` that wait in the queue (see :func:`queued`)."""
+def queued_rows(conn: sa.Connection, base_prefix: str, keys: Iterable[Key]) -> list[tuple[int, Key, str, str]]:
+    """(id, product, meta_key, op) of the captured changes of ``keys`` waiting in the queue (see
+    :func:`queued`), in capture order."""
     where, params = _keys_where(keys)
     return [
-        int(r[0])
-        for r in conn.exec_driver_sql(
-            f"SELECT id FROM {table(base_prefix, 'syncd_change')} WHERE {where} ORDER BY id", tuple(params)
+        (int(i), (int(b), int(p)), str(k), str(o))
+        for i, b, p, k, o in conn.exec_driver_sql(
+            f"SELECT id, blog_id, post_id, meta_key, op FROM {table(base_prefix, 'syncd_change')} WHERE {where} ORDER BY id",
+            tuple(params),
         )
     ]
