@@ -311,7 +311,7 @@ class Applier:
             expected_copies=expected,
         )
         fanout.record(conn, self.base, plan.copies_expected, plan.copies_met)
-        self._recheck(conn, changes, plan.writes)
+        self._recheck(conn, changes, plan.writes, rows)
         result.notes = plan.notes
         result.settling.extend(self._settle_records(changes, joining, frozen, plan.settle_deltas, groups))
         for n in plan.notes:
@@ -412,15 +412,18 @@ class Applier:
         if self._step_hook is not None:
             self._step_hook(name)
 
-    def _recheck(self, conn: sa.Connection, changes: Sequence[Change], writes: Sequence[MemberWrite]) -> None:
-        """After the lock step, the changes of written members captured after this batch was
+    def _recheck(
+        self, conn: sa.Connection, changes: Sequence[Change], writes: Sequence[MemberWrite], locked: Iterable[Key]
+    ) -> None:
+        """After the lock step, the changes of the locked products captured after this batch was
         fetched (their rows are locked now: nothing more can commit for them). The batch starts
         again with them (BatchExtend) when applying it without them would lose one (issue 9 path 2):
         a member that receives a fixed value (a register, an absolute stock set, a manual status, a
         SKU) would have its own newer value overwritten by an older one; a member whose ``_stock``
-        row an importer deleted and added again (an absolute set captured after this batch's
-        deltas) would get those deltas on top of the value that supersedes them. Relative deltas
-        on their own commute and need nothing."""
+        row an importer deleted and added again (an absolute set) would get this batch's deltas on
+        top of the value that supersedes them. The batch then takes every queued change of these
+        products up to the last one needed, so that capture order holds within it (a delta
+        captured before an absolute set is never applied after it). Relative deltas alone commute."""
         if not writes:
             return
         batch = {c.id for c in changes}
@@ -429,13 +432,10 @@ class Applier:
             for w in writes
             if w.registers or w.status_register is not None or w.new_sku is not None or (w.stock and w.stock.is_set)
         }
-        later = [
-            cid
-            for cid, key, meta_key, op in settle.queued_rows(conn, self.base, [w.key for w in writes])
-            if cid not in batch and (key in fixed or (meta_key == STOCK and op == "I"))
-        ]
-        if later:
-            raise BatchExtend(later)
+        queued = [r for r in settle.queued_rows(conn, self.base, locked) if r[0] not in batch]
+        needed = [cid for cid, key, meta_key, op in queued if key in fixed or (meta_key == STOCK and op == "I")]
+        if needed:
+            raise BatchExtend([cid for cid, *_ in queued if cid <= max(needed)])
 
     # -- settling: joins and heals (syncd.settle) --------------------------------------------
 

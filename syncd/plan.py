@@ -410,6 +410,10 @@ def plan_batch(
                 own = writes.get(key)
                 if is_set and own is not None and own.stock is not None:
                     own.stock = None  # its own absolute set overrides earlier sibling deltas
+                elif own is not None and own.stock is not None and own.stock.is_set:
+                    # A sibling's absolute set, then its own sale: the set overwrites the row that
+                    # already holds the sale, so the sale goes on top of the set value.
+                    own.stock.delta += value  # type: ignore[operator]
             for m in component(c):
                 w = target(m, c)
                 if w is None:
