@@ -63,6 +63,8 @@ from syncd.plan import (
     parse_quantity,
     plan_batch,
 )
+from syncd.queue import BatchConflict as BatchConflict  # re-exported: callers catch it from here
+from syncd.queue import HeldBlogs, acknowledge_sql, check_acknowledged
 
 log = structlog.get_logger("syncd.apply")
 
@@ -76,10 +78,6 @@ _LOCK_ONLY_ABOVE = 32
 _BULK_SAVEPOINT = "syncd_bulk_stock"
 
 RefreshFn = Callable[..., object]
-
-
-class BatchConflict(RuntimeError):
-    """Some change rows of the batch were already acknowledged by someone else."""
 
 
 @dataclass
@@ -188,13 +186,15 @@ class Applier:
         ack, live, members = run_many(
             conn,
             [
-                self._acknowledge_sql(changes),
+                acknowledge_sql(self.base, changes),
                 (self._live_blogs_sql(), ()),
                 catalog.members_and_groups_sql(self.base, {c.key for c in changes}),
             ],
         )
-        self._check_acknowledged(changes, ack.rowcount)
-        blogs = self._usable({int(r[0]) for r in live.rows})
+        check_acknowledged(changes, ack.rowcount)
+        live_ids = {int(r[0]) for r in live.rows}
+        blogs = self._usable(live_ids)
+        self._hold_unusable_origins(changes, blogs, live_ids)
         now = datetime.now(UTC).replace(tzinfo=None)
 
         # Membership first: a product whose SKU changed, that was trashed, or that syncd has not
@@ -581,16 +581,23 @@ class Applier:
                     )
                 )
 
-    def _acknowledge_sql(self, changes: Sequence[Change]) -> tuple[str, list[int]]:
-        ids = sorted(c.id for c in changes)
-        return f"DELETE FROM {table(self.base, 'syncd_change')} WHERE id IN ({_marks(len(ids))})", ids
-
-    @staticmethod
-    def _check_acknowledged(changes: Sequence[Change], deleted: int) -> None:
-        if deleted != len(changes):
-            raise BatchConflict(
-                f"{len(changes) - deleted} of {len(changes)} change rows were already acknowledged"
-            )
+    def _hold_unusable_origins(
+        self, changes: Sequence[Change], blogs: Mapping[int, Blog], live: set[int]
+    ) -> None:
+        """A change whose origin blog is not usable right now is never acknowledged and dropped:
+        the batch is abandoned (rolled back by the caller) and the queue holds that blog's
+        changes until it is usable again (syncd.queue.HeldBlogs)."""
+        known = self._blogs()
+        held: dict[int, str] = {}
+        for b in sorted({c.blog_id for c in changes} - set(blogs)):
+            if b not in live:
+                held[b] = "blog is not live (deleted, archived or spam)"
+            elif b in known:
+                held[b] = "blog is not usable: " + ("; ".join(known[b].problems) or "WooCommerce not active")
+            else:
+                held[b] = "blog is not served by syncd (not usable at the last discovery, or excluded)"
+        if held:
+            raise HeldBlogs(held)
 
     def _live_blogs_sql(self) -> str:
         return f"SELECT blog_id FROM {table(self.base, 'blogs')} WHERE deleted = 0 AND archived = 0 AND spam = 0"

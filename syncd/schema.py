@@ -38,6 +38,7 @@ def ensure_schema(conn: sa.Connection, base_prefix: str) -> int:
     for stmt in schema_statements(base_prefix):
         conn.exec_driver_sql(stmt)
     _widen_history_role(conn, base_prefix)
+    _upgrade_queue_tables(conn, base_prefix)
     set_meta(conn, base_prefix, "schema_version", str(SCHEMA_VERSION))
     conn.commit()
     return SCHEMA_VERSION
@@ -71,6 +72,35 @@ def _widen_history_role(conn: sa.Connection, base_prefix: str) -> None:
     ).scalar_one_or_none()
     if width is not None and int(width) < 16:
         conn.exec_driver_sql(f"ALTER TABLE {table(base_prefix, 'syncd_history')} MODIFY `role` VARCHAR(16) NOT NULL")
+
+
+def _upgrade_queue_tables(conn: sa.Connection, base_prefix: str) -> None:
+    """Tables created before syncd.queue: the change table's statement index and the dead letters'
+    error class and errno. Idempotent (MySQL has no ADD ... IF NOT EXISTS): each is added once."""
+    has_stmt = conn.execute(
+        sa.text(
+            "SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() "
+            "AND TABLE_NAME = :t AND INDEX_NAME = 'stmt'"
+        ),
+        {"t": base_prefix + "syncd_change"},
+    ).scalar_one()
+    if not has_stmt:
+        conn.exec_driver_sql(
+            f"ALTER TABLE {table(base_prefix, 'syncd_change')} ADD KEY `stmt` (`conn_id`, `captured_at`)"
+        )
+    has_class = conn.execute(
+        sa.text(
+            "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+            "AND TABLE_NAME = :t AND COLUMN_NAME = 'error_class'"
+        ),
+        {"t": base_prefix + "syncd_dead"},
+    ).scalar_one()
+    if not has_class:
+        conn.exec_driver_sql(
+            f"ALTER TABLE {table(base_prefix, 'syncd_dead')} "
+            "ADD COLUMN `error_class` VARCHAR(32) NOT NULL DEFAULT 'permanent_error' AFTER `failed_at`, "
+            "ADD COLUMN `errno` INT NULL AFTER `error_class`"
+        )
 
 
 def drop_schema(conn: sa.Connection, base_prefix: str, *, keep_history: bool = False) -> list[str]:
