@@ -3,8 +3,10 @@
 In order, on the apply connection (whose session has ``@syncd_apply`` set, so nothing written
 here is captured again):
 
-1. delete exactly the batch's change rows (by id); if any is already gone, another applier
-   got there first and the batch is abandoned;
+1. delete exactly the batch's change rows (by id, :func:`syncd.queue.acknowledge_sql`); if any
+   is already gone, another applier got there first and the batch is abandoned; if a change's
+   origin blog is not usable now, :class:`~syncd.queue.HeldBlogs` abandons it too (the queue
+   keeps that blog's changes until it is usable);
 2. refresh the membership of products whose SKU or trash state changed;
 3. resolve the link groups of the changed products;
 4. lock and read, in canonical order (blog, then post id), the stock meta of every product
@@ -21,8 +23,8 @@ Statements that do not depend on each other's results share a round trip
 one): steps 1 + the live blogs + 3, step 4's closure reads and locking reads of every blog, the
 bulk stock writes of every blog, the derived reads and the derived writes of every blog.
 
-The caller commits. Any error that is not about one member (deadlock, lock wait timeout, lost
-connection) escapes, the caller rolls back, and nothing of the batch was applied: its change
+The caller commits. Any error that is not about one member (every transient or connection
+error, :data:`syncd.db.TRANSIENT` included: it never makes a member skipped) escapes, the caller rolls back, and nothing of the batch was applied: its change
 rows are still there to be retried.
 """
 

@@ -58,7 +58,9 @@ def dead(net: Any) -> list[tuple[Any, ...]]:
 
 
 @contextmanager
-def fault(net: Any, name: str, table: str, event: str, condition: str, errno: int, times: int) -> Iterator[Any]:
+def fault(
+    net: Any, name: str, table: str, event: str, condition: str, errno: int, times: int
+) -> Iterator[Any]:
     """A trigger of the test's own on ``table`` that fails the first ``times`` matching rows
     with ``errno``; the count left is in a MEMORY table (the rollback does not undo it)."""
     counter = f"{net.prefix}test_fault_{name}"
@@ -247,7 +249,9 @@ def test_path10_permanent_error_is_dead_lettered_and_retry_requeues_it(wp_networ
         with _stdout(out):
             assert cli.main(["--config", path, "dead-letters", "list", "--json"]) == 0
         listed = json.loads(out.getvalue())
-        assert [(x["blog_id"], x["errno"], x["error_class"]) for x in listed] == [(1, 1644, "permanent_error")]
+        assert [(x["blog_id"], x["errno"], x["error_class"]) for x in listed] == [
+            (1, 1644, "permanent_error")
+        ]
         with _stdout(io.StringIO()):
             assert cli.main(["--config", path, "dead-letters", "retry"]) == 2  # IDs or --all
             assert cli.main(["--config", path, "dead-letters", "retry", str(listed[0]["id"])]) == 0
