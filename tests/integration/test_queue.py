@@ -28,6 +28,7 @@ from structlog.testing import capture_logs
 
 from syncd import cli, queue, reconcile, status
 from syncd.config import load_config
+from syncd.testnet import wordpress
 from tests.integration.daemon_process import members, pending, quantities, write_config
 from tests.integration.sync_helpers import make_daemon, qty, woo_decrease
 
@@ -191,6 +192,33 @@ def test_path5_change_on_an_archived_blog_is_held_then_applied(wp_network, tmp_p
         d.close()
 
 
+def test_path5_changes_of_a_blog_deleted_for_good_are_dead_lettered_with_the_reason(wp_network):
+    """A blog deleted for good (tables dropped, blogs row removed, as wpmu_delete_blog does) after
+    its change was captured: nothing to hold it for; the change goes to the dead letters, with
+    class origin_blog_gone, not silently away."""
+    net = wp_network
+    ids = members(net, "TSHIRT-RED")
+    d = make_daemon(net)
+    try:
+        d.apply_pending()
+        with net.engine.connect() as c:
+            c.exec_driver_sql(f"UPDATE {net.prefix}blogs SET archived = 1 WHERE blog_id = 3")
+            c.commit()
+        woo_decrease(net, 3, ids[3], 2)
+        assert d.apply_pending() == 0 and pending(net) == 1
+        with net.engine.connect() as c:
+            wordpress.drop_blog_tables(c, net.prefix, 3)
+            c.commit()
+        with capture_logs() as logs:
+            d.discover()
+        assert pending(net) == 0
+        assert [(r[1], r[2], r[4]) for r in dead(net)] == [(3, ids[3], "origin_blog_gone")]
+        assert [e["blog"] for e in logs if e["event"] == "changes_dead_lettered"] == [3]
+        assert quantities(net, "TSHIRT-RED", {1: ids[1], 2: ids[2]}) == {1: 10, 2: 10}
+    finally:
+        d.close()
+
+
 # =========================================================================== path 10
 TRANSIENT_FAULTS = [
     pytest.param("postmeta", 1969, id="statement-timeout-on-a-target-write"),
@@ -292,3 +320,46 @@ def _stdout(buf: io.StringIO) -> Iterator[None]:
 
     with contextlib.redirect_stdout(buf):
         yield
+
+
+def test_retry_dead_requeues_the_whole_statement_under_its_ids(wp_network):
+    """A dead-lettered fan-out (two rows, one statement) retried by one of its ids goes back whole,
+    with its own ids (capture order kept); a dead letter whose id the queue holds meanwhile for
+    another change goes back under a new id."""
+    net = wp_network
+    d = make_daemon(net, blogs=SHARED)
+    try:
+        d.apply_pending()
+        fan_out(net, 2, [BOOK[(2, "en")], BOOK[(2, "fr")]], 2)
+        with net.engine.connect() as c:
+            rows = queue.fetch(c, net.prefix, 10)
+            assert len(rows) == 2
+            assert queue.dead_letter(c, net.prefix, rows, queue.DEAD_ERROR, "test") == 2
+            c.commit()
+            assert pending(net) == 0
+            assert queue.retry_dead(c, net.prefix, [rows[0].id]) == sorted(r.id for r in rows)
+            c.commit()
+            back = queue.fetch(c, net.prefix, 10)
+            c.rollback()
+        assert [r.id for r in back] == [r.id for r in rows] and dead(net) == []
+        d.apply_pending()
+        assert books(net) == {(2, "en"): 5, (2, "fr"): 5, (3, "en"): 5, (3, "fr"): 5}
+        # An id taken meanwhile (an AUTO_INCREMENT reset by a restart of an old server).
+        fan_out(net, 2, [BOOK[(2, "en")]], 1)
+        with net.engine.connect() as c:
+            (sale,) = queue.fetch(c, net.prefix, 10)
+            queue.dead_letter(c, net.prefix, [sale], queue.DEAD_ERROR, "test")
+            c.exec_driver_sql(
+                f"INSERT INTO {net.prefix}syncd_change (id, blog_id, post_id, meta_key, op, old_value, new_value, "
+                f"captured_at, conn_id) VALUES ({sale.id}, 2, 999999, '_backorders', 'U', 'no', 'no', "
+                "UTC_TIMESTAMP(6), 1)"
+            )
+            c.commit()
+            assert queue.retry_dead(c, net.prefix, None) == [sale.id]
+            c.commit()
+            back = queue.fetch(c, net.prefix, 10)
+            c.rollback()
+        assert [(r.id == sale.id, r.post_id) for r in back] == [(True, 999999), (False, sale.post_id)]
+        assert dead(net) == []
+    finally:
+        d.close()
