@@ -153,6 +153,19 @@ def complete(conn: sa.Connection, base_prefix: str, changes: Sequence[Change]) -
     return sorted(have.values(), key=lambda c: c.id)
 
 
+def fetch_ids(conn: sa.Connection, base_prefix: str, ids: Collection[int]) -> list[Change]:
+    """These change rows (those still queued), in capture order."""
+    if not ids:
+        return []
+    return [
+        Change(*r)
+        for r in conn.exec_driver_sql(
+            f"SELECT {COLS} FROM {table(base_prefix, 'syncd_change')} WHERE id IN ({_marks(len(ids))}) ORDER BY id",
+            tuple(sorted(int(i) for i in ids)),
+        )
+    ]
+
+
 def pending_for(conn: sa.Connection, base_prefix: str, keys: Iterable[Key]) -> list[Change]:
     """Queued change rows of these products, completed to whole statement groups (capture order)."""
     by_blog: dict[int, set[int]] = {}

@@ -54,7 +54,16 @@ import sqlalchemy as sa
 import structlog
 
 from syncd import capture, poll, queue
-from syncd.apply import READ_KEYS, Applier, BatchConflict, HeldBlogs, MetaRow, ProductRows, new_batch_id
+from syncd.apply import (
+    READ_KEYS,
+    Applier,
+    BatchConflict,
+    BatchExtend,
+    HeldBlogs,
+    MetaRow,
+    ProductRows,
+    new_batch_id,
+)
 from syncd.audit import (
     EXIT_BAD_ARGUMENT,
     EXIT_DRIFT,
@@ -689,8 +698,9 @@ class Writer:
                 self.applier.poll_mode = bool(self._poll(conn))
                 self.applier.apply(conn, changes)
                 conn.commit()
-            except (BatchConflict, HeldBlogs):
-                # Someone else applied them, or their blog is not usable now (the daemon holds them).
+            except (BatchConflict, HeldBlogs, BatchExtend):
+                # Someone else applied them, their blog is not usable now (the daemon holds them),
+                # or more changes of them arrived: the chunk looks again (PENDING_ROUNDS).
                 _safe_rollback(conn)
                 return
             except Exception as exc:
