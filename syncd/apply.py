@@ -180,7 +180,7 @@ class Applier:
         step_hook: Callable[[str], None] | None = None,
     ) -> None:
         self.base = base_prefix
-        #: Called with a step's name just before it runs ('lock', 'settle_lock'): tests make races
+        #: Called with a step's name just before it runs ('lock', 'locked', 'settle_lock'): tests make races
         #: deterministic with it (a shop write between the fetch and the lock step).
         self._step_hook = step_hook
         self.settle_seconds = settle_seconds
@@ -299,6 +299,7 @@ class Applier:
                 blogs = {b: v for b, v in blogs.items() if b != blog_id}
                 unreadable[blog_id] = f"blog {blog_id} is unreadable (errno {errno_of(exc)})"
 
+        self.step("locked")  # every stock row of the batch is locked; nothing written yet
         sharing_origins = [c.key for c in changes if c.meta_key == STOCK and c.key in translations]
         expected = fanout.expected(conn, self.base, sharing_origins) if sharing_origins else []
         plan = plan_batch(

@@ -34,7 +34,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from syncd.db import table
+from syncd.db import errno_of, table
 from syncd.plan import Key
 
 JOIN = "join"
@@ -177,10 +177,16 @@ def postpone(conn: sa.Connection, base_prefix: str, item: Settling, reason: str,
 
 
 def counts(conn: sa.Connection, base_prefix: str) -> dict[str, int]:
-    """kind -> how many products are settling (for `syncd status`)."""
-    rows = conn.exec_driver_sql(
-        f"SELECT kind, COUNT(*) FROM {table(base_prefix, 'syncd_settle')} GROUP BY kind"
-    ).all()
+    """kind -> how many products are settling (for `syncd status`; {} before schema 3)."""
+    try:
+        with conn.begin_nested():
+            rows = conn.exec_driver_sql(
+                f"SELECT kind, COUNT(*) FROM {table(base_prefix, 'syncd_settle')} GROUP BY kind"
+            ).all()
+    except sa.exc.DBAPIError as exc:
+        if errno_of(exc) != 1146:  # an installation not upgraded yet: nothing is settling
+            raise
+        return {}
     return {str(k): int(n) for k, n in rows}
 
 

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 import sqlalchemy as sa
 
-from syncd import capture, queue, schema
+from syncd import capture, queue, schema, settle
 from syncd.daemon import lock_name
 from syncd.db import table
 
@@ -69,6 +69,10 @@ def collect(
     out["connection"] = _connection(conn, daemon, holder)
     network = discover(conn, base_prefix)
     _queue_state(conn, base_prefix, network, selects, out)
+    settling = settle.counts(conn, base_prefix)
+    # Products joining their group once WooCommerce has finished writing them, and members whose
+    # copy is finished once they settle (syncd.settle): normally a few, for a few seconds.
+    out["settling"] = {"joining": settling.get(settle.JOIN, 0), "healing": settling.get(settle.HEAL, 0)}
     last = conn.execute(
         sa.text(f"SELECT MAX(applied_at) FROM {table(base_prefix, 'syncd_history')}")
     ).scalar_one()
@@ -235,6 +239,8 @@ def render(report: dict[str, Any], out: TextIO) -> None:
         )
     by_class = ", ".join(f"{k} {v}" for k, v in sorted((report.get("dead_letters_by_class") or {}).items()))
     print(f"dead letters  {report['dead_letters']}{f' ({by_class})' if by_class else ''}", file=out)
+    st = report.get("settling") or {}
+    print(f"settling      {st.get('joining', 0)} joining, {st.get('healing', 0)} healing", file=out)
     print(f"last applied  {report['last_applied_at'] or '-'}", file=out)
     print("blogs", file=out)
     for blog in report["blogs"]:

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from syncd.testnet.factory import ProductFactory, Variation
 from tests.integration.sync_helpers import ids, make_daemon, meta, pending, qty, set_meta, woo_decrease
+from tests.integration.test_audit_reconcile import audit
 from tests.integration.trace_replay import Replay, load, windows
 
 WATCHED = ("_stock", "_manage_stock", "_backorders", "_low_stock_amount", "_stock_status", "_sku")
@@ -215,6 +216,15 @@ def test_product_with_duplicate_stock_rows_is_skipped_and_never_counted_twice(wp
         assert notes and all("duplicate _stock" in n for n in notes)
     finally:
         d.close()
+    with net.engine.connect() as c:  # a duplicate register row: audit names it as unsafe too
+        c.exec_driver_sql(
+            f"INSERT INTO {net.table(3, 'postmeta')} (post_id, meta_key, meta_value) VALUES ({mug[3]}, '_backorders', 'no')"
+        )
+        c.commit()
+    report = audit(net)
+    unsafe = {(u["blog"], u["post"], u["reason"]) for u in report.unsafe}
+    assert (2, mug[2], "_stock has 2 _stock rows") in unsafe
+    assert (3, mug[3], "has 2 _backorders rows (duplicate meta rows)") in unsafe
 
 
 # -- path 3: an importer's delete + re-add of _stock --------------------------------------------

@@ -59,22 +59,28 @@ def windows(trace: dict[str, Any], watched_only: bool = True) -> list[tuple[str,
     return out
 
 
-def new_post_ids(trace: dict[str, Any]) -> dict[str, int]:
-    """Per posts table, the id the trace's first INSERT into it got (read back by WordPress with
-    ``SELECT * FROM T WHERE ID = N`` right after): the recording's AUTO_INCREMENT, which a cloned
-    test database does not keep (it restarts after the highest id)."""
-    out: dict[str, int] = {}
+def new_post_ids(trace: dict[str, Any]) -> dict[int, int]:
+    """Statement index -> the id WordPress's INSERT into a posts table got in the recording (read
+    back with ``SELECT * FROM T WHERE ID = N`` right after it)."""
+    out: dict[int, int] = {}
     sts = trace["statements"]
     for i, st in enumerate(sts):
         m = re.match(r"INSERT INTO `?(\w*posts)`? ", st["sql"])
-        if m is None or m.group(1) in out:
+        if m is None:
             continue
         for later in sts[i + 1 : i + 6]:
             found = re.search(rf"FROM {m.group(1)} WHERE ID = (\d+)", later["sql"])
             if found:
-                out[m.group(1)] = int(found.group(1))
+                out[i] = int(found.group(1))
                 break
     return out
+
+
+def with_post_id(sql: str, post_id: int) -> str:
+    """The INSERT with its ID given: the test database's AUTO_INCREMENT is not the recording's."""
+    head, _, rest = sql.partition("(")
+    values_at = rest.index("VALUES (") + len("VALUES (")
+    return f"{head}(`ID`, {rest[:values_at]}{int(post_id)}, {rest[values_at:]}"
 
 
 class Replay:
@@ -85,18 +91,28 @@ class Replay:
         self.todo = statements(self.trace)
         self._net = net
         self._conns: dict[int, Any] = {}
-        with net.engine.connect() as c:  # new posts get the ids the trace's later statements use
-            for posts, first_id in new_post_ids(self.trace).items():
-                top = c.exec_driver_sql(f"SELECT COALESCE(MAX(ID), 0) FROM `{posts}`").scalar_one()
-                assert top < first_id, f"{posts} already holds id {first_id}: the trace would write into it"
-                c.exec_driver_sql(f"ALTER TABLE `{posts}` AUTO_INCREMENT = {int(first_id)}")
+        ids = new_post_ids(self.trace)  # new posts get the ids the trace's later statements use
+        self.todo = [Statement(s.index, s.conn, s.kind, with_post_id(s.sql, ids[s.index])) if s.index in ids else s for s in self.todo]
 
     def _conn(self, n: int) -> Any:
         if n not in self._conns:
             raw = self._net.engine.raw_connection()
             raw.driver_connection.autocommit(True)
+            cur = raw.cursor()  # a PHP request's session: the server's defaults, not the test engine's
+            cur.execute("SET SESSION innodb_lock_wait_timeout = @@GLOBAL.innodb_lock_wait_timeout")
+            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # the server default
+            cur.close()
             self._conns[n] = raw
         return self._conns[n]
+
+    def connection_id(self, n: int) -> int:
+        """The server's CONNECTION_ID() of recorded connection ``n`` (opened if needed)."""
+        cur = self._conn(n).cursor()
+        try:
+            cur.execute("SELECT CONNECTION_ID()")
+            return int(cur.fetchone()[0])
+        finally:
+            cur.close()
 
     def run(self, until: int | None = None, between: Callable[[Statement], None] | None = None) -> None:
         """Send the statements with index <= ``until`` (all when None) not sent yet; call
