@@ -3,8 +3,10 @@
 In order, on the apply connection (whose session has ``@syncd_apply`` set, so nothing written
 here is captured again):
 
-1. delete exactly the batch's change rows (by id); if any is already gone, another applier
-   got there first and the batch is abandoned;
+1. delete exactly the batch's change rows (by id, :func:`syncd.queue.acknowledge_sql`); if any
+   is already gone, another applier got there first and the batch is abandoned; if a change's
+   origin blog is not usable now, :class:`~syncd.queue.HeldBlogs` abandons it too (the queue
+   keeps that blog's changes until it is usable);
 2. refresh the membership of products whose SKU or trash state changed;
 3. resolve the link groups of the changed products;
 4. lock and read, in canonical order (blog, then post id), the stock meta of every product
@@ -21,8 +23,8 @@ Statements that do not depend on each other's results share a round trip
 one): steps 1 + the live blogs + 3, step 4's closure reads and locking reads of every blog, the
 bulk stock writes of every blog, the derived reads and the derived writes of every blog.
 
-The caller commits. Any error that is not about one member (deadlock, lock wait timeout, lost
-connection) escapes, the caller rolls back, and nothing of the batch was applied: its change
+The caller commits. Any error that is not about one member (every transient or connection
+error, :data:`syncd.db.TRANSIENT` included: it never makes a member skipped) escapes, the caller rolls back, and nothing of the batch was applied: its change
 rows are still there to be retried.
 """
 
@@ -65,6 +67,8 @@ from syncd.plan import (
     plan_batch,
     plan_join,
 )
+from syncd.queue import BatchConflict as BatchConflict  # re-exported: callers catch it from here
+from syncd.queue import HeldBlogs, acknowledge_sql, check_acknowledged
 
 log = structlog.get_logger("syncd.apply")
 
@@ -82,10 +86,6 @@ _LOCK_ONLY_ABOVE = 32
 _BULK_SAVEPOINT = "syncd_bulk_stock"
 
 RefreshFn = Callable[..., object]
-
-
-class BatchConflict(RuntimeError):
-    """Some change rows of the batch were already acknowledged by someone else."""
 
 
 class BatchExtend(RuntimeError):  # noqa: N818 - a request to the caller, not a failure
@@ -208,17 +208,20 @@ class Applier:
             return result
         self.forget_posts()
         # One round trip: acknowledge the change rows, which blogs are live, and the link groups
-        # of every changed product (those on blogs that are not live are dropped below).
+        # of every changed product (a change from a blog that is not usable abandons the batch:
+        # HeldBlogs; members on such blogs are left out below).
         ack, live, members = run_many(
             conn,
             [
-                self._acknowledge_sql(changes),
+                acknowledge_sql(self.base, changes),
                 (self._live_blogs_sql(), ()),
                 catalog.members_and_groups_sql(self.base, {c.key for c in changes}),
             ],
         )
-        self._check_acknowledged(changes, ack.rowcount)
-        blogs = self._usable({int(r[0]) for r in live.rows})
+        check_acknowledged(changes, ack.rowcount)
+        live_ids = {int(r[0]) for r in live.rows}
+        blogs = self._usable(live_ids)
+        self._hold_unusable_origins(changes, blogs, live_ids)
         now = datetime.now(UTC).replace(tzinfo=None)
 
         # Membership first: a product whose SKU changed, that was trashed, or that syncd has not
@@ -737,16 +740,23 @@ class Applier:
                     )
                 )
 
-    def _acknowledge_sql(self, changes: Sequence[Change]) -> tuple[str, list[int]]:
-        ids = sorted(c.id for c in changes)
-        return f"DELETE FROM {table(self.base, 'syncd_change')} WHERE id IN ({_marks(len(ids))})", ids
-
-    @staticmethod
-    def _check_acknowledged(changes: Sequence[Change], deleted: int) -> None:
-        if deleted != len(changes):
-            raise BatchConflict(
-                f"{len(changes) - deleted} of {len(changes)} change rows were already acknowledged"
-            )
+    def _hold_unusable_origins(
+        self, changes: Sequence[Change], blogs: Mapping[int, Blog], live: set[int]
+    ) -> None:
+        """A change whose origin blog is not usable right now is never acknowledged and dropped:
+        the batch is abandoned (rolled back by the caller) and the queue holds that blog's
+        changes until it is usable again (syncd.queue.HeldBlogs)."""
+        known = self._blogs()
+        held: dict[int, str] = {}
+        for b in sorted({c.blog_id for c in changes} - set(blogs)):
+            if b not in live:
+                held[b] = "blog is not live (deleted, archived or spam)"
+            elif b in known:
+                held[b] = "blog is not usable: " + ("; ".join(known[b].problems) or "WooCommerce not active")
+            else:
+                held[b] = "blog is not served by syncd (not usable at the last discovery, or excluded)"
+        if held:
+            raise HeldBlogs(held)
 
     def _live_blogs_sql(self) -> str:
         return f"SELECT blog_id FROM {table(self.base, 'blogs')} WHERE deleted = 0 AND archived = 0 AND spam = 0"

@@ -8,6 +8,7 @@ Exit status (all commands): 0 success; 1 fatal error (server unreachable, login 
 database, not a multisite network, unexpected error); 2 usage error or command not available;
 78 configuration missing or invalid (EX_CONFIG: systemd's RestartPreventExitStatus=78 stops a
 restart loop on a bad file). ``syncd check`` adds its own bits (4, 8, 16, 32): see syncd.check;
+``syncd dead-letters`` 16 (an ID that is not a dead letter): see syncd.dead_letters;
 audit, reconcile, sync, set-stock and history theirs (4 drift, 8 chunk skipped, 16 bad argument,
 32 left alone): see syncd.audit.
 """
@@ -162,6 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(
         sub,
+        "dead-letters",
+        "list, re-queue or discard the changes syncd could not apply",
+        "syncd dead-letters retry --all",
+        "Dead letters are captured changes that failed alone, twice, with an error that is not\n"
+        "transient, or whose blog no longer exists or is excluded. `retry` puts them back into the\n"
+        "queue (with the rest of their statement); `discard` deletes them for good. Exit status: 0\n"
+        "done, 1 fatal, 2 usage, 16 an ID that is not a dead letter.",
+    )
+    p.add_argument("action", choices=("list", "retry", "discard"), help="what to do")
+    p.add_argument("ids", nargs="*", type=int, metavar="ID", help="dead letter ids (change ids)")
+    p.add_argument("--all", action="store_true", help="with retry: every dead letter")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON document")
+    p.set_defaults(handler=cmd_dead_letters)
+
+    p = _command(
+        sub,
         "link",
         "link products manually (overrides SKU matching; works without SKUs)",
         "syncd link 1:11 2:24 3:15",
@@ -311,6 +328,10 @@ def cmd_uninstall(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
     return _call("syncd.status", "main", config, args)
+
+
+def cmd_dead_letters(args: argparse.Namespace, config: Config) -> int:
+    return _call("syncd.dead_letters", "main", config, args)
 
 
 def cmd_link(args: argparse.Namespace, config: Config) -> int:

@@ -53,8 +53,17 @@ from typing import Any, TextIO
 import sqlalchemy as sa
 import structlog
 
-from syncd import capture, poll
-from syncd.apply import READ_KEYS, Applier, BatchConflict, MetaRow, ProductRows, new_batch_id
+from syncd import capture, poll, queue
+from syncd.apply import (
+    READ_KEYS,
+    Applier,
+    BatchConflict,
+    BatchExtend,
+    HeldBlogs,
+    MetaRow,
+    ProductRows,
+    new_batch_id,
+)
 from syncd.audit import (
     EXIT_BAD_ARGUMENT,
     EXIT_DRIFT,
@@ -689,7 +698,9 @@ class Writer:
                 self.applier.poll_mode = bool(self._poll(conn))
                 self.applier.apply(conn, changes)
                 conn.commit()
-            except BatchConflict:
+            except (BatchConflict, HeldBlogs, BatchExtend):
+                # Someone else applied them, their blog is not usable now (the daemon holds them),
+                # or more changes of them arrived: the chunk looks again (PENDING_ROUNDS).
                 _safe_rollback(conn)
                 return
             except Exception as exc:
@@ -704,28 +715,9 @@ class Writer:
         self.outcome.pending_applied += len(changes)
 
     def _pending(self, conn: sa.Connection, keys: Iterable[Key]) -> list[Change]:
-        """Committed, not yet applied change rows of these products (capture order)."""
-        by_blog: dict[int, list[int]] = {}
-        for b, p in keys:
-            by_blog.setdefault(b, []).append(p)
-        if not by_blog:
-            return []
-        parts, params = [], {}
-        for i, (b, posts) in enumerate(sorted(by_blog.items())):
-            names = []
-            for j, p in enumerate(sorted(posts)):
-                params[f"p{i}_{j}"] = p
-                names.append(f":p{i}_{j}")
-            params[f"b{i}"] = b
-            parts.append(f"(blog_id = :b{i} AND post_id IN ({', '.join(names)}))")
-        rows = conn.execute(
-            sa.text(
-                f"SELECT id, blog_id, post_id, meta_key, op, old_value, new_value, captured_at, conn_id "
-                f"FROM {table(self.base, 'syncd_change')} WHERE {' OR '.join(parts)} ORDER BY id"
-            ),
-            params,
-        )
-        return [Change(*r) for r in rows]
+        """Committed, not yet applied change rows of these products, with the rest of their
+        statements (a translation fan-out is applied whole, never split: syncd.queue)."""
+        return queue.pending_for(conn, self.base, keys)
 
     def _poll(self, conn: sa.Connection) -> set[int]:
         """Blogs captured by polling (no triggers, a poll baseline taken): writes there must keep
