@@ -451,12 +451,15 @@ def plan_batch(
             w.stock = w.stock or StockOp()
             w.stock.delta += fix
 
+    own_rename = {c.key: c.id for c in rename_events}  # each member's last rename in this batch
     for c in rename_events:
         new_sku = (c.new_value or "").strip()
         carried = False
         for m in groups.get(c.key, ()):
             if m.key == c.key or m.state != "linked" or m.blog_id not in live or m.key in joins:
                 continue
+            if own_rename.get(m.key, -1) > c.id:
+                continue  # its own later rename wins (last captured change, as for registers)
             clash = sku_conflicts.get((c.id, m.key))
             if clash is not None:
                 notes.append(

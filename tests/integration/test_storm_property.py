@@ -150,8 +150,10 @@ class Shop:
         settle step takes them (blog, post): the first of the group keeps its own value (creation
         stock + its own sales), each later one brings its own sales to the group."""
         still = settling(self.net)
+        with self.net.engine.connect() as c:  # not applied yet: not settling yet either
+            queued = set(c.exec_driver_sql(f"SELECT DISTINCT blog_id, post_id FROM {self.net.prefix}syncd_change").all())
         for b in sorted(self.model.new_own):
-            if (b, self.model.new[b]) in still:
+            if (b, self.model.new[b]) in still or (b, self.model.new[b]) in queued:
                 continue
             own = self.model.new_own.pop(b)
             if self.model.new_quantity is None:
