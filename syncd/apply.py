@@ -63,6 +63,7 @@ from syncd.plan import (
     parse_quantity,
     plan_batch,
 )
+from syncd.woo import manages_stock
 
 log = structlog.get_logger("syncd.apply")
 
@@ -690,7 +691,7 @@ class Applier:
                     pending.append(
                         HistoryRow(origin, "copy", w.blog_id, w.post_id, w.sku, key, old, value, None)
                     )
-            if w.status_register is not None and rows.value(MANAGE) != "yes":
+            if w.status_register is not None and not manages_stock(rows.value(MANAGE)):
                 old = rows.value(STATUS)
                 if self._set_meta(conn, blog, w.post_id, rows, STATUS, w.status_register):
                     pending.append(

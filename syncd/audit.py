@@ -66,6 +66,7 @@ from syncd.network import Blog
 from syncd.plan import BACKORDERS, LOW_STOCK, MANAGE, STATUS, STOCK, Key, StockValueError, parse_quantity
 from syncd.progress import Progress, dump_json
 from syncd.progress import table as print_table
+from syncd.woo import manages_stock
 
 log = structlog.get_logger("syncd.audit")
 
@@ -138,7 +139,7 @@ class MemberValues:
 
     @property
     def manages(self) -> bool:
-        return self.value(MANAGE) == "yes"
+        return manages_stock(self.value(MANAGE))
 
     @property
     def manual_status(self) -> bool:
@@ -274,7 +275,9 @@ def derived_flag_sql() -> str:
         "OR (l.product_id IS NOT NULL AND NOT (l.stock_status <=> pm.meta_value)) "
         "OR (:oos > 0 AND (pm.meta_value = 'outofstock') <> (tr.object_id IS NOT NULL)) "
         f"WHEN '{STOCK}' THEN l.stock_quantity IS NOT NULL AND l.stock_quantity <> {q} "
-        f"WHEN '{MANAGE}' THEN l.product_id IS NOT NULL AND (pm.meta_value = 'yes') <> (l.stock_quantity IS NOT NULL) "
+        # get_data_for_lookup_table(): stock_quantity is set only for exactly 'yes' (not 'Yes').
+        f"WHEN '{MANAGE}' THEN l.product_id IS NOT NULL "
+        "AND (BINARY pm.meta_value = 'yes') <> (l.stock_quantity IS NOT NULL) "
         f"WHEN '{BACKORDERS}' THEN l.stock_quantity IS NOT NULL AND l.stock_status <> {rule} "
         "ELSE 0 END"
     )
@@ -436,7 +439,7 @@ def read_values(conn: sa.Connection, scope: Scope, groups: Iterable[GroupState])
         for m in members:
             m.meta = meta.get(m.post_id, {})
             if m.parent_id:
-                m.parent_manages = (meta.get(m.parent_id, {}).get(MANAGE) or [None])[0] == "yes"
+                m.parent_manages = manages_stock((meta.get(m.parent_id, {}).get(MANAGE) or [None])[0])
 
 
 def read_meta(

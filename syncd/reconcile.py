@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, TextIO
 
 import sqlalchemy as sa
@@ -96,6 +96,7 @@ from syncd.plan import (
 from syncd.progress import Progress, dump_json
 from syncd.progress import table as print_table
 from syncd.schema import get_meta, schema_present
+from syncd.woo import manages_stock
 
 log = structlog.get_logger("syncd.reconcile")
 
@@ -216,7 +217,7 @@ def plan_group(
                     FieldWrite(m.key, m.sku, STOCK, m.value(STOCK), format_quantity(target_qty))
                 )
         manual_after = (
-            target_manage != "yes"
+            not manages_stock(target_manage)
             and m.product_type != "variable"
             and not (m.post_type == "product_variation" and m.parent_manages)
         )
@@ -231,13 +232,13 @@ def _blank(v: str | None) -> str | None:
 
 
 def parse_qty(text: str) -> Decimal:
-    """A quantity argument: a finite number ('12', '-3', '2.5')."""
+    """A quantity argument, read by the one quantity parser (:func:`syncd.woo.parse_stock`): what
+    may be written is what syncd itself accepts as a stored quantity ('12', '-3', '2.5')."""
     try:
-        value = Decimal(text.strip())
-    except (InvalidOperation, ValueError):
-        raise ValueError(f"QTY must be a number, got {text!r}") from None
-    if not value.is_finite():
-        raise ValueError(f"QTY must be a finite number, got {text!r}")
+        value = parse_quantity(text)
+    except StockValueError as exc:
+        raise ValueError(f"QTY must be a number, got {text!r}") from exc
+    assert value is not None  # a str is never SQL NULL
     return value
 
 
@@ -755,7 +756,7 @@ class Writer:
         for blog_id, ids in parents.items():
             meta = read_meta(conn, self.scope.blogs[blog_id], sorted(ids), (MANAGE,))
             for pid in ids:
-                manages[(blog_id, pid)] = (meta.get(pid, {}).get(MANAGE) or [None])[0] == "yes"
+                manages[(blog_id, pid)] = manages_stock((meta.get(pid, {}).get(MANAGE) or [None])[0])
         for m in members:
             if m.parent_id:
                 m.parent_manages = manages.get((m.blog_id, m.parent_id), False)
