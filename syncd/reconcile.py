@@ -53,8 +53,8 @@ from typing import Any, TextIO
 import sqlalchemy as sa
 import structlog
 
-from syncd import capture, poll
-from syncd.apply import READ_KEYS, Applier, BatchConflict, MetaRow, ProductRows, new_batch_id
+from syncd import capture
+from syncd.apply import Applier, BatchConflict, MetaRow, ProductRows, new_batch_id
 from syncd.audit import (
     EXIT_BAD_ARGUMENT,
     EXIT_DRIFT,
@@ -554,9 +554,8 @@ class Writer:
                     if o.attributes_written:
                         what.append("attribute lookup in_stock")
                     staged["healed"].append({"blog": blog_id, "post": pid, "what": "; ".join(what)})
-        poll_blogs = self._poll(conn)
-        for blog_id in sorted(poll_blogs & set(touched)):
-            poll.resync_snapshot(conn, self.base, self.scope.blogs[blog_id], touched[blog_id], READ_KEYS)
+        # Poll mode: the snapshot takes exactly what this chunk wrote (syncd.poll).
+        self.applier.poll_advance(conn, self._poll(conn))
         self._write_history(conn, history)
         return staged
 
@@ -663,22 +662,16 @@ class Writer:
             # (blog by blog, ascending post id, one scan each), one round trip per phase.
             rows.update(self.applier._lock_and_read_blogs(conn, jobs))
             return groups, rows
+        queued = 0
         for blog, ids in jobs:
-            blog_id = blog.blog_id
-            locked = self.applier._lock_and_read(conn, blog, ids)
-            rows.update(locked)
-            if blog_id in poll_blogs:
-                poll.capture_unseen(
-                    conn,
-                    self.base,
-                    blog,
-                    [
-                        (m.meta_id, k[1], key, m.value)
-                        for k, r in locked.items()
-                        for key, ms in r.meta.items()
-                        for m in ms
-                    ],
-                )
+            rows.update(self.applier._lock_and_read(conn, blog, ids))
+            if blog.blog_id in poll_blogs:
+                queued += self.applier.poll_capture(conn, blog)
+        if queued:
+            # Shop writes the poller had not seen yet, now change rows: commit them (nothing was
+            # written yet) and apply them first, as for any pending change (run_chunk).
+            conn.commit()
+            raise PendingChanges(self._pending(conn, rows.keys()))
         return groups, rows
 
     def _apply_pending(self, changes: Sequence[Change]) -> None:
