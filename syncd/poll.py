@@ -151,7 +151,9 @@ def advance_snapshot(conn: sa.Connection, base_prefix: str, seen: Seen, committe
     moved = 0
     for meta_id, old, new in _diff(seen.rows, mine):
         if not _move(conn, base_prefix, seen.blog, meta_id, old, new):
-            raise SnapshotConflict(f"blog {seen.blog.blog_id}: snapshot row {meta_id} moved under syncd's write")
+            raise SnapshotConflict(
+                f"blog {seen.blog.blog_id}: snapshot row {meta_id} moved under syncd's write"
+            )
         moved += 1
     return moved
 

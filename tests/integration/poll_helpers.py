@@ -40,7 +40,9 @@ def queued_work(net: Any, capture: str) -> int:
     return pending(net) + (snapshot_lag(net) if capture == "poll" else 0)
 
 
-def wait_quiet(net: Any, capture: str, timeout: float = 60.0, alive: Callable[[], bool] | None = None) -> None:
+def wait_quiet(
+    net: Any, capture: str, timeout: float = 60.0, alive: Callable[[], bool] | None = None
+) -> None:
     """Until nothing is queued; in poll mode also until the snapshot equals postmeta, which after
     quiescence it must (everything polled, syncd's own writes advanced, nothing echoed)."""
     deadline = time.monotonic() + timeout

@@ -122,6 +122,8 @@ def test_quantity_parser_agrees_with_the_servers_arithmetic(wp_network):
                 assert abs(mine) <= Decimal(10) ** 15
             else:
                 # Refused: the server would have made something up, or lost exactness.
-                assert warned or abs(server) > 1e15 or text.strip() == "", f"{text!r} refused, server reads {server}"
+                assert warned or abs(server) > 1e15 or text.strip() == "", (
+                    f"{text!r} refused, server reads {server}"
+                )
         # The derived step, audit and reconcile use the very same function.
         assert woo.parse_stock is parse_quantity
