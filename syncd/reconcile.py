@@ -70,6 +70,7 @@ from syncd.audit import (
     MemberValues,
     Report,
     Scope,
+    close_components,
     compare_group,
     read_members,
     read_meta,
@@ -645,7 +646,8 @@ class Writer:
         """Membership of the groups, then every member's (and healed product's) stock meta locked,
         blog by blog in ascending post id order."""
         self.applier.forget_posts()  # this chunk's transaction: its own lock step
-        groups = read_members(conn, self.scope, ranges)
+        # A translation component (shared stock) is one unit, as for the daemon (audit.close_components).
+        groups = close_components(conn, self.scope, read_members(conn, self.scope, ranges))
         by_blog: dict[int, set[int]] = {b: set(p) for b, p in heal.items()}
         for g in groups.values():
             for m in g.members:
