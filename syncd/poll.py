@@ -122,9 +122,11 @@ def capture_unseen(conn: sa.Connection, base_prefix: str, blog: Blog, posts: Ite
     :class:`SnapshotConflict` when another poller got there first (the caller rolls back).
     """
     ids = tuple(sorted(set(posts)))
+    if not ids or get_meta(conn, base_prefix, f"poll_baseline:{blog.blog_id}") is None:
+        # No baseline yet (a blog discovered since the last poll): its first poll takes the
+        # snapshot as it is then, syncd's writes included; there is nothing to compare with now.
+        return Seen(blog, ())
     seen = Seen(blog, ids)
-    if not ids:
-        return seen
     seen.rows = _watched_rows(conn, blog, ids, lock=True)
     before = _snapshot_rows(conn, base_prefix, blog, ids)
     diffs = _diff(before, seen.rows)
