@@ -36,8 +36,14 @@ def snapshot_lag(net: Any) -> int:
 
 
 def queued_work(net: Any, capture: str) -> int:
-    """Change rows pending, plus (poll mode) shop writes not polled yet."""
-    return pending(net) + (snapshot_lag(net) if capture == "poll" else 0)
+    """Change rows pending, plus (poll mode) shop writes not polled yet.
+
+    The lag is read first: a poll that commits between the two reads moves differences from the
+    lag into pending rows, so reading pending first could see neither (0 + 0, not quiet). Read in
+    this order, a lag of 0 means every write was captured by a committed transaction before the
+    pending read (an uncommitted poll or apply keeps the committed snapshot behind)."""
+    lag = snapshot_lag(net) if capture == "poll" else 0
+    return lag + pending(net)
 
 
 def wait_quiet(
