@@ -256,8 +256,8 @@ class Applier:
                 if self.poll_mode:
                     self.poll_capture(conn, blogs[blog_id])
             except Exception as exc:  # noqa: BLE001 - one broken blog must not stop the others
-                if is_retryable(exc):
-                    raise
+                if is_retryable(exc) or isinstance(exc, BatchConflict):
+                    raise  # a conflict (poll mode: another poller got there first) is not a broken blog
                 log.error("blog_unreadable", blog=blog_id, error=str(exc), errno=errno_of(exc))
                 blogs = {b: v for b, v in blogs.items() if b != blog_id}
                 unreadable[blog_id] = f"blog {blog_id} is unreadable (errno {errno_of(exc)})"

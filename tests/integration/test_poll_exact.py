@@ -92,3 +92,39 @@ def test_two_pollers_never_queue_one_difference_twice(wp_network):
         assert [qty(net, b, mug[b]) for b in (1, 2, 3)] == [start - 2] * 3
     finally:
         d.close()
+
+
+def test_a_poller_racing_the_apply_lock_step_makes_the_batch_look_again(wp_network):
+    """Another poller (a demoted leader, reconcile) has queued blog 2's sale but not committed;
+    the daemon's apply transaction, at its lock step, finds the same unseen sale and waits on
+    that poller's snapshot row. When it commits, the apply must roll back and look again (the
+    sale queued once, blog 2 still written) - not count it twice, not skip blog 2."""
+    net = wp_network
+    mug = ids(net, "MUG")
+    d = make_daemon(net, capture=POLL)
+    try:
+        d.poll()  # baselines
+        start = qty(net, 1, mug[1])
+        woo_decrease(net, 1, mug[1], 1)
+        assert d.poll() == 1  # blog 1's sale queued and committed
+        woo_decrease(net, 2, mug[2], 2)  # not polled by the daemon yet
+        with net.engine.connect() as other:
+            assert poll_blog(other, net.prefix, d.blogs()[2]) == 1
+            t = threading.Thread(target=d.apply_pending)
+            t.start()
+            wait_until(
+                lambda: lock_waits(net) == 1, 10, "the apply step to wait for the other poller", poll=0.15
+            )
+            other.commit()
+            t.join(30)
+            assert not t.is_alive()
+        d.apply_pending()
+        assert [qty(net, b, mug[b]) for b in (1, 2, 3)] == [start - 3] * 3
+        assert d.poll() == 0 and pending(net) == 0 and snapshot_lag(net) == 0
+        with net.engine.connect() as c:
+            skipped = c.exec_driver_sql(
+                f"SELECT COUNT(*) FROM {net.prefix}syncd_history WHERE role = 'skipped'"
+            )
+            assert skipped.scalar_one() == 0
+    finally:
+        d.close()
