@@ -128,3 +128,26 @@ def test_a_poller_racing_the_apply_lock_step_makes_the_batch_look_again(wp_netwo
             assert skipped.scalar_one() == 0
     finally:
         d.close()
+
+
+def test_reconcile_in_poll_mode_applies_an_unseen_sale_first(wp_network):
+    """Poll mode, a sale on blog 2 the poller has not seen yet, then `syncd --reconcile`: its lock
+    step queues the sale (the snapshot moves with it), commits it, applies it as the daemon
+    would, and finds nothing left to write. Before the fix the queued rows were rolled back with
+    the chunk, applying them conflicted, and the chunk was skipped after every round."""
+    from tests.integration.test_audit_reconcile import run_reconcile
+
+    net = wp_network
+    mug = ids(net, "MUG")
+    d = make_daemon(net, capture=POLL)
+    try:
+        d.poll()  # baselines; the daemon applies nothing below
+        start = qty(net, 1, mug[1])
+        woo_decrease(net, 2, mug[2], 2)
+        found, done = run_reconcile(net, capture=POLL)
+        assert done.counts["skipped_chunks"] == 0, done
+        assert done.pending_applied == 1
+        assert [qty(net, b, mug[b]) for b in (1, 2, 3)] == [start - 2] * 3  # the sale, not reverted
+        assert pending(net) == 0 and snapshot_lag(net) == 0
+    finally:
+        d.close()
