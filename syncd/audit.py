@@ -433,7 +433,9 @@ def read_members(
     return groups
 
 
-def close_components(conn: sa.Connection, scope: Scope, groups: dict[int, GroupState]) -> dict[int, GroupState]:
+def close_components(
+    conn: sa.Connection, scope: Scope, groups: dict[int, GroupState]
+) -> dict[int, GroupState]:
     """``groups`` extended by every link group reachable through shared translations (on the
     scope's sharing blogs), and each component merged into one GroupState, as the daemon's
     planner walks it (a few rounds: links and translations form small components)."""
@@ -767,7 +769,9 @@ class Auditor:
         out: list[int] = []
         with self.engine.connect() as conn:
             for blog_id in sorted(self.scope.sharing):
-                sql = drift_candidates_sql(self.scope.base, self.scope.blogs[blog_id].prefix, normalised_value_sql())
+                sql = drift_candidates_sql(
+                    self.scope.base, self.scope.blogs[blog_id].prefix, normalised_value_sql()
+                )
                 out += [int(r[0]) for r in conn.execute(sa.text(sql), {"b": blog_id}) if r[0] is not None]
             conn.rollback()
         return out
