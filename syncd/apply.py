@@ -69,6 +69,7 @@ from syncd.plan import (
 )
 from syncd.queue import BatchConflict as BatchConflict  # re-exported: callers catch it from here
 from syncd.queue import HeldBlogs, acknowledge_sql, check_acknowledged
+from syncd.woo import manages_stock
 
 log = structlog.get_logger("syncd.apply")
 
@@ -196,6 +197,8 @@ class Applier:
         #: Per blog, this batch's locked product ids and the posts rows read with them (the lock
         #: step's closure), handed to the derived step so that it does not read them again.
         self._posts: dict[int, tuple[frozenset[int], dict[int, derived.PostRow]]] = {}
+        #: Poll mode: per blog, the watched rows this transaction's lock step holds (syncd.poll).
+        self._poll_seen: dict[int, poll.Seen] = {}
 
     # -- the transaction -------------------------------------------------------------------
 
@@ -281,20 +284,10 @@ class Applier:
                 locked = self._lock_and_read(conn, blogs[blog_id], posts)
                 rows.update(locked)
                 if self.poll_mode:
-                    poll.capture_unseen(
-                        conn,
-                        self.base,
-                        blogs[blog_id],
-                        [
-                            (m.meta_id, k[1], key, m.value)
-                            for k, r in locked.items()
-                            for key, ms in r.meta.items()
-                            for m in ms
-                        ],
-                    )
+                    self.poll_capture(conn, blogs[blog_id])
             except Exception as exc:  # noqa: BLE001 - one broken blog must not stop the others
-                if is_retryable(exc):
-                    raise
+                if is_retryable(exc) or isinstance(exc, BatchConflict):
+                    raise  # a conflict (poll mode: another poller got there first) is not a broken blog
                 log.error("blog_unreadable", blog=blog_id, error=str(exc), errno=errno_of(exc))
                 blogs = {b: v for b, v in blogs.items() if b != blog_id}
                 unreadable[blog_id] = f"blog {blog_id} is unreadable (errno {errno_of(exc)})"
@@ -404,9 +397,7 @@ class Applier:
         result.settling.extend(_heal_failed_derived(jobs, result.derived))
 
         if self.poll_mode:
-            for blog_id, posts in sorted(_by_blog(rows).items()):
-                if blog_id in blogs:
-                    poll.resync_snapshot(conn, self.base, blogs[blog_id], posts, READ_KEYS)
+            self.poll_advance(conn, blogs)
         settle.record(conn, self.base, result.settling)
         self._write_history(conn, batch_id, result.history, now)
         return result
@@ -856,7 +847,7 @@ class Applier:
                     pending.append(
                         HistoryRow(origin, "copy", w.blog_id, w.post_id, w.sku, key, old, value, None)
                     )
-            if w.status_register is not None and rows.value(MANAGE) != "yes":
+            if w.status_register is not None and not manages_stock(rows.value(MANAGE)):
                 old = rows.value(STATUS)
                 if self._set_meta(conn, blog, w.post_id, rows, STATUS, w.status_register):
                     pending.append(
@@ -1118,6 +1109,31 @@ class Applier:
     def forget_posts(self) -> None:
         """A new transaction: the lock step's posts rows of the last one are not to be reused."""
         self._posts = {}
+        self._poll_seen = {}
+
+    # -- poll mode (syncd.poll): the snapshot moves only with what was captured or written -----
+
+    def poll_capture(self, conn: sa.Connection, blog: Blog) -> int:
+        """Right after the lock step of ``blog``: queue the shop writes the poller has not seen
+        on every product locked there (the closure too). Returns the changes queued."""
+        ids, post_rows = self._posts.get(blog.blog_id, (frozenset(), {}))
+        try:
+            seen = poll.capture_unseen(conn, self.base, blog, set(ids) | set(post_rows))
+        except poll.SnapshotConflict as exc:
+            raise BatchConflict(str(exc)) from exc
+        self._poll_seen[blog.blog_id] = seen
+        return seen.queued
+
+    def poll_advance(self, conn: sa.Connection, blogs: Collection[int]) -> None:
+        """After every write of the transaction: the snapshot takes syncd's own writes only."""
+        committed = poll.committed_elsewhere(conn.engine)
+        for blog_id, seen in sorted(self._poll_seen.items()):
+            if blog_id not in blogs:
+                continue
+            try:
+                poll.advance_snapshot(conn, self.base, seen, committed)
+            except poll.SnapshotConflict as exc:
+                raise BatchConflict(str(exc)) from exc
 
     def _refresh_blogs(
         self,

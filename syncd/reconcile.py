@@ -47,15 +47,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, TextIO
 
 import sqlalchemy as sa
 import structlog
 
-from syncd import capture, poll, queue
+from syncd import capture, queue
 from syncd.apply import (
-    READ_KEYS,
     Applier,
     BatchConflict,
     BatchExtend,
@@ -79,6 +78,7 @@ from syncd.audit import (
     MemberValues,
     Report,
     Scope,
+    close_components,
     compare_group,
     read_members,
     read_meta,
@@ -105,6 +105,7 @@ from syncd.plan import (
 from syncd.progress import Progress, dump_json
 from syncd.progress import table as print_table
 from syncd.schema import get_meta, schema_present
+from syncd.woo import manages_stock
 
 log = structlog.get_logger("syncd.reconcile")
 
@@ -225,7 +226,7 @@ def plan_group(
                     FieldWrite(m.key, m.sku, STOCK, m.value(STOCK), format_quantity(target_qty))
                 )
         manual_after = (
-            target_manage != "yes"
+            not manages_stock(target_manage)
             and m.product_type != "variable"
             and not (m.post_type == "product_variation" and m.parent_manages)
         )
@@ -240,13 +241,13 @@ def _blank(v: str | None) -> str | None:
 
 
 def parse_qty(text: str) -> Decimal:
-    """A quantity argument: a finite number ('12', '-3', '2.5')."""
+    """A quantity argument, read by the one quantity parser (:func:`syncd.woo.parse_stock`): what
+    may be written is what syncd itself accepts as a stored quantity ('12', '-3', '2.5')."""
     try:
-        value = Decimal(text.strip())
-    except (InvalidOperation, ValueError):
-        raise ValueError(f"QTY must be a number, got {text!r}") from None
-    if not value.is_finite():
-        raise ValueError(f"QTY must be a finite number, got {text!r}")
+        value = parse_quantity(text)
+    except StockValueError as exc:
+        raise ValueError(f"QTY must be a number, got {text!r}") from exc
+    assert value is not None  # a str is never SQL NULL
     return value
 
 
@@ -562,9 +563,8 @@ class Writer:
                     if o.attributes_written:
                         what.append("attribute lookup in_stock")
                     staged["healed"].append({"blog": blog_id, "post": pid, "what": "; ".join(what)})
-        poll_blogs = self._poll(conn)
-        for blog_id in sorted(poll_blogs & set(touched)):
-            poll.resync_snapshot(conn, self.base, self.scope.blogs[blog_id], touched[blog_id], READ_KEYS)
+        # Poll mode: the snapshot takes exactly what this chunk wrote (syncd.poll).
+        self.applier.poll_advance(conn, self._poll(conn))
         self._write_history(conn, history)
         return staged
 
@@ -654,7 +654,8 @@ class Writer:
         """Membership of the groups, then every member's (and healed product's) stock meta locked,
         blog by blog in ascending post id order."""
         self.applier.forget_posts()  # this chunk's transaction: its own lock step
-        groups = read_members(conn, self.scope, ranges)
+        # A translation component (shared stock) is one unit, as for the daemon (audit.close_components).
+        groups = close_components(conn, self.scope, read_members(conn, self.scope, ranges))
         by_blog: dict[int, set[int]] = {b: set(p) for b, p in heal.items()}
         for g in groups.values():
             for m in g.members:
@@ -671,22 +672,16 @@ class Writer:
             # (blog by blog, ascending post id, one scan each), one round trip per phase.
             rows.update(self.applier._lock_and_read_blogs(conn, jobs))
             return groups, rows
+        queued = 0
         for blog, ids in jobs:
-            blog_id = blog.blog_id
-            locked = self.applier._lock_and_read(conn, blog, ids)
-            rows.update(locked)
-            if blog_id in poll_blogs:
-                poll.capture_unseen(
-                    conn,
-                    self.base,
-                    blog,
-                    [
-                        (m.meta_id, k[1], key, m.value)
-                        for k, r in locked.items()
-                        for key, ms in r.meta.items()
-                        for m in ms
-                    ],
-                )
+            rows.update(self.applier._lock_and_read(conn, blog, ids))
+            if blog.blog_id in poll_blogs:
+                queued += self.applier.poll_capture(conn, blog)
+        if queued:
+            # Shop writes the poller had not seen yet, now change rows: commit them (nothing was
+            # written yet) and apply them first, as for any pending change (run_chunk).
+            conn.commit()
+            raise PendingChanges(self._pending(conn, rows.keys()))
         return groups, rows
 
     def _apply_pending(self, changes: Sequence[Change]) -> None:
@@ -747,7 +742,7 @@ class Writer:
         for blog_id, ids in parents.items():
             meta = read_meta(conn, self.scope.blogs[blog_id], sorted(ids), (MANAGE,))
             for pid in ids:
-                manages[(blog_id, pid)] = (meta.get(pid, {}).get(MANAGE) or [None])[0] == "yes"
+                manages[(blog_id, pid)] = manages_stock((meta.get(pid, {}).get(MANAGE) or [None])[0])
         for m in members:
             if m.parent_id:
                 m.parent_manages = manages.get((m.blog_id, m.parent_id), False)
