@@ -701,7 +701,8 @@ class Applier:
         result: BatchResult,
     ) -> None:
         """Linked members on a blog that is deleted, archived, spam, unusable or unreadable now are
-        not written (the planner leaves them out); log and record each, with blog, post and SKU."""
+        not written (the planner leaves them out); log and record each, with blog, post and SKU,
+        and queue each to be healed (syncd.settle) once its blog is usable again."""
         missed: dict[Key, tuple[Member, list[Change]]] = {}
         for c in applied:
             if c.meta_key in MEMBERSHIP_KEYS:
@@ -730,6 +731,8 @@ class Applier:
                         c, "skipped", m.blog_id, m.post_id, m.sku, c.meta_key, None, None, None, reason[:255]
                     )
                 )
+            # Not left behind for good: once its blog is usable again it takes the group's values.
+            result.settling.append(settle.Record(m.blog_id, m.post_id, settle.HEAL, reason=reason))
 
     def _hold_unusable_origins(
         self, changes: Sequence[Change], blogs: Mapping[int, Blog], live: set[int]
