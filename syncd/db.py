@@ -9,7 +9,7 @@ checkout want the same row, syncd is the one that gives up and retries.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -312,3 +312,17 @@ def _one_round_trip(conn: sa.Connection, statements: Sequence[tuple[str, Sequenc
     if len(out) != len(statements):  # pragma: no cover - the server answers every statement or errs
         raise RuntimeError(f"{len(statements)} statements sent, {len(out)} results received")
     return out
+
+
+def keys_where(keys: Iterable[tuple[int, int]]) -> tuple[str, list[Any]]:
+    """``(blog_id = %s AND post_id IN (%s, ...)) OR ...`` for (blog, post) keys, with its
+    parameters (driver-level ``%s``; 'FALSE' for none): the look-ups of syncd's own tables by
+    product (syncd_change's ``product`` index, syncd_settle and syncd_fanout primary keys)."""
+    by_blog: dict[int, list[int]] = {}
+    for blog_id, post_id in sorted(set(keys)):
+        by_blog.setdefault(blog_id, []).append(post_id)
+    parts, params = [], []
+    for blog_id, posts in sorted(by_blog.items()):
+        parts.append(f"(blog_id = %s AND post_id IN ({', '.join(['%s'] * len(posts))}))")
+        params += [blog_id, *posts]
+    return " OR ".join(parts) or "FALSE", params
