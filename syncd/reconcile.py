@@ -17,7 +17,7 @@ status is set by hand) follow the same member as the quantity.
 Every write runs through the apply machinery, one transaction per chunk of groups, on a session
 whose writes the capture triggers ignore (``@syncd_apply``):
 
-1. lock the stock meta of every member of the chunk's groups (:meth:`Applier._lock_and_read_blogs`,
+1. lock the stock meta of every member of the chunk's groups (:meth:`Applier.lock`,
    the daemon's lock step: blog by blog, ascending post id, one scan each - the daemon's
    canonical order);
 2. look for pending ``{base}syncd_change`` rows of those members (a plain read). If there are
@@ -620,7 +620,7 @@ class Writer:
             blog = self.scope.blogs[w.member[0]]
             sp = conn.begin_nested()
             try:
-                self.applier._set_meta(conn, blog, w.member[1], rows[w.member], w.meta_key, w.new)
+                self.applier.set_meta(conn, blog, w.member[1], rows[w.member], w.meta_key, w.new)
                 sp.commit()
             except Exception as exc:
                 if is_retryable(exc) or is_disconnect(exc):
@@ -670,11 +670,11 @@ class Writer:
         if poll_blogs.isdisjoint(blog.blog_id for blog, _ in jobs):
             # The daemon's lock step for every blog at once: the same statements in the same order
             # (blog by blog, ascending post id, one scan each), one round trip per phase.
-            rows.update(self.applier._lock_and_read_blogs(conn, jobs))
+            rows.update(self.applier.lock(conn, jobs))
             return groups, rows
         queued = 0
         for blog, ids in jobs:
-            rows.update(self.applier._lock_and_read(conn, blog, ids))
+            rows.update(self.applier.lock(conn, [(blog, sorted(set(ids)))]))
             if blog.blog_id in poll_blogs:
                 queued += self.applier.poll_capture(conn, blog)
         if queued:
