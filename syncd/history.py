@@ -42,6 +42,7 @@ class Entry:
     delta: Decimal | None
     origin: tuple[int, int]
     note: str | None
+    source: str | None = None  # who asked for it: 'dashboard:NAME' (None: the daemon, the CLI)
 
     def document(self) -> dict[str, Any]:
         return {
@@ -58,6 +59,7 @@ class Entry:
             "delta": None if self.delta is None else _num(self.delta),
             "origin": f"{self.origin[0]}:{self.origin[1]}",
             "note": self.note,
+            "source": self.source,
         }
 
 
@@ -126,7 +128,7 @@ def read_history(
     rows = conn.execute(
         sa.text(
             f"SELECT applied_at, captured_at, change_id, role, blog_id, post_id, sku, meta_key, old_value, new_value, "
-            f"delta, origin_blog_id, origin_post_id, note, id FROM {table(scope.base, 'syncd_history')} "
+            f"delta, origin_blog_id, origin_post_id, note, source FROM {table(scope.base, 'syncd_history')} "
             f"WHERE {cond} ORDER BY id"
         ),
         params,
@@ -146,6 +148,7 @@ def read_history(
             r[10],
             (int(r[11]), int(r[12])),
             r[13],
+            r[14],
         )
         for r in rows
         if (int(r[4]), int(r[5])) in wanted
@@ -173,10 +176,11 @@ def render(entries: list[Entry], out: TextIO, title: str) -> None:
                 e.role,
                 f"{e.origin[0]}:{e.origin[1]}",
                 e.note,
+                e.source,
             )
             for e in entries
         ],
-        ("TIME (UTC)", "BLOG", "POST", "KEY", "OLD -> NEW", "DELTA", "ROLE", "ORIGIN", "NOTE"),
+        ("TIME (UTC)", "BLOG", "POST", "KEY", "OLD -> NEW", "DELTA", "ROLE", "ORIGIN", "NOTE", "SOURCE"),
         out,
     )
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from syncd.db import table, validate_prefix
 from syncd.sqlfiles import schema_text, split_statements
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 OWN_TABLES = (
     "syncd_change",
     "syncd_dead",
@@ -23,6 +23,10 @@ OWN_TABLES = (
     "syncd_snapshot",
     "syncd_history",
     "syncd_meta",
+    "syncd_user",
+    "syncd_token",
+    "syncd_source",
+    "syncd_change_conn",
 )
 
 
@@ -38,6 +42,7 @@ def ensure_schema(conn: sa.Connection, base_prefix: str) -> int:
     for stmt in schema_statements(base_prefix):
         conn.exec_driver_sql(stmt)
     _widen_history_role(conn, base_prefix)
+    _add_history_source(conn, base_prefix)
     set_meta(conn, base_prefix, "schema_version", str(SCHEMA_VERSION))
     conn.commit()
     return SCHEMA_VERSION
@@ -73,8 +78,27 @@ def _widen_history_role(conn: sa.Connection, base_prefix: str) -> None:
         conn.exec_driver_sql(f"ALTER TABLE {table(base_prefix, 'syncd_history')} MODIFY `role` VARCHAR(16) NOT NULL")
 
 
+def _add_history_source(conn: sa.Connection, base_prefix: str) -> None:
+    """Schema 3 added history's ``source`` (who asked for a dashboard write). Added in place to
+    older tables; idempotent: does nothing once the column is there."""
+    present = conn.execute(
+        sa.text(
+            "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+            "AND TABLE_NAME = :t AND COLUMN_NAME = 'source'"
+        ),
+        {"t": base_prefix + "syncd_history"},
+    ).scalar_one()
+    if not present:
+        conn.exec_driver_sql(
+            f"ALTER TABLE {table(base_prefix, 'syncd_history')} ADD COLUMN `source` VARCHAR(191) NULL"
+        )
+
+
 def drop_schema(conn: sa.Connection, base_prefix: str, *, keep_history: bool = False) -> list[str]:
     """Drop syncd's tables (never a WooCommerce table). Returns the tables dropped."""
+    from syncd import attribution
+
+    attribution.uninstall(conn, base_prefix)  # triggers first: no shop write may meet a missing table
     dropped = []
     for name in OWN_TABLES:
         if keep_history and name == "syncd_history":
