@@ -12,9 +12,9 @@ Recorded by syncd's own triggers inside the shop's statements, never guessed fro
   ``_stock`` change, kept after the change row is applied (``{base}syncd_change_conn``).
 
 A history origin row (change id) is matched to a source row of the same blog, connection id and
-product (or the variation's parent, for an admin save). The match also requires the two to be
-within an hour of each other: not to guess, but because the server reuses connection ids after
-a restart. An origin row with no match was made by another writer (an import, the REST API, SQL)
+product (or the variation's parent, for an admin save), by the order of that connection's own
+statements (:func:`match`). The two must also be within an hour of each other: not to guess,
+but because the server reuses connection ids after a restart. An origin row with no match was made by another writer (an import, the REST API, SQL)
 when attribution was recording at that time, else it is "not recorded".
 """
 
@@ -128,22 +128,73 @@ def recording_since(conn: sa.Connection, base: str) -> datetime | None:
 def lookup(conn: sa.Connection, base: str, change_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
     """change id -> {'kind', 'order_id', 'user_id'} for the changes a source row was recorded for."""
     out: dict[int, dict[str, Any]] = {}
-    for start in range(0, len(change_ids), 1000):
-        part = [int(c) for c in change_ids[start : start + 1000]]
-        rows = conn.execute(
+    for start in range(0, len(change_ids), 500):
+        part = ", ".join(str(int(c)) for c in change_ids[start : start + 500])
+        changes = conn.execute(
             sa.text(
-                f"SELECT c.change_id, s.kind, s.order_id, s.user_id FROM {table(base, 'syncd_change_conn')} c "
+                f"SELECT c2.change_id, c2.blog_id, c2.conn_id, c2.post_id, c2.captured_at, COALESCE(m.parent_id, 0) "
+                f"FROM {table(base, 'syncd_change_conn')} c JOIN {table(base, 'syncd_change_conn')} c2 "
+                "ON c2.blog_id = c.blog_id AND c2.conn_id = c.conn_id AND c2.post_id = c.post_id "
+                "AND c2.captured_at BETWEEN c.captured_at - INTERVAL 1 HOUR AND c.captured_at + INTERVAL 1 HOUR "
+                f"LEFT JOIN {table(base, 'syncd_member')} m ON m.blog_id = c.blog_id AND m.post_id = c.post_id "
+                f"WHERE c.change_id IN ({part})"
+            )
+        ).all()
+        sources = conn.execute(
+            sa.text(
+                f"SELECT DISTINCT s.blog_id, s.conn_id, s.product_id, s.kind, s.order_id, s.user_id, s.recorded_at "
+                f"FROM {table(base, 'syncd_change_conn')} c "
                 f"LEFT JOIN {table(base, 'syncd_member')} m ON m.blog_id = c.blog_id AND m.post_id = c.post_id "
                 f"JOIN {table(base, 'syncd_source')} s ON s.blog_id = c.blog_id AND s.conn_id = c.conn_id "
                 "AND (s.product_id = c.post_id OR (s.kind = 'admin' AND s.product_id = m.parent_id AND m.parent_id <> 0)) "
                 "AND s.recorded_at BETWEEN c.captured_at - INTERVAL 1 HOUR AND c.captured_at + INTERVAL 1 HOUR "
-                f"WHERE c.change_id IN ({', '.join(map(str, part))})"
+                f"WHERE c.change_id IN ({part})"
             )
-        )
-        for cid, kind, order_id, user_id in rows:
-            best = out.get(int(cid))
-            if best is None or _RANK.get(kind, 9) < _RANK.get(best["kind"], 9):
-                out[int(cid)] = {"kind": kind, "order_id": int(order_id), "user_id": int(user_id)}
+        ).all()
+        wanted = {int(c) for c in change_ids[start : start + 500]}
+        for cid, found in match(changes, sources).items():
+            if cid in wanted:
+                out[cid] = found
+    return out
+
+
+def match(changes: Sequence[Sequence[Any]], sources: Sequence[Sequence[Any]]) -> dict[int, dict[str, Any]]:
+    """Pair stock changes with source rows of the same blog, connection and product (pure).
+
+    ``changes``: (change id, blog, conn, post, captured_at, parent id); ``sources``: (blog, conn,
+    product, kind, order id, user id, recorded_at). WooCommerce writes an order's item meta after the
+    stock change it made, and wp-admin writes ``_edit_last`` before it (traces 04, 05, 07, 03b); so a
+    change takes the first order/refund/restock row recorded after it and before the connection's
+    next change of that product, or else the last admin row recorded before it and after the
+    connection's previous change of that product."""
+    by_key: dict[tuple[int, int, int], list[tuple[datetime, int]]] = {}
+    parents: dict[int, int] = {}
+    for cid, blog, conn_id, post, at, parent in changes:
+        by_key.setdefault((int(blog), int(conn_id), int(post)), []).append((at, int(cid)))
+        parents[int(cid)] = int(parent or 0)
+    out: dict[int, dict[str, Any]] = {}
+    for (blog, conn_id, post), seq in by_key.items():
+        seq = sorted(set(seq))
+        for i, (at, cid) in enumerate(seq):
+            before = seq[i - 1][0] if i else None
+            after = seq[i + 1][0] if i + 1 < len(seq) else None
+            products = {post, parents[cid]} - {0}
+            mine = [
+                s for s in sources if int(s[0]) == blog and int(s[1]) == conn_id and int(s[2]) in products
+            ]
+            orders = [
+                s
+                for s in mine
+                if s[3] != "admin" and int(s[2]) == post and s[6] >= at and (after is None or s[6] < after)
+            ]
+            admins = [s for s in mine if s[3] == "admin" and s[6] <= at and (before is None or s[6] > before)]
+            if orders:
+                s = min(orders, key=lambda r: (r[6], _RANK.get(r[3], 9)))
+            elif admins:
+                s = max(admins, key=lambda r: r[6])
+            else:
+                continue
+            out[cid] = {"kind": s[3], "order_id": int(s[4]), "user_id": int(s[5])}
     return out
 
 
