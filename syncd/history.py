@@ -159,7 +159,32 @@ def read_history(
     return out
 
 
-def render(entries: list[Entry], out: TextIO, title: str) -> None:
+def sources_of(conn: sa.Connection, base: str, entries: list[Entry]) -> list[str]:
+    """Where each entry came from, in words (:mod:`syncd.attribution`: order, admin user, other
+    writer, dashboard user, copy of ...)."""
+    from syncd import attribution
+
+    try:
+        ids = sorted({e.change_id for e in entries if e.role == "origin" and e.change_id})
+        found = attribution.lookup(conn, base, ids) if ids else {}
+        since = attribution.recording_since(conn, base)
+    except sa.exc.ProgrammingError:  # attribution tables not there yet (schema 2)
+        conn.rollback()
+        found, since = {}, None
+    return [
+        attribution.describe(
+            e.role,
+            e.source,
+            e.change_id,
+            e.origin,
+            found.get(e.change_id),
+            since is not None and e.captured_at >= since and e.meta_key == "_stock",
+        )
+        for e in entries
+    ]
+
+
+def render(entries: list[Entry], out: TextIO, title: str, sources: list[str] | None = None) -> None:
     print(title, file=out)
     if not entries:
         print("  (no history)", file=out)
@@ -176,9 +201,9 @@ def render(entries: list[Entry], out: TextIO, title: str) -> None:
                 e.role,
                 f"{e.origin[0]}:{e.origin[1]}",
                 e.note,
-                e.source,
+                src,
             )
-            for e in entries
+            for e, src in zip(entries, sources or [e.source or "" for e in entries], strict=True)
         ],
         ("TIME (UTC)", "BLOG", "POST", "KEY", "OLD -> NEW", "DELTA", "ROLE", "ORIGIN", "NOTE", "SOURCE"),
         out,
@@ -214,13 +239,18 @@ def main(config: Config, args: Any, out: TextIO | None = None) -> int:
                 print(f"syncd history: {exc}", file=sys.stderr)
                 return EXIT_BAD_ARGUMENT
             entries = read_history(conn, scope, resolved.group_ids, since=since, limit=limit)
+            sources = sources_of(conn, scope.base, entries)
     finally:
         engine.dispose()
     if getattr(args, "json", False):
         dump_json(
-            {"sku": resolved.sku, "groups": resolved.group_ids, "entries": [e.document() for e in entries]},
+            {
+                "sku": resolved.sku,
+                "groups": resolved.group_ids,
+                "entries": [{**e.document(), "from": src} for e, src in zip(entries, sources, strict=True)],
+            },
             out,
         )
     else:
-        render(entries, out, f"History of {resolved.sku} ({', '.join(resolved.langs)}), oldest first:")
+        render(entries, out, f"History of {resolved.sku} ({', '.join(resolved.langs)}), oldest first:", sources)
     return 0
