@@ -18,6 +18,7 @@ DAYS = 3
 
 def overview(ctx: Ctx) -> View:
     app = ctx.app
+    _prune_attribution(app)
     with app.read_engine.connect() as conn:
         report = status.collect(conn, app.base, app.config.blogs.selects)
         if not report.get("installed"):
@@ -103,3 +104,17 @@ def _per_hour(conn: sa.Connection, base: str, since: Any) -> list[dict[str, Any]
     from datetime import datetime
 
     return [{"blog": int(b), "hour": datetime.fromisoformat(h), "changes": int(n)} for b, h, n in rows]
+
+
+def _prune_attribution(app: Any) -> None:
+    """Attribution rows live as long as history (history.retention_days); pruned at most hourly."""
+    import time
+
+    from syncd import attribution
+
+    if time.monotonic() - getattr(app, "_pruned", -3600.0) < 3600:
+        return
+    app._pruned = time.monotonic()
+    with app.write_engine.connect() as conn:
+        attribution.prune(conn, app.base, app.config.history.retention_days)
+        conn.commit()

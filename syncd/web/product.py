@@ -39,7 +39,7 @@ def product(ctx: Ctx, *, message: str = "", status: int = 200, preview: dict[str
     data["message"] = message
     if preview is not None:
         data["preview"] = preview
-    chart = _chart(data, entries)
+    chart = _chart(data, entries, found)
     return View("product.html", data, status=status, extra={"chart": chart})
 
 
@@ -161,7 +161,7 @@ def _event(
     return doc
 
 
-def _chart(data: dict[str, Any], entries: list[history_mod.Entry]) -> str:
+def _chart(data: dict[str, Any], entries: list[history_mod.Entry], found: dict[int, dict[str, Any]]) -> str:
     series: dict[int, list[tuple[datetime, float]]] = {}
     marks: list[charts.Mark] = []
     for e in entries:
@@ -177,7 +177,10 @@ def _chart(data: dict[str, Any], entries: list[history_mod.Entry]) -> str:
         series.setdefault(e.blog_id, []).append((at, float(v)))
         kind = {"reconcile": "reconcile", "set": "set"}.get(e.role)
         if e.role == "origin":
-            kind = "sale" if (e.delta or 0) < 0 else "admin"
+            origin_kind = (found.get(e.change_id) or {}).get("kind")
+            kind = {"order": "sale", "admin": "admin", "refund": "other", "restock": "other"}.get(
+                origin_kind or "", "other"
+            )
         if kind:
             marks.append(
                 charts.Mark(at, e.blog_id, float(v), kind, f"blog {e.blog_id}: {e.old} -> {e.new} ({e.role})")
