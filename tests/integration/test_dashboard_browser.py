@@ -15,8 +15,8 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from syncd.testnet.browser import ARGS, ensure_chromium
-from tests.integration.dashboard_helpers import ADMIN, running_dashboard
-from tests.integration.sync_helpers import ids, qty
+from tests.integration.dashboard_helpers import ADMIN, running_dashboard, woo_order
+from tests.integration.sync_helpers import ids, make_daemon, qty
 from tests.integration.test_audit_reconcile import drift_sql, installed
 from tests.integration.test_dashboard_http import history_rows
 
@@ -59,6 +59,16 @@ def test_admin_workflow_in_a_real_browser(page, wp_network):
     installed(net)
     mug, cap = ids(net, "MUG"), ids(net, "CAP")
     with running_dashboard(net) as d:
+        # a little history for the charts: orders on every blog, applied by the daemon
+        for b in (1, 2, 3):
+            drift_sql(net, b, mug[b], "_stock", "30")
+        daemon = make_daemon(net)
+        try:
+            for n, blog in enumerate((1, 2, 3, 2, 1, 3, 2), start=101):
+                woo_order(net, blog, mug[blog], n, n % 2 + 1)
+                daemon.apply_pending()
+        finally:
+            daemon.close()
         page.goto(d.url + "/products")
         expect(page).to_have_url(d.url + "/login?next=/products")
         shot(page, "login")
@@ -78,6 +88,8 @@ def test_admin_workflow_in_a_real_browser(page, wp_network):
         page.click("table.products a:text('MUG')")
         expect(page.locator("#stock-chart svg polyline").first).to_be_attached()
         assert page.locator("#stock-chart svg polyline").count() == 3  # one line per blog
+        assert page.locator("#stock-chart svg .mark.sale").count() == 7  # every order marked as a sale
+        expect(page.locator("table.events")).to_contain_text("order #101")
 
         page.fill("#set-stock input[name=qty]", "12")
         page.click("#set-stock button")

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from syncd.web import auth
-from tests.integration.dashboard_helpers import ADMIN, READER, csrf_of, running_dashboard
+from tests.integration.dashboard_helpers import ADMIN, READER, csrf_of, running_dashboard, woo_order
 from tests.integration.sync_helpers import ids, make_daemon, qty, woo_decrease
 from tests.integration.test_audit_reconcile import drift_sql, installed
 
@@ -232,6 +232,7 @@ def test_audit_then_reconcile_all_with_preview(dash, wp_network):
     assert r.json()["applied"] is False and {w["sku"] for w in preview["writes"]} >= {"MUG", "CAP"}
     assert qty(net, 2, mug[2]) == 1
     r = api.post(d.url + "/audit/reconcile.json", json={"all": "1", "confirm": "1"})
+
     def key(w: dict[str, Any]) -> tuple[Any, ...]:
         return (w["blog"], w["post"], w["key"], w["new"])
 
@@ -346,24 +347,7 @@ def test_where_a_change_came_from(dash, wp_network):
     d, net = dash, wp_network
     mug = ids(net, "MUG")
     p1 = net.blog_prefix(1)
-    with net.engine.connect() as c:  # the order request: one connection, autocommit statements
-        c.exec_driver_sql(
-            f"UPDATE {p1}postmeta SET meta_value = meta_value - 1 WHERE post_id = {mug[1]} AND meta_key = '_stock'"
-        )
-        c.exec_driver_sql(
-            f"INSERT INTO {p1}woocommerce_order_items (order_item_name, order_item_type, order_id) VALUES ('Mug', 'line_item', 777)"
-        )
-        item = c.exec_driver_sql("SELECT LAST_INSERT_ID()").scalar_one()
-        for k, v in (
-            ("_product_id", str(mug[1])),
-            ("_variation_id", "0"),
-            ("_qty", "1"),
-            ("_reduced_stock", "1"),
-        ):
-            c.exec_driver_sql(
-                f"INSERT INTO {p1}woocommerce_order_itemmeta (order_item_id, meta_key, meta_value) VALUES ({item}, '{k}', '{v}')"
-            )
-        c.commit()
+    woo_order(net, 1, mug[1], 777)  # the order request: one connection
     with net.engine.connect() as c:  # the admin's save
         c.exec_driver_sql(
             f"INSERT INTO {p1}postmeta (post_id, meta_key, meta_value) VALUES ({mug[1]}, '_edit_last', '1')"
