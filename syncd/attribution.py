@@ -15,13 +15,14 @@ A history origin row (change id) is matched to a source row of the same blog, co
 product (or the variation's parent, for an admin save), by the order of that connection's own
 statements (:func:`match`). The two must also be within an hour of each other: not to guess,
 but because the server reuses connection ids after a restart. An origin row with no match was made by another writer (an import, the REST API, SQL)
-when attribution was recording at that time, else it is "not recorded".
+when its connection was recorded, else it is "not recorded" (before the triggers existed, poll
+mode, keys other than ``_stock``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,7 +30,6 @@ import structlog
 
 from syncd.db import table, validate_prefix
 from syncd.network import Blog
-from syncd.schema import get_meta, set_meta
 from syncd.sqlfiles import split_statements, sql_text
 
 log = structlog.get_logger("syncd.attribution")
@@ -96,8 +96,6 @@ def install(conn: sa.Connection, base: str, blogs: Iterable[Blog]) -> int:
         if name not in have:
             conn.exec_driver_sql(sql)
             created += 1
-    if get_meta(conn, base, "attribution_since") is None:
-        set_meta(conn, base, "attribution_since", datetime.now(UTC).replace(tzinfo=None).isoformat())
     conn.commit()
     return created
 
@@ -118,11 +116,6 @@ def _has_table(conn: sa.Connection, name: str) -> bool:
             {"t": name},
         ).scalar_one()
     )
-
-
-def recording_since(conn: sa.Connection, base: str) -> datetime | None:
-    raw = get_meta(conn, base, "attribution_since")
-    return datetime.fromisoformat(raw) if raw else None
 
 
 def lookup(conn: sa.Connection, base: str, change_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
@@ -152,9 +145,11 @@ def lookup(conn: sa.Connection, base: str, change_ids: Sequence[int]) -> dict[in
             )
         ).all()
         wanted = {int(c) for c in change_ids[start : start + 500]}
-        for cid, found in match(changes, sources).items():
-            if cid in wanted:
-                out[cid] = found
+        found = match(changes, sources)
+        for row in changes:
+            cid = int(row[0])
+            if cid in wanted:  # recorded: the matched source, or kind None (another writer)
+                out[cid] = found.get(cid, {"kind": None, "order_id": 0, "user_id": 0})
     return out
 
 
@@ -207,14 +202,7 @@ def prune(conn: sa.Connection, base: str, days: int) -> None:
         )
 
 
-def describe(
-    role: str,
-    source: str | None,
-    change_id: int,
-    origin: tuple[int, int],
-    found: dict[str, Any] | None,
-    recorded: bool,
-) -> str:
+def describe(role: str, source: str | None, origin: tuple[int, int], found: dict[str, Any] | None) -> str:
     """The source of one history row, in words (pure; shown by ``syncd history`` and the dashboard)."""
     if source:
         kind, _, who = source.partition(":")
@@ -223,8 +211,10 @@ def describe(
         return f"copy of {origin[0]}:{origin[1]}"
     if role != "origin":
         return role
-    if found is None:
-        return "other writer (import, REST, SQL)" if recorded else "not recorded"
+    if found is None:  # no connection recorded for it: before attribution, poll mode, not _stock
+        return "not recorded"
+    if found["kind"] is None:
+        return "other writer (import, REST, SQL)"
     if found["kind"] == "admin":
         return f"admin user #{found['user_id']}"
     label = {"order": "order", "refund": "refund of order", "restock": "cancelled order"}.get(

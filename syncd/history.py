@@ -167,21 +167,10 @@ def sources_of(conn: sa.Connection, base: str, entries: list[Entry]) -> list[str
     try:
         ids = sorted({e.change_id for e in entries if e.role == "origin" and e.change_id})
         found = attribution.lookup(conn, base, ids) if ids else {}
-        since = attribution.recording_since(conn, base)
     except sa.exc.ProgrammingError:  # attribution tables not there yet (schema 2)
         conn.rollback()
-        found, since = {}, None
-    return [
-        attribution.describe(
-            e.role,
-            e.source,
-            e.change_id,
-            e.origin,
-            found.get(e.change_id),
-            since is not None and e.captured_at >= since and e.meta_key == "_stock",
-        )
-        for e in entries
-    ]
+        found = {}
+    return [attribution.describe(e.role, e.source, e.origin, found.get(e.change_id)) for e in entries]
 
 
 def render(entries: list[Entry], out: TextIO, title: str, sources: list[str] | None = None) -> None:

@@ -32,9 +32,9 @@ def product(ctx: Ctx, *, message: str = "", status: int = 200, preview: dict[str
         data = group_state(ctx, conn, gid)
         limit = _limit(ctx)
         entries = history_mod.read_history(conn, ctx.app.scope(conn), [gid], limit=limit)
-        found, since = sources.attribute(conn, ctx.app.base, entries)
+        found = sources.attribute(conn, ctx.app.base, entries)
         conn.rollback()
-    data["history"] = [_event(e, found.get(e.change_id), since, data["siteurls"]) for e in entries]
+    data["history"] = [_event(e, found.get(e.change_id), data["siteurls"]) for e in entries]
     data["done"] = ctx.request.query_params.get("done", "")[:200]
     data["message"] = message
     if preview is not None:
@@ -153,11 +153,9 @@ def _siteurls(conn: sa.Connection, scope: Any, blogs: list[int]) -> dict[int, st
     return out
 
 
-def _event(
-    e: history_mod.Entry, found: dict[str, Any] | None, since: Any, siteurls: dict[int, str]
-) -> dict[str, Any]:
+def _event(e: history_mod.Entry, found: dict[str, Any] | None, siteurls: dict[int, str]) -> dict[str, Any]:
     doc = e.document()
-    doc["source"] = sources.describe(e, found, since, siteurls)
+    doc["source"] = sources.describe(e, found, siteurls)
     return doc
 
 

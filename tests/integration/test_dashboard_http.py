@@ -376,7 +376,22 @@ def test_where_a_change_came_from(dash, wp_network):
     assert "/wp-admin/post.php?post=777&amp;action=edit" in d.session().get(d.url + f"/product/{gid}").text
 
 
-def test_user_commands(wp_network, tmp_path, capsys):
+@pytest.fixture
+def restored_logging():
+    """cli.main configures logging onto capsys's stream: undo it after the test."""
+    import logging
+
+    import structlog
+
+    yield
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_syncd", False):
+            root.removeHandler(handler)
+
+
+def test_user_commands(wp_network, tmp_path, capsys, restored_logging):
     from syncd import cli
 
     net = wp_network
@@ -423,3 +438,33 @@ def test_user_commands(wp_network, tmp_path, capsys):
         assert auth.lookup(c, net.prefix, token, "api") is None
     code, _, err = run("remove-user", "nobody")
     assert code == 2 and "no dashboard user" in err
+
+
+def test_uninstall_drops_the_attribution_triggers_and_shops_keep_writing(wp_network):
+    from syncd import capture
+    from syncd.config import config_for
+    from syncd.web.server import prepare
+
+    net = wp_network
+    installed(net)
+    prepare(config_for(net.url, net.prefix)).close()
+    with net.engine.connect() as c:
+        names = {
+            r[0]
+            for r in c.exec_driver_sql(
+                "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE()"
+            )
+        }
+    assert f"{net.prefix}syncd_src_change" in names and f"{net.prefix}syncd_src_b2_oi_ai" in names
+    import io
+
+    assert capture.uninstall_all(config_for(net.url, net.prefix), out=io.StringIO()) == 0
+    with net.engine.connect() as c:
+        left = [
+            r[0]
+            for r in c.exec_driver_sql(
+                "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE()"
+            )
+        ]
+    assert left == []
+    woo_order(net, 1, ids(net, "MUG")[1], 5)  # the shop still sells

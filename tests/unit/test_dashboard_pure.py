@@ -73,11 +73,11 @@ def test_attribution_follows_the_connections_statement_order():
     assert found[2]["kind"] == "admin" and found[2]["user_id"] == 5
     assert found[3]["user_id"] == 9
     assert 4 not in found  # another blog's connection 50 is another connection
-    assert describe("origin", None, 1, (1, 12), found[1], True) == "order #777"
-    assert describe("origin", None, 4, (2, 12), None, True) == "other writer (import, REST, SQL)"
-    assert describe("origin", None, 4, (2, 12), None, False) == "not recorded"
-    assert describe("set", "dashboard:alice", 0, (1, 12), None, True) == "dashboard user alice"
-    assert describe("copy", None, 1, (1, 12), None, True) == "copy of 1:12"
+    assert describe("origin", None, (1, 12), found[1]) == "order #777"
+    assert describe("origin", None, (2, 12), {"kind": None}) == "other writer (import, REST, SQL)"
+    assert describe("origin", None, (2, 12), None) == "not recorded"
+    assert describe("set", "dashboard:alice", (1, 12), None) == "dashboard user alice"
+    assert describe("copy", None, (1, 12), None) == "copy of 1:12"
 
 
 def test_charts_are_plain_svg_without_script():
