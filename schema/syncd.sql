@@ -72,7 +72,8 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_member` (
 -- Link groups, with ids that never change. A 'sku' group is known under link_key (key_hash =
 -- SHA-256 of it, unique): a product without a group joins the group of its key. A propagated SKU
 -- rename moves the group's key; with sync.propagate_sku_renames off it stays. 'manual' groups
--- have no key: their members are listed in {base}syncd_link.
+-- have no key: their members are listed in {base}syncd_link. sku_lang: the dashboard's products page
+-- (ordered by SKU, paged; schema 2 tables get it from schema.py).
 CREATE TABLE IF NOT EXISTS `{base}syncd_group` (
   `group_id` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
   `kind` VARCHAR(8) NOT NULL DEFAULT 'sku',
@@ -82,7 +83,8 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_group` (
   `lang` VARCHAR(32) NOT NULL DEFAULT '',
   `created_at` DATETIME(6) NOT NULL,
   PRIMARY KEY (`group_id`),
-  UNIQUE KEY `key_hash` (`key_hash`)
+  UNIQUE KEY `key_hash` (`key_hash`),
+  KEY `sku_lang` (`sku`, `lang`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
 -- ;
 -- Manual links (`syncd link`): these products form one group whatever their SKUs, overriding

@@ -43,6 +43,7 @@ def ensure_schema(conn: sa.Connection, base_prefix: str) -> int:
         conn.exec_driver_sql(stmt)
     _widen_history_role(conn, base_prefix)
     _add_history_source(conn, base_prefix)
+    _add_group_sku_index(conn, base_prefix)
     set_meta(conn, base_prefix, "schema_version", str(SCHEMA_VERSION))
     conn.commit()
     return SCHEMA_VERSION
@@ -92,6 +93,20 @@ def _add_history_source(conn: sa.Connection, base_prefix: str) -> None:
         conn.exec_driver_sql(
             f"ALTER TABLE {table(base_prefix, 'syncd_history')} ADD COLUMN `source` VARCHAR(191) NULL"
         )
+
+
+def _add_group_sku_index(conn: sa.Connection, base_prefix: str) -> None:
+    """Schema 3: the group table's (sku, lang) index (the dashboard's products page reads groups in
+    SKU order, a page at a time). Added in place to older tables; idempotent."""
+    present = conn.execute(
+        sa.text(
+            "SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() "
+            "AND TABLE_NAME = :t AND INDEX_NAME = 'sku_lang'"
+        ),
+        {"t": base_prefix + "syncd_group"},
+    ).scalar_one()
+    if not present:
+        conn.exec_driver_sql(f"ALTER TABLE {table(base_prefix, 'syncd_group')} ADD KEY `sku_lang` (`sku`, `lang`)")
 
 
 def drop_schema(conn: sa.Connection, base_prefix: str, *, keep_history: bool = False) -> list[str]:
