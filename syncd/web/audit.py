@@ -84,7 +84,7 @@ def reconcile_chosen(ctx: Ctx) -> View | Response:
     """Preview (default) or apply (``confirm=1``) reconcile of the chosen groups, or of every
     drifted group of the last audit (``all=1``)."""
     ids = _groups(ctx)
-    apply = ctx.param("confirm", "") in ("1", "yes", "true")
+    apply = ctx.param("confirm", "").lower() in ("1", "yes", "true")
     outcome = reconcile.reconcile_groups(
         ctx.app.config, ctx.app.write_engine, ids, dry_run=not apply, source=ctx.source
     )
@@ -94,7 +94,7 @@ def reconcile_chosen(ctx: Ctx) -> View | Response:
 
 
 def _groups(ctx: Ctx) -> list[int]:
-    if ctx.param("all", "") in ("1", "yes", "true"):
+    if ctx.param("all", "").lower() in ("1", "yes", "true"):
         job = ctx.app.audit
         if job is None or job.report is None:
             raise Problem(400, "run an audit first: 'all' means every drifted group it found")

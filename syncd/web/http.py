@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from syncd.db import errno_of
 from syncd.web import auth
 from syncd.web.state import Dashboard
 
@@ -129,7 +130,7 @@ def page(
                 path=request.url.path,
                 error=type(exc).__name__,
                 ref=ref,
-                errno=getattr(getattr(exc, "orig", None), "args", [None])[0],
+                errno=errno_of(exc),
             )
             return secure(
                 problem_response(

@@ -266,7 +266,7 @@ def sync(ctx: Ctx) -> View | Response:
 
 def reconcile_group(ctx: Ctx) -> View | Response:
     gid = _gid(ctx)
-    apply = ctx.param("confirm", "") in ("1", "yes", "true")
+    apply = ctx.param("confirm", "").lower() in ("1", "yes", "true")
     outcome = reconcile.reconcile_groups(
         ctx.app.config, ctx.app.write_engine, [gid], dry_run=not apply, source=ctx.source
     )

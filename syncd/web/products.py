@@ -61,8 +61,8 @@ def _filters(ctx: Ctx) -> dict[str, Any]:
         raise Problem(400, "the search text is too long (200 characters at most)")
     return {
         "q": q,
-        "drifted": ctx.param("drifted", "") in ("1", "on", "true"),
-        "outofstock": ctx.param("outofstock", "") in ("1", "on", "true"),
+        "drifted": ctx.param("drifted", "").lower() in ("1", "on", "true"),
+        "outofstock": ctx.param("outofstock", "").lower() in ("1", "on", "true"),
         "lang": ctx.param("lang", "").strip()[:32],
         "blog": int(blog_text) if blog_text else None,
         "page": int(page_text),

@@ -60,8 +60,16 @@ def running_dashboard(net: Any, **sections: Any) -> Iterator[Running]:
         auth.add_user(conn, net.prefix, *READER, read_only=True)
         token = auth.create_token(conn, net.prefix, ADMIN[0])
         conn.commit()
+    tls = config.dashboard
     server = uvicorn.Server(
-        uvicorn.Config(build_app(dashboard), host="127.0.0.1", port=0, log_level="warning")
+        uvicorn.Config(
+            build_app(dashboard),
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            ssl_certfile=tls.tls_cert,
+            ssl_keyfile=tls.tls_key,
+        )
     )
     thread = threading.Thread(target=server.run, name="dashboard-under-test", daemon=True)
     thread.start()
@@ -72,7 +80,7 @@ def running_dashboard(net: Any, **sections: Any) -> Iterator[Running]:
         assert thread.is_alive(), "the dashboard server did not start"
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield Running(f"http://127.0.0.1:{port}", dashboard, token, net)
+        yield Running(f"{'https' if tls.tls else 'http'}://127.0.0.1:{port}", dashboard, token, net)
     finally:
         server.should_exit = True
         thread.join(10)

@@ -468,3 +468,54 @@ def test_uninstall_drops_the_attribution_triggers_and_shops_keep_writing(wp_netw
         ]
     assert left == []
     woo_order(net, 1, ids(net, "MUG")[1], 5)  # the shop still sells
+
+
+def test_tls_serves_https_with_secure_cookies(wp_network, tmp_path):
+    import subprocess
+
+    import requests
+
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    installed(wp_network)
+    tls = {
+        "listen": "0.0.0.0:8443",
+        "tls_cert": str(cert),
+        "tls_key": str(key),
+    }  # beyond loopback: allowed with TLS
+    with running_dashboard(wp_network, dashboard=tls) as d:
+        assert d.url.startswith("https://")
+        s = requests.Session()
+        s.trust_env = False  # REQUESTS_CA_BUNDLE would replace our certificate
+        s.verify = str(cert)
+        page = s.get(d.url + "/login")
+        assert "Secure" in page.headers["set-cookie"]
+        nonce = page.text.split('name="nonce" value="')[1].split('"')[0]
+        r = s.post(
+            d.url + "/login",
+            data={"name": ADMIN[0], "password": ADMIN[1], "nonce": nonce},
+            allow_redirects=False,
+        )
+        cookie = r.headers["set-cookie"]
+        assert r.status_code == 303 and "Secure" in cookie and "HttpOnly" in cookie
