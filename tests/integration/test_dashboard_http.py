@@ -372,6 +372,18 @@ def test_where_a_change_came_from(dash, wp_network):
     assert origins[2] == (2, "other writer (import, REST, SQL)", None)
     copies = {e["source"]["text"] for e in events if e["role"] == "copy"}
     assert copies == {f"copy of 1:{mug[1]}", f"copy of 2:{mug[2]}"}
+    # syncd history says the same
+    import argparse
+    import io
+
+    from syncd import history
+    from syncd.config import config_for
+
+    out = io.StringIO()
+    args = argparse.Namespace(sku="MUG", since=None, limit=0, lang=None, json=True)
+    assert history.main(config_for(net.url, net.prefix), args, out) == 0
+    froms = [e["from"] for e in json.loads(out.getvalue())["entries"] if e["role"] == "origin"]
+    assert froms == ["order #777", "admin user #1", "other writer (import, REST, SQL)"]
     # the product page links the order in blog 1's wp-admin
     assert "/wp-admin/post.php?post=777&amp;action=edit" in d.session().get(d.url + f"/product/{gid}").text
 
