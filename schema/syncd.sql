@@ -73,7 +73,7 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_member` (
 -- SHA-256 of it, unique): a product without a group joins the group of its key. A propagated SKU
 -- rename moves the group's key; with sync.propagate_sku_renames off it stays. 'manual' groups
 -- have no key: their members are listed in {base}syncd_link. sku_lang: the dashboard's products page
--- (ordered by SKU, paged; schema 2 tables get it from schema.py).
+-- (ordered by SKU, paged; older tables get it from schema.py).
 CREATE TABLE IF NOT EXISTS `{base}syncd_group` (
   `group_id` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
   `kind` VARCHAR(8) NOT NULL DEFAULT 'sku',
@@ -100,7 +100,7 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_link` (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
 -- ;
 -- source: who asked for a write ('dashboard:NAME' for the dashboard's set stock, sync and reconcile);
--- NULL for the daemon and the command line. Schema 2 tables get the column from schema.py.
+-- NULL for the daemon and the command line. Older tables get the column from schema.py.
 -- Every applied change: one 'origin' row for the captured change, one 'copy' row per member
 -- written because of it, and one 'skipped' row (with the reason in note) per member left alone;
 -- 'reconcile' rows for what reconcile and `syncd sync` wrote, 'set' rows for `syncd set-stock`.
@@ -139,6 +139,42 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_snapshot` (
   `value` LONGTEXT NULL,
   PRIMARY KEY (`blog_id`, `meta_id`),
   KEY `post` (`blog_id`, `post_id`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+-- ;
+-- Products that are joining their link group, or whose copy must be finished, once WooCommerce
+-- has finished writing them (syncd.settle). A WooCommerce save is many autocommit statements by a
+-- PHP process that read the meta cache first: a row syncd inserted meanwhile would be inserted a
+-- second time by WooCommerce. kind 'join': the product joins its group (takes the group's stock and
+-- settings) once no change of it has been captured for sync.settle_seconds; until then syncd
+-- writes nothing into it, and stock_delta sums its own sales, carried into the join. kind 'heal':
+-- a linked member whose copy could not be written safely (a row it lacks while it was being saved,
+-- or its derived step failed): it takes the group's settings and its derived data is recomputed.
+CREATE TABLE IF NOT EXISTS `{base}syncd_settle` (
+  `blog_id` INT UNSIGNED NOT NULL,
+  `post_id` BIGINT UNSIGNED NOT NULL,
+  `kind` VARCHAR(8) NOT NULL,
+  `stock_delta` DECIMAL(30,6) NOT NULL DEFAULT 0,
+  `last_change_at` DATETIME(6) NOT NULL,
+  `queued_at` DATETIME(6) NOT NULL,
+  `attempts` INT UNSIGNED NOT NULL DEFAULT 0,
+  `reason` VARCHAR(255) NOT NULL DEFAULT '',
+  PRIMARY KEY (`blog_id`, `post_id`, `kind`),
+  KEY `due` (`last_change_at`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+-- ;
+-- Polylang for WooCommerce's per-translation stock copies still expected (syncd.fanout): written by
+-- the batch that applied a stock change on a blog whose translations share stock, deleted by the
+-- batch that captures the add-on's copy on the same connection, so that it is counted once.
+CREATE TABLE IF NOT EXISTS `{base}syncd_fanout` (
+  `blog_id` INT UNSIGNED NOT NULL,
+  `post_id` BIGINT UNSIGNED NOT NULL,
+  `conn_id` BIGINT UNSIGNED NOT NULL,
+  `change_id` BIGINT UNSIGNED NOT NULL,
+  `old_value` VARCHAR(191) NULL,
+  `new_value` VARCHAR(191) NULL,
+  `created_at` DATETIME(6) NOT NULL,
+  PRIMARY KEY (`blog_id`, `post_id`, `conn_id`, `change_id`),
+  KEY `created_at` (`created_at`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
 -- ;
 -- Dashboard users (`syncd dashboard add-user`): password as a salted scrypt hash

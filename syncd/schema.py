@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from syncd.db import table, validate_prefix
 from syncd.sqlfiles import schema_text, split_statements
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 OWN_TABLES = (
     "syncd_change",
     "syncd_dead",
@@ -23,6 +23,8 @@ OWN_TABLES = (
     "syncd_snapshot",
     "syncd_history",
     "syncd_meta",
+    "syncd_settle",
+    "syncd_fanout",
     "syncd_user",
     "syncd_token",
     "syncd_source",
@@ -43,7 +45,8 @@ def ensure_schema(conn: sa.Connection, base_prefix: str) -> int:
         conn.exec_driver_sql(stmt)
     _widen_history_role(conn, base_prefix)
     _add_history_source(conn, base_prefix)
-    _add_group_sku_index(conn, base_prefix)
+    _ensure_index(conn, base_prefix, "syncd_change", "product", "(`blog_id`, `post_id`)")
+    _ensure_index(conn, base_prefix, "syncd_group", "sku_lang", "(`sku`, `lang`)")
     set_meta(conn, base_prefix, "schema_version", str(SCHEMA_VERSION))
     conn.commit()
     return SCHEMA_VERSION
@@ -80,7 +83,7 @@ def _widen_history_role(conn: sa.Connection, base_prefix: str) -> None:
 
 
 def _add_history_source(conn: sa.Connection, base_prefix: str) -> None:
-    """Schema 3 added history's ``source`` (who asked for a dashboard write). Added in place to
+    """Schema 4 added history's ``source`` (who asked for a dashboard write). Added in place to
     older tables; idempotent: does nothing once the column is there."""
     present = conn.execute(
         sa.text(
@@ -95,18 +98,19 @@ def _add_history_source(conn: sa.Connection, base_prefix: str) -> None:
         )
 
 
-def _add_group_sku_index(conn: sa.Connection, base_prefix: str) -> None:
-    """Schema 3: the group table's (sku, lang) index (the dashboard's products page reads groups in
-    SKU order, a page at a time). Added in place to older tables; idempotent."""
-    present = conn.execute(
+def _ensure_index(conn: sa.Connection, base_prefix: str, name: str, index: str, columns: str) -> None:
+    """Add an index to one of syncd's tables unless it is there (MySQL has no ADD INDEX IF NOT
+    EXISTS). ``syncd_change.product``: the apply step's re-check and the settle step look up the
+    pending changes of a few products while the queue may hold a bulk import's thousands."""
+    found = conn.execute(
         sa.text(
             "SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() "
-            "AND TABLE_NAME = :t AND INDEX_NAME = 'sku_lang'"
+            "AND TABLE_NAME = :t AND INDEX_NAME = :i"
         ),
-        {"t": base_prefix + "syncd_group"},
+        {"t": base_prefix + name, "i": index},
     ).scalar_one()
-    if not present:
-        conn.exec_driver_sql(f"ALTER TABLE {table(base_prefix, 'syncd_group')} ADD KEY `sku_lang` (`sku`, `lang`)")
+    if not found:
+        conn.exec_driver_sql(f"ALTER TABLE {table(base_prefix, name)} ADD KEY `{index}` {columns}")
 
 
 def drop_schema(conn: sa.Connection, base_prefix: str, *, keep_history: bool = False) -> list[str]:
