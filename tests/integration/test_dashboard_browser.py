@@ -84,7 +84,7 @@ def test_admin_workflow_in_a_real_browser(page, wp_network):
         page.fill("#search input[name=q]", "MUG")
         page.click("#search button")
         expect(page.locator("table.products tbody tr")).to_have_count(1)
-        shot(page, "products")
+        shot(page, "products-search")
         page.click("table.products a:text('MUG')")
         expect(page.locator("#stock-chart svg polyline").first).to_be_attached()
         assert page.locator("#stock-chart svg polyline").count() == 3  # one line per blog
@@ -100,6 +100,9 @@ def test_admin_workflow_in_a_real_browser(page, wp_network):
         shot(page, "product")
 
         drift_sql(net, 3, cap[3], "_stock", "77")
+        page.goto(d.url + "/products")
+        expect(page.locator("table.products tr.drift")).to_have_count(1)  # CAP, highlighted
+        shot(page, "products")
         page.goto(d.url + "/audit")
         page.click("#run-audit button")
         expect(page.locator("#audit-summary")).to_be_visible(timeout=60_000)  # the page refreshes itself
