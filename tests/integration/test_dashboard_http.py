@@ -531,3 +531,55 @@ def test_tls_serves_https_with_secure_cookies(wp_network, tmp_path):
         )
         cookie = r.headers["set-cookie"]
         assert r.status_code == 303 and "Secure" in cookie and "HttpOnly" in cookie
+
+
+def test_syncd_dashboard_command_serves_and_refuses_plain_remote(wp_network, tmp_path):
+    """`syncd dashboard` as an operator runs it: its own process, the configuration file."""
+    import signal
+    import subprocess
+    import sys
+
+    import requests
+
+    from syncd.testnet.server import free_port
+
+    installed(wp_network)
+    port = free_port()
+
+    def config(listen: str) -> str:
+        path = tmp_path / "syncd.toml"
+        path.write_text(
+            f'[database]\nurl = "{wp_network.url}"\ntable_prefix = "{wp_network.prefix}"\n'
+            f'[dashboard]\nlisten = "{listen}"\n[log]\nformat = "json"\n',
+            encoding="utf-8",
+        )
+        return str(path)
+
+    cmd = [sys.executable, "-m", "syncd", "--config"]
+    refused = subprocess.run(
+        [*cmd, config(f"0.0.0.0:{port}"), "dashboard"], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 78 and "refusing to listen on 0.0.0.0" in refused.stderr
+    proc = subprocess.Popen(
+        [*cmd, config(f"127.0.0.1:{port}"), "dashboard"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        up = threading.Event()
+        while not up.wait(0.05):  # until it answers (a condition, not a timing)
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                r = requests.get(f"http://127.0.0.1:{port}/login", timeout=5)
+            except requests.ConnectionError:
+                continue
+            up.set()
+        assert r.status_code == 200 and r.headers["content-security-policy"].startswith("default-src 'none'")
+        assert requests.get(f"http://127.0.0.1:{port}/index.json", timeout=5).status_code == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    # uvicorn finishes the requests in flight, then re-raises SIGTERM: systemd counts that as a clean stop
+    assert proc.returncode in (0, -signal.SIGTERM), err
+    assert "dashboard_start" in out + err and wp_network.url.split("@")[0] not in out + err
