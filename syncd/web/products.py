@@ -72,7 +72,12 @@ def _filters(ctx: Ctx) -> dict[str, Any]:
 def page_rows(conn: sa.Connection, scope: Scope, f: dict[str, Any]) -> list[dict[str, Any]]:
     """One page (+1 row, to know whether there is a next page) of groups with their members' values."""
     base = scope.base
-    conds, params = ["1 = 1"], {"limit": PAGE + 1, "offset": (f["page"] - 1) * PAGE}
+    # groups with a member syncd syncs (or reports as ambiguous): not those of grouped/external products
+    conds = [
+        f"EXISTS (SELECT 1 FROM {table(base, 'syncd_member')} ms WHERE ms.group_id = g.group_id "
+        "AND ms.state IN ('linked', 'ambiguous'))"
+    ]
+    params: dict[str, Any] = {"limit": PAGE + 1, "offset": (f["page"] - 1) * PAGE}
     if f["q"]:
         names = _name_matches(conn, scope, f["q"])
         params["q"] = _like(f["q"]) + "%"
