@@ -241,5 +241,7 @@ def main(config: Config, args: Any, out: TextIO | None = None) -> int:
             out,
         )
     else:
-        render(entries, out, f"History of {resolved.sku} ({', '.join(resolved.langs)}), oldest first:", sources)
+        render(
+            entries, out, f"History of {resolved.sku} ({', '.join(resolved.langs)}), oldest first:", sources
+        )
     return 0

@@ -1301,7 +1301,12 @@ def set_group_stock(
 
 
 def sync_group(
-    config: Config, engine: sa.Engine, group_id: int, *, from_blog: int | None = None, source: str | None = None
+    config: Config,
+    engine: sa.Engine,
+    group_id: int,
+    *,
+    from_blog: int | None = None,
+    source: str | None = None,
 ) -> Outcome:
     """``syncd sync`` for one group; ``from_blog``: that blog's member is the authority."""
     outcome = Outcome(authority=config.reconcile.authority if from_blog is None else f"blog:{from_blog}")
@@ -1312,7 +1317,12 @@ def sync_group(
 
 
 def reconcile_groups(
-    config: Config, engine: sa.Engine, group_ids: Sequence[int], *, dry_run: bool = False, source: str | None = None
+    config: Config,
+    engine: sa.Engine,
+    group_ids: Sequence[int],
+    *,
+    dry_run: bool = False,
+    source: str | None = None,
 ) -> Outcome:
     """Reconcile the named groups (those that still differ when locked); ``dry_run``: the writes it
     would make from the values read now, nothing written (the preview)."""
