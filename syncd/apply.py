@@ -413,20 +413,27 @@ class Applier:
             self._step_hook(name)
 
     def _recheck(self, conn: sa.Connection, changes: Sequence[Change], writes: Sequence[MemberWrite]) -> None:
-        """After the lock step: a member that receives a fixed value (a register, an absolute
-        stock set, a manual status, a SKU) and has a change of its own captured after this batch
-        was fetched would have that newer value overwritten by an older one (issue 9 path 2). Its
-        rows are locked now, so nothing more can commit for it: ask for the batch again with those
-        changes (BatchExtend). Relative stock deltas commute and need no re-check."""
-        fixed = [
+        """After the lock step, the changes of written members captured after this batch was
+        fetched (their rows are locked now: nothing more can commit for them). The batch starts
+        again with them (BatchExtend) when applying it without them would lose one (issue 9 path 2):
+        a member that receives a fixed value (a register, an absolute stock set, a manual status, a
+        SKU) would have its own newer value overwritten by an older one; a member whose ``_stock``
+        row an importer deleted and added again (an absolute set captured after this batch's
+        deltas) would get those deltas on top of the value that supersedes them. Relative deltas
+        on their own commute and need nothing."""
+        if not writes:
+            return
+        batch = {c.id for c in changes}
+        fixed = {
             w.key
             for w in writes
             if w.registers or w.status_register is not None or w.new_sku is not None or (w.stock and w.stock.is_set)
+        }
+        later = [
+            cid
+            for cid, key, meta_key, op in settle.queued_rows(conn, self.base, [w.key for w in writes])
+            if cid not in batch and (key in fixed or (meta_key == STOCK and op == "I"))
         ]
-        if not fixed:
-            return
-        batch = {c.id for c in changes}
-        later = [i for i in settle.queued_ids(conn, self.base, fixed) if i not in batch]
         if later:
             raise BatchExtend(later)
 

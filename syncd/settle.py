@@ -34,7 +34,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from syncd.db import table
+from syncd.db import errno_of, table
 from syncd.plan import Key
 
 JOIN = "join"
@@ -177,10 +177,16 @@ def postpone(conn: sa.Connection, base_prefix: str, item: Settling, reason: str,
 
 
 def counts(conn: sa.Connection, base_prefix: str) -> dict[str, int]:
-    """kind -> how many products are settling (for `syncd status`)."""
-    rows = conn.exec_driver_sql(
-        f"SELECT kind, COUNT(*) FROM {table(base_prefix, 'syncd_settle')} GROUP BY kind"
-    ).all()
+    """kind -> how many products are settling (for `syncd status`; {} before schema 3)."""
+    try:
+        with conn.begin_nested():
+            rows = conn.exec_driver_sql(
+                f"SELECT kind, COUNT(*) FROM {table(base_prefix, 'syncd_settle')} GROUP BY kind"
+            ).all()
+    except sa.exc.DBAPIError as exc:
+        if errno_of(exc) != 1146:  # an installation not upgraded yet: nothing is settling
+            raise
+        return {}
     return {str(k): int(n) for k, n in rows}
 
 
@@ -195,12 +201,14 @@ def queued(conn: sa.Connection, base_prefix: str, keys: Iterable[Key]) -> int:
     )
 
 
-def queued_ids(conn: sa.Connection, base_prefix: str, keys: Iterable[Key]) -> list[int]:
-    """The ids of the captured changes of ``keys`` that wait in the queue (see :func:`queued`)."""
+def queued_rows(conn: sa.Connection, base_prefix: str, keys: Iterable[Key]) -> list[tuple[int, Key, str, str]]:
+    """(id, product, meta_key, op) of the captured changes of ``keys`` waiting in the queue (see
+    :func:`queued`), in capture order."""
     where, params = _keys_where(keys)
     return [
-        int(r[0])
-        for r in conn.exec_driver_sql(
-            f"SELECT id FROM {table(base_prefix, 'syncd_change')} WHERE {where} ORDER BY id", tuple(params)
+        (int(i), (int(b), int(p)), str(k), str(o))
+        for i, b, p, k, o in conn.exec_driver_sql(
+            f"SELECT id, blog_id, post_id, meta_key, op FROM {table(base_prefix, 'syncd_change')} WHERE {where} ORDER BY id",
+            tuple(params),
         )
     ]
