@@ -28,7 +28,7 @@ def products(ctx: Ctx) -> View:
     with app.read_engine.connect() as conn:
         scope = app.scope(conn)
         blogs = [b for b in scope.blog_ids if f["blog"] is None or b == f["blog"]] or scope.blog_ids
-        rows = page_rows(conn, scope, f)
+        rows, more = page_rows(conn, scope, f)
         langs = [
             r[0]
             for r in conn.execute(
@@ -36,7 +36,6 @@ def products(ctx: Ctx) -> View:
             )
         ]
         conn.rollback()
-    more = len(rows) > PAGE
     data = {
         "filters": {k: v for k, v in f.items() if k != "offset"},
         "page": f["page"],
@@ -44,7 +43,7 @@ def products(ctx: Ctx) -> View:
         "next_page": f["page"] + 1 if more else None,
         "blogs": scope.blog_ids,
         "languages": [x for x in langs if x],
-        "groups": rows[:PAGE],
+        "groups": rows,
     }
     return View("products.html", data, extra={"shown_blogs": blogs})
 
@@ -69,14 +68,13 @@ def _filters(ctx: Ctx) -> dict[str, Any]:
     }
 
 
-def page_rows(conn: sa.Connection, scope: Scope, f: dict[str, Any]) -> list[dict[str, Any]]:
-    """One page (+1 row, to know whether there is a next page) of groups with their members' values."""
+def page_rows(conn: sa.Connection, scope: Scope, f: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+    """One page of groups with their members' values, and whether there is a next page. Groups
+    without a synced (or ambiguous) member - grouped and external products - are left out of the
+    page after the read (a page may then hold a few less than PAGE rows): filtering them in SQL
+    cost a member lookup per group read (page 1,000 at 100,000 x 10: 0.8 s instead of 0.1 s)."""
     base = scope.base
-    # groups with a member syncd syncs (or reports as ambiguous): not those of grouped/external products
-    conds = [
-        f"EXISTS (SELECT 1 FROM {table(base, 'syncd_member')} ms WHERE ms.group_id = g.group_id "
-        "AND ms.state IN ('linked', 'ambiguous'))"
-    ]
+    conds = ["1 = 1"]
     params: dict[str, Any] = {"limit": PAGE + 1, "offset": (f["page"] - 1) * PAGE}
     if f["q"]:
         names = _name_matches(conn, scope, f["q"])
@@ -102,9 +100,9 @@ def page_rows(conn: sa.Connection, scope: Scope, f: dict[str, Any]) -> list[dict
         ),
         params,
     ).all()
-    return attach_members(
-        conn, scope, [{"group": int(g), "sku": s, "lang": lg, "kind": k} for g, s, lg, k in groups]
-    )
+    more = len(groups) > PAGE
+    rows = [{"group": int(g), "sku": s, "lang": lg, "kind": k} for g, s, lg, k in groups[:PAGE]]
+    return [r for r in attach_members(conn, scope, rows) if r["members"]], more
 
 
 def attach_members(conn: sa.Connection, scope: Scope, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
