@@ -26,6 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from syncd import config as config_mod
+from syncd import signals
 from syncd.config import Config, ConfigError
 from syncd.db import errno_of
 from syncd.log import FORMATS, LEVELS, configure_logging, get_logger
@@ -440,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         args.handler = cmd_run
         args.command = "run"
+    if args.handler is not cmd_run or getattr(args, "reconcile", False):
+        signals.release()  # only the daemon takes over the signals caught during start-up
     level = args.log_level or "info"
     fmt = args.log_format or "auto"
     configure_logging(level, fmt)

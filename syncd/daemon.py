@@ -47,6 +47,7 @@ import sqlalchemy as sa
 import structlog
 
 from syncd import capture, catalog, fanout, queue, schema, settle
+from syncd import signals as early_signals
 from syncd.apply import Applier, BatchConflict, BatchExtend, BatchResult
 from syncd.config import Config, ConfigError, load_config
 from syncd.db import errno_of, is_disconnect, is_retryable, table
@@ -1070,6 +1071,15 @@ def install_signal_handlers(daemon: Daemon) -> None:
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGHUP, reload)
+    # Signals that arrived during start-up (syncd.signals.catch_early): a stop asks this daemon to
+    # stop before it does anything (exit 0), a reload re-reads the file.
+    early = early_signals.take_pending()
+    if any(s in (signal.SIGTERM, signal.SIGINT) for s in early):
+        count["n"] = 1
+        _log_from_thread("stop_requested", signal="early", in_batch=False)
+        daemon.request_stop()
+    if signal.SIGHUP in early:
+        daemon.request_reload()
 
 
 def run(config: Config) -> int:

@@ -141,7 +141,14 @@ class DaemonProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def signal(self, sig: int) -> None:
+        """Send ``sig``; a stop or reload signal only once the process handles it (a signal that
+        lands while the interpreter itself is still starting would kill it whatever syncd does)."""
         assert self.proc is not None
+        if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            deadline = time.monotonic() + 30
+            while self.alive() and not catches(self.pid, sig):
+                assert time.monotonic() < deadline, f"{self.name} never installed a handler for {sig}"
+                time.sleep(0.005)
         self.proc.send_signal(sig)
 
     def terminate(self) -> None:
@@ -231,6 +238,18 @@ class DaemonProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (SigCgt in /proc/PID/status)."""
+    try:
+        with open(f"/proc/{int(pid)}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (int(sig) - 1) & 1)
+    except OSError:
+        return False  # exited
+    return False
 
 
 def run_cli(config_path: Path | str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
