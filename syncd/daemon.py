@@ -137,6 +137,10 @@ class Daemon:
         self._admin_engine: sa.Engine | None = None
         self._lock_conn: sa.Connection | None = None
         self._lock_name = ""
+        self._lock_conn_id: int | None = None  # CONNECTION_ID() that holds the leader lock
+        # Set while this instance leads: the periodic leader-only work (heartbeat, discovery, full
+        # member refresh, pruning) runs only then; cleared on demotion, set again on promotion.
+        self._leading = threading.Event()
         self._scheduler: Any = None
         self._in_batch = False
         self.capture_mode = "trigger"
@@ -372,6 +376,8 @@ class Daemon:
                 self._lock_conn.commit()
                 backoff.reset()
                 if got == 1:
+                    self._lock_conn_id = self._lock_conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar_one()
+                    self._lock_conn.commit()
                     self.stats.leader_since = time.time()
                     log.info("leader_acquired", lock=self._lock_name, instance=self.instance, waited=waited)
                     return True
@@ -396,6 +402,36 @@ class Daemon:
                 self._note_error("leader_lock_failed", exc, retry_in=delay)
                 self.stop.wait(delay)
         return False
+
+    def _stop_leading(self) -> None:
+        """Demoted: no leader-only work from now on (jobs check the flag, the scheduler pauses)."""
+        self._leading.clear()
+        self.stats.leader_since = None
+        self._lock_conn_id = None
+        if self._scheduler is not None:
+            self._scheduler.pause()
+        log.warning("leader_work_stopped", instance=self.instance)
+
+    def _resume_leading(self) -> None:
+        """Promoted again: catch up on what another leader may have changed, then resume the jobs."""
+        try:
+            self.discover()
+        except Exception as exc:  # noqa: BLE001 - the scheduled discovery tries again
+            self._note_error("discovery_failed", exc)
+        self._leading.set()
+        if self._scheduler is not None:
+            self._scheduler.resume()
+        self._heartbeat_now()
+        log.info("leader_work_resumed", instance=self.instance)
+
+    def leads(self) -> bool:
+        """This instance holds the leader lock right now (asked of the server, on its own connection)."""
+        if not self._leading.is_set() or self._lock_conn_id is None or self._admin_engine is None:
+            return False
+        with self._admin_engine.connect() as conn:
+            holder = conn.exec_driver_sql("SELECT IS_USED_LOCK(%s)", (self._lock_name,)).scalar()
+            conn.rollback()
+        return holder is not None and int(holder) == self._lock_conn_id
 
     def _drop_lock_conn(self) -> None:
         if self._lock_conn is not None:
@@ -438,6 +474,7 @@ class Daemon:
             if errno_of(exc) in REFUSED_AT_START:
                 raise StartupRefused(str(exc)) from exc
             raise
+        self._leading.set()
         self._start_scheduler()
 
     def _record_start(self, conn: sa.Connection) -> None:
@@ -644,6 +681,8 @@ class Daemon:
         assert self._admin_engine is not None
         with self._admin_engine.connect() as conn:
             for blog in self.blogs().values():
+                if not self._leading.is_set():
+                    return  # demoted meanwhile: the new leader refreshes
                 try:
                     catalog.refresh_members(
                         conn, self.base, blog, settings=self.config.blogs.for_blog(blog.blog_id)
@@ -658,7 +697,7 @@ class Daemon:
         assert self._admin_engine is not None
         total = 0
         with self._admin_engine.connect() as conn:
-            while not self.stop.is_set():
+            while not self.stop.is_set() and self._leading.is_set():
                 n = conn.execute(
                     sa.text(
                         f"DELETE FROM {table(self.base, 'syncd_history')} "
@@ -718,8 +757,14 @@ class Daemon:
         if stopped:
             payload["stopped_at"] = payload["heartbeat"]
             payload["connection"] = "closed"
+        if self._lock_conn_id is None:
+            return  # not the leader: the heartbeat row is the leader's
         with self._admin_engine.connect() as conn:
-            schema.set_meta(conn, self.base, "daemon", json.dumps(payload))
+            # Written only if the lock is still ours at that instant: a demoted leader that has
+            # not noticed yet never names itself in place of the new one (`syncd status`).
+            schema.set_meta_if_lock_held(
+                conn, self.base, "daemon", json.dumps(payload), self._lock_name, self._lock_conn_id
+            )
             conn.commit()
 
     def _heartbeat_now(self) -> None:
@@ -736,6 +781,8 @@ class Daemon:
         def guarded(name: str, fn: Callable[[], object]) -> Callable[[], None]:
             def job() -> None:
                 try:
+                    if not self.leads():
+                        return  # leader-only work; a demoted instance's paused jobs may still fire once
                     fn()
                 except Exception as exc:  # noqa: BLE001 - periodic work must never kill the daemon
                     self._note_error(name, exc)
@@ -773,11 +820,13 @@ class Daemon:
                 last_leader_check = now
                 if not self._still_leader():
                     log.warning("leadership_lost", lock=self._lock_name)
+                    self._stop_leading()
                     if conn is not None:
                         _discard(conn)
                         conn = None
                     if not self._become_leader():
                         return
+                    self._resume_leading()
             try:
                 if self.capture_mode == "poll" and now - last_poll >= self.config.capture.poll_interval:
                     # Same thread as the applier: a poll and a batch never interleave (see syncd.poll).

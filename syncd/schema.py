@@ -159,6 +159,22 @@ def set_meta(conn: sa.Connection, base_prefix: str, name: str, value: str | None
     )
 
 
+def set_meta_if_lock_held(
+    conn: sa.Connection, base_prefix: str, name: str, value: str, lock: str, holder: int
+) -> bool:
+    """:func:`set_meta`, but only while connection ``holder`` holds ``GET_LOCK(lock)`` (checked by
+    the server in the same statement). Returns whether it was written."""
+    n = conn.execute(
+        sa.text(
+            f"INSERT INTO {table(base_prefix, 'syncd_meta')} (name, value, updated_at) "
+            "SELECT :n, :v, :t FROM DUAL WHERE IS_USED_LOCK(:lock) = :holder "
+            "ON DUPLICATE KEY UPDATE value = VALUES(value), updated_at = VALUES(updated_at)"
+        ),
+        {"n": name, "v": value, "t": datetime.now(UTC).replace(tzinfo=None), "lock": lock, "holder": holder},
+    ).rowcount
+    return n > 0
+
+
 def get_meta(conn: sa.Connection, base_prefix: str, name: str) -> str | None:
     return conn.execute(
         sa.text(f"SELECT value FROM {table(base_prefix, 'syncd_meta')} WHERE name = :n"), {"n": name}
