@@ -130,7 +130,9 @@ def test_kill_9_during_a_write_storm_loses_nothing_and_applies_nothing_twice(wp_
                 with net.engine.connect() as c:
                     woo_decrease(net, 2, probe_ids[2], 1, conn=c)
                 storm.ledger.add(probe, -1)
-                wait_until(lambda: waiting_for(net, holder), 30, "the batch to wait for the row", poll=0.15)
+                wait_until(
+                    lambda h=holder: waiting_for(net, h), 30, "the batch to wait for the row", poll=0.15
+                )
             else:
                 time.sleep(rng.uniform(0.0, 0.6))
             assert not storm.errors, storm.errors

@@ -21,7 +21,14 @@ from structlog.testing import capture_logs
 from syncd import capture
 from syncd.config import config_for
 from syncd.daemon import EXIT_OK, Daemon
-from tests.integration.daemon_process import members, quantities, refresh_fn, running, wait_drained, wait_until
+from tests.integration.daemon_process import (
+    members,
+    quantities,
+    refresh_fn,
+    running,
+    wait_drained,
+    wait_until,
+)
 from tests.integration.sync_helpers import woo_decrease
 
 

@@ -60,7 +60,9 @@ def make_outdated(net: Any) -> None:
     with net.engine.connect() as c:
         for d in capture.render_blog_triggers(net.prefix, blog):
             c.exec_driver_sql(f"DROP TRIGGER IF EXISTS `{d.name}`")
-            c.exec_driver_sql(d.create_sql.replace("IF @syncd_apply IS NULL", "IF 1 = 1 AND @syncd_apply IS NULL", 1))
+            c.exec_driver_sql(
+                d.create_sql.replace("IF @syncd_apply IS NULL", "IF 1 = 1 AND @syncd_apply IS NULL", 1)
+            )
         c.commit()
 
 
