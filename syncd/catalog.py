@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -114,9 +115,16 @@ def _language_of(prefix: str, post: str) -> str:
 
 
 def refresh_sql(
-    base_prefix: str, prefix: str, collation: str, n_ids: int | None, *, polylang: bool = False
+    base_prefix: str,
+    prefix: str,
+    collation: str,
+    n_ids: int | None,
+    *,
+    polylang: bool = False,
+    id_range: bool = False,
 ) -> str:
-    """The membership refresh statement (pure, golden-tested). Params: :blog_id, :now, :lang, :id0..."""
+    """The membership refresh statement (pure, golden-tested). Params: :blog_id, :now, :lang, :id0...
+    (``n_ids``), or :lo and :hi (``id_range``: posts with lo < ID <= hi)."""
     validate_prefix(base_prefix)
     validate_prefix(prefix)
     if not _COLLATION_RE.match(collation):
@@ -124,6 +132,8 @@ def refresh_sql(
     only = ""
     if n_ids is not None:
         only = "AND p.ID IN (" + ", ".join(f":id{i}" for i in range(n_ids)) + ")"
+    elif id_range:
+        only = "AND p.ID > :lo AND p.ID <= :hi"
     if polylang:
         lang = f"COALESCE({_language_of(prefix, 'p.ID')}, {_language_of(prefix, 'p.post_parent')}, :lang)"
     else:
@@ -210,6 +220,119 @@ def refresh_members(
     recompute_ambiguity(conn, base_prefix, blog.blog_id)
 
 
+#: Posts per transaction of the full refresh (refresh_members_in_chunks).
+REFRESH_CHUNK = 100
+#: (lo, hi): the posts with lo < ID <= hi.
+PostRange = tuple[int, int]
+_MAX_POST_ID = 2**64 - 1
+
+
+def refresh_members_in_chunks(
+    conn: sa.Connection,
+    base_prefix: str,
+    blog: Blog,
+    *,
+    settings: BlogSettings | None = None,
+    chunk: int = REFRESH_CHUNK,
+    keep_going: Callable[[], bool] = lambda: True,
+    after_chunk: Callable[[PostRange], None] | None = None,
+) -> int:
+    """The periodic full refresh of ``blog``'s membership, as :func:`refresh_members` does it, but
+    in short transactions of ``chunk`` posts by id range (each one commits), so that no member row
+    is locked for longer than one chunk: an apply batch that needs a member row waits
+    milliseconds, not the whole blog's refresh. Each chunk leaves the table consistent (its
+    members, their groups, exclusions, and the ambiguity of every group it touched).
+
+    Returns the number of chunks. ``keep_going`` is asked before each chunk (a demoted daemon
+    stops); ``after_chunk`` is called inside each chunk's transaction, before its commit (tests).
+    """
+    now = datetime.now(UTC).replace(tzinfo=None)
+    ctx = _RefreshContext(
+        base_prefix,
+        blog,
+        now,
+        sku_collation(conn, blog),
+        fallback_language(conn, blog, settings),
+        stored_exclusions(conn, base_prefix),
+    )
+    conn.rollback()
+    lo, chunks = 0, 0
+    while keep_going():
+        hi = _chunk_end(conn, blog, lo, chunk)
+        _refresh_range(conn, ctx, (lo, hi))
+        if after_chunk is not None:
+            after_chunk((lo, hi))
+        conn.commit()
+        chunks += 1
+        if hi == _MAX_POST_ID:
+            break
+        lo = hi
+    return chunks
+
+
+@dataclass(frozen=True)
+class _RefreshContext:
+    base_prefix: str
+    blog: Blog
+    now: datetime
+    collation: str
+    lang: str
+    exclusions: tuple[str, ...]
+
+
+def _chunk_end(conn: sa.Connection, blog: Blog, lo: int, chunk: int) -> int:
+    """The id of the ``chunk``-th product post after ``lo`` (the last chunk is open-ended)."""
+    hi = conn.execute(
+        sa.text(
+            f"SELECT ID FROM {table(blog.prefix, 'posts')} WHERE ID > :lo "
+            "AND post_type IN ('product', 'product_variation') ORDER BY ID LIMIT 1 OFFSET :n"
+        ),
+        {"lo": lo, "n": max(1, int(chunk)) - 1},
+    ).scalar_one_or_none()
+    return _MAX_POST_ID if hi is None else int(hi)
+
+
+def _refresh_range(conn: sa.Connection, ctx: _RefreshContext, post_range: PostRange) -> None:
+    """One chunk of the full refresh, in the caller's transaction (short: one id range)."""
+    blog, member = ctx.blog, table(ctx.base_prefix, "syncd_member")
+    where = "blog_id = :b AND post_id > :lo AND post_id <= :hi AND group_id IS NOT NULL"
+    bounds = {"b": blog.blog_id, "lo": post_range[0], "hi": post_range[1]}
+    groups_sql = sa.text(f"SELECT DISTINCT group_id FROM {member} WHERE {where}")
+    touched = set(conn.execute(groups_sql, bounds).scalars())
+    conn.execute(
+        sa.text(
+            refresh_sql(
+                ctx.base_prefix, blog.prefix, ctx.collation, None, polylang=blog.polylang, id_range=True
+            )
+        ),
+        {"blog_id": blog.blog_id, "now": ctx.now, "lang": ctx.lang, "lo": post_range[0], "hi": post_range[1]},
+    )
+    conn.execute(
+        sa.text(
+            f"DELETE FROM {member} WHERE blog_id = :b AND post_id > :lo AND post_id <= :hi AND refreshed_at < :now"
+        ),
+        {**bounds, "now": ctx.now},
+    )
+    assign_groups(conn, ctx.base_prefix, blog.blog_id, now=ctx.now, post_range=post_range)
+    mark_excluded(conn, ctx.base_prefix, blog.blog_id, None, ctx.exclusions, post_range=post_range)
+    touched |= set(conn.execute(groups_sql, bounds).scalars())
+    recompute_ambiguity(conn, ctx.base_prefix, blog.blog_id, touched)
+
+
+def _post_filter(
+    column: str, post_ids: Sequence[int] | None, post_range: PostRange | None
+) -> tuple[str, dict[str, int]]:
+    """`` AND column IN (...)`` for ``post_ids``, or the range condition for ``post_range``."""
+    if post_ids is not None:
+        return (
+            f" AND {column} IN (" + ", ".join(f":id{i}" for i in range(len(post_ids))) + ")",
+            {f"id{i}": v for i, v in enumerate(post_ids)},
+        )
+    if post_range is not None:
+        return f" AND {column} > :lo AND {column} <= :hi", {"lo": post_range[0], "hi": post_range[1]}
+    return "", {}
+
+
 # --------------------------------------------------------------------------- exclusions
 EXCLUSIONS_META = "exclude_skus"
 
@@ -239,18 +362,23 @@ def store_exclusions(conn: sa.Connection, base_prefix: str, patterns: Sequence[s
 
 
 def mark_excluded(
-    conn: sa.Connection, base_prefix: str, blog_id: int, post_ids: Sequence[int] | None, patterns: Sequence[str]
+    conn: sa.Connection,
+    base_prefix: str,
+    blog_id: int,
+    post_ids: Sequence[int] | None,
+    patterns: Sequence[str],
+    *,
+    post_range: PostRange | None = None,
 ) -> int:
-    """State 'excluded' for members of ``blog_id`` (or of ``post_ids``) whose SKU matches a pattern."""
+    """State 'excluded' for members of ``blog_id`` (or of ``post_ids``, or of ``post_range``) whose
+    SKU matches a pattern."""
     if not patterns:
         return 0
     from syncd.exclusion import exclusion_condition
 
     cond, params = exclusion_condition("sku", patterns)
-    only = ""
-    if post_ids is not None:
-        only = " AND post_id IN (" + ", ".join(f":id{i}" for i in range(len(post_ids))) + ")"
-        params.update({f"id{i}": v for i, v in enumerate(post_ids)})
+    only, extra = _post_filter("post_id", post_ids, post_range)
+    params.update(extra)
     return conn.execute(
         sa.text(
             f"UPDATE {table(base_prefix, 'syncd_member')} SET state = 'excluded' "
@@ -267,19 +395,19 @@ def assign_groups(
     post_ids: Sequence[int] | None = None,
     *,
     now: datetime | None = None,
+    post_range: PostRange | None = None,
 ) -> None:
-    """Give every member of ``blog_id`` (or of ``post_ids``) without a group its group: the manual
-    group of its link, else the group known under its key (created when there is none)."""
+    """Give every member of ``blog_id`` (or of ``post_ids``, or of ``post_range``) without a group
+    its group: the manual group of its link, else the group known under its key (created when
+    there is none)."""
     now = now or datetime.now(UTC).replace(tzinfo=None)
     member, group, link = (
         table(base_prefix, "syncd_member"),
         table(base_prefix, "syncd_group"),
         table(base_prefix, "syncd_link"),
     )
-    only, params = "", {"b": blog_id, "now": now}
-    if post_ids is not None:
-        only = " AND m.post_id IN (" + ", ".join(f":id{i}" for i in range(len(post_ids))) + ")"
-        params.update({f"id{i}": v for i, v in enumerate(post_ids)})
+    only, extra = _post_filter("m.post_id", post_ids, post_range)
+    params = {"b": blog_id, "now": now, **extra}
     conn.execute(
         sa.text(
             f"UPDATE {member} m JOIN {link} l ON l.blog_id = m.blog_id AND l.post_id = m.post_id "
@@ -313,15 +441,56 @@ def assign_groups(
     )
 
 
-def recompute_ambiguity(conn: sa.Connection, base_prefix: str, blog_id: int) -> None:
+def recompute_ambiguity(
+    conn: sa.Connection, base_prefix: str, blog_id: int, group_ids: Collection[int] | None = None
+) -> None:
+    """Two SKU-matched members of one group on one blog are 'ambiguous': neither is linked (a
+    manual link, `syncd link`, says which one is meant). For all of ``blog_id``'s members, or those
+    of ``group_ids`` only (enough after a change that touched no other group).
+
+    A plain read finds the groups with more than one such member; one single-table UPDATE then
+    writes only the rows whose state changes (READ COMMITTED: rows other sessions hold and that
+    do not qualify are passed over, not waited for; a joined UPDATE would lock-read every row of
+    the blog, and wait behind any of them).
+    """
     member = table(base_prefix, "syncd_member")
+    scope, params = "", {"b": blog_id}
+    if group_ids is not None:
+        if not group_ids:
+            return
+        scope, extra = _in_list("group_id", "g", sorted(group_ids))
+        params.update(extra)
+    # Per group: more than one SKU-matched member (ambiguous), or some member still marked so.
+    rows = conn.execute(
+        sa.text(
+            f"SELECT group_id, SUM(link_kind = 'sku') > 1, SUM(state = 'ambiguous') > 0 FROM {member} "
+            f"WHERE blog_id = :b AND state IN ('linked', 'ambiguous'){scope} "
+            "GROUP BY group_id HAVING SUM(link_kind = 'sku') > 1 OR SUM(state = 'ambiguous') > 0"
+        ),
+        params,
+    ).all()
+    if not rows:
+        return  # nothing ambiguous, nothing to reset: no write at all
+    dups = [int(r[0]) for r in rows if r[1] and r[0] is not None]
+    is_dup = "FALSE"
+    if dups:
+        in_dups, extra = _in_list("group_id", "d", dups)
+        is_dup = f"(link_kind = 'sku'{in_dups})"
+        params.update(extra)
     conn.execute(
-        sa.text(f"UPDATE {member} SET state = 'linked' WHERE blog_id = :blog_id AND state = 'ambiguous'"),
-        {"blog_id": blog_id},
+        sa.text(
+            f"UPDATE {member} SET state = IF({is_dup}, 'ambiguous', 'linked') WHERE blog_id = :b{scope} "
+            f"AND (state = 'ambiguous' OR (state = 'linked' AND {is_dup}))"
+        ),
+        params,
     )
-    conn.execute(
-        sa.text(sql_text("member_ambiguity.sql").replace("{base}", validate_prefix(base_prefix))),
-        {"blog_id": blog_id},
+
+
+def _in_list(column: str, name: str, values: Sequence[int]) -> tuple[str, dict[str, int]]:
+    """`` AND column IN (:name0, ...)`` and its parameters."""
+    return (
+        f" AND {column} IN (" + ", ".join(f":{name}{i}" for i in range(len(values))) + ")",
+        {f"{name}{i}": int(v) for i, v in enumerate(values)},
     )
 
 

@@ -141,6 +141,7 @@ class Daemon:
         # Set while this instance leads: the periodic leader-only work (heartbeat, discovery, full
         # member refresh, pruning) runs only then; cleared on demotion, set again on promotion.
         self._leading = threading.Event()
+        self._demoted = threading.Event()  # set between a demotion and the next promotion
         self._scheduler: Any = None
         self._in_batch = False
         self.capture_mode = "trigger"
@@ -376,7 +377,8 @@ class Daemon:
                 self._lock_conn.commit()
                 backoff.reset()
                 if got == 1:
-                    self._lock_conn_id = self._lock_conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar_one()
+                    holder = self._lock_conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar_one()
+                    self._lock_conn_id = int(holder)
                     self._lock_conn.commit()
                     self.stats.leader_since = time.time()
                     log.info("leader_acquired", lock=self._lock_name, instance=self.instance, waited=waited)
@@ -406,6 +408,7 @@ class Daemon:
     def _stop_leading(self) -> None:
         """Demoted: no leader-only work from now on (jobs check the flag, the scheduler pauses)."""
         self._leading.clear()
+        self._demoted.set()
         self.stats.leader_since = None
         self._lock_conn_id = None
         if self._scheduler is not None:
@@ -419,6 +422,7 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - the scheduled discovery tries again
             self._note_error("discovery_failed", exc)
         self._leading.set()
+        self._demoted.clear()
         if self._scheduler is not None:
             self._scheduler.resume()
         self._heartbeat_now()
@@ -543,10 +547,10 @@ class Daemon:
             conn.commit()
             for blog_id in sorted(usable) if initial or exclusions_changed else added:
                 try:
-                    catalog.refresh_members(
+                    # In chunks: a blog added (or exclusions changed) while batches are applied.
+                    catalog.refresh_members_in_chunks(
                         conn, self.base, usable[blog_id], settings=self.config.blogs.for_blog(blog_id)
                     )
-                    conn.commit()
                     self._report_translations(conn, usable[blog_id])
                 except Exception as exc:  # noqa: BLE001
                     conn.rollback()
@@ -677,17 +681,26 @@ class Daemon:
             catalog.report_translation_problems(blog.blog_id, catalog.translation_problems(conn, blog))
             conn.rollback()
 
+    def _may_work(self) -> bool:
+        """Long leader-only work goes on: not stopping, not demoted meanwhile."""
+        return not self.stop.is_set() and not self._demoted.is_set()
+
     def refresh_all_members(self) -> None:
+        """The periodic full membership refresh: every blog, in short transactions of a chunk of
+        posts each (catalog.refresh_members_in_chunks), so that apply batches never wait for it."""
         assert self._admin_engine is not None
         with self._admin_engine.connect() as conn:
             for blog in self.blogs().values():
-                if not self._leading.is_set():
-                    return  # demoted meanwhile: the new leader refreshes
+                if not self._may_work():
+                    return  # stopping, or demoted meanwhile: the new leader refreshes
                 try:
-                    catalog.refresh_members(
-                        conn, self.base, blog, settings=self.config.blogs.for_blog(blog.blog_id)
+                    catalog.refresh_members_in_chunks(
+                        conn,
+                        self.base,
+                        blog,
+                        settings=self.config.blogs.for_blog(blog.blog_id),
+                        keep_going=self._may_work,
                     )
-                    conn.commit()
                     self._report_translations(conn, blog)
                 except Exception as exc:  # noqa: BLE001
                     conn.rollback()
@@ -697,7 +710,7 @@ class Daemon:
         assert self._admin_engine is not None
         total = 0
         with self._admin_engine.connect() as conn:
-            while not self.stop.is_set() and self._leading.is_set():
+            while self._may_work():
                 n = conn.execute(
                     sa.text(
                         f"DELETE FROM {table(self.base, 'syncd_history')} "
