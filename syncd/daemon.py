@@ -547,10 +547,7 @@ class Daemon:
             conn.commit()
             for blog_id in sorted(usable) if initial or exclusions_changed else added:
                 try:
-                    # In chunks: a blog added (or exclusions changed) while batches are applied.
-                    catalog.refresh_members_in_chunks(
-                        conn, self.base, usable[blog_id], settings=self.config.blogs.for_blog(blog_id)
-                    )
+                    self._refresh_blog_members(conn, usable[blog_id], at_start=initial)
                     self._report_translations(conn, usable[blog_id])
                 except Exception as exc:  # noqa: BLE001
                     conn.rollback()
@@ -681,6 +678,18 @@ class Daemon:
             catalog.report_translation_problems(blog.blog_id, catalog.translation_problems(conn, blog))
             conn.rollback()
 
+    def _refresh_blog_members(self, conn: sa.Connection, blog: Blog, *, at_start: bool = False) -> None:
+        """A blog's full membership refresh. While batches may be applied, in short chunks (no apply
+        waits for it); at start-up, before the main loop, in one transaction (faster: ~1/3)."""
+        settings = self.config.blogs.for_blog(blog.blog_id)
+        if at_start:
+            catalog.refresh_members(conn, self.base, blog, settings=settings)
+            conn.commit()
+        else:
+            catalog.refresh_members_in_chunks(
+                conn, self.base, blog, settings=settings, keep_going=self._may_work
+            )
+
     def _may_work(self) -> bool:
         """Long leader-only work goes on: not stopping, not demoted meanwhile."""
         return not self.stop.is_set() and not self._demoted.is_set()
@@ -694,13 +703,7 @@ class Daemon:
                 if not self._may_work():
                     return  # stopping, or demoted meanwhile: the new leader refreshes
                 try:
-                    catalog.refresh_members_in_chunks(
-                        conn,
-                        self.base,
-                        blog,
-                        settings=self.config.blogs.for_blog(blog.blog_id),
-                        keep_going=self._may_work,
-                    )
+                    self._refresh_blog_members(conn, blog)
                     self._report_translations(conn, blog)
                 except Exception as exc:  # noqa: BLE001
                     conn.rollback()
