@@ -53,8 +53,8 @@ class Probe(threading.Thread):
         super().__init__(name="probe", daemon=True)
         self.engine = make_engine(net.url, SessionSettings(lock_wait_timeout=600), pool_size=1)
         self.member = f"{net.prefix}syncd_member"
-        self.post_ids, self.blog = post_ids, 0
-        self.waits_ms: list[float] = []
+        self.post_ids, self.blog, self.phase = post_ids, 0, ""
+        self.waits_ms: list[tuple[str, float]] = []  # (phase the probe started in, wait)
         self.halt = threading.Event()
 
     def run(self) -> None:
@@ -65,13 +65,13 @@ class Probe(threading.Thread):
                 if not blog:
                     time.sleep(0.001)
                     continue
-                post = rng.choice(self.post_ids[blog])
+                post, phase = rng.choice(self.post_ids[blog]), self.phase
                 t0 = time.perf_counter()
                 conn.execute(
                     sa.text(f"SELECT 1 FROM {self.member} WHERE blog_id = :b AND post_id = :p FOR UPDATE"),
                     {"b": blog, "p": post},
                 ).all()
-                self.waits_ms.append((time.perf_counter() - t0) * 1000)
+                self.waits_ms.append((phase, (time.perf_counter() - t0) * 1000))
                 conn.rollback()
                 time.sleep(0.002)
 
@@ -84,6 +84,7 @@ class Probe(threading.Thread):
 def refresh_pass(net: BenchNetwork, mode: str, probe: Probe, chunk: int) -> dict[str, Any]:
     """Refresh every blog's membership the ``mode`` way; returns the figures of that pass."""
     longest, started = 0.0, time.perf_counter()
+    probe.phase = mode
     with net.engine.connect() as conn:
         blogs = discover(conn, net.prefix).usable_blogs()
         conn.rollback()
@@ -103,11 +104,12 @@ def refresh_pass(net: BenchNetwork, mode: str, probe: Probe, chunk: int) -> dict
                 catalog.refresh_members_in_chunks(conn, net.prefix, blog, chunk=chunk, after_chunk=tick)
                 longest = max([longest, *(b - a for a, b in zip(marks, marks[1:], strict=False))])
         probe.blog = 0
-    waits = summarize(probe.waits_ms)
-    probe.waits_ms = []
+    elapsed = time.perf_counter() - started
+    time.sleep(0.1)  # let the last probe of this pass finish (its wait counts for this pass)
+    waits = summarize([w for phase, w in probe.waits_ms if phase == mode])
     return {
         "mode": mode,
-        "refresh_s": round(time.perf_counter() - started, 2),
+        "refresh_s": round(elapsed, 2),
         "longest_transaction_ms": round(longest * 1000, 1),
         "probe_locks": waits.get("n"),
         "wait_p50_ms": waits.get("p50"),
