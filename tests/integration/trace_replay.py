@@ -98,8 +98,9 @@ class Replay:
         if n not in self._conns:
             raw = self._net.engine.raw_connection()
             raw.driver_connection.autocommit(True)
-            cur = raw.cursor()  # a PHP request's session: the server's defaults, not the test engine's
-            cur.execute("SET SESSION innodb_lock_wait_timeout = @@GLOBAL.innodb_lock_wait_timeout")
+            cur = raw.cursor()  # a PHP request's session: MariaDB's defaults, not the test engine's
+            # (wpdb sets no lock wait: 50 s, the server default; the test server's global is 10 s)
+            cur.execute("SET SESSION innodb_lock_wait_timeout = 50")
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # the server default
             cur.close()
             self._conns[n] = raw
