@@ -141,6 +141,13 @@ class ReconcileConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics] listen = "127.0.0.1:9187"``: the daemon's Prometheus endpoint ("" = off, the default)."""
+
+    listen: str = ""
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "auto"
@@ -184,6 +191,7 @@ class Config:
     reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     log: LogConfig = field(default_factory=LogConfig)
     blogs: BlogsConfig = field(default_factory=BlogsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str | None = None  # the file this came from (None: built in code / environment only)
     #: --log-level/--log-format given on the command line (None: not given): a configuration
     #: reload (SIGHUP) re-reads the file and applies these again, so the command line keeps winning.
@@ -411,6 +419,23 @@ def _parse_log(raw: Mapping[str, Any], section: str) -> LogConfig:
     )
 
 
+def _parse_metrics(raw: Mapping[str, Any], section: str) -> MetricsConfig:
+    _check_keys(section, raw, ("listen",))
+    listen = raw.get("listen", "")
+    if not isinstance(listen, str):
+        raise ConfigError(
+            f'expected "HOST:PORT" such as "127.0.0.1:9187", got {_show(listen)}', key=f"{section}.listen"
+        )
+    if listen:
+        from syncd.metrics import parse_listen
+
+        try:
+            parse_listen(listen)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key=f"{section}.listen") from None
+    return MetricsConfig(listen=listen)
+
+
 def _parse_blogs(raw: Mapping[str, Any], section: str) -> BlogsConfig:
     # [blogs.N] tables arrive as keys "N" of [blogs]: per-blog settings, validated like the rest.
     per_blog = {k: v for k, v in raw.items() if isinstance(k, str) and k.isdigit()}
@@ -449,6 +474,7 @@ _SECTIONS = {
     "reconcile": _parse_reconcile,
     "log": _parse_log,
     "blogs": _parse_blogs,
+    "metrics": _parse_metrics,
 }
 
 

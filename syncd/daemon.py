@@ -143,6 +143,7 @@ class Daemon:
         self._watchdog_every = watchdog_interval()  # None outside systemd / without WatchdogSec
         self._last_ping = 0.0
         self._reload = threading.Event()  # set by SIGHUP, served by the main or standby loop
+        self.metrics: Any = None  # syncd.metrics.Metrics when [metrics] listen is set
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -389,7 +390,14 @@ class Daemon:
         assert self._admin_engine is not None
         try:
             with self._admin_engine.connect() as conn:
-                schema.ensure_schema(conn, self.base)
+                if self.config.sync.install_triggers:
+                    schema.ensure_schema(conn, self.base)
+                elif not schema.schema_current(conn, self.base):
+                    # The runtime role may not create tables: the installer runs `syncd install`.
+                    raise StartupRefused(
+                        "syncd's tables are missing or outdated and sync.install_triggers = false: "
+                        "run `syncd install` as the installer user first"
+                    )
                 self._record_start(conn)
             self.discover(initial=True)
             if self.capture_mode == "poll":
@@ -498,7 +506,8 @@ class Daemon:
                 log.warning("triggers_removed_for_poll_mode", triggers=sorted(installed))
             self.capture_mode = "poll"
             return
-        if mode == "trigger" or not usable:
+        if mode == "trigger" or not usable or not self.config.sync.install_triggers:
+            # install_triggers = false: the installer put the triggers in place (`syncd install`).
             self.capture_mode = "trigger"
             return
         probe = usable[min(usable)]
@@ -770,6 +779,8 @@ class Daemon:
                 if is_retryable(exc):
                     self._ping_watchdog()  # waiting out a read-only server is not a stuck loop
                     self.stats.retries += 1
+                    if self.metrics is not None:
+                        self.metrics.retry(_reason(exc))
                     delay = backoff.next()
                     self.stats.connection = f"connected, retrying a batch: {_reason(exc)}"
                     log.warning(
@@ -803,6 +814,10 @@ class Daemon:
 
     def _dead_letter(self, conn: sa.Connection, change: Change, exc: BaseException) -> None:
         self.stats.dead += 1
+        if self.metrics is not None:
+            from syncd.metrics import dead_letter_reason
+
+            self.metrics.dead_letter(dead_letter_reason(errno_of(exc), exc))
         log.error(
             "change_dead_lettered",
             change=change.id,
@@ -835,6 +850,8 @@ class Daemon:
         if newest is not None:
             s.last_capture = newest.replace(tzinfo=UTC).timestamp()
             s.last_lag_ms = round((s.last_apply - s.last_capture) * 1000, 1)
+        if self.metrics is not None:
+            self.metrics.batch_applied((c.captured_at for c in changes), result.writes, s.last_apply)
         # One line per captured change, with the SKU and blogs as context, so that
         # `journalctl -u syncd SYNCD_SKU=X` / `SYNCD_BLOG=3` answer "what happened to X / on blog 3".
         copied_to: dict[int, list[int]] = {}
@@ -974,4 +991,15 @@ def run(config: Config) -> int:
     """Entry point of ``syncd run``: run the daemon in the foreground until stopped."""
     daemon = Daemon(config)
     install_signal_handlers(daemon)
+    if config.metrics.listen:
+        from syncd.metrics import serve
+
+        try:
+            serve(config.metrics.listen, daemon)
+        except OSError as exc:
+            log.error(
+                "metrics_listen_failed", listen=config.metrics.listen, error=str(exc), exit_status=EXIT_CONFIG
+            )
+            return EXIT_CONFIG
+        log.info("metrics_listening", listen=config.metrics.listen)
     return daemon.run()

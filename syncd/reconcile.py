@@ -232,15 +232,30 @@ def _blank(v: str | None) -> str | None:
     return None if v is None or v.strip() == "" else v
 
 
+#: wc_product_meta_lookup.stock_quantity is a DOUBLE: whole numbers are exact up to 2**53.
+MAX_QTY = 2**53
+
+
 def parse_qty(text: str) -> Decimal:
-    """A quantity argument: a finite number ('12', '-3', '2.5')."""
+    """A quantity argument WooCommerce would store as it is: a whole number ('12', '-3', '12.0')
+    within what the lookup column holds exactly. WooCommerce rounds stock with wc_stock_amount()
+    (intval): a fraction would be stored in _stock and shown truncated everywhere else."""
     try:
         value = Decimal(text.strip())
     except (InvalidOperation, ValueError):
         raise ValueError(f"QTY must be a number, got {text!r}") from None
     if not value.is_finite():
         raise ValueError(f"QTY must be a finite number, got {text!r}")
-    return value
+    if value != value.to_integral_value():
+        raise ValueError(
+            f"QTY must be a whole number, got {text!r}: WooCommerce keeps stock in whole units "
+            "(wc_stock_amount), so a fraction would show truncated on the shop"
+        )
+    if abs(value) > MAX_QTY:
+        raise ValueError(
+            f"QTY {text!r} is beyond what WooCommerce's lookup table holds exactly (+/-{MAX_QTY})"
+        )
+    return value.to_integral_value()
 
 
 # --------------------------------------------------------------------------- SKU arguments

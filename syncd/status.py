@@ -42,6 +42,7 @@ def collect(
 
     out: dict[str, Any] = {"installed": schema.schema_present(conn, base_prefix)}
     if not out["installed"]:
+        discover(conn, base_prefix)  # a wrong table_prefix says so, as `syncd check` does
         return out
     database = conn.exec_driver_sql("SELECT DATABASE()").scalar_one()
     name = lock_name(database or "", base_prefix)
