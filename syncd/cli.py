@@ -573,7 +573,9 @@ def _log_level(args: argparse.Namespace, configured: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: sys.argv[1:]), run the command, return the exit status."""
     try:
-        return _main(argv)
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's flush at exit
+        return code
     except BrokenPipeError:
         # `syncd status | head -1`: the reader is gone; say nothing more, and make sure the
         # interpreter's own flush at exit does not print a traceback either.

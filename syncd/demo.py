@@ -209,9 +209,11 @@ def run_demo(opts: Any, out: TextIO = sys.stdout) -> int:
         return 69  # EX_UNAVAILABLE
     server = PrivateServer(binary=binary, base_dir=opts.base_dir, die_with_parent=not keep)
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    interrupted = False
+    interrupted = finished = False
     try:
-        return _run(server, opts, keep, out)
+        code = _run(server, opts, keep, out)
+        finished = True
+        return code
     except KeyboardInterrupt:
         interrupted = True
         raise
@@ -219,7 +221,7 @@ def run_demo(opts: Any, out: TextIO = sys.stdout) -> int:
         # A second Ctrl-C must not cut the clean-up short.
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
-        if not keep or interrupted:
+        if not (keep and finished):  # --keep keeps a demo that ran, never a broken or interrupted one
             server.discard()
         if interrupted:
             print("syncd demo: interrupted; the demo server is stopped and its data removed", file=sys.stderr)
