@@ -229,7 +229,9 @@ def _print(
     args: Any, out: TextIO, sku: str, groups: list[int], langs: list[str], entries: list[Entry]
 ) -> None:
     if getattr(args, "json", False):
-        dump_json({"sku": sku, "groups": groups, "entries": [e.document() for e in entries]}, out)
+        dump_json(
+            {"sku": sku, "groups": groups, "entries": [e.document() for e in entries], "exit_status": 0}, out
+        )
     else:
         render(entries, out, f"History of {sku} ({', '.join(langs)}), oldest first:")
 

@@ -180,11 +180,11 @@ def render(report: dict[str, Any], out: TextIO) -> None:
         )
         print(
             f"applied       {d.get('changes')} changes in {d.get('batches')} batches; "
-            f"last lag {'-' if d.get('last_lag_ms') is None else d.get('last_lag_ms')} ms; "
+            f"last lag {'not measured yet' if d.get('last_lag_ms') is None else str(d.get('last_lag_ms')) + ' ms'}; "
             f"retries {d.get('retries')}, reconnects {d.get('reconnects')}, skipped members {d.get('skipped')}",
             file=out,
         )
-        print(f"errors        {d.get('errors')}; last: {d.get('last_error') or '-'}", file=out)
+        print(f"errors        {d.get('errors')}; last: {d.get('last_error') or 'none'}", file=out)
     r = report.get("restarts") or {}
     if r.get("starts"):
         unclean = (
@@ -200,12 +200,10 @@ def render(report: dict[str, Any], out: TextIO) -> None:
     if c:
         print(f"connection    {_describe_connection(c)}", file=out)
     b = report["backlog"]
-    print(
-        f"backlog       {b['pending']} pending, oldest {b['oldest_age_s'] if b['oldest_age_s'] is not None else '-'} s",
-        file=out,
-    )
+    oldest = f", oldest {b['oldest_age_s']} s" if b["oldest_age_s"] is not None else ""
+    print(f"backlog       {b['pending']} pending{oldest}", file=out)
     print(f"dead letters  {report['dead_letters']}", file=out)
-    print(f"last applied  {report['last_applied_at'] or '-'}", file=out)
+    print(f"last applied  {report['last_applied_at'] or 'never'}", file=out)
     print("blogs", file=out)
     for blog in report["blogs"]:
         state = blog.get(
@@ -236,7 +234,7 @@ def _describe_connection(c: dict[str, Any]) -> str:
 
 def _dur(seconds: float | None) -> str:
     if seconds is None:
-        return "-"
+        return "unknown"
     s = int(seconds)
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"
 
