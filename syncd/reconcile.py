@@ -572,17 +572,15 @@ class Writer:
         for blog_id, report in sorted(reports.items()):
             for pid, o in sorted(getattr(report, "products", {}).items()):
                 if o.changed and pid not in written.get(blog_id, ()):
+                    # The field names `syncd audit` uses (derived.check_products' Disagreement.field).
                     what = []
                     if o.status_written:
-                        what.append(f"_stock_status {o.old_status} -> {o.new_status}")
-                    if o.lookup_columns:
-                        what.append(
-                            "lookup row: " + ", ".join(c for c in o.lookup_columns if c != "product_id")
-                        )
+                        what.append(f"_stock_status: {o.old_status} -> {o.new_status}")
+                    what.extend(f"wc_product_meta_lookup.{c}" for c in o.lookup_columns if c != "product_id")
                     if o.term:
-                        what.append(f"outofstock term {o.term}")
+                        what.append(f"product_visibility:outofstock: {o.term}")
                     if o.attributes_written:
-                        what.append("attribute lookup in_stock")
+                        what.append("wc_product_attributes_lookup.in_stock")
                     staged["healed"].append({"blog": blog_id, "post": pid, "what": "; ".join(what)})
         poll_blogs = self._poll(conn)
         for blog_id in sorted(poll_blogs & set(touched)):
@@ -1063,7 +1061,7 @@ def render_outcome(outcome: Outcome, out: TextIO) -> None:
             (
                 "BLOG",
                 "POST",
-                "DERIVED DATA " + ("TO RECOMPUTE (actual -> expected)" if outcome.dry_run else "RECOMPUTED"),
+                "DERIVED DATA " + ("TO RECOMPUTE" if outcome.dry_run else "RECOMPUTED"),
             ),
             out,
         )
