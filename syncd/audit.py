@@ -1077,7 +1077,11 @@ def main(config: Config, args: Any, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     try:
         engine, temporary = open_engine(
-            config, pool_size=1, max_overflow=2, query_cache_size=QUERY_CACHE, connect_args={"read_timeout": 3600}
+            config,
+            pool_size=1,
+            max_overflow=2,
+            query_cache_size=QUERY_CACHE,
+            connect_args={"read_timeout": 3600},
         )
     except PreviewRefused as exc:
         print(f"syncd audit: {exc}", file=sys.stderr)
