@@ -135,3 +135,39 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_snapshot` (
   PRIMARY KEY (`blog_id`, `meta_id`),
   KEY `post` (`blog_id`, `post_id`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+-- ;
+-- Products that are joining their link group, or whose copy must be finished, once WooCommerce
+-- has finished writing them (syncd.settle). A WooCommerce save is many autocommit statements by a
+-- PHP process that read the meta cache first: a row syncd inserted meanwhile would be inserted a
+-- second time by WooCommerce. kind 'join': the product joins its group (takes the group's stock and
+-- settings) once no change of it has been captured for sync.settle_seconds; until then syncd
+-- writes nothing into it, and stock_delta sums its own sales, carried into the join. kind 'heal':
+-- a linked member whose copy could not be written safely (a row it lacks while it was being saved,
+-- or its derived step failed): it takes the group's settings and its derived data is recomputed.
+CREATE TABLE IF NOT EXISTS `{base}syncd_settle` (
+  `blog_id` INT UNSIGNED NOT NULL,
+  `post_id` BIGINT UNSIGNED NOT NULL,
+  `kind` VARCHAR(8) NOT NULL,
+  `stock_delta` DECIMAL(30,6) NOT NULL DEFAULT 0,
+  `last_change_at` DATETIME(6) NOT NULL,
+  `queued_at` DATETIME(6) NOT NULL,
+  `attempts` INT UNSIGNED NOT NULL DEFAULT 0,
+  `reason` VARCHAR(255) NOT NULL DEFAULT '',
+  PRIMARY KEY (`blog_id`, `post_id`, `kind`),
+  KEY `due` (`last_change_at`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+-- ;
+-- Polylang for WooCommerce's per-translation stock copies still expected (syncd.fanout): written by
+-- the batch that applied a stock change on a blog whose translations share stock, deleted by the
+-- batch that captures the add-on's copy on the same connection, so that it is counted once.
+CREATE TABLE IF NOT EXISTS `{base}syncd_fanout` (
+  `blog_id` INT UNSIGNED NOT NULL,
+  `post_id` BIGINT UNSIGNED NOT NULL,
+  `conn_id` BIGINT UNSIGNED NOT NULL,
+  `change_id` BIGINT UNSIGNED NOT NULL,
+  `old_value` VARCHAR(191) NULL,
+  `new_value` VARCHAR(191) NULL,
+  `created_at` DATETIME(6) NOT NULL,
+  PRIMARY KEY (`blog_id`, `post_id`, `conn_id`, `change_id`),
+  KEY `created_at` (`created_at`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin

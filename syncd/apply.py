@@ -29,7 +29,7 @@ rows are still there to be retried.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -38,7 +38,7 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from syncd import catalog, derived, poll
+from syncd import catalog, derived, fanout, poll, settle
 from syncd.config import BlogSettings
 from syncd.db import errno_of, is_retryable, multi_statements, run_many, table
 from syncd.network import Blog
@@ -54,6 +54,7 @@ from syncd.plan import (
     TRASH_MARK,
     Change,
     Facts,
+    JoinPlan,
     Key,
     Member,
     MemberWrite,
@@ -62,11 +63,16 @@ from syncd.plan import (
     format_quantity,
     parse_quantity,
     plan_batch,
+    plan_join,
 )
 
 log = structlog.get_logger("syncd.apply")
 
 FACT_KEYS = (STOCK, MANAGE, BACKORDERS, LOW_STOCK, STATUS)
+#: Rows every WooCommerce product has from its creation on: syncd never inserts one. A product
+#: that lacks one is being created or imported (delete + add) by a request still running, which
+#: checked for the row and will insert it: a second row would follow (syncd.settle).
+ALWAYS_PRESENT = (STOCK, MANAGE, BACKORDERS, STATUS)
 #: What the lock step records per product: the facts, and _sku (written by a propagated rename).
 READ_KEYS = (*FACT_KEYS, SKU)
 #: Above this many posts on a blog, the lock step locks with COUNT(*) and then reads only the
@@ -80,6 +86,16 @@ RefreshFn = Callable[..., object]
 
 class BatchConflict(RuntimeError):
     """Some change rows of the batch were already acknowledged by someone else."""
+
+
+class BatchExtend(RuntimeError):  # noqa: N818 - a request to the caller, not a failure
+    """Changes of products this batch writes fixed values into were captured after the batch was
+    fetched (the lock step saw their effect): the caller rolls back and applies the batch again
+    with them (``ids``), so that a member's own newer value is never overwritten by an older one."""
+
+    def __init__(self, ids: Sequence[int]) -> None:
+        super().__init__(f"{len(ids)} changes of written products were captured after the fetch")
+        self.ids = list(ids)
 
 
 @dataclass
@@ -111,6 +127,7 @@ class ProductRows:
             has_stock_row=bool(self.meta.get(STOCK)),
             backorders=self.value(BACKORDERS),
             low_stock_amount=self.value(LOW_STOCK),
+            duplicate_keys=tuple(k for k in FACT_KEYS if len(self.meta.get(k, ())) > 1),
         )
 
 
@@ -137,6 +154,7 @@ class BatchResult:
     history: list[HistoryRow] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
     derived: dict[int, object] = field(default_factory=dict)
+    settling: list[settle.Record] = field(default_factory=list)  # joins and heals to record
 
 
 _batch_ids = itertools.count(int(datetime.now(UTC).timestamp() * 1000))
@@ -158,8 +176,14 @@ class Applier:
         poll_mode: bool = False,
         blog_settings: Callable[[int], BlogSettings] | None = None,
         propagate_sku_renames: bool = True,
+        settle_seconds: float = 3.0,
+        step_hook: Callable[[str], None] | None = None,
     ) -> None:
         self.base = base_prefix
+        #: Called with a step's name just before it runs ('lock', 'locked', 'settle_lock'): tests make races
+        #: deterministic with it (a shop write between the fetch and the lock step).
+        self._step_hook = step_hook
+        self.settle_seconds = settle_seconds
         self._blogs = blogs
         self.poll_mode = poll_mode
         # [blogs.N] language / translations_share_stock (config.blogs.for_blog) and [sync]
@@ -226,16 +250,19 @@ class Applier:
         if stale | unknown:  # membership may have moved: read the groups again
             groups = catalog.groups_for(conn, self.base, origins)
         translations = self._translations(conn, blogs, groups)
-        joins = self._joins(changes, stale | unknown, before, groups, blogs)
+        joining = self._joining(changes, stale | unknown, before, groups)
 
         involved: set[Key] = set(origins)
         for members in groups.values():
             involved.update(m.key for m in members if m.blog_id in blogs)
         for tr in translations.values():
             involved.update(k for k in tr if k[0] in blogs)
+        # Joining products (now or in an earlier batch) are frozen until they settle (syncd.settle).
+        frozen = joining | settle.frozen(conn, self.base, involved)
         rows: dict[Key, ProductRows] = {}
         unreadable: dict[int, str] = {}
         by_blog = sorted(_by_blog(involved).items())
+        self.step("lock")
         if not self.poll_mode:
             try:  # every blog at once: two or three round trips
                 rows = self._lock_and_read_blogs(conn, [(blogs[b], sorted(set(p))) for b, p in by_blog])
@@ -269,6 +296,9 @@ class Applier:
                 blogs = {b: v for b, v in blogs.items() if b != blog_id}
                 unreadable[blog_id] = f"blog {blog_id} is unreadable (errno {errno_of(exc)})"
 
+        self.step("locked")  # every stock row of the batch is locked; nothing written yet
+        sharing_origins = [c.key for c in changes if c.meta_key == STOCK and c.key in translations]
+        expected = fanout.expected(conn, self.base, sharing_origins) if sharing_origins else []
         plan = plan_batch(
             changes,
             groups,
@@ -276,28 +306,14 @@ class Applier:
             blogs.keys(),
             translations=translations,
             propagate_renames=self.propagate_sku_renames,
-            sku_conflicts=self._sku_conflicts(conn, changes, groups, blogs, joins),
-            joins=joins,
+            sku_conflicts=self._sku_conflicts(conn, changes, groups, blogs, frozen),
+            settling=frozen,
+            expected_copies=expected,
         )
+        fanout.record(conn, self.base, plan.copies_expected, plan.copies_met)
+        self._recheck(conn, changes, plan.writes)
         result.notes = plan.notes
-        for key, auth in sorted(joins.items()):
-            me = next((m for m in groups.get(key, ()) if m.key == key), None)
-            w = next((x for x in plan.writes if x.key == key), None)
-            log.info(
-                "member_joined",
-                blog=key[0],
-                post=key[1],
-                sku=me.sku if me else "",
-                lang=me.lang if me else "",
-                group=me.group_id if me else None,
-                authority_blog=auth[0],
-                authority_post=auth[1],
-                stock=None
-                if w is None or w.stock is None
-                else format_quantity(w.stock.set_value or Decimal(0)),
-                settings=sorted(w.registers) if w is not None else [],
-                rule="takes the stock and settings of the group's linked member with the lowest blog id",
-            )
+        result.settling.extend(self._settle_records(changes, joining, frozen, plan.settle_deltas, groups))
         for n in plan.notes:
             if n.level == "warning":
                 log.warning(
@@ -380,21 +396,142 @@ class Applier:
                 )
             )
 
-        result.derived.update(
-            self._refresh_blogs(
-                conn,
-                [(blogs[b], sorted(p)) for b, p in sorted(touched.items()) if p and b in blogs],
-                written,
-                now,
-            )
-        )
+        jobs = [(blogs[b], sorted(p)) for b, p in sorted(touched.items()) if p and b in blogs]
+        result.derived.update(self._refresh_blogs(conn, jobs, written, now))
+        result.settling.extend(_heal_failed_derived(jobs, result.derived))
 
         if self.poll_mode:
             for blog_id, posts in sorted(_by_blog(rows).items()):
                 if blog_id in blogs:
                     poll.resync_snapshot(conn, self.base, blogs[blog_id], posts, READ_KEYS)
+        settle.record(conn, self.base, result.settling)
         self._write_history(conn, batch_id, result.history, now)
         return result
+
+    def step(self, name: str) -> None:
+        if self._step_hook is not None:
+            self._step_hook(name)
+
+    def _recheck(self, conn: sa.Connection, changes: Sequence[Change], writes: Sequence[MemberWrite]) -> None:
+        """After the lock step, the changes of written members captured after this batch was
+        fetched (their rows are locked now: nothing more can commit for them). The batch starts
+        again with them (BatchExtend) when applying it without them would lose one (issue 9 path 2):
+        a member that receives a fixed value (a register, an absolute stock set, a manual status, a
+        SKU) would have its own newer value overwritten by an older one; a member whose ``_stock``
+        row an importer deleted and added again (an absolute set captured after this batch's
+        deltas) would get those deltas on top of the value that supersedes them. Relative deltas
+        on their own commute and need nothing."""
+        if not writes:
+            return
+        batch = {c.id for c in changes}
+        fixed = {
+            w.key
+            for w in writes
+            if w.registers or w.status_register is not None or w.new_sku is not None or (w.stock and w.stock.is_set)
+        }
+        later = [
+            cid
+            for cid, key, meta_key, op in settle.queued_rows(conn, self.base, [w.key for w in writes])
+            if cid not in batch and (key in fixed or (meta_key == STOCK and op == "I"))
+        ]
+        if later:
+            raise BatchExtend(later)
+
+    # -- settling: joins and heals (syncd.settle) --------------------------------------------
+
+    def settle(self, conn: sa.Connection, item: settle.Settling, batch_id: int | None = None) -> str:
+        """Join (kind 'join') or heal (kind 'heal') one settled product, in the caller's
+        transaction: lock its group's stock rows in the apply step's order, and unless changes of
+        the group are still queued (then later: the join must see the group as they leave it),
+        give it the group's stock and settings plus its own sales, and its own sales to the others.
+        Returns 'joined', 'healed', 'postponed' or 'dropped' (no longer a linked product)."""
+        self.forget_posts()
+        (live,) = run_many(conn, [(self._live_blogs_sql(), ())])
+        blogs = self._usable({int(r[0]) for r in live.rows})
+        key = item.key
+        if key[0] not in blogs:
+            settle.postpone(conn, self.base, item, f"blog {key[0]} is not live or not usable")
+            return "postponed"
+        group = [m for m in catalog.groups_for(conn, self.base, [key]).get(key, []) if m.blog_id in blogs]
+        me = next((m for m in group if m.key == key), None)
+        if (me is None or me.state != "linked") and item.kind == settle.JOIN:
+            settle.remove(conn, self.base, item)
+            log.info("settle_dropped", blog=key[0], post=key[1], kind=item.kind, reason="not a linked product any more")
+            return "dropped"
+        if me is None or me.state != "linked":  # a heal of a product that is not synced: derived data only
+            me, group = Member(key[0], key[1]), []
+        involved = sorted({m.key for m in group if m.state == "linked"} | {key})
+        self.step("settle_lock")
+        rows = self._lock_and_read_blogs(conn, [(blogs[b], p) for b, p in sorted(_by_blog(involved).items())])
+        current = settle.lock(conn, self.base, item)
+        if current is None:
+            return "dropped"
+        if settle.queued(conn, self.base, involved):
+            settle.postpone(conn, self.base, current, "changes of its group are queued: after them", restart=False)
+            return "postponed"
+        frozen = settle.frozen(conn, self.base, involved) - {key}
+        linked = [m for m in group if m.state == "linked" and m.key != key and m.key not in frozen]
+        authority = min((m for m in linked if m.blog_id != key[0]), key=lambda m: m.key, default=None)
+        delta = current.stock_delta if current.kind == settle.JOIN else Decimal(0)
+        joined = plan_join(me, authority, {k: r.facts() for k, r in rows.items()}, linked, delta)
+        return self._write_join(conn, current, me, authority, joined, rows, blogs, batch_id)
+
+    def _write_join(
+        self,
+        conn: sa.Connection,
+        item: settle.Settling,
+        me: Member,
+        authority: Member | None,
+        joined: JoinPlan,
+        rows: Mapping[Key, ProductRows],
+        blogs: Mapping[int, Blog],
+        batch_id: int | None,
+    ) -> str:
+        """Write a planned join: the joiner first (if it cannot be written safely yet, nothing is
+        written and the join waits), then its own sales to the others, derived data, history."""
+        key = item.key
+        sale = Change(0, key[0], key[1], STOCK, "J", "0", format_quantity(item.stock_delta), item.last_change_at, 0)
+        result = BatchResult(batch_id if batch_id is not None else new_batch_id(), 0)
+        written: dict[int, set[int]] = {}
+        if joined.joiner is not None:
+            if not self._write_member(conn, joined.joiner, rows[key], {0: sale}, result):
+                settle.postpone(conn, self.base, item, result.history[-1].note or "not writable yet")
+                return "postponed"
+            written.setdefault(key[0], set()).add(key[1])
+        bulk = self._write_stock_deltas(conn, joined.others, rows)
+        for w in joined.others:
+            if w.key in bulk:
+                result.history.extend(self._stock_history(w, {0: sale}, bulk[w.key]))
+            elif not self._write_member(conn, w, rows[w.key], {0: sale}, result):
+                continue
+            written.setdefault(w.blog_id, set()).add(w.post_id)
+        touched = {b: set(p) for b, p in written.items()}
+        touched.setdefault(key[0], set()).add(key[1])
+        now = datetime.now(UTC).replace(tzinfo=None)
+        jobs = [(blogs[b], sorted(p)) for b, p in sorted(touched.items())]
+        heals = _heal_failed_derived(jobs, self._refresh_blogs(conn, jobs, written, now))
+        if any(h.key == key for h in heals):  # its own derived step failed: again once settled
+            settle.postpone(conn, self.base, item, heals[0].reason)
+            return "postponed"
+        settle.record(conn, self.base, heals)
+        settle.remove(conn, self.base, item)
+        self._write_history(conn, result.batch_id, result.history, now)
+        w = joined.joiner
+        log.info(
+            "member_joined" if item.kind == settle.JOIN else "member_healed",
+            blog=key[0],
+            post=key[1],
+            sku=me.sku,
+            lang=me.lang,
+            group=me.group_id,
+            authority_blog=authority.blog_id if authority else None,
+            authority_post=authority.post_id if authority else None,
+            stock=None if w is None or w.stock is None else format_quantity(w.stock.set_value or Decimal(0)),
+            own_sales=format_quantity(item.stock_delta),
+            settings=sorted(w.registers) if w is not None else [],
+            rule="takes the stock and settings of the group's linked member with the lowest blog id",
+        )
+        return "joined" if item.kind == settle.JOIN else "healed"
 
     # -- linking: translations, joins, renames (syncd.catalog) ---------------------------------
 
@@ -430,25 +567,23 @@ class Applier:
             todo = found | {m.key for ms in more.values() for m in ms}
         return out
 
-    def _joins(
+    def _joining(
         self,
         changes: Sequence[Change],
         refreshed: set[Key],
         before: Mapping[Key, tuple[int | None, str]],
         groups: Mapping[Key, Sequence[Member]],
-        blogs: Mapping[int, Blog],
-    ) -> dict[Key, Key]:
-        """Products that joined a group in this batch -> the member whose values they take.
-
-        Joining: a linked product whose group is new to it (created, SKU added or changed while
-        ambiguous, untrashed), or whose creation this batch applies (its ``_sku``/``_stock`` rows
-        inserted). The group's values are those of its linked member with the lowest blog id (then
-        post id) that is not joining itself, on a blog syncd writes; a group without one is new.
-        """
+    ) -> set[Key]:
+        """Products that join a group in this batch: a linked product whose group is new to it
+        (SKU added, changed while ambiguous, or a language change), or whose creation or untrash
+        this batch applies (its ``_sku`` row inserted, its trash marker deleted: a product found by
+        the start-up refresh is already a member when its creation is applied). They join once
+        they have settled (:mod:`syncd.settle`), never while WooCommerce may still be writing them.
+        An inserted ``_stock`` row alone is not a creation: an importer's delete + re-add."""
         created = {
             c.key
             for c in changes
-            if (c.op == "I" and c.meta_key in (SKU, STOCK)) or (c.op == "D" and c.meta_key == TRASH_MARK)
+            if (c.op == "I" and c.meta_key == SKU) or (c.op == "D" and c.meta_key == TRASH_MARK)
         }
         joining: set[Key] = set()
         for key in refreshed | created:
@@ -457,15 +592,36 @@ class Applier:
                 continue
             if key in created or before.get(key) != (me.group_id, "linked"):
                 joining.add(key)
-        out: dict[Key, Key] = {}
-        for key in sorted(joining):
-            others = [
-                m.key
-                for m in groups.get(key, ())
-                if m.key not in joining and m.state == "linked" and m.blog_id in blogs and m.blog_id != key[0]
-            ]
-            if others:
-                out[key] = min(others)
+        return joining
+
+    @staticmethod
+    def _settle_records(
+        changes: Sequence[Change],
+        joining: set[Key],
+        frozen: set[Key],
+        deltas: Mapping[Key, Decimal],
+        groups: Mapping[Key, Sequence[Member]],
+    ) -> list[settle.Record]:
+        """The join records this batch writes: new joiners, and settling products it saw change
+        (their own sales add up, and their quiet period starts again)."""
+        newest: dict[Key, datetime | None] = {}
+        for c in changes:
+            if c.key in frozen:
+                at = newest.get(c.key)
+                newest[c.key] = c.captured_at if at is None or (c.captured_at and c.captured_at > at) else at
+        out = []
+        for key in sorted(newest):
+            if key in joining:
+                me = next((m for m in groups.get(key, ()) if m.key == key), None)
+                log.info(
+                    "member_settling",
+                    blog=key[0],
+                    post=key[1],
+                    sku=me.sku if me else "",
+                    group=me.group_id if me else None,
+                    rule="joins its group once WooCommerce has finished writing it (sync.settle_seconds)",
+                )
+            out.append(settle.Record(key[0], key[1], settle.JOIN, deltas.get(key, Decimal(0)), newest[key]))
         return out
 
     def _sku_conflicts(
@@ -474,7 +630,7 @@ class Applier:
         changes: Sequence[Change],
         groups: Mapping[Key, Sequence[Member]],
         blogs: Mapping[int, Blog],
-        joins: Mapping[Key, Key],
+        joins: Collection[Key],
     ) -> dict[tuple[int, Key], int]:
         """For each SKU rename syncd would carry: the members whose blog already has a product with
         the new SKU (same language where Polylang for WooCommerce allows one SKU per language)."""
@@ -711,6 +867,8 @@ class Applier:
         except _MemberSkipped as skip:
             sp.rollback()
             self._skip(result, w, by_id, skip.reason)
+            if skip.heal:
+                result.settling.append(settle.Record(w.blog_id, w.post_id, settle.HEAL, reason=skip.reason))
             return False
         except Exception as exc:
             if is_retryable(exc):
@@ -835,7 +993,7 @@ class Applier:
             self._set_meta(conn, blog, w.post_id, rows, STOCK, target)
             return (old, target)
         if not meta:
-            raise _MemberSkipped("has no _stock row while it manages stock")
+            raise _MemberSkipped("has no _stock row while it manages stock (being created or imported)", heal=True)
         if len(meta) > 1:
             raise _MemberSkipped(f"has {len(meta)} _stock rows")
         try:
@@ -906,12 +1064,37 @@ class Applier:
             conn.execute(sa.text(f"UPDATE {pm} SET meta_value = :v WHERE meta_id IN ({in_ids})"), {"v": value, **ids})
             rows.meta[key] = [MetaRow(r.meta_id, value) for r in existing]
             return True
+        if key in ALWAYS_PRESENT:
+            raise _MemberSkipped(
+                f"has no {key} row (WooCommerce is still creating or importing it); "
+                "it takes the group's values once it settles",
+                heal=True,
+            )
+        if self._saved_recently(conn, blog, post_id):
+            raise _MemberSkipped(
+                f"was saved by WooCommerce less than {self.settle_seconds:g} s ago and lacks {key}: a save "
+                "in flight would delete the row; it takes the group's values once it settles",
+                heal=True,
+            )
         res = conn.execute(
             sa.text(f"INSERT INTO {pm} (post_id, meta_key, meta_value) VALUES (:p, :k, :v)"),
             {"p": post_id, "k": key, "v": value},
         )
         rows.meta[key] = [MetaRow(res.lastrowid, value)]
         return True
+
+    def _saved_recently(self, conn: sa.Connection, blog: Blog, post_id: int) -> bool:
+        """WooCommerce saved the product within ``settle_seconds`` (``post_modified_gmt``, which a
+        save bumps before it deletes the keys it holds empty): a save may still be in flight."""
+        if self.settle_seconds <= 0:
+            return False
+        return bool(
+            conn.exec_driver_sql(
+                f"SELECT post_modified_gmt > UTC_TIMESTAMP() - INTERVAL %s MICROSECOND "
+                f"FROM {table(blog.prefix, 'posts')} WHERE ID = %s",
+                (int(self.settle_seconds * 1_000_000), post_id),
+            ).scalar()
+        )
 
     def refresh_job(self, blog: Blog, posts: list[int], changed: list[int]) -> derived.RefreshJob:
         """The derived step's job for ``posts`` on ``blog``, with the posts rows this transaction's
@@ -1029,9 +1212,24 @@ class Applier:
 
 
 class _MemberSkipped(Exception):
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, heal: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.heal = heal  # finished later by syncd.settle (kind 'heal') instead of left as is
+
+
+def _heal_failed_derived(
+    jobs: Sequence[tuple[Blog, Sequence[int]]], outcome: Mapping[int, object]
+) -> list[settle.Record]:
+    """A blog whose derived step failed (not retryably: its stock is written, its lookup row,
+    status or term is not): each of its products is queued to be healed (issue 9 path 9), never
+    left wrong silently until its next change."""
+    return [
+        settle.Record(blog.blog_id, pid, settle.HEAL, reason="derived step failed; recomputed once settled")
+        for blog, posts in jobs
+        if outcome.get(blog.blog_id) is None
+        for pid in posts
+    ]
 
 
 def _post_closure(conn: sa.Connection, blog: Blog, ids: Sequence[int]) -> dict[int, derived.PostRow]:

@@ -205,6 +205,10 @@ def compare_group(group: GroupState) -> tuple[list[FieldDiff], list[tuple[Member
     """Fields whose comparable values differ between the group's members, and unsafe members."""
     diffs: list[FieldDiff] = []
     unsafe: list[tuple[MemberValues, str]] = []
+    for m in group.members:  # a second row of a watched key: skipped by the daemon (issue 9 path 0)
+        for key, rows in sorted(m.meta.items()):
+            if len(rows) > 1 and key != STOCK:  # _stock: reported by quantity() below
+                unsafe.append((m, f"has {len(rows)} {key} rows (duplicate meta rows)"))
     if len(group.members) < 2:
         return diffs, unsafe
     for name in FIELDS:

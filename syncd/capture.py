@@ -196,6 +196,21 @@ def fetch_changes(conn: sa.Connection, base_prefix: str, limit: int) -> list[Cha
     return changes
 
 
+def fetch_by_ids(conn: sa.Connection, base_prefix: str, ids: Sequence[int]) -> list[Change]:
+    """These change rows (those still queued), in capture order."""
+    if not ids:
+        return []
+    cols = "id, blog_id, post_id, meta_key, op, old_value, new_value, captured_at, conn_id"
+    marks = ", ".join(["%s"] * len(ids))
+    return [
+        Change(*r)
+        for r in conn.exec_driver_sql(
+            f"SELECT {cols} FROM {table(base_prefix, 'syncd_change')} WHERE id IN ({marks}) ORDER BY id",
+            tuple(int(i) for i in ids),
+        )
+    ]
+
+
 def backlog(conn: sa.Connection, base_prefix: str) -> tuple[int, object]:
     """(pending change rows, capture time of the oldest)."""
     row = conn.execute(

@@ -709,3 +709,18 @@ def report_translation_problems(blog_id: int, problems: Iterable[str]) -> None:
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes | bytearray) else str(value)
+
+
+#: Keys a product must hold at most one row of: with two, each sale decrements both and is
+#: captured twice (issue 9 path 0). syncd skips such a product; `syncd check` and `audit` list it.
+SINGLE_ROW_KEYS = ("_stock", "_manage_stock", "_backorders", "_low_stock_amount", "_stock_status", "_sku")
+
+
+def duplicate_meta_sql(prefix: str, limit: int = 100) -> str:
+    """(post_id, meta_key, rows) for every product of a blog holding a watched key twice or more."""
+    keys = ", ".join(f"'{k}'" for k in SINGLE_ROW_KEYS)
+    return (
+        f"SELECT post_id, meta_key, COUNT(*) FROM {table(validate_prefix(prefix), 'postmeta')} "
+        f"WHERE meta_key IN ({keys}) GROUP BY post_id, meta_key HAVING COUNT(*) > 1 "
+        f"ORDER BY post_id, meta_key LIMIT {int(limit)}"
+    )

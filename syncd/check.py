@@ -248,6 +248,8 @@ class CheckFacts:
     languages: dict[int, tuple[str, ...]] = field(default_factory=dict)
     #: Corrupt Polylang post_translations groups per blog (skipped by syncd).
     translation_problems: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    #: Per blog, (post, meta key, rows) of products holding a watched key more than once.
+    duplicate_rows: dict[int, tuple[tuple[int, str, int], ...]] = field(default_factory=dict)
 
 
 def sql_blog_stats(prefix: str) -> str:
@@ -347,10 +349,14 @@ def gather(conn: sa.Connection, config: Config) -> CheckFacts:
     duplicates: dict[int, tuple[DuplicateSku, ...]] = {}
     languages: dict[int, tuple[str, ...]] = {}
     translation_problems: dict[int, tuple[str, ...]] = {}
+    duplicate_rows: dict[int, tuple[tuple[int, str, int], ...]] = {}
     for blog in network.blogs:
         if not blog.woocommerce or _missing_any(blog, ("posts", "postmeta")):
             continue
         stats[blog.blog_id] = _blog_stats(conn, blog)
+        duplicate_rows[blog.blog_id] = tuple(
+            (int(p), _text(k), int(n)) for p, k, n in conn.exec_driver_sql(catalog.duplicate_meta_sql(blog.prefix))
+        )
         per_language = blog.polylang and not _missing_any(
             blog, ("term_relationships", "term_taxonomy", "terms")
         )
@@ -379,6 +385,7 @@ def gather(conn: sa.Connection, config: Config) -> CheckFacts:
         duplicates,
         languages,
         translation_problems,
+        duplicate_rows,
     )
 
 
@@ -487,6 +494,11 @@ def build_report(facts: CheckFacts, config: Config, *, strict: bool = False) -> 
                 warnings.append(f"blog {blog.blog_id}: {w}")
             for p in facts.translation_problems.get(blog.blog_id, ()):
                 warnings.append(f"blog {blog.blog_id}: {p}: syncd skips this translation data")
+            for post, key, n in facts.duplicate_rows.get(blog.blog_id, ()):
+                warnings.append(
+                    f"blog {blog.blog_id}: post {post} has {n} {key} rows: unsafe (each sale would count "
+                    "twice); syncd skips it until only one is left"
+                )
             for d in facts.duplicates.get(blog.blog_id, ()):
                 where = f" (language {d.lang})" if d.lang else ""
                 warnings.append(
@@ -586,6 +598,9 @@ def _blog_entry(blog: Blog, facts: CheckFacts, config: Config) -> dict[str, Any]
         "duplicate_skus": [
             {"sku": d.sku, "lang": d.lang or None, "post_ids": list(d.post_ids)}
             for d in facts.duplicates.get(blog.blog_id, ())
+        ],
+        "duplicate_meta_rows": [
+            {"post_id": p, "meta_key": k, "rows": n} for p, k, n in facts.duplicate_rows.get(blog.blog_id, ())
         ],
         "problems": list(blog.problems),
         "warnings": list(blog.warnings),

@@ -111,6 +111,9 @@ class SyncConfig:
     discovery_interval: float = 30.0
     install_triggers: bool = True
     propagate_sku_renames: bool = True
+    #: A product joins its group (and a member's unsafe copy is finished) only once no change of
+    #: it has been captured for this long: WooCommerce writes a product in many statements.
+    settle_seconds: float = 3.0
 
     def sku_excluded(self, sku: str) -> bool:
         """True when ``sku`` equals one of ``exclude_skus`` or matches one as a glob (case-sensitive)."""
@@ -374,6 +377,7 @@ def _parse_sync(raw: Mapping[str, Any], section: str) -> SyncConfig:
             "discovery_interval",
             "install_triggers",
             "propagate_sku_renames",
+            "settle_seconds",
         ),
     )
     skus = raw.get("exclude_skus", [])
@@ -389,6 +393,7 @@ def _parse_sync(raw: Mapping[str, Any], section: str) -> SyncConfig:
         discovery_interval=_number(raw, section, "discovery_interval", 30.0, lo=1, hi=86_400),
         install_triggers=_bool(raw, section, "install_triggers", True),
         propagate_sku_renames=_bool(raw, section, "propagate_sku_renames", True),
+        settle_seconds=_number(raw, section, "settle_seconds", 3.0, lo=0.0, hi=3600),
     )
 
 

@@ -43,8 +43,8 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from syncd import capture, catalog, schema
-from syncd.apply import Applier, BatchConflict, BatchResult
+from syncd import capture, catalog, fanout, schema, settle
+from syncd.apply import Applier, BatchConflict, BatchExtend, BatchResult
 from syncd.config import Config, ConfigError, load_config
 from syncd.db import (
     ER_LOCK_DEADLOCK,
@@ -64,6 +64,8 @@ log = structlog.get_logger("syncd.daemon")
 #: Refusals that mean "this user may not create triggers" (1419: binary logging needs SUPER or
 #: log_bin_trust_function_creators), and nothing else: other errors are real errors.
 PRIVILEGE_ERRORS = frozenset({1044, 1142, 1227, 1419, 1370})
+#: How often an idle loop looks for settled products to join (syncd.settle): a cheap indexed read.
+SETTLE_EVERY = 0.1
 
 EXIT_OK = 0
 EXIT_FATAL = 1
@@ -127,6 +129,8 @@ class Daemon:
         self._refresh = refresh  # derived-data writer; None = syncd.derived.refresh_many (all blogs at once)
         self.base = config.database.table_prefix
         self.stop = threading.Event()
+        #: Tests: called with a pipeline step's name before it runs (syncd.apply.Applier.step).
+        self.step_hook: Callable[[str], None] | None = None
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}"
         self.stats = Stats()
         self._blogs: dict[int, Blog] = {}
@@ -178,9 +182,45 @@ class Daemon:
             for _ in range(max_batches):
                 n = self.process_once(conn)
                 if not n:
-                    break
+                    if self.settle_due(conn):
+                        continue
+                    n = self.process_once(conn)  # changes a postponed join waits for
+                    if not n:
+                        break
                 total += n
         return total
+
+    def settle_due(self, conn: sa.Connection, limit: int = 50) -> int:
+        """Join or heal the products that have settled (syncd.settle), each in a transaction of
+        its own. Returns how many were done (joined, healed or dropped; postponed ones are not)."""
+        conn.rollback()
+        items = settle.due(conn, self.base, self.config.sync.settle_seconds, limit)
+        conn.rollback()
+        done = 0
+        for item in items:
+            try:
+                outcome = self._applier().settle(conn, item)
+                conn.commit()
+            except Exception as exc:
+                _safe_rollback(conn)
+                if is_disconnect(exc):
+                    raise
+                self._note_error("settle_failed", exc, blog=item.blog_id, post=item.post_id, kind=item.kind)
+                continue
+            done += outcome != "postponed"
+        return done
+
+    def _applier(self) -> Applier:
+        return Applier(
+            self.base,
+            self.blogs,
+            self._refresh,
+            poll_mode=self.capture_mode == "poll",
+            blog_settings=self.config.blogs.for_blog,
+            propagate_sku_renames=self.config.sync.propagate_sku_renames,
+            settle_seconds=self.config.sync.settle_seconds,
+            step_hook=self.step_hook,
+        )
 
     def close(self) -> None:
         self._shutdown()
@@ -604,6 +644,8 @@ class Daemon:
                 total += n
                 if n < 5000:
                     break
+            fanout.prune(conn, self.base)
+            conn.commit()
         if total:
             log.info("history_pruned", rows=total, retention_days=self.config.history.retention_days)
         return total
@@ -691,6 +733,7 @@ class Daemon:
         assert self._apply_engine is not None
         last_leader_check = time.monotonic()
         last_poll = 0.0
+        last_settle = 0.0
         conn: sa.Connection | None = None
         backoff = _Backoff()
         lost_at: float | None = None  # when the apply connection was lost (None: not lost)
@@ -722,6 +765,9 @@ class Daemon:
                         lost_at = None
                     self._heartbeat_now()  # `syncd status` sees the new connection at once
                 applied = self.process_once(conn)
+                if not applied and now - last_settle >= SETTLE_EVERY:
+                    last_settle = now
+                    applied = self.settle_due(conn)
                 backoff.reset()
                 if not applied:
                     idle = self.config.sync.idle_wait
@@ -752,14 +798,7 @@ class Daemon:
         return self.apply_with_retry(conn, changes)
 
     def apply_with_retry(self, conn: sa.Connection, changes: Sequence[Change]) -> int:
-        applier = Applier(
-            self.base,
-            self.blogs,
-            self._refresh,
-            poll_mode=self.capture_mode == "poll",
-            blog_settings=self.config.blogs.for_blog,
-            propagate_sku_renames=self.config.sync.propagate_sku_renames,
-        )
+        applier = self._applier()
         backoff = _Backoff()
         attempt = 0
         while True:
@@ -772,6 +811,13 @@ class Daemon:
                 conn.rollback()
                 log.warning("batch_conflict", reason=str(exc))
                 return 0
+            except BatchExtend as extend:
+                conn.rollback()
+                extra = capture.fetch_by_ids(conn, self.base, extend.ids)
+                conn.rollback()
+                log.info("batch_extended", changes=len(changes), added=len(extra), reason=str(extend))
+                changes = sorted({c.id: c for c in [*changes, *extra]}.values(), key=lambda c: c.id)
+                continue
             except Exception as exc:
                 _safe_rollback(conn)
                 if is_disconnect(exc):

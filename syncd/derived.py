@@ -287,7 +287,10 @@ def plan_refresh(
             if woo.meta_has(snap.meta_of(pid), STATUS_KEY):
                 plan.status_updates[pid] = ev["new"]
             else:
-                plan.status_inserts[pid] = ev["new"]
+                # Every WooCommerce product has the row from its creation on: one that lacks it is
+                # being created by a request that checked for it and will insert it (a second
+                # row would follow, syncd.settle). Its lookup row and term still follow.
+                log.info("status_row_missing", post=pid, status=ev["new"], rule="never inserted by syncd")
         if ev["lookup_cols"]:
             plan.lookup_rows[pid] = ev["row"]
         lookup_status[pid] = ev["new"]

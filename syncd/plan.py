@@ -23,7 +23,7 @@ Merge rules (DESIGN.md section 2, step 3):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -94,6 +94,9 @@ class Facts:
     has_stock_row: bool = True
     backorders: str | None = None
     low_stock_amount: str | None = None  # None: no row
+    #: Watched keys this product holds more than one row of (a WooCommerce save raced by another
+    #: writer): unsafe - each sale would decrement both rows and be captured twice.
+    duplicate_keys: tuple[str, ...] = ()
 
     @property
     def manages(self) -> bool:
@@ -175,6 +178,20 @@ class Plan:
     applied: list[Change]  # changes that produced at least one write or a repair
     origin_sku: dict[int, str]  # change id -> sku of its group (for history/logging)
     renamed: list[Change] = field(default_factory=list)  # SKU renames carried to other members
+    #: Products still settling (joining their group once WooCommerce has finished writing them):
+    #: the sum of their own ``_stock`` deltas in this batch, carried into the join.
+    settle_deltas: dict[Key, Decimal] = field(default_factory=dict)
+    #: Polylang for WooCommerce copies of a stock change: met in this batch (absorbed), and still
+    #: expected after it (syncd.fanout records them).
+    copies_met: list[CopyExpected] = field(default_factory=list)
+    copies_expected: list[CopyExpected] = field(default_factory=list)
+
+
+def duplicates_reason(keys: Sequence[str]) -> str:
+    return (
+        f"has duplicate {', '.join(keys)} rows: unsafe (each write would count twice); "
+        "not synced until the duplicates are removed (syncd check lists them)"
+    )
 
 
 def plan_batch(
@@ -186,7 +203,8 @@ def plan_batch(
     translations: Mapping[Key, Sequence[Key]] | None = None,
     propagate_renames: bool = False,
     sku_conflicts: Mapping[tuple[int, Key], int] | None = None,
-    joins: Mapping[Key, Key] | None = None,
+    settling: Collection[Key] = (),
+    expected_copies: Sequence[CopyExpected] = (),
 ) -> Plan:
     """Compute the writes of one batch.
 
@@ -204,20 +222,28 @@ def plan_batch(
     * the add-on's own fan-out - one statement hitting every translation's ``_stock``, captured as
       rows with the same ``conn_id``, the same ``captured_at`` (the statement's start time) and the
       same delta on posts of one translation group - is one sale, not one per translation; so is
-      its per-translation copy (same connection, same old and new value).
+      its per-translation copy (same connection, same old and new value), also when the copy is
+      captured after the batch that applied the original (``expected_copies``, recorded by that
+      batch: ``Plan.copies_expected``; the ones this batch meets are ``Plan.copies_met``).
 
     ``propagate_renames``: a ``_sku`` change (old and new non-empty) on a linked SKU-matched member
     is written to every other linked member of its group, except where ``sku_conflicts`` holds
     (change id, member) -> the post that already has the new SKU on that blog (refused, warned).
 
-    ``joins`` maps a product that joined a group in this batch to the member whose values are the
-    group's (see ``syncd.apply``): it takes that member's stock and settings as they are after
-    this batch, and its own changes of this batch are not propagated.
+    ``settling`` are products that are joining their group but may still be written by the
+    WooCommerce save that created (or re-linked) them (see :mod:`syncd.settle`): syncd writes
+    nothing into them, their own changes are not propagated, and their own ``_stock`` deltas
+    are summed in ``Plan.settle_deltas`` so that the join (:func:`plan_join`) counts them once.
+
+    A ``_stock`` (or register) row *inserted* into a product that is not settling is an absolute
+    set (an importer's ``delete_post_meta`` + ``add_post_meta``); a deleted one is not propagated.
+    A product holding duplicate watched rows is unsafe: neither origin nor target.
     """
     live = set(live_blogs)
     translations = translations or {}
     sku_conflicts = sku_conflicts or {}
-    joins = joins or {}
+    joins = set(settling)
+    settle_deltas: dict[Key, Decimal] = {}
     ordered = sorted(changes, key=lambda c: c.id)
     writes: dict[Key, MemberWrite] = {}
     refresh: dict[int, set[int]] = {}
@@ -267,13 +293,17 @@ def plan_batch(
             # [sync] exclude_skus: not propagated, not repaired, no history - left to the shop.
             note(c, sku, "origin is excluded (sync.exclude_skus)")
             continue
+        if c.key in joins:
+            _settle_delta(c, settle_deltas)
+            note(c, sku, "origin is settling: it joins its group once WooCommerce has finished writing it")
+            continue
+        if origin_facts.duplicate_keys:
+            note(c, sku, "origin " + duplicates_reason(origin_facts.duplicate_keys), "warning")
+            continue
         if c.blog_id in live and origin_facts.alive:
             repair(c)  # the origin's own derived data is recomputed (DESIGN step 5)
         if not origin_facts.alive:
             note(c, sku, "origin product is deleted or trashed")
-            continue
-        if c.key in joins:
-            note(c, sku, "origin joined its group in this batch: it takes the group's values")
             continue
         shared = c.key in translations
         if not shared and (self_member is None or self_member.state != "linked"):
@@ -282,8 +312,8 @@ def plan_batch(
             note(c, sku, f"origin is {state}", level)
             continue
         if c.meta_key == STOCK:
-            if c.op != "U":
-                note(c, sku, "stock row created or deleted with the product; not propagated")
+            if c.op == "D":
+                note(c, sku, "stock row deleted (product deleted, or re-added next by an importer); not propagated")
                 continue
             try:
                 old = parse_quantity(c.old_value)
@@ -309,17 +339,17 @@ def plan_batch(
                 stock_events.append((c, new, True))
         elif c.meta_key in REGISTERS:
             if c.op == "D" and c.meta_key != LOW_STOCK:
-                note(c, sku, "register row deleted with the product; not propagated")
-                continue
-            if c.op == "I" and c.meta_key != LOW_STOCK:
-                note(c, sku, "register row created with the product; not propagated")
+                note(c, sku, "register row deleted (product deleted, or re-added next by an importer); not propagated")
                 continue
             register_events.append((c, c.meta_key, c.new_value if c.op != "D" else None))
         elif c.meta_key == STATUS:
             if c.op == "U" and not origin_facts.manages:
                 status_events.append(c)
 
-    stock_events = _collapse_fan_out(stock_events, translations, note, origin_sku, applied)
+    corrections: list[tuple[Change, Decimal]] = []
+    stock_events, copies_met, copies_expected = _collapse_fan_out(
+        stock_events, translations, note, origin_sku, applied, expected_copies, corrections
+    )
 
     # Pass 2: fold the events onto each target, in capture order.
     def origin_set(c: Change) -> set[Key]:
@@ -411,6 +441,12 @@ def plan_batch(
                 if w is not None:
                     w.status_register = c.new_value
 
+    for c, fix in corrections:  # a translation copy that overwrote a sale syncd wrote into it
+        w = target(self_of(c.key) or Member(c.blog_id, c.post_id, origin_sku.get(c.id, "")), c)
+        if w is not None:
+            w.stock = w.stock or StockOp()
+            w.stock.delta += fix
+
     for c in rename_events:
         new_sku = (c.new_value or "").strip()
         carried = False
@@ -437,62 +473,15 @@ def plan_batch(
         if carried:
             renamed.append(c)
 
-    # Joins: a product that joined a group takes the values its authority ends this batch with.
-    for key in sorted(joins):
-        auth = joins[key]
-        jf, af = facts.get(key, Facts(exists=False)), facts.get(auth, Facts(exists=False))
-        own_changes = [c for c in ordered if c.key == key]
-        if not own_changes or not jf.alive or not af.alive or key[0] not in live:
-            continue
-        aw = writes.get(auth)
-        a_registers = {MANAGE: af.manage_stock, BACKORDERS: af.backorders, LOW_STOCK: af.low_stock_amount}
-        if aw is not None:
-            a_registers.update(aw.registers)
-        j_registers = {MANAGE: jf.manage_stock, BACKORDERS: jf.backorders, LOW_STOCK: jf.low_stock_amount}
-        member = self_of(key) or Member(*key)
-        w = MemberWrite(key[0], key[1], member.sku, change_ids=[own_changes[0].id], joined_from=auth)
-        for k in REGISTERS:
-            if a_registers[k] != j_registers[k] and (a_registers[k] is not None or k == LOW_STOCK):
-                w.registers[k] = a_registers[k]
-        if a_registers[MANAGE] == "yes":
-            try:
-                a_stock = (
-                    target_stock_value(af.stock, aw.stock)
-                    if aw is not None and aw.stock is not None
-                    else parse_quantity(af.stock)
-                )
-                mine = parse_quantity(jf.stock) if jf.stock is not None else None
-            except StockValueError as exc:
-                notes.append(Note(w.change_ids[0], key[0], key[1], w.sku, f"join: _stock {exc}", "warning"))
-                a_stock, mine = None, None
-            if a_stock is not None and a_stock != mine:
-                w.stock = StockOp(set_value=a_stock, is_set=True)
-        notes.append(
-            Note(
-                w.change_ids[0],
-                key[0],
-                key[1],
-                w.sku,
-                f"joined its group: takes stock and settings of blog {auth[0]} post {auth[1]}",
-            )
-        )
-        for c in own_changes:
-            applied[c.id] = c
-        if w.stock is not None or w.registers:
-            writes[key] = w
-        else:
-            refresh.setdefault(key[0], set()).add(key[1])
-
     # Pass 3: drop what cannot or need not be written; every written member gets a derived refresh.
     final: list[MemberWrite] = []
     for key in sorted(writes):
         w = writes[key]
         f = facts.get(key, Facts(exists=False))
-        if not f.alive:
+        if not f.alive or f.duplicate_keys:
+            why = duplicates_reason(f.duplicate_keys) if f.duplicate_keys else "member is deleted or trashed"
             for cid in w.change_ids:
-                notes.append(
-                    Note(cid, w.blog_id, w.post_id, w.sku, "member is deleted or trashed", "warning")
-                )
+                notes.append(Note(cid, w.blog_id, w.post_id, w.sku, why, "warning"))
             continue
         manages_after = w.registers.get(MANAGE, f.manage_stock) == "yes"
         if w.stock is not None and not manages_after and not w.stock.is_set:
@@ -522,7 +511,130 @@ def plan_batch(
         applied=[applied[i] for i in sorted(applied)],
         origin_sku=origin_sku,
         renamed=renamed,
+        settle_deltas=settle_deltas,
+        copies_met=copies_met,
+        copies_expected=copies_expected,
     )
+
+
+def _settle_delta(c: Change, out: dict[Key, Decimal]) -> None:
+    """A settling product's own sale (a ``_stock`` update between numbers) is kept for its join."""
+    if c.meta_key != STOCK or c.op != "U":
+        return
+    try:
+        old, new = parse_quantity(c.old_value), parse_quantity(c.new_value)
+    except StockValueError:
+        return
+    if old is not None and new is not None and new != old:
+        out[c.key] = out.get(c.key, Decimal(0)) + (new - old)
+
+
+@dataclass
+class JoinPlan:
+    """What a settled product's join writes: its own values, and its own sales to the others."""
+
+    joiner: MemberWrite | None  # None: it already holds the group's values
+    others: list[MemberWrite]
+    notes: list[Note]
+
+
+def plan_join(
+    joiner: Member,
+    authority: Member | None,
+    facts: Mapping[Key, Facts],
+    others: Sequence[Member],
+    own_delta: Decimal = Decimal(0),
+    change_id: int = 0,
+) -> JoinPlan:
+    """A product that has settled joins its group (pure).
+
+    It takes the registers and the quantity of ``authority`` (the group's linked member with the
+    lowest blog id that is not settling itself; None: it is the first of its group and keeps its
+    own values), plus the sum of its own sales since it was created (``own_delta``), which the
+    other linked members (``others``) receive too: a sale on a product that has not joined yet is
+    neither lost nor counted twice.
+    """
+    key = joiner.key
+    jf = facts.get(key, Facts(exists=False))
+    notes: list[Note] = []
+    if not jf.alive:
+        return JoinPlan(None, [], [Note(change_id, key[0], key[1], joiner.sku, "join: product is deleted or trashed")])
+    if jf.duplicate_keys:
+        reason = "join refused: " + duplicates_reason(jf.duplicate_keys)
+        return JoinPlan(None, [], [Note(change_id, key[0], key[1], joiner.sku, reason, "warning")])
+    if authority is None:
+        note = "joined its group as its first member: keeps its own stock and settings"
+        return JoinPlan(None, [], [Note(change_id, key[0], key[1], joiner.sku, note)])
+    af = facts.get(authority.key, Facts(exists=False))
+    w = MemberWrite(key[0], key[1], joiner.sku, change_ids=[change_id], joined_from=authority.key)
+    a_registers = {MANAGE: af.manage_stock, BACKORDERS: af.backorders, LOW_STOCK: af.low_stock_amount}
+    j_registers = {MANAGE: jf.manage_stock, BACKORDERS: jf.backorders, LOW_STOCK: jf.low_stock_amount}
+    for k in REGISTERS:
+        if a_registers[k] != j_registers[k] and (a_registers[k] is not None or k == LOW_STOCK):
+            w.registers[k] = a_registers[k]
+    others_writes: list[MemberWrite] = []
+    if a_registers[MANAGE] == "yes":
+        try:
+            a_stock = parse_quantity(af.stock)
+            mine = parse_quantity(jf.stock) if jf.stock is not None else None
+        except StockValueError as exc:
+            notes.append(Note(change_id, key[0], key[1], joiner.sku, f"join: _stock {exc}", "warning"))
+            a_stock, mine = None, None
+        if a_stock is not None and a_stock + own_delta != mine:
+            w.stock = StockOp(set_value=a_stock + own_delta, is_set=True)
+        if a_stock is not None and own_delta:
+            for m in others:
+                if facts.get(m.key, Facts(exists=False)).alive and not facts[m.key].duplicate_keys:
+                    others_writes.append(
+                        MemberWrite(m.blog_id, m.post_id, m.sku, StockOp(delta=own_delta), change_ids=[change_id])
+                    )
+    notes.append(
+        Note(
+            change_id,
+            key[0],
+            key[1],
+            joiner.sku,
+            f"joined its group: takes stock and settings of blog {authority.blog_id} post {authority.post_id}",
+        )
+    )
+    joined = w if (w.stock is not None or w.registers) else None
+    return JoinPlan(joined, others_writes, notes)
+
+
+@dataclass(frozen=True)
+class CopyExpected:
+    """A translation that Polylang for WooCommerce will copy an applied stock change to, in a
+    statement of its own on the same connection, possibly after the batch that applied it
+    (``{base}syncd_fanout``): when that copy is captured, it is the same sale, not another."""
+
+    blog_id: int
+    post_id: int
+    conn_id: int
+    old_value: str | None
+    new_value: str | None
+    change_id: int  # the change it copies
+
+    def matches(self, c: Change) -> bool:
+        """The add-on writes the same absolute value: same connection, same new value."""
+        return (c.blog_id, c.post_id, c.conn_id) == (self.blog_id, self.post_id, self.conn_id) and _number(
+            c.new_value
+        ) == _number(self.new_value)
+
+
+def _number(text: str | None) -> object:
+    try:
+        return parse_quantity(text)
+    except StockValueError:
+        return text
+
+
+def _copy_correction(copied_old: str | None, copy: Change) -> Decimal | None:
+    """A copy overwrites what the translation held: if syncd wrote a sibling's sale into it
+    between the original and the copy (copy.old differs), that sale is put back (the difference)."""
+    old, mine = _number(copied_old), _number(copy.old_value)
+    if isinstance(old, Decimal) and isinstance(mine, Decimal) and old != mine:
+        return mine - old
+    return None
 
 
 def _collapse_fan_out(
@@ -531,16 +643,24 @@ def _collapse_fan_out(
     note: Callable[[Change, str, str], None],
     origin_sku: Mapping[int, str],
     applied: dict[int, Change],
-) -> list[tuple[Change, Decimal | None, bool]]:
+    expected: Sequence[CopyExpected] = (),
+    corrections: list[tuple[Change, Decimal]] | None = None,
+) -> tuple[list[tuple[Change, Decimal | None, bool]], list[CopyExpected], list[CopyExpected]]:
     """Polylang for WooCommerce writes one sale to every translation's ``_stock`` (one statement,
     ``post_id IN (...)``; or one copy per translation after an absolute set): keep the first
     change of each such fan-out, absorb the others (counted once; history keeps them as origins).
 
     Two changes belong to one fan-out when they are on different posts of one translation group
     of a sharing blog, come from the same connection, and either share the statement's capture
-    time and the delta (or set value), or have the same old and new value (the copy).
+    time and the delta (or set value), or write the same new value (the copy: an absolute write
+    of the original's new value). A copy captured after the batch that applied its original
+    matches one of ``expected`` (recorded by that batch). A copy whose old value is not the
+    original's overwrote a sibling's sale syncd had written into that translation meanwhile: the
+    difference is appended to ``corrections`` (written back into that translation only). Returns the events kept, the expectations this batch met (to delete) and the
+    copies it still expects (to record: every translation of a kept event that did not copy it yet).
     """
     out: list[tuple[Change, Decimal | None, bool]] = []
+    met: list[CopyExpected] = []
     open_fanouts: dict[tuple[object, ...], tuple[Change, set[int]]] = {}
     for event in events:
         c, value, is_set = event
@@ -548,15 +668,18 @@ def _collapse_fan_out(
         if tr is None or c.conn_id == 0:
             out.append(event)
             continue
+        earlier = next((e for e in expected if e not in met and e.matches(c)), None)
+        if earlier is not None:
+            met.append(earlier)
+            applied[c.id] = c
+            note(c, origin_sku.get(c.id, ""), f"{FAN_OUT_NOTE} of change {earlier.change_id}: counted once")
+            _correct(corrections, c, earlier.old_value)
+            continue
         group = tuple(sorted(tr))
         kind = ("set", value) if is_set else ("delta", value)
-        try:
-            values = (parse_quantity(c.old_value), parse_quantity(c.new_value))
-        except StockValueError:
-            values = (c.old_value, c.new_value)  # type: ignore[assignment]
         keys = [
             ("stmt", c.blog_id, group, c.conn_id, c.captured_at, kind),
-            ("copy", c.blog_id, group, c.conn_id, values),
+            ("copy", c.blog_id, group, c.conn_id, _number(c.new_value)),
         ]
         absorbed_by: Change | None = None
         for k in keys:
@@ -568,11 +691,27 @@ def _collapse_fan_out(
         if absorbed_by is not None:
             applied[c.id] = c
             note(c, origin_sku.get(c.id, ""), f"{FAN_OUT_NOTE} of change {absorbed_by.id}: counted once")
+            if k[0] == "copy":
+                _correct(corrections, c, absorbed_by.old_value)
             continue
+        posts = {c.post_id}  # one set for both keys: a translation seen by either is copied
         for k in keys:
-            open_fanouts[k] = (c, {c.post_id})
+            open_fanouts[k] = (c, posts)
         out.append(event)
-    return out
+    expect = [
+        CopyExpected(c.blog_id, post, c.conn_id, c.old_value, c.new_value, c.id)
+        for k, (c, posts) in open_fanouts.items()
+        if k[0] == "copy"
+        for _blog, post in translations[c.key]
+        if post not in posts
+    ]
+    return out, met, expect
+
+
+def _correct(corrections: list[tuple[Change, Decimal]] | None, copy: Change, copied_old: str | None) -> None:
+    fix = _copy_correction(copied_old, copy)
+    if corrections is not None and fix is not None:
+        corrections.append((copy, fix))
 
 
 def target_stock_value(current: str | None, op: StockOp) -> Decimal | None:

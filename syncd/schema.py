@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from syncd.db import table, validate_prefix
 from syncd.sqlfiles import schema_text, split_statements
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 OWN_TABLES = (
     "syncd_change",
     "syncd_dead",
@@ -23,6 +23,8 @@ OWN_TABLES = (
     "syncd_snapshot",
     "syncd_history",
     "syncd_meta",
+    "syncd_settle",
+    "syncd_fanout",
 )
 
 
@@ -38,6 +40,7 @@ def ensure_schema(conn: sa.Connection, base_prefix: str) -> int:
     for stmt in schema_statements(base_prefix):
         conn.exec_driver_sql(stmt)
     _widen_history_role(conn, base_prefix)
+    _ensure_index(conn, base_prefix, "syncd_change", "product", "(`blog_id`, `post_id`)")
     set_meta(conn, base_prefix, "schema_version", str(SCHEMA_VERSION))
     conn.commit()
     return SCHEMA_VERSION
@@ -71,6 +74,21 @@ def _widen_history_role(conn: sa.Connection, base_prefix: str) -> None:
     ).scalar_one_or_none()
     if width is not None and int(width) < 16:
         conn.exec_driver_sql(f"ALTER TABLE {table(base_prefix, 'syncd_history')} MODIFY `role` VARCHAR(16) NOT NULL")
+
+
+def _ensure_index(conn: sa.Connection, base_prefix: str, name: str, index: str, columns: str) -> None:
+    """Add an index to one of syncd's tables unless it is there (MySQL has no ADD INDEX IF NOT
+    EXISTS). ``syncd_change.product``: the apply step's re-check and the settle step look up the
+    pending changes of a few products while the queue may hold a bulk import's thousands."""
+    found = conn.execute(
+        sa.text(
+            "SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() "
+            "AND TABLE_NAME = :t AND INDEX_NAME = :i"
+        ),
+        {"t": base_prefix + name, "i": index},
+    ).scalar_one()
+    if not found:
+        conn.exec_driver_sql(f"ALTER TABLE {table(base_prefix, name)} ADD KEY `{index}` {columns}")
 
 
 def drop_schema(conn: sa.Connection, base_prefix: str, *, keep_history: bool = False) -> list[str]:

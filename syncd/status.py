@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 import sqlalchemy as sa
 
-from syncd import capture, schema
+from syncd import capture, schema, settle
 from syncd.daemon import lock_name
 from syncd.db import table
 
@@ -76,6 +76,10 @@ def collect(
     out["dead_letters"] = conn.execute(
         sa.text(f"SELECT COUNT(*) FROM {table(base_prefix, 'syncd_dead')}")
     ).scalar_one()
+    settling = settle.counts(conn, base_prefix)
+    # Products joining their group once WooCommerce has finished writing them, and members whose
+    # copy is finished once they settle (syncd.settle): normally a few, for a few seconds.
+    out["settling"] = {"joining": settling.get(settle.JOIN, 0), "healing": settling.get(settle.HEAL, 0)}
     last = conn.execute(
         sa.text(f"SELECT MAX(applied_at) FROM {table(base_prefix, 'syncd_history')}")
     ).scalar_one()
@@ -203,6 +207,8 @@ def render(report: dict[str, Any], out: TextIO) -> None:
     oldest = f", oldest {b['oldest_age_s']} s" if b["oldest_age_s"] is not None else ""
     print(f"backlog       {b['pending']} pending{oldest}", file=out)
     print(f"dead letters  {report['dead_letters']}", file=out)
+    st = report.get("settling") or {}
+    print(f"settling      {st.get('joining', 0)} joining, {st.get('healing', 0)} healing", file=out)
     print(f"last applied  {report['last_applied_at'] or 'never'}", file=out)
     print("blogs", file=out)
     for blog in report["blogs"]:

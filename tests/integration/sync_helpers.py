@@ -14,7 +14,8 @@ from tests.integration.daemon_process import pending  # noqa: F401 - re-exported
 
 
 def make_daemon(net: Any, refresh: Any = None, **sections: Any) -> Daemon:
-    sync = {"idle_wait": 0.005, **sections.pop("sync", {})}
+    # settle_seconds 0: a product joins as soon as its creation is applied (the settle tests set it).
+    sync = {"idle_wait": 0.005, "settle_seconds": 0, **sections.pop("sync", {})}
     cfg = config_for(net.url, net.prefix, sync=sync, **sections)
     d = Daemon(cfg, instance="test", refresh=refresh)
     d.prepare()

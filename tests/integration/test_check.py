@@ -287,6 +287,19 @@ def test_check_finds_injected_duplicate_skus(wp_network: Any) -> None:
     assert "duplicate SKU 'BOOK' (language en) on posts 18, 20" in human
 
 
+def test_check_reports_products_with_duplicate_watched_meta_rows(wp_network: Any) -> None:
+    """Issue 9 path 0: a product holding a watched key twice (a WooCommerce save raced by another
+    writer) is unsafe: every sale would count twice. The daemon skips it; check names it."""
+    with wp_network.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO `wp_2_postmeta` (post_id, meta_key, meta_value) VALUES (24, '_stock', '9')"))
+    code, text = check(config_for(wp_network.url), json_output=True)
+    report = json.loads(text)
+    by_id = {b["blog_id"]: b for b in report["blogs"]}
+    assert by_id[2]["duplicate_meta_rows"] == [{"post_id": 24, "meta_key": "_stock", "rows": 2}]
+    assert by_id[1]["duplicate_meta_rows"] == by_id[3]["duplicate_meta_rows"] == []
+    assert any("post 24 has 2 _stock rows" in w for w in report["warnings"])
+
+
 def test_check_reports_broken_and_skipped_blogs(wp_network: Any) -> None:
     with wp_network.engine.begin() as conn:
         conn.execute(sa.text("UPDATE `wp_blogs` SET archived = 1 WHERE blog_id = 3"))

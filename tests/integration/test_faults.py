@@ -125,11 +125,13 @@ def test_bad_member_is_named_and_skipped_while_the_others_sync(wp_network, case)
     assert_derived_consistent(net, [sku, "MUG"], blogs=(1, 2))
 
 
-def test_derived_step_failing_on_one_blog_leaves_the_others_written(wp_network):
+def test_derived_step_failing_on_one_blog_is_healed_once_it_can_be(wp_network):
     """The derived step of all blogs runs under one savepoint; when one blog fails (its lookup
     table vanished after discovery), that work is rolled back and redone blog by blog, so the
     failing blog alone loses its derived writes: every quantity is synced, the other blogs'
-    derived data is right, and the daemon keeps going."""
+    derived data is right, and the daemon keeps going. The failing blog's products are queued to
+    be healed (issue 9 path 9: they used to stay wrong - stock 0 with 'instock' - until their next
+    change) and are healed as soon as the blog's derived step works again."""
     net = wp_network
     sku = "MUG"
     ids = members(net, sku)
@@ -145,20 +147,38 @@ def test_derived_step_failing_on_one_blog_leaves_the_others_written(wp_network):
             woo_decrease(net, 1, ids[1], 3)
             assert d.apply_pending() == 1
         assert quantities(net, sku) == {1: 0, 2: 0, 3: 0}  # out of stock everywhere
+        # The batch, then the heal the settle step tries at once (settle_seconds 0): both fail on blog 3.
         assert [e["event"] for e in logs if e.get("event") == "derived_retry_per_blog"] == [
             "derived_retry_per_blog"
-        ]
+        ] * 2
         failed = [e for e in logs if e.get("event") == "blog_step_failed"]
-        assert [e["blog"] for e in failed] == [3] and failed[0]["errno"] == 1146, failed
+        assert [e["blog"] for e in failed] == [3, 3] and failed[0]["errno"] == 1146, failed
         assert_derived_consistent(net, [sku], blogs=(1, 2))
         assert d.stats.dead == 0 and pending(net) == 0
+        assert heals(net) == {(3, ids[3])}  # queued, and still queued while the table is away
+        d.apply_pending()
+        assert heals(net) == {(3, ids[3])}
     finally:
         with net.engine.connect() as c:
             c.exec_driver_sql(
                 f"RENAME TABLE {net.prefix}3_lookup_away TO {net.table(3, 'wc_product_meta_lookup')}"
             )
             c.commit()
+    try:
+        d.apply_pending()  # the settle step heals it: status, lookup row and term follow the stock
+        assert heals(net) == set()
+        assert_derived_consistent(net, [sku], blogs=(1, 2, 3))
+        assert quantities(net, sku) == {1: 0, 2: 0, 3: 0}
+    finally:
         d.close()
+
+
+def heals(net) -> set[tuple[int, int]]:
+    with net.engine.connect() as c:
+        return {
+            (b, p)
+            for b, p in c.exec_driver_sql(f"SELECT blog_id, post_id FROM {net.prefix}syncd_settle WHERE kind = 'heal'")
+        }
 
 
 def test_a_member_whose_write_fails_is_skipped_and_the_others_are_written(wp_network):

@@ -20,7 +20,7 @@ from syncd.catalog import (
 from syncd.config import BlogSettings, ConfigError, parse_config
 from syncd.links import LinkError, Product, link_refusals, parse_target
 from syncd.network import Blog
-from syncd.plan import FAN_OUT_NOTE, Change, Facts, Member, plan_batch
+from syncd.plan import FAN_OUT_NOTE, Change, Facts, Member, plan_batch, plan_join
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, 123456)
 T1 = datetime(2026, 1, 1, 12, 0, 1, 5)
@@ -169,33 +169,49 @@ def test_rename_not_carried_when_off_or_from_an_ambiguous_member():
     )
 
 
-def test_joining_member_takes_the_authority_values_after_the_batch():
+def test_settling_member_is_frozen_and_its_own_sales_are_kept_for_its_join():
     new = (1, 50)
     group = [*EN_GROUP, Member(*new, "BOOK", lang="en", group_id=1)]
     groups = {m.key: group for m in group}
     facts = {**FACTS, new: Facts(stock="3", backorders="notify")}
-    facts[EN2] = Facts(stock="7", backorders="no", low_stock_amount="2")
     changes = [
         Change(1, 1, 50, "_stock", "I", None, "3", T0, 9),  # creation of the new product
         sale(2, EN3, "7", "6", conn=4),  # a sale elsewhere in the same batch
+        sale(3, new, "3", "1", conn=9),  # a sale of 2 on the new product before it joined
     ]
-    plan = plan_batch(changes, groups, facts, LIVE, joins={new: EN2})
+    plan = plan_batch(changes, groups, facts, LIVE, settling={new})
     w = {x.key: x for x in plan.writes}
-    # EN2 ends at 6 (7 - 1): the joiner takes 6, and does not receive the -1 a second time.
-    assert w[new].stock.is_set and w[new].stock.set_value == Decimal(6) and w[new].stock.delta == 0
-    assert w[new].registers == {"_backorders": "no", "_low_stock_amount": "2"}
-    assert w[new].joined_from == EN2
-    assert w[EN2].stock.delta == -1 and w[B1].stock.delta == -1
+    assert new not in w  # nothing is written into a product WooCommerce may still be writing
+    assert w[EN2].stock.delta == -1 and w[B1].stock.delta == -1  # its own sale is not propagated now
+    assert plan.settle_deltas == {new: Decimal(-2)}  # but kept for the join
+    assert new not in plan.refresh.get(1, set())  # not even its derived data
 
 
-def test_own_changes_of_a_joining_member_are_not_propagated():
+def test_join_takes_the_authority_values_plus_its_own_sales_which_the_others_get_too():
     new = (1, 50)
-    group = [*EN_GROUP, Member(*new, "BOOK", group_id=1)]
-    groups = {m.key: group for m in group}
-    facts = {**FACTS, new: Facts(stock="3")}
-    plan = plan_batch([sale(1, new, "3", "2")], groups, facts, LIVE, joins={new: EN2})
-    assert {w.key for w in plan.writes} == {new}
-    assert plan.writes[0].stock.set_value == Decimal(7)
+    me = Member(*new, "BOOK", lang="en", group_id=1)
+    facts = {**FACTS, new: Facts(stock="3", backorders="notify")}
+    facts[EN2] = Facts(stock="7", backorders="no", low_stock_amount="2")
+    auth = next(m for m in EN_GROUP if m.key == EN2)
+    others = [m for m in EN_GROUP if m.key != new]
+    joined = plan_join(me, auth, facts, others, own_delta=Decimal(-2))
+    assert joined.joiner.stock.is_set and joined.joiner.stock.set_value == Decimal(5)  # 7 - 2
+    assert joined.joiner.registers == {"_backorders": "no", "_low_stock_amount": "2"}
+    assert joined.joiner.joined_from == EN2
+    assert {w.key: w.stock.delta for w in joined.others} == {m.key: Decimal(-2) for m in others}
+
+
+def test_first_member_of_a_group_keeps_its_own_values():
+    me = Member(1, 50, "NEW", group_id=9)
+    joined = plan_join(me, None, {(1, 50): Facts(stock="3")}, [], own_delta=Decimal(-1))
+    assert joined.joiner is None and joined.others == []
+
+
+def test_join_refused_while_the_product_has_duplicate_rows():
+    me = Member(1, 50, "BOOK", group_id=1)
+    facts = {**FACTS, (1, 50): Facts(stock="3", duplicate_keys=("_stock",))}
+    joined = plan_join(me, next(m for m in EN_GROUP if m.key == EN2), facts, EN_GROUP)
+    assert joined.joiner is None and joined.notes[0].level == "warning"
 
 
 LANGS = {"en", "fr"}

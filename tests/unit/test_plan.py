@@ -101,10 +101,33 @@ def test_low_stock_amount_unset_is_propagated_as_delete_but_other_deletes_are_no
 
 
 def test_creation_inserts_are_not_propagated():
+    # A product being created is settling (syncd.settle): its inserted rows reach nobody.
     plan = plan_batch(
-        [ch(1, A, None, "10", op="I"), ch(2, A, None, "no", "_backorders", "I")], GROUPS, FACTS, LIVE
+        [ch(1, A, None, "10", op="I"), ch(2, A, None, "no", "_backorders", "I")],
+        GROUPS,
+        FACTS,
+        LIVE,
+        settling={A},
     )
     assert plan.writes == []
+
+
+def test_importer_delete_and_re_add_of_stock_is_an_absolute_set():
+    # delete_post_meta('_stock') + add_post_meta('_stock', 4) on a linked product (issue 9 path 3):
+    # the delete is not propagated, the insert sets 4 everywhere (it used to be taken for a creation).
+    plan = plan_batch([ch(1, A, "7", None, op="D"), ch(2, A, None, "4", op="I")], GROUPS, FACTS, LIVE)
+    assert {w.key: (w.stock.is_set, w.stock.set_value) for w in plan.writes} == {
+        B: (True, Decimal(4)),
+        C: (True, Decimal(4)),
+    }
+
+
+def test_duplicate_stock_rows_make_a_product_unsafe_as_origin_and_as_target():
+    facts = {**FACTS, A: Facts(stock="10", duplicate_keys=("_stock",))}
+    plan = plan_batch([ch(1, A, "10", "9"), ch(2, A, "10", "9")], GROUPS, facts, LIVE)
+    assert plan.writes == [] and {n.level for n in plan.notes} == {"warning"}
+    plan = plan_batch([ch(3, B, "10", "9")], GROUPS, facts, LIVE)
+    assert A not in writes(plan) and any("duplicate _stock" in n.reason for n in plan.notes)
 
 
 def test_members_that_do_not_manage_stock_get_no_quantity():

@@ -96,5 +96,31 @@ def test_schema_statements_use_the_base_prefix_only():
         "shop_syncd_link",
         "shop_syncd_history",
         "shop_syncd_snapshot",
+        "shop_syncd_settle",
+        "shop_syncd_fanout",
     ]
     assert all("{base}" not in s for s in stmts)
+
+
+def test_settle_statements_bind_every_value():
+    from datetime import datetime
+    from decimal import Decimal
+
+    from syncd import settle
+
+    sql, params = settle.record_sql("shop_", [settle.Record(2, 28, "join", Decimal(-2), datetime(2026, 1, 1))])
+    assert " ".join(sql.split()) == (
+        "INSERT INTO `shop_syncd_settle` (blog_id, post_id, kind, stock_delta, last_change_at, queued_at, reason) "
+        "VALUES (%s, %s, %s, %s, COALESCE(%s, UTC_TIMESTAMP(6)), UTC_TIMESTAMP(6), %s) "
+        "ON DUPLICATE KEY UPDATE stock_delta = stock_delta + VALUES(stock_delta), "
+        "last_change_at = GREATEST(last_change_at, VALUES(last_change_at)), reason = VALUES(reason)"
+    )
+    assert params == (2, 28, "join", Decimal(-2), datetime(2026, 1, 1), "")
+    sql, params = settle.frozen_sql("shop_", [(2, 9), (1, 5), (2, 3)])
+    assert sql.endswith(
+        "WHERE kind = 'join' AND ((blog_id = %s AND post_id IN (%s)) OR (blog_id = %s AND post_id IN (%s, %s)))"
+    )
+    assert params == (1, 5, 2, 3, 9)
+    sql, params = settle.due_sql("shop_", 2.5, 50)
+    assert "INTERVAL %s MICROSECOND" in sql and "NOT EXISTS (SELECT 1 FROM `shop_syncd_change` c" in sql
+    assert params == (2_500_000, 50)

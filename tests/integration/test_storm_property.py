@@ -1,0 +1,223 @@
+"""Issue 9: a property-based storm (hypothesis) on the real server.
+
+Random sequences of what shops do - relative sales, absolute admin sets, register changes, a
+product created on one blog after another (joins), an importer's delete + re-add of ``_stock``,
+Polylang for WooCommerce's fan-out sales and per-translation copies on blogs whose translations
+share stock - interleaved with the daemon applying batches of random sizes and being killed at
+random steps (the transaction dies with the process: nothing of it is committed). After
+quiescence: every group equal; the quantity equals the model (start + every captured delta, the
+importer's absolute value where it set one); each register holds its last captured value; no
+duplicate meta row; nothing queued or settling; the audit finds no drift in these groups.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from syncd.testnet.factory import ProductFactory
+from tests.integration.sync_helpers import ids, make_daemon, meta, pending, qty
+from tests.integration.test_audit_reconcile import audit
+from tests.integration.test_settle import duplicates, settled_now, settling
+
+SKUS = ("MUG", "TSHIRT-RED")
+BOOK = {(2, "en"): 18, (2, "fr"): 19, (3, "en"): 16, (3, "fr"): 17}
+SHARED = {"2": {"translations_share_stock": True}, "3": {"translations_share_stock": True}}
+KILL_STEPS = ("lock", "locked", "settle_lock")
+
+
+class SimulatedCrash(BaseException):
+    """The daemon dies inside a step: its open transaction is never committed."""
+
+
+blog = st.integers(1, 3)
+ops = st.one_of(
+    st.tuples(st.just("sale"), st.sampled_from(SKUS), blog, st.integers(1, 3)),
+    st.tuples(st.just("set"), st.sampled_from(SKUS), blog, st.integers(0, 20)),
+    st.tuples(st.just("backorders"), st.sampled_from(SKUS), blog, st.sampled_from(["no", "notify", "yes"])),
+    st.tuples(st.just("readd"), st.sampled_from(SKUS), blog, st.integers(0, 20)),
+    st.tuples(st.just("book_sale"), st.integers(2, 3), st.integers(1, 2)),
+    st.tuples(st.just("book_set"), st.integers(2, 3), st.integers(0, 20)),
+    st.tuples(st.just("create"), blog, st.integers(0, 30)),
+    st.tuples(st.just("new_sale"), blog, st.integers(1, 2)),
+    st.tuples(st.just("apply"), st.sampled_from([None, *KILL_STEPS]), st.integers(1, 3)),
+    st.tuples(st.just("settle"), st.sampled_from([None, "settle_lock"])),
+)
+
+
+@dataclass
+class Model:
+    quantity: dict[str, Decimal]
+    backorders: dict[str, str]
+    new: dict[int, int] = field(default_factory=dict)  # NEW-A: blog -> post
+    new_quantity: Decimal | None = None  # the group's, once its first product settled
+    new_own: dict[int, Decimal] = field(default_factory=dict)  # sales of NEW-A members not joined yet
+    new_initial: dict[int, Decimal] = field(default_factory=dict)  # their stock at creation
+
+
+class Shop:
+    """The shop's side: writes as WooCommerce and its add-ons do, and the model of what must result."""
+
+    def __init__(self, net: Any) -> None:
+        self.net = net
+        self.ids = {sku: ids(net, sku) for sku in SKUS}
+        self.model = Model(
+            quantity={**{s: qty(net, 1, self.ids[s][1]) for s in SKUS}, "BOOK": qty(net, 2, BOOK[(2, "en")])},
+            backorders={s: meta(net, 1, self.ids[s][1], "_backorders") for s in SKUS},
+        )
+
+    def sql(self, statement: str, conn: Any = None) -> None:
+        if conn is not None:
+            conn.exec_driver_sql(statement)
+            conn.commit()
+            return
+        with self.net.engine.connect() as c:
+            c.exec_driver_sql(statement)
+            c.commit()
+
+    def pm(self, b: int) -> str:
+        return self.net.table(b, "postmeta")
+
+    def sale(self, sku: str, b: int, n: int) -> None:
+        self.sql(f"UPDATE {self.pm(b)} SET meta_value = meta_value -{n} WHERE post_id = {self.ids[sku][b]} AND meta_key = '_stock'")
+        self.model.quantity[sku] -= n
+
+    def set(self, sku: str, b: int, v: int) -> None:
+        old = qty(self.net, b, self.ids[sku][b])
+        self.sql(f"UPDATE {self.pm(b)} SET meta_value = '{v}' WHERE post_id = {self.ids[sku][b]} AND meta_key = '_stock'")
+        self.model.quantity[sku] += v - old  # an admin's edit counts as its difference
+
+    def backorders(self, sku: str, b: int, v: str) -> None:
+        if meta(self.net, b, self.ids[sku][b], "_backorders") == v:
+            return  # not a change: nothing is captured (the trigger compares values)
+        self.sql(f"UPDATE {self.pm(b)} SET meta_value = '{v}' WHERE post_id = {self.ids[sku][b]} AND meta_key = '_backorders'")
+        self.model.backorders[sku] = v
+
+    def readd(self, sku: str, b: int, v: int) -> None:
+        post = self.ids[sku][b]
+        with self.net.engine.connect() as c:  # delete_post_meta + add_post_meta, one request
+            self.sql(f"DELETE FROM {self.pm(b)} WHERE post_id = {post} AND meta_key = '_stock'", c)
+            self.sql(f"INSERT INTO {self.pm(b)} (post_id, meta_key, meta_value) VALUES ({post}, '_stock', '{v}')", c)
+        self.model.quantity[sku] = Decimal(v)
+
+    def book_sale(self, b: int, n: int) -> None:
+        en, fr = BOOK[(b, "en")], BOOK[(b, "fr")]
+        self.sql(f"UPDATE {self.pm(b)} SET meta_value = meta_value -{n} WHERE post_id IN ({en}, {fr}) AND meta_key = '_stock'")
+        self.model.quantity["BOOK"] -= n
+
+    def book_set(self, b: int, v: int) -> None:
+        old = qty(self.net, b, BOOK[(b, "en")])
+        with self.net.engine.connect() as c:  # the admin's edit, then the add-on's copy: one connection
+            for lang in ("en", "fr"):
+                self.sql(f"UPDATE {self.pm(b)} SET meta_value = '{v}' WHERE post_id = {BOOK[(b, lang)]} AND meta_key = '_stock'", c)
+        self.model.quantity["BOOK"] += v - old
+
+    def create(self, b: int, stock: int) -> None:
+        if b in self.model.new:
+            return
+        with self.net.engine.connect() as c, ProductFactory(c, self.net.blog_prefix(b)) as f:
+            self.model.new[b] = f.simple("NEW-A", "New A", stock=stock)
+        self.model.new_own[b] = Decimal(0)
+        self.model.new_initial[b] = Decimal(stock)
+
+    def new_sale(self, b: int, n: int) -> None:
+        if b not in self.model.new:
+            return
+        self.sql(f"UPDATE {self.pm(b)} SET meta_value = meta_value -{n} WHERE post_id = {self.model.new[b]} AND meta_key = '_stock'")
+        if b in self.model.new_own:
+            self.model.new_own[b] -= n
+        else:
+            self.model.new_quantity -= n
+
+    def joined(self) -> None:
+        """NEW-A products that joined since the last look (no longer settling), in the order the
+        settle step takes them (blog, post): the first of the group keeps its own value (creation
+        stock + its own sales), each later one brings its own sales to the group."""
+        still = settling(self.net)
+        for b in sorted(self.model.new_own):
+            if (b, self.model.new[b]) in still:
+                continue
+            own = self.model.new_own.pop(b)
+            if self.model.new_quantity is None:
+                self.model.new_quantity = self.model.new_initial[b] + own
+            else:
+                self.model.new_quantity += own
+
+
+def run_storm(net: Any, steps: list[tuple[Any, ...]], batch_size: int) -> None:
+    shop = Shop(net)
+    d = make_daemon(net, blogs=SHARED, sync={"settle_seconds": 3600, "batch_size": batch_size})
+    try:
+        d.apply_pending()
+        for op in steps:
+            name, args = op[0], op[1:]
+            if name == "apply":
+                crash_at(d, *args)
+            elif name == "settle":
+                settled_now(net)
+                crash_at(d, args[0], 1)
+            else:
+                getattr(shop, name)(*args)
+            shop.joined()
+        d.step_hook = None
+        d.apply_pending()
+        settled_now(net)
+        d.apply_pending()
+        shop.joined()
+        check(net, shop)
+    finally:
+        d.close()
+
+
+def crash_at(d: Any, step: str | None, nth: int) -> bool:
+    """Apply everything; with ``step``, the daemon dies the ``nth`` time it reaches it. True if it died."""
+    seen = [0]
+
+    def hook(name: str) -> None:
+        if name == step:
+            seen[0] += 1
+            if seen[0] == nth:
+                raise SimulatedCrash(name)
+
+    d.step_hook = hook if step else None
+    try:
+        d.apply_pending()
+    except SimulatedCrash:
+        return True
+    finally:
+        d.step_hook = None
+    return False
+
+
+def check(net: Any, shop: Shop) -> None:
+    m = shop.model
+    assert pending(net) == 0 and settling(net) == {}
+    for sku in SKUS:
+        assert [qty(net, b, shop.ids[sku][b]) for b in (1, 2, 3)] == [m.quantity[sku]] * 3, sku
+        assert [meta(net, b, shop.ids[sku][b], "_backorders") for b in (1, 2, 3)] == [m.backorders[sku]] * 3, sku
+    assert [qty(net, k[0], p) for k, p in BOOK.items()] == [m.quantity["BOOK"]] * 4
+    if m.new:
+        assert {b: qty(net, b, p) for b, p in m.new.items()} == {b: m.new_quantity for b in m.new}
+    assert duplicates(net, 1) == duplicates(net, 2) == duplicates(net, 3) == []
+    report = audit(net, blogs=SHARED)
+    drifted = {g["sku"] for g in report.drift} & {*SKUS, "BOOK", "NEW-A"}
+    assert drifted == set(), report.drift
+
+
+@settings(
+    max_examples=int(os.environ.get("SYNCD_STORM_EXAMPLES", "12")),  # more for a long hunt
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(steps=st.lists(ops, min_size=5, max_size=30), batch_size=st.sampled_from([1, 2, 3, 500]))
+def test_storm_of_shop_writes_with_the_daemon_killed_at_random_steps_converges(network_factory, steps, batch_size):
+    net = network_factory.recorded_network()
+    try:
+        run_storm(net, steps, batch_size)
+    finally:
+        network_factory.release(net)
