@@ -287,7 +287,9 @@ class Daemon:
                 return False
             old = self.config
             changed = _changed_keys(old, new)
-            needs_restart = [k for k in changed if k.startswith("database.") or k == "capture.mode"]
+            needs_restart = [
+                k for k in changed if k.startswith("database.") or k in ("capture.mode", "metrics.listen")
+            ]
             # The connections, the leader lock and the capture mode stay as they are until a restart.
             new = dataclasses.replace(
                 new,
@@ -954,7 +956,7 @@ class Daemon:
 def _changed_keys(old: Config, new: Config) -> list[str]:
     """Dotted keys whose value differs between two configurations (never the values: one is a password)."""
     out = []
-    for section in ("database", "capture", "sync", "history", "log", "blogs"):
+    for section in ("database", "capture", "sync", "history", "log", "blogs", "metrics"):
         a, b = getattr(old, section), getattr(new, section)
         for f in dataclasses.fields(a):
             if getattr(a, f.name) != getattr(b, f.name):
