@@ -13,6 +13,7 @@ from syncd.config import ConfigError, parse_config
 from syncd.metrics import Metrics, parse_listen
 from syncd.preview import temporary_statements
 from syncd.reconcile import parse_qty
+from syncd.schema import OWN_TABLES
 
 
 @pytest.mark.parametrize(
@@ -89,5 +90,5 @@ def test_set_stock_refuses_what_woocommerce_would_not_store(text: str, why: str)
 
 def test_preview_tables_are_temporary_copies_of_syncd_s_tables() -> None:
     stmts = temporary_statements("wp_")
-    assert len(stmts) == 8
+    assert len(stmts) == len(OWN_TABLES)
     assert all(s.startswith("CREATE TEMPORARY TABLE `wp_syncd_") for s in stmts)
