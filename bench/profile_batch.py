@@ -46,8 +46,9 @@ from bench.common import (  # noqa: E402
     woo_decrease_sql,
 )
 from syncd import apply as apply_mod  # noqa: E402
-from syncd import capture, catalog  # noqa: E402
+from syncd import catalog  # noqa: E402
 from syncd import derived as derived_mod  # noqa: E402
+from syncd import queue as queue_mod  # noqa: E402
 from syncd.config import config_for  # noqa: E402
 from syncd.daemon import Daemon  # noqa: E402
 
@@ -146,7 +147,7 @@ def measure(
     # Wrap the steps (module attributes, so that the Applier's calls go through the wrappers).
     originals = []
     for owner, attr, step in (
-        (capture, "fetch_changes", "fetch"),
+        (queue_mod, "fetch", "fetch"),
         (derived_mod, "refresh_many", "derived"),
         (catalog, "known_members", "membership"),
         (catalog, "refresh_members", "membership"),

@@ -13,6 +13,8 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_meta` (
 -- ;
 -- One row per captured stock change, written by the capture triggers inside the writer's own
 -- transaction. The daemon deletes exactly the rows it applied, in the apply transaction.
+-- `stmt`: the rows of one statement (same connection and capture time) are found together, so a
+-- batch never splits them (syncd.queue).
 CREATE TABLE IF NOT EXISTS `{base}syncd_change` (
   `id` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
   `blog_id` INT UNSIGNED NOT NULL,
@@ -23,10 +25,13 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_change` (
   `new_value` LONGTEXT NULL,
   `captured_at` DATETIME(6) NOT NULL,
   `conn_id` BIGINT UNSIGNED NOT NULL DEFAULT 0,
-  PRIMARY KEY (`id`)
+  PRIMARY KEY (`id`),
+  KEY `stmt` (`conn_id`, `captured_at`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
 -- ;
--- Changes that could not be applied safely (kept, never dropped: an operator or reconcile decides).
+-- Changes that could not be applied safely (kept, never dropped: an operator decides, with
+-- `syncd dead-letters retry|discard`). error_class: permanent_error (errno), origin_blog_gone,
+-- origin_blog_excluded (syncd.queue).
 CREATE TABLE IF NOT EXISTS `{base}syncd_dead` (
   `id` BIGINT UNSIGNED NOT NULL,
   `blog_id` INT UNSIGNED NOT NULL,
@@ -38,6 +43,8 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_dead` (
   `captured_at` DATETIME(6) NOT NULL,
   `conn_id` BIGINT UNSIGNED NOT NULL DEFAULT 0,
   `failed_at` DATETIME(6) NOT NULL,
+  `error_class` VARCHAR(32) NOT NULL DEFAULT 'permanent_error',
+  `errno` INT NULL,
   `error` TEXT NOT NULL,
   PRIMARY KEY (`id`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin

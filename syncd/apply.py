@@ -3,8 +3,10 @@
 In order, on the apply connection (whose session has ``@syncd_apply`` set, so nothing written
 here is captured again):
 
-1. delete exactly the batch's change rows (by id); if any is already gone, another applier
-   got there first and the batch is abandoned;
+1. delete exactly the batch's change rows (by id, :func:`syncd.queue.acknowledge_sql`); if any
+   is already gone, another applier got there first and the batch is abandoned; if a change's
+   origin blog is not usable now, :class:`~syncd.queue.HeldBlogs` abandons it too (the queue
+   keeps that blog's changes until it is usable);
 2. refresh the membership of products whose SKU or trash state changed;
 3. resolve the link groups of the changed products;
 4. lock and read, in canonical order (blog, then post id), the stock meta of every product
@@ -21,8 +23,8 @@ Statements that do not depend on each other's results share a round trip
 one): steps 1 + the live blogs + 3, step 4's closure reads and locking reads of every blog, the
 bulk stock writes of every blog, the derived reads and the derived writes of every blog.
 
-The caller commits. Any error that is not about one member (deadlock, lock wait timeout, lost
-connection) escapes, the caller rolls back, and nothing of the batch was applied: its change
+The caller commits. Any error that is not about one member (every transient or connection
+error, :data:`syncd.db.TRANSIENT` included: it never makes a member skipped) escapes, the caller rolls back, and nothing of the batch was applied: its change
 rows are still there to be retried.
 """
 
@@ -65,6 +67,9 @@ from syncd.plan import (
     plan_batch,
     plan_join,
 )
+from syncd.queue import BatchConflict as BatchConflict  # re-exported: callers catch it from here
+from syncd.queue import HeldBlogs, acknowledge_sql, check_acknowledged
+from syncd.woo import manages_stock
 
 log = structlog.get_logger("syncd.apply")
 
@@ -82,10 +87,6 @@ _LOCK_ONLY_ABOVE = 32
 _BULK_SAVEPOINT = "syncd_bulk_stock"
 
 RefreshFn = Callable[..., object]
-
-
-class BatchConflict(RuntimeError):
-    """Some change rows of the batch were already acknowledged by someone else."""
 
 
 class BatchExtend(RuntimeError):  # noqa: N818 - a request to the caller, not a failure
@@ -196,6 +197,8 @@ class Applier:
         #: Per blog, this batch's locked product ids and the posts rows read with them (the lock
         #: step's closure), handed to the derived step so that it does not read them again.
         self._posts: dict[int, tuple[frozenset[int], dict[int, derived.PostRow]]] = {}
+        #: Poll mode: per blog, the watched rows this transaction's lock step holds (syncd.poll).
+        self._poll_seen: dict[int, poll.Seen] = {}
 
     # -- the transaction -------------------------------------------------------------------
 
@@ -208,17 +211,20 @@ class Applier:
             return result
         self.forget_posts()
         # One round trip: acknowledge the change rows, which blogs are live, and the link groups
-        # of every changed product (those on blogs that are not live are dropped below).
+        # of every changed product (a change from a blog that is not usable abandons the batch:
+        # HeldBlogs; members on such blogs are left out below).
         ack, live, members = run_many(
             conn,
             [
-                self._acknowledge_sql(changes),
+                acknowledge_sql(self.base, changes),
                 (self._live_blogs_sql(), ()),
                 catalog.members_and_groups_sql(self.base, {c.key for c in changes}),
             ],
         )
-        self._check_acknowledged(changes, ack.rowcount)
-        blogs = self._usable({int(r[0]) for r in live.rows})
+        check_acknowledged(changes, ack.rowcount)
+        live_ids = {int(r[0]) for r in live.rows}
+        blogs = self._usable(live_ids)
+        self._hold_unusable_origins(changes, blogs, live_ids)
         now = datetime.now(UTC).replace(tzinfo=None)
 
         # Membership first: a product whose SKU changed, that was trashed, or that syncd has not
@@ -278,20 +284,10 @@ class Applier:
                 locked = self._lock_and_read(conn, blogs[blog_id], posts)
                 rows.update(locked)
                 if self.poll_mode:
-                    poll.capture_unseen(
-                        conn,
-                        self.base,
-                        blogs[blog_id],
-                        [
-                            (m.meta_id, k[1], key, m.value)
-                            for k, r in locked.items()
-                            for key, ms in r.meta.items()
-                            for m in ms
-                        ],
-                    )
+                    self.poll_capture(conn, blogs[blog_id])
             except Exception as exc:  # noqa: BLE001 - one broken blog must not stop the others
-                if is_retryable(exc):
-                    raise
+                if is_retryable(exc) or isinstance(exc, BatchConflict):
+                    raise  # a conflict (poll mode: another poller got there first) is not a broken blog
                 log.error("blog_unreadable", blog=blog_id, error=str(exc), errno=errno_of(exc))
                 blogs = {b: v for b, v in blogs.items() if b != blog_id}
                 unreadable[blog_id] = f"blog {blog_id} is unreadable (errno {errno_of(exc)})"
@@ -311,7 +307,7 @@ class Applier:
             expected_copies=expected,
         )
         fanout.record(conn, self.base, plan.copies_expected, plan.copies_met)
-        self._recheck(conn, changes, plan.writes)
+        self._recheck(conn, changes, plan.writes, rows)
         result.notes = plan.notes
         result.settling.extend(self._settle_records(changes, joining, frozen, plan.settle_deltas, groups))
         for n in plan.notes:
@@ -401,9 +397,7 @@ class Applier:
         result.settling.extend(_heal_failed_derived(jobs, result.derived))
 
         if self.poll_mode:
-            for blog_id, posts in sorted(_by_blog(rows).items()):
-                if blog_id in blogs:
-                    poll.resync_snapshot(conn, self.base, blogs[blog_id], posts, READ_KEYS)
+            self.poll_advance(conn, blogs)
         settle.record(conn, self.base, result.settling)
         self._write_history(conn, batch_id, result.history, now)
         return result
@@ -412,15 +406,18 @@ class Applier:
         if self._step_hook is not None:
             self._step_hook(name)
 
-    def _recheck(self, conn: sa.Connection, changes: Sequence[Change], writes: Sequence[MemberWrite]) -> None:
-        """After the lock step, the changes of written members captured after this batch was
+    def _recheck(
+        self, conn: sa.Connection, changes: Sequence[Change], writes: Sequence[MemberWrite], locked: Iterable[Key]
+    ) -> None:
+        """After the lock step, the changes of the locked products captured after this batch was
         fetched (their rows are locked now: nothing more can commit for them). The batch starts
         again with them (BatchExtend) when applying it without them would lose one (issue 9 path 2):
         a member that receives a fixed value (a register, an absolute stock set, a manual status, a
         SKU) would have its own newer value overwritten by an older one; a member whose ``_stock``
-        row an importer deleted and added again (an absolute set captured after this batch's
-        deltas) would get those deltas on top of the value that supersedes them. Relative deltas
-        on their own commute and need nothing."""
+        row an importer deleted and added again (an absolute set) would get this batch's deltas on
+        top of the value that supersedes them. The batch then takes every queued change of these
+        products up to the last one needed, so that capture order holds within it (a delta
+        captured before an absolute set is never applied after it). Relative deltas alone commute."""
         if not writes:
             return
         batch = {c.id for c in changes}
@@ -429,13 +426,10 @@ class Applier:
             for w in writes
             if w.registers or w.status_register is not None or w.new_sku is not None or (w.stock and w.stock.is_set)
         }
-        later = [
-            cid
-            for cid, key, meta_key, op in settle.queued_rows(conn, self.base, [w.key for w in writes])
-            if cid not in batch and (key in fixed or (meta_key == STOCK and op == "I"))
-        ]
-        if later:
-            raise BatchExtend(later)
+        queued = [r for r in settle.queued_rows(conn, self.base, locked) if r[0] not in batch]
+        needed = [cid for cid, key, meta_key, op in queued if key in fixed or (meta_key == STOCK and op == "I")]
+        if needed:
+            raise BatchExtend([cid for cid, *_ in queued if cid <= max(needed)])
 
     # -- settling: joins and heals (syncd.settle) --------------------------------------------
 
@@ -707,7 +701,8 @@ class Applier:
         result: BatchResult,
     ) -> None:
         """Linked members on a blog that is deleted, archived, spam, unusable or unreadable now are
-        not written (the planner leaves them out); log and record each, with blog, post and SKU."""
+        not written (the planner leaves them out); log and record each, with blog, post and SKU,
+        and queue each to be healed (syncd.settle) once its blog is usable again."""
         missed: dict[Key, tuple[Member, list[Change]]] = {}
         for c in applied:
             if c.meta_key in MEMBERSHIP_KEYS:
@@ -736,17 +731,26 @@ class Applier:
                         c, "skipped", m.blog_id, m.post_id, m.sku, c.meta_key, None, None, None, reason[:255]
                     )
                 )
+            # Not left behind for good: once its blog is usable again it takes the group's values.
+            result.settling.append(settle.Record(m.blog_id, m.post_id, settle.HEAL, reason=reason))
 
-    def _acknowledge_sql(self, changes: Sequence[Change]) -> tuple[str, list[int]]:
-        ids = sorted(c.id for c in changes)
-        return f"DELETE FROM {table(self.base, 'syncd_change')} WHERE id IN ({_marks(len(ids))})", ids
-
-    @staticmethod
-    def _check_acknowledged(changes: Sequence[Change], deleted: int) -> None:
-        if deleted != len(changes):
-            raise BatchConflict(
-                f"{len(changes) - deleted} of {len(changes)} change rows were already acknowledged"
-            )
+    def _hold_unusable_origins(
+        self, changes: Sequence[Change], blogs: Mapping[int, Blog], live: set[int]
+    ) -> None:
+        """A change whose origin blog is not usable right now is never acknowledged and dropped:
+        the batch is abandoned (rolled back by the caller) and the queue holds that blog's
+        changes until it is usable again (syncd.queue.HeldBlogs)."""
+        known = self._blogs()
+        held: dict[int, str] = {}
+        for b in sorted({c.blog_id for c in changes} - set(blogs)):
+            if b not in live:
+                held[b] = "blog is not live (deleted, archived or spam)"
+            elif b in known:
+                held[b] = "blog is not usable: " + ("; ".join(known[b].problems) or "WooCommerce not active")
+            else:
+                held[b] = "blog is not served by syncd (not usable at the last discovery, or excluded)"
+        if held:
+            raise HeldBlogs(held)
 
     def _live_blogs_sql(self) -> str:
         return f"SELECT blog_id FROM {table(self.base, 'blogs')} WHERE deleted = 0 AND archived = 0 AND spam = 0"
@@ -846,7 +850,7 @@ class Applier:
                     pending.append(
                         HistoryRow(origin, "copy", w.blog_id, w.post_id, w.sku, key, old, value, None)
                     )
-            if w.status_register is not None and rows.value(MANAGE) != "yes":
+            if w.status_register is not None and not manages_stock(rows.value(MANAGE)):
                 old = rows.value(STATUS)
                 if self._set_meta(conn, blog, w.post_id, rows, STATUS, w.status_register):
                     pending.append(
@@ -1108,6 +1112,31 @@ class Applier:
     def forget_posts(self) -> None:
         """A new transaction: the lock step's posts rows of the last one are not to be reused."""
         self._posts = {}
+        self._poll_seen = {}
+
+    # -- poll mode (syncd.poll): the snapshot moves only with what was captured or written -----
+
+    def poll_capture(self, conn: sa.Connection, blog: Blog) -> int:
+        """Right after the lock step of ``blog``: queue the shop writes the poller has not seen
+        on every product locked there (the closure too). Returns the changes queued."""
+        ids, post_rows = self._posts.get(blog.blog_id, (frozenset(), {}))
+        try:
+            seen = poll.capture_unseen(conn, self.base, blog, set(ids) | set(post_rows))
+        except poll.SnapshotConflict as exc:
+            raise BatchConflict(str(exc)) from exc
+        self._poll_seen[blog.blog_id] = seen
+        return seen.queued
+
+    def poll_advance(self, conn: sa.Connection, blogs: Collection[int]) -> None:
+        """After every write of the transaction: the snapshot takes syncd's own writes only."""
+        committed = poll.committed_elsewhere(conn.engine)
+        for blog_id, seen in sorted(self._poll_seen.items()):
+            if blog_id not in blogs:
+                continue
+            try:
+                poll.advance_snapshot(conn, self.base, seen, committed)
+            except poll.SnapshotConflict as exc:
+                raise BatchConflict(str(exc)) from exc
 
     def _refresh_blogs(
         self,

@@ -59,6 +59,8 @@ import sqlalchemy as sa
 import structlog
 
 from syncd import derived
+from syncd.catalog import shares_stock
+from syncd.components import components, drift_candidates_sql, translation_edges
 from syncd.config import Config
 from syncd.db import table
 from syncd.exclusion import exclusion_condition
@@ -66,6 +68,7 @@ from syncd.network import Blog
 from syncd.plan import BACKORDERS, LOW_STOCK, MANAGE, STATUS, STOCK, Key, StockValueError, parse_quantity
 from syncd.progress import Progress, dump_json
 from syncd.progress import table as print_table
+from syncd.woo import manages_stock
 
 log = structlog.get_logger("syncd.audit")
 
@@ -138,7 +141,7 @@ class MemberValues:
 
     @property
     def manages(self) -> bool:
-        return self.value(MANAGE) == "yes"
+        return manages_stock(self.value(MANAGE))
 
     @property
     def manual_status(self) -> bool:
@@ -185,6 +188,8 @@ class GroupState:
     group_id: int
     members: list[MemberValues]  # linked, on usable blogs, not excluded; (blog, post) order
     ambiguous: list[MemberValues] = field(default_factory=list)
+    #: A translation component: the link groups merged into this one (group_id = the smallest).
+    group_ids: tuple[int, ...] = ()
 
     @property
     def sku(self) -> str:
@@ -278,7 +283,9 @@ def derived_flag_sql() -> str:
         "OR (l.product_id IS NOT NULL AND NOT (l.stock_status <=> pm.meta_value)) "
         "OR (:oos > 0 AND (pm.meta_value = 'outofstock') <> (tr.object_id IS NOT NULL)) "
         f"WHEN '{STOCK}' THEN l.stock_quantity IS NOT NULL AND l.stock_quantity <> {q} "
-        f"WHEN '{MANAGE}' THEN l.product_id IS NOT NULL AND (pm.meta_value = 'yes') <> (l.stock_quantity IS NOT NULL) "
+        # get_data_for_lookup_table(): stock_quantity is set only for exactly 'yes' (not 'Yes').
+        f"WHEN '{MANAGE}' THEN l.product_id IS NOT NULL "
+        "AND (BINARY pm.meta_value = 'yes') <> (l.stock_quantity IS NOT NULL) "
         f"WHEN '{BACKORDERS}' THEN l.stock_quantity IS NOT NULL AND l.stock_status <> {rule} "
         "ELSE 0 END"
     )
@@ -366,6 +373,8 @@ class Scope:
     base: str
     blogs: dict[int, Blog]
     exclude_skus: tuple[str, ...] = ()
+    #: Blogs whose translations share stock (catalog.shares_stock): compared as components.
+    sharing: frozenset[int] = frozenset()
 
     def excluded_sql(self, column: str = "m.sku") -> tuple[str, dict[str, str]]:
         sql, params = exclusion_condition(column, self.exclude_skus)
@@ -383,7 +392,8 @@ def scope_for(conn: sa.Connection, config: Config) -> Scope:
     base = config.database.table_prefix
     network = discover(conn, base)
     blogs = {b.blog_id: b for b in network.usable_blogs() if config.blogs.selects(b.blog_id)}
-    return Scope(base, blogs, tuple(config.sync.exclude_skus))
+    sharing = frozenset(b for b, blog in blogs.items() if shares_stock(blog, config.blogs.for_blog(b)))
+    return Scope(base, blogs, tuple(config.sync.exclude_skus), sharing)
 
 
 # --------------------------------------------------------------------------- reading groups
@@ -427,6 +437,43 @@ def read_members(
     return groups
 
 
+def close_components(
+    conn: sa.Connection, scope: Scope, groups: dict[int, GroupState]
+) -> dict[int, GroupState]:
+    """``groups`` extended by every link group reachable through shared translations (on the
+    scope's sharing blogs), and each component merged into one GroupState, as the daemon's
+    planner walks it (a few rounds: links and translations form small components)."""
+    if not scope.sharing:
+        return groups
+    every = dict(groups)
+    edges: list[tuple[int, int]] = []
+    checked: set[Key] = set()
+    for _ in range(6):
+        ask = {m.key for g in every.values() for m in g.members if m.blog_id in scope.sharing} - checked
+        if not ask:
+            break
+        checked |= ask
+        group_of = {m.key: gid for gid, g in every.items() for m in g.members}
+        found = translation_edges(conn, scope.base, scope.blogs, ask)
+        edges += [(group_of[k], gid) for k, gid in found]
+        missing = sorted({gid for _k, gid in found} - set(every))
+        if missing:
+            every.update(read_members(conn, scope, [(g, g) for g in missing]))
+    out: dict[int, GroupState] = {}
+    for root, ids in components(every, [(a, b) for a, b in edges if b in every]).items():
+        if len(ids) == 1:
+            out[root] = every[root]
+            continue
+        parts = [every[g] for g in ids]
+        out[root] = GroupState(
+            root,
+            sorted((m for g in parts for m in g.members), key=lambda m: m.key),
+            sorted((m for g in parts for m in g.ambiguous), key=lambda m: m.key),
+            tuple(ids),
+        )
+    return out
+
+
 def read_values(conn: sa.Connection, scope: Scope, groups: Iterable[GroupState]) -> None:
     """Fill in each member's stock meta (unlocked read) and whether a variation's parent manages stock."""
     by_blog: dict[int, list[MemberValues]] = {}
@@ -440,7 +487,7 @@ def read_values(conn: sa.Connection, scope: Scope, groups: Iterable[GroupState])
         for m in members:
             m.meta = meta.get(m.post_id, {})
             if m.parent_id:
-                m.parent_manages = (meta.get(m.parent_id, {}).get(MANAGE) or [None])[0] == "yes"
+                m.parent_manages = manages_stock((meta.get(m.parent_id, {}).get(MANAGE) or [None])[0])
 
 
 def read_meta(
@@ -647,6 +694,7 @@ class Auditor:
         ] = {}  # bucket -> blogs where the set-based derived check found something
         self._lone = bytearray(0)
         self._ordinal = array(U32)
+        self._components_seen: set[int] = set()
 
     # -- pass 1: checksums ------------------------------------------------------------------
     def checksum(self) -> list[int]:
@@ -718,7 +766,22 @@ class Auditor:
                         n_have += 1
                     elif rnm[i] != nm[i] or rxm[i] != xm[i] or rnv[i] != nv[i] or rxv[i] != xv[i]:
                         examine[i] = 1
+        for gid in self.translation_candidates():
+            examine[min((gid - self.g0) // self.width, k - 1)] = 1
         return [i for i in range(k) if examine[i]]
+
+    def translation_candidates(self) -> list[int]:
+        """Groups with a translation on a sharing blog that disagrees with it: per-group
+        checksums cannot see drift between two groups that each agree with themselves."""
+        out: list[int] = []
+        with self.engine.connect() as conn:
+            for blog_id in sorted(self.scope.sharing):
+                sql = drift_candidates_sql(
+                    self.scope.base, self.scope.blogs[blog_id].prefix, normalised_value_sql()
+                )
+                out += [int(r[0]) for r in conn.execute(sa.text(sql), {"b": blog_id}) if r[0] is not None]
+            conn.rollback()
+        return out
 
     def _scan_blog(self, blog_id: int) -> _BlogScan:
         """One blog's bucket checksums: its member rows, then its stock meta (one statement per slice)."""
@@ -788,7 +851,11 @@ class Auditor:
     ) -> Chunk:
         """Read the groups in ``ranges`` row by row, compare, and check their derived data (that of
         drifted groups only with ``check_drifted``: reconcile rewrites and refreshes those anyway)."""
-        groups = read_members(conn, self.scope, ranges)
+        groups = close_components(conn, self.scope, read_members(conn, self.scope, ranges))
+        for gid in [gid for gid, g in groups.items() if g.group_ids]:
+            if gid in self._components_seen:  # a component reached from an earlier chunk too
+                del groups[gid]
+            self._components_seen.add(gid)
         read_values(conn, self.scope, groups.values())
         chunk = Chunk(groups=[groups[g] for g in sorted(groups)])
         for g in chunk.groups:

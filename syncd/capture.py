@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from syncd.db import table, validate_prefix
 from syncd.network import Blog
-from syncd.plan import WATCHED_KEYS, Change
+from syncd.plan import WATCHED_KEYS
 from syncd.sqlfiles import sql_text
 
 #: Bump when the trigger templates change; installed triggers whose body differs are replaced.
@@ -163,62 +163,6 @@ def uninstall_all_triggers(conn: sa.Connection, base_prefix: str) -> list[str]:
     return names
 
 
-#: Most rows a full batch is extended by to keep one statement's _stock rows together.
-FAN_OUT_TAIL = 100
-
-
-def fetch_changes(conn: sa.Connection, base_prefix: str, limit: int) -> list[Change]:
-    """The oldest committed change rows, in capture order (read, not removed: apply deletes them).
-
-    A full batch is extended with the remaining ``_stock`` rows of its last statement (same
-    connection and capture time, which is the statement's start; at most FAN_OUT_TAIL rows): a
-    Polylang for WooCommerce fan-out (one UPDATE on every translation of a product) is never split
-    across batches, so it is seen whole and counted once (syncd.plan).
-    """
-    change = table(base_prefix, "syncd_change")
-    cols = "id, blog_id, post_id, meta_key, op, old_value, new_value, captured_at, conn_id"
-    # Driver level: this runs every idle_wait (10 ms) while the shops are quiet, on the apply
-    # engine, which has no compiled-statement cache (see Daemon._make_engines).
-    changes = [
-        Change(*r)
-        for r in conn.exec_driver_sql(f"SELECT {cols} FROM {change} ORDER BY id LIMIT %s", (int(limit),))
-    ]
-    if len(changes) == int(limit) and changes[-1].conn_id and changes[-1].meta_key == "_stock":
-        last = changes[-1]
-        changes += [
-            Change(*r)
-            for r in conn.exec_driver_sql(
-                f"SELECT {cols} FROM {change} WHERE id > %s AND conn_id = %s AND captured_at = %s "
-                "AND meta_key = '_stock' ORDER BY id LIMIT %s",
-                (last.id, last.conn_id, last.captured_at, FAN_OUT_TAIL),
-            )
-        ]
-    return changes
-
-
-def fetch_by_ids(conn: sa.Connection, base_prefix: str, ids: Sequence[int]) -> list[Change]:
-    """These change rows (those still queued), in capture order."""
-    if not ids:
-        return []
-    cols = "id, blog_id, post_id, meta_key, op, old_value, new_value, captured_at, conn_id"
-    marks = ", ".join(["%s"] * len(ids))
-    return [
-        Change(*r)
-        for r in conn.exec_driver_sql(
-            f"SELECT {cols} FROM {table(base_prefix, 'syncd_change')} WHERE id IN ({marks}) ORDER BY id",
-            tuple(int(i) for i in ids),
-        )
-    ]
-
-
-def backlog(conn: sa.Connection, base_prefix: str) -> tuple[int, object]:
-    """(pending change rows, capture time of the oldest)."""
-    row = conn.execute(
-        sa.text(f"SELECT COUNT(*), MIN(captured_at) FROM {table(base_prefix, 'syncd_change')}")
-    ).one()
-    return int(row[0]), row[1]
-
-
 def install_all(config: object, *, out: object = None) -> int:
     """``syncd install``: create syncd's tables and install or upgrade the triggers of every usable blog.
 
@@ -280,7 +224,7 @@ def uninstall_all(config: object, *, keep_history: bool = False, out: object = N
     """
     import sys
 
-    from syncd import schema
+    from syncd import queue, schema
 
     out = out or sys.stdout
     base = config.database.table_prefix  # type: ignore[attr-defined]
@@ -290,7 +234,7 @@ def uninstall_all(config: object, *, keep_history: bool = False, out: object = N
             names = uninstall_all_triggers(conn, base)
             print(f"dropped {len(names)} triggers", file=out)
             if schema.schema_present(conn, base):
-                n, _ = backlog(conn, base)
+                n, _ = queue.backlog(conn, base)
                 if n:
                     print(f"warning: {n} captured changes were still pending and are discarded", file=out)
             dropped = schema.drop_schema(conn, base, keep_history=keep_history)

@@ -260,7 +260,8 @@ def sql_blog_stats(prefix: str) -> str:
         f"SUM(EXISTS(SELECT 1 FROM {meta} m WHERE m.post_id = p.ID AND m.meta_key = '_sku' "
         "AND m.meta_value <> '')) AS with_sku, "
         f"SUM(EXISTS(SELECT 1 FROM {meta} m WHERE m.post_id = p.ID AND m.meta_key = '_manage_stock' "
-        "AND m.meta_value = 'yes')) AS managing_stock "
+        # wc_string_to_bool() (syncd.woo.manages_stock): 'yes', 'true', '1', any case.
+        "AND BINARY LOWER(m.meta_value) IN ('yes', 'true', '1'))) AS managing_stock "
         f"FROM {posts} p WHERE p.post_type IN ('product', 'product_variation') "
         "AND p.post_status NOT IN ('trash', 'auto-draft') GROUP BY p.post_type"
     )

@@ -10,6 +10,7 @@ database, not a multisite network, unexpected error); 2 usage error or command n
 daemon); 130 interrupted (Ctrl-C, SIGTERM of a tool); 141 output closed early (``| head``);
 78 configuration missing or invalid (EX_CONFIG: systemd's RestartPreventExitStatus=78 stops a
 restart loop on a bad file). ``syncd check`` adds its own bits (4, 8, 16, 32): see syncd.check;
+``syncd dead-letters`` 16 (an ID that is not a dead letter): see syncd.dead_letters;
 audit, reconcile, sync, set-stock and history theirs (4 drift, 8 chunk skipped, 16 bad argument,
 32 left alone): see syncd.audit.
 """
@@ -214,6 +215,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the status as one JSON document")
     p.set_defaults(handler=cmd_status)
+
+    p = _command(
+        sub,
+        "dead-letters",
+        "list, re-queue or discard the changes syncd could not apply",
+        "syncd dead-letters retry --all",
+        "Dead letters are captured changes that failed alone, twice, with an error that is not\n"
+        "transient, or whose blog no longer exists or is excluded. `retry` puts them back into the\n"
+        "queue (with the rest of their statement); `discard` deletes them for good. Exit status: 0\n"
+        "done, 1 fatal, 2 usage, 16 an ID that is not a dead letter.",
+    )
+    p.add_argument("action", choices=("list", "retry", "discard"), help="what to do")
+    p.add_argument("ids", nargs="*", type=int, metavar="ID", help="dead letter ids (change ids)")
+    p.add_argument("--all", action="store_true", help="with retry: every dead letter")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON document")
+    p.set_defaults(handler=cmd_dead_letters)
 
     p = _command(
         sub,
@@ -437,6 +454,10 @@ def _confirm_uninstall(config: Config, keep_history: bool) -> bool:
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
     return _call("syncd.status", "main", config, args)
+
+
+def cmd_dead_letters(args: argparse.Namespace, config: Config) -> int:
+    return _call("syncd.dead_letters", "main", config, args)
 
 
 def cmd_link(args: argparse.Namespace, config: Config) -> int:

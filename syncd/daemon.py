@@ -8,10 +8,13 @@ Process model (DESIGN.md section 4):
   died, or lost its connection).
 * The main loop reads the oldest change rows, plans and applies them in one transaction, and
   between empty polls waits on the stop event (``sync.idle_wait``), so shutdown is prompt.
-* Deadlocks, lock-wait timeouts, lost connections and a read-only server roll the batch back
-  and retry it with capped backoff; nothing of it was applied, its change rows are still there.
-  A change that fails for any other reason is retried alone and, if it still fails, moved to
-  ``{base}syncd_dead`` with the error, so one poisoned row never stops the shop's sync.
+* Errors are handled by class (:mod:`syncd.queue`): a lost connection reconnects and retries;
+  transient errors (deadlocks, lock-wait timeouts, a read-only server, statement timeouts, a full
+  table or disk, a failed commit) roll the batch back and retry it with capped backoff for as long
+  as they last; nothing of it was applied, its change rows are still there. Any other error splits
+  the batch into statement groups, each applied alone; a group that still fails, twice, is moved
+  to ``{base}syncd_dead`` with the error, so one poisoned statement never stops the shop's sync.
+  Changes of a blog that is not usable are held in the queue until it is.
 * SIGHUP: re-read the configuration file and apply what can change while running (log level and
   format, sync, capture.poll_interval, history, blogs) without dropping the leader lock;
   ``[database]`` and ``capture.mode`` changes are reported as needing a restart. A file that no
@@ -43,18 +46,10 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from syncd import capture, catalog, fanout, schema, settle
+from syncd import capture, catalog, fanout, queue, schema, settle
 from syncd.apply import Applier, BatchConflict, BatchExtend, BatchResult
 from syncd.config import Config, ConfigError, load_config
-from syncd.db import (
-    ER_LOCK_DEADLOCK,
-    ER_LOCK_WAIT_TIMEOUT,
-    READ_ONLY,
-    errno_of,
-    is_disconnect,
-    is_retryable,
-    table,
-)
+from syncd.db import errno_of, is_disconnect, is_retryable, table
 from syncd.network import Blog, NotMultisiteError
 from syncd.notify import notify, watchdog_interval
 from syncd.plan import Change, format_quantity
@@ -111,6 +106,8 @@ class Stats:
     backlog_age_s: float | None = None  # age of the oldest of them
     apply_connection_id: int | None = None  # CONNECTION_ID() of the apply connection (for status)
     starts: int | None = None  # daemon starts recorded in {base}syncd_meta, this one included
+    retry_reasons: dict[str, int] = field(default_factory=dict)  # batch retries by error class
+    held: dict[int, str] = field(default_factory=dict)  # blog -> why its changes are held
 
 
 def lock_name(database: str, base_prefix: str) -> str:
@@ -530,12 +527,49 @@ class Daemon:
                 # At start too: members of a blog excluded (or gone) since the last run are forgotten.
                 catalog.drop_blog_members(conn, self.base, usable)
                 conn.commit()
+            self._settle_queue(conn, network, usable)
             if gone:
                 log.warning("blogs_gone", blogs=gone)
             if added and not initial:
                 log.info("blogs_added", blogs=added)
         with self._blogs_lock:
             self._blogs = usable
+
+    def _settle_queue(self, conn: sa.Connection, network: Any, usable: Mapping[int, Blog]) -> None:
+        """Which blogs' changes the queue holds (not usable now: kept until they are), and the
+        dead letters for changes of blogs that no longer exist or that the configuration excludes."""
+        reasons = {b.blog_id: "blog is not live: " + ", ".join(b.reasons) for b in network.skipped}
+        reasons.update(
+            {
+                b.blog_id: "blog is not usable: " + ("; ".join(b.problems) or "WooCommerce not active")
+                for b in network.blogs
+                if not b.usable
+            }
+        )
+        queued = queue.queued_by_blog(conn, self.base)
+        settle: dict[int, tuple[str, str]] = {}
+        held: dict[int, str] = {}
+        for b in sorted(set(queued) - set(usable)):
+            if not self._blog_selected(b):
+                settle[b] = (queue.DEAD_BLOG_EXCLUDED, f"blog {b} is excluded by the configuration ([blogs])")
+            elif b not in reasons:
+                settle[b] = (queue.DEAD_BLOG_GONE, f"blog {b} no longer exists in the network")
+            else:
+                held[b] = reasons[b]
+        if settle:
+            moved = queue.dead_letter_blogs(conn, self.base, settle)
+            conn.commit()
+            for b, n in moved.items():
+                self.stats.dead += n
+                log.error(
+                    "changes_dead_lettered", blog=b, changes=n, reason=settle[b][1], error_class=settle[b][0]
+                )
+        conn.rollback()
+        for b in sorted(set(held) - set(self.stats.held)):
+            log.warning("changes_held", blog=b, changes=queued[b][0], reason=held[b])
+        for b in sorted(set(self.stats.held) - set(held)):
+            log.info("changes_released", blog=b)
+        self.stats.held = held
 
     def _choose_capture_mode(self, conn: sa.Connection, usable: Mapping[int, Blog]) -> None:
         """trigger or poll. ``auto`` tries triggers and falls back to polling when the user may not create them."""
@@ -658,7 +692,7 @@ class Daemon:
         assert self._admin_engine is not None
         s = self.stats
         with self._admin_engine.connect() as conn:
-            pending, oldest = capture.backlog(conn, self.base)
+            pending, oldest = queue.backlog(conn, self.base, set(self.blogs()) - set(s.held))
             utc_now = conn.exec_driver_sql("SELECT UTC_TIMESTAMP(6)").scalar_one()
             conn.rollback()
         s.backlog = pending
@@ -687,6 +721,8 @@ class Daemon:
             "backlog_age_s": s.backlog_age_s,
             "apply_connection_id": s.apply_connection_id,
             "starts": s.starts,
+            "retry_reasons": dict(s.retry_reasons),
+            "held": {str(b): why for b, why in sorted(s.held.items())},
             "heartbeat": time.time(),
         }
         if stopped:
@@ -793,16 +829,19 @@ class Daemon:
     def process_once(self, conn: sa.Connection) -> int:
         """Fetch one batch and apply it (retrying as documented). Returns the changes consumed."""
         conn.rollback()
-        changes = capture.fetch_changes(conn, self.base, self.config.sync.batch_size)
+        serving = set(self.blogs()) - set(self.stats.held)
+        changes = queue.fetch(conn, self.base, self.config.sync.batch_size, blogs=serving)
         if not changes:
             conn.rollback()
             return 0
         return self.apply_with_retry(conn, changes)
 
     def apply_with_retry(self, conn: sa.Connection, changes: Sequence[Change]) -> int:
+        """Apply one unit of work, retrying by error class (syncd.queue). Returns the changes
+        consumed (applied or dead-lettered); 0 when someone else applied them or they are held."""
         applier = self._applier()
         backoff = _Backoff()
-        attempt = 0
+        attempt = permanent = 0
         while True:
             attempt += 1
             self._in_batch = True
@@ -813,78 +852,104 @@ class Daemon:
                 conn.rollback()
                 log.warning("batch_conflict", reason=str(exc))
                 return 0
+            except queue.HeldBlogs as exc:
+                conn.rollback()
+                self._hold(exc.blogs)
+                return 0
             except BatchExtend as extend:
                 conn.rollback()
-                extra = capture.fetch_by_ids(conn, self.base, extend.ids)
+                # With the rest of their statements: a statement group is never split (syncd.queue).
+                extra = queue.complete(conn, self.base, queue.fetch_ids(conn, self.base, extend.ids))
                 conn.rollback()
                 log.info("batch_extended", changes=len(changes), added=len(extra), reason=str(extend))
                 changes = sorted({c.id: c for c in [*changes, *extra]}.values(), key=lambda c: c.id)
                 continue
             except Exception as exc:
                 _safe_rollback(conn)
-                if is_disconnect(exc):
+                kind = queue.error_class(exc)
+                if kind == queue.CONNECTION:
                     raise  # the loop reconnects and fetches again; the rows are still there
-                if is_retryable(exc):
-                    self._ping_watchdog()  # waiting out a read-only server is not a stuck loop
-                    self.stats.retries += 1
-                    if self.metrics is not None:
-                        self.metrics.retry(_reason(exc))
-                    delay = backoff.next()
-                    self.stats.connection = f"connected, retrying a batch: {_reason(exc)}"
-                    log.warning(
-                        "batch_retry",
-                        attempt=attempt,
-                        errno=errno_of(exc),
-                        reason=_reason(exc),
-                        changes=len(changes),
-                        retry_in=delay,
-                        error=str(exc)[:200],
-                    )
-                    if self.stop.wait(delay):
-                        raise
-                    continue
-                return self._isolate(conn, changes, exc)
+                if kind == queue.PERMANENT:
+                    groups = queue.statement_groups(changes)
+                    if len(groups) > 1:
+                        return self._isolate(conn, groups, exc)
+                    permanent += 1
+                    if permanent >= queue.PERMANENT_ATTEMPTS:
+                        self._dead_letter(conn, changes, exc)
+                        return len(changes)
+                self._wait_to_retry(exc, kind, attempt, len(changes), backoff)
+                continue
             finally:
                 self._in_batch = False
             self.stats.connection = "connected"
             self._account(result, changes, attempts=attempt)
             return len(changes)
 
-    def _isolate(self, conn: sa.Connection, changes: Sequence[Change], exc: BaseException) -> int:
-        """A batch failed for a reason other than contention: apply its changes one by one."""
-        if len(changes) == 1:
-            self._dead_letter(conn, changes[0], exc)
-            return 1
-        log.error("batch_failed", changes=len(changes), errno=errno_of(exc), error=str(exc)[:300])
-        for c in changes:
-            self.apply_with_retry(conn, [c])
-        return len(changes)
-
-    def _dead_letter(self, conn: sa.Connection, change: Change, exc: BaseException) -> None:
-        self.stats.dead += 1
+    def _wait_to_retry(self, exc: Exception, kind: str, attempt: int, n: int, backoff: _Backoff) -> None:
+        """Log, count (by reason, for `syncd status`) and wait before trying a batch again; a stop
+        request ends the wait by raising the error (the loop then exits, nothing was applied)."""
+        self._ping_watchdog()  # waiting out a read-only server is not a stuck loop
+        why = queue.reason(exc)
+        self.stats.retries += 1
+        self.stats.retry_reasons[why] = self.stats.retry_reasons.get(why, 0) + 1
         if self.metrics is not None:
-            from syncd.metrics import dead_letter_reason
+            self.metrics.retry(why)
+        delay = backoff.next()
+        self.stats.connection = f"connected, retrying a batch: {why}"
+        log.warning(
+            "batch_retry",
+            attempt=attempt,
+            errno=errno_of(exc),
+            reason=why,
+            error_class=kind,
+            changes=n,
+            retry_in=delay,
+            error=str(exc)[:200],
+        )
+        if self.stop.wait(delay):
+            raise exc
 
-            self.metrics.dead_letter(dead_letter_reason(errno_of(exc), exc))
+    def _hold(self, blogs: Mapping[int, str]) -> None:
+        """Origins not usable at apply time: their changes stay queued (not fetched) until the next
+        discovery finds the blog usable again."""
+        for b, why in sorted(blogs.items()):
+            if b not in self.stats.held:
+                log.warning("changes_held", blog=b, reason=why)
+            self.stats.held[b] = why
+
+    def _isolate(self, conn: sa.Connection, groups: Sequence[Sequence[Change]], exc: BaseException) -> int:
+        """A batch failed for a reason that is not transient: apply it statement group by
+        statement group (never change by change: one statement's rows are one sale)."""
         log.error(
-            "change_dead_lettered",
-            change=change.id,
-            blog=change.blog_id,
-            post=change.post_id,
-            key=change.meta_key,
+            "batch_failed",
+            changes=sum(len(g) for g in groups),
+            statements=len(groups),
             errno=errno_of(exc),
             error=str(exc)[:300],
         )
-        change_t, dead_t = table(self.base, "syncd_change"), table(self.base, "syncd_dead")
-        conn.execute(
-            sa.text(
-                f"INSERT IGNORE INTO {dead_t} (id, blog_id, post_id, meta_key, op, old_value, new_value, captured_at, "
-                f"conn_id, failed_at, error) SELECT id, blog_id, post_id, meta_key, op, old_value, new_value, "
-                f"captured_at, conn_id, UTC_TIMESTAMP(6), :err FROM {change_t} WHERE id = :id"
-            ),
-            {"id": change.id, "err": f"{errno_of(exc)}: {exc}"[:2000]},
+        return sum(self.apply_with_retry(conn, g) for g in groups)
+
+    def _dead_letter(self, conn: sa.Connection, changes: Sequence[Change], exc: BaseException) -> None:
+        self.stats.dead += len(changes)
+        if self.metrics is not None:
+            from syncd.metrics import dead_letter_reason
+
+            self.metrics.dead_letter(dead_letter_reason(errno_of(exc), exc), len(changes))
+        first = changes[0]
+        log.error(
+            "change_dead_lettered",
+            change=first.id,
+            changes=[c.id for c in changes],
+            blog=first.blog_id,
+            post=first.post_id,
+            key=first.meta_key,
+            errno=errno_of(exc),
+            error_class=queue.DEAD_ERROR,
+            error=str(exc)[:300],
         )
-        conn.execute(sa.text(f"DELETE FROM {change_t} WHERE id = :id"), {"id": change.id})
+        queue.dead_letter(
+            conn, self.base, changes, queue.DEAD_ERROR, f"{errno_of(exc)}: {exc}", errno_of(exc)
+        )
         conn.commit()
 
     def _account(self, result: BatchResult, changes: Sequence[Change], attempts: int = 1) -> None:
@@ -966,16 +1031,7 @@ def _changed_keys(old: Config, new: Config) -> list[str]:
 
 def _reason(exc: BaseException) -> str:
     """The class of a database error in words, for log lines and STATUS (by errno, never by text)."""
-    code = errno_of(exc)
-    if code == ER_LOCK_DEADLOCK:
-        return "deadlock"
-    if code == ER_LOCK_WAIT_TIMEOUT:
-        return "lock wait timeout"
-    if code in READ_ONLY:
-        return "server read-only"
-    if is_disconnect(exc):
-        return "connection lost"
-    return "error"
+    return queue.reason(exc)
 
 
 class _Backoff:

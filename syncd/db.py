@@ -9,7 +9,7 @@ checkout want the same row, syncd is the one that gives up and retries.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +55,15 @@ RECONNECT = frozenset(
     }
 )
 #: The server refuses writes for now (read-only); wait and retry, the shop is not ours to fix.
-READ_ONLY = frozenset({ER_OPTION_PREVENTS_STATEMENT, ER_CANT_LOCK_READ_ONLY})
+#: 1836: MySQL's ER_READ_ONLY_MODE (super_read_only / a replica being promoted).
+READ_ONLY = frozenset({ER_OPTION_PREVENTS_STATEMENT, ER_CANT_LOCK_READ_ONLY, 1836})
+#: Errors that say "not now", never "never": the server is short of a resource or cut a statement
+#: short (statement timeout 1969 / max_execution_time 3024, table full 1114, disk full 1021,
+#: out of memory 1037/1041, commit failed 1180, rollback failed 1181, FLUSH TABLES WITH READ LOCK
+#: 1223, too many transactions 1637, table definition changed 1412, re-prepare 1615). A batch that
+#: meets one is rolled back and retried as a whole, with capped backoff, for as long as it takes
+#: (syncd.queue); it is never dead-lettered, and no member of it is skipped for it.
+TRANSIENT = frozenset({1021, 1037, 1041, 1114, 1180, 1181, 1223, 1412, 1615, 1637, 1969, 3024})
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_]{1,32}$")
 
@@ -101,7 +109,13 @@ def errno_of(exc: BaseException) -> int | None:
 def is_retryable(exc: BaseException) -> bool:
     """True when the whole batch should be rolled back and tried again."""
     code = errno_of(exc)
-    return code in RETRY_BATCH or code in RECONNECT or code in READ_ONLY or _is_disconnect(exc)
+    return (
+        code in RETRY_BATCH
+        or code in RECONNECT
+        or code in READ_ONLY
+        or code in TRANSIENT
+        or _is_disconnect(exc)
+    )
 
 
 def is_disconnect(exc: BaseException) -> bool:
@@ -300,3 +314,17 @@ def _one_round_trip(conn: sa.Connection, statements: Sequence[tuple[str, Sequenc
     if len(out) != len(statements):  # pragma: no cover - the server answers every statement or errs
         raise RuntimeError(f"{len(statements)} statements sent, {len(out)} results received")
     return out
+
+
+def keys_where(keys: Iterable[tuple[int, int]]) -> tuple[str, list[Any]]:
+    """``(blog_id = %s AND post_id IN (%s, ...)) OR ...`` for (blog, post) keys, with its
+    parameters (driver-level ``%s``; 'FALSE' for none): the look-ups of syncd's own tables by
+    product (syncd_change's ``product`` index, syncd_settle and syncd_fanout primary keys)."""
+    by_blog: dict[int, list[int]] = {}
+    for blog_id, post_id in sorted(set(keys)):
+        by_blog.setdefault(blog_id, []).append(post_id)
+    parts, params = [], []
+    for blog_id, posts in sorted(by_blog.items()):
+        parts.append(f"(blog_id = %s AND post_id IN ({', '.join(['%s'] * len(posts))}))")
+        params += [blog_id, *posts]
+    return " OR ".join(parts) or "FALSE", params

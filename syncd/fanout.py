@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 
 import sqlalchemy as sa
 
-from syncd.db import table
+from syncd.db import keys_where, table
 from syncd.plan import CopyExpected, Key
 
 KEEP_HOURS = 1
@@ -26,17 +26,11 @@ _COLS = "blog_id, post_id, conn_id, old_value, new_value, change_id"
 
 def expected(conn: sa.Connection, base_prefix: str, keys: Iterable[Key]) -> list[CopyExpected]:
     """The copies expected on ``keys`` (the batch's origins on sharing blogs)."""
-    by_blog: dict[int, list[int]] = {}
-    for b, p in sorted(set(keys)):
-        by_blog.setdefault(b, []).append(p)
-    if not by_blog:
+    where, params = keys_where(keys)
+    if not params:
         return []
-    parts, params = [], []
-    for b, posts in sorted(by_blog.items()):
-        parts.append(f"(blog_id = %s AND post_id IN ({', '.join(['%s'] * len(posts))}))")
-        params += [b, *posts]
     rows = conn.exec_driver_sql(
-        f"SELECT {_COLS} FROM {table(base_prefix, 'syncd_fanout')} WHERE {' OR '.join(parts)} ORDER BY change_id",
+        f"SELECT {_COLS} FROM {table(base_prefix, 'syncd_fanout')} WHERE {where} ORDER BY change_id",
         tuple(params),
     )
     return [CopyExpected(int(b), int(p), int(c), o, n, int(i)) for b, p, c, o, n, i in rows]

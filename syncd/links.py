@@ -32,6 +32,7 @@ from syncd.config import BlogSettings, Config
 from syncd.db import table
 from syncd.network import Blog, discover
 from syncd.plan import Key, StockValueError, parse_quantity
+from syncd.woo import manages_stock
 
 log = structlog.get_logger("syncd.links")
 
@@ -130,8 +131,8 @@ def link_refusals(products: Sequence[Product]) -> list[str]:
             f"{', '.join(items)} {'is' if len(items) == 1 else 'are'} one item, {', '.join(variable)} "
             f"{'is' if len(variable) == 1 else 'are'} the parent of variations (link its variations instead)"
         )
-    managed = [p for p in usable if p.manage_stock == "yes"]
-    unmanaged = [p for p in usable if p.manage_stock != "yes"]
+    managed = [p for p in usable if manages_stock(p.manage_stock)]
+    unmanaged = [p for p in usable if not manages_stock(p.manage_stock)]
     if managed and unmanaged:
         out.append(
             "cannot link a product that manages stock with one that does not: "
@@ -376,7 +377,7 @@ def link_main(config: Config, args: Any, out: TextIO | None = None) -> int:
         engine.dispose()
     log.info("products_linked", group=group_id, products=[m.name for m in members])
     print(f"linked in group {group_id}: " + ", ".join(m.describe for m in members), file=out)
-    quantities = {m.name: m.stock for m in members if m.manage_stock == "yes"}
+    quantities = {m.name: m.stock for m in members if manages_stock(m.manage_stock)}
     if _differ(quantities.values()):
         print(
             "stock differs (" + ", ".join(f"{k}: {v}" for k, v in quantities.items()) + "): linking copies "

@@ -57,8 +57,8 @@ class Metrics:
     def retry(self, reason: str) -> None:
         self.retries.labels(reason=reason).inc()
 
-    def dead_letter(self, reason: str) -> None:
-        self.dead.labels(reason=reason).inc()
+    def dead_letter(self, reason: str, changes: int = 1) -> None:
+        self.dead.labels(reason=reason).inc(changes)
 
     def watch(self, daemon: Any) -> None:
         """Report ``daemon``'s state (leader, backlog, capture mode, last batch) at every scrape."""

@@ -26,7 +26,9 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
+
+from syncd.woo import UnparseableStock, manages_stock, parse_stock
 
 STOCK = "_stock"
 MANAGE = "_manage_stock"
@@ -100,34 +102,17 @@ class Facts:
 
     @property
     def manages(self) -> bool:
-        return self.manage_stock == "yes"
+        return manages_stock(self.manage_stock)
 
     @property
     def alive(self) -> bool:
         return self.exists and self.post_status not in ("trash", "auto-draft")
 
 
-class StockValueError(ValueError):
-    """A stored quantity that is neither SQL NULL nor a number ('abc', '')."""
-
-
-def parse_quantity(text: str | None) -> Decimal | None:
-    """Numeric value of a ``_stock`` text; None for SQL NULL; StockValueError otherwise.
-
-    WooCommerce writes '7', '42.000000' or '42' for the same kind of value, so quantities are
-    compared as numbers, never as text. '' is not a quantity (MySQL arithmetic would turn it into
-    0 with a warning, silently inventing stock), so it is refused like any other non-number.
-    """
-    if text is None:
-        return None
-    stripped = text.strip()
-    try:
-        value = Decimal(stripped)
-    except (InvalidOperation, ValueError):
-        raise StockValueError(f"not a number: {text[:40]!r}") from None
-    if not value.is_finite() or not stripped:
-        raise StockValueError(f"not a number: {text[:40]!r}")
-    return value
+#: The one quantity parser and its error (:func:`syncd.woo.parse_stock` has the contract):
+#: re-exported here because planning is where most callers meet them.
+StockValueError = UnparseableStock
+parse_quantity = parse_stock
 
 
 @dataclass
@@ -410,6 +395,10 @@ def plan_batch(
                 own = writes.get(key)
                 if is_set and own is not None and own.stock is not None:
                     own.stock = None  # its own absolute set overrides earlier sibling deltas
+                elif own is not None and own.stock is not None and own.stock.is_set:
+                    # A sibling's absolute set, then its own sale: the set overwrites the row that
+                    # already holds the sale, so the sale goes on top of the set value.
+                    own.stock.delta += value  # type: ignore[operator]
             for m in component(c):
                 w = target(m, c)
                 if w is None:
@@ -447,12 +436,15 @@ def plan_batch(
             w.stock = w.stock or StockOp()
             w.stock.delta += fix
 
+    own_rename = {c.key: c.id for c in rename_events}  # each member's last rename in this batch
     for c in rename_events:
         new_sku = (c.new_value or "").strip()
         carried = False
         for m in groups.get(c.key, ()):
             if m.key == c.key or m.state != "linked" or m.blog_id not in live or m.key in joins:
                 continue
+            if own_rename.get(m.key, -1) > c.id:
+                continue  # its own later rename wins (last captured change, as for registers)
             clash = sku_conflicts.get((c.id, m.key))
             if clash is not None:
                 notes.append(
@@ -483,7 +475,7 @@ def plan_batch(
             for cid in w.change_ids:
                 notes.append(Note(cid, w.blog_id, w.post_id, w.sku, why, "warning"))
             continue
-        manages_after = w.registers.get(MANAGE, f.manage_stock) == "yes"
+        manages_after = manages_stock(w.registers.get(MANAGE, f.manage_stock))
         if w.stock is not None and not manages_after and not w.stock.is_set:
             for cid in w.change_ids:
                 notes.append(Note(cid, w.blog_id, w.post_id, w.sku, "member does not manage stock"))
@@ -573,7 +565,7 @@ def plan_join(
         if a_registers[k] != j_registers[k] and (a_registers[k] is not None or k == LOW_STOCK):
             w.registers[k] = a_registers[k]
     others_writes: list[MemberWrite] = []
-    if a_registers[MANAGE] == "yes":
+    if manages_stock(a_registers[MANAGE]):
         try:
             a_stock = parse_quantity(af.stock)
             mine = parse_quantity(jf.stock) if jf.stock is not None else None

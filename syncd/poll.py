@@ -7,36 +7,70 @@ plan/apply path. Deltas between two polls are summed by the comparison itself, s
 exact; what poll mode cannot give is the trigger's millisecond latency, and it reads every
 watched meta row of every blog per poll (cost grows with the catalogue: see the README).
 
-Own writes are not echoed: the applier, in poll mode, first turns any difference between the
-rows it locked and the snapshot into change rows (a shop write the poller has not seen yet), then
-brings the snapshot up to date with what it wrote, in the same transaction.
+The snapshot only ever advances with what was captured (or written by syncd itself), one row at
+a time and compare-and-set: each snapshot row moves from the value this poller read to the new
+one only if it still holds the value read (``UPDATE ... WHERE value <=> old``, ``INSERT IGNORE``,
+``DELETE ... WHERE value <=> old``), and the change row is written only when it did, in the same
+transaction. A second poller (a leadership hand-over, reconcile) that read the same difference
+waits on the first one's snapshot row, then finds it moved and captures nothing: no difference
+is queued twice, none is lost.
+
+Own writes are not echoed. The apply transaction, in poll mode, reads the watched rows of every
+product it locked (and their closure: parents, sibling variations) under lock and first queues
+any difference with the snapshot (a shop write the poller has not seen yet: :func:`capture_unseen`).
+After writing, it advances the snapshot with exactly its own writes (:func:`advance_snapshot`):
+rows it held locked since then, and rows it inserted itself - told apart from rows a shop
+inserted meanwhile by asking a second connection, which cannot see an uncommitted insert. A
+row the shop inserted or changed meanwhile is never copied into the snapshot: the next poll
+queues it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
+import structlog
 
 from syncd.db import table
 from syncd.network import Blog
 from syncd.plan import WATCHED_KEYS
 from syncd.schema import get_meta, set_meta
 
+log = structlog.get_logger("syncd.poll")
+
 _KEYS = ", ".join(f"'{k}'" for k in WATCHED_KEYS)
+
+#: A watched meta row as seen: (post_id, meta_key, value); keyed by meta_id.
+Row = tuple[int, str, "str | None"]
+#: Which of these meta ids another connection sees committed (see :func:`committed_elsewhere`).
+CommittedFn = Callable[[Blog, Sequence[int]], set[int]]
+
+
+class SnapshotConflict(RuntimeError):
+    """Another transaction moved a snapshot row this one meant to move: roll back, look again."""
+
+
+@dataclass
+class Seen:
+    """One blog's watched rows of the products an apply transaction locked, as its lock step
+    read them (the snapshot agrees with them once :func:`capture_unseen` returns)."""
+
+    blog: Blog
+    posts: tuple[int, ...]
+    rows: dict[int, Row] = field(default_factory=dict)
+    queued: int = 0
 
 
 def poll_blog(conn: sa.Connection, base_prefix: str, blog: Blog) -> int:
     """Diff one blog against its snapshot; queue the differences. Returns the changes queued.
 
     The first poll of a blog only takes the snapshot (there is nothing to compare with yet).
-    Runs in the caller's transaction; the caller commits.
+    Runs in the caller's transaction; the caller commits. A difference another poller captured
+    first is left to it (compare-and-set, see the module docstring).
     """
-    snap, pm, change = (
-        table(base_prefix, "syncd_snapshot"),
-        table(blog.prefix, "postmeta"),
-        table(base_prefix, "syncd_change"),
-    )
+    snap, pm = table(base_prefix, "syncd_snapshot"), table(blog.prefix, "postmeta")
     marker = f"poll_baseline:{blog.blog_id}"
     if get_meta(conn, base_prefix, marker) is None:
         conn.execute(sa.text(f"DELETE FROM {snap} WHERE blog_id = :b"), {"b": blog.blog_id})
@@ -51,7 +85,8 @@ def poll_blog(conn: sa.Connection, base_prefix: str, blog: Blog) -> int:
         return 0
     changed = conn.execute(
         sa.text(
-            f"SELECT pm.meta_id, pm.post_id, pm.meta_key, s.value, pm.meta_value, s.meta_id IS NULL, s.post_id, s.meta_key "
+            f"SELECT pm.meta_id, s.meta_id IS NULL, s.post_id, s.meta_key, s.value, "
+            f"pm.post_id, pm.meta_key, pm.meta_value "
             f"FROM {pm} pm LEFT JOIN {snap} s ON s.blog_id = :b AND s.meta_id = pm.meta_id "
             f"WHERE pm.meta_key IN ({_KEYS}) AND (s.meta_id IS NULL OR s.post_id <> pm.post_id "
             f"OR NOT (s.meta_key <=> pm.meta_key) OR NOT (BINARY s.value <=> BINARY pm.meta_value)) "
@@ -67,36 +102,174 @@ def poll_blog(conn: sa.Connection, base_prefix: str, blog: Blog) -> int:
         ),
         {"b": blog.blog_id},
     ).all()
+    diffs: list[tuple[int, Row | None, Row | None]] = [
+        (m, None if is_new else (op, ok, ov), (np, nk, nv)) for m, is_new, op, ok, ov, np, nk, nv in changed
+    ]
+    diffs += [(m, (p, k, v), None) for m, p, k, v in gone]
+    queued, lost = _capture(conn, base_prefix, blog, sorted(diffs, key=lambda d: d[0]))
+    if lost:
+        log.info("poll_already_captured", blog=blog.blog_id, rows=lost)
+    return queued
+
+
+def capture_unseen(conn: sa.Connection, base_prefix: str, blog: Blog, posts: Iterable[int]) -> Seen:
+    """Inside the apply transaction, right after its lock step: queue the shop writes on these
+    products (the locked ones and their closure) that the poller has not seen yet.
+
+    Their watched rows are read ``FOR UPDATE`` (the lock step holds them already; a row inserted
+    since is locked now, in the same post id order), every difference with the snapshot becomes a
+    change row (applied by the next batch) and moves the snapshot, compare-and-set. Raises
+    :class:`SnapshotConflict` when another poller got there first (the caller rolls back).
+    """
+    ids = tuple(sorted(set(posts)))
+    if not ids or get_meta(conn, base_prefix, f"poll_baseline:{blog.blog_id}") is None:
+        # No baseline yet (a blog discovered since the last poll): its first poll takes the
+        # snapshot as it is then, syncd's writes included; there is nothing to compare with now.
+        return Seen(blog, ())
+    seen = Seen(blog, ids)
+    seen.rows = _watched_rows(conn, blog, ids, lock=True)
+    before = _snapshot_rows(conn, base_prefix, blog, ids)
+    diffs = _diff(before, seen.rows)
+    seen.queued, lost = _capture(conn, base_prefix, blog, diffs)
+    if lost:
+        raise SnapshotConflict(f"blog {blog.blog_id}: {lost} snapshot rows were captured by another poller")
+    return seen
+
+
+def advance_snapshot(conn: sa.Connection, base_prefix: str, seen: Seen, committed: CommittedFn) -> int:
+    """After the apply transaction wrote: the snapshot takes syncd's own writes, and only those.
+
+    A row of ``seen`` was held locked by this transaction since the lock step: whatever it holds
+    now, syncd wrote. A row that is new since then was inserted either by syncd (uncommitted:
+    another connection cannot see it) or by a shop (committed): ``committed`` tells them apart,
+    and the shop's rows are left for the next poll. Returns the snapshot rows moved.
+    """
+    if not seen.posts:
+        return 0
+    now = _watched_rows(conn, seen.blog, seen.posts, lock=False)
+    new_ids = sorted(set(now) - set(seen.rows))
+    theirs = committed(seen.blog, new_ids) if new_ids else set()
+    mine = {m: r for m, r in now.items() if m not in theirs}
+    moved = 0
+    for meta_id, old, new in _diff(seen.rows, mine):
+        if not _move(conn, base_prefix, seen.blog, meta_id, old, new):
+            raise SnapshotConflict(
+                f"blog {seen.blog.blog_id}: snapshot row {meta_id} moved under syncd's write"
+            )
+        moved += 1
+    return moved
+
+
+def committed_elsewhere(engine: sa.Engine) -> CommittedFn:
+    """Which of these meta ids exist for a connection other than the apply transaction's (read
+    committed, non-locking: it never waits on anyone and never sees an uncommitted insert)."""
+
+    def ask(blog: Blog, meta_ids: Sequence[int]) -> set[int]:
+        pm = table(blog.prefix, "postmeta")
+        names = ", ".join(f":m{i}" for i in range(len(meta_ids)))
+        with engine.connect() as other:
+            found = other.execute(
+                sa.text(f"SELECT meta_id FROM {pm} WHERE meta_id IN ({names})"),
+                {f"m{i}": m for i, m in enumerate(meta_ids)},
+            )
+            out = {int(r[0]) for r in found}
+            other.rollback()
+        return out
+
+    return ask
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _watched_rows(conn: sa.Connection, blog: Blog, posts: Sequence[int], *, lock: bool) -> dict[int, Row]:
+    pm = table(blog.prefix, "postmeta")
+    names = ", ".join(f":p{i}" for i in range(len(posts)))
+    rows = conn.execute(
+        sa.text(
+            f"SELECT meta_id, post_id, meta_key, meta_value FROM {pm} FORCE INDEX (post_id) "
+            f"WHERE post_id IN ({names}) AND meta_key IN ({_KEYS}) ORDER BY post_id, meta_id"
+            + (" FOR UPDATE" if lock else "")
+        ),
+        {f"p{i}": p for i, p in enumerate(posts)},
+    )
+    return {int(m): (int(p), k, v) for m, p, k, v in rows}
+
+
+def _snapshot_rows(conn: sa.Connection, base_prefix: str, blog: Blog, posts: Sequence[int]) -> dict[int, Row]:
+    snap = table(base_prefix, "syncd_snapshot")
+    names = ", ".join(f":p{i}" for i in range(len(posts)))
+    rows = conn.execute(
+        sa.text(
+            f"SELECT meta_id, post_id, meta_key, value FROM {snap} WHERE blog_id = :b AND post_id IN ({names})"
+        ),
+        {"b": blog.blog_id, **{f"p{i}": p for i, p in enumerate(posts)}},
+    )
+    return {int(m): (int(p), k, v) for m, p, k, v in rows}
+
+
+def _diff(before: Mapping[int, Row], after: Mapping[int, Row]) -> list[tuple[int, Row | None, Row | None]]:
+    """(meta_id, old, new) for every row that differs; None: no such row on that side."""
+    out = []
+    for meta_id in sorted(set(before) | set(after)):
+        old, new = before.get(meta_id), after.get(meta_id)
+        if old != new:
+            out.append((meta_id, old, new))
+    return out
+
+
+def _capture(
+    conn: sa.Connection, base_prefix: str, blog: Blog, diffs: Sequence[tuple[int, Row | None, Row | None]]
+) -> tuple[int, int]:
+    """Move the snapshot row of each difference (compare-and-set) and queue its change rows.
+    Returns (change rows queued, differences someone else had moved first)."""
     rows: list[dict[str, object]] = []
-    for meta_id, post_id, key, old, new, is_new, old_post, old_key in changed:
-        if is_new:
-            rows.append(_change(blog, post_id, key, "I", None, new))
-        elif old_post != post_id or old_key != key:
-            rows.append(_change(blog, old_post, old_key, "D", old, None))
-            rows.append(_change(blog, post_id, key, "I", None, new))
+    lost = 0
+    for meta_id, old, new in diffs:
+        if not _move(conn, base_prefix, blog, meta_id, old, new):
+            lost += 1
+            continue
+        if old is None:
+            rows.append(_change(blog, new[0], new[1], "I", None, new[2]))  # type: ignore[index]
+        elif new is None:
+            rows.append(_change(blog, old[0], old[1], "D", old[2], None))
+        elif old[:2] != new[:2]:  # the row moved to another product or key
+            rows.append(_change(blog, old[0], old[1], "D", old[2], None))
+            rows.append(_change(blog, new[0], new[1], "I", None, new[2]))
         else:
-            rows.append(_change(blog, post_id, key, "U", old, new))
-        conn.execute(
-            sa.text(
-                f"REPLACE INTO {snap} (blog_id, meta_id, post_id, meta_key, value) VALUES (:b, :m, :p, :k, :v)"
-            ),
-            {"b": blog.blog_id, "m": meta_id, "p": post_id, "k": key, "v": new},
-        )
-    for meta_id, post_id, key, old in gone:
-        rows.append(_change(blog, post_id, key, "D", old, None))
-        conn.execute(
-            sa.text(f"DELETE FROM {snap} WHERE blog_id = :b AND meta_id = :m"),
-            {"b": blog.blog_id, "m": meta_id},
-        )
+            rows.append(_change(blog, new[0], new[1], "U", old[2], new[2]))
     if rows:
         conn.execute(
             sa.text(
-                f"INSERT INTO {change} (blog_id, post_id, meta_key, op, old_value, new_value, captured_at, conn_id) "
+                f"INSERT INTO {table(base_prefix, 'syncd_change')} "
+                "(blog_id, post_id, meta_key, op, old_value, new_value, captured_at, conn_id) "
                 "VALUES (:blog_id, :post_id, :meta_key, :op, :old_value, :new_value, UTC_TIMESTAMP(6), CONNECTION_ID())"
             ),
             rows,
         )
-    return len(rows)
+    return len(rows), lost
+
+
+def _move(
+    conn: sa.Connection, base_prefix: str, blog: Blog, meta_id: int, old: Row | None, new: Row | None
+) -> bool:
+    """Compare-and-set one snapshot row from ``old`` to ``new`` (None: absent). False when it
+    does not hold ``old`` any more (another transaction moved it; ours waited for it to commit)."""
+    snap = table(base_prefix, "syncd_snapshot")
+    key = {"b": blog.blog_id, "m": meta_id}
+    if old is None:
+        assert new is not None
+        sql = f"INSERT IGNORE INTO {snap} (blog_id, meta_id, post_id, meta_key, value) VALUES (:b, :m, :np, :nk, :nv)"
+        params = {**key, "np": new[0], "nk": new[1], "nv": new[2]}
+    else:
+        was = "blog_id = :b AND meta_id = :m AND post_id = :op AND meta_key = :ok AND value <=> :ov"
+        params = {**key, "op": old[0], "ok": old[1], "ov": old[2]}
+        if new is None:
+            sql = f"DELETE FROM {snap} WHERE {was}"
+        else:
+            sql = f"UPDATE {snap} SET post_id = :np, meta_key = :nk, value = :nv WHERE {was}"
+            params.update({"np": new[0], "nk": new[1], "nv": new[2]})
+    return conn.execute(sa.text(sql), params).rowcount == 1
 
 
 def _change(
@@ -110,72 +283,3 @@ def _change(
         "old_value": old,
         "new_value": new,
     }
-
-
-def capture_unseen(
-    conn: sa.Connection, base_prefix: str, blog: Blog, locked: Iterable[tuple[int, int, str, str | None]]
-) -> int:
-    """Inside the apply transaction: queue shop writes on the locked rows the poller has not seen yet.
-
-    ``locked`` holds (meta_id, post_id, meta_key, value) as read under lock. A row whose value
-    differs from the snapshot was written by the shop since the last poll: it becomes a change row
-    now (applied by the next batch) and the snapshot takes the locked value, so it is queued once.
-    """
-    locked = list(locked)
-    if not locked:
-        return 0
-    snap, change = table(base_prefix, "syncd_snapshot"), table(base_prefix, "syncd_change")
-    names = ", ".join(f":m{i}" for i in range(len(locked)))
-    seen = {
-        r[0]: r[1]
-        for r in conn.execute(
-            sa.text(f"SELECT meta_id, value FROM {snap} WHERE blog_id = :b AND meta_id IN ({names})"),
-            {"b": blog.blog_id, **{f"m{i}": row[0] for i, row in enumerate(locked)}},
-        )
-    }
-    queued = 0
-    for meta_id, post_id, key, value in locked:
-        if meta_id in seen and seen[meta_id] == value:
-            continue
-        op, old = ("U", seen[meta_id]) if meta_id in seen else ("I", None)
-        conn.execute(
-            sa.text(
-                f"INSERT INTO {change} (blog_id, post_id, meta_key, op, old_value, new_value, captured_at, conn_id) "
-                "VALUES (:b, :p, :k, :op, :old, :new, UTC_TIMESTAMP(6), CONNECTION_ID())"
-            ),
-            {"b": blog.blog_id, "p": post_id, "k": key, "op": op, "old": old, "new": value},
-        )
-        conn.execute(
-            sa.text(
-                f"REPLACE INTO {snap} (blog_id, meta_id, post_id, meta_key, value) VALUES (:b, :m, :p, :k, :v)"
-            ),
-            {"b": blog.blog_id, "m": meta_id, "p": post_id, "k": key, "v": value},
-        )
-        queued += 1
-    return queued
-
-
-def resync_snapshot(
-    conn: sa.Connection, base_prefix: str, blog: Blog, post_ids: Collection[int], keys: Collection[str]
-) -> None:
-    """After the applier wrote: the snapshot of these products' locked keys takes their new values."""
-    ids = sorted(set(post_ids))
-    if not ids:
-        return
-    snap, pm = table(base_prefix, "syncd_snapshot"), table(blog.prefix, "postmeta")
-    id_names = ", ".join(f":p{i}" for i in range(len(ids)))
-    key_list = ", ".join(f"'{k}'" for k in keys if k in WATCHED_KEYS)
-    params = {"b": blog.blog_id, **{f"p{i}": v for i, v in enumerate(ids)}}
-    conn.execute(
-        sa.text(
-            f"DELETE FROM {snap} WHERE blog_id = :b AND post_id IN ({id_names}) AND meta_key IN ({key_list})"
-        ),
-        params,
-    )
-    conn.execute(
-        sa.text(
-            f"INSERT INTO {snap} (blog_id, meta_id, post_id, meta_key, value) SELECT :b, meta_id, post_id, meta_key, meta_value "
-            f"FROM {pm} WHERE post_id IN ({id_names}) AND meta_key IN ({key_list})"
-        ),
-        params,
-    )

@@ -47,14 +47,22 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, TextIO
 
 import sqlalchemy as sa
 import structlog
 
-from syncd import capture, poll
-from syncd.apply import READ_KEYS, Applier, BatchConflict, MetaRow, ProductRows, new_batch_id
+from syncd import capture, queue
+from syncd.apply import (
+    Applier,
+    BatchConflict,
+    BatchExtend,
+    HeldBlogs,
+    MetaRow,
+    ProductRows,
+    new_batch_id,
+)
 from syncd.audit import (
     EXIT_BAD_ARGUMENT,
     EXIT_DRIFT,
@@ -70,6 +78,7 @@ from syncd.audit import (
     MemberValues,
     Report,
     Scope,
+    close_components,
     compare_group,
     disagreement_entry,
     read_members,
@@ -98,6 +107,7 @@ from syncd.preview import PreviewRefused
 from syncd.progress import Progress, dump_json
 from syncd.progress import table as print_table
 from syncd.schema import get_meta, schema_present
+from syncd.woo import manages_stock
 
 log = structlog.get_logger("syncd.reconcile")
 
@@ -218,7 +228,7 @@ def plan_group(
                     FieldWrite(m.key, m.sku, STOCK, m.value(STOCK), format_quantity(target_qty))
                 )
         manual_after = (
-            target_manage != "yes"
+            not manages_stock(target_manage)
             and m.product_type != "variable"
             and not (m.post_type == "product_variation" and m.parent_manages)
         )
@@ -237,15 +247,15 @@ MAX_QTY = 2**53
 
 
 def parse_qty(text: str) -> Decimal:
-    """A quantity argument WooCommerce would store as it is: a whole number ('12', '-3', '12.0')
-    within what the lookup column holds exactly. WooCommerce rounds stock with wc_stock_amount()
-    (intval): a fraction would be stored in _stock and shown truncated everywhere else."""
+    """A quantity argument WooCommerce would store as it is, read by the one quantity parser
+    (:func:`syncd.woo.parse_stock`): a whole number ('12', '-3', '12.0') within what the lookup
+    column holds exactly. WooCommerce rounds stock with wc_stock_amount() (intval): a fraction would
+    be stored in _stock and shown truncated everywhere else."""
     try:
-        value = Decimal(text.strip())
-    except (InvalidOperation, ValueError):
-        raise ValueError(f"QTY must be a number, got {text!r}") from None
-    if not value.is_finite():
-        raise ValueError(f"QTY must be a finite number, got {text!r}")
+        value = parse_quantity(text)
+    except StockValueError as exc:
+        raise ValueError(f"QTY must be a number, got {text!r}") from exc
+    assert value is not None  # a str is never SQL NULL
     if value != value.to_integral_value():
         raise ValueError(
             f"QTY must be a whole number, got {text!r}: WooCommerce keeps stock in whole units "
@@ -582,9 +592,8 @@ class Writer:
                     if o.attributes_written:
                         what.append("wc_product_attributes_lookup.in_stock")
                     staged["healed"].append({"blog": blog_id, "post": pid, "what": "; ".join(what)})
-        poll_blogs = self._poll(conn)
-        for blog_id in sorted(poll_blogs & set(touched)):
-            poll.resync_snapshot(conn, self.base, self.scope.blogs[blog_id], touched[blog_id], READ_KEYS)
+        # Poll mode: the snapshot takes exactly what this chunk wrote (syncd.poll).
+        self.applier.poll_advance(conn, self._poll(conn))
         self._write_history(conn, history)
         return staged
 
@@ -675,7 +684,8 @@ class Writer:
         """Membership of the groups, then every member's (and healed product's) stock meta locked,
         blog by blog in ascending post id order."""
         self.applier.forget_posts()  # this chunk's transaction: its own lock step
-        groups = read_members(conn, self.scope, ranges)
+        # A translation component (shared stock) is one unit, as for the daemon (audit.close_components).
+        groups = close_components(conn, self.scope, read_members(conn, self.scope, ranges))
         by_blog: dict[int, set[int]] = {b: set(p) for b, p in heal.items()}
         for g in groups.values():
             for m in g.members:
@@ -692,22 +702,16 @@ class Writer:
             # (blog by blog, ascending post id, one scan each), one round trip per phase.
             rows.update(self.applier._lock_and_read_blogs(conn, jobs))
             return groups, rows
+        queued = 0
         for blog, ids in jobs:
-            blog_id = blog.blog_id
-            locked = self.applier._lock_and_read(conn, blog, ids)
-            rows.update(locked)
-            if blog_id in poll_blogs:
-                poll.capture_unseen(
-                    conn,
-                    self.base,
-                    blog,
-                    [
-                        (m.meta_id, k[1], key, m.value)
-                        for k, r in locked.items()
-                        for key, ms in r.meta.items()
-                        for m in ms
-                    ],
-                )
+            rows.update(self.applier._lock_and_read(conn, blog, ids))
+            if blog.blog_id in poll_blogs:
+                queued += self.applier.poll_capture(conn, blog)
+        if queued:
+            # Shop writes the poller had not seen yet, now change rows: commit them (nothing was
+            # written yet) and apply them first, as for any pending change (run_chunk).
+            conn.commit()
+            raise PendingChanges(self._pending(conn, rows.keys()))
         return groups, rows
 
     def _apply_pending(self, changes: Sequence[Change]) -> None:
@@ -719,7 +723,9 @@ class Writer:
                 self.applier.poll_mode = bool(self._poll(conn))
                 self.applier.apply(conn, changes)
                 conn.commit()
-            except BatchConflict:
+            except (BatchConflict, HeldBlogs, BatchExtend):
+                # Someone else applied them, their blog is not usable now (the daemon holds them),
+                # or more changes of them arrived: the chunk looks again (PENDING_ROUNDS).
                 _safe_rollback(conn)
                 return
             except Exception as exc:
@@ -734,28 +740,9 @@ class Writer:
         self.outcome.pending_applied += len(changes)
 
     def _pending(self, conn: sa.Connection, keys: Iterable[Key]) -> list[Change]:
-        """Committed, not yet applied change rows of these products (capture order)."""
-        by_blog: dict[int, list[int]] = {}
-        for b, p in keys:
-            by_blog.setdefault(b, []).append(p)
-        if not by_blog:
-            return []
-        parts, params = [], {}
-        for i, (b, posts) in enumerate(sorted(by_blog.items())):
-            names = []
-            for j, p in enumerate(sorted(posts)):
-                params[f"p{i}_{j}"] = p
-                names.append(f":p{i}_{j}")
-            params[f"b{i}"] = b
-            parts.append(f"(blog_id = :b{i} AND post_id IN ({', '.join(names)}))")
-        rows = conn.execute(
-            sa.text(
-                f"SELECT id, blog_id, post_id, meta_key, op, old_value, new_value, captured_at, conn_id "
-                f"FROM {table(self.base, 'syncd_change')} WHERE {' OR '.join(parts)} ORDER BY id"
-            ),
-            params,
-        )
-        return [Change(*r) for r in rows]
+        """Committed, not yet applied change rows of these products, with the rest of their
+        statements (a translation fan-out is applied whole, never split: syncd.queue)."""
+        return queue.pending_for(conn, self.base, keys)
 
     def _poll(self, conn: sa.Connection) -> set[int]:
         """Blogs captured by polling (no triggers, a poll baseline taken): writes there must keep
@@ -785,7 +772,7 @@ class Writer:
         for blog_id, ids in parents.items():
             meta = read_meta(conn, self.scope.blogs[blog_id], sorted(ids), (MANAGE,))
             for pid in ids:
-                manages[(blog_id, pid)] = (meta.get(pid, {}).get(MANAGE) or [None])[0] == "yes"
+                manages[(blog_id, pid)] = manages_stock((meta.get(pid, {}).get(MANAGE) or [None])[0])
         for m in members:
             if m.parent_id:
                 m.parent_manages = manages.get((m.blog_id, m.parent_id), False)

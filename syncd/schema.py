@@ -41,6 +41,9 @@ def ensure_schema(conn: sa.Connection, base_prefix: str) -> int:
         conn.exec_driver_sql(stmt)
     _widen_history_role(conn, base_prefix)
     _ensure_index(conn, base_prefix, "syncd_change", "product", "(`blog_id`, `post_id`)")
+    # syncd.queue: a statement's rows are found together (tables created before it lack the key).
+    _ensure_index(conn, base_prefix, "syncd_change", "stmt", "(`conn_id`, `captured_at`)")
+    _add_dead_letter_class(conn, base_prefix)
     set_meta(conn, base_prefix, "schema_version", str(SCHEMA_VERSION))
     conn.commit()
     return SCHEMA_VERSION
@@ -74,6 +77,24 @@ def _widen_history_role(conn: sa.Connection, base_prefix: str) -> None:
     ).scalar_one_or_none()
     if width is not None and int(width) < 16:
         conn.exec_driver_sql(f"ALTER TABLE {table(base_prefix, 'syncd_history')} MODIFY `role` VARCHAR(16) NOT NULL")
+
+
+def _add_dead_letter_class(conn: sa.Connection, base_prefix: str) -> None:
+    """Dead letters created before syncd.queue have no error class and errno: added in place, once
+    (MySQL has no ADD COLUMN IF NOT EXISTS)."""
+    has_class = conn.execute(
+        sa.text(
+            "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+            "AND TABLE_NAME = :t AND COLUMN_NAME = 'error_class'"
+        ),
+        {"t": base_prefix + "syncd_dead"},
+    ).scalar_one()
+    if not has_class:
+        conn.exec_driver_sql(
+            f"ALTER TABLE {table(base_prefix, 'syncd_dead')} "
+            "ADD COLUMN `error_class` VARCHAR(32) NOT NULL DEFAULT 'permanent_error' AFTER `failed_at`, "
+            "ADD COLUMN `errno` INT NULL AFTER `error_class`"
+        )
 
 
 def _ensure_index(conn: sa.Connection, base_prefix: str, name: str, index: str, columns: str) -> None:

@@ -34,7 +34,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from syncd.db import errno_of, table
+from syncd.db import errno_of, keys_where, table
 from syncd.plan import Key
 
 JOIN = "join"
@@ -78,24 +78,13 @@ def _marks(n: int) -> str:
     return ", ".join(["%s"] * n)
 
 
-def _keys_where(keys: Iterable[Key]) -> tuple[str, list[Any]]:
-    by_blog: dict[int, list[int]] = {}
-    for blog_id, post_id in sorted(set(keys)):
-        by_blog.setdefault(blog_id, []).append(post_id)
-    parts, params = [], []
-    for blog_id, posts in sorted(by_blog.items()):
-        parts.append(f"(blog_id = %s AND post_id IN ({_marks(len(posts))}))")
-        params += [blog_id, *posts]
-    return " OR ".join(parts) or "FALSE", params
-
-
 def frozen(conn: sa.Connection, base_prefix: str, keys: Iterable[Key]) -> set[Key]:
     return {(int(b), int(p)) for b, p in conn.exec_driver_sql(*frozen_sql(base_prefix, keys))}
 
 
 def frozen_sql(base_prefix: str, keys: Iterable[Key]) -> tuple[str, tuple[Any, ...]]:
     """Which of ``keys`` are joining (frozen): ``SELECT blog_id, post_id``."""
-    where, params = _keys_where(keys)
+    where, params = keys_where(keys)
     return (
         f"SELECT blog_id, post_id FROM {table(base_prefix, 'syncd_settle')} WHERE kind = 'join' AND ({where})",
         tuple(params),
@@ -193,7 +182,7 @@ def counts(conn: sa.Connection, base_prefix: str) -> dict[str, int]:
 def queued(conn: sa.Connection, base_prefix: str, keys: Iterable[Key]) -> int:
     """How many captured changes of ``keys`` wait in the queue (a plain read: under READ
     COMMITTED, after the caller locked the products' stock rows, nothing new can commit for them)."""
-    where, params = _keys_where(keys)
+    where, params = keys_where(keys)
     return int(
         conn.exec_driver_sql(
             f"SELECT COUNT(*) FROM {table(base_prefix, 'syncd_change')} WHERE {where}", tuple(params)
@@ -204,7 +193,7 @@ def queued(conn: sa.Connection, base_prefix: str, keys: Iterable[Key]) -> int:
 def queued_rows(conn: sa.Connection, base_prefix: str, keys: Iterable[Key]) -> list[tuple[int, Key, str, str]]:
     """(id, product, meta_key, op) of the captured changes of ``keys`` waiting in the queue (see
     :func:`queued`), in capture order."""
-    where, params = _keys_where(keys)
+    where, params = keys_where(keys)
     return [
         (int(i), (int(b), int(p)), str(k), str(o))
         for i, b, p, k, o in conn.exec_driver_sql(

@@ -4,8 +4,9 @@ Reads only; safe to run at any time, from any host that can reach the database.
 
 Exit status (a bitmask, like pt-table-checksum's): 0 healthy; 1 fatal (cannot read syncd's
 tables: not installed, or no connection); 2 no daemon holds the leader lock; 4 a usable blog's
-triggers are missing or outdated (trigger capture only); 8 backlog older than 60 s;
-16 dead-lettered changes waiting for the operator.
+triggers are missing or outdated (trigger capture only); 8 backlog older than 60 s (changes of
+blogs syncd serves; changes held for a blog that is not usable are listed, not counted);
+16 dead-lettered changes waiting for the operator (``syncd dead-letters``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, TextIO
 
 import sqlalchemy as sa
 
-from syncd import capture, schema, settle
+from syncd import capture, queue, schema, settle
 from syncd.daemon import lock_name
 from syncd.db import table
 
@@ -67,15 +68,8 @@ def collect(
         "last_unclean_at": _iso(starts.get("last_unclean_at")),
     }
     out["connection"] = _connection(conn, daemon, holder)
-    n, oldest = capture.backlog(conn, base_prefix)
-    age = None
-    if oldest is not None:
-        utc_now = conn.exec_driver_sql("SELECT UTC_TIMESTAMP(6)").scalar_one()
-        age = round((utc_now - oldest).total_seconds(), 3)
-    out["backlog"] = {"pending": n, "oldest_age_s": age}
-    out["dead_letters"] = conn.execute(
-        sa.text(f"SELECT COUNT(*) FROM {table(base_prefix, 'syncd_dead')}")
-    ).scalar_one()
+    network = discover(conn, base_prefix)
+    _queue_state(conn, base_prefix, network, selects, out)
     settling = settle.counts(conn, base_prefix)
     # Products joining their group once WooCommerce has finished writing them, and members whose
     # copy is finished once they settle (syncd.settle): normally a few, for a few seconds.
@@ -84,7 +78,6 @@ def collect(
         sa.text(f"SELECT MAX(applied_at) FROM {table(base_prefix, 'syncd_history')}")
     ).scalar_one()
     out["last_applied_at"] = last.replace(tzinfo=UTC).isoformat() if last else None
-    network = discover(conn, base_prefix)
     installed = capture.installed_triggers(conn, base_prefix)
     blogs = []
     for blog in network.blogs:
@@ -103,6 +96,33 @@ def collect(
     out["blogs"] = blogs
     out["capture"] = (daemon or {}).get("capture") or ("trigger" if installed else "poll-or-none")
     return out
+
+
+def _queue_state(
+    conn: sa.Connection,
+    base_prefix: str,
+    network: Any,
+    selects: Callable[[int], bool] | None,
+    out: dict[str, Any],
+) -> None:
+    """Backlog of the blogs syncd serves; changes held for the others (per blog, with why); dead
+    letters (count, and by error class)."""
+    served = {b.blog_id for b in network.usable_blogs() if selects is None or selects(b.blog_id)}
+    why = {b.blog_id: "not live: " + ", ".join(b.reasons) for b in network.skipped}
+    why.update({b.blog_id: "not usable: " + "; ".join(b.problems) for b in network.blogs if not b.usable})
+    n, oldest = queue.backlog(conn, base_prefix, served)
+    age = None
+    if oldest is not None:
+        utc_now = conn.exec_driver_sql("SELECT UTC_TIMESTAMP(6)").scalar_one()
+        age = round((utc_now - oldest).total_seconds(), 3)
+    out["backlog"] = {"pending": n, "oldest_age_s": age}
+    out["held"] = [
+        {"blog_id": b, "changes": held, "reason": why.get(b, "excluded by configuration or gone")}
+        for b, held in sorted(queue.held(conn, base_prefix, served).items())
+    ]
+    by_class = queue.dead_by_class(conn, base_prefix)
+    out["dead_letters"] = sum(by_class.values())
+    out["dead_letters_by_class"] = by_class
 
 
 def _connection(conn: sa.Connection, daemon: dict[str, Any] | None, lock_holder: Any) -> dict[str, Any]:
@@ -188,6 +208,11 @@ def render(report: dict[str, Any], out: TextIO) -> None:
             f"retries {d.get('retries')}, reconnects {d.get('reconnects')}, skipped members {d.get('skipped')}",
             file=out,
         )
+        if d.get("retry_reasons"):
+            reasons = ", ".join(f"{k} {v}" for k, v in sorted(d["retry_reasons"].items()))
+            print(
+                f"retried       {reasons} (transient: retried until they pass, never dead-lettered)", file=out
+            )
         print(f"errors        {d.get('errors')}; last: {d.get('last_error') or 'none'}", file=out)
     r = report.get("restarts") or {}
     if r.get("starts"):
@@ -206,7 +231,13 @@ def render(report: dict[str, Any], out: TextIO) -> None:
     b = report["backlog"]
     oldest = f", oldest {b['oldest_age_s']} s" if b["oldest_age_s"] is not None else ""
     print(f"backlog       {b['pending']} pending{oldest}", file=out)
-    print(f"dead letters  {report['dead_letters']}", file=out)
+    for h in report.get("held") or []:
+        print(
+            f"held          blog {h['blog_id']}: {h['changes']} changes kept until it is usable ({h['reason']})",
+            file=out,
+        )
+    by_class = ", ".join(f"{k} {v}" for k, v in sorted((report.get("dead_letters_by_class") or {}).items()))
+    print(f"dead letters  {report['dead_letters']}{f' ({by_class})' if by_class else ''}", file=out)
     st = report.get("settling") or {}
     print(f"settling      {st.get('joining', 0)} joining, {st.get('healing', 0)} healing", file=out)
     print(f"last applied  {report['last_applied_at'] or 'never'}", file=out)

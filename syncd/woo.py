@@ -47,22 +47,31 @@ PHP_INT_MIN: Final = -(2**63)
 # PHP 8 numeric string (Zend/zend_operators.c _is_numeric_string_ex): optional leading and
 # (since PHP 8.0) trailing whitespace, a sign, digits with an optional fraction, an exponent.
 _WS = " \t\n\r\v\f"
-_NUMERIC_BODY = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+# ASCII digits only: Python's ``\d`` also matches other scripts' digits, which neither PHP nor
+# the server's string-to-number conversion read as digits.
+_NUMERIC_BODY = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
 _NUMERIC_RE = re.compile(rf"^[{_WS}]*({_NUMERIC_BODY})[{_WS}]*$")
 _LEADING_NUMERIC_RE = re.compile(rf"^[{_WS}]*({_NUMERIC_BODY})")
-_INTEGER_RE = re.compile(r"^[+-]?\d+$")
+_INTEGER_RE = re.compile(r"^[+-]?[0-9]+$")
+
+
+#: Largest magnitude a quantity may have. Shops change ``_stock`` with SQL arithmetic on the text
+#: column (``meta_value - 2``: the server converts the text to a DOUBLE), and syncd's relative
+#: writes do the same; beyond 10^15 a DOUBLE no longer holds every integer and unit exactly.
+MAX_QUANTITY: Final = Decimal(10) ** 15
 
 
 class UnparseableStock(ValueError):
-    """A ``_stock`` (or other quantity) text that is neither SQL NULL nor a PHP numeric string.
+    """A ``_stock`` (or other quantity) text that is neither SQL NULL nor a safe number.
 
-    WooCommerce would silently read it as 0 (``intval('abc')``); syncd refuses to derive anything
-    from it, because writing "out of stock" from garbage is worse than leaving the product alone.
+    WooCommerce would silently read it as 0 (``intval('abc')``) and the shop's SQL arithmetic as
+    its leading number or 0; syncd refuses to derive or propagate anything from it, because
+    writing "out of stock" (or a delta) from garbage is worse than leaving the product alone.
     """
 
-    def __init__(self, text: str) -> None:
-        super().__init__(f"unparseable quantity {text!r}")
-        self.text = text
+    def __init__(self, reason: str, text: str | None = None) -> None:
+        super().__init__(reason)
+        self.text = text if text is not None else reason  # the stored text, when there is one
 
 
 def is_php_numeric(text: str) -> bool:
@@ -71,12 +80,24 @@ def is_php_numeric(text: str) -> bool:
 
 
 def parse_stock(text: str | bytes | None) -> Decimal | None:
-    """The number in a ``_stock`` meta value; ``None`` for SQL NULL.
+    """THE quantity parser of syncd (planning, derived data, audit, reconcile, set-stock, links).
 
-    ``'5'``, ``'5.000000'``, ``'-2'``, ``' 7 '`` and ``'1e3'`` are numbers (PHP numeric strings).
-    ``''``, ``'abc'``, ``'5abc'``, ``'NaN'`` raise :class:`UnparseableStock` - the caller skips the
-    product with that reason. SQL NULL is not an error: WooCommerce stores NULL for unmanaged
-    products and reads it as 0 when managed (fixture 09C).
+    ``None`` for SQL NULL (WooCommerce stores NULL for unmanaged products and reads it as 0 when
+    managed: fixture 09C). Otherwise the text must be a whole numeric string - ASCII whitespace
+    around an optional sign, digits with an optional fraction, an optional exponent: ``'5'``,
+    ``'5.000000'``, ``'-2'``, ``' 7 '``, ``'1e3'`` - with a magnitude of at most 10^15. Those are
+    exactly the texts on which the three readers agree: PHP's ``is_numeric()`` (so
+    ``wc_stock_amount()`` reads the same number), and the server's conversion in
+    ``meta_value - N`` under WordPress's non-strict sql_mode, which reads them whole, without a
+    truncation warning (trailing whitespace: a warning, but the same number), and exactly (a
+    DOUBLE holds every integer up to 2^53). tests/integration/test_stock_semantics.py holds
+    this contract against the real server.
+
+    Everything else raises :class:`UnparseableStock` and the caller skips the product with that
+    reason: ``''`` (SQL arithmetic makes it 0 with a warning, inventing stock), ``'abc'`` (0),
+    ``'5abc'`` (the server takes 5, PHP 8 warns), ``'NaN'``, ``'1_000'`` and non-ASCII digits
+    (Python's ``Decimal`` would accept those; the server reads 1 and 0), and magnitudes beyond
+    10^15.
     """
     if text is None:
         return None
@@ -84,11 +105,14 @@ def parse_stock(text: str | bytes | None) -> Decimal | None:
         text = text.decode("utf-8", "replace")
     m = _NUMERIC_RE.match(text)
     if not m:
-        raise UnparseableStock(text)
+        raise UnparseableStock(f"not a number: {text[:40]!r}", text)
     try:
-        return Decimal(m.group(1))
+        value = Decimal(m.group(1))
     except InvalidOperation as exc:  # pragma: no cover - the regex admits only valid literals
-        raise UnparseableStock(text) from exc
+        raise UnparseableStock(f"not a number: {text[:40]!r}", text) from exc
+    if abs(value) > MAX_QUANTITY:
+        raise UnparseableStock(f"beyond the exact range of SQL arithmetic (10^15): {text[:40]!r}", text)
+    return value
 
 
 def _cap_float_to_int(value: float) -> int:
@@ -150,7 +174,7 @@ def wc_string_to_bool(value: Any) -> bool:
     """``wc_string_to_bool()`` (wc-formatting-functions.php): 'yes', 'true', '1' (any case) or 1."""
     if isinstance(value, bool):
         return value
-    if value == 1 and not isinstance(value, str):
+    if isinstance(value, int) and value == 1:  # PHP `1 === $string`: the integer only
         return True
     if value is None:
         return False
@@ -193,7 +217,14 @@ def maybe_unserialize(value: str | None) -> Any:
 
 
 def manages_stock(manage_meta: str | None) -> bool:
-    """The product-level flag as ``validate_props()`` sees it (``wc_string_to_bool``)."""
+    """THE "manages stock" predicate of syncd: ``_manage_stock`` as WooCommerce reads it
+    (``WC_Product::set_manage_stock()`` -> ``wc_string_to_bool``), so 'yes', 'Yes', 'TRUE' and '1'
+    from an import all manage stock, and a checkout decrements their ``_stock``.
+
+    Planning, apply, audit, reconcile, links and the derived step all ask this. The one exception
+    is :func:`lookup_row`, which copies ``get_data_for_lookup_table()``'s own ``'yes' ===`` test
+    (WooCommerce writes ``stock_quantity`` NULL for ``'Yes'``; the lookup row mirrors that).
+    """
     return wc_string_to_bool(manage_meta)
 
 

@@ -23,8 +23,8 @@ from tests.integration.daemon_process import (
     assert_history_once,
     refresh_fn,
     snapshot,
-    wait_drained,
 )
+from tests.integration.poll_helpers import wait_quiet
 from tests.integration.sync_helpers import deadlocks, make_daemon
 
 BLOGS = (1, 2, 3)
@@ -48,10 +48,19 @@ def workloads(draw):
     return {"ops": ops, "batch_size": batch, "with_sets": with_sets}
 
 
-def run_workload(network_factory, workload) -> None:
+def run_workload(network_factory, workload, capture: str = "trigger") -> None:
+    """``capture="poll"``: the same storm captured by polling (issue 9 path 6: as exact)."""
     net = network_factory.recorded_network()
     try:
-        d = make_daemon(net, refresh=refresh_fn(), sync={"batch_size": workload["batch_size"]})
+        d = make_daemon(
+            net,
+            refresh=refresh_fn(),
+            sync={"batch_size": workload["batch_size"]},
+            capture={"mode": capture, "poll_interval": 0.05},
+        )
+        assert d.capture_mode == capture
+        if capture == "poll":
+            d.poll()  # the baseline, before the first write (as triggers are installed before it)
         start = snapshot(net, SKUS)
         deadlocks_before = deadlocks(net)
         exit_code: list[int] = []
@@ -60,7 +69,7 @@ def run_workload(network_factory, workload) -> None:
         try:
             storm = Storm(net, SKUS, ops=workload["ops"]).start()
             ledger = storm.join()
-            wait_drained(net, timeout=60, alive=runner.is_alive)
+            wait_quiet(net, capture, timeout=60, alive=runner.is_alive)
         finally:
             d.request_stop()
             runner.join(30)
@@ -74,7 +83,7 @@ def run_workload(network_factory, workload) -> None:
         if not workload["with_sets"]:
             assert ledger.sets == 0
         assert_converged(net, start, ledger)
-        assert_history_once(net, ledger, start)
+        assert_history_once(net, ledger, start, per_write=capture == "trigger")
     finally:
         network_factory.release(net)
 
@@ -97,7 +106,25 @@ def test_concurrent_writers_converge_exactly(network_factory, workload):
 
 
 @pytest.mark.slow
-def test_two_writers_on_one_row_of_each_blog(network_factory):
+@settings(
+    max_examples=3,
+    deadline=None,
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+    print_blob=True,
+)
+@given(workload=workloads())
+def test_concurrent_writers_converge_exactly_in_poll_mode(network_factory, workload):
+    run_workload(network_factory, workload, capture="poll")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("capture", ["trigger", "poll"])
+def test_two_writers_on_one_row_of_each_blog(network_factory, capture):
     """The worst case for lock order: every writer hits the same SKU on every blog at once."""
     ops = [[(b, "MUG", "dec" if k % 3 else "inc", 1 + k % 4) for k in range(50)] for b in (1, 2, 3, 1, 2, 3)]
-    run_workload(network_factory, {"ops": ops, "batch_size": 25, "with_sets": False})
+    run_workload(network_factory, {"ops": ops, "batch_size": 25, "with_sets": False}, capture)

@@ -23,9 +23,9 @@ from tests.integration.daemon_process import (
     assert_history_once,
     pending,
     snapshot,
-    wait_drained,
     write_config,
 )
+from tests.integration.poll_helpers import queued_work, wait_quiet
 from tests.integration.sync_helpers import deadlocks
 
 KILLS = 20
@@ -45,11 +45,15 @@ def _leader(procs: list[DaemonProcess], timeout: float = 30.0) -> DaemonProcess:
 
 
 @pytest.mark.slow
-def test_kill_9_during_a_write_storm_loses_nothing_and_applies_nothing_twice(wp_network, tmp_path):
+@pytest.mark.parametrize("capture", ["trigger", "poll"])
+def test_kill_9_during_a_write_storm_loses_nothing_and_applies_nothing_twice(wp_network, tmp_path, capture):
+    """``capture="poll"``: the same, captured by polling (issue 9 path 6: as exact as triggers;
+    a kill also lands inside poll transactions, and a standby's first polls follow a dead one's)."""
     net = wp_network
     skus = STOCK_SKUS[:6]
     # Small batches: a backlog is many short transactions, so a kill lands inside one.
-    cfg = write_config(tmp_path, net, sync={"batch_size": 8, "idle_wait": 0.005})
+    polling = {"mode": capture, "poll_interval": 0.05}
+    cfg = write_config(tmp_path, net, sync={"batch_size": 8, "idle_wait": 0.005}, capture=polling)
     rng = random.Random(20261123)
     spawned = 0
     procs: list[DaemonProcess] = []
@@ -100,7 +104,7 @@ def test_kill_9_during_a_write_storm_loses_nothing_and_applies_nothing_twice(wp_
                 time.sleep(rng.uniform(0.0, 0.6))
             assert not storm.errors, storm.errors
             ready = bool(leader.named("daemon_ready"))
-            moments.append(f"{kind}{'' if ready else '(starting)'}:{pending(net)}")
+            moments.append(f"{kind}{'' if ready else '(starting)'}:{queued_work(net, capture)}")
             assert leader.kill() == -9
             assert leader.named("daemon_stopped") == [], "a SIGKILLed process cannot have shut down cleanly"
             procs.remove(leader)
@@ -118,14 +122,14 @@ def test_kill_9_during_a_write_storm_loses_nothing_and_applies_nothing_twice(wp_
     # that picked the shop would be a lost sale.
     assert deadlocks(net) == deadlocks_before
 
-    drain = write_config(tmp_path, net, name="drain.toml", sync={"batch_size": 500})
+    drain = write_config(tmp_path, net, name="drain.toml", sync={"batch_size": 500}, capture=polling)
     final = DaemonProcess(drain, name="final").start()
     try:
-        wait_drained(net, timeout=90, alive=final.alive)
+        wait_quiet(net, capture, timeout=90, alive=final.alive)
         final.terminate()
         assert final.wait(30) == 0
     finally:
         final.stop()
     assert pending(net) == 0
     assert_converged(net, start, ledger)
-    assert_history_once(net, ledger, start)
+    assert_history_once(net, ledger, start, per_write=capture == "trigger")

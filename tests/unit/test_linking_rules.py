@@ -332,3 +332,12 @@ def test_blog_settings_are_parsed_and_validated():
         with pytest.raises(ConfigError) as exc:
             parse_config({"database": {"url": URL}, "blogs": blogs}, env={})
         assert exc.value.key == key, blogs
+
+
+def test_two_renames_in_one_batch_end_at_the_last_everywhere():
+    # Found by the storm: blog 2 renames BOOK -> A, then blog 1 renames it -> B. The earlier rename
+    # must not be carried over blog 1's own later one (last captured change wins, as for registers).
+    plan = plan_batch(
+        [rename(1, EN2, "BOOK", "BOOK-A"), rename(2, B1, "BOOK", "BOOK-B")], GROUPS, FACTS, LIVE, propagate_renames=True
+    )
+    assert {w.key: w.new_sku for w in plan.writes} == {EN2: "BOOK-B", EN3: "BOOK-B"}

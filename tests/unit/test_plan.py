@@ -225,3 +225,13 @@ def test_stock_management_switched_off_propagates_null_and_the_register():
     w = writes(plan)
     assert w[B].registers == {"_manage_stock": "no"}
     assert w[B].stock.is_set and w[B].stock.set_value is None
+
+
+def test_own_sale_after_a_siblings_absolute_set_is_kept_on_top_of_it():
+    # Found by the storm: blog 2's importer sets 0 (delete + add), then blog 1 sells 1 (its row
+    # already holds that sale). Blog 1 must end at -1 like the others, not at the set's 0.
+    plan = plan_batch([ch(1, B, "3", None, op="D"), ch(2, B, None, "0", op="I"), ch(3, A, "0", "-1")], GROUPS, FACTS, LIVE)
+    w = writes(plan)
+    assert (w[A].stock.set_value, w[A].stock.delta) == (Decimal(0), Decimal(-1))
+    assert (w[C].stock.set_value, w[C].stock.delta) == (Decimal(0), Decimal(-1))
+    assert (w[B].stock.is_set, w[B].stock.delta) == (False, Decimal(-1))

@@ -1,0 +1,153 @@
+"""Issue 9 path 6: poll mode is as exact as trigger mode (real server, capture.mode = "poll").
+
+The snapshot only advances with what was captured or written by syncd itself: a row the shop
+inserts while an apply transaction runs is never copied into it (it would never be captured),
+and two pollers (a leadership hand-over, reconcile next to the daemon) never queue one
+difference twice. The storm and kill tests also run in poll mode (test_concurrency.py,
+test_crash.py)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import sqlalchemy as sa
+
+from syncd import derived
+from syncd.poll import poll_blog
+from tests.integration.daemon_process import lock_waits, wait_until
+from tests.integration.poll_helpers import snapshot_lag
+from tests.integration.sync_helpers import ids, make_daemon, meta, pending, qty, woo_decrease
+
+POLL = {"mode": "poll"}
+
+
+def test_a_shop_insert_during_an_apply_is_captured_not_swallowed(wp_network):
+    """While the daemon applies a sale (hook: its derived step, after the lock step and the
+    writes), an admin adds MUG's low-stock threshold on blog 2 (a new meta row, autocommit).
+    It must be captured and reach blogs 1 and 3. Before the fix the end-of-batch snapshot
+    resync copied the new row into the snapshot: never captured, the blogs stayed different."""
+    net = wp_network
+    mug = ids(net, "MUG")
+    fired: list[int] = []
+
+    def shop_inserts_meanwhile(conn: sa.Connection, blog: Any, product_ids: Any, **kw: Any) -> Any:
+        if not fired:
+            fired.append(1)
+            with net.engine.connect() as shop:
+                shop.execute(
+                    sa.text(
+                        f"INSERT INTO {net.table(2, 'postmeta')} (post_id, meta_key, meta_value) "
+                        "VALUES (:p, '_low_stock_amount', '3')"
+                    ),
+                    {"p": mug[2]},
+                )
+                shop.commit()
+        return derived.refresh_products(conn, blog, product_ids, **kw)
+
+    d = make_daemon(net, refresh=shop_inserts_meanwhile, capture=POLL)
+    try:
+        assert d.capture_mode == "poll"
+        d.poll()  # baselines
+        start = qty(net, 1, mug[1])
+        woo_decrease(net, 1, mug[1], 1)
+        assert d.poll() == 1
+        d.apply_pending()
+        assert fired == [1]
+        d.poll()
+        d.apply_pending()
+        assert [qty(net, b, mug[b]) for b in (1, 2, 3)] == [start - 1] * 3
+        assert [meta(net, b, mug[b], "_low_stock_amount") for b in (1, 2, 3)] == ["3"] * 3
+        d.poll()  # syncd's own writes are not echoed
+        assert pending(net) == 0 and snapshot_lag(net) == 0
+    finally:
+        d.close()
+
+
+def test_two_pollers_never_queue_one_difference_twice(wp_network):
+    """Poller A has queued a sale (not committed yet); poller B reads the same difference and
+    waits for A's snapshot row; A commits; B must queue nothing. Before the fix B's REPLACE went
+    through after the wait and the sale was queued twice (counted twice on the other blogs)."""
+    net = wp_network
+    mug = ids(net, "MUG")
+    d = make_daemon(net, capture=POLL)
+    try:
+        d.poll()  # baselines
+        blog = d.blogs()[1]
+        woo_decrease(net, 1, mug[1], 2)
+        with net.engine.connect() as a, net.engine.connect() as b:
+            assert poll_blog(a, net.prefix, blog) == 1
+            second: list[int] = []
+            t = threading.Thread(target=lambda: second.append(poll_blog(b, net.prefix, blog)))
+            t.start()
+            wait_until(lambda: lock_waits(net) == 1, 10, "poller B to wait for A's snapshot row", poll=0.15)
+            a.commit()
+            t.join(10)
+            assert not t.is_alive()
+            b.commit()
+        assert second == [0]
+        assert pending(net) == 1
+        start = qty(net, 2, mug[2])
+        d.apply_pending()
+        assert [qty(net, b, mug[b]) for b in (1, 2, 3)] == [start - 2] * 3
+    finally:
+        d.close()
+
+
+def test_a_poller_racing_the_apply_lock_step_makes_the_batch_look_again(wp_network):
+    """Another poller (a demoted leader, reconcile) has queued blog 2's sale but not committed;
+    the daemon's apply transaction, at its lock step, finds the same unseen sale and waits on
+    that poller's snapshot row. When it commits, the apply must roll back and look again (the
+    sale queued once, blog 2 still written) - not count it twice, not skip blog 2."""
+    net = wp_network
+    mug = ids(net, "MUG")
+    d = make_daemon(net, capture=POLL)
+    try:
+        d.poll()  # baselines
+        start = qty(net, 1, mug[1])
+        woo_decrease(net, 1, mug[1], 1)
+        assert d.poll() == 1  # blog 1's sale queued and committed
+        woo_decrease(net, 2, mug[2], 2)  # not polled by the daemon yet
+        with net.engine.connect() as other:
+            assert poll_blog(other, net.prefix, d.blogs()[2]) == 1
+            t = threading.Thread(target=d.apply_pending)
+            t.start()
+            wait_until(
+                lambda: lock_waits(net) == 1, 10, "the apply step to wait for the other poller", poll=0.15
+            )
+            other.commit()
+            t.join(30)
+            assert not t.is_alive()
+        d.apply_pending()
+        assert [qty(net, b, mug[b]) for b in (1, 2, 3)] == [start - 3] * 3
+        assert d.poll() == 0 and pending(net) == 0 and snapshot_lag(net) == 0
+        with net.engine.connect() as c:
+            skipped = c.exec_driver_sql(
+                f"SELECT COUNT(*) FROM {net.prefix}syncd_history WHERE role = 'skipped'"
+            )
+            assert skipped.scalar_one() == 0
+    finally:
+        d.close()
+
+
+def test_reconcile_in_poll_mode_applies_an_unseen_sale_first(wp_network):
+    """Poll mode, a sale on blog 2 the poller has not seen yet, then `syncd --reconcile`: its lock
+    step queues the sale (the snapshot moves with it), commits it, applies it as the daemon
+    would, and finds nothing left to write. Before the fix the queued rows were rolled back with
+    the chunk, applying them conflicted, and the chunk was skipped after every round."""
+    from tests.integration.test_audit_reconcile import run_reconcile
+
+    net = wp_network
+    mug = ids(net, "MUG")
+    d = make_daemon(net, capture=POLL)
+    try:
+        d.poll()  # baselines; the daemon applies nothing below
+        start = qty(net, 1, mug[1])
+        woo_decrease(net, 2, mug[2], 2)
+        found, done = run_reconcile(net, capture=POLL)
+        assert done.counts["skipped_chunks"] == 0, done
+        assert done.pending_applied == 1
+        assert [qty(net, b, mug[b]) for b in (1, 2, 3)] == [start - 2] * 3  # the sale, not reverted
+        assert pending(net) == 0 and snapshot_lag(net) == 0
+    finally:
+        d.close()
