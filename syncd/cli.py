@@ -60,6 +60,7 @@ TOOL_COMMANDS = (
     "sync",
     "set-stock",
     "history",
+    "dead-letters",
 )
 
 log = get_logger(component="cli")
