@@ -242,28 +242,24 @@ def _blank(v: str | None) -> str | None:
     return None if v is None or v.strip() == "" else v
 
 
-#: wc_product_meta_lookup.stock_quantity is a DOUBLE: whole numbers are exact up to 2**53.
-MAX_QTY = 2**53
-
-
 def parse_qty(text: str) -> Decimal:
     """A quantity argument WooCommerce would store as it is, read by the one quantity parser
-    (:func:`syncd.woo.parse_stock`): a whole number ('12', '-3', '12.0') within what the lookup
-    column holds exactly. WooCommerce rounds stock with wc_stock_amount() (intval): a fraction would
-    be stored in _stock and shown truncated everywhere else."""
+    (:func:`syncd.woo.parse_stock`: a number within the exact range of SQL arithmetic and of the
+    lookup table's DOUBLE, 10^15) and whole: WooCommerce rounds stock with wc_stock_amount()
+    (intval), so a fraction would be stored in _stock and shown truncated everywhere else."""
     try:
         value = parse_quantity(text)
     except StockValueError as exc:
+        if "exact range" in str(exc):
+            raise ValueError(
+                f"QTY must be within the exact range of SQL arithmetic (10^15), got {text!r}"
+            ) from exc
         raise ValueError(f"QTY must be a number, got {text!r}") from exc
     assert value is not None  # a str is never SQL NULL
     if value != value.to_integral_value():
         raise ValueError(
             f"QTY must be a whole number, got {text!r}: WooCommerce keeps stock in whole units "
             "(wc_stock_amount), so a fraction would show truncated on the shop"
-        )
-    if abs(value) > MAX_QTY:
-        raise ValueError(
-            f"QTY {text!r} is beyond what WooCommerce's lookup table holds exactly (+/-{MAX_QTY})"
         )
     return value.to_integral_value()
 
