@@ -49,6 +49,11 @@ from syncd import apply as apply_mod  # noqa: E402
 from syncd import catalog  # noqa: E402
 from syncd import derived as derived_mod  # noqa: E402
 from syncd import queue as queue_mod  # noqa: E402
+
+try:
+    from syncd import record as record_mod  # noqa: E402
+except ImportError:  # an older syncd (--snapshot): history was written by the Applier
+    record_mod = None
 from syncd.config import config_for  # noqa: E402
 from syncd.daemon import Daemon  # noqa: E402
 
@@ -152,14 +157,16 @@ def measure(
         (catalog, "known_members", "membership"),
         (catalog, "refresh_members", "membership"),
         (catalog, "groups_for", "groups"),
-        (apply_mod.Applier, "_lock_and_read", "lock_and_read"),
-        (apply_mod.Applier, "_lock_and_read_blogs", "lock_and_read"),
+        (apply_mod.Applier, "_lock_and_read", "lock_and_read"),  # older syncd
+        (apply_mod.Applier, "_lock_and_read_blogs", "lock_and_read"),  # older syncd
+        (apply_mod.Applier, "lock", "lock_and_read"),
         (apply_mod, "plan_batch", "plan"),
         (apply_mod.Applier, "_write_member", "member_writes"),
         (apply_mod.Applier, "_write_stock_deltas", "member_writes"),  # bulk path (newer syncd)
-        (apply_mod.Applier, "_write_history", "history"),
+        (apply_mod.Applier, "_write_history", "history"),  # older syncd
+        (record_mod, "write_history", "history"),
     ):
-        if not hasattr(owner, attr):
+        if owner is None or not hasattr(owner, attr):
             continue
         originals.append((owner, attr, getattr(owner, attr)))
         rec.wrap(owner, attr, step)

@@ -79,7 +79,8 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_member` (
 -- Link groups, with ids that never change. A 'sku' group is known under link_key (key_hash =
 -- SHA-256 of it, unique): a product without a group joins the group of its key. A propagated SKU
 -- rename moves the group's key; with sync.propagate_sku_renames off it stays. 'manual' groups
--- have no key: their members are listed in {base}syncd_link.
+-- have no key: their members are listed in {base}syncd_link. sku_lang: the dashboard's products page
+-- (ordered by SKU, paged; older tables get it from schema.py).
 CREATE TABLE IF NOT EXISTS `{base}syncd_group` (
   `group_id` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
   `kind` VARCHAR(8) NOT NULL DEFAULT 'sku',
@@ -89,7 +90,8 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_group` (
   `lang` VARCHAR(32) NOT NULL DEFAULT '',
   `created_at` DATETIME(6) NOT NULL,
   PRIMARY KEY (`group_id`),
-  UNIQUE KEY `key_hash` (`key_hash`)
+  UNIQUE KEY `key_hash` (`key_hash`),
+  KEY `sku_lang` (`sku`, `lang`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
 -- ;
 -- Manual links (`syncd link`): these products form one group whatever their SKUs, overriding
@@ -104,6 +106,8 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_link` (
   KEY `grp` (`group_id`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
 -- ;
+-- source: who asked for a write ('dashboard:NAME' for the dashboard's set stock, sync and reconcile);
+-- NULL for the daemon and the command line. Older tables get the column from schema.py.
 -- Every applied change: one 'origin' row for the captured change, one 'copy' row per member
 -- written because of it, and one 'skipped' row (with the reason in note) per member left alone;
 -- 'reconcile' rows for what reconcile and `syncd sync` wrote, 'set' rows for `syncd set-stock`.
@@ -125,6 +129,7 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_history` (
   `origin_blog_id` INT UNSIGNED NOT NULL,
   `origin_post_id` BIGINT UNSIGNED NOT NULL,
   `note` VARCHAR(255) NULL,
+  `source` VARCHAR(191) NULL,
   PRIMARY KEY (`id`),
   KEY `sku` (`sku`(64), `applied_at`),
   KEY `applied_at` (`applied_at`),
@@ -177,4 +182,55 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_fanout` (
   `created_at` DATETIME(6) NOT NULL,
   PRIMARY KEY (`blog_id`, `post_id`, `conn_id`, `change_id`),
   KEY `created_at` (`created_at`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+-- ;
+-- Dashboard users (`syncd dashboard add-user`): password as a salted scrypt hash
+-- ("scrypt$n$r$p$salt$hash", hex), role 'admin' or 'read-only'.
+CREATE TABLE IF NOT EXISTS `{base}syncd_user` (
+  `name` VARCHAR(64) NOT NULL,
+  `password_hash` VARCHAR(255) NOT NULL,
+  `role` VARCHAR(16) NOT NULL DEFAULT 'admin',
+  `created_at` DATETIME(6) NOT NULL,
+  PRIMARY KEY (`name`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+-- ;
+-- Dashboard bearer tokens (`syncd dashboard token create NAME`) and login sessions: only the
+-- SHA-256 of the secret is stored (the secret itself is 32 random bytes, shown once / in a cookie).
+CREATE TABLE IF NOT EXISTS `{base}syncd_token` (
+  `token_hash` BINARY(32) NOT NULL,
+  `kind` VARCHAR(8) NOT NULL,
+  `user_name` VARCHAR(64) NOT NULL,
+  `csrf` VARCHAR(64) NOT NULL DEFAULT '',
+  `created_at` DATETIME(6) NOT NULL,
+  `expires_at` DATETIME(6) NULL,
+  PRIMARY KEY (`token_hash`),
+  KEY `user_name` (`user_name`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+-- ;
+-- Attribution (syncd/attribution.py): what a shop connection did next to a stock change - an
+-- order's _reduced_stock / refund / cancellation item meta, an admin's _edit_last - written by
+-- syncd's attribution triggers in the shop's own statements.
+CREATE TABLE IF NOT EXISTS `{base}syncd_source` (
+  `id` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+  `blog_id` INT UNSIGNED NOT NULL,
+  `conn_id` BIGINT UNSIGNED NOT NULL,
+  `kind` VARCHAR(16) NOT NULL,
+  `product_id` BIGINT UNSIGNED NOT NULL,
+  `order_id` BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  `user_id` BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  `recorded_at` DATETIME(6) NOT NULL,
+  PRIMARY KEY (`id`),
+  KEY `conn` (`blog_id`, `conn_id`, `product_id`),
+  KEY `recorded_at` (`recorded_at`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+-- ;
+-- The connection that captured each _stock change (history keeps the change id, not the connection).
+CREATE TABLE IF NOT EXISTS `{base}syncd_change_conn` (
+  `change_id` BIGINT UNSIGNED NOT NULL,
+  `blog_id` INT UNSIGNED NOT NULL,
+  `post_id` BIGINT UNSIGNED NOT NULL,
+  `conn_id` BIGINT UNSIGNED NOT NULL,
+  `captured_at` DATETIME(6) NOT NULL,
+  PRIMARY KEY (`change_id`),
+  KEY `captured_at` (`captured_at`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin

@@ -40,14 +40,14 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from syncd import catalog, derived, fanout, poll, settle
+from syncd import catalog, derived, fanout, lock, poll, record, settle
 from syncd.config import BlogSettings
 from syncd.db import errno_of, is_retryable, multi_statements, run_many, table
+from syncd.lock import MetaRow, ProductRows
 from syncd.network import Blog
 from syncd.plan import (
     BACKORDERS,
     FAN_OUT_NOTE,
-    LOW_STOCK,
     MANAGE,
     MEMBERSHIP_KEYS,
     SKU,
@@ -55,7 +55,6 @@ from syncd.plan import (
     STOCK,
     TRASH_MARK,
     Change,
-    Facts,
     JoinPlan,
     Key,
     Member,
@@ -69,20 +68,15 @@ from syncd.plan import (
 )
 from syncd.queue import BatchConflict as BatchConflict  # re-exported: callers catch it from here
 from syncd.queue import HeldBlogs, acknowledge_sql, check_acknowledged
+from syncd.record import HistoryRow
 from syncd.woo import manages_stock
 
 log = structlog.get_logger("syncd.apply")
 
-FACT_KEYS = (STOCK, MANAGE, BACKORDERS, LOW_STOCK, STATUS)
 #: Rows every WooCommerce product has from its creation on: syncd never inserts one. A product
 #: that lacks one is being created or imported (delete + add) by a request still running, which
 #: checked for the row and will insert it: a second row would follow (syncd.settle).
 ALWAYS_PRESENT = (STOCK, MANAGE, BACKORDERS, STATUS)
-#: What the lock step records per product: the facts, and _sku (written by a propagated rename).
-READ_KEYS = (*FACT_KEYS, SKU)
-#: Above this many posts on a blog, the lock step locks with COUNT(*) and then reads only the
-#: rows it needs: one more round trip, 2/3 fewer rows to parse. Below, one statement is cheaper.
-_LOCK_ONLY_ABOVE = 32
 #: The savepoint around the one-round-trip stock writes (a name SQLAlchemy never uses).
 _BULK_SAVEPOINT = "syncd_bulk_stock"
 
@@ -97,53 +91,6 @@ class BatchExtend(RuntimeError):  # noqa: N818 - a request to the caller, not a 
     def __init__(self, ids: Sequence[int]) -> None:
         super().__init__(f"{len(ids)} changes of written products were captured after the fetch")
         self.ids = list(ids)
-
-
-@dataclass
-class MetaRow:
-    meta_id: int
-    value: str | None
-
-
-@dataclass
-class ProductRows:
-    """Posts row and locked stock meta rows of one product."""
-
-    exists: bool = False
-    post_status: str = ""
-    post_type: str = ""
-    parent_id: int = 0
-    meta: dict[str, list[MetaRow]] = field(default_factory=dict)
-
-    def value(self, key: str) -> str | None:
-        rows = self.meta.get(key)
-        return rows[0].value if rows else None
-
-    def facts(self) -> Facts:
-        return Facts(
-            exists=self.exists,
-            post_status=self.post_status,
-            manage_stock=self.value(MANAGE),
-            stock=self.value(STOCK),
-            has_stock_row=bool(self.meta.get(STOCK)),
-            backorders=self.value(BACKORDERS),
-            low_stock_amount=self.value(LOW_STOCK),
-            duplicate_keys=tuple(k for k in FACT_KEYS if len(self.meta.get(k, ())) > 1),
-        )
-
-
-@dataclass
-class HistoryRow:
-    change: Change
-    role: str  # origin | copy | skipped
-    blog_id: int
-    post_id: int
-    sku: str
-    meta_key: str
-    old_value: str | None
-    new_value: str | None
-    delta: Decimal | None
-    note: str | None = None
 
 
 @dataclass
@@ -271,7 +218,7 @@ class Applier:
         self.step("lock")
         if not self.poll_mode:
             try:  # every blog at once: two or three round trips
-                rows = self._lock_and_read_blogs(conn, [(blogs[b], sorted(set(p))) for b, p in by_blog])
+                rows = self.lock(conn, [(blogs[b], sorted(set(p))) for b, p in by_blog])
                 by_blog = []
             except Exception as exc:  # noqa: BLE001 - a blog that cannot be read: see below
                 if is_retryable(exc):
@@ -281,7 +228,7 @@ class Applier:
                 log.warning("lock_step_per_blog", error=str(exc)[:300], errno=errno_of(exc))
         for blog_id, posts in by_blog:
             try:
-                locked = self._lock_and_read(conn, blogs[blog_id], posts)
+                locked = self.lock(conn, [(blogs[blog_id], sorted(set(posts)))])
                 rows.update(locked)
                 if self.poll_mode:
                     self.poll_capture(conn, blogs[blog_id])
@@ -399,7 +346,7 @@ class Applier:
         if self.poll_mode:
             self.poll_advance(conn, blogs)
         settle.record(conn, self.base, result.settling)
-        self._write_history(conn, batch_id, result.history, now)
+        record.write_history(conn, self.base, batch_id, result.history, now)
         return result
 
     def step(self, name: str) -> None:
@@ -456,7 +403,7 @@ class Applier:
             me, group = Member(key[0], key[1]), []
         involved = sorted({m.key for m in group if m.state == "linked"} | {key})
         self.step("settle_lock")
-        rows = self._lock_and_read_blogs(conn, [(blogs[b], p) for b, p in sorted(_by_blog(involved).items())])
+        rows = self.lock(conn, [(blogs[b], p) for b, p in sorted(_by_blog(involved).items())])
         current = settle.lock(conn, self.base, item)
         if current is None:
             return "dropped"
@@ -509,7 +456,7 @@ class Applier:
             return "postponed"
         settle.record(conn, self.base, heals)
         settle.remove(conn, self.base, item)
-        self._write_history(conn, result.batch_id, result.history, now)
+        record.write_history(conn, self.base, result.batch_id, result.history, now)
         w = joined.joiner
         log.info(
             "member_joined" if item.kind == settle.JOIN else "member_healed",
@@ -667,7 +614,7 @@ class Applier:
             old = rows[w.key].value(SKU)
             sp = conn.begin_nested()
             try:
-                changed = self._set_meta(conn, blog, w.post_id, rows[w.key], SKU, w.new_sku)
+                changed = self.set_meta(conn, blog, w.post_id, rows[w.key], SKU, w.new_sku)
                 sp.commit()
             except Exception as exc:
                 if is_retryable(exc):
@@ -759,77 +706,14 @@ class Applier:
         """Usable blogs that are still live right now (a blog deleted mid-run is never written)."""
         return {b: blog for b, blog in self._blogs().items() if b in live and blog.usable}
 
-    def _lock_and_read(self, conn: sa.Connection, blog: Blog, posts: Iterable[int]) -> dict[Key, ProductRows]:
-        return self._lock_and_read_blogs(conn, [(blog, sorted(set(posts)))])
-
-    def _lock_and_read_blogs(
-        self, conn: sa.Connection, jobs: Sequence[tuple[Blog, list[int]]]
-    ) -> dict[Key, ProductRows]:
-        """The lock step of several blogs (in the order given: ascending blog id): their posts
-        closures, then every blog's locking read, each phase one round trip for all blogs on the
-        apply connection (:func:`syncd.db.run_many`; the statements run in this order)."""
-        closures = _post_closures(conn, jobs)
-        # Every postmeta row this transaction will lock on a blog is locked here, in ONE scan of
-        # the post_id index (ascending post id, then meta_id): the products, and the variable
-        # parents and sibling variations whose derived data is recomputed later. A shop's own
-        # `UPDATE ... WHERE post_id = X AND meta_key = '_stock'` locks rows in that same order
-        # (one post's rows by meta_id, or every '_stock' row by meta_id through the meta_key
-        # index), so it can wait for syncd but never deadlock with it. Locking a product's rows
-        # first and its parent's or its other keys' rows later (the derived step) inverted that
-        # order, and InnoDB then killed the shop's statement (the smaller transaction): a sale
-        # whose stock update was lost (found by the crash test's write storm).
-        statements: list[tuple[str, Sequence[Any]]] = []
-        answer: list[int] = []  # per job, the statement whose rows hold its meta
+    def lock(self, conn: sa.Connection, jobs: Sequence[tuple[Blog, Sequence[int]]]) -> dict[Key, ProductRows]:
+        """The lock step (:func:`syncd.lock.lock_and_read`) of this transaction; the posts rows it
+        read are handed to this transaction's derived step (:meth:`refresh_job`)."""
+        rows, closures = lock.lock_and_read(conn, jobs)
         for blog, ids in jobs:
-            post_rows = closures[blog.blog_id]
-            # The derived step of this batch takes its posts rows from here (see _refresh_blogs).
-            self._posts[blog.blog_id] = (frozenset(ids), post_rows)
-            closure = sorted(set(post_rows) | set(ids))
-            pm = table(blog.prefix, "postmeta")
-            if len(closure) <= _LOCK_ONLY_ABOVE:
-                statements.append(
-                    (
-                        f"SELECT meta_id, post_id, meta_key, meta_value FROM {pm} FORCE INDEX (post_id) "
-                        f"WHERE post_id IN ({_marks(len(closure))}) ORDER BY post_id, meta_id FOR UPDATE",
-                        closure,
-                    )
-                )
-            else:
-                # Same locks, same scan, same order, but one row back instead of every row of
-                # every product (~18 per product: 81,000 rows for a 500-change batch on 10 blogs,
-                # parsed in Python, most of them only to be dropped below); then the rows the plan
-                # needs. They are all locked by us now, so this plain read sees their values.
-                statements.append(
-                    (
-                        f"SELECT COUNT(*) FROM {pm} FORCE INDEX (post_id) "
-                        f"WHERE post_id IN ({_marks(len(closure))}) FOR UPDATE",
-                        closure,
-                    )
-                )
-                statements.append(
-                    (
-                        f"SELECT meta_id, post_id, meta_key, meta_value FROM {pm} FORCE INDEX (post_id) "
-                        f"WHERE post_id IN ({_marks(len(ids))}) AND meta_key IN ({_marks(len(READ_KEYS))}) "
-                        f"ORDER BY post_id, meta_id",
-                        [*ids, *READ_KEYS],
-                    )
-                )
-            answer.append(len(statements) - 1)
-        results = run_many(conn, statements)
-        out: dict[Key, ProductRows] = {}
-        for (blog, ids), i in zip(jobs, answer, strict=True):
-            post_rows = closures[blog.blog_id]
-            mine = {
-                (blog.blog_id, p): ProductRows()
-                if (row := post_rows.get(p)) is None
-                else ProductRows(True, row.post_status, row.post_type, row.parent_id)
-                for p in ids
-            }
-            for meta_id, pid, key, value in results[i].rows:
-                if (blog.blog_id, pid) in mine and key in READ_KEYS:
-                    mine[(blog.blog_id, pid)].meta.setdefault(key, []).append(MetaRow(meta_id, value))
-            out.update(mine)
-        return out
+            self._posts[blog.blog_id] = (frozenset(ids), closures[blog.blog_id])
+        return rows
+
 
     def _write_member(
         self,
@@ -846,13 +730,13 @@ class Applier:
         try:
             for key, value in w.registers.items():
                 old = rows.value(key)
-                if self._set_meta(conn, blog, w.post_id, rows, key, value):
+                if self.set_meta(conn, blog, w.post_id, rows, key, value):
                     pending.append(
                         HistoryRow(origin, "copy", w.blog_id, w.post_id, w.sku, key, old, value, None)
                     )
             if w.status_register is not None and not manages_stock(rows.value(MANAGE)):
                 old = rows.value(STATUS)
-                if self._set_meta(conn, blog, w.post_id, rows, STATUS, w.status_register):
+                if self.set_meta(conn, blog, w.post_id, rows, STATUS, w.status_register):
                     pending.append(
                         HistoryRow(
                             origin, "copy", w.blog_id, w.post_id, w.sku, STATUS, old, w.status_register, None
@@ -994,7 +878,7 @@ class Applier:
         if op.is_set:
             target = None if op.set_value is None else format_quantity(op.set_value + op.delta)
             old = rows.value(STOCK)
-            self._set_meta(conn, blog, w.post_id, rows, STOCK, target)
+            self.set_meta(conn, blog, w.post_id, rows, STOCK, target)
             return (old, target)
         if not meta:
             raise _MemberSkipped("has no _stock row while it manages stock (being created or imported)", heal=True)
@@ -1042,12 +926,12 @@ class Applier:
             )
         return out
 
-    def _set_meta(
+    def set_meta(
         self, conn: sa.Connection, blog: Blog, post_id: int, rows: ProductRows, key: str, value: str | None
     ) -> bool:
         """Make ``key`` hold ``value`` (None: delete the row, as WooCommerce does for ''). True if written.
 
-        Existing rows are addressed by the meta_ids locked in :meth:`_lock_and_read`: a statement
+        Existing rows are addressed by the meta_ids locked in :meth:`lock`: a statement
         ``WHERE post_id = ? AND meta_key = ?`` may be run through the meta_key index, scanning (and
         waiting on) every row of that key on the blog; a shop's checkout statement scanning the
         same index then forms a lock cycle with syncd, and InnoDB kills the smaller transaction -
@@ -1205,41 +1089,6 @@ class Applier:
             log.error("blog_step_failed", blog=blog_id, error=str(exc)[:300], errno=errno_of(exc))
             return None
 
-    def _write_history(
-        self, conn: sa.Connection, batch_id: int, rows: list[HistoryRow], now: datetime
-    ) -> None:
-        if not rows:
-            return
-        # Driver level, positional: one multi-row INSERT built by the driver's executemany,
-        # without SQLAlchemy's per-row parameter dictionaries (a 500-change batch on 10 blogs
-        # writes 5,000 rows of 15 values).
-        conn.exec_driver_sql(
-            f"INSERT INTO {table(self.base, 'syncd_history')} (applied_at, batch_id, change_id, captured_at, role, "
-            "blog_id, post_id, sku, meta_key, old_value, new_value, delta, origin_blog_id, origin_post_id, note) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            [
-                (
-                    now,
-                    batch_id,
-                    h.change.id,
-                    h.change.captured_at or now,
-                    h.role,
-                    h.blog_id,
-                    h.post_id,
-                    (h.sku or "")[:255],
-                    h.meta_key,
-                    _clip(h.old_value),
-                    _clip(h.new_value),
-                    h.delta,
-                    h.change.blog_id,
-                    h.change.post_id,
-                    h.note,
-                )
-                for h in rows
-            ],
-        )
-
-
 class _MemberSkipped(Exception):
     def __init__(self, reason: str, heal: bool = False) -> None:
         super().__init__(reason)
@@ -1259,48 +1108,6 @@ def _heal_failed_derived(
         if outcome.get(blog.blog_id) is None
         for pid in posts
     ]
-
-
-def _post_closure(conn: sa.Connection, blog: Blog, ids: Sequence[int]) -> dict[int, derived.PostRow]:
-    return _post_closures(conn, [(blog, list(ids))])[blog.blog_id]
-
-
-def _post_closures(conn: sa.Connection, jobs: Sequence[tuple[Blog, Sequence[int]]]) -> dict[int, dict[int, derived.PostRow]]:
-    """Per blog, the posts rows of ``ids`` and of what the derived step reads with them: their
-    variations, the variable parents of those that are variations, and those parents'
-    variations. Ids that are not posts are absent. The rows are also the lock step's posts read
-    and the derived step's (:func:`syncd.derived.posts_for`). One round trip per round for all
-    blogs (a second round only where variations are involved)."""
-    cols = "ID, post_parent, post_type, post_status, menu_order"
-    out: dict[int, dict[int, derived.PostRow]] = {blog.blog_id: {} for blog, _ in jobs}
-    found = {blog.blog_id: set(ids) for blog, ids in jobs}
-    todo = {blog.blog_id: sorted(set(ids)) for blog, ids in jobs}
-    for _ in range(2):  # products -> their children; variations -> parent -> its children
-        asks = [blog for blog, _ in jobs if todo[blog.blog_id]]
-        if not asks:
-            break
-        statements = []
-        for blog in asks:
-            posts, t = table(blog.prefix, "posts"), todo[blog.blog_id]
-            statements.append(
-                (
-                    f"SELECT {cols} FROM {posts} WHERE ID IN ({_marks(len(t))}) "
-                    f"UNION SELECT {cols} FROM {posts} "
-                    f"WHERE post_parent IN ({_marks(len(t))}) AND post_type = 'product_variation'",
-                    [*t, *t],
-                )
-            )
-        for blog, result in zip(asks, run_many(conn, statements), strict=True):
-            b = blog.blog_id
-            rows = result.rows
-            for pid, parent, ptype, status, order in rows:
-                out[b][int(pid)] = derived.PostRow(int(pid), str(ptype), str(status), int(parent), int(order))
-            new = {int(r[0]) for r in rows} | {
-                int(r[1]) for r in rows if r[2] == "product_variation" and r[1]
-            }
-            todo[b] = sorted(new - found[b])
-            found[b] |= new
-    return out
 
 
 def _marks(n: int) -> str:
@@ -1360,10 +1167,6 @@ def _delta(c: Change) -> Decimal | None:
     if old is None or new is None:
         return None
     return new - old
-
-
-def _clip(v: str | None) -> str | None:
-    return None if v is None else v[:255]
 
 
 def _change_by_id(changes: Sequence[Change], cid: int) -> Change:

@@ -379,6 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=cmd_history)
 
+    from syncd.web.cli import add_parser as add_dashboard
+
+    add_dashboard(sub, _command).set_defaults(handler=cmd_dashboard)
+
     p = _command(
         sub,
         "demo",
@@ -491,6 +495,10 @@ def cmd_set_stock(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_history(args: argparse.Namespace, config: Config) -> int:
     return _call("syncd.history", "main", config, args)
+
+
+def cmd_dashboard(args: argparse.Namespace, config: Config) -> int:
+    return _call("syncd.web.cli", "main", config, args)
 
 
 def cmd_demo(args: argparse.Namespace, config: Config | None) -> int:

@@ -151,6 +151,40 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    """``[dashboard]`` (``syncd dashboard``): where it listens, TLS, and whether plain HTTP may
+    listen beyond loopback (refused unless TLS is set or ``allow_plain_remote = true``)."""
+
+    listen: str = "127.0.0.1:8765"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    allow_plain_remote: bool = False
+
+    @property
+    def host(self) -> str:
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_listen(self.listen)[1]
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert and self.tls_key)
+
+
+def split_listen(text: str) -> tuple[str, int]:
+    """'127.0.0.1:8765' / '[::1]:8765' / 'localhost:8765' -> (host, port); ValueError otherwise."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|([A-Za-z0-9.\-]+):([0-9]{1,5})", text)
+    if not m:
+        raise ValueError(text)
+    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(text)
+    return host, int(port)
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "auto"
@@ -195,6 +229,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     blogs: BlogsConfig = field(default_factory=BlogsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     source: str | None = None  # the file this came from (None: built in code / environment only)
     #: --log-level/--log-format given on the command line (None: not given): a configuration
     #: reload (SIGHUP) re-reads the file and applies these again, so the command line keeps winning.
@@ -471,6 +506,31 @@ def _parse_blogs(raw: Mapping[str, Any], section: str) -> BlogsConfig:
     return BlogsConfig(include=include, exclude=exclude, settings=settings)
 
 
+def _parse_dashboard(raw: Mapping[str, Any], section: str) -> DashboardConfig:
+    _check_keys(section, raw, ("listen", "tls_cert", "tls_key", "allow_plain_remote"))
+    listen = raw.get("listen", "127.0.0.1:8765")
+    try:
+        split_listen(listen if isinstance(listen, str) else "")
+    except ValueError:
+        raise ConfigError(
+            f"expected HOST:PORT ('127.0.0.1:8765', '[::1]:8765'), got {_show(listen)}", key=f"{section}.listen"
+        ) from None
+    paths = {}
+    for key in ("tls_cert", "tls_key"):
+        value = raw.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(f"expected a file path, got {_show(value)}", key=f"{section}.{key}")
+        paths[key] = value
+    if bool(paths["tls_cert"]) != bool(paths["tls_key"]):
+        raise ConfigError("tls_cert and tls_key go together: set both or neither", key=f"{section}.tls_cert")
+    return DashboardConfig(
+        listen=listen,
+        tls_cert=paths["tls_cert"],
+        tls_key=paths["tls_key"],
+        allow_plain_remote=_bool(raw, section, "allow_plain_remote", False),
+    )
+
+
 _SECTIONS = {
     "database": _parse_database,
     "capture": _parse_capture,
@@ -480,6 +540,7 @@ _SECTIONS = {
     "log": _parse_log,
     "blogs": _parse_blogs,
     "metrics": _parse_metrics,
+    "dashboard": _parse_dashboard,
 }
 
 

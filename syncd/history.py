@@ -42,6 +42,7 @@ class Entry:
     delta: Decimal | None
     origin: tuple[int, int]
     note: str | None
+    source: str | None = None  # who asked for it: 'dashboard:NAME' (None: the daemon, the CLI)
 
     def document(self) -> dict[str, Any]:
         return {
@@ -58,6 +59,7 @@ class Entry:
             "delta": None if self.delta is None else _num(self.delta),
             "origin": f"{self.origin[0]}:{self.origin[1]}",
             "note": self.note,
+            "source": self.source,
         }
 
 
@@ -126,7 +128,7 @@ def read_history(
     rows = conn.execute(
         sa.text(
             f"SELECT applied_at, captured_at, change_id, role, blog_id, post_id, sku, meta_key, old_value, new_value, "
-            f"delta, origin_blog_id, origin_post_id, note, id FROM {table(scope.base, 'syncd_history')} "
+            f"delta, origin_blog_id, origin_post_id, note, source FROM {table(scope.base, 'syncd_history')} "
             f"WHERE {cond} ORDER BY id"
         ),
         params,
@@ -146,6 +148,7 @@ def read_history(
             r[10],
             (int(r[11]), int(r[12])),
             r[13],
+            r[14],
         )
         for r in rows
         if (int(r[4]), int(r[5])) in wanted
@@ -156,7 +159,21 @@ def read_history(
     return out
 
 
-def render(entries: list[Entry], out: TextIO, title: str) -> None:
+def sources_of(conn: sa.Connection, base: str, entries: list[Entry]) -> list[str]:
+    """Where each entry came from, in words (:mod:`syncd.attribution`: order, admin user, other
+    writer, dashboard user, copy of ...)."""
+    from syncd import attribution
+
+    try:
+        ids = sorted({e.change_id for e in entries if e.role == "origin" and e.change_id})
+        found = attribution.lookup(conn, base, ids) if ids else {}
+    except sa.exc.ProgrammingError:  # attribution tables not there yet (schema 2)
+        conn.rollback()
+        found = {}
+    return [attribution.describe(e.role, e.source, e.origin, found.get(e.change_id)) for e in entries]
+
+
+def render(entries: list[Entry], out: TextIO, title: str, sources: list[str] | None = None) -> None:
     print(title, file=out)
     if not entries:
         print("  (no history)", file=out)
@@ -173,10 +190,11 @@ def render(entries: list[Entry], out: TextIO, title: str) -> None:
                 e.role,
                 f"{e.origin[0]}:{e.origin[1]}",
                 e.note,
+                src,
             )
-            for e in entries
+            for e, src in zip(entries, sources or [e.source or "" for e in entries], strict=True)
         ],
-        ("TIME (UTC)", "BLOG", "POST", "KEY", "OLD -> NEW", "DELTA", "ROLE", "ORIGIN", "NOTE"),
+        ("TIME (UTC)", "BLOG", "POST", "KEY", "OLD -> NEW", "DELTA", "ROLE", "ORIGIN", "NOTE", "SOURCE"),
         out,
     )
 
@@ -219,21 +237,37 @@ def main(config: Config, args: Any, out: TextIO | None = None) -> int:
                 print(f"syncd history: {exc}", file=sys.stderr)
                 return EXIT_BAD_ARGUMENT
             entries = read_history(conn, scope, resolved.group_ids, since=since, limit=limit)
+            sources = sources_of(conn, scope.base, entries)
     finally:
         engine.dispose()
-    _print(args, out, resolved.sku, resolved.group_ids, resolved.langs, entries)
+    _print(args, out, resolved.sku, resolved.group_ids, resolved.langs, entries, sources)
     return 0
 
 
 def _print(
-    args: Any, out: TextIO, sku: str, groups: list[int], langs: list[str], entries: list[Entry]
+    args: Any,
+    out: TextIO,
+    sku: str,
+    groups: list[int],
+    langs: list[str],
+    entries: list[Entry],
+    sources: list[str] | None = None,
 ) -> None:
     if getattr(args, "json", False):
         dump_json(
-            {"sku": sku, "groups": groups, "entries": [e.document() for e in entries], "exit_status": 0}, out
+            {
+                "sku": sku,
+                "groups": groups,
+                "entries": [
+                    {**e.document(), "from": src}
+                    for e, src in zip(entries, sources or [None] * len(entries), strict=True)
+                ],
+                "exit_status": 0,
+            },
+            out,
         )
     else:
-        render(entries, out, f"History of {sku} ({', '.join(langs)}), oldest first:")
+        render(entries, out, f"History of {sku} ({', '.join(langs)}), oldest first:", sources)
 
 
 def history_kept(conn: sa.Connection, base_prefix: str) -> bool:

@@ -106,12 +106,13 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    """'127.0.0.1:9187' / '[::1]:9187' / ':9187' -> (host, port). Raises ValueError."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f'expected "HOST:PORT" such as "127.0.0.1:9187", got {text!r}')
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
+    """'127.0.0.1:9187' / '[::1]:9187' -> (host, port), by the dashboard's parser. Raises ValueError."""
+    from syncd.config import split_listen
+
+    try:
+        return split_listen(text)
+    except ValueError:
+        raise ValueError(f'expected "HOST:PORT" such as "127.0.0.1:9187", got {text!r}') from None
 
 
 def serve(listen: str, daemon: Any) -> Metrics:

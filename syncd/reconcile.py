@@ -17,7 +17,7 @@ status is set by hand) follow the same member as the quantity.
 Every write runs through the apply machinery, one transaction per chunk of groups, on a session
 whose writes the capture triggers ignore (``@syncd_apply``):
 
-1. lock the stock meta of every member of the chunk's groups (:meth:`Applier._lock_and_read_blogs`,
+1. lock the stock meta of every member of the chunk's groups (:meth:`Applier.lock`,
    the daemon's lock step: blog by blog, ascending post id, one scan each - the daemon's
    canonical order);
 2. look for pending ``{base}syncd_change`` rows of those members (a plain read). If there are
@@ -412,6 +412,11 @@ class Writer:
         self.outcome = outcome
         self.base = scope.base
         self.policy = config.reconcile.authority
+        #: set-stock from a page: the ``_stock`` value of every member the admin saw; the chunk is
+        #: refused (:class:`StaleQuantities`) when, under lock, any member differs or the members changed.
+        self.expect: Mapping[Key, str | None] | None = None
+        #: who asked for the writes (e.g. "dashboard:alice"), recorded in history's ``source``.
+        self.source: str | None = None
         self._poll_blogs: set[int] | None = None
         self.applier = Applier(
             self.base,
@@ -501,6 +506,8 @@ class Writer:
             # order (see the module docstring): roll back and apply them first (run_chunk).
             raise PendingChanges(pending)
         self._fill_values(conn, groups.values(), rows)
+        if self.expect is not None:
+            _check_expected(groups.values(), self.expect)
         last = last_changed(conn, self.scope, groups.values()) if self.policy == "latest" else None
         now = datetime.now(UTC).replace(tzinfo=None)
         written: dict[int, set[int]] = {}
@@ -645,7 +652,7 @@ class Writer:
             blog = self.scope.blogs[w.member[0]]
             sp = conn.begin_nested()
             try:
-                self.applier._set_meta(conn, blog, w.member[1], rows[w.member], w.meta_key, w.new)
+                self.applier.set_meta(conn, blog, w.member[1], rows[w.member], w.meta_key, w.new)
                 sp.commit()
             except Exception as exc:
                 if is_retryable(exc) or is_disconnect(exc):
@@ -696,11 +703,11 @@ class Writer:
         if poll_blogs.isdisjoint(blog.blog_id for blog, _ in jobs):
             # The daemon's lock step for every blog at once: the same statements in the same order
             # (blog by blog, ascending post id, one scan each), one round trip per phase.
-            rows.update(self.applier._lock_and_read_blogs(conn, jobs))
+            rows.update(self.applier.lock(conn, jobs))
             return groups, rows
         queued = 0
         for blog, ids in jobs:
-            rows.update(self.applier._lock_and_read(conn, blog, ids))
+            rows.update(self.applier.lock(conn, [(blog, sorted(set(ids)))]))
             if blog.blog_id in poll_blogs:
                 queued += self.applier.poll_capture(conn, blog)
         if queued:
@@ -815,6 +822,7 @@ class Writer:
             "ob": auth[0],
             "op": auth[1],
             "note": f"{role}: {plan.reason}"[:255],
+            "src": None if self.source is None else self.source[:191],
         }
 
     def _write_history(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
@@ -823,11 +831,40 @@ class Writer:
         conn.execute(
             sa.text(
                 f"INSERT INTO {table(self.base, 'syncd_history')} (applied_at, batch_id, change_id, captured_at, role, "
-                "blog_id, post_id, sku, meta_key, old_value, new_value, delta, origin_blog_id, origin_post_id, note) "
-                "VALUES (:at, :batch, :cid, :cap, :role, :b, :p, :sku, :k, :old, :new, :d, :ob, :op, :note)"
+                "blog_id, post_id, sku, meta_key, old_value, new_value, delta, origin_blog_id, origin_post_id, note, source) "
+                "VALUES (:at, :batch, :cid, :cap, :role, :b, :p, :sku, :k, :old, :new, :d, :ob, :op, :note, :src)"
             ),
             rows,
         )
+
+
+class StaleQuantities(Exception):
+    """Set-stock refused: a member's quantity (or the membership) changed since the caller read it.
+    ``current``: every member's ``_stock`` as it is now, under lock."""
+
+    def __init__(self, current: Mapping[Key, str | None]) -> None:
+        super().__init__("the stock changed since it was read")
+        self.current = dict(current)
+
+
+def _check_expected(groups: Iterable[GroupState], expect: Mapping[Key, str | None]) -> None:
+    """Compare the members' ``_stock`` read under lock with what the caller saw (pure)."""
+    current = {m.key: m.value(STOCK) for g in groups for m in g.members}
+    if set(current) != set(expect):
+        raise StaleQuantities(current)
+    for key, value in current.items():
+        if not _same_quantity(value, expect[key]):
+            raise StaleQuantities(current)
+
+
+def _same_quantity(a: str | None, b: str | None) -> bool:
+    if a == b:
+        return True
+    try:
+        qa, qb = parse_quantity(a), parse_quantity(b)
+    except StockValueError:
+        return False
+    return qa is not None and qa == qb
 
 
 def last_changed(conn: sa.Connection, scope: Scope, groups: Iterable[GroupState]) -> dict[Key, datetime]:
@@ -1215,3 +1252,75 @@ def set_stock_main(config: Config, args: Any, out: TextIO | None = None) -> int:
     return _tool_main(
         lambda: set_stock(config, args.sku, args.qty, lang=args.lang, dry_run=dry), args, out, "set-stock"
     )
+
+
+# --------------------------------------------------------------------------- by group (dashboard)
+# The dashboard names link groups by id (it lists them); these run the same Writer path as
+# set-stock, sync and reconcile above, on the caller's engine (made with :func:`writer_engine`).
+def writer_engine(config: Config) -> sa.Engine:
+    """The engine these functions write with (syncd's apply session, never captured)."""
+    return _engine(config)[0]
+
+
+def set_group_stock(
+    config: Config,
+    engine: sa.Engine,
+    group_id: int,
+    qty: Decimal,
+    *,
+    expect: Mapping[Key, str | None] | None = None,
+    source: str | None = None,
+) -> Outcome:
+    """Set-stock on one group. With ``expect`` (each member's ``_stock`` as the caller saw it) the
+    write is refused with :class:`StaleQuantities` when any member changed since - checked under the
+    chunk's locks, after captured changes of the group were applied."""
+    outcome = Outcome(authority="set-stock")
+    writer = _group_writer(config, engine, outcome, source)
+    writer.expect = expect
+    writer.run_chunk([group_id], force=True, set_quantity=qty)
+    return outcome
+
+
+def sync_group(
+    config: Config,
+    engine: sa.Engine,
+    group_id: int,
+    *,
+    from_blog: int | None = None,
+    source: str | None = None,
+) -> Outcome:
+    """``syncd sync`` for one group; ``from_blog``: that blog's member is the authority."""
+    outcome = Outcome(authority=config.reconcile.authority if from_blog is None else f"blog:{from_blog}")
+    writer = _group_writer(config, engine, outcome, source)
+    writer.policy = outcome.authority
+    writer.run_chunk([group_id], force=True)
+    return outcome
+
+
+def reconcile_groups(
+    config: Config,
+    engine: sa.Engine,
+    group_ids: Sequence[int],
+    *,
+    dry_run: bool = False,
+    source: str | None = None,
+) -> Outcome:
+    """Reconcile the named groups (those that still differ when locked); ``dry_run``: the same
+    chunks rolled back instead of committed, so the preview is what the real run writes."""
+    outcome = Outcome(dry_run=dry_run, authority=config.reconcile.authority)
+    ids = sorted(set(group_ids))
+    writer = _group_writer(config, engine, outcome, source)
+    writer.dry_run = dry_run
+    for start in range(0, len(ids), WRITE_GROUPS):
+        writer.run_chunk(ids[start : start + WRITE_GROUPS])
+    return outcome
+
+
+def _group_writer(config: Config, engine: sa.Engine, outcome: Outcome, source: str | None) -> Writer:
+    with engine.connect() as conn:
+        _require_schema(conn, config)
+        scope = scope_for(conn, config)
+        conn.rollback()
+    writer = Writer(config, scope, engine, outcome)
+    writer.source = source
+    return writer

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from syncd.db import table, validate_prefix
 from syncd.sqlfiles import schema_text, split_statements
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 OWN_TABLES = (
     "syncd_change",
     "syncd_dead",
@@ -25,6 +25,10 @@ OWN_TABLES = (
     "syncd_meta",
     "syncd_settle",
     "syncd_fanout",
+    "syncd_user",
+    "syncd_token",
+    "syncd_source",
+    "syncd_change_conn",
 )
 
 
@@ -40,10 +44,12 @@ def ensure_schema(conn: sa.Connection, base_prefix: str) -> int:
     for stmt in schema_statements(base_prefix):
         conn.exec_driver_sql(stmt)
     _widen_history_role(conn, base_prefix)
+    _add_history_source(conn, base_prefix)
     _ensure_index(conn, base_prefix, "syncd_change", "product", "(`blog_id`, `post_id`)")
     # syncd.queue: a statement's rows are found together (tables created before it lack the key).
     _ensure_index(conn, base_prefix, "syncd_change", "stmt", "(`conn_id`, `captured_at`)")
     _add_dead_letter_class(conn, base_prefix)
+    _ensure_index(conn, base_prefix, "syncd_group", "sku_lang", "(`sku`, `lang`)")
     set_meta(conn, base_prefix, "schema_version", str(SCHEMA_VERSION))
     conn.commit()
     return SCHEMA_VERSION
@@ -97,6 +103,22 @@ def _add_dead_letter_class(conn: sa.Connection, base_prefix: str) -> None:
         )
 
 
+def _add_history_source(conn: sa.Connection, base_prefix: str) -> None:
+    """Schema 4 added history's ``source`` (who asked for a dashboard write). Added in place to
+    older tables; idempotent: does nothing once the column is there."""
+    present = conn.execute(
+        sa.text(
+            "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+            "AND TABLE_NAME = :t AND COLUMN_NAME = 'source'"
+        ),
+        {"t": base_prefix + "syncd_history"},
+    ).scalar_one()
+    if not present:
+        conn.exec_driver_sql(
+            f"ALTER TABLE {table(base_prefix, 'syncd_history')} ADD COLUMN `source` VARCHAR(191) NULL"
+        )
+
+
 def _ensure_index(conn: sa.Connection, base_prefix: str, name: str, index: str, columns: str) -> None:
     """Add an index to one of syncd's tables unless it is there (MySQL has no ADD INDEX IF NOT
     EXISTS). ``syncd_change.product``: the apply step's re-check and the settle step look up the
@@ -114,6 +136,9 @@ def _ensure_index(conn: sa.Connection, base_prefix: str, name: str, index: str, 
 
 def drop_schema(conn: sa.Connection, base_prefix: str, *, keep_history: bool = False) -> list[str]:
     """Drop syncd's tables (never a WooCommerce table). Returns the tables dropped."""
+    from syncd import attribution
+
+    attribution.uninstall(conn, base_prefix)  # triggers first: no shop write may meet a missing table
     dropped = []
     for name in OWN_TABLES:
         if keep_history and name == "syncd_history":

@@ -311,14 +311,27 @@ def pending(net: Any) -> int:
         return int(c.exec_driver_sql(f"SELECT COUNT(*) FROM {net.prefix}syncd_change").scalar_one())
 
 
+def joining(net: Any) -> int:
+    """Products still settling before they join their group (syncd.settle); 0 before schema 3."""
+    with net.engine.connect() as c:
+        try:
+            return int(
+                c.exec_driver_sql(f"SELECT COUNT(*) FROM {net.prefix}syncd_settle WHERE kind = 'join'").scalar_one()
+            )
+        except sa.exc.ProgrammingError:
+            return 0
+
+
 def wait_drained(net: Any, timeout: float = 60.0, alive: Callable[[], bool] | None = None) -> None:
-    """Until the change table is empty. The apply transaction deletes the rows it applied, so an
-    empty table (read committed) means every captured change is applied and committed."""
+    """Until the change table is empty and no product is still joining its group. The apply
+    transaction deletes the rows it applied, so an empty table (read committed) means every
+    captured change is applied and committed; a new product joins its group in a transaction of
+    its own after that (syncd.settle)."""
     deadline = time.monotonic() + timeout
     n = -1
     while time.monotonic() < deadline:
         n = pending(net)
-        if n == 0:
+        if n == 0 and joining(net) == 0:
             return
         if alive is not None and not alive():
             raise AssertionError(f"the daemon died with {n} changes pending")

@@ -13,8 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from syncd import woo
-from syncd.apply import _post_closure
 from syncd.derived import posts_for, read_snapshot
+from syncd.lock import post_closures
 from syncd.network import discover
 
 
@@ -48,7 +48,7 @@ def test_posts_from_the_lock_closure_equal_the_derived_read(wp_network):
                 # The closure is read for a superset of the ids the derived step refreshes (the
                 # batch's locked products on the blog): the selection must not pick up the rest.
                 for superset in (ids, sorted(set(ids) | set(parents) | set(list(products)[:3]))):
-                    handed = posts_for(_post_closure(conn, blog, superset), ids)
+                    handed = posts_for(post_closures(conn, [(blog, superset)])[blog.blog_id], ids)
                     own, _ = read_snapshot(conn, blog, ids, lock=False)  # the derived step's own read
                     assert handed == own.posts, (blog_id, ids, superset)
                     checked += 1

@@ -50,6 +50,7 @@ def one(unit: dict[str, dict[str, list[str]]], section: str, key: str) -> str:
 SERVICE = parse_unit(UNITS / "syncd.service")
 RECONCILE = parse_unit(UNITS / "syncd-reconcile.service")
 TIMER = parse_unit(UNITS / "syncd-reconcile.timer")
+DASHBOARD = parse_unit(UNITS / "syncd-dashboard.service")
 
 HARDENING = {
     "NoNewPrivileges": "yes",
@@ -82,7 +83,11 @@ def test_daemon_unit_is_a_notify_service_with_watchdog_and_restart_policy() -> N
     assert one(SERVICE, "Install", "WantedBy") == "multi-user.target"
 
 
-@pytest.mark.parametrize("unit", [SERVICE, RECONCILE], ids=["syncd.service", "syncd-reconcile.service"])
+SERVICES = [SERVICE, RECONCILE, DASHBOARD]
+SERVICE_IDS = ["syncd.service", "syncd-reconcile.service", "syncd-dashboard.service"]
+
+
+@pytest.mark.parametrize("unit", SERVICES, ids=SERVICE_IDS)
 def test_password_comes_as_a_credential_never_on_the_command_line(unit) -> None:
     assert one(unit, "Service", "LoadCredential") == f"{CREDENTIAL_PASSWORD}:/etc/syncd/db-password"
     for key in ("ExecStart", "Environment"):
@@ -90,12 +95,37 @@ def test_password_comes_as_a_credential_never_on_the_command_line(unit) -> None:
             assert not re.search(r"(?i)password|://[^/@]*:[^/@]*@", value), value
 
 
-@pytest.mark.parametrize("unit", [SERVICE, RECONCILE], ids=["syncd.service", "syncd-reconcile.service"])
+@pytest.mark.parametrize("unit", SERVICES, ids=SERVICE_IDS)
 def test_least_privilege_hardening(unit) -> None:
     for key, value in HARDENING.items():
         assert one(unit, "Service", key) == value, key
     assert "@system-service" in unit["Service"]["SystemCallFilter"]
     assert one(unit, "Service", "User") == "syncd"
+
+
+def test_dashboard_unit_has_the_daemons_hardening_and_runs_the_dashboard() -> None:
+    """Same hardening lines as syncd.service, word for word (issue 11: "with the same hardening")."""
+    hardening_keys = {
+        k
+        for k in SERVICE["Service"]
+        if k
+        not in (
+            "Type",
+            "NotifyAccess",
+            "ExecStart",
+            "ExecReload",
+            "TimeoutStartSec",
+            "TimeoutStopSec",
+            "WatchdogSec",
+        )
+    }
+    for key in hardening_keys:
+        assert DASHBOARD["Service"].get(key) == SERVICE["Service"][key], key
+    assert DASHBOARD["Service"]["ExecStart"] == [
+        f"{INSTALLED_BINARY} --config /etc/syncd/syncd.toml dashboard"
+    ]
+    assert one(DASHBOARD, "Service", "RestartPreventExitStatus") == str(EXIT_CONFIG)
+    assert one(DASHBOARD, "Install", "WantedBy") == "multi-user.target"
 
 
 def test_reconcile_is_a_oneshot_on_a_timer() -> None:
@@ -142,7 +172,12 @@ def installed_units(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     d = tmp_path_factory.mktemp("units")
     entry = _entry_point()
     out = []
-    for name in ("syncd.service", "syncd-reconcile.service", "syncd-reconcile.timer"):
+    for name in (
+        "syncd.service",
+        "syncd-reconcile.service",
+        "syncd-reconcile.timer",
+        "syncd-dashboard.service",
+    ):
         text = (UNITS / name).read_text().replace(INSTALLED_BINARY, entry)
         (d / name).write_text(text)
         out.append(d / name)
@@ -163,7 +198,7 @@ def test_systemd_analyze_verify_accepts_the_units(installed_units: list[Path]) -
     assert res.returncode == 0 and not ours, res.stdout + res.stderr
 
 
-@pytest.mark.parametrize("name", ["syncd.service", "syncd-reconcile.service"])
+@pytest.mark.parametrize("name", ["syncd.service", "syncd-reconcile.service", "syncd-dashboard.service"])
 def test_systemd_analyze_security_rates_the_services_safe(installed_units: list[Path], name: str) -> None:
     analyze = _tool("systemd-analyze")
     unit = next(p for p in installed_units if p.name == name)
