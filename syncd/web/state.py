@@ -14,7 +14,7 @@ from typing import Any
 import jinja2
 import sqlalchemy as sa
 
-from syncd import capture, schema
+from syncd import queue, schema
 from syncd.audit import Scope, scope_for
 from syncd.config import Config
 from syncd.daemon import lock_name
@@ -87,7 +87,7 @@ class Dashboard:
         raw = schema.get_meta(conn, self.base, "daemon")
         daemon = json.loads(raw) if raw else {}
         beat = daemon.get("heartbeat")
-        pending, oldest = capture.backlog(conn, self.base)
+        pending, oldest = queue.backlog(conn, self.base)
         age = None
         if oldest is not None:
             now = conn.exec_driver_sql("SELECT UTC_TIMESTAMP(6)").scalar_one()
