@@ -542,6 +542,8 @@ class Report:
     )
     field_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FIELDS, 0))
     seconds: float = 0.0
+    #: True when syncd is not installed: link groups built in temporary tables (syncd.preview).
+    preview: bool = False
 
     def add(self, kind: str, entry: dict[str, Any]) -> None:
         self.counts[kind] += 1
@@ -577,6 +579,7 @@ class Report:
             "in_flight": self.in_flight,
             "limit": REPORT_LIMIT,
             "seconds": round(self.seconds, 3),
+            "not_installed": self.preview,
             "exit_status": self.exit_status(),
         }
 
@@ -860,10 +863,6 @@ class Auditor:
             if diffs:
                 chunk.drifted[g.group_id] = diffs
             chunk.unsafe.extend(unsafe)
-        if chunk.drifted:
-            chunk.pending = pending_changes(
-                conn, self.scope.base, [g for g in chunk.groups if g.group_id in chunk.drifted]
-            )
         by_blog: dict[int, set[int]] = {}
         for g in chunk.groups:
             bucket = min((g.group_id - self.g0) // self.width, self.nbuckets - 1) if self.nbuckets else -1
@@ -875,6 +874,16 @@ class Auditor:
                     by_blog.setdefault(m.blog_id, set()).add(m.post_id)
         for blog_id, ids in sorted(by_blog.items()):
             chunk.disagreements.extend(_check(conn, self.scope.blogs[blog_id], ids))
+        # Captured changes not applied yet, of every group that looks wrong in any way: such a
+        # group is in flight (the daemon is on its way), not drift, in every section.
+        suspect = {(d.blog_id, d.product_id) for d in chunk.disagreements}
+        looked = [
+            g
+            for g in chunk.groups
+            if g.group_id in chunk.drifted or any(m.key in suspect for m in (*g.members, *g.ambiguous))
+        ]
+        if looked:
+            chunk.pending = pending_changes(conn, self.scope.base, looked)
         return chunk
 
     def unlinked_disagreements(self, conn: sa.Connection) -> Iterator[tuple[int, list[derived.Disagreement]]]:
@@ -980,7 +989,12 @@ class Auditor:
                 )
         for m, reason in chunk.unsafe:
             report.add("unsafe", {"blog": m.blog_id, "post": m.post_id, "sku": m.sku, "reason": reason})
+        in_flight = {
+            m.key for g in chunk.groups if chunk.pending.get(g.group_id) for m in (*g.members, *g.ambiguous)
+        }
         for d in chunk.disagreements:
+            if (d.blog_id, d.product_id) in in_flight:
+                continue  # its group's captured changes will rewrite it (reported under in_flight)
             report.add("derived", disagreement_entry(d, skus.get((d.blog_id, d.product_id), "")))
 
 
@@ -1038,7 +1052,9 @@ def render(report: Report, out: TextIO) -> None:
     doc = report.document()
     members = ", ".join(f"blog {b}: {n}" for b, n in sorted(report.members.items()))
     print(f"Audited blogs {', '.join(map(str, report.blogs)) or '-'} ({members or 'no members'})", file=out)
-    if not any(report.members.values()):
+    if report.preview:
+        print("  syncd is not installed: link groups built for this audit only, nothing created", file=out)
+    elif not any(report.members.values()):
         print("  no link groups yet: run `syncd install` (or start the daemon) to build them", file=out)
     print(
         f"  {report.buckets} buckets of {report.width} group id(s); {report.examined_groups} groups read row by row; "
@@ -1123,23 +1139,32 @@ def _show(value: Any) -> str:
 
 # --------------------------------------------------------------------------- entry point
 def main(config: Config, args: Any, out: TextIO | None = None) -> int:
-    """``syncd audit [--json]``: report drift without writing. Exit status: see module EXIT_*."""
-    from syncd.schema import schema_present
+    """``syncd audit [--json]``: report drift without writing. Exit status: see module EXIT_*.
+
+    Works before ``syncd install`` too: the link groups are then built in temporary tables
+    (:mod:`syncd.preview`) and nothing is created in the database."""
+    from syncd.preview import PreviewRefused, open_engine
 
     out = out or sys.stdout
-    engine = config.database.make_engine(
-        pool_size=1, max_overflow=2, query_cache_size=QUERY_CACHE, connect_args={"read_timeout": 3600}
-    )
+    try:
+        engine, temporary = open_engine(
+            config,
+            pool_size=1,
+            max_overflow=2,
+            query_cache_size=QUERY_CACHE,
+            connect_args={"read_timeout": 3600},
+        )
+    except PreviewRefused as exc:
+        print(f"syncd audit: {exc}", file=sys.stderr)
+        return EXIT_FATAL
     try:
         with engine.connect() as conn:
-            if not schema_present(conn, config.database.table_prefix):
-                print("syncd: syncd is not installed in this database (run: syncd install)", file=sys.stderr)
-                return EXIT_FATAL
             scope = scope_for(conn, config)
         with Progress("audit") as bar:
-            report = Auditor(engine, scope, progress=bar).run()
+            report = Auditor(engine, scope, progress=bar, workers=1 if temporary else SCAN_WORKERS).run()
     finally:
         engine.dispose()
+    report.preview = temporary
     log.info(
         "audit_finished",
         blogs=report.blogs,

@@ -55,7 +55,75 @@ TRIGGER_PRIVILEGE = "TRIGGER"
 #: and CREATE): without it a newer syncd keeps the old triggers and says so. Warned, not fatal.
 LOCK_TABLES_PRIVILEGE = "LOCK TABLES"
 
+#: The runtime user's privileges (``syncd run`` with ``sync.install_triggers = false``): DML only.
+RUNTIME_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+#: The installer's (``syncd install``, once and after an upgrade): also DDL on syncd's own tables
+#: and the capture triggers.
+INSTALLER_PRIVILEGES = (*REQUIRED_PRIVILEGES, LOCK_TABLES_PRIVILEGE, TRIGGER_PRIVILEGE)
+#: Read-only commands (audit, status, history, the dry runs before install: temporary tables).
+READ_ONLY_PRIVILEGES = ("SELECT",)
+
+#: The oldest servers syncd supports, and why (README "Requirements"): several triggers per table
+#: and event, WEIGHT_STRING under utf8mb4 collations, a temporary table read twice in one
+#: statement (the dry runs before install), DATETIME(6). Tested: MariaDB 10.11; MySQL 8.0+ not tested.
+MINIMUM_VERSION = {"mariadb": (10, 4), "mysql": (8, 0)}
+
 log = get_logger(component="check")
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """'10.11.18-MariaDB-0+deb12u1' -> (10, 11, 18)."""
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version or "")
+    return tuple(int(g) for g in m.groups() if g is not None) if m else ()
+
+
+def too_old(flavor: str, version: str) -> str | None:
+    """Why this server is older than syncd supports (None: it is not)."""
+    minimum = MINIMUM_VERSION.get(flavor)
+    have = version_tuple(version)
+    if minimum is None or not have or have[:2] >= minimum:
+        return None
+    name = "MariaDB" if flavor == "mariadb" else "MySQL"
+    return (
+        f"{name} {version} is older than syncd supports ({name} {'.'.join(map(str, minimum))}+): syncd relies "
+        "on several triggers per table and event, WEIGHT_STRING under utf8mb4 collations and multi-statement "
+        "round trips as these versions have them"
+    )
+
+
+def roles(grants: Grants) -> dict[str, bool]:
+    """Which of syncd's roles this user can play."""
+    return {
+        "installer": all(grants.has(p) for p in INSTALLER_PRIVILEGES),
+        "runtime": all(grants.has(p) for p in RUNTIME_PRIVILEGES),
+        "read_only": all(grants.has(p) for p in READ_ONLY_PRIVILEGES),
+    }
+
+
+def config_file_warning(config: Config) -> str | None:
+    """A warning when the configuration file holds a password and other users may read it."""
+    import os
+    import stat
+    import tomllib
+
+    from sqlalchemy.engine import make_url
+
+    if not config.source:
+        return None
+    try:
+        mode = os.stat(config.source).st_mode
+        with open(config.source, "rb") as fh:
+            url = (tomllib.load(fh).get("database") or {}).get("url") or ""
+        password = make_url(url).password if url else None
+    except (OSError, ValueError, sa.exc.ArgumentError):
+        return None
+    if not password or not mode & (stat.S_IRGRP | stat.S_IROTH):
+        return None
+    who = "every user" if mode & stat.S_IROTH else "its group"
+    return (
+        f"{config.source} holds the database password and {who} may read it (mode {stat.S_IMODE(mode):04o}): "
+        f"chmod 600 {config.source}, or keep the password in a credential (LoadCredential=db-password)"
+    )
 
 
 # --------------------------------------------------------------------------- grants (pure)
@@ -349,14 +417,23 @@ def build_report(facts: CheckFacts, config: Config, *, strict: bool = False) -> 
     privileges = {
         p: facts.grants.has(p) for p in (*REQUIRED_PRIVILEGES, LOCK_TABLES_PRIVILEGE, TRIGGER_PRIVILEGE)
     }
-    missing = [p for p in REQUIRED_PRIVILEGES if not privileges[p]]
+    installs = config.sync.install_triggers
+    required = REQUIRED_PRIVILEGES if installs else RUNTIME_PRIVILEGES
+    missing = [p for p in required if not privileges[p]]
     if missing:
         exit_code |= EXIT_PRIVILEGES
+        grant = ", ".join(INSTALLER_PRIVILEGES if installs else RUNTIME_PRIVILEGES)
         errors.append(
             f"user {facts.user} lacks {', '.join(missing)} on database `{database}`: "
-            f"GRANT {', '.join(REQUIRED_PRIVILEGES)}, {LOCK_TABLES_PRIVILEGE}, {TRIGGER_PRIVILEGE} "
-            f"ON `{database}`.* TO <user>"
+            f"GRANT {grant} ON `{database}`.* TO <user>"
         )
+    old_server = too_old(str(facts.server.get("flavor") or ""), str(facts.server.get("version") or ""))
+    if old_server:
+        exit_code |= EXIT_FATAL
+        errors.append(old_server)
+    file_warning = config_file_warning(config)
+    if file_warning:
+        warnings.append(file_warning)
 
     has_super = facts.grants.has_global("SUPER")
     binlog = facts.variables.get("log_bin", False)
@@ -374,6 +451,12 @@ def build_report(facts: CheckFacts, config: Config, *, strict: bool = False) -> 
     mode = config.capture.mode
     if mode == "poll":
         effective = "poll"
+    elif not installs:
+        # The runtime role: the installer created the triggers (`syncd install`); this user never does.
+        effective, trigger_why = (
+            "trigger",
+            "sync.install_triggers = false: the triggers come from `syncd install`",
+        )
     elif trigger_ok:
         effective = "trigger"
     elif mode == "auto":
@@ -383,7 +466,7 @@ def build_report(facts: CheckFacts, config: Config, *, strict: bool = False) -> 
         effective = None
         exit_code |= EXIT_CAPTURE
         errors.append(f'capture.mode = "trigger" but triggers cannot be created: {trigger_why}')
-    if effective == "trigger" and not privileges[LOCK_TABLES_PRIVILEGE]:
+    if effective == "trigger" and installs and not privileges[LOCK_TABLES_PRIVILEGE]:
         warnings.append(
             f"the user lacks LOCK TABLES on `{database}`: triggers of an older syncd cannot be upgraded "
             f"in place (GRANT LOCK TABLES ON `{database}`.* TO <user>)"
@@ -446,7 +529,8 @@ def build_report(facts: CheckFacts, config: Config, *, strict: bool = False) -> 
 
     return {
         "ok": exit_code == EXIT_OK,
-        "exit_code": exit_code,
+        "exit_status": exit_code,
+        "exit_code": exit_code,  # the same, under its former name
         "errors": errors,
         "warnings": warnings,
         "database": {
@@ -460,6 +544,7 @@ def build_report(facts: CheckFacts, config: Config, *, strict: bool = False) -> 
             "read_only": bool(facts.variables.get("read_only")),
         },
         "privileges": {**privileges, "SUPER": has_super},
+        "roles": roles(facts.grants),
         "capture": {
             "mode": mode,
             "effective": effective,
@@ -553,6 +638,7 @@ def render_text(report: dict[str, Any]) -> str:
         lines.append(
             f"  SUPER {'yes' if privs['SUPER'] else 'no'} (needed for triggers while binary logging is on)"
         )
+    lines.append("Roles:      " + describe_roles(report["roles"]))
     cap = report["capture"]
     lines += [
         "",
@@ -614,6 +700,17 @@ def render_text(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def describe_roles(r: dict[str, bool]) -> str:
+    can = []
+    if r["installer"]:
+        can.append("installer (syncd install)")
+    if r["runtime"]:
+        can.append("runtime (syncd run with sync.install_triggers = false)")
+    if r["read_only"]:
+        can.append("read-only (audit, status, history, dry runs)")
+    return "this user can be " + ", ".join(can) if can else "this user can play none of syncd's roles"
+
+
 # --------------------------------------------------------------------------- entry point
 def run_check(
     config: Config, *, json_output: bool = False, out: TextIO = sys.stdout, strict: bool = False
@@ -630,7 +727,7 @@ def run_check(
     finally:
         engine.dispose()
     report = build_report(facts, config, strict=strict)
-    log.debug("check", exit_code=report["exit_code"], blogs=len(report["blogs"]))
+    log.debug("check", exit_status=report["exit_code"], blogs=len(report["blogs"]))
     if json_output:
         out.write(json.dumps(report, indent=2, sort_keys=False) + "\n")
     else:

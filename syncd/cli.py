@@ -6,6 +6,8 @@ configuration exists, and so that a command whose module is not there yet says s
 
 Exit status (all commands): 0 success; 1 fatal error (server unreachable, login refused, unknown
 database, not a multisite network, unexpected error); 2 usage error or command not available;
+64 an option given without the command it belongs to (``syncd --dry-run``: refused, never the
+daemon); 130 interrupted (Ctrl-C, SIGTERM of a tool); 141 output closed early (``| head``);
 78 configuration missing or invalid (EX_CONFIG: systemd's RestartPreventExitStatus=78 stops a
 restart loop on a bad file). ``syncd check`` adds its own bits (4, 8, 16, 32): see syncd.check;
 ``syncd dead-letters`` 16 (an ID that is not a dead letter): see syncd.dead_letters;
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -25,8 +28,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from syncd import __version__, signals
 from syncd import config as config_mod
-from syncd import signals
 from syncd.config import Config, ConfigError
 from syncd.db import errno_of
 from syncd.log import FORMATS, LEVELS, configure_logging, get_logger
@@ -36,6 +39,29 @@ EXIT_OK = 0
 EXIT_FATAL = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 78
+EXIT_OPTION_WITHOUT_COMMAND = 64  # EX_USAGE
+EXIT_INTERRUPTED = 130
+EXIT_PIPE_CLOSED = 141  # what a shell reports for a process killed by SIGPIPE
+
+#: Commands that take --dry-run (``run`` only with --reconcile); any other refuses it (exit 64).
+DRY_RUN_COMMANDS = ("reconcile", "sync", "set-stock")
+#: Commands that print for people by default: their own per-member log lines stay out of stderr
+#: unless --verbose (or an explicit --log-level) asks for them.
+TOOL_COMMANDS = (
+    "check",
+    "install",
+    "uninstall",
+    "status",
+    "link",
+    "unlink",
+    "links",
+    "audit",
+    "reconcile",
+    "sync",
+    "set-stock",
+    "history",
+    "dead-letters",
+)
 
 log = get_logger(component="cli")
 
@@ -60,6 +86,13 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
     parser.add_argument("--log-level", choices=tuple(LEVELS), default=default, help="overrides log.level")
     parser.add_argument("--log-format", choices=FORMATS, default=default, help="overrides log.format")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="tools: also print their per-product log lines on stderr (same as --log-level info)",
+    )
 
 
 def _command(
@@ -91,15 +124,20 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_formatter,
     )
     _global_options(parser, suppress=False)
+    parser.add_argument("--version", action="version", version=f"syncd {__version__}")
     parser.add_argument(
         "--reconcile",
         action="store_true",
         help="run one reconcile pass (audit every link group, repair drift) instead of the daemon",
     )
     parser.add_argument(
-        "--dry-run", action="store_true", help="with --reconcile: print every change it would make, write nothing"
+        "--dry-run",
+        action="store_true",
+        help="with --reconcile: print every change it would make, write nothing",
     )
-    parser.add_argument("--json", action="store_true", help="with --reconcile: print the result as one JSON document")
+    parser.add_argument(
+        "--json", action="store_true", help="with --reconcile: print the result as one JSON document"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = _command(
@@ -115,6 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=argparse.SUPPRESS,  # keep `syncd --reconcile run` working
         help="run one reconcile pass instead of the daemon",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="with --reconcile: print every change it would make, write nothing",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="with --reconcile: print the result as one JSON document",
     )
     p.set_defaults(handler=cmd_run)
 
@@ -151,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
         "syncd uninstall --keep-history",
     )
     p.add_argument("--keep-history", action="store_true", help="keep the history table (audit trail)")
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="do not ask for confirmation (scripts; required without a terminal)",
+    )
     p.set_defaults(handler=cmd_uninstall)
 
     p = _command(
@@ -229,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
         "SKUs present on one blog only, groups whose product types differ. Checksums first, so a\n"
         "clean network is read once. Exit status: 0 clean, 4 drift found, 32 unusable values, 1 fatal.",
     )
-    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the report as one JSON document")
+    p.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print the report as one JSON document"
+    )
     p.set_defaults(handler=cmd_audit)
 
     p = _command(
@@ -244,8 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
         "found (written, or with --dry-run to be written), 8 a chunk skipped after retries (run\n"
         "again), 32 groups or products left alone, 1 fatal.",
     )
-    p.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS, help="print every change it would make; write nothing")
-    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the result as one JSON document")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print every change it would make; write nothing",
+    )
+    p.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print the result as one JSON document"
+    )
     p.set_defaults(handler=cmd_reconcile)
 
     p = _command(
@@ -259,7 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("skus", nargs="+", metavar="SKU", help="SKUs to push")
     p.add_argument("--lang", metavar="LANG", help="the language, when a SKU exists in several (Polylang)")
-    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the result as one JSON document")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print what it would write; write nothing",
+    )
+    p.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print the result as one JSON document"
+    )
     p.set_defaults(handler=cmd_sync)
 
     p = _command(
@@ -273,7 +345,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sku", metavar="SKU", help="the product's SKU")
     p.add_argument("qty", metavar="QTY", help="the new quantity (a number; may be negative)")
     p.add_argument("--lang", metavar="LANG", help="the language, when the SKU exists in several (Polylang)")
-    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the result as one JSON document")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print what it would write; write nothing",
+    )
+    p.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print the result as one JSON document"
+    )
     p.set_defaults(handler=cmd_set_stock)
 
     p = _command(
@@ -285,10 +365,18 @@ def build_parser() -> argparse.ArgumentParser:
         "as made on its blog), copy (written by syncd to a linked product), skipped, reconcile, set.",
     )
     p.add_argument("sku", metavar="SKU", help="the product's SKU")
-    p.add_argument("--since", metavar="WHEN", help="only changes applied since WHEN: 2026-05-01, 2026-05-01T12:00, 90m, 12h, 7d")
-    p.add_argument("--limit", type=int, default=200, metavar="N", help="show the newest N rows (default 200; 0: all)")
+    p.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only changes applied since WHEN: 2026-05-01, 2026-05-01T12:00, 90m, 12h, 7d",
+    )
+    p.add_argument(
+        "--limit", type=_limit, default=200, metavar="N", help="show the newest N rows (default 200; 0: all)"
+    )
     p.add_argument("--lang", metavar="LANG", help="the language, when the SKU exists in several (Polylang)")
-    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the rows as one JSON document")
+    p.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print the rows as one JSON document"
+    )
     p.set_defaults(handler=cmd_history)
 
     from syncd.web.cli import add_parser as add_dashboard
@@ -301,9 +389,19 @@ def build_parser() -> argparse.ArgumentParser:
         "run syncd on a throwaway demo network (private MariaDB, 3-blog WooCommerce multisite)",
         "syncd demo",
         "Start a private MariaDB server, load a 3-blog WooCommerce network, run syncd against it and\n"
-        "show a sale on one blog reaching the others. Needs no configuration file. Further options\n"
-        "(--keep, --config-out PATH, --base-dir DIR) are passed to the demo as they are.",
+        "show a sale on one blog reaching the others. Needs no configuration file. Ctrl-C or SIGTERM\n"
+        "at any moment stops the server and removes its data (unless --keep).",
     )
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the server running (socket only, root with a random password) and print how to stop it",
+    )
+    p.add_argument(
+        "--config-out", metavar="PATH", help="where to write the demo config (default: the server's dir)"
+    )
+    p.add_argument("--base-dir", metavar="DIR", help="parent directory of the server's temporary directory")
+    p.add_argument("--check-only", action="store_true", help="stop after `syncd check` (no live sync)")
     p.set_defaults(handler=cmd_demo, needs_config=False, demo_args=[])
 
     return parser
@@ -328,7 +426,35 @@ def cmd_install(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_uninstall(args: argparse.Namespace, config: Config) -> int:
+    if not getattr(args, "yes", False) and not _confirm_uninstall(config, args.keep_history):
+        return EXIT_USAGE
     return _call("syncd.capture", "uninstall_all", config, keep_history=args.keep_history)
+
+
+def _confirm_uninstall(config: Config, keep_history: bool) -> bool:
+    """Ask on a terminal before dropping tables; refuse without one (scripts pass --yes)."""
+    db = config.database
+    what = "syncd's triggers and tables" + (
+        " (the history table is kept)" if keep_history else ", history included"
+    )
+    if not sys.stdin.isatty():
+        print(
+            f"syncd uninstall: would drop {what}; not a terminal, so pass --yes to confirm", file=sys.stderr
+        )
+        return False
+    print(
+        f"This drops {what} in database {db.database!r} on {db.server} (prefix {db.table_prefix}).\n"
+        "Captured changes not applied yet are lost. WooCommerce data is not touched.",
+        file=sys.stderr,
+    )
+    try:
+        answer = input("Type 'yes' to uninstall: ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() != "yes":
+        print("syncd uninstall: cancelled, nothing dropped", file=sys.stderr)
+        return False
+    return True
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
@@ -376,7 +502,25 @@ def cmd_dashboard(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, config: Config | None) -> int:
+    argv = ["--keep"] if args.keep else []
+    for flag, value in (("--config-out", args.config_out), ("--base-dir", args.base_dir)):
+        if value is not None:
+            argv += [flag, value]
+    if args.check_only:
+        argv.append("--check-only")
+    args.demo_args = argv
     return _call("syncd.demo", "main", args)
+
+
+def _limit(text: str) -> int:
+    """--limit: a whole number >= 0 (0: all)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0 (0: all rows), got {value}")
+    return value
 
 
 def _load(module: str) -> ModuleType:
@@ -429,29 +573,78 @@ def describe_db_error(exc: BaseException, config: Config) -> str:
 
 
 # --------------------------------------------------------------------------- main
+def misplaced_option(args: argparse.Namespace) -> str | None:
+    """Why the options do not fit the command (None: they do). A preview never starts a writer."""
+    command = args.command or "run"
+    reconcile = command == "reconcile" or (command == "run" and getattr(args, "reconcile", False))
+    if getattr(args, "dry_run", False) and not (reconcile or command in DRY_RUN_COMMANDS):
+        where = "with no command" if args.command is None else f"with `syncd {command}`"
+        return f"--dry-run {where} is not an option (it belongs to --reconcile, reconcile, sync, set-stock)"
+    if command == "run" and getattr(args, "json", False) and not reconcile:
+        where = "with no command" if args.command is None else "with `syncd run`"
+        return f"--json {where} is not an option (it belongs to --reconcile or to a command)"
+    if getattr(args, "reconcile", False) and args.command not in (None, "run"):
+        return f"--reconcile with `syncd {args.command}` is not an option (syncd --reconcile runs a pass)"
+    return None
+
+
+def _log_level(args: argparse.Namespace, configured: str) -> str:
+    """--log-level wins; --verbose means info; a tool keeps its per-product lines out of stderr."""
+    if args.log_level:
+        return str(args.log_level)
+    if getattr(args, "verbose", False):
+        return "debug" if configured == "debug" else "info"
+    tool = args.command in TOOL_COMMANDS or getattr(args, "reconcile", False)
+    if tool and LEVELS.get(configured, 20) < LEVELS["warning"]:
+        return "warning"
+    return configured
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: sys.argv[1:]), run the command, return the exit status."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's flush at exit
+        return code
+    except BrokenPipeError:
+        # `syncd status | head -1`: the reader is gone; say nothing more, and make sure the
+        # interpreter's own flush at exit does not print a traceback either.
+        _silence_stdout()
+        return EXIT_PIPE_CLOSED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
-    if extra:
-        # Only the demo takes options of its own (it parses them itself); anything else is a typo.
-        if args.command != "demo":
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.demo_args = [*args.demo_args, *extra]
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    wrong = misplaced_option(args)
+    if wrong is not None:
+        parser.print_usage(sys.stderr)
+        print(f"syncd: error: {wrong}", file=sys.stderr)
+        return EXIT_OPTION_WITHOUT_COMMAND
     if args.command is None:
         args.handler = cmd_run
         args.command = "run"
     if args.handler is not cmd_run or getattr(args, "reconcile", False):
         signals.release()  # only the daemon takes over the signals caught during start-up
-    level = args.log_level or "info"
     fmt = args.log_format or "auto"
-    configure_logging(level, fmt)
+    configure_logging(_log_level(args, "info"), fmt)
 
     config: Config | None = None
     try:
         if getattr(args, "needs_config", True):
             config = config_mod.load_config(args.config).with_log(args.log_level, args.log_format)
-            configure_logging(config.log.level, config.log.format)
+            configure_logging(_log_level(args, config.log.level), config.log.format)
         return int(args.handler(args, config))
     except ConfigError as exc:
         print(f"syncd: configuration error: {exc}", file=sys.stderr)
@@ -467,5 +660,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(describe_db_error(exc, config), file=sys.stderr)
         return EXIT_FATAL
-    except KeyboardInterrupt:
-        return 130

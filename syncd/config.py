@@ -144,6 +144,13 @@ class ReconcileConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics] listen = "127.0.0.1:9187"``: the daemon's Prometheus endpoint ("" = off, the default)."""
+
+    listen: str = ""
+
+
+@dataclass(frozen=True)
 class DashboardConfig:
     """``[dashboard]`` (``syncd dashboard``): where it listens, TLS, and whether plain HTTP may
     listen beyond loopback (refused unless TLS is set or ``allow_plain_remote = true``)."""
@@ -221,6 +228,7 @@ class Config:
     reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     log: LogConfig = field(default_factory=LogConfig)
     blogs: BlogsConfig = field(default_factory=BlogsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     source: str | None = None  # the file this came from (None: built in code / environment only)
     #: --log-level/--log-format given on the command line (None: not given): a configuration
@@ -451,6 +459,23 @@ def _parse_log(raw: Mapping[str, Any], section: str) -> LogConfig:
     )
 
 
+def _parse_metrics(raw: Mapping[str, Any], section: str) -> MetricsConfig:
+    _check_keys(section, raw, ("listen",))
+    listen = raw.get("listen", "")
+    if not isinstance(listen, str):
+        raise ConfigError(
+            f'expected "HOST:PORT" such as "127.0.0.1:9187", got {_show(listen)}', key=f"{section}.listen"
+        )
+    if listen:
+        from syncd.metrics import parse_listen
+
+        try:
+            parse_listen(listen)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key=f"{section}.listen") from None
+    return MetricsConfig(listen=listen)
+
+
 def _parse_blogs(raw: Mapping[str, Any], section: str) -> BlogsConfig:
     # [blogs.N] tables arrive as keys "N" of [blogs]: per-blog settings, validated like the rest.
     per_blog = {k: v for k, v in raw.items() if isinstance(k, str) and k.isdigit()}
@@ -514,6 +539,7 @@ _SECTIONS = {
     "reconcile": _parse_reconcile,
     "log": _parse_log,
     "blogs": _parse_blogs,
+    "metrics": _parse_metrics,
     "dashboard": _parse_dashboard,
 }
 

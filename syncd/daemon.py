@@ -150,6 +150,7 @@ class Daemon:
         self._watchdog_every = watchdog_interval()  # None outside systemd / without WatchdogSec
         self._last_ping = 0.0
         self._reload = threading.Event()  # set by SIGHUP, served by the main or standby loop
+        self.metrics: Any = None  # syncd.metrics.Metrics when [metrics] listen is set
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -289,7 +290,9 @@ class Daemon:
                 return False
             old = self.config
             changed = _changed_keys(old, new)
-            needs_restart = [k for k in changed if k.startswith("database.") or k == "capture.mode"]
+            needs_restart = [
+                k for k in changed if k.startswith("database.") or k in ("capture.mode", "metrics.listen")
+            ]
             # The connections, the leader lock and the capture mode stay as they are until a restart.
             new = dataclasses.replace(
                 new,
@@ -467,7 +470,14 @@ class Daemon:
         assert self._admin_engine is not None
         try:
             with self._admin_engine.connect() as conn:
-                schema.ensure_schema(conn, self.base)
+                if self.config.sync.install_triggers:
+                    schema.ensure_schema(conn, self.base)
+                elif not schema.schema_current(conn, self.base):
+                    # The runtime role may not create tables: the installer runs `syncd install`.
+                    raise StartupRefused(
+                        "syncd's tables are missing or outdated and sync.install_triggers = false: "
+                        "run `syncd install` as the installer user first"
+                    )
                 self._record_start(conn)
             self.discover(initial=True)
             if self.capture_mode == "poll":
@@ -611,7 +621,8 @@ class Daemon:
                 log.warning("triggers_removed_for_poll_mode", triggers=sorted(installed))
             self.capture_mode = "poll"
             return
-        if mode == "trigger" or not usable:
+        if mode == "trigger" or not usable or not self.config.sync.install_triggers:
+            # install_triggers = false: the installer put the triggers in place (`syncd install`).
             self.capture_mode = "trigger"
             return
         probe = usable[min(usable)]
@@ -947,6 +958,8 @@ class Daemon:
         why = queue.reason(exc)
         self.stats.retries += 1
         self.stats.retry_reasons[why] = self.stats.retry_reasons.get(why, 0) + 1
+        if self.metrics is not None:
+            self.metrics.retry(why)
         delay = backoff.next()
         self.stats.connection = f"connected, retrying a batch: {why}"
         log.warning(
@@ -984,6 +997,10 @@ class Daemon:
 
     def _dead_letter(self, conn: sa.Connection, changes: Sequence[Change], exc: BaseException) -> None:
         self.stats.dead += len(changes)
+        if self.metrics is not None:
+            from syncd.metrics import dead_letter_reason
+
+            self.metrics.dead_letter(dead_letter_reason(errno_of(exc), exc), len(changes))
         first = changes[0]
         log.error(
             "change_dead_lettered",
@@ -1012,6 +1029,8 @@ class Daemon:
         if newest is not None:
             s.last_capture = newest.replace(tzinfo=UTC).timestamp()
             s.last_lag_ms = round((s.last_apply - s.last_capture) * 1000, 1)
+        if self.metrics is not None:
+            self.metrics.batch_applied((c.captured_at for c in changes), result.writes, s.last_apply)
         # One line per captured change, with the SKU and blogs as context, so that
         # `journalctl -u syncd SYNCD_SKU=X` / `SYNCD_BLOG=3` answer "what happened to X / on blog 3".
         copied_to: dict[int, list[int]] = {}
@@ -1068,7 +1087,7 @@ class Daemon:
 def _changed_keys(old: Config, new: Config) -> list[str]:
     """Dotted keys whose value differs between two configurations (never the values: one is a password)."""
     out = []
-    for section in ("database", "capture", "sync", "history", "log", "blogs"):
+    for section in ("database", "capture", "sync", "history", "log", "blogs", "metrics"):
         a, b = getattr(old, section), getattr(new, section)
         for f in dataclasses.fields(a):
             if getattr(a, f.name) != getattr(b, f.name):
@@ -1151,4 +1170,15 @@ def run(config: Config) -> int:
     """Entry point of ``syncd run``: run the daemon in the foreground until stopped."""
     daemon = Daemon(config)
     install_signal_handlers(daemon)
+    if config.metrics.listen:
+        from syncd.metrics import serve
+
+        try:
+            serve(config.metrics.listen, daemon)
+        except OSError as exc:
+            log.error(
+                "metrics_listen_failed", listen=config.metrics.listen, error=str(exc), exit_status=EXIT_CONFIG
+            )
+            return EXIT_CONFIG
+        log.info("metrics_listening", listen=config.metrics.listen)
     return daemon.run()

@@ -173,12 +173,14 @@ def make_engine(
         # explicit client_flag replaces the dialect's, so both are given.
         connect_args["client_flag"] = CLIENT.MULTI_STATEMENTS | CLIENT.FOUND_ROWS
     connect_args.update(kw.pop("connect_args", {}))
+    sizing = {"pool_size": kw.pop("pool_size", 2), "max_overflow": kw.pop("max_overflow", 4)}
+    if kw.get("poolclass") is sa.pool.StaticPool:
+        sizing = {}  # one shared connection (syncd.preview): no pool to size
     engine = sa.create_engine(
         u,
         connect_args=connect_args,
         pool_pre_ping=True,
-        pool_size=kw.pop("pool_size", 2),
-        max_overflow=kw.pop("max_overflow", 4),
+        **sizing,
         pool_recycle=kw.pop("pool_recycle", 3600),
         isolation_level=settings.isolation.replace(" ", "_") if settings.isolation else None,
         **kw,

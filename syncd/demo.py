@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -42,13 +44,30 @@ class DemoNetwork:
     products: dict[int, dict[tuple[str, str | None], int]]
 
 
-def start_demo_server(base_dir: str | None = None, keep: bool = False) -> PrivateServer:
-    """Make sure a server binary exists (installing MariaDB as root if needed) and start a private server.
+#: Test hook: ``SYNCD_DEMO_PAUSE=<moment>`` makes the demo print ``demo_paused <moment>`` on stderr
+#: and wait there for a signal, so the interrupt tests stop it at an exact start-up moment.
+ENV_PAUSE = "SYNCD_DEMO_PAUSE"
+MOMENTS = ("datadir", "initialising", "spawned", "database", "network", "daemon")
 
-    With ``keep`` the server survives this process (otherwise it dies with it, even on a crash).
-    """
-    binary = ensure_server_installed()
-    return PrivateServer(binary=binary, base_dir=base_dir, die_with_parent=not keep).start()
+
+def _moment(name: str) -> None:
+    if os.environ.get(ENV_PAUSE) == name:
+        print(f"demo_paused {name}", file=sys.stderr, flush=True)
+        while True:
+            signal.pause()  # the signal handler raises: the interrupt path under test
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def start_demo_server(server: PrivateServer) -> PrivateServer:
+    """Start the private server; with ``keep`` (not tied to this process) root gets a random password."""
+    server.on_step = _moment
+    server.start()
+    if not server.die_with_parent:
+        server.set_root_password(secrets.token_urlsafe(18))
+    return server
 
 
 def create_demo_database(server: PrivateServer, name: str = DEMO_DATABASE) -> str:
@@ -131,6 +150,8 @@ def write_demo_config(path: str | os.PathLike[str], url: str, prefix: str = DEMO
     """Write a syncd configuration file for the demo network; returns its path."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    p.touch(mode=0o600)
+    p.chmod(0o600)  # it may hold root's password (--keep)
     p.write_text(
         "# syncd configuration written by `syncd demo` for its throwaway network.\n"
         "[database]\n"
@@ -178,43 +199,68 @@ def main(args: argparse.Namespace | Sequence[str] | None = None, out: TextIO = s
 
 
 def run_demo(opts: Any, out: TextIO = sys.stdout) -> int:
-    try:
-        server = start_demo_server(opts.base_dir, keep=bool(opts.keep))
-    except ServerNotInstalled as exc:
-        out.write(f"{exc}\n")
-        return 69  # EX_UNAVAILABLE
+    """The demo, stopped cleanly whatever the moment: Ctrl-C, SIGTERM and SIGHUP stop the server
+    and remove its data (unless ``--keep``), then exit 130 without a traceback."""
     keep = bool(opts.keep)
     try:
-        out.write(f"Started private {server.version} on 127.0.0.1:{server.port} (socket {server.socket})\n")
-        url = create_demo_database(server)
-        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-        try:
-            net = build_demo_network(engine)
-        finally:
-            engine.dispose()
-        out.write(f"Built a 3-blog WooCommerce network in database {DEMO_DATABASE} (prefix {DEMO_PREFIX}):\n")
-        for blog_id, prods in net.products.items():
-            items = ", ".join(f"{sku}@{lang}" if lang else sku for sku, lang in prods)
-            out.write(f"  blog {blog_id} ({wp.blog_prefix(DEMO_PREFIX, blog_id)}): {items}\n")
-        assert server.tmp is not None
-        config_path = write_demo_config(opts.config_out or server.tmp / "syncd-demo.toml", url)
-        out.write(f"Wrote {config_path}\n\n$ syncd --config {config_path} check\n")
-        out.flush()
-        code = run_demo_check(config_path, out)
-        out.write(f"\nsyncd check exited with status {code}\n")
-        if code == 0 and not getattr(opts, "check_only", False):
-            code = run_live_sync(config_path, out)
-        if keep:
-            out.write(
-                "\nThe demo server keeps running:\n"
-                f"  mariadb --no-defaults -S {server.socket} -u root {DEMO_DATABASE}\n"
-                f"  syncd --config {config_path} check\n"
-                f"  stop it: kill {server.proc.pid if server.proc else '?'} && rm -rf {server.tmp}\n"
-            )
+        binary = ensure_server_installed()
+    except ServerNotInstalled as exc:
+        print(f"syncd demo: {exc}", file=sys.stderr)
+        return 69  # EX_UNAVAILABLE
+    server = PrivateServer(binary=binary, base_dir=opts.base_dir, die_with_parent=not keep)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    interrupted = finished = False
+    try:
+        code = _run(server, opts, keep, out)
+        finished = True
         return code
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
-        if not keep:
-            server.stop()
+        # A second Ctrl-C must not cut the clean-up short.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        if not (keep and finished):  # --keep keeps a demo that ran, never a broken or interrupted one
+            server.discard()
+        if interrupted:
+            print("syncd demo: interrupted; the demo server is stopped and its data removed", file=sys.stderr)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(server: PrivateServer, opts: Any, keep: bool, out: TextIO) -> int:
+    start_demo_server(server)
+    out.write(f"Started private {server.version} on 127.0.0.1:{server.port} (socket {server.socket})\n")
+    url = create_demo_database(server)
+    _moment("database")
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        net = build_demo_network(engine)
+    finally:
+        engine.dispose()
+    _moment("network")
+    out.write(f"Built a 3-blog WooCommerce network in database {DEMO_DATABASE} (prefix {DEMO_PREFIX}):\n")
+    for blog_id, prods in net.products.items():
+        items = ", ".join(f"{sku}@{lang}" if lang else sku for sku, lang in prods)
+        out.write(f"  blog {blog_id} ({wp.blog_prefix(DEMO_PREFIX, blog_id)}): {items}\n")
+    assert server.tmp is not None
+    config_path = write_demo_config(opts.config_out or server.tmp / "syncd-demo.toml", url)
+    out.write(f"Wrote {config_path}\n\n$ syncd --config {config_path} check\n")
+    out.flush()
+    code = run_demo_check(config_path, out)
+    out.write(f"\nsyncd check exited with status {code}\n")
+    if code == 0 and not getattr(opts, "check_only", False):
+        code = run_live_sync(config_path, out)
+    if keep:
+        pid = server.proc.pid if server.proc else "?"
+        out.write(
+            "\nThe demo server keeps running (root has a random password, written in the config file):\n"
+            f"  mariadb --no-defaults -S {server.socket} -u root -p'{server.password}' {DEMO_DATABASE}\n"
+            f"  syncd --config {config_path} check\n"
+            f"  stop it: kill {pid} && while kill -0 {pid} 2>/dev/null; do sleep 0.2; done && rm -rf {server.tmp}\n"
+        )
+    return code
 
 
 # --------------------------------------------------------------------------- live sync
@@ -293,6 +339,7 @@ def run_live_sync(config_path: Path, out: TextIO = sys.stdout) -> int:
 
     from syncd.config import load_config
     from syncd.daemon import Daemon
+    from syncd.history import main as history_main
     from syncd.log import configure_logging
 
     configure_logging("warning", "console")  # keep the demo's own output readable
@@ -308,6 +355,7 @@ def run_live_sync(config_path: Path, out: TextIO = sys.stdout) -> int:
         return 1
     out.write("daemon ready: triggers installed on every blog, link groups built\n")
     try:
+        _moment("daemon")
         _print_table(out, "Stock before (quantity, status):", _stock_table(engine, DEMO_SKUS))
         out.write(
             "\nA customer buys 3 x TSHIRT-RED on blog 1 (WooCommerce: meta_value = meta_value - 3) ...\n"
@@ -328,16 +376,10 @@ def run_live_sync(config_path: Path, out: TextIO = sys.stdout) -> int:
         took = _wait_until(engine, {"HOODIE-M": "0"})
         out.write(f"  every blog shows 0 after {took * 1000:.1f} ms\n")
         _print_table(out, "Stock after (quantity, status):", _stock_table(engine, DEMO_SKUS))
-        with engine.connect() as conn:
-            rows = conn.execute(
-                sa.text(
-                    f"SELECT role, blog_id, sku, old_value, new_value, delta FROM `{DEMO_PREFIX}syncd_history` "
-                    "WHERE meta_key = '_stock' ORDER BY id"
-                )
-            ).all()
-        out.write("\nHistory (syncd_history):\n")
-        for role, blog_id, sku, old, new, delta in rows:
-            out.write(f"  {role:<7} blog {blog_id}  {sku:<11} {old} -> {new}  (delta {delta:+g})\n")
+        out.write("\n")
+        for sku in DEMO_SKUS:
+            out.write(f"$ syncd --config {config_path} history {sku}\n")
+            history_main(config, argparse.Namespace(sku=sku, since=None, limit=0, lang=None, json=False), out)
         ok = all(
             _wait_until(engine, {s: v}, timeout=0.1) >= 0 for s, v in (("TSHIRT-RED", "7"), ("MUG", "0"))
         )

@@ -219,8 +219,17 @@ def main(config: Config, args: Any, out: TextIO | None = None) -> int:
     try:
         with engine.connect() as conn:
             if not schema_present(conn, config.database.table_prefix):
-                print("syncd: syncd is not installed in this database (run: syncd install)", file=sys.stderr)
-                return EXIT_FATAL
+                if not history_kept(conn, config.database.table_prefix):
+                    print(
+                        "syncd: syncd is not installed in this database (run: syncd install)", file=sys.stderr
+                    )
+                    return EXIT_FATAL
+                # `syncd uninstall --keep-history`: no link groups any more, the rows by SKU text.
+                entries = read_kept_history(
+                    conn, config.database.table_prefix, args.sku, since=since, limit=limit
+                )
+                _print(args, out, args.sku, [], ["(kept after uninstall)"], entries)
+                return 0
             scope = scope_for(conn, config)
             try:
                 resolved = resolve_sku(conn, scope, args.sku, getattr(args, "lang", None))
@@ -231,17 +240,83 @@ def main(config: Config, args: Any, out: TextIO | None = None) -> int:
             sources = sources_of(conn, scope.base, entries)
     finally:
         engine.dispose()
+    _print(args, out, resolved.sku, resolved.group_ids, resolved.langs, entries, sources)
+    return 0
+
+
+def _print(
+    args: Any,
+    out: TextIO,
+    sku: str,
+    groups: list[int],
+    langs: list[str],
+    entries: list[Entry],
+    sources: list[str] | None = None,
+) -> None:
     if getattr(args, "json", False):
         dump_json(
             {
-                "sku": resolved.sku,
-                "groups": resolved.group_ids,
-                "entries": [{**e.document(), "from": src} for e, src in zip(entries, sources, strict=True)],
+                "sku": sku,
+                "groups": groups,
+                "entries": [
+                    {**e.document(), "from": src}
+                    for e, src in zip(entries, sources or [None] * len(entries), strict=True)
+                ],
+                "exit_status": 0,
             },
             out,
         )
     else:
-        render(
-            entries, out, f"History of {resolved.sku} ({', '.join(resolved.langs)}), oldest first:", sources
+        render(entries, out, f"History of {sku} ({', '.join(langs)}), oldest first:", sources)
+
+
+def history_kept(conn: sa.Connection, base_prefix: str) -> bool:
+    """True when the history table exists (it outlives ``syncd uninstall --keep-history``)."""
+    return bool(
+        conn.execute(
+            sa.text(
+                "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t"
+            ),
+            {"t": base_prefix + "syncd_history"},
+        ).scalar_one()
+    )
+
+
+def read_kept_history(
+    conn: sa.Connection, base_prefix: str, sku: str, *, since: datetime | None = None, limit: int = 200
+) -> list[Entry]:
+    """History rows whose SKU is ``sku`` as WooCommerce compares SKUs (case- and accent-insensitive),
+    oldest first: what is left to read once syncd's link groups are gone."""
+    cond = "CONVERT(sku USING utf8mb4) COLLATE utf8mb4_unicode_520_ci = :sku"
+    params: dict[str, Any] = {"sku": sku.strip()}
+    if since is not None:
+        cond += " AND applied_at >= :since"
+        params["since"] = since
+    rows = conn.execute(
+        sa.text(
+            f"SELECT applied_at, captured_at, change_id, role, blog_id, post_id, sku, meta_key, old_value, new_value, "
+            f"delta, origin_blog_id, origin_post_id, note FROM {table(base_prefix, 'syncd_history')} "
+            f"WHERE {cond} ORDER BY id"
+        ),
+        params,
+    )
+    out = [
+        Entry(
+            r[0],
+            r[1],
+            int(r[2]),
+            r[3],
+            int(r[4]),
+            int(r[5]),
+            r[6],
+            r[7],
+            r[8],
+            r[9],
+            r[10],
+            (int(r[11]), int(r[12])),
+            r[13],
         )
-    return 0
+        for r in rows
+    ]
+    out.sort(key=lambda e: (e.captured_at, e.change_id, _ROLE_ORDER.get(e.role, 9), e.blog_id, e.post_id))
+    return out[-limit:] if limit > 0 else out

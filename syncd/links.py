@@ -431,7 +431,7 @@ def links_main(config: Config, args: Any, out: TextIO | None = None) -> int:
     finally:
         engine.dispose()
     if getattr(args, "json", False):
-        out.write(json.dumps({"groups": groups}, indent=2) + "\n")
+        out.write(json.dumps({"groups": groups, "exit_status": 0}, indent=2) + "\n")
         return 0
     if not groups:
         print("no manual links (syncd link BLOG:POST BLOG:POST ... creates one)", file=out)

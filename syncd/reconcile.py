@@ -80,6 +80,7 @@ from syncd.audit import (
     Scope,
     close_components,
     compare_group,
+    disagreement_entry,
     read_members,
     read_meta,
     scope_for,
@@ -102,6 +103,7 @@ from syncd.plan import (
     format_quantity,
     parse_quantity,
 )
+from syncd.preview import PreviewRefused
 from syncd.progress import Progress, dump_json
 from syncd.progress import table as print_table
 from syncd.schema import get_meta, schema_present
@@ -241,14 +243,25 @@ def _blank(v: str | None) -> str | None:
 
 
 def parse_qty(text: str) -> Decimal:
-    """A quantity argument, read by the one quantity parser (:func:`syncd.woo.parse_stock`): what
-    may be written is what syncd itself accepts as a stored quantity ('12', '-3', '2.5')."""
+    """A quantity argument WooCommerce would store as it is, read by the one quantity parser
+    (:func:`syncd.woo.parse_stock`: a number within the exact range of SQL arithmetic and of the
+    lookup table's DOUBLE, 10^15) and whole: WooCommerce rounds stock with wc_stock_amount()
+    (intval), so a fraction would be stored in _stock and shown truncated everywhere else."""
     try:
         value = parse_quantity(text)
     except StockValueError as exc:
+        if "exact range" in str(exc):
+            raise ValueError(
+                f"QTY must be within the exact range of SQL arithmetic (10^15), got {text!r}"
+            ) from exc
         raise ValueError(f"QTY must be a number, got {text!r}") from exc
     assert value is not None  # a str is never SQL NULL
-    return value
+    if value != value.to_integral_value():
+        raise ValueError(
+            f"QTY must be a whole number, got {text!r}: WooCommerce keeps stock in whole units "
+            "(wc_stock_amount), so a fraction would show truncated on the shop"
+        )
+    return value.to_integral_value()
 
 
 # --------------------------------------------------------------------------- SKU arguments
@@ -338,6 +351,8 @@ class Outcome:
     skipped_chunks: list[dict[str, Any]] = field(default_factory=list)
     left_alone: list[dict[str, Any]] = field(default_factory=list)
     pending_applied: int = 0
+    #: --dry-run: captured changes of the products previewed that a real run would apply first.
+    pending_waiting: int = 0
     counts: dict[str, int] = field(
         default_factory=lambda: {"groups": 0, "writes": 0, "healed": 0, "skipped_chunks": 0, "left_alone": 0}
     )
@@ -361,6 +376,7 @@ class Outcome:
             "authority": self.authority,
             "counts": self.counts,
             "pending_applied": self.pending_applied,
+            "pending_waiting": self.pending_waiting,
             "groups": self.groups,
             "writes": self.writes,
             "healed": self.healed,
@@ -384,7 +400,12 @@ class PendingChanges(Exception):
 class Writer:
     """Writes through the apply machinery, one transaction per chunk (see module docstring)."""
 
-    def __init__(self, config: Config, scope: Scope, engine: sa.Engine, outcome: Outcome) -> None:
+    def __init__(
+        self, config: Config, scope: Scope, engine: sa.Engine, outcome: Outcome, *, dry_run: bool = False
+    ) -> None:
+        #: --dry-run: each chunk runs exactly as it would (locks, writes, derived data, history)
+        #: and is rolled back instead of committed, so the preview is what a real run writes.
+        self.dry_run = dry_run
         self.config = config
         self.scope = scope
         self.engine = engine
@@ -427,7 +448,10 @@ class Writer:
                 with self.engine.connect() as conn:
                     try:
                         staged = self._chunk(conn, group_ids, heal, force=force, set_quantity=set_quantity)
-                        conn.commit()
+                        if self.dry_run:
+                            conn.rollback()
+                        else:
+                            conn.commit()
                     except BaseException:
                         _safe_rollback(conn)
                         raise
@@ -474,7 +498,10 @@ class Writer:
         ranges = [(g, g) for g in sorted(set(group_ids))]
         groups, rows = self._lock(conn, ranges, heal)
         pending = self._pending(conn, rows.keys())
-        if pending:
+        if pending and self.dry_run:
+            # A preview applies nothing: say that a real run would apply these first.
+            staged["pending"] = len(pending)
+        elif pending:
             # Deleting change rows now, while holding stock rows, would invert the daemon's lock
             # order (see the module docstring): roll back and apply them first (run_chunk).
             raise PendingChanges(pending)
@@ -558,17 +585,15 @@ class Writer:
         for blog_id, report in sorted(reports.items()):
             for pid, o in sorted(getattr(report, "products", {}).items()):
                 if o.changed and pid not in written.get(blog_id, ()):
+                    # The field names `syncd audit` uses (derived.check_products' Disagreement.field).
                     what = []
                     if o.status_written:
-                        what.append(f"_stock_status {o.old_status} -> {o.new_status}")
-                    if o.lookup_columns:
-                        what.append(
-                            "lookup row: " + ", ".join(c for c in o.lookup_columns if c != "product_id")
-                        )
+                        what.append(f"_stock_status: {o.old_status} -> {o.new_status}")
+                    what.extend(f"wc_product_meta_lookup.{c}" for c in o.lookup_columns if c != "product_id")
                     if o.term:
-                        what.append(f"outofstock term {o.term}")
+                        what.append(f"product_visibility:outofstock: {o.term}")
                     if o.attributes_written:
-                        what.append("attribute lookup in_stock")
+                        what.append("wc_product_attributes_lookup.in_stock")
                     staged["healed"].append({"blog": blog_id, "post": pid, "what": "; ".join(what)})
         # Poll mode: the snapshot takes exactly what this chunk wrote (syncd.poll).
         self.applier.poll_advance(conn, self._poll(conn))
@@ -639,12 +664,13 @@ class Writer:
 
     def _publish(self, staged: Mapping[str, Any]) -> None:
         o = self.outcome
+        o.pending_waiting += int(staged.get("pending", 0))
         for kind in ("groups", "writes", "healed", "left_alone"):
             for entry in staged[kind]:
                 o.add(kind, entry)
         for entry in staged["writes"]:
             log.info(
-                "reconcile_written",
+                "reconcile_planned" if self.dry_run else "reconcile_written",
                 sku=entry["sku"],
                 blog=entry["blog"],
                 post=entry["post"],
@@ -910,17 +936,28 @@ def reconcile(
     """Audit every group; write the authority's values where members differ and heal derived data.
 
     Returns the audit report (what was found before writing) and what was written (or, with
-    ``dry_run``, what would be)."""
+    ``dry_run``, what would be). ``dry_run`` runs the very same chunks and rolls each one back
+    instead of committing it, so the preview lists exactly what a real run writes (a derived fix
+    the written quantity makes unnecessary is not listed); groups with captured changes in flight
+    are left to the daemon (a real run applies those first) and counted in ``pending_waiting``.
+    On a network where syncd was never installed only ``dry_run`` is possible: the link groups
+    are then built in temporary tables (:mod:`syncd.preview`) and nothing is created."""
     own = engine is None
-    engine = engine or _engine(config)
+    temporary = False
+    if engine is None:
+        engine, temporary = _engine(config, preview=dry_run)
     progress = progress or Progress("reconcile", enabled=False)
     outcome = Outcome(dry_run=dry_run, authority=config.reconcile.authority)
     try:
         with engine.connect() as conn:
-            _require_schema(conn, config)
+            if not temporary:
+                _require_schema(conn, config)
             scope = scope_for(conn, config)
-        auditor = Auditor(engine, scope, progress=progress, max_buckets=RECONCILE_MAX_BUCKETS)
-        writer = Writer(config, scope, engine, outcome)
+        auditor = Auditor(
+            engine, scope, progress=progress, max_buckets=RECONCILE_MAX_BUCKETS, workers=1 if temporary else 2
+        )
+        auditor.report.preview = temporary
+        writer = Writer(config, scope, engine, outcome, dry_run=dry_run)
         started = time.monotonic()
         buckets = auditor.checksum()
         chunks = list(auditor.bucket_ranges(buckets))
@@ -942,48 +979,29 @@ def reconcile(
 
         with engine.connect() as ro:
             for ranges in chunks:
-                chunk = auditor.examine(ro, ranges, check_drifted=dry_run)
+                chunk = auditor.examine(ro, ranges, check_drifted=False)
                 ro.rollback()
                 auditor.record(chunk)
-                groups = {g.group_id: g for g in chunk.groups}
                 drifted = sorted(chunk.drifted)
-                found: dict[int, set[int]] = {}
-                for d in chunk.disagreements:
-                    if d.product_id:
-                        found.setdefault(d.blog_id, set()).add(d.product_id)
                 if dry_run:
-                    # Groups with captured changes in flight: a real run applies those first, so
-                    # what it would write cannot be told from the values read now.
-                    settled = [groups[g] for g in drifted if not chunk.pending.get(g)]
-                    _plan_dry(config, ro, scope, outcome, settled, _disagreement_texts(chunk.disagreements))
-                    ro.rollback()
-                else:
-                    todo.extend(drifted)
-                    for b, ids in found.items():
-                        heal.setdefault(b, set()).update(ids)
-                    flush()
+                    # A real run applies these groups' captured changes first and usually finds
+                    # nothing left to write: the preview cannot apply them, so it leaves them out.
+                    outcome.pending_waiting += sum(chunk.pending.values())
+                    drifted = [g for g in drifted if not chunk.pending.get(g)]
+                todo.extend(drifted)
+                waiting = {m.key for g in chunk.groups if chunk.pending.get(g.group_id) for m in g.members}
+                for d in chunk.disagreements:
+                    if d.product_id and not (dry_run and (d.blog_id, d.product_id) in waiting):
+                        heal.setdefault(d.blog_id, set()).add(d.product_id)
+                flush()
                 progress.advance(1)
-            if not dry_run:
-                flush(final=True)
+            flush(final=True)
             for blog_id, found in auditor.unlinked_disagreements(ro):
                 ro.rollback()
                 ids = sorted({d.product_id for d in found if d.product_id})
                 for d in found:
-                    auditor.report.add(
-                        "derived",
-                        {
-                            "blog": d.blog_id,
-                            "post": d.product_id,
-                            "sku": "",
-                            "field": d.field,
-                            "expected": d.expected,
-                            "actual": d.actual,
-                        },
-                    )
-                if dry_run:
-                    for pid, what in sorted(_disagreement_texts(found).items()):
-                        outcome.add("healed", {"blog": pid[0], "post": pid[1], "what": what})
-                elif ids:
+                    auditor.report.add("derived", disagreement_entry(d))
+                if ids:
                     writer.run_chunk([], {blog_id: set(ids)})
             for entry in auditor.single_blog_groups(ro, buckets):
                 auditor.report.add("single_blog", entry)
@@ -995,64 +1013,24 @@ def reconcile(
             engine.dispose()
 
 
-def _plan_dry(
-    config: Config,
-    conn: sa.Connection,
-    scope: Scope,
-    outcome: Outcome,
-    groups: Sequence[GroupState],
-    heal: Mapping[Key, str],
-) -> None:
-    """--dry-run: the writes a reconcile would make from the values read now (nothing locked)."""
-    policy = config.reconcile.authority
-    last = None
-    if policy == "latest" and groups:
-        last = last_changed(conn, scope, groups)  # the writer's rule, read without locks
-    for g in groups:
-        plan = plan_group(policy, g, last)
-        if plan.authority is None:
-            outcome.add(
-                "left_alone", {"group": g.group_id, "sku": g.sku, "lang": g.lang, "reason": plan.reason}
-            )
-            continue
-        outcome.add(
-            "groups",
-            {
-                "group": g.group_id,
-                "sku": g.sku,
-                "lang": g.lang,
-                "authority": f"{plan.authority[0]}:{plan.authority[1]}",
-                "reason": plan.reason,
-                "writes": len(plan.writes),
-            },
-        )
-        for w_ in plan.writes:
-            outcome.add("writes", _write_entry(g, plan, w_))
-    for (blog_id, pid), what in sorted(heal.items()):
-        outcome.add("healed", {"blog": blog_id, "post": pid, "what": what})
-
-
-def _disagreement_texts(found: Iterable[Any]) -> dict[Key, str]:
-    """(blog, post) -> 'field: actual -> expected; ...' for the products --dry-run would heal."""
-    out: dict[Key, list[str]] = {}
-    for d in found:
-        if d.product_id:
-            out.setdefault((d.blog_id, d.product_id), []).append(f"{d.field}: {d.actual} -> {d.expected}")
-    return {k: "; ".join(v) for k, v in out.items()}
-
-
-def _engine(config: Config) -> sa.Engine:
+def _engine(config: Config, *, preview: bool = False) -> tuple[sa.Engine, bool]:
     """Writes as syncd's apply session (never captured by the triggers), long reads allowed; with
     multi-statements, as the daemon's apply engine, so that the derived step sends its reads and
-    its writes as one round trip each per blog (:func:`syncd.db.run_many`)."""
-    return config.database.make_engine(
-        apply_marker=True,
-        pool_size=2,
-        max_overflow=2,
-        query_cache_size=QUERY_CACHE,
-        connect_args={"read_timeout": 3600},
-        multi_statements=True,
-    )
+    its writes as one round trip each per blog (:func:`syncd.db.run_many`). ``preview``: a
+    --dry-run, which also works where syncd is not installed (temporary tables, True returned)."""
+    kw: dict[str, Any] = {
+        "apply_marker": True,
+        "pool_size": 2,
+        "max_overflow": 2,
+        "query_cache_size": QUERY_CACHE,
+        "connect_args": {"read_timeout": 3600},
+        "multi_statements": True,
+    }
+    if preview:
+        from syncd.preview import open_engine
+
+        return open_engine(config, **kw)
+    return config.database.make_engine(**kw), False
 
 
 def _require_schema(conn: sa.Connection, config: Config) -> None:
@@ -1074,6 +1052,12 @@ def render_outcome(outcome: Outcome, out: TextIO) -> None:
         + ("" if outcome.dry_run else f"; {outcome.pending_applied} pending change(s) applied first"),
         file=out,
     )
+    if outcome.dry_run and outcome.pending_waiting:
+        print(
+            f"{outcome.pending_waiting} captured change(s) of these products wait for the daemon: a real run "
+            "applies them first, so what it writes for their groups is not previewed",
+            file=out,
+        )
     if outcome.writes:
         print_table(
             [
@@ -1097,7 +1081,7 @@ def render_outcome(outcome: Outcome, out: TextIO) -> None:
             (
                 "BLOG",
                 "POST",
-                "DERIVED DATA " + ("TO RECOMPUTE (actual -> expected)" if outcome.dry_run else "RECOMPUTED"),
+                "DERIVED DATA " + ("TO RECOMPUTE" if outcome.dry_run else "RECOMPUTED"),
             ),
             out,
         )
@@ -1151,7 +1135,7 @@ def main(config: Config, args: Any, out: TextIO | None = None) -> int:
     try:
         with Progress("reconcile") as bar:
             report, outcome = reconcile(config, dry_run=dry_run, progress=bar)
-    except NotInstalled as exc:
+    except (NotInstalled, PreviewRefused) as exc:
         print(f"syncd: {exc}", file=sys.stderr)
         return EXIT_FATAL
     code = exit_status(report, outcome)
@@ -1186,20 +1170,23 @@ def _resolve_all(
     return resolved, errors
 
 
-def sync_skus(config: Config, skus: Sequence[str], *, lang: str | None = None) -> tuple[Outcome, list[str]]:
+def sync_skus(
+    config: Config, skus: Sequence[str], *, lang: str | None = None, dry_run: bool = False
+) -> tuple[Outcome, list[str]]:
     """``syncd sync SKU...``: push each named group's authoritative state to all its members now.
     Nothing is written when any argument is bad (the errors are returned)."""
-    engine = _engine(config)
-    outcome = Outcome(authority=config.reconcile.authority)
+    engine, temporary = _engine(config, preview=dry_run)
+    outcome = Outcome(dry_run=dry_run, authority=config.reconcile.authority)
     try:
         with engine.connect() as conn:
-            _require_schema(conn, config)
+            if not temporary:
+                _require_schema(conn, config)
             scope = scope_for(conn, config)
             resolved, errors = _resolve_all(conn, scope, skus, lang)
             conn.rollback()
         if errors:
             return outcome, errors
-        writer = Writer(config, scope, engine, outcome)
+        writer = Writer(config, scope, engine, outcome, dry_run=dry_run)
         for r in resolved:
             writer.run_chunk(r.group_ids, force=True)
         return outcome, []
@@ -1207,24 +1194,27 @@ def sync_skus(config: Config, skus: Sequence[str], *, lang: str | None = None) -
         engine.dispose()
 
 
-def set_stock(config: Config, sku: str, qty: str, *, lang: str | None = None) -> tuple[Outcome, list[str]]:
+def set_stock(
+    config: Config, sku: str, qty: str, *, lang: str | None = None, dry_run: bool = False
+) -> tuple[Outcome, list[str]]:
     """``syncd set-stock SKU QTY``: every member of the group that manages stock gets QTY, in one
     transaction (pending changes of the group are applied first, as in reconcile)."""
     try:
         value = parse_qty(qty)
     except ValueError as exc:
         return Outcome(authority="set-stock"), [str(exc)]
-    engine = _engine(config)
-    outcome = Outcome(authority="set-stock")
+    engine, temporary = _engine(config, preview=dry_run)
+    outcome = Outcome(dry_run=dry_run, authority="set-stock")
     try:
         with engine.connect() as conn:
-            _require_schema(conn, config)
+            if not temporary:
+                _require_schema(conn, config)
             scope = scope_for(conn, config)
             resolved, errors = _resolve_all(conn, scope, [sku], lang)
             conn.rollback()
         if errors:
             return outcome, errors
-        writer = Writer(config, scope, engine, outcome)
+        writer = Writer(config, scope, engine, outcome, dry_run=dry_run)
         writer.run_chunk(resolved[0].group_ids, force=True, set_quantity=value)
         return outcome, []
     finally:
@@ -1237,7 +1227,7 @@ def _tool_main(
     out = out or sys.stdout
     try:
         outcome, errors = run()
-    except NotInstalled as exc:
+    except (NotInstalled, PreviewRefused) as exc:
         print(f"syncd: {exc}", file=sys.stderr)
         return EXIT_FATAL
     for e in errors:
@@ -1252,12 +1242,16 @@ def _tool_main(
 
 def sync_main(config: Config, args: Any, out: TextIO | None = None) -> int:
     """``syncd sync SKU... [--lang L] [--json]``."""
-    return _tool_main(lambda: sync_skus(config, args.skus, lang=args.lang), args, out, "sync")
+    dry = bool(getattr(args, "dry_run", False))
+    return _tool_main(lambda: sync_skus(config, args.skus, lang=args.lang, dry_run=dry), args, out, "sync")
 
 
 def set_stock_main(config: Config, args: Any, out: TextIO | None = None) -> int:
     """``syncd set-stock SKU QTY [--lang L] [--json]``."""
-    return _tool_main(lambda: set_stock(config, args.sku, args.qty, lang=args.lang), args, out, "set-stock")
+    dry = bool(getattr(args, "dry_run", False))
+    return _tool_main(
+        lambda: set_stock(config, args.sku, args.qty, lang=args.lang, dry_run=dry), args, out, "set-stock"
+    )
 
 
 # --------------------------------------------------------------------------- by group (dashboard)
@@ -1265,7 +1259,7 @@ def set_stock_main(config: Config, args: Any, out: TextIO | None = None) -> int:
 # set-stock, sync and reconcile above, on the caller's engine (made with :func:`writer_engine`).
 def writer_engine(config: Config) -> sa.Engine:
     """The engine these functions write with (syncd's apply session, never captured)."""
-    return _engine(config)
+    return _engine(config)[0]
 
 
 def set_group_stock(
@@ -1311,22 +1305,12 @@ def reconcile_groups(
     dry_run: bool = False,
     source: str | None = None,
 ) -> Outcome:
-    """Reconcile the named groups (those that still differ when locked); ``dry_run``: the writes it
-    would make from the values read now, nothing written (the preview)."""
+    """Reconcile the named groups (those that still differ when locked); ``dry_run``: the same
+    chunks rolled back instead of committed, so the preview is what the real run writes."""
     outcome = Outcome(dry_run=dry_run, authority=config.reconcile.authority)
     ids = sorted(set(group_ids))
-    if dry_run:
-        with engine.connect() as conn:
-            scope = scope_for(conn, config)
-            groups = read_members(conn, scope, [(g, g) for g in ids])
-            from syncd.audit import read_values
-
-            read_values(conn, scope, groups.values())
-            drifted = [g for g in groups.values() if compare_group(g)[0]]
-            _plan_dry(config, conn, scope, outcome, drifted, {})
-            conn.rollback()
-        return outcome
     writer = _group_writer(config, engine, outcome, source)
+    writer.dry_run = dry_run
     for start in range(0, len(ids), WRITE_GROUPS):
         writer.run_chunk(ids[start : start + WRITE_GROUPS])
     return outcome

@@ -181,6 +181,14 @@ def get_meta(conn: sa.Connection, base_prefix: str, name: str) -> str | None:
     ).scalar_one_or_none()
 
 
+def schema_current(conn: sa.Connection, base_prefix: str) -> bool:
+    """True when syncd's tables exist at this version (what a runtime user, who may not create
+    tables, needs ``syncd install`` to have done)."""
+    if not schema_present(conn, base_prefix):
+        return False
+    return get_meta(conn, base_prefix, "schema_version") == str(SCHEMA_VERSION)
+
+
 def schema_present(conn: sa.Connection, base_prefix: str) -> bool:
     n = conn.execute(
         sa.text(

@@ -43,6 +43,7 @@ def collect(
 
     out: dict[str, Any] = {"installed": schema.schema_present(conn, base_prefix)}
     if not out["installed"]:
+        discover(conn, base_prefix)  # a wrong table_prefix says so, as `syncd check` does
         return out
     database = conn.exec_driver_sql("SELECT DATABASE()").scalar_one()
     name = lock_name(database or "", base_prefix)
@@ -203,7 +204,7 @@ def render(report: dict[str, Any], out: TextIO) -> None:
         )
         print(
             f"applied       {d.get('changes')} changes in {d.get('batches')} batches; "
-            f"last lag {'-' if d.get('last_lag_ms') is None else d.get('last_lag_ms')} ms; "
+            f"last lag {'not measured yet' if d.get('last_lag_ms') is None else str(d.get('last_lag_ms')) + ' ms'}; "
             f"retries {d.get('retries')}, reconnects {d.get('reconnects')}, skipped members {d.get('skipped')}",
             file=out,
         )
@@ -212,7 +213,7 @@ def render(report: dict[str, Any], out: TextIO) -> None:
             print(
                 f"retried       {reasons} (transient: retried until they pass, never dead-lettered)", file=out
             )
-        print(f"errors        {d.get('errors')}; last: {d.get('last_error') or '-'}", file=out)
+        print(f"errors        {d.get('errors')}; last: {d.get('last_error') or 'none'}", file=out)
     r = report.get("restarts") or {}
     if r.get("starts"):
         unclean = (
@@ -228,10 +229,8 @@ def render(report: dict[str, Any], out: TextIO) -> None:
     if c:
         print(f"connection    {_describe_connection(c)}", file=out)
     b = report["backlog"]
-    print(
-        f"backlog       {b['pending']} pending, oldest {b['oldest_age_s'] if b['oldest_age_s'] is not None else '-'} s",
-        file=out,
-    )
+    oldest = f", oldest {b['oldest_age_s']} s" if b["oldest_age_s"] is not None else ""
+    print(f"backlog       {b['pending']} pending{oldest}", file=out)
     for h in report.get("held") or []:
         print(
             f"held          blog {h['blog_id']}: {h['changes']} changes kept until it is usable ({h['reason']})",
@@ -241,7 +240,7 @@ def render(report: dict[str, Any], out: TextIO) -> None:
     print(f"dead letters  {report['dead_letters']}{f' ({by_class})' if by_class else ''}", file=out)
     st = report.get("settling") or {}
     print(f"settling      {st.get('joining', 0)} joining, {st.get('healing', 0)} healing", file=out)
-    print(f"last applied  {report['last_applied_at'] or '-'}", file=out)
+    print(f"last applied  {report['last_applied_at'] or 'never'}", file=out)
     print("blogs", file=out)
     for blog in report["blogs"]:
         state = blog.get(
@@ -272,7 +271,7 @@ def _describe_connection(c: dict[str, Any]) -> str:
 
 def _dur(seconds: float | None) -> str:
     if seconds is None:
-        return "-"
+        return "unknown"
     s = int(seconds)
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"
 

@@ -19,7 +19,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 import pymysql
 import structlog
@@ -99,19 +101,69 @@ def find_server_binary() -> str | None:
     return _which("mariadbd", "mysqld")
 
 
-def ensure_server_installed() -> str:
-    """Return a server binary path, installing MariaDB with apt-get when we are root and it is missing."""
+#: How long apt-get waits for the dpkg lock held by another apt (unattended-upgrades on a fresh
+#: machine): apt's own ``DPkg::Lock::Timeout``, then one clear sentence instead of a traceback.
+APT_LOCK_TIMEOUT = 600
+
+
+class AptFailed(RuntimeError):
+    """apt-get did not install the server; the message is one sentence naming the command run."""
+
+
+def apt_install(
+    packages: list[str], *, lock_timeout: int = APT_LOCK_TIMEOUT, options: tuple[str, ...] = ()
+) -> None:
+    """``apt-get install``, waiting up to ``lock_timeout`` s for the dpkg lock. ``options``: extra ``-o`` settings (the
+    tests point apt at a private dpkg admin directory)."""
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    base = ["apt-get", "-o", f"DPkg::Lock::Timeout={int(lock_timeout)}", *options]
+    _apt([*base, "install", "-y", "--no-install-recommends", *packages], env)
+
+
+def _apt(command: list[str], env: dict[str, str]) -> None:
+    log.info("server_install_start", command=" ".join(command))
+    res = subprocess.run(command, env=env, check=False, capture_output=True, text=True)
+    if res.returncode == 0:
+        return
+    text = res.stderr + res.stdout
+    if "lock" in text.lower() and ("dpkg" in text.lower() or "frontend" in text.lower()):
+        raise AptFailed(
+            f"`{' '.join(command)}` gave up waiting for the dpkg lock (another apt or unattended-upgrades "
+            "is running): wait for it to finish, then run the command again"
+        )
+    raise AptFailed(f"`{' '.join(command)}` failed (exit {res.returncode}): {_last_line(text)}")
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def ensure_server_installed(
+    *, lock_timeout: int = APT_LOCK_TIMEOUT, apt_options: tuple[str, ...] = ()
+) -> str:
+    """Return a server binary path, installing MariaDB with apt-get when we are root and it is missing.
+
+    Raises :class:`ServerNotInstalled` (one clear sentence) when it cannot: not root, no apt, the
+    dpkg lock held longer than ``lock_timeout`` s, or apt failing."""
     binary = find_server_binary()
     if binary:
         return binary
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        log.info("server_install_start", command=INSTALL_LINE)
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        install = ["apt-get", "install", "-y", "--no-install-recommends", "mariadb-server"]
-        if subprocess.run(install, env=env, check=False).returncode != 0:
-            # The package lists are probably missing or stale (fresh container): refresh and retry once.
-            subprocess.run(["apt-get", "update"], env=env, check=True)
-            subprocess.run(install, env=env, check=True)
+        try:
+            try:
+                apt_install(["mariadb-server"], lock_timeout=lock_timeout, options=apt_options)
+            except AptFailed as first:
+                if "dpkg lock" in str(first):
+                    raise
+                # The package lists are probably missing or stale (fresh container): refresh, retry once.
+                env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+                _apt(
+                    ["apt-get", "-o", f"DPkg::Lock::Timeout={int(lock_timeout)}", *apt_options, "update"], env
+                )
+                apt_install(["mariadb-server"], lock_timeout=lock_timeout, options=apt_options)
+        except AptFailed as exc:
+            raise ServerNotInstalled(f"could not install MariaDB: {exc}") from None
         binary = find_server_binary()
         if binary:
             return binary
@@ -171,6 +223,15 @@ class PrivateServer:
         self.private = True
         #: False only for servers meant to outlive this process (``syncd demo --keep``).
         self.die_with_parent = die_with_parent
+        #: root's password once :meth:`set_root_password` ran (None: no password, the default).
+        self.password: str | None = None
+        #: Called with the name of each start-up step ("datadir", "initialising", "spawned"): the
+        #: demo's interrupt tests stop there deterministically.
+        self.on_step: Callable[[str], None] | None = None
+
+    def _step(self, name: str) -> None:
+        if self.on_step is not None:
+            self.on_step(name)
 
     # ----------------------------------------------------------------- lifecycle
     def start(self, timeout: float = 60.0) -> PrivateServer:
@@ -181,6 +242,7 @@ class PrivateServer:
         # A unix socket path is limited to ~107 bytes; the temp dir keeps it short.
         self.socket = str(self.tmp / "mysql.sock")
         self.log_path = self.tmp / "error.log"
+        self._step("datadir")
         self._initialise()
         if not self.port:
             self.port = free_port()
@@ -227,9 +289,19 @@ class PrivateServer:
                 "--innodb_file_per_table=OFF",
                 *user,
             ]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if res.returncode != 0:
-            raise ServerError(f"initialising datadir failed ({' '.join(cmd)}):\n{res.stdout}\n{res.stderr}")
+        # Its own process group: mariadb-install-db is a script that runs a bootstrap server; an
+        # interrupt must take both down (killing the script alone orphaned a mariadbd).
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        try:
+            self._step("initialising")
+            output, _ = proc.communicate()
+        except BaseException:
+            _kill_group(proc)
+            raise
+        if proc.returncode != 0:
+            raise ServerError(f"initialising datadir failed ({' '.join(cmd)}):\n{output}")
 
     def _mariadb_basedir(self) -> str | None:
         # mariadb-install-db looks for share files relative to --basedir; Debian installs them under /usr.
@@ -273,7 +345,27 @@ class PrivateServer:
             start_new_session=not tie,
             preexec_fn=_die_with_parent if tie else None,  # noqa: PLW1509
         )
+        self._step("spawned")
         self._wait_ready(timeout)
+
+    def set_root_password(self, password: str) -> None:
+        """Give every root account this password (``syncd demo --keep``: a server left running
+        must not accept a password-less root on its TCP port)."""
+        conn = pymysql.connect(unix_socket=self.socket, user="root", password=self.password or "")
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT User, Host FROM mysql.user WHERE User = 'root'")
+                for user, host in cur.fetchall():
+                    try:
+                        cur.execute("ALTER USER %s@%s IDENTIFIED BY %s", (user, host, password))
+                    except pymysql.err.OperationalError as exc:
+                        # 1396: an account by host name ('root'@'myhost'), which this server started
+                        # with --skip-name-resolve never matches: nobody can log in with it.
+                        if exc.args[0] != 1396:
+                            raise
+        finally:
+            conn.close()
+        self.password = password
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -282,7 +374,9 @@ class PrivateServer:
             if self.proc is not None and self.proc.poll() is not None:
                 raise ServerError(f"server exited with code {self.proc.returncode}:\n{self.error_log_tail()}")
             try:
-                conn = pymysql.connect(unix_socket=self.socket, user="root", connect_timeout=1)
+                conn = pymysql.connect(
+                    unix_socket=self.socket, user="root", password=self.password or "", connect_timeout=1
+                )
             except pymysql.err.OperationalError as exc:
                 last = exc
                 time.sleep(0.05)
@@ -328,6 +422,12 @@ class PrivateServer:
             log.info("private_server_stopped", port=self.port)
             self.tmp = None
 
+    def discard(self) -> None:
+        """Throw the server away at once: SIGKILL (a server still starting ignores SIGTERM) and
+        remove its files. For an interrupted demo; the data is disposable anyway."""
+        self.kill()
+        self.stop()
+
     def kill(self) -> None:
         """SIGKILL the server (a crash: no clean shutdown). Datadir stays; call restart() to recover."""
         if self.proc is not None and self.proc.poll() is None:
@@ -356,19 +456,31 @@ class PrivateServer:
         return self.proc is not None and self.proc.poll() is None
 
     # ----------------------------------------------------------------- addresses
+    def _root(self) -> str:
+        return "root" if not self.password else f"root:{quote(self.password, safe='')}"
+
     def root_url(self, database: str | None = None) -> str:
         """SQLAlchemy URL for root over TCP (the daemon code path), optionally with a database."""
-        return f"mysql+pymysql://root@127.0.0.1:{self.port}/{database or ''}"
+        return f"mysql+pymysql://{self._root()}@127.0.0.1:{self.port}/{database or ''}"
 
     def socket_url(self, database: str | None = None) -> str:
         """SQLAlchemy URL for root over the unix socket."""
-        return f"mysql+pymysql://root@localhost/{database or ''}?unix_socket={self.socket}"
+        return f"mysql+pymysql://{self._root()}@localhost/{database or ''}?unix_socket={self.socket}"
 
     def __enter__(self) -> PrivateServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL a child started with start_new_session and everything in its process group."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
 
 
 def start_private_server(**kw: object) -> PrivateServer:

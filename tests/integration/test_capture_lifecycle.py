@@ -115,7 +115,7 @@ def test_install_is_idempotent_and_uninstall_leaves_woocommerce_data_byte_identi
     with_sale = wordpress_checksums(net)
     assert with_sale != before  # the sale itself is the shop's own change
 
-    gone = run_cli(cfg, "uninstall")
+    gone = run_cli(cfg, "uninstall", "--yes")  # issue 13: no terminal here, so the script confirms
     assert gone.returncode == 0, gone.stdout + gone.stderr
     assert "dropped 9 triggers" in gone.stdout
     assert "1 captured changes were still pending" in gone.stdout

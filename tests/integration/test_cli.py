@@ -260,8 +260,10 @@ def test_install_and_uninstall_dispatch(tmp_path: Path, monkeypatch: pytest.Monk
     )
     path = str(config_file(tmp_path, "mysql+pymysql://u:p@127.0.0.1:1/wp"))
     assert cli.main(["--config", path, "install"]) == 0
-    assert cli.main(["--config", path, "uninstall"]) == 0
-    assert cli.main(["--config", path, "uninstall", "--keep-history"]) == 0
+    # issue 13: uninstall drops tables only when confirmed (--yes without a terminal).
+    assert cli.main(["--config", path, "uninstall"]) == cli.EXIT_USAGE
+    assert cli.main(["--config", path, "uninstall", "--yes"]) == 0
+    assert cli.main(["--config", path, "uninstall", "--keep-history", "--yes"]) == 0
     assert calls == [("install",), ("uninstall", False), ("uninstall", True)]
 
 

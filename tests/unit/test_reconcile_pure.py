@@ -233,8 +233,9 @@ def test_authority_setting_and_arguments():
         config_for("mysql+pymysql://u@h/db", reconcile={"authority": "highest"})
     with pytest.raises(ConfigError, match="reconcile.color"):
         config_for("mysql+pymysql://u@h/db", reconcile={"color": "x"})
-    assert parse_qty(" 12 ") == Decimal(12) and parse_qty("-2.5") == Decimal("-2.5")
-    for bad in ("", "ten", "nan", "inf"):
+    assert parse_qty(" 12 ") == Decimal(12) and parse_qty("-2") == Decimal("-2")
+    # issue 13: a fraction is refused (WooCommerce keeps whole units: wc_stock_amount); was accepted.
+    for bad in ("", "ten", "nan", "inf", "-2.5"):
         with pytest.raises(ValueError):
             parse_qty(bad)
     assert parse_since("2026-05-01") == datetime(2026, 5, 1)

@@ -144,9 +144,10 @@ def _tool(name: str) -> str:
         return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "systemd"]
+        wait = ["-o", "DPkg::Lock::Timeout=600"]  # another apt may hold the dpkg lock (issue 13)
+        install = ["apt-get", *wait, "install", "-y", "-qq", "--no-install-recommends", "systemd"]
         if subprocess.run(install, env=env, capture_output=True, check=False).returncode != 0:
-            subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, check=False)
+            subprocess.run(["apt-get", *wait, "update", "-qq"], env=env, capture_output=True, check=False)
             subprocess.run(install, env=env, capture_output=True, check=False)
         found = shutil.which(name)
         if found:
