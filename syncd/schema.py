@@ -86,37 +86,34 @@ def _widen_history_role(conn: sa.Connection, base_prefix: str) -> None:
 
 
 def _add_dead_letter_class(conn: sa.Connection, base_prefix: str) -> None:
-    """Dead letters created before syncd.queue have no error class and errno: added in place, once
-    (MySQL has no ADD COLUMN IF NOT EXISTS)."""
-    has_class = conn.execute(
-        sa.text(
-            "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
-            "AND TABLE_NAME = :t AND COLUMN_NAME = 'error_class'"
-        ),
-        {"t": base_prefix + "syncd_dead"},
-    ).scalar_one()
-    if not has_class:
-        conn.exec_driver_sql(
-            f"ALTER TABLE {table(base_prefix, 'syncd_dead')} "
-            "ADD COLUMN `error_class` VARCHAR(32) NOT NULL DEFAULT 'permanent_error' AFTER `failed_at`, "
-            "ADD COLUMN `errno` INT NULL AFTER `error_class`"
-        )
+    """Dead letters created before syncd.queue have no error class and errno: added in place, once."""
+    _ensure_column(
+        conn,
+        base_prefix,
+        "syncd_dead",
+        "error_class",
+        "ADD COLUMN `error_class` VARCHAR(32) NOT NULL DEFAULT 'permanent_error' AFTER `failed_at`, "
+        "ADD COLUMN `errno` INT NULL AFTER `error_class`",
+    )
 
 
 def _add_history_source(conn: sa.Connection, base_prefix: str) -> None:
-    """Schema 4 added history's ``source`` (who asked for a dashboard write). Added in place to
-    older tables; idempotent: does nothing once the column is there."""
+    """Schema 4 added history's ``source`` (who asked for a dashboard write): added in place, once."""
+    _ensure_column(conn, base_prefix, "syncd_history", "source", "ADD COLUMN `source` VARCHAR(191) NULL")
+
+
+def _ensure_column(conn: sa.Connection, base_prefix: str, name: str, column: str, alteration: str) -> None:
+    """Run ``ALTER TABLE name alteration`` unless ``column`` is there already (MySQL has no ADD
+    COLUMN IF NOT EXISTS): idempotent, does nothing once upgraded."""
     present = conn.execute(
         sa.text(
             "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
-            "AND TABLE_NAME = :t AND COLUMN_NAME = 'source'"
+            "AND TABLE_NAME = :t AND COLUMN_NAME = :c"
         ),
-        {"t": base_prefix + "syncd_history"},
+        {"t": base_prefix + name, "c": column},
     ).scalar_one()
     if not present:
-        conn.exec_driver_sql(
-            f"ALTER TABLE {table(base_prefix, 'syncd_history')} ADD COLUMN `source` VARCHAR(191) NULL"
-        )
+        conn.exec_driver_sql(f"ALTER TABLE {table(base_prefix, name)} {alteration}")
 
 
 def _ensure_index(conn: sa.Connection, base_prefix: str, name: str, index: str, columns: str) -> None:
