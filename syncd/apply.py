@@ -138,15 +138,18 @@ class Applier:
         scope = self.claim(conn, changes)
         rows, unreadable = self._lock_step(conn, scope)
         self.step("locked")  # every stock row of the batch is locked; nothing written yet
-        plan = self._plan(conn, changes, scope, rows)
+        superseded = record.superseded(conn, self.base, changes, scope.groups)
+        plan = self._plan(conn, changes, scope, rows, superseded)
         self._recheck(conn, changes, plan.writes, rows)
         result.notes = plan.notes
         result.history.extend(_notes_history(plan.notes, changes))
         result.settling.extend(
             settle.batch_records(changes, scope.joining, scope.frozen, plan.settle_deltas, scope.groups)
         )
+        result.settling.extend(_heal_superseded(changes, superseded))
         self.writer.skip_unreachable(plan.applied, scope.groups, scope.blogs, unreadable, result)
         touched, written = self._write(conn, changes, plan, rows, scope.blogs, result)
+        record.advance_registers(conn, self.base, plan.applied, plan.writes, scope.groups)
         result.history.extend(_origin_history(plan))
         jobs = [(scope.blogs[b], sorted(p)) for b, p in sorted(touched.items()) if p and b in scope.blogs]
         result.derived.update(self._refresh_blogs(conn, jobs, written, now))
@@ -207,7 +210,12 @@ class Applier:
         return rows, unreadable
 
     def _plan(
-        self, conn: sa.Connection, changes: Sequence[Change], scope: Scope, rows: Mapping[Key, ProductRows]
+        self,
+        conn: sa.Connection,
+        changes: Sequence[Change],
+        scope: Scope,
+        rows: Mapping[Key, ProductRows],
+        superseded: Mapping[int, int],
     ) -> Plan:
         """Step 4 (pure planning) with what it needs read under the locks: the Polylang fan-out
         copies expected (syncd.fanout) and the SKU-rename conflicts; records the fan-outs."""
@@ -223,6 +231,7 @@ class Applier:
             sku_conflicts=self.resolver.sku_conflicts(conn, changes, scope.groups, scope.blogs, scope.frozen),
             settling=scope.frozen,
             expected_copies=expected,
+            superseded=superseded,
         )
         fanout.record(conn, self.base, plan.copies_expected, plan.copies_met)
         return plan
@@ -553,4 +562,16 @@ def _heal_failed_derived(
         for blog, posts in jobs
         if outcome.get(blog.blog_id) is None
         for pid in posts
+    ]
+
+
+def _heal_superseded(changes: Sequence[Change], superseded: Mapping[int, int]) -> list[settle.Record]:
+    """A product whose register change was superseded still holds that older value: it takes its
+    group's values once settled (syncd.settle, kind 'heal'), as the newer change's targets did."""
+    return [
+        settle.Record(
+            c.blog_id, c.post_id, settle.HEAL, reason=f"change {c.id} superseded by change {superseded[c.id]}"
+        )
+        for c in changes
+        if c.id in superseded
     ]
