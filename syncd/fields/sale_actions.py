@@ -49,10 +49,12 @@ def _dates(blog: Blog, ts: int) -> tuple[str, str]:
 
 
 def _group_id(conn: sa.Connection, blog: Blog) -> int:
-    """``ActionScheduler_DBStore::get_group_id()``: the slug's row, created when missing."""
+    """``ActionScheduler_DBStore::get_group_id()``: the slug's row, created when missing. Like
+    Action Scheduler, no lock: two first writers may both create it (harmless: the slug has no
+    unique key and lookups go by slug), where a locking read would make them deadlock."""
     groups = table(blog.prefix, "actionscheduler_groups")
     row = conn.exec_driver_sql(
-        f"SELECT group_id FROM {groups} WHERE slug = %s ORDER BY group_id LIMIT 1 FOR UPDATE",
+        f"SELECT group_id FROM {groups} WHERE slug = %s ORDER BY group_id LIMIT 1",
         (rules.SALES_GROUP,),
     ).first()
     if row is not None:
