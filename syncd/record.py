@@ -6,14 +6,15 @@ per member written because of it, one ``skipped`` row (with the reason) per memb
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 
 from syncd.db import table
-from syncd.plan import Change
+from syncd.plan import Change, Note
 
 
 @dataclass
@@ -28,6 +29,21 @@ class HistoryRow:
     new_value: str | None
     delta: Decimal | None
     note: str | None = None
+
+
+@dataclass
+class BatchResult:
+    """What one unit of work (a batch, a join) did: counts, its history rows, the planner's
+    notes, each blog's derived outcome, and the joins and heals to record."""
+
+    batch_id: int
+    changes: int
+    writes: int = 0
+    skipped: int = 0
+    history: list[HistoryRow] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+    derived: dict[int, object] = field(default_factory=dict)
+    settling: list[Any] = field(default_factory=list)  # syncd.settle.Record: joins and heals
 
 
 def write_history(
