@@ -99,7 +99,8 @@ class PriceGroup:
             return []
         kind = _product_kind(conn, blog, pid)
         if kind is None or kind == "variable":
-            # A variable product's prices are its variations'; a missing post is the caller's race.
+            # A variable product's prices are its variations'; a missing or trashed post is the
+            # caller's race (membership follows it).
             log.info("price_target_skipped", blog=blog.blog_id, post=pid, sku=target.sku, kind=kind)
             return []
         dates_change = any(k in changed for k in rules.DATE_KEYS)
@@ -137,21 +138,21 @@ def _texts(values: Values | Mapping[str, Any]) -> dict[str, str | None]:
 
 def _product_kind(conn: sa.Connection, blog: Blog, post_id: int) -> str | None:
     """'variation', 'variable' or 'product' (any other product type), or None when the post is
-    not a product."""
+    not a product or is in the trash (WooCommerce does not save trashed products)."""
     p = blog.prefix
     row = conn.exec_driver_sql(
-        f"SELECT p.post_type, EXISTS (SELECT 1 FROM {table(p, 'term_relationships')} tr "
+        f"SELECT p.post_type, p.post_status = 'trash', EXISTS (SELECT 1 FROM {table(p, 'term_relationships')} tr "
         f"JOIN {table(p, 'term_taxonomy')} tt ON tt.term_taxonomy_id = tr.term_taxonomy_id "
         f"JOIN {table(p, 'terms')} t ON t.term_id = tt.term_id "
         "WHERE tr.object_id = p.ID AND tt.taxonomy = 'product_type' AND t.slug = 'variable') "
         f"FROM {table(p, 'posts')} p WHERE p.ID = %s",
         (post_id,),
     ).first()
-    if row is None or row[0] not in woo.PRODUCT_POST_TYPES:
+    if row is None or row[0] not in woo.PRODUCT_POST_TYPES or int(row[1]):
         return None
     if row[0] == woo.VARIATION:
         return "variation"
-    return "variable" if int(row[1]) else "product"
+    return "variable" if int(row[2]) else "product"
 
 
 def _variable_parent(conn: sa.Connection, blog: Blog, post_id: int) -> int | None:

@@ -130,6 +130,15 @@ def test_variable_parent_target_is_left_alone(wp_network: Any) -> None:
     assert h.diff_snapshots(before, h.snapshot(wp_network.url, blog.prefix)) == {}
 
 
+def test_trashed_target_is_left_alone(wp_network: Any) -> None:
+    blog = _blog(wp_network, 2)
+    with wp_network.engine.begin() as conn:
+        conn.exec_driver_sql(f"UPDATE {table(blog.prefix, 'posts')} SET post_status = 'trash' WHERE ID = 23")
+    before = h.snapshot(wp_network.url, blog.prefix)
+    assert _write(wp_network, blog, 23, "MUG", {rules.REGULAR: "11.00"}) == []
+    assert h.diff_snapshots(before, h.snapshot(wp_network.url, blog.prefix)) == {}
+
+
 def test_hidden_out_of_stock_variation_does_not_count_for_the_parent(wp_network: Any) -> None:
     """``sync_price()`` reads the *visible* children (``read_children()``): with
     ``woocommerce_hide_out_of_stock_items = yes`` (blog 2) a variation with the ``outofstock``
