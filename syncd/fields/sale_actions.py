@@ -73,20 +73,21 @@ def _log(conn: sa.Connection, blog: Blog, action_id: int, message: str, now_ts: 
     )
 
 
-def _cancel_pending(
-    conn: sa.Connection, blog: Blog, product_id: int, group_id: int, now_ts: int
-) -> list[int]:
+def _cancel_pending(conn: sa.Connection, blog: Blog, product_id: int, now_ts: int) -> list[int]:
     """``as_unschedule_all_actions()`` for both hooks (start first): every pending action of the
-    product in the group becomes ``canceled``, each with its log line."""
+    product in the group (matched by slug, as Action Scheduler's query does) becomes
+    ``canceled``, each with its log line."""
     actions = table(blog.prefix, "actionscheduler_actions")
+    groups = table(blog.prefix, "actionscheduler_groups")
     cancelled: list[int] = []
     for hook in (rules.START_HOOK, rules.END_HOOK):
         ids = [
             int(r[0])
             for r in conn.exec_driver_sql(
                 f"SELECT action_id FROM {actions} WHERE hook = %s AND status = 'pending' AND args = %s "
-                "AND group_id = %s ORDER BY scheduled_date_gmt, action_id FOR UPDATE",
-                (hook, rules.action_args(product_id), group_id),
+                f"AND group_id IN (SELECT group_id FROM {groups} WHERE slug = %s) "
+                "ORDER BY scheduled_date_gmt, action_id FOR UPDATE",
+                (hook, rules.action_args(product_id), rules.SALES_GROUP),
             )
         ]
         for action_id in ids:
@@ -132,7 +133,7 @@ def requeue(
         return out
     group_id = _group_id(conn, blog)
     for dates in rounds:
-        out["cancelled"] += _cancel_pending(conn, blog, product_id, group_id, now_ts)
+        out["cancelled"] += _cancel_pending(conn, blog, product_id, now_ts)
         for hook, ts in rules.scheduled_actions(dates[rules.DATE_FROM], dates[rules.DATE_TO], now_ts):
             out["queued"].append(_queue(conn, blog, product_id, group_id, hook, ts, now_ts))
     return out

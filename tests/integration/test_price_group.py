@@ -201,3 +201,29 @@ def test_other_products_pending_actions_are_not_cancelled(wp_network: Any) -> No
     assert pending == [(rules.END_HOOK, '{"product_id":24}'), (rules.START_HOOK, '{"product_id":24}')]
     assert _meta(wp_network, blog, 23, rules.PRICE) == ["9.50"]
     assert _meta(wp_network, blog, 23, rules.SALE) == []
+
+
+def test_pending_actions_of_a_duplicate_group_row_are_cancelled(wp_network: Any) -> None:
+    """Action Scheduler creates the group row without a lock, so two rows may share the slug; its
+    unschedule query matches the slug, not one row."""
+    blog = _blog(wp_network, 2)
+    groups, actions = (
+        table(blog.prefix, "actionscheduler_groups"),
+        table(blog.prefix, "actionscheduler_actions"),
+    )
+    with wp_network.engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"INSERT INTO {groups} (slug) VALUES ('woocommerce-sales'), ('woocommerce-sales')"
+        )
+        second = conn.exec_driver_sql(f"SELECT MAX(group_id) FROM {groups}").scalar_one()
+        conn.exec_driver_sql(
+            f"INSERT INTO {actions} (hook, status, scheduled_date_gmt, scheduled_date_local, schedule, group_id, "
+            "priority, args) VALUES (%s, 'pending', '2026-12-26 23:59:59', '2026-12-26 23:59:59', %s, %s, 10, %s)",
+            (rules.END_HOOK, rules.simple_schedule(int(FUTURE_TO)), second, rules.action_args(23)),
+        )
+    assert _write(wp_network, blog, 23, "MUG", {rules.SALE: "7.00", rules.DATE_TO: FUTURE_TO}) == []
+    rows = _as_snapshot(wp_network, 2)["actionscheduler_actions"].values()
+    assert sorted((r["group_id"] == str(second), r["status"]) for r in rows) == [
+        (False, "pending"),
+        (True, "canceled"),
+    ]
