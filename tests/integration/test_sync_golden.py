@@ -35,7 +35,10 @@ SYNCED_META = ("_stock", "_manage_stock", "_backorders", "_low_stock_amount", "_
 
 #: Recorded scenarios without a change syncd propagates, and why.
 NOT_PROPAGATED = {
-    "11-price-changes": "prices are not synced",
+    "11-price-changes": "prices: the price field group (tests/integration/test_price_golden.py)",
+    "15-sale-price-schedule": "prices: the price field group (tests/integration/test_price_golden.py)",
+    "16-variable-prices": "prices: the price field group (tests/integration/test_price_golden.py)",
+    "21-polylang-price": "prices: the price field group (tests/integration/test_price_golden.py)",
 }
 
 
