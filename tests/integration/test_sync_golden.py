@@ -36,6 +36,10 @@ SYNCED_META = ("_stock", "_manage_stock", "_backorders", "_low_stock_amount", "_
 #: Recorded scenarios without a change syncd propagates, and why.
 NOT_PROPAGATED = {
     "11-price-changes": "prices are not synced",
+    # Field groups (issue 10): syncd.fields.terms / content, tests/integration/test_fields_terms_golden.py.
+    "17-tax-and-shipping": "field groups, not stock",
+    "19-content-and-visibility": "field groups, not stock",
+    "20-categories-and-tags": "field groups, not stock",
 }
 
 
