@@ -289,11 +289,10 @@ class TaxonomyGroup(_TermGroup):
 
     def _after_terms(self, conn: sa.Connection, target: Target, changes: Mapping[str, TermChange]) -> None:
         """``wp_update_term_count()`` -> ``_wc_term_recount()`` of the added and removed terms, then
-        WooCommerce's ``_wc_recount_terms_by_product()`` of the product's terms (fixture 20)."""
-        terms: dict[str, set[int]] = {}
+        WooCommerce's ``_wc_recount_terms_by_product()``: the product's categories and tags (fixture 20)."""
+        terms = _product_catalog_terms(conn, target.blog.prefix, target.post_id)
         for tax, change in changes.items():
-            if change.changed:
-                terms[tax] = {r.term_id for r in change.added + change.removed + change.current}
+            terms[tax] |= {r.term_id for r in change.added + change.removed}
         self._recount_catalog(conn, target.blog, terms)
 
 
