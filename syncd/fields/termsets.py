@@ -16,7 +16,8 @@ with the hooks WooCommerce adds:
   term is created as ``wp_insert_term()`` creates it (``missing = "create"``): ``terms`` +
   ``term_taxonomy`` (name and description of the source term, parent by the source parent's slug
   when the target has it), ``{taxonomy}_children`` rebuilt (``clean_term_cache`` ->
-  ``_get_term_hierarchy``) and, for ``product_cat``, the ``wc_category_lookup`` rows (fixture 20 step 2).
+  ``_get_term_hierarchy``), for ``product_cat`` the ``wc_category_lookup`` rows (fixture 20 step 2),
+  and on a Polylang blog the product's language and a translation group (:mod:`syncd.fields.polylang`).
 
 The catalog counts (``product_count_*`` termmeta, ``_wc_term_recount()``) are
 :func:`syncd.derived.recount_catalog_terms`; this module decides which terms need them.
@@ -32,6 +33,7 @@ import structlog
 
 from syncd import woo
 from syncd.db import table
+from syncd.fields import polylang
 from syncd.network import Blog
 
 log = structlog.get_logger("syncd.fields.terms")
@@ -185,23 +187,36 @@ def _default_category(conn: sa.Connection, prefix: str) -> TermRow | None:
 # --------------------------------------------------------------------------- creating terms
 
 
-def _create_term(
+def _parent_of(conn: sa.Connection, prefix: str, taxonomy: str, source: SourceTerm) -> int:
+    """The target's term with the source parent's slug (hierarchical taxonomies), else 0."""
+    if not source.parent_slug or taxonomy not in HIERARCHICAL:
+        return 0
+    found = _terms_by_slug(conn, prefix, taxonomy, {source.parent_slug})
+    return found[source.parent_slug].term_id if source.parent_slug in found else 0
+
+
+def _creation_problem(
     conn: sa.Connection, prefix: str, taxonomy: str, slug: str, source: SourceTerm
-) -> TermRow | str:
-    """``wp_insert_term()`` with the source term's name and description; the parent is the target's
-    term with the source parent's slug, else none. Returns the new term or why it cannot be made."""
-    parent = 0
-    if source.parent_slug and taxonomy in HIERARCHICAL:
-        found = _terms_by_slug(conn, prefix, taxonomy, {source.parent_slug})
-        parent = found[source.parent_slug].term_id if source.parent_slug in found else 0
-    # "A term with the name provided already exists with this parent." (wp_insert_term)
+) -> str | None:
+    """``wp_insert_term()``'s refusal: "A term with the name provided already exists with this parent"."""
     clash = conn.exec_driver_sql(
         f"SELECT t.slug FROM {table(prefix, 'term_taxonomy')} tt JOIN {table(prefix, 'terms')} t "
         f"ON t.term_id = tt.term_id WHERE tt.taxonomy = %s AND tt.parent = %s AND t.name = %s LIMIT 1",
-        (taxonomy, parent, source.name),
+        (taxonomy, _parent_of(conn, prefix, taxonomy, source), source.name),
     ).first()
-    if clash is not None:
-        return f"cannot create {slug!r}: a term named {source.name!r} exists with slug {_text(clash[0])!r}"
+    if clash is None:
+        return None
+    return f"cannot create {slug!r}: a term named {source.name!r} exists with slug {_text(clash[0])!r}"
+
+
+def _create_term(
+    conn: sa.Connection, blog: Blog, post_id: int, taxonomy: str, slug: str, source: SourceTerm
+) -> TermRow:
+    """``wp_insert_term()`` with the source term's name and description (parent: :func:`_parent_of`);
+    on a Polylang blog the term takes the product's language, as Polylang does for a term
+    created from a product of that language."""
+    prefix = blog.prefix
+    parent = _parent_of(conn, prefix, taxonomy, source)
     term_id = conn.exec_driver_sql(
         f"INSERT INTO {table(prefix, 'terms')} (name, slug, term_group) VALUES (%s, %s, 0)",
         (source.name, slug),
@@ -215,6 +230,8 @@ def _create_term(
         _rebuild_children_option(conn, prefix, taxonomy)
         if taxonomy == "product_cat":
             _category_lookup_insert(conn, prefix, int(term_id))
+    if blog.polylang:
+        polylang.set_term_language(conn, prefix, int(term_id), post_id, taxonomy)
     return TermRow(int(term_id), int(tt_id), slug, source.name, parent)
 
 
@@ -281,30 +298,33 @@ def _category_lookup_insert(conn: sa.Connection, prefix: str, term_id: int) -> N
 
 def _resolve(
     conn: sa.Connection,
-    prefix: str,
+    blog: Blog,
+    post_id: int,
     taxonomy: str,
     wanted: Sequence[str],
     missing: str,
     known: Mapping[tuple[str, str], SourceTerm],
     change: TermChange,
 ) -> dict[str, TermRow]:
-    """The target's terms for the wanted slugs, created where allowed; problems otherwise."""
-    found = _terms_by_slug(conn, prefix, taxonomy, set(wanted))
-    absent = [s for s in wanted if s not in found]
-    for slug in absent:
+    """The target's terms for the wanted slugs, the missing ones created where allowed; when any
+    slug cannot be had, problems and nothing created."""
+    found = _terms_by_slug(conn, blog.prefix, taxonomy, set(wanted))
+    to_create: list[tuple[str, SourceTerm]] = []
+    for slug in (s for s in wanted if s not in found):
+        source = known.get((taxonomy, slug))
         if missing != "create":
             change.problems.append(f"term {slug!r} of {taxonomy} does not exist on this blog")
-            continue
-        source = known.get((taxonomy, slug))
-        if source is None:
+        elif source is None:
             change.problems.append(f"term {slug!r} of {taxonomy} is missing and its source term is unknown")
-            continue
-        made = _create_term(conn, prefix, taxonomy, slug, source)
-        if isinstance(made, str):
-            change.problems.append(made)
+        elif (reason := _creation_problem(conn, blog.prefix, taxonomy, slug, source)) is not None:
+            change.problems.append(reason)
         else:
-            found[slug] = made
-            change.created.append(slug)
+            to_create.append((slug, source))
+    if change.problems:
+        return found
+    for slug, source in to_create:
+        found[slug] = _create_term(conn, blog, post_id, taxonomy, slug, source)
+        change.created.append(slug)
     return found
 
 
@@ -328,7 +348,7 @@ def set_terms(
     change = TermChange()
     current = _object_terms(conn, prefix, post[0], taxonomy)
     wanted_rows = list(
-        _resolve(conn, prefix, taxonomy, sorted(set(wanted)), missing, known or {}, change).values()
+        _resolve(conn, blog, post[0], taxonomy, sorted(set(wanted)), missing, known or {}, change).values()
     )
     if change.problems:
         change.current = current

@@ -29,9 +29,11 @@ def _clock() -> datetime:
     return NOW
 
 
-def _target(net: Any, post_id: int, sku: str, post_type: str = "product", parent: int = 0) -> Target:
+def _target(
+    net: Any, post_id: int, sku: str, post_type: str = "product", parent: int = 0, blog_id: int = TARGET
+) -> Target:
     with net.engine.connect() as conn:
-        blog = discover(conn, net.prefix).blog(TARGET)
+        blog = discover(conn, net.prefix).blog(blog_id)
     return Target(blog, post_id, sku, post_type, parent)
 
 
@@ -297,3 +299,56 @@ def test_content_is_for_products_only(wp_network: Any) -> None:
     with net.engine.begin() as conn:
         assert group.write(conn, target, values[HOODIE_S_1], {"post_title": "X"}) == []
     assert h.diff_snapshots(before, h.snapshot(net.url, "wp_")) == {}
+
+
+# --------------------------------------------------------------------------- blog 2: Polylang, hide out of stock
+
+
+def test_created_category_on_polylang_blog_takes_the_product_language(wp_network: Any) -> None:
+    """Polylang (its ``polylang`` option translates product_cat on blog 2): the new term gets the
+    product's language (term_language pll_en) and a one-entry translation group, like Home there."""
+    net = wp_network
+    _relate(net, TARGET, MUG_1, "product_cat", ["home", "kitchen"], kitchen={"name": "Kitchen"})
+    group = TaxonomyGroup(missing="create", clock=_clock)
+    assert _write(net, group, _target(net, MUG_2, "MUG", blog_id=SOURCE), MUG_1, source=TARGET) == []
+    ((kitchen,),) = _rows(net, "SELECT term_id FROM wp_2_terms WHERE slug = 'kitchen'")
+    languages = _rows(
+        net,
+        "SELECT t.slug FROM wp_2_term_relationships tr JOIN wp_2_term_taxonomy tt USING (term_taxonomy_id) "
+        "JOIN wp_2_terms t ON t.term_id = tt.term_id WHERE tr.object_id = %s AND tt.taxonomy = 'term_language'",
+        kitchen,
+    )
+    assert languages == [("pll_en",)]
+    assert _rows(net, "SELECT count FROM wp_2_term_taxonomy WHERE term_taxonomy_id = 17") == [(6,)]  # was 5
+    groups = _rows(
+        net,
+        "SELECT t.name = t.slug, t.slug LIKE 'pll\\_%%', tt.description, tt.count FROM wp_2_term_relationships tr "
+        "JOIN wp_2_term_taxonomy tt USING (term_taxonomy_id) JOIN wp_2_terms t ON t.term_id = tt.term_id "
+        "WHERE tr.object_id = %s AND tt.taxonomy = 'term_translations'",
+        kitchen,
+    )
+    assert groups == [(1, 1, f'a:1:{{s:2:"en";i:{kitchen};}}', 1)]
+
+
+def test_hidden_out_of_stock_product_is_not_in_the_catalog_count(wp_network: Any) -> None:
+    """Blog 2 hides out-of-stock items: POSTER (outofstock) joining Outdoor raises the term's
+    count (_update_post_term_count) but not product_count_product_cat (_wc_term_recount)."""
+    net = wp_network
+    _relate(net, TARGET, POSTER_1, "product_cat", ["home", "outdoor"])
+    assert (
+        _write(
+            net,
+            TaxonomyGroup(clock=_clock),
+            _target(net, POSTER_2, "POSTER", blog_id=SOURCE),
+            POSTER_1,
+            source=TARGET,
+        )
+        == []
+    )
+    ((outdoor,),) = _rows(net, "SELECT term_id FROM wp_2_terms WHERE slug = 'outdoor'")
+    assert _rows(net, "SELECT count FROM wp_2_term_taxonomy WHERE term_id = %s", outdoor) == [(2,)]
+    assert _rows(
+        net,
+        "SELECT meta_value FROM wp_2_termmeta WHERE term_id = %s AND meta_key = 'product_count_product_cat'",
+        outdoor,
+    ) == [("1",)]

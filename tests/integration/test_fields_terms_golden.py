@@ -162,9 +162,10 @@ def _target(blog: Any, products: dict[str, int], catalogue: list[dict[str, Any]]
     return Target(blog, post_id, str(info["sku"]), str(info["post_type"]), int(info["parent"] or 0))
 
 
-def _write(net: Any, group: Any, target: Target, source_id: int) -> list[Any]:
+def _write(net: Any, group: Any, target: Target, source_id: int, source: int = SOURCE) -> list[Any]:
+    """``group.write`` of the member ``target`` with the values of ``source_id`` on blog ``source``."""
     with net.engine.connect() as conn:
-        source_blog = discover(conn, net.prefix).blog(SOURCE)
+        source_blog = discover(conn, net.prefix).blog(source)
         wanted = group.read(conn, source_blog, [source_id])[source_id]
     with net.engine.begin() as conn:
         current = group.read(conn, target.blog, [target.post_id])[target.post_id]
