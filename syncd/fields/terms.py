@@ -144,43 +144,60 @@ class _TermGroup:
     # ------------------------------------------------------------------ write
 
     def write(self, conn: sa.Connection, target: Target, current: Values, wanted: Values) -> list[Problem]:
-        problems: list[Problem] = []
-        saved = self._write_meta(conn, target, current, wanted)
-        changes: dict[str, TermChange] = {}
-        if target.post_type in self.term_post_types:
-            for tax in self.taxonomies:
-                fname = field_name(tax)
-                if _slugs(current.get(fname)) == _slugs(wanted.get(fname)):
-                    continue
-                change = set_terms(
-                    conn,
-                    target.blog,
-                    (target.post_id, target.post_type),
-                    tax,
-                    _slugs(wanted.get(fname)),
-                    missing=self.missing,
-                    known=self.known_terms,
-                    managed=self.managed,
-                )
-                problems += [self._problem(target, fname, reason) for reason in change.problems]
-                for slug in change.created:
-                    log.info(
-                        "field_term_created",
-                        blog=target.blog.blog_id,
-                        post=target.post_id,
-                        sku=target.sku,
-                        taxonomy=tax,
-                        slug=slug,
-                    )
-                changes[tax] = change
-                saved = saved or change.changed
+        """Write what differs; a field whose wanted value is bad (:meth:`problems`) is left alone
+        and reported, the other fields are written."""
+        bad = dict(self.problems(wanted))
+        problems = [self._problem(target, fname, reason) for fname, reason in bad.items()]
+        saved = self._write_meta(conn, target, current, wanted, skip=frozenset(bad))
+        changes = self._write_terms(conn, target, current, wanted, frozenset(bad), problems)
         if any(c.changed for c in changes.values()):
             self._after_terms(conn, target, changes)
-        if saved:
+        if saved or any(c.changed for c in changes.values()):
             save_product(conn, target.blog, target.post_id, self.clock())
         return problems
 
-    def _write_meta(self, conn: sa.Connection, target: Target, current: Values, wanted: Values) -> bool:
+    def _write_terms(
+        self,
+        conn: sa.Connection,
+        target: Target,
+        current: Values,
+        wanted: Values,
+        skip: frozenset[str],
+        problems: list[Problem],
+    ) -> dict[str, TermChange]:
+        changes: dict[str, TermChange] = {}
+        if target.post_type not in self.term_post_types:
+            return changes
+        for tax in self.taxonomies:
+            fname = field_name(tax)
+            if fname in skip or _slugs(current.get(fname)) == _slugs(wanted.get(fname)):
+                continue
+            change = set_terms(
+                conn,
+                target.blog,
+                (target.post_id, target.post_type),
+                tax,
+                _slugs(wanted.get(fname)),
+                missing=self.missing,
+                known=self.known_terms,
+                managed=self.managed,
+            )
+            problems += [self._problem(target, fname, reason) for reason in change.problems]
+            for slug in change.created:
+                log.info(
+                    "field_term_created",
+                    blog=target.blog.blog_id,
+                    post=target.post_id,
+                    sku=target.sku,
+                    taxonomy=tax,
+                    slug=slug,
+                )
+            changes[tax] = change
+        return changes
+
+    def _write_meta(
+        self, conn: sa.Connection, target: Target, current: Values, wanted: Values, skip: frozenset[str]
+    ) -> bool:
         return False
 
     def _after_terms(self, conn: sa.Connection, target: Target, changes: Mapping[str, TermChange]) -> None:
@@ -228,7 +245,9 @@ class ShippingGroup(_TermGroup):
             out.append((field_name(SHIPPING_CLASS), "more than one shipping class"))
         return out
 
-    def _write_meta(self, conn: sa.Connection, target: Target, current: Values, wanted: Values) -> bool:
+    def _write_meta(
+        self, conn: sa.Connection, target: Target, current: Values, wanted: Values, skip: frozenset[str]
+    ) -> bool:
         """``update_or_delete_post_meta()``: an empty value deletes the rows, anything else is
         ``update_post_meta`` (every row of the key, or a new row)."""
         pm = table(target.blog.prefix, "postmeta")
@@ -236,7 +255,7 @@ class ShippingGroup(_TermGroup):
         for key in SHIPPING_META:
             want = wanted.get(key)
             want = None if want == "" else want
-            if want == current.get(key):
+            if key in skip or want == current.get(key):
                 continue
             written = True
             if want is None:

@@ -352,3 +352,25 @@ def test_hidden_out_of_stock_product_is_not_in_the_catalog_count(wp_network: Any
         "SELECT meta_value FROM wp_2_termmeta WHERE term_id = %s AND meta_key = 'product_count_product_cat'",
         outdoor,
     ) == [("1",)]
+
+
+def test_bad_dimension_is_reported_and_the_rest_written(wp_network: Any) -> None:
+    """Issue 10 "bad values": a negative or non-numeric weight/dimension is a Problem with blog,
+    post, SKU and field; that field is left alone, the member's other fields are written."""
+    net = wp_network
+    group = ShippingGroup(clock=_clock)
+    target = _target(net, MUG_1, "MUG")
+    with net.engine.begin() as conn:
+        current = group.read(conn, target.blog, [MUG_1])[MUG_1]
+        problems = group.write(
+            conn, target, current, {**current, "_weight": "-1", "_width": "abc", "_length": "10"}
+        )
+    assert [(p.blog_id, p.post_id, p.sku, p.field, p.reason) for p in problems] == [
+        (1, MUG_1, "MUG", "_weight", "'-1' is negative"),
+        (1, MUG_1, "MUG", "_width", "'abc' is not a number"),
+    ]
+    assert _rows(
+        net,
+        "SELECT meta_key, meta_value FROM wp_postmeta WHERE post_id = %s AND meta_key IN ('_weight', '_width', '_length')",
+        MUG_1,
+    ) == [("_length", "10")]
