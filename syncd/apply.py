@@ -46,6 +46,7 @@ from syncd.network import Blog
 from syncd.plan import (
     FAN_OUT_NOTE,
     MEMBERSHIP_KEYS,
+    SKU,
     STOCK,
     Change,
     JoinPlan,
@@ -147,7 +148,9 @@ class Applier:
             settle.batch_records(changes, scope.joining, scope.frozen, plan.settle_deltas, scope.groups)
         )
         result.settling.extend(_heal_superseded(changes, superseded))
-        self.writer.skip_unreachable(plan.applied, scope.groups, scope.blogs, unreadable, result)
+        self.writer.skip_unreachable(
+            plan.applied, scope.groups, scope.blogs, unreadable, result, plan.renamed
+        )
         touched, written = self._write(conn, changes, plan, rows, scope.blogs, result)
         record.advance_registers(conn, self.base, plan.applied, plan.writes, scope.groups)
         result.history.extend(_origin_history(plan))
@@ -221,7 +224,7 @@ class Applier:
         copies expected (syncd.fanout) and the SKU-rename conflicts; records the fan-outs."""
         sharing_origins = [c.key for c in changes if c.meta_key == STOCK and c.key in scope.translations]
         expected = fanout.expected(conn, self.base, sharing_origins) if sharing_origins else []
-        late_bases = record.late_set_bases(conn, self.base, changes, superseded) if superseded else None
+        late = record.late_sets(conn, self.base, changes, superseded, scope.groups) if superseded else None
         plan = plan_batch(
             changes,
             scope.groups,
@@ -233,7 +236,7 @@ class Applier:
             settling=scope.frozen,
             expected_copies=expected,
             superseded=superseded,
-            late_set_bases=late_bases,
+            late_sets=late,
         )
         fanout.record(conn, self.base, plan.copies_expected, plan.copies_met)
         return plan
@@ -354,7 +357,14 @@ class Applier:
         linked = [m for m in group if m.state == "linked" and m.key != key and m.key not in frozen]
         authority = min((m for m in linked if m.blog_id != key[0]), key=lambda m: m.key, default=None)
         delta = current.stock_delta if current.kind == settle.JOIN else Decimal(0)
-        joined = plan_join(me, authority, {k: r.facts() for k, r in rows.items()}, linked, delta)
+        joined = plan_join(
+            me,
+            authority,
+            {k: r.facts() for k, r in rows.items()},
+            linked,
+            delta,
+            carry_sku=current.kind == settle.HEAL and self.propagate_sku_renames,
+        )
         return self._write_join(conn, current, me, authority, joined, rows, blogs, batch_id)
 
     def _write_join(
@@ -380,6 +390,8 @@ class Applier:
             if not self.writer.member(conn, joined.joiner, rows[key], {0: sale}, result):
                 settle.postpone(conn, self.base, item, result.history[-1].note or "not writable yet")
                 return "postponed"
+            if joined.joiner.new_sku is not None:
+                self._carry_sku(conn, me, joined.joiner, rows[key], blogs[key[0]], sale, result)
             written.setdefault(key[0], set()).add(key[1])
         bulk = self.writer.stock_deltas(conn, joined.others, rows)
         for w in joined.others:
@@ -415,6 +427,48 @@ class Applier:
             rule="takes the stock and settings of the group's linked member with the lowest blog id",
         )
         return "joined" if item.kind == settle.JOIN else "healed"
+
+    def _carry_sku(
+        self,
+        conn: sa.Connection,
+        me: Member,
+        w: MemberWrite,
+        rows: ProductRows,
+        blog: Blog,
+        origin: Change,
+        result: BatchResult,
+    ) -> None:
+        """A healed member takes the SKU rename it missed (carried while its blog was archived),
+        unless its blog already has a product with that SKU; it keeps its group."""
+        assert w.new_sku is not None
+        clash = catalog.sku_conflict(
+            conn, self.base, blog, w.post_id, w.new_sku, me.lang, per_language=blog.polylang_wc
+        )
+        if clash is not None:
+            log.warning(
+                "sku_not_carried",
+                blog=w.blog_id,
+                post=w.post_id,
+                sku=me.sku,
+                new_sku=w.new_sku,
+                clash=int(clash),
+            )
+            return
+        old = rows.value(SKU)
+        if not self.writer.set_meta(conn, blog, w.post_id, rows, SKU, w.new_sku):
+            return
+        note = "healed: a SKU rename it missed"
+        result.history.append(
+            HistoryRow(origin, "copy", w.blog_id, w.post_id, w.new_sku, SKU, old, w.new_sku, None, note)
+        )
+        guarded(
+            blog.blog_id,
+            lambda: catalog.refresh_members(
+                conn, self.base, blog, [w.post_id], settings=self.resolver.settings(blog.blog_id)
+            ),
+            savepoint=conn,
+        )
+        log.info("sku_renamed", blog=w.blog_id, post=w.post_id, old_sku=old, sku=w.new_sku, rule=note)
 
     def lock(self, conn: sa.Connection, jobs: Sequence[tuple[Blog, Sequence[int]]]) -> dict[Key, ProductRows]:
         """The lock step (:func:`syncd.lock.lock_and_read`) of this transaction; the posts rows it

@@ -40,13 +40,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 import structlog
 
-from syncd import capture, catalog, fanout, queue, schema, settle
+from syncd import capture, catalog, fanout, queue, record, schema, settle
 from syncd import signals as early_signals
 from syncd.apply import Applier, BatchConflict, BatchExtend, BatchResult
 from syncd.config import Config, ConfigError, load_config
@@ -723,7 +723,13 @@ class Daemon:
     def prune_history(self) -> int:
         assert self._admin_engine is not None
         total = 0
+        horizon = datetime.now(UTC) - timedelta(days=self.config.history.retention_days)
         with self._admin_engine.connect() as conn:
+            # Before deleting: syncd.record.late_sets must know history may no longer be whole.
+            schema.set_meta(
+                conn, self.base, record.HISTORY_PRUNED_BEFORE, horizon.strftime("%Y-%m-%d %H:%M:%S.%f")
+            )
+            conn.commit()
             while self._may_work():
                 n = conn.execute(
                     sa.text(

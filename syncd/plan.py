@@ -193,7 +193,7 @@ def plan_batch(
     settling: Collection[Key] = (),
     expected_copies: Sequence[CopyExpected] = (),
     superseded: Mapping[int, int] | None = None,
-    late_set_bases: Mapping[int, str | None] | None = None,
+    late_sets: Mapping[int, Decimal] | None = None,
 ) -> Plan:
     """Compute the writes of one batch.
 
@@ -231,15 +231,15 @@ def plan_batch(
     ``superseded`` maps a register change to a newer change of its group (captured later) that an
     earlier batch already applied (``{base}syncd_register``): it is not propagated, so that the
     last captured value wins across batches too (a held blog's change, a retried dead letter).
-    A superseded ``_stock`` insert (an importer's absolute set) with a known previous value of its
-    product (``late_set_bases``: the value the importer's delete removed) is sent as the delta it
-    made, so that the sales applied after it are kept; without one it is superseded like a register.
+    A superseded ``_stock`` insert (an importer's absolute set) with an entry in ``late_sets`` (the
+    sum of the group's stock deltas captured after it and already applied) sets its value plus
+    that sum, so those sales are kept; without one it is superseded like a register.
     """
     live = set(live_blogs)
     translations = translations or {}
     sku_conflicts = sku_conflicts or {}
     superseded = superseded or {}
-    late_set_bases = late_set_bases or {}
+    late_sets = late_sets or {}
     joins = set(settling)
     settle_deltas: dict[Key, Decimal] = {}
     ordered = sorted(changes, key=lambda c: c.id)
@@ -310,7 +310,7 @@ def plan_batch(
             note(c, sku, f"origin is {state}", level)
             continue
         if c.id in superseded:
-            late = _late_set_delta(c, late_set_bases.get(c.id))
+            late = _late_set_value(c, late_sets.get(c.id))
             if late is None:
                 note(
                     c,
@@ -319,11 +319,14 @@ def plan_batch(
                     "warning",
                 )
                 continue
-            # An importer's absolute set that arrives after later sales were applied: what it
-            # changed on its own product (new - the value its delete removed) goes to the others
-            # as a delta, on top of those sales, which a set would overwrite.
-            note(c, sku, f"late absolute set (change {superseded[c.id]} applied first): sent as its delta")
-            stock_events.append((c, late, False))
+            # An importer's absolute set that arrives after later sales were applied: its value
+            # plus those sales, which the set alone would overwrite.
+            note(
+                c,
+                sku,
+                f"late absolute set (change {superseded[c.id]} applied first): plus the sales after it",
+            )
+            stock_events.append((c, late, True))
             continue
         if c.meta_key == STOCK:
             if c.op == "D":
@@ -574,6 +577,7 @@ def plan_join(
     others: Sequence[Member],
     own_delta: Decimal = Decimal(0),
     change_id: int = 0,
+    carry_sku: bool = False,
 ) -> JoinPlan:
     """A product that has settled joins its group (pure).
 
@@ -582,6 +586,10 @@ def plan_join(
     own values), plus the sum of its own sales since it was created (``own_delta``), which the
     other linked members (``others``) receive too: a sale on a product that has not joined yet is
     neither lost nor counted twice.
+
+    ``carry_sku`` (a heal, with SKU renames propagated): a SKU-matched member whose SKU differs
+    from the authority's missed a rename carried while it could not be written (its blog was
+    archived): it takes the authority's SKU too (``MemberWrite.new_sku``).
     """
     key = joiner.key
     jf = facts.get(key, Facts(exists=False))
@@ -630,7 +638,10 @@ def plan_join(
             f"joined its group: takes stock and settings of blog {authority.blog_id} post {authority.post_id}",
         )
     )
-    joined = w if (w.stock is not None or w.registers) else None
+    if carry_sku and joiner.kind == "sku" and authority.kind == "sku" and authority.sku.strip():
+        if authority.sku.strip().casefold() != joiner.sku.strip().casefold():  # not a mere case variant
+            w.new_sku = authority.sku
+    joined = w if (w.stock is not None or w.registers or w.new_sku is not None) else None
     return JoinPlan(joined, others_writes, notes)
 
 
@@ -766,13 +777,13 @@ def format_quantity(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
-def _late_set_delta(c: Change, base: str | None) -> Decimal | None:
-    """The delta a late absolute ``_stock`` set made on its own product (None: not a stock set,
-    or no usable previous value)."""
-    if c.meta_key != STOCK or c.op != "I":
+def _late_set_value(c: Change, later: Decimal | None) -> Decimal | None:
+    """A late absolute ``_stock`` set's value plus the deltas applied after it (None: not a
+    stock set, unknown sum, or a value that is not a quantity)."""
+    if c.meta_key != STOCK or c.op != "I" or later is None:
         return None
     try:
-        old, new = parse_quantity(base), parse_quantity(c.new_value)
+        new = parse_quantity(c.new_value)
     except StockValueError:
         return None
-    return None if old is None or new is None else new - old
+    return None if new is None else new + later

@@ -13,8 +13,20 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from syncd.db import table
-from syncd.plan import BACKORDERS, LOW_STOCK, MANAGE, STATUS, STOCK, Change, Key, Member, MemberWrite, Note
+from syncd.db import keys_where, table
+from syncd.plan import (
+    BACKORDERS,
+    FAN_OUT_NOTE,
+    LOW_STOCK,
+    MANAGE,
+    STATUS,
+    STOCK,
+    Change,
+    Key,
+    Member,
+    MemberWrite,
+    Note,
+)
 
 
 @dataclass
@@ -84,6 +96,10 @@ def write_history(
 
 def _clip(v: str | None) -> str | None:
     return None if v is None else v[:255]
+
+
+#: syncd_meta: the newest ``applied_at`` history pruning may have removed rows before (UTC).
+HISTORY_PRUNED_BEFORE = "history_pruned_before"
 
 
 # -- registers: last captured wins across batches ({base}syncd_register) -----------------------
@@ -165,27 +181,34 @@ def advance_registers(
     )
 
 
-def late_set_bases(
-    conn: sa.Connection, base_prefix: str, changes: Sequence[Change], superseded: Mapping[int, int]
-) -> dict[int, str | None]:
-    """For each superseded ``_stock`` insert (an importer's absolute set arriving late): the value
-    the importer's delete of that row removed just before, from this batch or, when the delete
-    was applied in an earlier batch, from its ``origin`` history row (searched backwards from the
-    insert's id on the ``change_id`` index, within 100,000 ids: the delete is right before it)."""
-    out: dict[int, str | None] = {}
+def late_sets(
+    conn: sa.Connection,
+    base_prefix: str,
+    changes: Sequence[Change],
+    superseded: Mapping[int, int],
+    groups: Mapping[Key, Sequence[Member]],
+) -> dict[int, Decimal]:
+    """For each superseded ``_stock`` insert (an importer's absolute set arriving late, e.g. from a
+    held blog): the sum of the stock deltas of its group captured after it and already applied,
+    read from their ``origin`` history rows (a translation fan-out's absorbed rows aside), so that
+    the set's value plus that sum is what capture order gives. Left out (superseded like a
+    register) when an absolute set of the group was applied after it, or when history no longer
+    reaches back to its capture (rows applied before ``history_pruned_before`` are gone)."""
+    out: dict[int, Decimal] = {}
+    hist, meta = table(base_prefix, "syncd_history"), table(base_prefix, "syncd_meta")
     for c in changes:
         if c.id not in superseded or c.meta_key != STOCK or c.op != "I":
             continue
-        deletes = [
-            d for d in changes if d.key == c.key and d.meta_key == STOCK and d.op == "D" and d.id < c.id
-        ]
-        if deletes:
-            out[c.id] = max(deletes, key=lambda d: d.id).old_value
-            continue
-        out[c.id] = conn.exec_driver_sql(
-            f"SELECT old_value FROM {table(base_prefix, 'syncd_history')} WHERE change_id < %s AND change_id > %s "
-            "AND role = 'origin' AND meta_key = %s AND blog_id = %s AND post_id = %s AND new_value IS NULL "
-            "ORDER BY change_id DESC LIMIT 1",
-            (c.id, c.id - 100_000, STOCK, c.blog_id, c.post_id),
-        ).scalar()
+        members = sorted({m.key for m in groups.get(c.key, ()) if m.state == "linked"} | {c.key})
+        where, params = keys_where(members)
+        total, sets, reaches = conn.exec_driver_sql(
+            f"SELECT SUM(delta), SUM(delta IS NULL AND new_value IS NOT NULL), "
+            f"COALESCE((SELECT CAST(value AS DATETIME(6)) FROM {meta} WHERE name = %s) <= %s, TRUE) "
+            f"FROM {hist} WHERE change_id > %s "
+            "AND role = 'origin' AND meta_key = %s AND (note IS NULL OR note NOT LIKE %s) "
+            f"AND ({where})",
+            (HISTORY_PRUNED_BEFORE, c.captured_at, c.id, STOCK, FAN_OUT_NOTE + "%", *params),
+        ).one()
+        if reaches and not sets:
+            out[c.id] = Decimal(total or 0)
     return out

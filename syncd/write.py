@@ -136,13 +136,16 @@ class MemberWriter:
         blogs: Mapping[int, Blog],
         unreadable: Mapping[int, str],
         result: BatchResult,
+        renamed: Sequence[Change] = (),
     ) -> None:
         """Linked members on a blog that is deleted, archived, spam, unusable or unreadable now are
         not written (the planner leaves them out); log and record each, with blog, post and SKU,
-        and queue each to be healed (syncd.settle) once its blog is usable again."""
+        and queue each to be healed (syncd.settle) once its blog is usable again (a carried SKU
+        rename, ``renamed``, included: the heal gives it the group's SKU)."""
         missed: dict[Key, tuple[Member, list[Change]]] = {}
+        carried = {c.id for c in renamed}
         for c in applied:
-            if c.meta_key in MEMBERSHIP_KEYS:
+            if c.meta_key in MEMBERSHIP_KEYS and c.id not in carried:
                 continue
             for m in groups.get(c.key, ()):
                 if m.key != c.key and m.state == "linked" and m.blog_id not in blogs:

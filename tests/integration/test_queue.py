@@ -468,3 +468,30 @@ def test_path5_held_import_set_keeps_the_sales_applied_before_it(wp_network):
         assert pending(net) == 0 and dead(net) == []
     finally:
         d.close()
+
+
+def test_path5_sku_rename_carried_while_a_blog_is_archived_reaches_it_when_back(wp_network):
+    """A rename carried to the group while blog 2 is archived skips blog 2's member (not live);
+    once blog 2 is back, the member's heal gives it the group's SKU too, so the three stay one
+    group under one SKU (found by the storm with an archive step: blog 2 kept the old SKU)."""
+    net = wp_network
+    ids = members(net, "MUG")
+    d = make_daemon(net)
+    blogs_t = f"{net.prefix}blogs"
+    try:
+        d.apply_pending()
+        with net.engine.connect() as c:
+            c.exec_driver_sql(f"UPDATE {blogs_t} SET archived = 1 WHERE blog_id = 2")
+            c.commit()
+        set_meta(net, 1, ids[1], "_sku", "MUG-R1")
+        assert d.apply_pending() == 1
+        assert [meta(net, b, ids[b], "_sku") for b in (1, 2, 3)] == ["MUG-R1", "MUG", "MUG-R1"]
+        with net.engine.connect() as c:
+            c.exec_driver_sql(f"UPDATE {blogs_t} SET archived = 0 WHERE blog_id = 2")
+            c.commit()
+        d.discover()
+        d.apply_pending()
+        assert [meta(net, b, ids[b], "_sku") for b in (1, 2, 3)] == ["MUG-R1"] * 3
+        assert members(net, "MUG-R1") == ids
+    finally:
+        d.close()

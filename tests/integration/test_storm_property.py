@@ -3,7 +3,8 @@
 Random sequences of what shops do - relative sales, absolute admin sets, register changes, a
 product created on one blog after another (joins), an importer's delete + re-add of ``_stock``,
 Polylang for WooCommerce's fan-out sales and per-translation copies on blogs whose translations
-share stock, SKU renames carried to the group - interleaved with the daemon applying batches of random sizes and being killed at
+share stock, SKU renames carried to the group, a blog archived and back (its changes held meanwhile,
+then applied after newer ones of the other blogs) - interleaved with the daemon applying batches of random sizes and being killed at
 random steps (the transaction dies with the process: nothing of it is committed). After
 quiescence: every group equal; the quantity equals the model (start + every captured delta, the
 importer's absolute value where it set one); each register holds its last captured value; no
@@ -48,6 +49,7 @@ ops = st.one_of(
     st.tuples(st.just("rename"), st.sampled_from(SKUS), blog),
     st.tuples(st.just("apply"), st.sampled_from([None, *KILL_STEPS]), st.integers(1, 3)),
     st.tuples(st.just("settle"), st.sampled_from([None, "settle_lock"])),
+    st.tuples(st.just("archive"), st.integers(2, 3)),
 )
 
 
@@ -73,6 +75,7 @@ class Shop:
             names={s: s for s in SKUS},
         )
         self.renames = 0
+        self.archived: set[int] = set()
 
     def sql(self, statement: str, conn: Any = None) -> None:
         if conn is not None:
@@ -82,6 +85,15 @@ class Shop:
         with self.net.engine.connect() as c:
             c.exec_driver_sql(statement)
             c.commit()
+
+    def archive(self, d: Any, b: int) -> None:
+        """The network admin archives blog ``b`` (its own admin and imports still write), or brings
+        it back; discovery then releases its held changes."""
+        back = b in self.archived
+        self.sql(f"UPDATE {self.net.prefix}blogs SET archived = {0 if back else 1} WHERE blog_id = {b}")
+        self.archived ^= {b}
+        if back:
+            d.discover()
 
     def pm(self, b: int) -> str:
         return self.net.table(b, "postmeta")
@@ -157,6 +169,8 @@ def run_storm(net: Any, steps: list[tuple[Any, ...]], batch_size: int, mode: str
             elif name == "settle":
                 settled_now(net)
                 crash_at(d, args[0], 1)
+            elif name == "archive":
+                shop.archive(d, *args)
             else:
                 getattr(shop, name)(*args)
                 if mode == "poll":
@@ -164,6 +178,8 @@ def run_storm(net: Any, steps: list[tuple[Any, ...]], batch_size: int, mode: str
                     # net difference, their order across rows unknown: README, Capture modes).
                     d.poll()
         d.step_hook = None
+        for b in sorted(shop.archived):
+            shop.archive(d, b)
         for _ in range(2):
             if mode == "poll":
                 d.poll()
