@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import structlog
 
 from syncd.testnet.harness import Network, NetworkFactory, acquire_server
 
@@ -35,6 +36,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="where the test server comes from (default: env SYNCD_TEST_BACKEND, else auto)",
     )
+
+
+@pytest.fixture(autouse=True)
+def _structlog_config_restored() -> Iterator[None]:
+    """A test that runs a command's main() configures logging for the process (e.g. level
+    'warning' from its config file); the next test's capture_logs would then miss info events.
+    Every test starts from the configuration the one before it found."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="session")
