@@ -319,9 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
         "syncd sync TSHIRT-RED MUG",
         "For each SKU (compared as WooCommerce compares SKUs), write its group authority's quantity and\n"
         "settings to every member that differs, and refresh every member's derived data. Nothing is\n"
-        "written when an argument is unknown, ambiguous or excluded (exit status 16).",
+        "written when an argument is unknown, ambiguous or excluded (exit status 16).\n"
+        "With --fields GROUP[,GROUP]: copy those product data groups (tax, identity, purchase, ...;\n"
+        "README 'Product data beyond stock') from each link group's authority ([fields.schedule]\n"
+        "authority) to the members that differ, for the SKUs named or --all; exit status 4 when\n"
+        "values were written (or would be, --dry-run), 32 when fields were left alone.",
     )
-    p.add_argument("skus", nargs="+", metavar="SKU", help="SKUs to push")
+    p.add_argument("skus", nargs="*", metavar="SKU", help="SKUs to push")
+    p.add_argument(
+        "--fields",
+        metavar="GROUP[,GROUP]",
+        help="sync these field groups instead of stock (e.g. tax,identity)",
+    )
+    p.add_argument("--all", action="store_true", help="with --fields: every link group")
     p.add_argument("--lang", metavar="LANG", help="the language, when a SKU exists in several (Polylang)")
     p.add_argument(
         "--dry-run",
@@ -486,7 +496,16 @@ def cmd_reconcile(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_sync(args: argparse.Namespace, config: Config) -> int:
-    return _call("syncd.reconcile", "sync_main", config, args)
+    fields = getattr(args, "fields", None)
+    if fields is None:
+        if getattr(args, "all", False) or not args.skus:
+            print("syncd sync: give one or more SKUs (--all needs --fields)", file=sys.stderr)
+            return EXIT_USAGE
+        return _call("syncd.reconcile", "sync_main", config, args)
+    if bool(args.skus) == bool(getattr(args, "all", False)):
+        print("syncd sync: with --fields, give SKUs or --all (not both)", file=sys.stderr)
+        return EXIT_USAGE
+    return _call("syncd.fields.manual", "main", config, args)
 
 
 def cmd_set_stock(args: argparse.Namespace, config: Config) -> int:

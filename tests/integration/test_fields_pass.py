@@ -1,0 +1,226 @@
+"""The field pass through ``syncd sync --fields`` (manual mode, real server): the tax, identity and
+purchase groups copied from the authority to the other members with their derived rows (lookup
+columns, post_modified), history with ``field_group``, --dry-run, --json, bad values, the
+authority setting, ``[fields.blogs]``, and captured changes left to the realtime path."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from tests.integration.sync_helpers import ids, meta
+from tests.integration.test_audit_reconcile import drift_sql, installed
+from tests.integration.test_operator_tools import _restore_logging, run  # noqa: F401 - fixture
+
+MUG = "MUG"
+
+
+def put_meta(net: Any, blog_id: int, post_id: int, key: str, value: str) -> None:
+    """Set a meta value as a shop does (update, or insert when the product has no row)."""
+    if meta(net, blog_id, post_id, key) is not None:
+        drift_sql(net, blog_id, post_id, key, value)
+        return
+    with net.engine.connect() as c:
+        c.exec_driver_sql(
+            f"INSERT INTO {net.table(blog_id, 'postmeta')} (post_id, meta_key, meta_value) VALUES (%s, %s, %s)",
+            (post_id, key, value),
+        )
+        c.commit()
+
+
+def newest(net: Any, blog_id: int, post_id: int) -> None:
+    """Make this member the most recently modified one (authority "newest")."""
+    with net.engine.connect() as c:
+        c.exec_driver_sql(
+            f"UPDATE {net.table(blog_id, 'posts')} SET post_modified_gmt = '2030-01-01 00:00:00' WHERE ID = %s",
+            (post_id,),
+        )
+        c.commit()
+
+
+def lookup(net: Any, blog_id: int, post_id: int, column: str) -> Any:
+    with net.engine.connect() as c:
+        return c.exec_driver_sql(
+            f"SELECT `{column}` FROM {net.table(blog_id, 'wc_product_meta_lookup')} WHERE product_id = %s",
+            (post_id,),
+        ).scalar()
+
+
+def history(net: Any, group: str | None = None) -> list[tuple[Any, ...]]:
+    with net.engine.connect() as c:
+        return c.execute(
+            sa.text(
+                f"SELECT role, field_group, blog_id, post_id, meta_key, old_value, new_value, origin_blog_id "
+                f"FROM {net.prefix}syncd_history WHERE field_group IS NOT NULL "
+                + ("AND field_group = :g " if group else "")
+                + "ORDER BY id"
+            ),
+            {"g": group},
+        ).all()
+
+
+@pytest.fixture
+def mug(wp_network: Any) -> tuple[Any, dict[int, int]]:
+    installed(wp_network)
+    where = ids(wp_network, MUG)
+    assert len(where) >= 2
+    return wp_network, where
+
+
+def test_manual_tax_sync_writes_meta_lookup_post_modified_and_history(mug, tmp_path, capsys) -> None:
+    net, where = mug
+    src = min(where)
+    drift_sql(net, src, where[src], "_tax_status", "shipping")
+    newest(net, src, where[src])
+    code, out, err = run(net, tmp_path, capsys, "sync", "--fields", "tax", MUG, "--json")
+    assert code == 4, err
+    doc = json.loads(out)
+    others = sorted(b for b in where if b != src)
+    assert {(w["blog"], w["field"], w["old"], w["new"]) for w in doc["written"]} == {
+        (b, "_tax_status", "taxable", "shipping") for b in others
+    }
+    for b in others:
+        assert meta(net, b, where[b], "_tax_status") == "shipping"
+        assert lookup(net, b, where[b], "tax_status") == "shipping"
+        with net.engine.connect() as c:
+            gmt = c.exec_driver_sql(
+                f"SELECT post_modified_gmt FROM {net.table(b, 'posts')} WHERE ID = %s", (where[b],)
+            ).scalar()
+        assert gmt.year >= 2026  # a save: post_modified moved to now
+    rows = history(net, "tax")
+    assert {(r[0], r[2], r[4], r[5], r[6], r[7]) for r in rows} == {
+        ("field", b, "_tax_status", "taxable", "shipping", src) for b in others
+    }
+    # Nothing differs any more: a second run writes nothing and says so.
+    code, out, _ = run(net, tmp_path, capsys, "sync", "--fields", "tax", MUG, "--json")
+    assert code == 0 and json.loads(out)["written"] == []
+
+
+def test_dry_run_writes_nothing_and_json_shape(mug, tmp_path, capsys) -> None:
+    net, where = mug
+    src = max(where)
+    drift_sql(net, src, where[src], "_virtual", "yes")
+    newest(net, src, where[src])
+    code, out, _ = run(net, tmp_path, capsys, "sync", "--fields", "purchase", "--all", "--dry-run", "--json")
+    doc = json.loads(out)
+    assert code == 4 and doc["exit_status"] == 4 and doc["dry_run"] is True
+    assert set(doc) >= {
+        "groups",
+        "authority",
+        "dry_run",
+        "link_groups",
+        "counts",
+        "written",
+        "problems",
+        "skipped",
+    }
+    assert doc["groups"] == ["purchase"] and doc["authority"] == "newest"
+    w = next(w for w in doc["written"] if w["sku"] == MUG)
+    assert set(w) == {"group", "link_group", "blog", "post", "sku", "field", "old", "new", "authority"}
+    assert (w["field"], w["old"], w["new"]) == ("_virtual", "no", "yes")
+    for b in where:
+        if b != src:
+            assert meta(net, b, where[b], "_virtual") == "no"
+            assert lookup(net, b, where[b], "virtual") == 0
+    assert history(net) == []
+
+
+def test_identity_and_purchase_insert_update_and_delete_as_woocommerce(mug, tmp_path, capsys) -> None:
+    net, where = mug
+    src, dst = sorted(where)[:2]
+    # The target has a purchase note the authority does not: '' is deleted, never stored.
+    put_meta(net, dst, where[dst], "_purchase_note", "old note")
+    for key, value in (
+        ("_global_unique_id", "4006381333931"),
+        ("_downloadable", "yes"),
+        ("_sold_individually", "yes"),
+    ):
+        put_meta(net, src, where[src], key, value)
+    newest(net, src, where[src])
+    code, out, err = run(net, tmp_path, capsys, "sync", "--fields", "identity,purchase", MUG)
+    assert code == 4, err
+    assert meta(net, dst, where[dst], "_global_unique_id") == "4006381333931"
+    assert lookup(net, dst, where[dst], "global_unique_id") == "4006381333931"
+    assert (
+        meta(net, dst, where[dst], "_downloadable") == "yes"
+        and lookup(net, dst, where[dst], "downloadable") == 1
+    )
+    assert meta(net, dst, where[dst], "_sold_individually") == "yes"
+    assert meta(net, dst, where[dst], "_purchase_note") is None
+    assert {r[1] for r in history(net)} == {"identity", "purchase"}
+
+
+def test_bad_authority_value_and_missing_tax_class_are_left_alone(mug, tmp_path, capsys) -> None:
+    net, where = mug
+    src = min(where)
+    drift_sql(net, src, where[src], "_tax_status", "bogus")
+    newest(net, src, where[src])
+    code, out, _ = run(net, tmp_path, capsys, "sync", "--fields", "tax", MUG, "--json")
+    doc = json.loads(out)
+    assert code == 32 and doc["written"] == []
+    assert doc["problems"][0]["field"] == "_tax_status" and "bogus" in doc["problems"][0]["reason"]
+    # A tax class only the authority's blog has: that member is left alone with the reason.
+    drift_sql(net, src, where[src], "_tax_status", "taxable")
+    drift_sql(net, src, where[src], "_tax_class", "reduced-rate")
+    others = sorted(b for b in where if b != src)
+    with net.engine.connect() as c:
+        c.exec_driver_sql(
+            f"INSERT INTO {net.table(others[0], 'wc_tax_rate_classes')} (name, slug) VALUES ('Reduced rate', 'reduced-rate')"
+        )
+        c.commit()
+    code, out, _ = run(net, tmp_path, capsys, "sync", "--fields", "tax", MUG, "--json")
+    doc = json.loads(out)
+    assert code == 4 | 32
+    assert [(w["blog"], w["new"]) for w in doc["written"]] == [(others[0], "reduced-rate")]
+    assert [(p["blog"], p["field"]) for p in doc["problems"]] == [(b, "_tax_class") for b in others[1:]]
+    assert "does not exist" in doc["problems"][0]["reason"]
+    assert meta(net, others[0], where[others[0]], "_tax_class") == "reduced-rate"
+    for b in others[1:]:
+        assert meta(net, b, where[b], "_tax_class") == ""
+    assert {r[0] for r in history(net)} == {"field", "skipped"}
+
+
+def test_authority_blog_and_fields_blogs(mug, tmp_path, capsys) -> None:
+    net, where = mug
+    blogs = sorted(where)
+    assert len(blogs) == 3
+    drift_sql(net, blogs[2], where[blogs[2]], "_tax_status", "none")
+    newest(net, blogs[0], where[blogs[0]])  # newest, but the configured authority wins
+    extra = f'[fields]\ntax = "manual"\n[fields.schedule]\nauthority = "{blogs[2]}"\n[fields.blogs]\ntax = [{blogs[1]}, {blogs[2]}]\n'
+    code, out, _ = run(net, tmp_path, capsys, "sync", "--fields", "tax", MUG, "--json", extra=extra)
+    doc = json.loads(out)
+    assert code == 4 and doc["authority"] == str(blogs[2])
+    assert [(w["blog"], w["new"]) for w in doc["written"]] == [(blogs[1], "none")]
+    assert meta(net, blogs[0], where[blogs[0]], "_tax_status") == "taxable"  # not taking part
+
+
+def test_captured_changes_are_left_to_the_realtime_path(mug, tmp_path, capsys) -> None:
+    net, where = mug
+    src, dst = sorted(where)[:2]
+    drift_sql(net, src, where[src], "_tax_status", "none")
+    newest(net, src, where[src])
+    with net.engine.connect() as c:
+        c.exec_driver_sql(
+            f"INSERT INTO {net.prefix}syncd_change (blog_id, post_id, meta_key, op, old_value, new_value, captured_at) "
+            "VALUES (%s, %s, '_tax_status', 'U', 'taxable', 'shipping', NOW(6))",
+            (dst, where[dst]),
+        )
+        c.commit()
+    code, out, _ = run(net, tmp_path, capsys, "sync", "--fields", "tax,purchase", MUG, "--json")
+    doc = json.loads(out)
+    assert doc["written"] == [] and code == 32
+    assert [(s["group"], s["sku"]) for s in doc["skipped"]] == [("tax", MUG)]
+    assert "realtime" in doc["skipped"][0]["reason"]
+
+
+def test_bad_arguments(mug, tmp_path, capsys) -> None:
+    net, _ = mug
+    assert run(net, tmp_path, capsys, "sync", "--fields", "colour", MUG)[0] == 16
+    assert run(net, tmp_path, capsys, "sync", "--fields", "tax", "NO-SUCH-SKU")[0] == 16
+    assert run(net, tmp_path, capsys, "sync", "--fields", "tax")[0] == 2
+    assert run(net, tmp_path, capsys, "sync", "--fields", "tax", MUG, "--all")[0] == 2
+    assert run(net, tmp_path, capsys, "sync", "--all")[0] == 2
+    assert history(net) == []
