@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from syncd.db import table, validate_prefix
 from syncd.sqlfiles import schema_text, split_statements
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 OWN_TABLES = (
     "syncd_change",
     "syncd_dead",
@@ -25,6 +25,7 @@ OWN_TABLES = (
     "syncd_meta",
     "syncd_settle",
     "syncd_fanout",
+    "syncd_register",
     "syncd_user",
     "syncd_token",
     "syncd_source",
@@ -104,7 +105,7 @@ def _add_history_source(conn: sa.Connection, base_prefix: str) -> None:
 
 
 def _add_history_field_group(conn: sa.Connection, base_prefix: str) -> None:
-    """Schema 5 added history's ``field_group`` (issue 10: NULL = stock, else the field group whose
+    """Schema 6 added history's ``field_group`` (issue 10: NULL = stock, else the field group whose
     field ``meta_key`` names): added in place, once."""
     _ensure_column(
         conn, base_prefix, "syncd_history", "field_group", "ADD COLUMN `field_group` VARCHAR(16) NULL"
