@@ -480,6 +480,7 @@ class Daemon:
                     )
                 self._record_start(conn)
             self.discover(initial=True)
+            self._check_fields()
             if self.capture_mode == "poll":
                 # Take the poll baselines before READY: a change made after READY must be seen,
                 # and a first poll only records the baseline.
@@ -825,9 +826,59 @@ class Daemon:
         sched.add_job(guarded("members_refresh_failed", self.refresh_all_members), "interval", minutes=10)
         sched.add_job(guarded("history_prune_failed", self.prune_history), "interval", hours=1)
         sched.add_job(guarded("heartbeat_failed", self.heartbeat), "interval", seconds=5)
+        self._schedule_fields(sched)
         sched.start()
         self._scheduler = sched
         guarded("heartbeat_failed", self.heartbeat)()
+
+    # -- product data beyond stock (issue 10) -------------------------------------------------
+
+    def _check_fields(self) -> None:
+        """Refuse ``[fields]`` that cannot work on this network (exit 78: a restart will not help)."""
+        from syncd.fields.checks import fields_problems
+
+        problems = fields_problems(self.config, self.blogs())
+        if problems:
+            raise StartupRefused("; ".join(problems))
+
+    def _schedule_fields(self, sched: Any) -> None:
+        """One cron job per scheduled field group (``[fields.schedule] cron``), leader-only."""
+        from apscheduler.triggers.cron import CronTrigger
+
+        for name in self.config.fields.groups_in("scheduled"):
+
+            def job(name: str = name) -> None:
+                try:
+                    self.run_field_pass([name])
+                except Exception as exc:  # noqa: BLE001 - periodic work must never kill the daemon
+                    self._note_error("fields_pass_failed", exc, group=name)
+
+            trigger = CronTrigger.from_crontab(self.config.fields.schedule_cron, timezone="UTC")
+            sched.add_job(job, trigger, id=f"fields:{name}")
+
+    def run_field_pass(self, names: Sequence[str]) -> Any:
+        """The scheduled pass of these field groups over every link group (None when not leading)."""
+        from syncd.fields.manual import sync_fields
+        from syncd.fields.registry import groups_in_mode
+
+        if not self.leads():
+            log.info("fields_pass_skipped", groups=",".join(names), reason="not leading")
+            return None
+        groups = {n: g for n, g in groups_in_mode(self.config, "scheduled").items() if n in names}
+        engine = self.config.database.make_engine(apply_marker=True, multi_statements=True, pool_size=1)
+        try:
+            report, _ = sync_fields(self.config, engine, groups)
+        finally:
+            engine.dispose()
+        log.info(
+            "fields_pass_done",
+            groups=",".join(names),
+            link_groups=report.link_groups,
+            written=len(report.written),
+            problems=len(report.problems),
+            skipped=len(report.skipped),
+        )
+        return report
 
     # -- the main loop -----------------------------------------------------------------------
 
