@@ -32,6 +32,7 @@ from syncd import __version__, signals
 from syncd import config as config_mod
 from syncd.config import Config, ConfigError
 from syncd.db import errno_of
+from syncd.fields.group import GROUPS as FIELD_GROUPS
 from syncd.log import FORMATS, LEVELS, configure_logging, get_logger
 from syncd.network import NotMultisiteError
 
@@ -384,6 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=_limit, default=200, metavar="N", help="show the newest N rows (default 200; 0: all)"
     )
     p.add_argument("--lang", metavar="LANG", help="the language, when the SKU exists in several (Polylang)")
+    p.add_argument(
+        "--field",
+        metavar="GROUP",
+        choices=("stock", *FIELD_GROUPS),
+        help="only the changes of this field group (tax, price, ...; 'stock' for stock only)",
+    )
     p.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="print the rows as one JSON document"
     )

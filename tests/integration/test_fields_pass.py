@@ -94,6 +94,16 @@ def test_manual_tax_sync_writes_meta_lookup_post_modified_and_history(mug, tmp_p
     assert {(r[0], r[2], r[4], r[5], r[6], r[7]) for r in rows} == {
         ("field", b, "_tax_status", "taxable", "shipping", src) for b in others
     }
+    # syncd history shows them, and --field filters by group ('stock': stock rows only).
+    code, out, _ = run(net, tmp_path, capsys, "history", MUG, "--field", "tax", "--json")
+    entries = json.loads(out)["entries"]
+    assert code == 0 and {(e["field_group"], e["blog"], e["key"], e["role"]) for e in entries} == {
+        ("tax", b, "_tax_status", "field") for b in others
+    }
+    code, out, _ = run(net, tmp_path, capsys, "history", MUG, "--field", "stock", "--json")
+    assert all(e["field_group"] is None for e in json.loads(out)["entries"])
+    code, out, _ = run(net, tmp_path, capsys, "history", MUG)
+    assert "tax:_tax_status" in out
     # Nothing differs any more: a second run writes nothing and says so.
     code, out, _ = run(net, tmp_path, capsys, "sync", "--fields", "tax", MUG, "--json")
     assert code == 0 and json.loads(out)["written"] == []
