@@ -208,6 +208,20 @@ def lock_members(conn: sa.Connection, scope: Scope, members: Sequence[Member]) -
     return out
 
 
+def read_values(
+    conn: sa.Connection, scope: Scope, group: FieldGroup, members: Sequence[Member]
+) -> dict[Key, Values]:
+    """The group's values of these members (``FieldGroup.read``, one call per blog)."""
+    by_blog: dict[int, list[int]] = {}
+    for m in members:
+        by_blog.setdefault(m.blog_id, []).append(m.post_id)
+    out: dict[Key, Values] = {}
+    for b, ids in sorted(by_blog.items()):
+        for pid, vals in group.read(conn, scope.blogs[b], ids).items():
+            out[(b, int(pid))] = vals
+    return out
+
+
 # --------------------------------------------------------------------------- the pass
 class FieldPass:
     """Runs the pass over chunks of link groups (see the module docstring)."""
@@ -304,7 +318,7 @@ class FieldPass:
         history: list[FieldHistoryRow] = []
         for name, group in self.groups.items():
             taking_part = [m for m in members if self.config.fields.takes_part(name, m.blog_id)]
-            values = self._read(conn, group, taking_part)
+            values = read_values(conn, self.scope, group, taking_part)
             for gid, group_members in sorted(by_group.items()):
                 mine = [m for m in group_members if m.key in values]
                 if len(mine) < 2:
@@ -329,16 +343,6 @@ class FieldPass:
             datetime.now(UTC).replace(tzinfo=None),
             self.source,
         )
-
-    def _read(self, conn: sa.Connection, group: FieldGroup, members: Sequence[Member]) -> dict[Key, Values]:
-        by_blog: dict[int, list[int]] = {}
-        for m in members:
-            by_blog.setdefault(m.blog_id, []).append(m.post_id)
-        out: dict[Key, Values] = {}
-        for b, ids in sorted(by_blog.items()):
-            for pid, vals in group.read(conn, self.scope.blogs[b], ids).items():
-                out[(b, int(pid))] = vals
-        return out
 
     def _sync_one(
         self,

@@ -234,3 +234,24 @@ def test_bad_arguments(mug, tmp_path, capsys) -> None:
     assert run(net, tmp_path, capsys, "sync", "--fields", "tax", MUG, "--all")[0] == 2
     assert run(net, tmp_path, capsys, "sync", "--all")[0] == 2
     assert history(net) == []
+
+
+def test_audit_reports_differing_synced_fields(mug, tmp_path, capsys) -> None:
+    net, where = mug
+    src = min(where)
+    drift_sql(net, src, where[src], "_tax_status", "shipping")
+    # tax off: not synced, not reported (the stale lookup row of the direct write is the stock
+    # audit's business: derived data).
+    code, out, _ = run(net, tmp_path, capsys, "audit", "--json")
+    assert json.loads(out)["synced_fields"] == {"count": 0, "differing": []}
+    extra = '[fields]\ntax = "scheduled"\npurchase = "manual"\n'
+    code, out, _ = run(net, tmp_path, capsys, "audit", "--json", extra=extra)
+    doc = json.loads(out)["synced_fields"]
+    assert code & 4 and doc["count"] == 1
+    (entry,) = doc["differing"]
+    assert (entry["group"], entry["sku"], entry["field"]) == ("tax", MUG, "_tax_status")
+    assert {(v["blog"], v["value"]) for v in entry["values"]} == {
+        (b, "shipping" if b == src else "taxable") for b in where
+    }
+    code, out, _ = run(net, tmp_path, capsys, "audit", extra=extra)
+    assert "Synced product fields that differ: 1" in out and "_tax_status" in out
