@@ -31,12 +31,11 @@ def put_meta(net: Any, blog_id: int, post_id: int, key: str, value: str) -> None
         c.commit()
 
 
-def newest(net: Any, blog_id: int, post_id: int) -> None:
+def newest(net: Any, blog_id: int, post_id: int, when: str = "2030-01-01 00:00:00") -> None:
     """Make this member the most recently modified one (authority "newest")."""
     with net.engine.connect() as c:
         c.exec_driver_sql(
-            f"UPDATE {net.table(blog_id, 'posts')} SET post_modified_gmt = '2030-01-01 00:00:00' WHERE ID = %s",
-            (post_id,),
+            f"UPDATE {net.table(blog_id, 'posts')} SET post_modified_gmt = %s WHERE ID = %s", (when, post_id)
         )
         c.commit()
 
