@@ -116,9 +116,10 @@ class MetaGroup:
                 problems.append(Problem(target.blog.blog_id, target.post_id, target.sku, f.key, reason))
             else:
                 writes.append((f, str(want[f.key])))
-        for f, value in writes:
-            _write_meta(conn, target, f, current.get(f.key), value)
         if writes:
+            ids = _meta_ids(conn, target, [f.key for f, _ in writes])
+            for f, value in writes:
+                _write_meta(conn, target, f, ids.get(f.key, []), value)
             refresh_products(
                 conn, target.blog, [target.post_id], now_utc=datetime.now(UTC).replace(tzinfo=None)
             )
@@ -147,24 +148,39 @@ def _needs_row(f: MetaField, stored: Value, value: Value) -> bool:
     return f.must_exist and stored is None and value == f.default
 
 
-def _write_meta(conn: sa.Connection, target: Target, f: MetaField, stored: Value, value: str) -> None:
+def _meta_ids(conn: sa.Connection, target: Target, keys: Sequence[str]) -> dict[str, list[int]]:
+    """The target's rows of ``keys`` by meta_id, through the post_id index (the caller locked them
+    so). Writes then go by primary key: an ``UPDATE ... WHERE post_id AND meta_key`` may scan the
+    meta_key index and lock other products' rows, in the order a shop's own update takes them,
+    and deadlock with it."""
+    rows = conn.exec_driver_sql(
+        f"SELECT meta_id, meta_key FROM {table(target.blog.prefix, 'postmeta')} FORCE INDEX (post_id) "
+        f"WHERE post_id = %s AND meta_key IN ({_marks(len(keys))}) ORDER BY meta_id",
+        (target.post_id, *keys),
+    ).all()
+    out: dict[str, list[int]] = {}
+    for meta_id, key in rows:
+        out.setdefault(str(key), []).append(int(meta_id))
+    return out
+
+
+def _write_meta(
+    conn: sa.Connection, target: Target, f: MetaField, meta_ids: Sequence[int], value: str
+) -> None:
     """``update_or_delete_post_meta``: '' deletes (unless the key must exist); else update every
     row of the key (``update_post_meta``), or insert one when there is none."""
     pm = table(target.blog.prefix, "postmeta")
+    ids = _marks(len(meta_ids))
     if value == "" and not f.must_exist:
-        conn.exec_driver_sql(
-            f"DELETE FROM {pm} WHERE post_id = %s AND meta_key = %s", (target.post_id, f.key)
-        )
-    elif stored is None:
+        if meta_ids:
+            conn.exec_driver_sql(f"DELETE FROM {pm} WHERE meta_id IN ({ids})", tuple(meta_ids))
+    elif not meta_ids:
         conn.exec_driver_sql(
             f"INSERT INTO {pm} (post_id, meta_key, meta_value) VALUES (%s, %s, %s)",
             (target.post_id, f.key, value),
         )
     else:
-        conn.exec_driver_sql(
-            f"UPDATE {pm} SET meta_value = %s WHERE post_id = %s AND meta_key = %s",
-            (value, target.post_id, f.key),
-        )
+        conn.exec_driver_sql(f"UPDATE {pm} SET meta_value = %s WHERE meta_id IN ({ids})", (value, *meta_ids))
 
 
 def tax_classes(conn: sa.Connection, blog: Blog) -> set[str]:

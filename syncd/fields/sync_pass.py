@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -242,6 +242,8 @@ class FieldPass:
         self.groups = dict(groups)
         self.source = source
         self.report = PassReport(tuple(self.groups), config.fields.authority, dry_run)
+        #: tests: called with "locked" once a chunk holds its locks (races made deterministic).
+        self.step_hook: Callable[[str], None] | None = None
 
     def run(self, group_ids: Sequence[int] | None = None, chunk: int = CHUNK) -> PassReport:
         """Every link group (``group_ids`` None) or the ones given, chunk by chunk."""
@@ -310,6 +312,8 @@ class FieldPass:
         members = read_members(conn, self.scope, group_ids)
         queued = queued_fields(conn, self.scope.base, members)
         modified = lock_members(conn, self.scope, members) if members else {}
+        if self.step_hook is not None:
+            self.step_hook("locked")
         members = [m for m in members if m.key in modified]  # a post deleted meanwhile
         by_group: dict[int, list[Member]] = {}
         for m in members:

@@ -254,3 +254,67 @@ def test_audit_reports_differing_synced_fields(mug, tmp_path, capsys) -> None:
     }
     code, out, _ = run(net, tmp_path, capsys, "audit", extra=extra)
     assert "Synced product fields that differ: 1" in out and "_tax_status" in out
+
+
+def test_a_shop_write_during_the_pass_waits_and_is_never_overwritten(mug) -> None:
+    """The pass holds the members' rows from its read to its commit: a shop's UPDATE of a target's
+    field made meanwhile waits for the lock and lands after the copy, so the newer value stays."""
+    import threading
+
+    from syncd.audit import scope_for
+    from syncd.config import config_for
+    from syncd.fields.meta import TaxGroup
+    from syncd.fields.sync_pass import FieldPass
+
+    net, where = mug
+    src, dst = sorted(where)[:2]
+    drift_sql(net, src, where[src], "_tax_status", "shipping")
+    newest(net, src, where[src])
+    cfg = config_for(net.url, net.prefix)
+    engine = cfg.database.make_engine(apply_marker=True, multi_statements=True)
+    shop_done: list[BaseException | None] = []
+
+    def shop_write() -> None:
+        try:
+            drift_sql(net, dst, where[dst], "_tax_status", "none", captured=True)
+            shop_done.append(None)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            shop_done.append(exc)
+
+    def hook(step: str) -> None:
+        if step != "locked" or shop:
+            return
+        shop.append(threading.Thread(target=shop_write))
+        shop[0].start()
+        with net.engine.connect() as c:  # until the shop's UPDATE waits for our lock (a condition)
+            while not c.exec_driver_sql(
+                "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'"
+            ).scalar():
+                assert shop[0].is_alive(), f"the shop write did not wait: {shop_done}"
+                c.rollback()
+
+    shop: list[threading.Thread] = []
+    try:
+        with engine.connect() as c:
+            scope = scope_for(c, cfg)
+        runner = FieldPass(cfg, scope, engine, {"tax": TaxGroup()})
+        runner.step_hook = hook
+        with engine.connect() as c:
+            (gid,) = {m.group_id for m in read_members_of(c, scope, where)}
+        report = runner.run([gid])
+    finally:
+        engine.dispose()
+    shop[0].join(30)
+    assert shop_done == [None]
+    assert (dst, "shipping") in {(w["blog"], w["new"]) for w in report.written}
+    assert meta(net, dst, where[dst], "_tax_status") == "none"  # the shop's newer write stands
+
+
+def read_members_of(conn: Any, scope: Any, where: dict[int, int]) -> list[Any]:
+    from syncd.fields.sync_pass import read_members
+
+    gids = conn.exec_driver_sql(
+        f"SELECT DISTINCT group_id FROM {scope.base}syncd_member WHERE blog_id = %s AND post_id = %s",
+        (min(where), where[min(where)]),
+    ).all()
+    return read_members(conn, scope, [int(g[0]) for g in gids])
