@@ -3,12 +3,14 @@ pass) and the currency check of the price group (refused at start-up, listed by 
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
 import pytest
 from apscheduler.triggers.cron import CronTrigger
 
+from syncd.check import run_check
 from syncd.config import config_for
 from syncd.daemon import EXIT_CONFIG, Daemon
 from syncd.fields.checks import currency_mismatches
@@ -17,7 +19,6 @@ from tests.integration.daemon_process import running
 from tests.integration.sync_helpers import ids, make_daemon, meta
 from tests.integration.test_audit_reconcile import drift_sql
 from tests.integration.test_fields_pass import history, lookup, newest
-from tests.integration.test_operator_tools import _restore_logging, run  # noqa: F401 - fixture
 
 SCHEDULED = {"tax": "scheduled", "purchase": "manual", "schedule": {"cron": "*/5 * * * *"}}
 
@@ -62,7 +63,7 @@ def _currency(net: Any, blog_id: int, value: str) -> None:
         c.commit()
 
 
-def test_price_group_between_currencies_is_refused_unless_allowed(wp_network, tmp_path, capsys) -> None:
+def test_price_group_between_currencies_is_refused_unless_allowed(wp_network) -> None:
     net = wp_network
     _currency(net, 1, "EUR")
     _currency(net, 2, "USD")
@@ -86,9 +87,10 @@ def test_price_group_between_currencies_is_refused_unless_allowed(wp_network, tm
         assert d.run() == EXIT_CONFIG
     finally:
         d.close()
-    # syncd check lists it.
-    code, out, _ = run(net, tmp_path, capsys, "check", "--json", extra='[fields]\nprice = "manual"\n')
-    doc = json.loads(out)
+    # syncd check lists it (run_check's output stream given: its default is bound at import).
+    buf = io.StringIO()
+    code = run_check(config_for(net.url, net.prefix, fields={"price": "manual"}), json_output=True, out=buf)
+    doc = json.loads(buf.getvalue())
     assert code & 1 and any("woocommerce_currency" in e for e in doc["errors"])
 
 
