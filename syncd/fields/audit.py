@@ -4,7 +4,6 @@ the link groups like the pass (no locks: an audit is a report, not a decision)."
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,7 +12,7 @@ from syncd.audit import Scope
 from syncd.config import Config
 from syncd.fields.group import FieldGroup
 from syncd.fields.registry import make_groups
-from syncd.fields.sync_pass import CHUNK, Member, canonical, link_groups, read_members, read_values, text_of
+from syncd.fields.sync_pass import CHUNK, Member, differences, link_groups, read_members, read_values, text_of
 
 
 def synced_groups(config: Config) -> dict[str, FieldGroup]:
@@ -48,26 +47,15 @@ def _differing(
 ) -> list[dict[str, Any]]:
     taking = [m for m in members if config.fields.takes_part(name, m.blog_id)]
     values = read_values(conn, scope, group, taking)
-    by_group: dict[int, list[Member]] = {}
-    for m in taking:
-        by_group.setdefault(m.group_id, []).append(m)
-    out = []
-    for gid, ms in sorted(by_group.items()):
-        if len(ms) < 2:
-            continue
-        canon: Mapping[tuple[int, int], Any] = {m.key: canonical(group, values[m.key]) for m in ms}
-        for fld in canon[ms[0].key]:
-            if len({canon[m.key].get(fld) for m in ms}) > 1:
-                out.append(
-                    {
-                        "group": name,
-                        "link_group": gid,
-                        "sku": ms[0].sku,
-                        "field": fld,
-                        "values": [
-                            {"blog": m.blog_id, "post": m.post_id, "value": text_of(values[m.key].get(fld))}
-                            for m in ms
-                        ],
-                    }
-                )
-    return out
+    return [
+        {
+            "group": name,
+            "link_group": gid,
+            "sku": ms[0].sku,
+            "field": fld,
+            "values": [
+                {"blog": m.blog_id, "post": m.post_id, "value": text_of(values[m.key].get(fld))} for m in ms
+            ],
+        }
+        for gid, ms, fld in differences(group, values, taking)
+    ]

@@ -121,6 +121,26 @@ def differing_fields(group: FieldGroup, current: Values, wanted: Values) -> list
     return [k for k in want if have.get(k) != want.get(k)]
 
 
+def differences(
+    group: FieldGroup, values: Mapping[Key, Values], members: Sequence[Member]
+) -> list[tuple[int, list[Member], str]]:
+    """(link group, its members with values, field) for every field whose members' values differ
+    as WooCommerce reads them (pure; ``members`` in any order)."""
+    by_group: dict[int, list[Member]] = {}
+    for m in members:
+        if m.key in values:
+            by_group.setdefault(m.group_id, []).append(m)
+    out = []
+    for gid, ms in sorted(by_group.items()):
+        if len(ms) < 2:
+            continue
+        canon = {m.key: canonical(group, values[m.key]) for m in ms}
+        for fld in canon[ms[0].key]:
+            if len({canon[m.key].get(fld) for m in ms}) > 1:
+                out.append((gid, ms, fld))
+    return out
+
+
 def text_of(value: Value) -> str | None:
     """A value as history and reports show it (a term list as comma-separated slugs)."""
     if value is None or isinstance(value, str):
@@ -310,6 +330,17 @@ class FieldPass:
 
     def _chunk(self, conn: sa.Connection, group_ids: Sequence[int], staged: PassReport) -> None:
         members = read_members(conn, self.scope, group_ids)
+        staged.link_groups = len({m.group_id for m in members})
+        # An unlocked look first: only the link groups whose members differ are locked and decided
+        # again under their locks, so a pass over a network in step takes no lock at all.
+        differing: set[int] = set()
+        for name, group in self.groups.items():
+            taking_part = [m for m in members if self.config.fields.takes_part(name, m.blog_id)]
+            values = read_values(conn, self.scope, group, taking_part)
+            differing |= {gid for gid, _, _ in differences(group, values, taking_part)}
+        members = [m for m in members if m.group_id in differing]
+        if not members:
+            return
         queued = queued_fields(conn, self.scope.base, members)
         modified = lock_members(conn, self.scope, members) if members else {}
         if self.step_hook is not None:
@@ -318,7 +349,6 @@ class FieldPass:
         by_group: dict[int, list[Member]] = {}
         for m in members:
             by_group.setdefault(m.group_id, []).append(m)
-        staged.link_groups = len(by_group)
         history: list[FieldHistoryRow] = []
         for name, group in self.groups.items():
             taking_part = [m for m in members if self.config.fields.takes_part(name, m.blog_id)]

@@ -318,3 +318,25 @@ def read_members_of(conn: Any, scope: Any, where: dict[int, int]) -> list[Any]:
         (min(where), where[min(where)]),
     ).all()
     return read_members(conn, scope, [int(g[0]) for g in gids])
+
+
+def test_a_network_in_step_is_passed_without_a_lock(mug) -> None:
+    from syncd.audit import scope_for
+    from syncd.config import config_for
+    from syncd.fields.meta import PurchaseGroup, TaxGroup
+    from syncd.fields.sync_pass import FieldPass
+
+    net, _ = mug
+    cfg = config_for(net.url, net.prefix)
+    engine = cfg.database.make_engine(apply_marker=True, multi_statements=True)
+    steps: list[str] = []
+    try:
+        with engine.connect() as c:
+            scope = scope_for(c, cfg)
+        runner = FieldPass(cfg, scope, engine, {"tax": TaxGroup(), "purchase": PurchaseGroup()})
+        runner.step_hook = steps.append
+        report = runner.run()
+    finally:
+        engine.dispose()
+    assert report.link_groups >= 10 and report.written == [] and report.problems == []
+    assert steps == []  # nothing differed: no chunk took a lock
