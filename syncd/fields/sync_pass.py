@@ -40,8 +40,10 @@ from syncd.record import FieldHistoryRow, write_field_history
 
 log = structlog.get_logger("syncd.fields")
 
-#: Link groups per chunk (a chunk is one transaction; reconcile's order of size).
+#: Link groups per write transaction (reconcile's order of size); link groups looked at per
+#: unlocked scan (only those whose members differ are then locked and written).
 CHUNK = 100
+SCAN = 1000
 ATTEMPTS = 5
 _batch_ids = itertools.count(int(datetime.now(UTC).timestamp() * 1000) + 7)
 
@@ -159,14 +161,14 @@ def watched_names(group: FieldGroup) -> set[str]:
 
 # --------------------------------------------------------------------------- reads
 def link_groups(conn: sa.Connection, scope: Scope, after: int, limit: int) -> list[int]:
-    """Ids of link groups with two or more linked members on the scope's blogs, ascending, after ``after``."""
+    """Ids of link groups with a linked member, ascending, after ``after`` (one range of the
+    ``grp`` index: the scan stops at ``limit`` ids; groups with one member on the scope's blogs
+    are dropped later, when the chunk reads its members)."""
     if not scope.blogs:
         return []
-    blogs = ", ".join(str(int(b)) for b in scope.blog_ids)
     rows = conn.exec_driver_sql(
-        f"SELECT group_id FROM {table(scope.base, 'syncd_member')} "
-        f"WHERE group_id > %s AND state = 'linked' AND blog_id IN ({blogs}) "
-        "GROUP BY group_id HAVING COUNT(*) > 1 ORDER BY group_id LIMIT %s",
+        f"SELECT DISTINCT group_id FROM {table(scope.base, 'syncd_member')} "
+        "WHERE group_id > %s AND state = 'linked' ORDER BY group_id LIMIT %s",
         (after, limit),
     ).all()
     return [int(r[0]) for r in rows]
@@ -266,21 +268,43 @@ class FieldPass:
         self.step_hook: Callable[[str], None] | None = None
 
     def run(self, group_ids: Sequence[int] | None = None, chunk: int = CHUNK) -> PassReport:
-        """Every link group (``group_ids`` None) or the ones given, chunk by chunk."""
+        """Every link group (``group_ids`` None) or the ones given: looked at SCAN link groups at
+        a time without locks, then the ones whose members differ in transactions of ``chunk``."""
         if group_ids is not None:
             ids = sorted(set(group_ids))
-            for i in range(0, len(ids), chunk):
-                self.run_chunk(ids[i : i + chunk])
+            for i in range(0, len(ids), SCAN):
+                self._write_differing(self._scan(ids[i : i + SCAN]), chunk)
             return self.report
         after = 0
         while True:
             with self.engine.connect() as conn:
-                ids = link_groups(conn, self.scope, after, chunk)
+                ids = link_groups(conn, self.scope, after, SCAN)
                 conn.rollback()
             if not ids:
                 return self.report
-            self.run_chunk(ids)
+            self._write_differing(self._scan(ids), chunk)
             after = ids[-1]
+
+    def _scan(self, group_ids: Sequence[int]) -> list[int]:
+        """The link groups among ``group_ids`` whose members differ (plain reads, no lock)."""
+        with self.engine.connect() as conn:
+            members = read_members(conn, self.scope, group_ids)
+            self.report.link_groups += len({m.group_id for m in members})
+            differing = self._differing(conn, members)
+            conn.rollback()
+        return sorted(differing)
+
+    def _differing(self, conn: sa.Connection, members: Sequence[Member]) -> set[int]:
+        out: set[int] = set()
+        for name, group in self.groups.items():
+            taking_part = [m for m in members if self.config.fields.takes_part(name, m.blog_id)]
+            values = read_values(conn, self.scope, group, taking_part)
+            out |= {gid for gid, _, _ in differences(group, values, taking_part)}
+        return out
+
+    def _write_differing(self, ids: Sequence[int], chunk: int) -> None:
+        for i in range(0, len(ids), chunk):
+            self.run_chunk(ids[i : i + chunk])
 
     def run_chunk(self, group_ids: Sequence[int]) -> bool:
         """One chunk in its own transaction, retried on lock waits, deadlocks and lost connections."""
@@ -317,7 +341,6 @@ class FieldPass:
         return staged
 
     def _publish(self, staged: PassReport) -> None:
-        self.report.link_groups += staged.link_groups
         self.report.written += staged.written
         self.report.problems += staged.problems
         self.report.skipped += staged.skipped
@@ -330,14 +353,9 @@ class FieldPass:
 
     def _chunk(self, conn: sa.Connection, group_ids: Sequence[int], staged: PassReport) -> None:
         members = read_members(conn, self.scope, group_ids)
-        staged.link_groups = len({m.group_id for m in members})
-        # An unlocked look first: only the link groups whose members differ are locked and decided
-        # again under their locks, so a pass over a network in step takes no lock at all.
-        differing: set[int] = set()
-        for name, group in self.groups.items():
-            taking_part = [m for m in members if self.config.fields.takes_part(name, m.blog_id)]
-            values = read_values(conn, self.scope, group, taking_part)
-            differing |= {gid for gid, _, _ in differences(group, values, taking_part)}
+        # An unlocked look first (again: things move): only the link groups whose members differ
+        # are locked and decided under their locks.
+        differing = self._differing(conn, members)
         members = [m for m in members if m.group_id in differing]
         if not members:
             return
