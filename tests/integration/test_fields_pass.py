@@ -340,3 +340,20 @@ def test_a_network_in_step_is_passed_without_a_lock(mug) -> None:
         engine.dispose()
     assert report.link_groups >= 10 and report.written == [] and report.problems == []
     assert steps == []  # nothing differed: no chunk took a lock
+
+
+def test_dry_run_before_install_previews_in_temporary_tables(wp_network, tmp_path, capsys) -> None:
+    """Like the stock dry runs: on a network where syncd is not installed, the link groups are built
+    in temporary tables and the pass is rolled back; nothing is created or written."""
+    net = wp_network
+    where = ids(net, MUG)
+    src = min(where)
+    drift_sql(net, src, where[src], "_tax_status", "none")
+    newest(net, src, where[src])
+    code, out, err = run(net, tmp_path, capsys, "sync", "--fields", "tax", MUG, "--dry-run", "--json")
+    doc = json.loads(out)
+    assert code == 4, err
+    assert {(w["blog"], w["new"]) for w in doc["written"]} == {(b, "none") for b in where if b != src}
+    assert all(meta(net, b, where[b], "_tax_status") == "taxable" for b in where if b != src)
+    with net.engine.connect() as c:
+        assert not c.exec_driver_sql("SHOW TABLES LIKE %s", (f"{net.prefix}syncd_%",)).all()
