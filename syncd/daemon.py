@@ -299,6 +299,7 @@ class Daemon:
                 database=old.database,
                 capture=dataclasses.replace(new.capture, mode=old.capture.mode),
             )
+            new = self._reloaded_fields(old, new)
             self.config = new
             if new.log != old.log:
                 from syncd.log import configure_logging
@@ -841,6 +842,25 @@ class Daemon:
         if problems:
             raise StartupRefused("; ".join(problems))
 
+    def _reloaded_fields(self, old: Config, new: Config) -> Config:
+        """``[fields]`` of a reloaded file: refused (the running ones kept, logged) when the daemon
+        would refuse them at start-up; else the scheduled groups' jobs follow."""
+        if new.fields == old.fields:
+            return new
+        from syncd.fields.checks import fields_problems
+
+        problems = fields_problems(new, self.blogs())
+        if problems:
+            log.error("config_reload_fields_refused", problems=problems, kept="the running [fields]")
+            return dataclasses.replace(new, fields=old.fields)
+        if self._scheduler is not None:
+            for job in self._scheduler.get_jobs():
+                if job.id.startswith("fields:"):
+                    job.remove()
+            self.config = new
+            self._schedule_fields(self._scheduler)
+        return new
+
     def _schedule_fields(self, sched: Any) -> None:
         """One cron job per scheduled field group (``[fields.schedule] cron``), leader-only."""
         from apscheduler.triggers.cron import CronTrigger
@@ -1138,7 +1158,7 @@ class Daemon:
 def _changed_keys(old: Config, new: Config) -> list[str]:
     """Dotted keys whose value differs between two configurations (never the values: one is a password)."""
     out = []
-    for section in ("database", "capture", "sync", "history", "log", "blogs", "metrics"):
+    for section in ("database", "capture", "sync", "history", "log", "blogs", "metrics", "fields"):
         a, b = getattr(old, section), getattr(new, section)
         for f in dataclasses.fields(a):
             if getattr(a, f.name) != getattr(b, f.name):
