@@ -286,18 +286,56 @@ class FieldPass:
             after = ids[-1]
 
     def _scan(self, group_ids: Sequence[int]) -> list[int]:
-        """The link groups among ``group_ids`` whose members differ (plain reads, no lock)."""
+        """The link groups among ``group_ids`` whose members differ (plain reads, no lock). A group
+        with ``fingerprint_sql`` is first narrowed on the server to the link groups whose stored
+        values differ at all; only those are read and compared as WooCommerce reads them."""
+        self.report.link_groups += len(group_ids)
         with self.engine.connect() as conn:
+            narrowed: dict[str, set[int]] = {}
+            for name, group in self.groups.items():
+                if getattr(group, "fingerprint_sql", None) is not None:
+                    narrowed[name] = self._fingerprint_differing(conn, name, group, group_ids)
+            if len(narrowed) == len(self.groups):
+                group_ids = sorted(set().union(*narrowed.values()))
             members = read_members(conn, self.scope, group_ids)
-            self.report.link_groups += len({m.group_id for m in members})
-            differing = self._differing(conn, members)
+            differing = self._differing(conn, members, narrowed)
             conn.rollback()
         return sorted(differing)
 
-    def _differing(self, conn: sa.Connection, members: Sequence[Member]) -> set[int]:
+    def _fingerprint_differing(
+        self, conn: sa.Connection, name: str, group: Any, group_ids: Sequence[int]
+    ) -> set[int]:
+        blogs = [self.scope.blogs[b] for b in self.scope.blog_ids if self.config.fields.takes_part(name, b)]
+        if not blogs or not group_ids:
+            return set()
+        excluded, params = self.scope.excluded_sql("m.sku")
+        gids = ", ".join(str(int(g)) for g in group_ids)
+        member = table(self.scope.base, "syncd_member")
+        parts = [
+            f"SELECT m.group_id, COALESCE({group.fingerprint_sql(blog.prefix, 'm.post_id')}, '') AS fp "
+            f"FROM {member} m WHERE m.blog_id = {int(blog.blog_id)} AND m.group_id IN ({gids}) "
+            f"AND m.state = 'linked' AND NOT {excluded}"
+            for blog in blogs
+        ]
+        rows = conn.execute(
+            sa.text(
+                f"SELECT group_id FROM ({' UNION ALL '.join(parts)}) t GROUP BY group_id HAVING COUNT(DISTINCT fp) > 1"
+            ),
+            params,
+        ).all()
+        return {int(r[0]) for r in rows}
+
+    def _differing(
+        self, conn: sa.Connection, members: Sequence[Member], narrowed: Mapping[str, set[int]] | None = None
+    ) -> set[int]:
         out: set[int] = set()
         for name, group in self.groups.items():
-            taking_part = [m for m in members if self.config.fields.takes_part(name, m.blog_id)]
+            only = (narrowed or {}).get(name)
+            taking_part = [
+                m
+                for m in members
+                if self.config.fields.takes_part(name, m.blog_id) and (only is None or m.group_id in only)
+            ]
             values = read_values(conn, self.scope, group, taking_part)
             out |= {gid for gid, _, _ in differences(group, values, taking_part)}
         return out

@@ -357,3 +357,21 @@ def test_dry_run_before_install_previews_in_temporary_tables(wp_network, tmp_pat
     assert all(meta(net, b, where[b], "_tax_status") == "taxable" for b in where if b != src)
     with net.engine.connect() as c:
         assert not c.exec_driver_sql("SHOW TABLES LIKE %s", (f"{net.prefix}syncd_%",)).all()
+
+
+def test_values_stored_differently_but_read_alike_are_not_written(mug, tmp_path, capsys) -> None:
+    """The server-side fingerprint sees a missing `_virtual` row and a 'no' row as different; the
+    comparison as WooCommerce reads them does not: nothing is written."""
+    net, where = mug
+    src, dst = sorted(where)[:2]
+    with net.engine.connect() as c:
+        c.exec_driver_sql(
+            f"DELETE FROM {net.table(dst, 'postmeta')} WHERE post_id = %s AND meta_key = '_virtual'",
+            (where[dst],),
+        )
+        c.commit()
+    put_meta(net, src, where[src], "_virtual", "no")
+    newest(net, dst, where[dst])
+    code, out, _ = run(net, tmp_path, capsys, "sync", "--fields", "purchase", "--all", "--json")
+    assert code == 0 and json.loads(out)["written"] == []
+    assert meta(net, dst, where[dst], "_virtual") is None
