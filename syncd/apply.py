@@ -221,6 +221,7 @@ class Applier:
         copies expected (syncd.fanout) and the SKU-rename conflicts; records the fan-outs."""
         sharing_origins = [c.key for c in changes if c.meta_key == STOCK and c.key in scope.translations]
         expected = fanout.expected(conn, self.base, sharing_origins) if sharing_origins else []
+        late_bases = record.late_set_bases(conn, self.base, changes, superseded) if superseded else None
         plan = plan_batch(
             changes,
             scope.groups,
@@ -232,6 +233,7 @@ class Applier:
             settling=scope.frozen,
             expected_copies=expected,
             superseded=superseded,
+            late_set_bases=late_bases,
         )
         fanout.record(conn, self.base, plan.copies_expected, plan.copies_met)
         return plan

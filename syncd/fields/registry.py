@@ -61,10 +61,4 @@ def _class(name: str) -> type | None:
 
 
 def _build(cls: type, settings: dict[str, Any]) -> Any:
-    # The term groups' settings are constructor arguments; a class that takes none is built bare.
-    try:
-        return cls(**settings)
-    except TypeError:
-        if not settings:
-            raise
-        return cls()
+    return cls(**settings)
