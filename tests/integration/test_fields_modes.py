@@ -128,10 +128,9 @@ def test_reload_reschedules_field_jobs_and_refuses_a_currency_mismatch(wp_networ
             assert str(jobs["fields:purchase"].trigger) == str(
                 CronTrigger.from_crontab("0 3 * * *", timezone="UTC")
             )
-            _currency(net, 1, "EUR")
+            _currency(net, 1, "GBP")  # the others keep the baseline's EUR
             d.discover()
-            # Refused as at start-up (blog 1's currency differs; before the price group is merged
-            # into this build, also because the group is missing): the running [fields] stay.
+            # Refused as at start-up (blog 1's currency differs): the running [fields] stay.
             path.write_text(head + '[fields]\nprice = "scheduled"\n', encoding="utf-8")
             assert d.reload_config()
             assert (

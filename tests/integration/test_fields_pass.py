@@ -375,3 +375,29 @@ def test_values_stored_differently_but_read_alike_are_not_written(mug, tmp_path,
     code, out, _ = run(net, tmp_path, capsys, "sync", "--fields", "purchase", "--all", "--json")
     assert code == 0 and json.loads(out)["written"] == []
     assert meta(net, dst, where[dst], "_virtual") is None
+
+
+def test_the_other_groups_run_through_the_same_pass(mug, tmp_path, capsys) -> None:
+    """price (fields-price) and content (fields-terms) built by the registry, driven by the pass."""
+    net, where = mug
+    src = min(where)
+    drift_sql(net, src, where[src], "_regular_price", "12.00")
+    drift_sql(net, src, where[src], "_price", "12.00")
+    with net.engine.connect() as c:
+        c.exec_driver_sql(
+            f"UPDATE {net.table(src, 'posts')} SET post_title = 'Big mug' WHERE ID = %s", (where[src],)
+        )
+        c.commit()
+    newest(net, src, where[src])
+    code, out, err = run(net, tmp_path, capsys, "sync", "--fields", "price,content", MUG, "--json")
+    doc = json.loads(out)
+    assert code == 4, err
+    others = [b for b in where if b != src]
+    assert {(w["group"], w["blog"], w["field"]) for w in doc["written"]} == {
+        (g, b, f) for b in others for g, f in (("price", "_regular_price"), ("content", "post_title"))
+    }
+    for b in others:
+        assert meta(net, b, where[b], "_regular_price") == "12.00"
+        assert meta(net, b, where[b], "_price") == "12.00"
+        assert lookup(net, b, where[b], "min_price") == 12
+    assert {r[1] for r in history(net)} == {"price", "content"}
