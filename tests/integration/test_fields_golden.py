@@ -1,8 +1,7 @@
 """Golden test of the meta-only field groups: a field change made on one blog, copied by the field
 pass, must leave on the recorded blog exactly the rows real WooCommerce 11.0.1 wrote there.
 
-Recorded transitions (``tests/fixtures/woocommerce-11/transitions/``, copied from the shared
-fixtures): 17 variant A (``tax``: ``_tax_status``, then ``_tax_class``) and 18 variant A
+Recorded transitions (``schema/wordpress/transitions/``, from the shared fixtures): 17 variant A (``tax``: ``_tax_status``, then ``_tax_class``) and 18 variant A
 (``identity`` then ``purchase``: GTIN inserted, sold individually, purchase note inserted,
 virtual, downloadable). For every step, on a fresh copy of the recorded network:
 
@@ -20,8 +19,6 @@ test creates it on every blog first, as the shop's tax settings screen does.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,15 +31,10 @@ from tests.integration.test_audit_reconcile import installed
 from tests.integration.test_derived_golden import _all_option_names
 from tests.integration.test_sync_golden import _next_second, _sku_ids
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "woocommerce-11" / "transitions"
 CASES = [
     ("17-tax-and-shipping", "A-tax", ("tax",)),
     ("18-identity-and-flags", "A", ("identity", "purchase")),
 ]
-
-
-def _load(name: str) -> dict[str, Any]:
-    return json.loads((FIXTURES / f"{name}.json").read_text())
 
 
 def _source_rows(step: dict[str, Any], prefix: str, keys: set[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -90,7 +82,7 @@ def test_field_pass_writes_what_woocommerce_wrote(
 ) -> None:
     net = wp_network
     installed(net)
-    fx = _load(scenario)
+    fx = h.load_transition(scenario)
     variant = next(v for v in fx["variants"] if v["variant"] == variant_name)
     target = int(fx["blog"])
     prefix = net.blog_prefix(target)
