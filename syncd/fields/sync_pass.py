@@ -36,7 +36,8 @@ from syncd.audit import Scope
 from syncd.config import Config
 from syncd.db import errno_of, is_disconnect, is_retryable, table
 from syncd.fields.group import FieldGroup, Problem, Target, Value, Values
-from syncd.record import FieldHistoryRow, write_field_history
+from syncd.fields.since import edited_since, known_values, read_facts
+from syncd.record import FieldHistoryRow, clip_field_value, write_field_history
 
 log = structlog.get_logger("syncd.fields")
 
@@ -140,6 +141,45 @@ def differences(
         for fld in canon[ms[0].key]:
             if len({canon[m.key].get(fld) for m in ms}) > 1:
                 out.append((gid, ms, fld))
+    return out
+
+
+def edited_members(
+    group: FieldGroup,
+    members: Sequence[Member],
+    values: Mapping[Key, Values],
+    known: Mapping[Key, Mapping[str, str | None]],
+) -> list[Member]:
+    """The members whose values differ from what they held after the last pass (syncd.fields.since),
+    compared as WooCommerce reads them and as history stores them (cut at 240 characters)."""
+
+    def shown(vals: Values) -> dict[str, str | None]:
+        return {f: clip_field_value(text_of(v)) for f, v in canonical(group, vals).items()}
+
+    current = {m.key: shown(values[m.key]) for m in members}
+    held = {}
+    for m in members:
+        if known.get(m.key):
+            was = shown({**values[m.key], **known[m.key]})
+            held[m.key] = {f: was.get(f) for f in known[m.key]}
+    keys = set(edited_since(held, current))
+    return [m for m in members if m.key in keys]
+
+
+def members_holding(
+    group: FieldGroup, members: Sequence[Member], values: Mapping[Key, Values], base: Mapping[str, str | None]
+) -> list[Member]:
+    """The members holding the value the last pass copied, in every field it copied."""
+    if not base:
+        return []
+    out = []
+    for m in members:
+        now = {f: clip_field_value(text_of(v)) for f, v in canonical(group, values[m.key]).items()}
+        was = {
+            f: clip_field_value(text_of(v)) for f, v in canonical(group, {**values[m.key], **base}).items()
+        }
+        if all(now.get(f) == was.get(f) for f in base):
+            out.append(m)
     return out
 
 
@@ -409,6 +449,9 @@ class FieldPass:
         for name, group in self.groups.items():
             taking_part = [m for m in members if self.config.fields.takes_part(name, m.blog_id)]
             values = read_values(conn, self.scope, group, taking_part)
+            known: tuple[dict[Key, dict[str, str | None]], dict[int, dict[str, str | None]]] = ({}, {})
+            if self.config.fields.authority_blog is None:
+                known = known_values(read_facts(conn, self.scope.base, name, taking_part), taking_part)
             for gid, group_members in sorted(by_group.items()):
                 mine = [m for m in group_members if m.key in values]
                 if len(mine) < 2:
@@ -424,7 +467,7 @@ class FieldPass:
                         }
                     )
                     continue
-                history += self._sync_one(conn, name, group, gid, mine, values, modified, staged)
+                history += self._sync_one(conn, name, group, gid, mine, values, modified, staged, known)
         write_field_history(
             conn,
             self.scope.base,
@@ -444,8 +487,18 @@ class FieldPass:
         values: Mapping[Key, Values],
         modified: Mapping[Key, datetime | None],
         staged: PassReport,
+        known: tuple[Mapping[Key, Mapping[str, str | None]], Mapping[int, Mapping[str, str | None]]],
     ) -> list[FieldHistoryRow]:
-        auth, why = choose_authority(members, modified, self.config.fields.authority_blog)
+        held, bases = known
+        edited = edited_members(group, members, values, held)
+        # Nobody edited since the last pass: its value is the one to keep (a member it could not
+        # write, e.g. a tax class its blog lacks, must not become the authority by being newer).
+        in_step = [] if edited else members_holding(group, members, values, bases.get(gid, {}))
+        auth, why = choose_authority(
+            edited or in_step or members, modified, self.config.fields.authority_blog
+        )
+        if auth is not None and (edited or in_step):
+            why = "newest edited since the last pass" if edited else "the last pass's value"
         if auth is None:
             staged.skipped.append({"group": name, "link_group": gid, "sku": members[0].sku, "reason": why})
             return []

@@ -401,3 +401,40 @@ def test_the_other_groups_run_through_the_same_pass(mug, tmp_path, capsys) -> No
         assert meta(net, b, where[b], "_price") == "12.00"
         assert lookup(net, b, where[b], "min_price") == 12
     assert {r[1] for r in history(net)} == {"price", "content"}
+
+
+def test_newest_is_the_member_edited_since_the_last_pass(mug, tmp_path, capsys) -> None:
+    """syncd's stock writes make every member "modified" at the same time: after a sale, an edit
+    made before it must still win over the members that only took the sale (history is the base)."""
+    net, where = mug
+    b1, b2, b3 = sorted(where)
+    drift_sql(net, b1, where[b1], "_tax_status", "shipping")
+    newest(net, b1, where[b1], "2030-01-01 00:00:00")
+    assert run(net, tmp_path, capsys, "sync", "--fields", "tax", MUG)[0] == 4  # the base: shipping
+    drift_sql(net, b2, where[b2], "_tax_status", "none")  # an edit on blog 2 ...
+    newest(net, b2, where[b2], "2031-01-01 00:00:00")
+    for b in (b1, b3):  # ... then a sale, written by syncd on the other members, later
+        newest(net, b, where[b], "2032-01-01 00:00:00")
+    code, out, _ = run(net, tmp_path, capsys, "sync", "--fields", "tax", MUG, "--json")
+    doc = json.loads(out)
+    assert code == 4 and {(w["blog"], w["new"]) for w in doc["written"]} == {(b1, "none"), (b3, "none")}
+    assert doc["written"][0]["authority"] == f"{b2}:{where[b2]} (newest edited since the last pass)"
+
+
+def test_a_member_the_last_pass_could_not_write_does_not_become_the_authority(mug, tmp_path, capsys) -> None:
+    net, where = mug
+    b1, b2, b3 = sorted(where)
+    with net.engine.connect() as c:
+        for b in (b1, b2):
+            c.exec_driver_sql(
+                f"INSERT INTO {net.table(b, 'wc_tax_rate_classes')} (name, slug) VALUES ('Reduced', 'reduced-rate')"
+            )
+        c.commit()
+    drift_sql(net, b1, where[b1], "_tax_class", "reduced-rate")
+    newest(net, b1, where[b1], "2030-01-01 00:00:00")
+    assert run(net, tmp_path, capsys, "sync", "--fields", "tax", MUG)[0] == 4 | 32  # blog 3 lacks the class
+    newest(net, b3, where[b3], "2032-01-01 00:00:00")  # blog 3 (still '') is now the newest member
+    code, out, _ = run(net, tmp_path, capsys, "sync", "--fields", "tax", MUG, "--json")
+    doc = json.loads(out)
+    assert code == 32 and doc["written"] == [] and [p["blog"] for p in doc["problems"]] == [b3]
+    assert meta(net, b1, where[b1], "_tax_class") == meta(net, b2, where[b2], "_tax_class") == "reduced-rate"

@@ -84,3 +84,28 @@ def test_parse_groups_and_registry() -> None:
         "_downloadable",
     }
     assert unavailable(config_for(URL, fields={"tax": "manual"})) == []
+
+
+def test_known_values_from_the_latest_pass() -> None:
+    from syncd.fields.since import HistoryFact, edited_since, known_values
+
+    members = [m(1, 10), m(2, 20), m(3, 30)]
+    facts = [
+        HistoryFact(1, 100, "field", (2, 20), "_tax_status", "taxable", "none"),  # an older pass
+        HistoryFact(5, 200, "field", (2, 20), "_tax_status", "none", "shipping"),  # the latest: from 1:10
+        HistoryFact(6, 200, "skipped", (3, 30), "_tax_status", "taxable", "shipping"),
+        HistoryFact(7, 300, "field", (9, 90), "_tax_status", "a", "b"),  # not a member
+    ]
+    held, bases = known_values(facts, members)
+    assert held == {
+        (1, 10): {"_tax_status": "shipping"},  # the authority: held the copied value
+        (2, 20): {"_tax_status": "shipping"},
+        (3, 30): {"_tax_status": "taxable"},  # kept its own value
+    }
+    assert bases == {7: {"_tax_status": "shipping"}}
+    now = {
+        (1, 10): {"_tax_status": "shipping"},
+        (2, 20): {"_tax_status": "none"},
+        (3, 30): {"_tax_status": "taxable"},
+    }
+    assert edited_since(held, now) == [(2, 20)]
