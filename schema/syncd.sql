@@ -130,6 +130,7 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_history` (
   `origin_post_id` BIGINT UNSIGNED NOT NULL,
   `note` VARCHAR(255) NULL,
   `source` VARCHAR(191) NULL,
+  `field_group` VARCHAR(16) NULL,
   PRIMARY KEY (`id`),
   KEY `sku` (`sku`(64), `applied_at`),
   KEY `applied_at` (`applied_at`),

@@ -544,6 +544,9 @@ class Report:
     seconds: float = 0.0
     #: True when syncd is not installed: link groups built in temporary tables (syncd.preview).
     preview: bool = False
+    #: Synced product fields (``[fields]`` groups not "off") whose members differ (syncd.fields.audit).
+    synced_fields: list[dict[str, Any]] = field(default_factory=list)
+    synced_fields_count: int = 0
 
     def add(self, kind: str, entry: dict[str, Any]) -> None:
         self.counts[kind] += 1
@@ -553,7 +556,7 @@ class Report:
 
     @property
     def drift_found(self) -> bool:
-        return bool(self.counts["drifted_groups"] or self.counts["derived"])
+        return bool(self.counts["drifted_groups"] or self.counts["derived"] or self.synced_fields_count)
 
     def exit_status(self) -> int:
         code = EXIT_DRIFT if self.drift_found else 0
@@ -580,6 +583,7 @@ class Report:
             "limit": REPORT_LIMIT,
             "seconds": round(self.seconds, 3),
             "not_installed": self.preview,
+            "synced_fields": {"count": self.synced_fields_count, "differing": self.synced_fields},
             "exit_status": self.exit_status(),
         }
 
@@ -1070,6 +1074,18 @@ def render(report: Report, out: TextIO) -> None:
                 shown = "  ".join(f"{v['blog']}:{v['post']}={_show(v['value'])}" for v in values)
                 rows.append((g["sku"], g["lang"], name, shown))
         print_table(rows, ("SKU", "LANG", "FIELD", "BLOG:POST=VALUE"), out)
+    if report.synced_fields:
+        print(f"\nSynced product fields that differ: {report.synced_fields_count}", file=out)
+        rows = [
+            (
+                f["sku"],
+                f["group"],
+                f["field"],
+                "  ".join(f"{v['blog']}:{v['post']}={_show(v['value'])}" for v in f["values"]),
+            )
+            for f in report.synced_fields
+        ]
+        print_table(rows, ("SKU", "GROUP", "FIELD", "BLOG:POST=VALUE"), out)
     if report.derived:
         print(f"\nDerived data that disagrees with the quantity: {c['derived']}", file=out)
         print_table(
@@ -1162,6 +1178,9 @@ def main(config: Config, args: Any, out: TextIO | None = None) -> int:
             scope = scope_for(conn, config)
         with Progress("audit") as bar:
             report = Auditor(engine, scope, progress=bar, workers=1 if temporary else SCAN_WORKERS).run()
+        from syncd.fields.audit import field_drift
+
+        report.synced_fields_count, report.synced_fields = field_drift(engine, config, scope, REPORT_LIMIT)
     finally:
         engine.dispose()
     report.preview = temporary

@@ -13,7 +13,8 @@ Exit status is a bitmask (like pt-table-checksum), so a monitor can tell the cau
 ====  ======================================================================================
  0    syncd can run
  1    FATAL: not a multisite network under the configured prefix (nothing else checked);
-      the CLI also exits 1 when the server cannot be reached or refuses the login
+      the CLI also exits 1 when the server cannot be reached or refuses the login; also
+      ``[fields]`` the daemon refuses (a price group between blogs whose currency differs)
  4    a privilege syncd needs on the database is missing
  8    capture.mode = "trigger" but triggers cannot be created here
 16    fewer than two usable WooCommerce blogs: nothing to keep in sync
@@ -519,6 +520,10 @@ def build_report(facts: CheckFacts, config: Config, *, strict: bool = False) -> 
                 }
             )
         blogs_out.sort(key=lambda b: b["blog_id"])
+        fields_errors = _fields_problems(network, config)
+        if fields_errors:
+            exit_code |= EXIT_FATAL
+            errors.extend(fields_errors)
         if usable_selected < 2:
             exit_code |= EXIT_NO_BLOGS
             errors.append(
@@ -560,6 +565,14 @@ def build_report(facts: CheckFacts, config: Config, *, strict: bool = False) -> 
         },
         "blogs": blogs_out,
     }
+
+
+def _fields_problems(network: Network, config: Config) -> list[str]:
+    """``[fields]`` the daemon would refuse at start-up (syncd.fields.checks)."""
+    from syncd.fields.checks import fields_problems
+
+    usable = {b.blog_id: b for b in network.usable_blogs() if config.blogs.selects(b.blog_id)}
+    return fields_problems(config, usable)
 
 
 def _blog_entry(blog: Blog, facts: CheckFacts, config: Config) -> dict[str, Any]:

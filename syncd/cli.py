@@ -32,6 +32,7 @@ from syncd import __version__, signals
 from syncd import config as config_mod
 from syncd.config import Config, ConfigError
 from syncd.db import errno_of
+from syncd.fields.group import GROUPS as FIELD_GROUPS
 from syncd.log import FORMATS, LEVELS, configure_logging, get_logger
 from syncd.network import NotMultisiteError
 
@@ -319,9 +320,19 @@ def build_parser() -> argparse.ArgumentParser:
         "syncd sync TSHIRT-RED MUG",
         "For each SKU (compared as WooCommerce compares SKUs), write its group authority's quantity and\n"
         "settings to every member that differs, and refresh every member's derived data. Nothing is\n"
-        "written when an argument is unknown, ambiguous or excluded (exit status 16).",
+        "written when an argument is unknown, ambiguous or excluded (exit status 16).\n"
+        "With --fields GROUP[,GROUP]: copy those product data groups (tax, identity, purchase, ...;\n"
+        "README 'Product data beyond stock') from each link group's authority ([fields.schedule]\n"
+        "authority) to the members that differ, for the SKUs named or --all; exit status 4 when\n"
+        "values were written (or would be, --dry-run), 32 when fields were left alone.",
     )
-    p.add_argument("skus", nargs="+", metavar="SKU", help="SKUs to push")
+    p.add_argument("skus", nargs="*", metavar="SKU", help="SKUs to push")
+    p.add_argument(
+        "--fields",
+        metavar="GROUP[,GROUP]",
+        help="sync these field groups instead of stock (e.g. tax,identity)",
+    )
+    p.add_argument("--all", action="store_true", help="with --fields: every link group")
     p.add_argument("--lang", metavar="LANG", help="the language, when a SKU exists in several (Polylang)")
     p.add_argument(
         "--dry-run",
@@ -374,6 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=_limit, default=200, metavar="N", help="show the newest N rows (default 200; 0: all)"
     )
     p.add_argument("--lang", metavar="LANG", help="the language, when the SKU exists in several (Polylang)")
+    p.add_argument(
+        "--field",
+        metavar="GROUP",
+        choices=("stock", *FIELD_GROUPS),
+        help="only the changes of this field group (tax, price, ...; 'stock' for stock only)",
+    )
     p.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="print the rows as one JSON document"
     )
@@ -486,7 +503,16 @@ def cmd_reconcile(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_sync(args: argparse.Namespace, config: Config) -> int:
-    return _call("syncd.reconcile", "sync_main", config, args)
+    fields = getattr(args, "fields", None)
+    if fields is None:
+        if getattr(args, "all", False) or not args.skus:
+            print("syncd sync: give one or more SKUs (--all needs --fields)", file=sys.stderr)
+            return EXIT_USAGE
+        return _call("syncd.reconcile", "sync_main", config, args)
+    if bool(args.skus) == bool(getattr(args, "all", False)):
+        print("syncd sync: with --fields, give SKUs or --all (not both)", file=sys.stderr)
+        return EXIT_USAGE
+    return _call("syncd.fields.manual", "main", config, args)
 
 
 def cmd_set_stock(args: argparse.Namespace, config: Config) -> int:

@@ -219,6 +219,51 @@ _NO_SETTINGS = BlogSettings()
 LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(?:[-_][a-z0-9]{2,8})*$")
 
 
+#: ``[fields.terms] missing``: what to do with a term slug the target blog lacks.
+MISSING_TERMS = ("skip", "create")
+#: ``[fields.schedule]`` defaults: every 15 minutes, the most recently modified member wins.
+DEFAULT_FIELDS_CRON = "*/15 * * * *"
+
+
+@dataclass(frozen=True)
+class FieldsConfig:
+    """``[fields]`` (product data beyond stock, issue 10): the mode of each field group (every
+    group of :data:`syncd.fields.group.GROUPS` present, "off" unless named), when the scheduled
+    groups run and whose values win, which blogs take part in a group (an empty tuple: every
+    blog), whether a price group may span blogs whose currency settings differ, and what to do
+    with a term slug missing on a target blog."""
+
+    modes: dict[str, str] = field(default_factory=lambda: _default_modes())
+    schedule_cron: str = DEFAULT_FIELDS_CRON
+    authority: str = "newest"  # "newest" or a blog id as text
+    blogs: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    allow_mismatch: dict[str, bool] = field(default_factory=dict)
+    missing_terms: str = "skip"
+
+    @property
+    def authority_blog(self) -> int | None:
+        """The configured authority blog, or None for "newest"."""
+        return None if self.authority == "newest" else int(self.authority)
+
+    def groups_in(self, mode: str) -> tuple[str, ...]:
+        """The groups set to ``mode``, in documented order."""
+        return tuple(name for name, m in self.modes.items() if m == mode)
+
+    def blogs_for(self, group: str) -> tuple[int, ...]:
+        """The blogs that take part in ``group`` (empty: every blog)."""
+        return self.blogs.get(group, ())
+
+    def takes_part(self, group: str, blog_id: int) -> bool:
+        allowed = self.blogs_for(group)
+        return not allowed or blog_id in allowed
+
+
+def _default_modes() -> dict[str, str]:
+    from syncd.fields.group import GROUPS
+
+    return dict.fromkeys(GROUPS, "off")
+
+
 @dataclass(frozen=True)
 class Config:
     database: DatabaseConfig
@@ -230,6 +275,7 @@ class Config:
     blogs: BlogsConfig = field(default_factory=BlogsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    fields: FieldsConfig = field(default_factory=FieldsConfig)
     source: str | None = None  # the file this came from (None: built in code / environment only)
     #: --log-level/--log-format given on the command line (None: not given): a configuration
     #: reload (SIGHUP) re-reads the file and applies these again, so the command line keeps winning.
@@ -532,6 +578,70 @@ def _parse_dashboard(raw: Mapping[str, Any], section: str) -> DashboardConfig:
     )
 
 
+def _parse_fields(raw: Mapping[str, Any], section: str) -> FieldsConfig:
+    from syncd.fields.group import GROUPS, MODES
+
+    tables = ("schedule", "blogs", "allow_mismatch", "terms")
+    _check_keys(section, raw, (*GROUPS, *tables))
+    modes = _default_modes()
+    for name in GROUPS:
+        if name in raw:
+            modes[name] = _choice(raw, section, name, "off", MODES)
+    sub = {}
+    for name in tables:
+        value = raw.get(name, {})
+        if not isinstance(value, Mapping):
+            raise ConfigError(
+                f"expected a table [{section}.{name}], got {_show(value)}", key=f"{section}.{name}"
+            )
+        sub[name] = value
+    cron, authority = _parse_fields_schedule(sub["schedule"], f"{section}.schedule")
+    blogs_key = f"{section}.blogs"
+    _check_keys(blogs_key, sub["blogs"], GROUPS)
+    mismatch_key = f"{section}.allow_mismatch"
+    _check_keys(mismatch_key, sub["allow_mismatch"], GROUPS)
+    _check_keys(f"{section}.terms", sub["terms"], ("missing",))
+    return FieldsConfig(
+        modes=modes,
+        schedule_cron=cron,
+        authority=authority,
+        blogs={name: _blog_ids(sub["blogs"], blogs_key, name) for name in sub["blogs"]},
+        allow_mismatch={
+            name: _bool(sub["allow_mismatch"], mismatch_key, name, False) for name in sub["allow_mismatch"]
+        },
+        missing_terms=_choice(sub["terms"], f"{section}.terms", "missing", "skip", MISSING_TERMS),
+    )
+
+
+def _parse_fields_schedule(raw: Mapping[str, Any], section: str) -> tuple[str, str]:
+    _check_keys(section, raw, ("cron", "authority"))
+    cron = raw.get("cron", DEFAULT_FIELDS_CRON)
+    if not isinstance(cron, str):
+        raise ConfigError(
+            f'expected a crontab string such as "*/15 * * * *", got {_show(cron)}', key=f"{section}.cron"
+        )
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(cron)
+    except ValueError as exc:
+        raise ConfigError(
+            f'expected a crontab string such as "*/15 * * * *" (minute hour day month weekday), got {_show(cron)}: {exc}',
+            key=f"{section}.cron",
+        ) from None
+    authority = raw.get("authority", "newest")
+    if isinstance(authority, int) and not isinstance(authority, bool) and authority >= 1:
+        authority = str(authority)
+    if not isinstance(authority, str) or not (
+        authority == "newest" or re.fullmatch(r"[1-9][0-9]{0,9}", authority)
+    ):
+        raise ConfigError(
+            f'expected "newest" or a blog id (an integer >= 1), got {_show(authority)}',
+            key=f"{section}.authority",
+        )
+    return cron, authority
+
+
 _SECTIONS = {
     "database": _parse_database,
     "capture": _parse_capture,
@@ -542,6 +652,7 @@ _SECTIONS = {
     "blogs": _parse_blogs,
     "metrics": _parse_metrics,
     "dashboard": _parse_dashboard,
+    "fields": _parse_fields,
 }
 
 

@@ -299,6 +299,7 @@ class Daemon:
                 database=old.database,
                 capture=dataclasses.replace(new.capture, mode=old.capture.mode),
             )
+            new = self._reloaded_fields(old, new)
             self.config = new
             if new.log != old.log:
                 from syncd.log import configure_logging
@@ -480,6 +481,7 @@ class Daemon:
                     )
                 self._record_start(conn)
             self.discover(initial=True)
+            self._check_fields()
             if self.capture_mode == "poll":
                 # Take the poll baselines before READY: a change made after READY must be seen,
                 # and a first poll only records the baseline.
@@ -831,9 +833,78 @@ class Daemon:
         sched.add_job(guarded("members_refresh_failed", self.refresh_all_members), "interval", minutes=10)
         sched.add_job(guarded("history_prune_failed", self.prune_history), "interval", hours=1)
         sched.add_job(guarded("heartbeat_failed", self.heartbeat), "interval", seconds=5)
+        self._schedule_fields(sched)
         sched.start()
         self._scheduler = sched
         guarded("heartbeat_failed", self.heartbeat)()
+
+    # -- product data beyond stock (issue 10) -------------------------------------------------
+
+    def _check_fields(self) -> None:
+        """Refuse ``[fields]`` that cannot work on this network (exit 78: a restart will not help)."""
+        from syncd.fields.checks import fields_problems
+
+        problems = fields_problems(self.config, self.blogs())
+        if problems:
+            raise StartupRefused("; ".join(problems))
+
+    def _reloaded_fields(self, old: Config, new: Config) -> Config:
+        """``[fields]`` of a reloaded file: refused (the running ones kept, logged) when the daemon
+        would refuse them at start-up; else the scheduled groups' jobs follow."""
+        if new.fields == old.fields:
+            return new
+        from syncd.fields.checks import fields_problems
+
+        problems = fields_problems(new, self.blogs())
+        if problems:
+            log.error("config_reload_fields_refused", problems=problems, kept="the running [fields]")
+            return dataclasses.replace(new, fields=old.fields)
+        if self._scheduler is not None:
+            for job in self._scheduler.get_jobs():
+                if job.id.startswith("fields:"):
+                    job.remove()
+            self.config = new
+            self._schedule_fields(self._scheduler)
+        return new
+
+    def _schedule_fields(self, sched: Any) -> None:
+        """One cron job per scheduled field group (``[fields.schedule] cron``), leader-only."""
+        from apscheduler.triggers.cron import CronTrigger
+
+        for name in self.config.fields.groups_in("scheduled"):
+
+            def job(name: str = name) -> None:
+                try:
+                    self.run_field_pass([name])
+                except Exception as exc:  # noqa: BLE001 - periodic work must never kill the daemon
+                    self._note_error("fields_pass_failed", exc, group=name)
+
+            trigger = CronTrigger.from_crontab(self.config.fields.schedule_cron, timezone="UTC")
+            sched.add_job(job, trigger, id=f"fields:{name}")
+
+    def run_field_pass(self, names: Sequence[str]) -> Any:
+        """The scheduled pass of these field groups over every link group (None when not leading)."""
+        from syncd.fields.manual import sync_fields
+        from syncd.fields.registry import groups_in_mode
+
+        if not self.leads():
+            log.info("fields_pass_skipped", groups=",".join(names), reason="not leading")
+            return None
+        groups = {n: g for n, g in groups_in_mode(self.config, "scheduled").items() if n in names}
+        engine = self.config.database.make_engine(apply_marker=True, multi_statements=True, pool_size=1)
+        try:
+            report, _ = sync_fields(self.config, engine, groups)
+        finally:
+            engine.dispose()
+        log.info(
+            "fields_pass_done",
+            groups=",".join(names),
+            link_groups=report.link_groups,
+            written=len(report.written),
+            problems=len(report.problems),
+            skipped=len(report.skipped),
+        )
+        return report
 
     # -- the main loop -----------------------------------------------------------------------
 
@@ -1093,7 +1164,7 @@ class Daemon:
 def _changed_keys(old: Config, new: Config) -> list[str]:
     """Dotted keys whose value differs between two configurations (never the values: one is a password)."""
     out = []
-    for section in ("database", "capture", "sync", "history", "log", "blogs", "metrics"):
+    for section in ("database", "capture", "sync", "history", "log", "blogs", "metrics", "fields"):
         a, b = getattr(old, section), getattr(new, section)
         for f in dataclasses.fields(a):
             if getattr(a, f.name) != getattr(b, f.name):

@@ -43,6 +43,7 @@ class Entry:
     origin: tuple[int, int]
     note: str | None
     source: str | None = None  # who asked for it: 'dashboard:NAME' (None: the daemon, the CLI)
+    field_group: str | None = None  # the field group of a field row (None: stock)
 
     def document(self) -> dict[str, Any]:
         return {
@@ -60,6 +61,7 @@ class Entry:
             "origin": f"{self.origin[0]}:{self.origin[1]}",
             "note": self.note,
             "source": self.source,
+            "field_group": self.field_group,
         }
 
 
@@ -114,8 +116,10 @@ def read_history(
     *,
     since: datetime | None = None,
     limit: int = 200,
+    field: str | None = None,
 ) -> list[Entry]:
-    """History rows of the groups' members, oldest first; ``limit`` > 0 keeps the newest ``limit``."""
+    """History rows of the groups' members, oldest first; ``limit`` > 0 keeps the newest ``limit``.
+    ``field``: only the rows of that field group ('stock': only stock rows)."""
     members, skus = group_members(conn, scope, group_ids)
     if not skus:
         return []
@@ -125,10 +129,15 @@ def read_history(
     if since is not None:
         cond += " AND applied_at >= :since"
         params["since"] = since
+    if field == "stock":
+        cond += " AND field_group IS NULL"
+    elif field is not None:
+        cond += " AND field_group = :field"
+        params["field"] = field
     rows = conn.execute(
         sa.text(
             f"SELECT applied_at, captured_at, change_id, role, blog_id, post_id, sku, meta_key, old_value, new_value, "
-            f"delta, origin_blog_id, origin_post_id, note, source FROM {table(scope.base, 'syncd_history')} "
+            f"delta, origin_blog_id, origin_post_id, note, source, field_group FROM {table(scope.base, 'syncd_history')} "
             f"WHERE {cond} ORDER BY id"
         ),
         params,
@@ -149,6 +158,7 @@ def read_history(
             (int(r[11]), int(r[12])),
             r[13],
             r[14],
+            r[15],
         )
         for r in rows
         if (int(r[4]), int(r[5])) in wanted
@@ -184,7 +194,7 @@ def render(entries: list[Entry], out: TextIO, title: str, sources: list[str] | N
                 e.captured_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
                 e.blog_id,
                 e.post_id,
-                e.meta_key,
+                e.meta_key if e.field_group is None else f"{e.field_group}:{e.meta_key}",
                 f"{_txt(e.old)} -> {_txt(e.new)}",
                 None if e.delta is None else _num(e.delta),
                 e.role,
@@ -236,7 +246,9 @@ def main(config: Config, args: Any, out: TextIO | None = None) -> int:
             except BadSku as exc:
                 print(f"syncd history: {exc}", file=sys.stderr)
                 return EXIT_BAD_ARGUMENT
-            entries = read_history(conn, scope, resolved.group_ids, since=since, limit=limit)
+            entries = read_history(
+                conn, scope, resolved.group_ids, since=since, limit=limit, field=getattr(args, "field", None)
+            )
             sources = sources_of(conn, scope.base, entries)
     finally:
         engine.dispose()

@@ -41,6 +41,17 @@ STOCK_OPTION_DEFAULTS: dict[str, str] = {
     "WPLANG": "",
 }
 
+#: Currency and price display options (issue 10: a price group between blogs where they differ is
+#: refused, syncd.fields.checks), with WooCommerce's defaults.
+CURRENCY_OPTION_DEFAULTS: dict[str, str] = {
+    "woocommerce_currency": "USD",
+    "woocommerce_prices_include_tax": "no",
+    "woocommerce_price_num_decimals": "2",
+    "woocommerce_price_decimal_sep": ".",
+    "woocommerce_price_thousand_sep": ",",
+}
+CURRENCY_OPTIONS: tuple[str, ...] = tuple(CURRENCY_OPTION_DEFAULTS)
+
 #: Option that switches WooCommerce to its (experimental) custom product tables.
 CUSTOM_PRODUCT_TABLES_OPTION = "woocommerce_feature_custom_product_tables_enabled"
 #: Options read besides the stock options: plugin lists and flags that decide whether a blog is usable.
@@ -111,7 +122,7 @@ class Blog:
         return self.woocommerce and not self.problems
 
     def option(self, name: str) -> str:
-        return self.options.get(name, STOCK_OPTION_DEFAULTS.get(name, ""))
+        return self.options.get(name, STOCK_OPTION_DEFAULTS.get(name, CURRENCY_OPTION_DEFAULTS.get(name, "")))
 
     @property
     def notify_no_stock_amount(self) -> int:
@@ -383,7 +394,7 @@ def sql_blog_options(prefixes: Sequence[tuple[int, str]], n_names: int) -> str:
 
 # --------------------------------------------------------------------------- discovery (I/O)
 def option_names() -> tuple[str, ...]:
-    return (*STOCK_OPTION_DEFAULTS, *EXTRA_OPTIONS)
+    return (*STOCK_OPTION_DEFAULTS, *CURRENCY_OPTIONS, *EXTRA_OPTIONS)
 
 
 def discover(conn: sa.Connection, base_prefix: str, site_id: int | None = None) -> Network:

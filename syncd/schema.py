@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from syncd.db import table, validate_prefix
 from syncd.sqlfiles import schema_text, split_statements
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 OWN_TABLES = (
     "syncd_change",
     "syncd_dead",
@@ -46,6 +46,7 @@ def ensure_schema(conn: sa.Connection, base_prefix: str) -> int:
         conn.exec_driver_sql(stmt)
     _widen_history_role(conn, base_prefix)
     _add_history_source(conn, base_prefix)
+    _add_history_field_group(conn, base_prefix)
     _ensure_index(conn, base_prefix, "syncd_change", "product", "(`blog_id`, `post_id`)")
     # syncd.queue: a statement's rows are found together (tables created before it lack the key).
     _ensure_index(conn, base_prefix, "syncd_change", "stmt", "(`conn_id`, `captured_at`)")
@@ -103,6 +104,14 @@ def _add_dead_letter_class(conn: sa.Connection, base_prefix: str) -> None:
 def _add_history_source(conn: sa.Connection, base_prefix: str) -> None:
     """Schema 4 added history's ``source`` (who asked for a dashboard write): added in place, once."""
     _ensure_column(conn, base_prefix, "syncd_history", "source", "ADD COLUMN `source` VARCHAR(191) NULL")
+
+
+def _add_history_field_group(conn: sa.Connection, base_prefix: str) -> None:
+    """Schema 6 added history's ``field_group`` (issue 10: NULL = stock, else the field group whose
+    field ``meta_key`` names): added in place, once."""
+    _ensure_column(
+        conn, base_prefix, "syncd_history", "field_group", "ADD COLUMN `field_group` VARCHAR(16) NULL"
+    )
 
 
 def _ensure_column(conn: sa.Connection, base_prefix: str, name: str, column: str, alteration: str) -> None:

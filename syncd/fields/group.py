@@ -13,6 +13,15 @@ identical across the members of a link group. The group knows, for one blog:
 The modes never look inside a group: realtime apply, the scheduled pass and the manual sync all
 read, compare, check and write through this interface, inside the caller's transaction, after the
 caller has locked the rows it will write (the caller owns transactions, locks and history).
+
+Optional members a group may add (looked up with ``getattr``; fields-core's pass and audit use them):
+
+* ``canonical(values) -> Values``: the values as WooCommerce reads them (a missing row is the
+  prop's default, '1' is 'yes'); members are compared on these, so a member is written only
+  when a product object would differ. Without it, the values are compared as read.
+* ``fingerprint_sql(prefix, post_id_sql) -> str``: a scalar SQL expression, equal for two
+  products whose stored source values are equal; the pass narrows a chunk on the server with it
+  before reading anything (a filter: unequal fingerprints are compared exactly afterwards).
 """
 
 from __future__ import annotations

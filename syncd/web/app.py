@@ -31,6 +31,7 @@ ACTIONS = (
     ("/product/{gid:int}/set-stock", product.set_stock, True),
     ("/product/{gid:int}/sync", product.sync, True),
     ("/product/{gid:int}/reconcile", product.reconcile_group, True),
+    ("/product/{gid:int}/sync-fields", product.sync_fields, True),
     ("/audit/run", audit.run_audit, True),
     ("/audit/reconcile", audit.reconcile_chosen, True),
     ("/links/link", links.link, True),

@@ -36,6 +36,7 @@ def product(ctx: Ctx, *, message: str = "", status: int = 200, preview: dict[str
         conn.rollback()
     data["history"] = [_event(e, found.get(e.change_id), data["siteurls"]) for e in entries]
     data["done"] = ctx.request.query_params.get("done", "")[:200]
+    data["manual_fields"] = list(ctx.app.config.fields.groups_in("manual"))
     data["message"] = message
     if preview is not None:
         data["preview"] = preview
@@ -276,6 +277,30 @@ def reconcile_group(ctx: Ctx) -> View | Response:
         return product(ctx, preview=outcome.document())
     log.info("dashboard_reconcile", user=ctx.user.name, group=gid, writes=outcome.counts["writes"])
     return _done(ctx, gid, outcome, f"reconciled ({outcome.counts['writes']} write(s))")
+
+
+def sync_fields(ctx: Ctx) -> View | Response:
+    """The "Sync fields now" form: one manual field group (``field``) of this link group, from its
+    authority ([fields.schedule] authority) to the members that differ (syncd.fields.manual)."""
+    from syncd.fields.manual import sync_fields as run_pass
+    from syncd.fields.registry import groups_in_mode
+
+    gid = _gid(ctx)
+    name = ctx.param("field", "")
+    groups = groups_in_mode(ctx.app.config, "manual")
+    if name not in groups:
+        return _form_error(
+            ctx, f"field must be one of the manual field groups: {', '.join(groups) or 'none'}"
+        )
+    report, _ = run_pass(
+        ctx.app.config, ctx.app.write_engine, {name: groups[name]}, group_ids=[gid], source=ctx.source
+    )
+    log.info("dashboard_sync_fields", user=ctx.user.name, group=gid, field=name, written=len(report.written))
+    if ctx.json:
+        return View("product.html", {"group": gid, **report.document()})
+    text = f"{name} synced ({len(report.written)} value(s) written"
+    text += f", {len(report.problems)} left alone)" if report.problems else ")"
+    return RedirectResponse(f"/product/{gid}?done=" + _q(text), status_code=303)
 
 
 def _done(ctx: Ctx, gid: int, outcome: reconcile.Outcome, text: str) -> View | Response:

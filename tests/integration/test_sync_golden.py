@@ -42,6 +42,7 @@ NOT_PROPAGATED = {
     # Field groups (issue 10): syncd.fields.terms / content, tests/integration/test_fields_terms_golden.py;
     # 17's tax part and 18: syncd.fields.meta, tests/integration/test_fields_meta_golden.py.
     "17-tax-and-shipping": "field groups, not stock",
+    "18-identity-and-flags": "field groups, not stock",
     "19-content-and-visibility": "field groups, not stock",
     "20-categories-and-tags": "field groups, not stock",
 }

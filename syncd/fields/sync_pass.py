@@ -1,0 +1,590 @@
+"""The field pass (issue 10): make every member of the link groups hold its authority's values of
+the chosen field groups. Used by the manual sync (``syncd sync --fields``, the dashboard) and by
+the scheduled groups (the daemon's cron job).
+
+Chunked like reconcile: a chunk of link groups is one short transaction that
+
+1. reads the chunk's linked members (blogs allowed by ``[blogs]`` and ``[fields.blogs]``);
+2. leaves alone, per field group, the link groups whose members have captured, unapplied changes
+   of that group's fields (the realtime path owns them; reported);
+3. locks in the daemon's order (:func:`syncd.lock.lock_and_read`: blog by blog, every postmeta row
+   of the products and their variation closure in post id order), then the posts rows
+   ``FOR UPDATE``: a WooCommerce save starts with ``UPDATE posts SET post_modified``, so a shop save
+   during the chunk waits for it, and the values read below are the latest committed ones
+   (READ COMMITTED): an older value never overwrites a newer one;
+4. per field group: reads every member's values (``FieldGroup.read``), chooses the authority
+   ("newest": greatest ``post_modified_gmt``, ties to the lowest blog id; or the configured blog),
+   skips the link group when the authority's values have ``problems()``, writes each member whose
+   values differ as WooCommerce reads them (``FieldGroup.write``), and records history
+   (``field_group`` set; role ``field`` per field written, ``skipped`` per field left alone);
+5. commits, or with ``dry_run`` rolls back: the preview is what a real run writes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+
+from syncd.audit import Scope
+from syncd.config import Config
+from syncd.db import errno_of, is_disconnect, is_retryable, table
+from syncd.fields.group import FieldGroup, Problem, Target, Value, Values
+from syncd.fields.since import edited_since, known_values, read_facts
+from syncd.record import FieldHistoryRow, clip_field_value, write_field_history
+
+log = structlog.get_logger("syncd.fields")
+
+#: Link groups per write transaction (reconcile's order of size); link groups looked at per
+#: unlocked scan (only those whose members differ are then locked and written).
+CHUNK = 100
+SCAN = 1000
+ATTEMPTS = 5
+_batch_ids = itertools.count(int(datetime.now(UTC).timestamp() * 1000) + 7)
+
+Key = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Member:
+    group_id: int
+    blog_id: int
+    post_id: int
+    sku: str
+    post_type: str
+    parent_id: int
+
+    @property
+    def key(self) -> Key:
+        return (self.blog_id, self.post_id)
+
+
+@dataclass
+class PassReport:
+    """What a pass wrote (or would write, ``dry_run``), what it left alone and why."""
+
+    groups: tuple[str, ...]
+    authority: str
+    dry_run: bool = False
+    link_groups: int = 0
+    written: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "groups": list(self.groups),
+            "authority": self.authority,
+            "dry_run": self.dry_run,
+            "link_groups": self.link_groups,
+            "counts": {
+                "written": len(self.written),
+                "problems": len(self.problems),
+                "skipped": len(self.skipped),
+            },
+            "written": self.written,
+            "problems": self.problems,
+            "skipped": self.skipped,
+        }
+
+
+# --------------------------------------------------------------------------- pure decisions
+def choose_authority(
+    members: Sequence[Member], modified: Mapping[Key, datetime | None], authority_blog: int | None
+) -> tuple[Member | None, str]:
+    """The member whose values win, and why (or None and the reason there is none)."""
+    if authority_blog is not None:
+        on_blog = sorted((m for m in members if m.blog_id == authority_blog), key=lambda m: m.post_id)
+        if not on_blog:
+            return None, f"the authority blog {authority_blog} has no member in this link group"
+        return on_blog[0], f"blog {authority_blog}"
+    oldest = datetime.min
+    best = min(members, key=lambda m: (-_stamp(modified.get(m.key) or oldest), m.blog_id, m.post_id))
+    return best, "newest"
+
+
+def _stamp(value: datetime) -> float:
+    return (value - datetime.min).total_seconds()
+
+
+def canonical(group: FieldGroup, values: Values) -> Values:
+    """The values as WooCommerce reads them, when the group says (optional ``canonical``)."""
+    fn = getattr(group, "canonical", None)
+    return fn(values) if fn is not None else values
+
+
+def differing_fields(group: FieldGroup, current: Values, wanted: Values) -> list[str]:
+    have, want = canonical(group, current), canonical(group, wanted)
+    return [k for k in want if have.get(k) != want.get(k)]
+
+
+def differences(
+    group: FieldGroup, values: Mapping[Key, Values], members: Sequence[Member]
+) -> list[tuple[int, list[Member], str]]:
+    """(link group, its members with values, field) for every field whose members' values differ
+    as WooCommerce reads them (pure; ``members`` in any order)."""
+    by_group: dict[int, list[Member]] = {}
+    for m in members:
+        if m.key in values:
+            by_group.setdefault(m.group_id, []).append(m)
+    out = []
+    for gid, ms in sorted(by_group.items()):
+        if len(ms) < 2:
+            continue
+        canon = {m.key: canonical(group, values[m.key]) for m in ms}
+        for fld in canon[ms[0].key]:
+            if len({canon[m.key].get(fld) for m in ms}) > 1:
+                out.append((gid, ms, fld))
+    return out
+
+
+def edited_members(
+    group: FieldGroup,
+    members: Sequence[Member],
+    values: Mapping[Key, Values],
+    known: Mapping[Key, Mapping[str, str | None]],
+) -> list[Member]:
+    """The members whose values differ from what they held after the last pass (syncd.fields.since),
+    compared as WooCommerce reads them and as history stores them (cut at 240 characters)."""
+
+    def shown(vals: Values) -> dict[str, str | None]:
+        return {f: clip_field_value(text_of(v)) for f, v in canonical(group, vals).items()}
+
+    current = {m.key: shown(values[m.key]) for m in members}
+    held = {}
+    for m in members:
+        if known.get(m.key):
+            was = shown({**values[m.key], **known[m.key]})
+            held[m.key] = {f: was.get(f) for f in known[m.key]}
+    keys = set(edited_since(held, current))
+    return [m for m in members if m.key in keys]
+
+
+def members_holding(
+    group: FieldGroup, members: Sequence[Member], values: Mapping[Key, Values], base: Mapping[str, str | None]
+) -> list[Member]:
+    """The members holding the value the last pass copied, in every field it copied."""
+    if not base:
+        return []
+    out = []
+    for m in members:
+        now = {f: clip_field_value(text_of(v)) for f, v in canonical(group, values[m.key]).items()}
+        was = {
+            f: clip_field_value(text_of(v)) for f, v in canonical(group, {**values[m.key], **base}).items()
+        }
+        if all(now.get(f) == was.get(f) for f in base):
+            out.append(m)
+    return out
+
+
+def text_of(value: Value) -> str | None:
+    """A value as history and reports show it (a term list as comma-separated slugs)."""
+    if value is None or isinstance(value, str):
+        return value
+    return ",".join(value)
+
+
+def watched_names(group: FieldGroup) -> set[str]:
+    """The change-row ``meta_key`` names of a group's fields (meta keys, ``post:``, ``terms:``)."""
+    return (
+        set(group.meta_keys)
+        | {f"post:{c}" for c in group.post_columns}
+        | {f"terms:{t}" for t in group.taxonomies}
+    )
+
+
+# --------------------------------------------------------------------------- reads
+def link_groups(conn: sa.Connection, scope: Scope, after: int, limit: int) -> list[int]:
+    """Ids of link groups with a linked member, ascending, after ``after`` (one range of the
+    ``grp`` index: the scan stops at ``limit`` ids; groups with one member on the scope's blogs
+    are dropped later, when the chunk reads its members)."""
+    if not scope.blogs:
+        return []
+    rows = conn.exec_driver_sql(
+        f"SELECT DISTINCT group_id FROM {table(scope.base, 'syncd_member')} "
+        "WHERE group_id > %s AND state = 'linked' ORDER BY group_id LIMIT %s",
+        (after, limit),
+    ).all()
+    return [int(r[0]) for r in rows]
+
+
+def read_members(conn: sa.Connection, scope: Scope, group_ids: Sequence[int]) -> list[Member]:
+    """Linked, not excluded members of the groups on the scope's blogs, in lock order."""
+    if not group_ids or not scope.blogs:
+        return []
+    excluded, params = scope.excluded_sql("m.sku")
+    gids = ", ".join(str(int(g)) for g in group_ids)
+    blogs = ", ".join(str(int(b)) for b in scope.blog_ids)
+    rows = conn.execute(
+        sa.text(
+            f"SELECT m.group_id, m.blog_id, m.post_id, m.sku, m.post_type, m.parent_id "
+            f"FROM {table(scope.base, 'syncd_member')} m WHERE m.group_id IN ({gids}) AND m.blog_id IN ({blogs}) "
+            f"AND m.state = 'linked' AND NOT {excluded} ORDER BY m.blog_id, m.post_id"
+        ),
+        params,
+    ).all()
+    return [Member(int(r[0]), int(r[1]), int(r[2]), r[3], r[4], int(r[5])) for r in rows]
+
+
+def queued_fields(conn: sa.Connection, base: str, members: Iterable[Member]) -> dict[Key, set[str]]:
+    """Per product, the keys of its captured changes not applied yet (a plain read: change rows
+    are taken before product rows, never after: the lock-order rule shared with the daemon)."""
+    keys = sorted({m.key for m in members})
+    if not keys:
+        return {}
+    pairs = ", ".join(["(%s, %s)"] * len(keys))
+    rows = conn.exec_driver_sql(
+        f"SELECT DISTINCT blog_id, post_id, meta_key FROM {table(base, 'syncd_change')} "
+        f"WHERE (blog_id, post_id) IN ({pairs})",
+        tuple(v for k in keys for v in k),
+    ).all()
+    out: dict[Key, set[str]] = {}
+    for b, p, k in rows:
+        out.setdefault((int(b), int(p)), set()).add(str(k))
+    return out
+
+
+def lock_members(conn: sa.Connection, scope: Scope, members: Sequence[Member]) -> dict[Key, datetime | None]:
+    """Lock the members' rows in the daemon's order; their ``post_modified_gmt`` (absent: gone)."""
+    from syncd.lock import lock_and_read
+
+    by_blog: dict[int, list[int]] = {}
+    for m in members:
+        by_blog.setdefault(m.blog_id, []).append(m.post_id)
+    jobs = [(scope.blogs[b], sorted(set(ids))) for b, ids in sorted(by_blog.items())]
+    lock_and_read(conn, jobs)
+    out: dict[Key, datetime | None] = {}
+    for blog, ids in jobs:
+        rows = conn.exec_driver_sql(
+            f"SELECT ID, post_modified_gmt FROM {table(blog.prefix, 'posts')} "
+            f"WHERE ID IN ({', '.join(['%s'] * len(ids))}) ORDER BY ID FOR UPDATE",
+            tuple(ids),
+        ).all()
+        out.update({(blog.blog_id, int(r[0])): r[1] for r in rows})
+    return out
+
+
+def read_values(
+    conn: sa.Connection, scope: Scope, group: FieldGroup, members: Sequence[Member]
+) -> dict[Key, Values]:
+    """The group's values of these members (``FieldGroup.read``, one call per blog)."""
+    by_blog: dict[int, list[int]] = {}
+    for m in members:
+        by_blog.setdefault(m.blog_id, []).append(m.post_id)
+    out: dict[Key, Values] = {}
+    for b, ids in sorted(by_blog.items()):
+        for pid, vals in group.read(conn, scope.blogs[b], ids).items():
+            out[(b, int(pid))] = vals
+    return out
+
+
+# --------------------------------------------------------------------------- the pass
+class FieldPass:
+    """Runs the pass over chunks of link groups (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: Config,
+        scope: Scope,
+        engine: sa.Engine,
+        groups: Mapping[str, FieldGroup],
+        *,
+        dry_run: bool = False,
+        source: str | None = None,
+    ) -> None:
+        self.config = config
+        self.scope = scope
+        self.engine = engine
+        self.groups = dict(groups)
+        self.source = source
+        self.report = PassReport(tuple(self.groups), config.fields.authority, dry_run)
+        #: tests: called with "locked" once a chunk holds its locks (races made deterministic).
+        self.step_hook: Callable[[str], None] | None = None
+
+    def run(self, group_ids: Sequence[int] | None = None, chunk: int = CHUNK) -> PassReport:
+        """Every link group (``group_ids`` None) or the ones given: looked at SCAN link groups at
+        a time without locks, then the ones whose members differ in transactions of ``chunk``."""
+        if group_ids is not None:
+            ids = sorted(set(group_ids))
+            for i in range(0, len(ids), SCAN):
+                self._write_differing(self._scan(ids[i : i + SCAN]), chunk)
+            return self.report
+        after = 0
+        while True:
+            with self.engine.connect() as conn:
+                ids = link_groups(conn, self.scope, after, SCAN)
+                conn.rollback()
+            if not ids:
+                return self.report
+            self._write_differing(self._scan(ids), chunk)
+            after = ids[-1]
+
+    def _scan(self, group_ids: Sequence[int]) -> list[int]:
+        """The link groups among ``group_ids`` whose members differ (plain reads, no lock). A group
+        with ``fingerprint_sql`` is first narrowed on the server to the link groups whose stored
+        values differ at all; only those are read and compared as WooCommerce reads them."""
+        self.report.link_groups += len(group_ids)
+        with self.engine.connect() as conn:
+            narrowed: dict[str, set[int]] = {}
+            for name, group in self.groups.items():
+                if getattr(group, "fingerprint_sql", None) is not None:
+                    narrowed[name] = self._fingerprint_differing(conn, name, group, group_ids)
+            if len(narrowed) == len(self.groups):
+                group_ids = sorted(set().union(*narrowed.values()))
+            members = read_members(conn, self.scope, group_ids)
+            differing = self._differing(conn, members, narrowed)
+            conn.rollback()
+        return sorted(differing)
+
+    def _fingerprint_differing(
+        self, conn: sa.Connection, name: str, group: Any, group_ids: Sequence[int]
+    ) -> set[int]:
+        blogs = [self.scope.blogs[b] for b in self.scope.blog_ids if self.config.fields.takes_part(name, b)]
+        if not blogs or not group_ids:
+            return set()
+        excluded, params = self.scope.excluded_sql("m.sku")
+        gids = ", ".join(str(int(g)) for g in group_ids)
+        member = table(self.scope.base, "syncd_member")
+        parts = [
+            f"SELECT m.group_id, COALESCE({group.fingerprint_sql(blog.prefix, 'm.post_id')}, '') AS fp "
+            f"FROM {member} m WHERE m.blog_id = {int(blog.blog_id)} AND m.group_id IN ({gids}) "
+            f"AND m.state = 'linked' AND NOT {excluded}"
+            for blog in blogs
+        ]
+        rows = conn.execute(
+            sa.text(
+                f"SELECT group_id FROM ({' UNION ALL '.join(parts)}) t GROUP BY group_id HAVING COUNT(DISTINCT fp) > 1"
+            ),
+            params,
+        ).all()
+        return {int(r[0]) for r in rows}
+
+    def _differing(
+        self, conn: sa.Connection, members: Sequence[Member], narrowed: Mapping[str, set[int]] | None = None
+    ) -> set[int]:
+        out: set[int] = set()
+        for name, group in self.groups.items():
+            only = (narrowed or {}).get(name)
+            taking_part = [
+                m
+                for m in members
+                if self.config.fields.takes_part(name, m.blog_id) and (only is None or m.group_id in only)
+            ]
+            values = read_values(conn, self.scope, group, taking_part)
+            out |= {gid for gid, _, _ in differences(group, values, taking_part)}
+        return out
+
+    def _write_differing(self, ids: Sequence[int], chunk: int) -> None:
+        for i in range(0, len(ids), chunk):
+            self.run_chunk(ids[i : i + chunk])
+
+    def run_chunk(self, group_ids: Sequence[int]) -> bool:
+        """One chunk in its own transaction, retried on lock waits, deadlocks and lost connections."""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                staged = self._transaction(group_ids)
+            except Exception as exc:
+                if not (is_retryable(exc) or is_disconnect(exc)):
+                    raise
+                reason = f"errno {errno_of(exc)}: {str(getattr(exc, 'orig', exc))[:160]}"
+                log.warning("field_chunk_retry", groups=len(group_ids), attempt=attempt, reason=reason)
+                time.sleep(0.05 * attempt)  # backoff between attempts, not synchronisation
+                continue
+            self._publish(staged)
+            return True
+        self.report.skipped.append(
+            {"link_groups": list(group_ids)[:50], "reason": f"chunk skipped: {reason}"}
+        )
+        log.error("field_chunk_skipped", groups=len(group_ids), reason=reason)
+        return False
+
+    def _transaction(self, group_ids: Sequence[int]) -> PassReport:
+        staged = PassReport(self.report.groups, self.report.authority, self.report.dry_run)
+        with self.engine.connect() as conn:
+            try:
+                self._chunk(conn, group_ids, staged)
+                if self.report.dry_run:
+                    conn.rollback()
+                else:
+                    conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+        return staged
+
+    def _publish(self, staged: PassReport) -> None:
+        self.report.written += staged.written
+        self.report.problems += staged.problems
+        self.report.skipped += staged.skipped
+        for w in staged.written:
+            log.info("field_synced", **{k: w[k] for k in ("group", "blog", "post", "sku", "field")})
+        for p in staged.problems:
+            log.warning(
+                "field_skipped", **{k: p[k] for k in ("group", "blog", "post", "sku", "field", "reason")}
+            )
+
+    def _chunk(self, conn: sa.Connection, group_ids: Sequence[int], staged: PassReport) -> None:
+        members = read_members(conn, self.scope, group_ids)
+        # An unlocked look first (again: things move): only the link groups whose members differ
+        # are locked and decided under their locks.
+        differing = self._differing(conn, members)
+        members = [m for m in members if m.group_id in differing]
+        if not members:
+            return
+        queued = queued_fields(conn, self.scope.base, members)
+        modified = lock_members(conn, self.scope, members) if members else {}
+        if self.step_hook is not None:
+            self.step_hook("locked")
+        members = [m for m in members if m.key in modified]  # a post deleted meanwhile
+        by_group: dict[int, list[Member]] = {}
+        for m in members:
+            by_group.setdefault(m.group_id, []).append(m)
+        history: list[FieldHistoryRow] = []
+        for name, group in self.groups.items():
+            taking_part = [m for m in members if self.config.fields.takes_part(name, m.blog_id)]
+            values = read_values(conn, self.scope, group, taking_part)
+            known: tuple[dict[Key, dict[str, str | None]], dict[int, dict[str, str | None]]] = ({}, {})
+            if self.config.fields.authority_blog is None:
+                known = known_values(read_facts(conn, self.scope.base, name, taking_part), taking_part)
+            for gid, group_members in sorted(by_group.items()):
+                mine = [m for m in group_members if m.key in values]
+                if len(mine) < 2:
+                    continue
+                busy = watched_names(group)
+                if any(queued.get(m.key, set()) & busy for m in mine):
+                    staged.skipped.append(
+                        {
+                            "group": name,
+                            "link_group": gid,
+                            "sku": mine[0].sku,
+                            "reason": "captured changes of these fields wait for the realtime path",
+                        }
+                    )
+                    continue
+                history += self._sync_one(conn, name, group, gid, mine, values, modified, staged, known)
+        write_field_history(
+            conn,
+            self.scope.base,
+            next(_batch_ids),
+            history,
+            datetime.now(UTC).replace(tzinfo=None),
+            self.source,
+        )
+
+    def _sync_one(
+        self,
+        conn: sa.Connection,
+        name: str,
+        group: FieldGroup,
+        gid: int,
+        members: Sequence[Member],
+        values: Mapping[Key, Values],
+        modified: Mapping[Key, datetime | None],
+        staged: PassReport,
+        known: tuple[Mapping[Key, Mapping[str, str | None]], Mapping[int, Mapping[str, str | None]]],
+    ) -> list[FieldHistoryRow]:
+        held, bases = known
+        edited = edited_members(group, members, values, held)
+        # Nobody edited since the last pass: its value is the one to keep (a member it could not
+        # write, e.g. a tax class its blog lacks, must not become the authority by being newer).
+        in_step = [] if edited else members_holding(group, members, values, bases.get(gid, {}))
+        auth, why = choose_authority(
+            edited or in_step or members, modified, self.config.fields.authority_blog
+        )
+        if auth is not None and (edited or in_step):
+            why = "newest edited since the last pass" if edited else "the last pass's value"
+        if auth is None:
+            staged.skipped.append({"group": name, "link_group": gid, "sku": members[0].sku, "reason": why})
+            return []
+        wanted = values[auth.key]
+        bad = group.problems(wanted)
+        if bad:
+            for fld, reason in bad:
+                staged.problems.append(
+                    _problem_entry(name, gid, auth, fld, f"authority value refused: {reason}")
+                )
+            return []
+        rows: list[FieldHistoryRow] = []
+        for m in members:
+            if m is auth:
+                continue
+            current = values[m.key]
+            fields = differing_fields(group, current, wanted)
+            if not fields:
+                continue
+            target = Target(self.scope.blogs[m.blog_id], m.post_id, m.sku, m.post_type, m.parent_id)
+            problems = group.write(conn, target, current, wanted)
+            rows += self._record(name, gid, auth, why, m, fields, current, wanted, problems, staged)
+        return rows
+
+    def _record(
+        self,
+        name: str,
+        gid: int,
+        auth: Member,
+        why: str,
+        m: Member,
+        fields: Sequence[str],
+        current: Values,
+        wanted: Values,
+        problems: Sequence[Problem],
+        staged: PassReport,
+    ) -> list[FieldHistoryRow]:
+        refused = {p.field: p.reason for p in problems}
+        rows = []
+        for fld in fields:
+            old, new = text_of(current.get(fld)), text_of(wanted.get(fld))
+            if fld in refused:
+                staged.problems.append(_problem_entry(name, gid, m, fld, refused[fld]))
+                rows.append(
+                    FieldHistoryRow(
+                        "skipped", name, m.blog_id, m.post_id, m.sku, fld, old, new, auth.key, refused[fld]
+                    )
+                )
+                continue
+            staged.written.append(
+                {
+                    "group": name,
+                    "link_group": gid,
+                    "blog": m.blog_id,
+                    "post": m.post_id,
+                    "sku": m.sku,
+                    "field": fld,
+                    "old": old,
+                    "new": new,
+                    "authority": f"{auth.blog_id}:{auth.post_id} ({why})",
+                }
+            )
+            rows.append(
+                FieldHistoryRow(
+                    "field",
+                    name,
+                    m.blog_id,
+                    m.post_id,
+                    m.sku,
+                    fld,
+                    old,
+                    new,
+                    auth.key,
+                    f"{name} pass, authority {why}",
+                )
+            )
+        return rows
+
+
+def _problem_entry(name: str, gid: int, m: Member, fld: str, reason: str) -> dict[str, Any]:
+    return {
+        "group": name,
+        "link_group": gid,
+        "blog": m.blog_id,
+        "post": m.post_id,
+        "sku": m.sku,
+        "field": fld,
+        "reason": reason,
+    }
