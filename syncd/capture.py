@@ -373,6 +373,7 @@ def install_all(config: object, *, out: object = None) -> int:
     import sys
 
     from syncd import catalog, schema
+    from syncd.fields import realtime
     from syncd.network import discover
 
     out = out or sys.stdout
@@ -388,6 +389,7 @@ def install_all(config: object, *, out: object = None) -> int:
             network = discover(conn, base)
             conn.rollback()
             selection = config.blogs  # type: ignore[attr-defined]
+            groups = realtime.realtime_groups(config)
             for blog in network.blogs:
                 if not selection.selects(blog.blog_id):
                     # [blogs] include/exclude: never read or written, and no trigger of ours there.
@@ -401,7 +403,9 @@ def install_all(config: object, *, out: object = None) -> int:
                     )
                     continue
                 try:
-                    outcome = install_blog_triggers(conn, base, blog)
+                    outcome = install_blog_triggers(
+                        conn, base, blog, realtime.watch_for(config, blog.blog_id, groups)
+                    )
                     catalog.refresh_members(conn, base, blog, settings=selection.for_blog(blog.blog_id))
                     conn.commit()
                     print(

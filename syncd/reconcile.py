@@ -754,7 +754,8 @@ class Writer:
             installed = capture.installed_triggers(conn, self.base)
             out = set()
             for b, blog in self.scope.blogs.items():
-                if capture.blog_trigger_state(installed, self.base, blog).state == "installed":
+                # Captured by triggers (an "outdated" set still captures: a field group's keys differ).
+                if capture.blog_trigger_state(installed, self.base, blog).state in ("installed", "outdated"):
                     continue
                 if get_meta(conn, self.base, f"poll_baseline:{b}") is not None:
                     out.add(b)

@@ -269,3 +269,53 @@ def test_the_trigger_set_follows_the_watched_set(wp_network):
 def test_watched_names_are_validated(group):
     with pytest.raises(ValueError):
         capture.render_blog_triggers("wp_", (2, "wp_2_"), capture.Watch.of([group]))
+
+
+def test_poll_mode_watches_the_realtime_meta_keys_from_a_new_baseline(wp_network):
+    """Without triggers: the snapshot takes a newly watched key as it is (nothing queued), then
+    each real change of it is one change row, exactly like the trigger's; a key no longer watched
+    leaves the snapshot. Posts columns and terms are refused (see test_poll_refusals_name_the_group)."""
+    from syncd import poll
+
+    net = wp_network
+    blog, post, pm = _blog(net), _post(net), net.table(BLOG, "postmeta")
+    with_price = capture.Watch.of([PRICE]).meta_keys
+
+    def polled(keys: tuple[str, ...], *statements: str) -> list[tuple]:
+        with net.engine.connect() as c:
+            schema.ensure_schema(c, net.prefix)
+            c.commit()
+            for sql in statements:
+                c.exec_driver_sql(sql)
+                c.commit()
+            c.exec_driver_sql(f"DELETE FROM {net.prefix}syncd_change")
+            poll.poll_blog(c, net.prefix, blog, keys)
+            rows = c.exec_driver_sql(
+                f"SELECT post_id, meta_key, op, old_value, new_value FROM {net.prefix}syncd_change ORDER BY id"
+            ).all()
+            c.exec_driver_sql(f"DELETE FROM {net.prefix}syncd_change")
+            c.commit()
+            return [tuple(r) for r in rows]
+
+    with net.engine.connect() as c:
+        schema.ensure_schema(c, net.prefix)  # syncd's tables, no trigger
+    set_price = f"UPDATE {pm} SET meta_value = '{{}}' WHERE post_id = {post} AND meta_key = '_regular_price'"
+    _run(net, [f"DELETE FROM {pm} WHERE post_id = {post} AND meta_key = '_regular_price'"])
+    _run(net, [f"INSERT INTO {pm} (post_id, meta_key, meta_value) VALUES ({post}, '_regular_price', '10')"])
+    assert polled(capture.STOCK_ONLY.meta_keys) == []  # first poll: the baseline, stock keys only
+    assert polled(capture.STOCK_ONLY.meta_keys, set_price.format("11")) == []  # not watched
+    assert polled(with_price) == []  # newly watched: taken as it is, nothing queued
+    assert polled(with_price, set_price.format("12")) == [(post, "_regular_price", "U", "11", "12")]
+    with net.engine.connect() as c:
+        assert poll.baseline_keys(c, net.prefix, blog) == with_price
+        # The apply step's look at unseen writes diffs the keys the snapshot holds.
+        c.exec_driver_sql(set_price.format("13"))
+        seen = poll.capture_unseen(c, net.prefix, blog, [post])
+        assert seen.keys == with_price and seen.queued == 1
+        c.rollback()
+    assert polled(capture.STOCK_ONLY.meta_keys) == []  # price off: its rows leave the snapshot
+    with net.engine.connect() as c:
+        left = c.exec_driver_sql(
+            f"SELECT COUNT(*) FROM {net.prefix}syncd_snapshot WHERE meta_key = '_regular_price'"
+        ).scalar_one()
+        assert left == 0 and poll.baseline_keys(c, net.prefix, blog) == capture.STOCK_ONLY.meta_keys
