@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from syncd.db import table, validate_prefix
 from syncd.sqlfiles import schema_text, split_statements
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 OWN_TABLES = (
     "syncd_change",
     "syncd_dead",
@@ -25,6 +25,7 @@ OWN_TABLES = (
     "syncd_meta",
     "syncd_settle",
     "syncd_fanout",
+    "syncd_register",
     "syncd_user",
     "syncd_token",
     "syncd_source",
