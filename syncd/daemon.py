@@ -226,6 +226,7 @@ class Daemon:
             propagate_sku_renames=self.config.sync.propagate_sku_renames,
             settle_seconds=self.config.sync.settle_seconds,
             step_hook=self.step_hook,
+            fields=realtime.fields_for(self.config, self.realtime_groups()),
         )
 
     def close(self) -> None:

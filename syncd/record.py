@@ -5,7 +5,7 @@ per member written because of it, one ``skipped`` row (with the reason) per memb
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -14,7 +14,18 @@ from typing import Any
 import sqlalchemy as sa
 
 from syncd.db import table
-from syncd.plan import BACKORDERS, LOW_STOCK, MANAGE, STATUS, Change, Key, Member, MemberWrite, Note
+from syncd.plan import (
+    BACKORDERS,
+    LOW_STOCK,
+    MANAGE,
+    STATUS,
+    Change,
+    FieldWrite,
+    Key,
+    Member,
+    MemberWrite,
+    Note,
+)
 
 
 @dataclass
@@ -98,15 +109,20 @@ def _group_of(groups: Mapping[Key, Sequence[Member]], key: Key) -> int | None:
 
 
 def superseded(
-    conn: sa.Connection, base_prefix: str, changes: Sequence[Change], groups: Mapping[Key, Sequence[Member]]
+    conn: sa.Connection,
+    base_prefix: str,
+    changes: Sequence[Change],
+    groups: Mapping[Key, Sequence[Member]],
+    keys: Collection[str] = REGISTER_KEYS,
 ) -> dict[int, int]:
     """Register changes older than the newest change of the same key its link group already took
     in an earlier batch: change id -> that newer change's id. Such a change arrives late (its
     blog was held, it was a dead letter retried, or it committed after a later-captured one) and
-    must not overwrite the newer value. One read, only when the batch holds register changes."""
+    must not overwrite the newer value. One read, only when the batch holds register changes.
+    ``keys``: the register keys (the realtime field groups' change keys are registers too)."""
     asked: dict[tuple[int, str], list[Change]] = {}
     for c in changes:
-        group = _group_of(groups, c.key) if c.meta_key in REGISTER_KEYS else None
+        group = _group_of(groups, c.key) if c.meta_key in keys else None
         if group is not None:
             asked.setdefault((group, c.meta_key), []).append(c)
     if not asked:
@@ -129,15 +145,16 @@ def advance_registers(
     conn: sa.Connection,
     base_prefix: str,
     applied: Sequence[Change],
-    writes: Sequence[MemberWrite],
+    writes: Sequence[MemberWrite | FieldWrite],
     groups: Mapping[Key, Sequence[Member]],
+    keys: Collection[str] = REGISTER_KEYS,
 ) -> None:
     """After the batch's writes: each applied register change becomes the newest its origin's
     group and every group it was written into has taken (in the same transaction)."""
     newest: dict[tuple[int, str], int] = {}
 
     def take(group: int | None, c: Change) -> None:
-        if group is not None and c.meta_key in REGISTER_KEYS:
+        if group is not None and c.meta_key in keys:
             newest[(group, c.meta_key)] = max(c.id, newest.get((group, c.meta_key), 0))
 
     by_id = {c.id: c for c in applied}

@@ -9,13 +9,42 @@ goes through the apply pipeline.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from syncd.capture import STOCK_ONLY, Watch
+from syncd.capture import POST_KEY, STOCK_ONLY, TERMS_KEY, Watch
 from syncd.fields.group import FieldGroup
+from syncd.plan import WATCHED_KEYS
 
 REALTIME = "realtime"
+
+
+@dataclass(frozen=True)
+class RealtimeFields:
+    """What the apply step needs of the realtime groups: the groups, which blogs take part in
+    each (``[fields.blogs]``), and which change key is which group's field."""
+
+    groups: Mapping[str, FieldGroup]
+    takes_part: Callable[[str, int], bool]
+
+    def index(self) -> dict[str, tuple[str, str]]:
+        """Change-row key -> (group, field name): a meta key is its own field name, a posts
+        column ``post:<column>`` is ``<column>``, a taxonomy is ``terms:<taxonomy>`` both ways.
+        The stock keys are never a field's (stock has its own rules)."""
+        out: dict[str, tuple[str, str]] = {}
+        for name, g in self.groups.items():
+            out.update({k: (name, k) for k in g.meta_keys if k not in WATCHED_KEYS})
+            out.update({POST_KEY + c: (name, c) for c in g.post_columns})
+            out.update({TERMS_KEY + t: (name, TERMS_KEY + t) for t in g.taxonomies})
+        return out
+
+
+def fields_for(config: Any, groups: Mapping[str, FieldGroup]) -> RealtimeFields | None:
+    """The apply step's view of the realtime groups (None: no group is realtime)."""
+    if not groups:
+        return None
+    return RealtimeFields(dict(groups), config.fields.takes_part)
 
 
 def realtime_groups(config: Any) -> dict[str, FieldGroup]:

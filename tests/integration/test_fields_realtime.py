@@ -1,0 +1,132 @@
+"""Issue 10, realtime mode through the capture + apply pipeline: a realtime group's values are
+registers in the same pipeline and transaction as stock (last captured change wins), carried to
+the blogs that take part in the group, never captured again when syncd writes them, and a bad
+value skips that member's group while the rest of the batch is synced.
+
+Groups here are test-only plain meta groups (tests/integration/fields_helpers.py); the real
+groups' derived rows are tested by their own golden tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from tests.integration.fields_helpers import PRICE, TAX, realtime_daemon
+from tests.integration.sync_helpers import ids, meta, pending, qty, set_meta, woo_decrease
+
+BLOGS = (1, 2, 3)
+
+
+def prices(net: Any, post: dict[int, int], key: str = "_regular_price") -> list[str | None]:
+    return [meta(net, b, post[b], key) for b in BLOGS]
+
+
+def history(net: Any, key: str) -> list[tuple[str, int, str | None, str | None]]:
+    with net.engine.connect() as c:
+        rows = c.execute(
+            sa.text(
+                f"SELECT role, blog_id, new_value, note FROM {net.prefix}syncd_history "
+                "WHERE meta_key = :k ORDER BY id"
+            ),
+            {"k": key},
+        ).all()
+    return [tuple(r) for r in rows]
+
+
+def test_a_price_edit_reaches_every_blog_once_and_is_not_captured_back(wp_network):
+    net = wp_network
+    mug = ids(net, "MUG")
+    d = realtime_daemon(net, {"price": PRICE})
+    try:
+        set_meta(net, 1, mug[1], "_regular_price", "17.50")
+        assert pending(net) == 1  # the trigger watches the realtime group's key
+        d.apply_pending()
+        assert prices(net, mug) == ["17.50"] * 3
+        # syncd's own writes are not captured: nothing queued, nothing to apply (no ping-pong).
+        assert pending(net) == 0 and d.apply_pending() == 0
+        roles = [(r[0], r[1]) for r in history(net, "_regular_price")]
+        assert sorted(roles) == [("copy", 2), ("copy", 3), ("origin", 1)]
+        # Stock still syncs alongside, in the same batches.
+        set_meta(net, 2, mug[2], "_regular_price", "18.00")
+        woo_decrease(net, 2, mug[2], 1)
+        before = qty(net, 1, mug[1])
+        d.apply_pending()
+        assert prices(net, mug) == ["18.00"] * 3
+        assert [qty(net, b, mug[b]) for b in BLOGS] == [before - 1] * 3
+    finally:
+        d.close()
+
+
+def test_edits_on_two_blogs_converge_to_the_last_captured(wp_network):
+    net = wp_network
+    mug = ids(net, "MUG")
+    d = realtime_daemon(net, {"price": PRICE})
+    try:
+        # Both captured before the batch: the later one wins everywhere, its origin included.
+        set_meta(net, 3, mug[3], "_regular_price", "30.00")
+        set_meta(net, 2, mug[2], "_regular_price", "20.00")
+        d.apply_pending()
+        assert prices(net, mug) == ["20.00"] * 3
+        # One captured after the batch was fetched (between the fetch and the lock step): the
+        # batch starts again with it, and the last captured still wins.
+        fired: list[str] = []
+
+        def edit_between_fetch_and_lock(step: str) -> None:
+            if step == "lock" and not fired:
+                fired.append(step)
+                set_meta(net, 3, mug[3], "_regular_price", "33.00")
+
+        set_meta(net, 1, mug[1], "_regular_price", "11.00")
+        d.step_hook = edit_between_fetch_and_lock
+        d.apply_pending()
+        assert fired and pending(net) == 0
+        assert prices(net, mug) == ["33.00"] * 3
+    finally:
+        d.close()
+
+
+def test_a_bad_value_is_skipped_and_the_rest_synced(wp_network):
+    net = wp_network
+    mug = ids(net, "MUG")
+    d = realtime_daemon(net, {"price": PRICE, "tax": TAX})
+    try:
+        before = prices(net, mug)
+        before_qty = qty(net, 1, mug[1])
+        with net.engine.connect() as c:  # one save: a bad price, a tax class, a sale
+            for key, value in (("_regular_price", "1,99"), ("_tax_class", "reduced-rate")):
+                c.execute(
+                    sa.text(
+                        f"UPDATE {net.table(1, 'postmeta')} SET meta_value = :v WHERE post_id = :p AND meta_key = :k"
+                    ),
+                    {"v": value, "p": mug[1], "k": key},
+                )
+            c.commit()
+        woo_decrease(net, 1, mug[1], 2)
+        d.apply_pending()
+        assert prices(net, mug)[1:] == before[1:]  # the bad price reached nobody
+        assert prices(net, mug, "_tax_class") == ["reduced-rate"] * 3
+        assert [qty(net, b, mug[b]) for b in BLOGS] == [before_qty - 2] * 3
+        skipped = [r for r in history(net, "_regular_price") if r[0] == "skipped"]
+        assert sorted(r[1] for r in skipped) == [2, 3]
+        assert all("not a number" in (r[3] or "") for r in skipped)
+        assert pending(net) == 0
+    finally:
+        d.close()
+
+
+def test_only_the_blogs_of_the_group_take_part(wp_network):
+    net = wp_network
+    mug = ids(net, "MUG")
+    d = realtime_daemon(net, {"price": PRICE}, blogs={"price": (1, 2)})
+    try:
+        before = meta(net, 3, mug[3], "_regular_price")
+        set_meta(net, 1, mug[1], "_regular_price", "21.00")
+        d.apply_pending()
+        assert prices(net, mug) == ["21.00", "21.00", before]
+        # Blog 3 does not take part: its own edit is not even captured.
+        set_meta(net, 3, mug[3], "_regular_price", "99.00")
+        assert pending(net) == 0
+        assert prices(net, mug) == ["21.00", "21.00", "99.00"]
+    finally:
+        d.close()
