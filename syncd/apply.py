@@ -153,6 +153,8 @@ class Applier:
         stock = [c for c in changes if c.meta_key not in self.field_keys]
         plan = self._plan(conn, stock, scope, rows, superseded)
         fields = self._plan_fields(changes, scope, rows, superseded)
+        if self.field_writer is not None and fields.writes:
+            self.field_writer.lock_targets(conn, fields, scope.blogs)
         self._recheck(conn, changes, plan.writes, rows, [w.key for w in fields.writes])
         result.notes = plan.notes
         result.history.extend(_notes_history(plan.notes, changes))

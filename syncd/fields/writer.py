@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import sqlalchemy as sa
 import structlog
 
-from syncd.db import errno_of, is_retryable
+from syncd.db import errno_of, is_retryable, run_many, table
 from syncd.fields.group import FieldGroup, Target, Value, Values
 from syncd.fields.realtime import RealtimeFields
 from syncd.lock import ProductRows
@@ -41,6 +41,26 @@ class FieldWriter:
         self.index = realtime.index()
         #: (group, field) -> the change key history records it under (``post:<column>`` etc.).
         self.keys = {v: k for k, v in self.index.items()}
+
+    def lock_targets(self, conn: sa.Connection, plan: FieldPlan, blogs: Mapping[int, Blog]) -> None:
+        """Lock the posts rows of the members that take a posts column (the lock step holds
+        their postmeta rows, not these): a shop's title edit committed from now on waits for this
+        transaction and is captured after it, so the re-check that follows sees every edit that
+        could be overwritten, and none can slip in between. Ascending blog, then post id."""
+        posts: dict[int, set[int]] = {}
+        for w in plan.writes:
+            if self.realtime.groups[w.group].post_columns and w.blog_id in blogs:
+                posts.setdefault(w.blog_id, set()).add(w.post_id)
+        statements = [
+            (
+                f"SELECT ID FROM {table(blogs[b].prefix, 'posts')} WHERE ID IN ({', '.join(['%s'] * len(p))}) "
+                "ORDER BY ID FOR UPDATE",
+                sorted(p),
+            )
+            for b, p in sorted(posts.items())
+        ]
+        if statements:
+            run_many(conn, statements)
 
     def write_all(
         self,

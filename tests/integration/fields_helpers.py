@@ -116,3 +116,89 @@ def realtime_daemon(
     d._realtime = (d.config, dict(groups))  # the registry's groups, once merged
     d.discover()
     return d
+
+
+@dataclass
+class PlainTitleGroup:
+    """Test-only content-like group: ``post_title`` as it is."""
+
+    name: str = "content"
+    meta_keys: tuple[str, ...] = ()
+    post_columns: tuple[str, ...] = ("post_title",)
+    taxonomies: tuple[str, ...] = ()
+
+    def read(self, conn: sa.Connection, blog: Blog, post_ids: Sequence[int]) -> dict[int, Values]:
+        rows = conn.execute(
+            sa.text(f"SELECT ID, post_title FROM {table(blog.prefix, 'posts')} WHERE ID IN :p").bindparams(
+                sa.bindparam("p", expanding=True)
+            ),
+            {"p": list(post_ids)},
+        )
+        return {int(i): {"post_title": t} for i, t in rows}
+
+    def problems(self, values: Values) -> list[tuple[str, str]]:
+        return [] if values.get("post_title") else [("post_title", "empty title")]
+
+    def write(self, conn: sa.Connection, target: Target, current: Values, wanted: Values) -> list[Problem]:
+        conn.execute(
+            sa.text(f"UPDATE {table(target.blog.prefix, 'posts')} SET post_title = :t WHERE ID = :p"),
+            {"t": wanted["post_title"], "p": target.post_id},
+        )
+        return []
+
+
+@dataclass
+class PlainCategoryGroup:
+    """Test-only taxonomy-like group: a product's ``product_cat`` slugs, matched by slug; a slug
+    missing on the target blog is a problem (the field is left alone there). No term counts."""
+
+    name: str = "taxonomy"
+    meta_keys: tuple[str, ...] = ()
+    post_columns: tuple[str, ...] = ()
+    taxonomies: tuple[str, ...] = ("product_cat",)
+    field: str = "terms:product_cat"
+
+    def _terms(self, conn: sa.Connection, blog: Blog) -> dict[str, int]:
+        rows = conn.exec_driver_sql(
+            f"SELECT t.slug, tt.term_taxonomy_id FROM {table(blog.prefix, 'term_taxonomy')} tt "
+            f"JOIN {table(blog.prefix, 'terms')} t ON t.term_id = tt.term_id WHERE tt.taxonomy = 'product_cat'"
+        )
+        return {str(s): int(i) for s, i in rows}
+
+    def read(self, conn: sa.Connection, blog: Blog, post_ids: Sequence[int]) -> dict[int, Values]:
+        out: dict[int, list[str]] = {p: [] for p in post_ids}
+        by_id = {v: k for k, v in self._terms(conn, blog).items()}
+        rows = conn.execute(
+            sa.text(
+                f"SELECT object_id, term_taxonomy_id FROM {table(blog.prefix, 'term_relationships')} "
+                "WHERE object_id IN :p"
+            ).bindparams(sa.bindparam("p", expanding=True)),
+            {"p": list(post_ids)},
+        )
+        for obj, tt in rows:
+            if int(tt) in by_id:
+                out[int(obj)].append(by_id[int(tt)])
+        return {p: {self.field: tuple(sorted(v))} for p, v in out.items()}
+
+    def problems(self, values: Values) -> list[tuple[str, str]]:
+        return []
+
+    def write(self, conn: sa.Connection, target: Target, current: Values, wanted: Values) -> list[Problem]:
+        terms = self._terms(conn, target.blog)
+        want, have = set(wanted[self.field] or ()), set(current[self.field] or ())
+        missing = sorted(want - set(terms))
+        if missing:
+            why = f"term {', '.join(missing)} does not exist on blog {target.blog.blog_id}"
+            return [Problem(target.blog.blog_id, target.post_id, target.sku, self.field, why)]
+        tr = table(target.blog.prefix, "term_relationships")
+        for slug in sorted(want - have):
+            conn.exec_driver_sql(
+                f"INSERT INTO {tr} (object_id, term_taxonomy_id) VALUES (%s, %s)",
+                (target.post_id, terms[slug]),
+            )
+        for slug in sorted(have - want):
+            conn.exec_driver_sql(
+                f"DELETE FROM {tr} WHERE object_id = %s AND term_taxonomy_id = %s",
+                (target.post_id, terms[slug]),
+            )
+        return []

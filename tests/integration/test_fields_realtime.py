@@ -130,3 +130,63 @@ def test_only_the_blogs_of_the_group_take_part(wp_network):
         assert prices(net, mug) == ["21.00", "21.00", "99.00"]
     finally:
         d.close()
+
+
+def _title(net: Any, blog: int, post: int) -> str:
+    with net.engine.connect() as c:
+        return c.exec_driver_sql(
+            f"SELECT post_title FROM {net.table(blog, 'posts')} WHERE ID = {post}"
+        ).scalar_one()
+
+
+def _add_category(net: Any, blog: int, post: int, slug: str, *, create: bool = True) -> int:
+    t, tt, tr = (net.table(blog, x) for x in ("terms", "term_taxonomy", "term_relationships"))
+    with net.engine.connect() as c:
+        found = c.execute(
+            sa.text(
+                f"SELECT tt.term_taxonomy_id FROM {tt} tt JOIN {t} t ON t.term_id = tt.term_id "
+                "WHERE tt.taxonomy = 'product_cat' AND t.slug = :s"
+            ),
+            {"s": slug},
+        ).scalar_one_or_none()
+        if found is None:
+            term = c.execute(sa.text(f"INSERT INTO {t} (name, slug) VALUES (:s, :s)"), {"s": slug}).lastrowid
+            found = c.exec_driver_sql(
+                f"INSERT INTO {tt} (term_id, taxonomy, description) VALUES ({term}, 'product_cat', '')"
+            ).lastrowid
+        if post:
+            c.exec_driver_sql(f"INSERT INTO {tr} (object_id, term_taxonomy_id) VALUES ({post}, {found})")
+        c.commit()
+    return int(found)
+
+
+def test_a_title_and_a_category_travel_through_the_pipeline(wp_network):
+    from tests.integration.fields_helpers import PlainCategoryGroup, PlainTitleGroup
+
+    net = wp_network
+    mug = ids(net, "MUG")
+    for b in (1, 2):
+        _add_category(net, b, 0, "kitchen")  # blog 3 has no such category
+    d = realtime_daemon(net, {"content": PlainTitleGroup(), "taxonomy": PlainCategoryGroup()})
+    try:
+        with net.engine.connect() as c:
+            c.exec_driver_sql(
+                f"UPDATE {net.table(1, 'posts')} SET post_title = 'Mug, teal' WHERE ID = {mug[1]}"
+            )
+            c.commit()
+        _add_category(net, 1, mug[1], "kitchen")
+        assert pending(net) == 2  # post:post_title and terms:product_cat
+        d.apply_pending()
+        assert [_title(net, b, mug[b]) for b in BLOGS] == ["Mug, teal"] * 3
+        cats = PlainCategoryGroup()
+        with net.engine.connect() as c:
+            from syncd.network import discover
+
+            network = discover(c, net.prefix)
+            have = [cats.read(c, network.blog(b), [mug[b]])[mug[b]]["terms:product_cat"] for b in BLOGS]
+        assert "kitchen" in have[0] and "kitchen" in have[1] and "kitchen" not in have[2]
+        skipped = [r for r in history(net, "terms:product_cat") if r[0] == "skipped"]
+        assert [(r[1], "does not exist" in (r[3] or "")) for r in skipped] == [(3, True)]
+        assert pending(net) == 0  # syncd's own posts and term writes are not captured
+    finally:
+        d.close()
