@@ -190,3 +190,33 @@ def test_a_title_and_a_category_travel_through_the_pipeline(wp_network):
         assert pending(net) == 0  # syncd's own posts and term writes are not captured
     finally:
         d.close()
+
+
+def test_poll_mode_syncs_a_realtime_meta_group_without_echo_and_refuses_post_columns(wp_network):
+    """Without triggers the realtime group's meta keys are polled like stock: an edit is queued by
+    the poll, applied, and syncd's own writes advance the snapshot (the next poll queues nothing).
+    A realtime group that needs post columns or terms cannot be polled: refused at start-up."""
+    import pytest
+
+    from syncd.daemon import Daemon, StartupRefused
+    from tests.integration.fields_helpers import PlainTitleGroup, with_fields
+
+    net = wp_network
+    mug = ids(net, "MUG")
+    d = realtime_daemon(net, {"price": PRICE}, capture={"mode": "poll"})
+    try:
+        assert d.capture_mode == "poll"
+        d.poll()  # the baseline, price keys included
+        set_meta(net, 2, mug[2], "_regular_price", "12.34")
+        assert d.poll() == 1
+        d.apply_pending()
+        assert prices(net, mug) == ["12.34"] * 3
+        assert d.poll() == 0 and pending(net) == 0  # syncd's writes are not polled back
+    finally:
+        d.close()
+    config = with_fields(d.config, {"content": "realtime"}, {})
+    refused = Daemon(config, instance="test")
+    refused._realtime = (config, {"content": PlainTitleGroup()})
+    with pytest.raises(StartupRefused, match=r'content = "realtime" needs triggers \(post columns'):
+        refused.prepare()
+    refused.close()
