@@ -163,3 +163,30 @@ def test_field_watch_order_and_poll_refusals():
     assert len(refused) == 2
     assert refused[0].startswith('[fields] content = "realtime" needs triggers (post columns')
     assert "taxonomy terms" in refused[1]
+
+
+def test_realtime_field_index_maps_change_keys_to_group_fields():
+    from dataclasses import dataclass
+
+    from syncd.fields.realtime import RealtimeFields
+
+    @dataclass
+    class G:
+        name: str
+        meta_keys: tuple[str, ...] = ()
+        post_columns: tuple[str, ...] = ()
+        taxonomies: tuple[str, ...] = ()
+
+    rt = RealtimeFields(
+        {
+            "price": G("price", ("_regular_price", "_stock")),
+            "content": G("content", (), ("post_title",)),
+            "taxonomy": G("taxonomy", (), (), ("product_cat",)),
+        },
+        lambda g, b: True,
+    )
+    assert rt.index() == {
+        "_regular_price": ("price", "_regular_price"),  # _stock is never a field's: stock has its own rules
+        "post:post_title": ("content", "post_title"),
+        "terms:product_cat": ("taxonomy", "terms:product_cat"),
+    }
