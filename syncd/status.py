@@ -282,19 +282,19 @@ def _dur(seconds: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"
 
 
+def watches(config: Any) -> Callable[[int], capture.Watch]:
+    """What each blog's triggers must watch under this configuration (stock + realtime groups)."""
+    groups = realtime.realtime_groups(config)
+    return lambda blog_id: realtime.watch_for(config, blog_id, groups)
+
+
 def main(config: Any, args: Any, out: TextIO | None = None) -> int:
     """Entry point of ``syncd status [--json]``."""
     out = out or sys.stdout
     engine = config.database.make_engine()
-    groups = realtime.realtime_groups(config)
     try:
         with engine.connect() as conn:
-            report = collect(
-                conn,
-                config.database.table_prefix,
-                config.blogs.selects,
-                lambda blog_id: realtime.watch_for(config, blog_id, groups),
-            )
+            report = collect(conn, config.database.table_prefix, config.blogs.selects, watches(config))
     finally:
         engine.dispose()
     report["checked_at"] = datetime.now(UTC).isoformat(timespec="seconds")

@@ -319,3 +319,27 @@ def test_poll_mode_watches_the_realtime_meta_keys_from_a_new_baseline(wp_network
             f"SELECT COUNT(*) FROM {net.prefix}syncd_snapshot WHERE meta_key = '_regular_price'"
         ).scalar_one()
         assert left == 0 and poll.baseline_keys(c, net.prefix, blog) == capture.STOCK_ONLY.meta_keys
+
+
+def test_status_judges_each_blogs_triggers_against_its_watch(wp_network):
+    from syncd import status
+
+    net = wp_network
+    with net.engine.connect() as c:
+        schema.ensure_schema(c, net.prefix)
+        network = discover(c, net.prefix)
+        for blog in network.usable_blogs():
+            capture.install_blog_triggers(
+                c, net.prefix, blog, WATCH if blog.blog_id == BLOG else capture.STOCK_ONLY
+            )
+        c.commit()
+
+        def states(watch_for: Any) -> dict[int, str]:
+            report = status.collect(c, net.prefix, None, watch_for)
+            c.rollback()
+            return {b["blog_id"]: b["triggers"] for b in report["blogs"] if "triggers" in b}
+
+        assert states(lambda b: WATCH if b == BLOG else capture.STOCK_ONLY) == dict.fromkeys(
+            net.blog_ids, "installed"
+        )
+        assert states(None)[BLOG] == "outdated"  # as configured without the field groups
