@@ -148,8 +148,7 @@ class Applier:
         scope = self.claim(conn, changes)
         rows, unreadable = self._lock_step(conn, scope)
         self.step("locked")  # every stock row of the batch is locked; nothing written yet
-        register_keys = (*record.REGISTER_KEYS, *self.field_keys)
-        superseded = record.superseded(conn, self.base, changes, scope.groups, register_keys)
+        superseded = record.superseded(conn, self.base, changes, scope.groups, self.field_keys)
         stock = [c for c in changes if c.meta_key not in self.field_keys]
         plan = self._plan(conn, stock, scope, rows, superseded)
         fields = self._plan_fields(changes, scope, rows, superseded)
@@ -240,6 +239,7 @@ class Applier:
         copies expected (syncd.fanout) and the SKU-rename conflicts; records the fan-outs."""
         sharing_origins = [c.key for c in changes if c.meta_key == STOCK and c.key in scope.translations]
         expected = fanout.expected(conn, self.base, sharing_origins) if sharing_origins else []
+        late_bases = record.late_set_bases(conn, self.base, changes, superseded) if superseded else None
         plan = plan_batch(
             changes,
             scope.groups,
@@ -251,6 +251,7 @@ class Applier:
             settling=scope.frozen,
             expected_copies=expected,
             superseded=superseded,
+            late_set_bases=late_bases,
         )
         fanout.record(conn, self.base, plan.copies_expected, plan.copies_met)
         return plan

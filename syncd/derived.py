@@ -583,7 +583,9 @@ def _candidate_transients(snap: Snapshot, ids: Sequence[int], hide_out_of_stock:
     return [woo.transient_option_names(n)[0] for n in names]
 
 
-def _side_tables_sql(prefix: str, involved: Sequence[int], transients: Sequence[str]) -> tuple[str, list[Any]]:
+def _side_tables_sql(
+    prefix: str, involved: Sequence[int], transients: Sequence[str]
+) -> tuple[str, list[Any]]:
     """product_type/product_visibility terms, the relationships that matter (variable type,
     outofstock), attribute-lookup stock flags and existing transients: one UNION ALL.
 
@@ -758,7 +760,8 @@ def read_snapshots(
             _meta_sql(blog.prefix, involved, lock),
             (
                 f"SELECT * FROM {table(blog.prefix, 'wc_product_meta_lookup')} "
-                f"WHERE product_id IN ({_marks(len(involved))}) ORDER BY product_id" + (" FOR UPDATE" if lock else ""),
+                f"WHERE product_id IN ({_marks(len(involved))}) ORDER BY product_id"
+                + (" FOR UPDATE" if lock else ""),
                 involved,
             ),
         ]
@@ -999,8 +1002,15 @@ def _recount_terms(
     sql: _Sql, blog: Blog, snap: Snapshot, product_ids: Sequence[int]
 ) -> dict[str, tuple[int | None, int]]:
     """Rewrite ``product_count_<taxonomy>`` termmeta where it differs (update_term_meta no-op rule)."""
+    return _write_term_counts(sql, blog, snap, _terms_for_recount(sql, blog.prefix, product_ids))
+
+
+def _write_term_counts(
+    sql: _Sql, blog: Blog, snap: Snapshot, targets: Mapping[tuple[str, int], set[int]]
+) -> dict[str, tuple[int | None, int]]:
+    """``product_count_<taxonomy>`` of each (taxonomy, term) -> the terms it counts, written where
+    it differs (inserted when missing)."""
     prefix = blog.prefix
-    targets = _terms_for_recount(sql, prefix, product_ids)
     if not targets:
         return {}
     termmeta = table(prefix, "termmeta")
@@ -1069,6 +1079,48 @@ def _write_transients(
         params,
     )
     return tuple(doomed), True
+
+
+def _terms_with_ancestors(
+    sql: _Sql, prefix: str, terms: Mapping[str, Iterable[int]]
+) -> dict[tuple[str, int], set[int]]:
+    """``_wc_term_recount()``'s targets for explicit terms: each term and (product_cat) its
+    ancestors, each counted over itself and its descendants."""
+    out: dict[tuple[str, int], set[int]] = {}
+    for taxonomy in woo.RECOUNT_TAXONOMIES:
+        given = sorted({int(t) for t in terms.get(taxonomy, ())})
+        if not given:
+            continue
+        hierarchical = taxonomy in woo.HIERARCHICAL_TAXONOMIES
+        parents = _term_parents(sql, prefix, taxonomy) if hierarchical else {}
+        for term in woo.terms_to_recount(given, parents, hierarchical=hierarchical):
+            out[(taxonomy, term)] = {term} | (woo.term_descendants(term, parents) if hierarchical else set())
+    return out
+
+
+def recount_catalog_terms(
+    conn: sa.Connection, blog: Blog, terms: Mapping[str, Iterable[int]]
+) -> dict[str, tuple[int | None, int]]:
+    """``_wc_term_recount()`` for explicit ``product_cat`` / ``product_tag`` term ids (and their
+    ancestors): the ``product_count_<taxonomy>`` termmeta, written where it differs, with the
+    blog's own visibility terms and ``woocommerce_hide_out_of_stock_items``. Used when a product's
+    categories, tags or ``exclude-from-catalog`` term change (syncd.fields.terms). Does not touch
+    ``term_taxonomy.count`` nor the ``wc_term_counts`` transient (the caller does). Returns
+    ``{"taxonomy:term": (old, new)}`` of the rows written."""
+    sql = _Sql(conn)
+    targets = _terms_with_ancestors(sql, blog.prefix, terms)
+    if not targets:
+        return {}
+    snap = Snapshot()
+    for name, tt_id in sql.run(
+        f"SELECT t.name, tt.term_taxonomy_id FROM {table(blog.prefix, 'term_taxonomy')} tt "
+        f"JOIN {table(blog.prefix, 'terms')} t ON t.term_id = tt.term_id "
+        f"WHERE tt.taxonomy = 'product_visibility' ORDER BY tt.term_taxonomy_id"
+    ):
+        snap.visibility_terms.setdefault(_text(name), int(tt_id))
+    written = _write_term_counts(sql, blog, snap, targets)
+    sql.flush()
+    return written
 
 
 # --------------------------------------------------------------------------- public API

@@ -193,6 +193,7 @@ def plan_batch(
     settling: Collection[Key] = (),
     expected_copies: Sequence[CopyExpected] = (),
     superseded: Mapping[int, int] | None = None,
+    late_set_bases: Mapping[int, str | None] | None = None,
 ) -> Plan:
     """Compute the writes of one batch.
 
@@ -230,11 +231,15 @@ def plan_batch(
     ``superseded`` maps a register change to a newer change of its group (captured later) that an
     earlier batch already applied (``{base}syncd_register``): it is not propagated, so that the
     last captured value wins across batches too (a held blog's change, a retried dead letter).
+    A superseded ``_stock`` insert (an importer's absolute set) with a known previous value of its
+    product (``late_set_bases``: the value the importer's delete removed) is sent as the delta it
+    made, so that the sales applied after it are kept; without one it is superseded like a register.
     """
     live = set(live_blogs)
     translations = translations or {}
     sku_conflicts = sku_conflicts or {}
     superseded = superseded or {}
+    late_set_bases = late_set_bases or {}
     joins = set(settling)
     settle_deltas: dict[Key, Decimal] = {}
     ordered = sorted(changes, key=lambda c: c.id)
@@ -298,19 +303,27 @@ def plan_batch(
         if not origin_facts.alive:
             note(c, sku, "origin product is deleted or trashed")
             continue
-        if c.id in superseded:
-            note(
-                c,
-                sku,
-                f"{SUPERSEDED_NOTE}: change {superseded[c.id]} of its group, captured later, was applied first",
-                "warning",
-            )
-            continue
         shared = c.key in translations
         if not shared and (self_member is None or self_member.state != "linked"):
             state = self_member.state if self_member else "unlinked"
             level = "warning" if state == "ambiguous" else "info"
             note(c, sku, f"origin is {state}", level)
+            continue
+        if c.id in superseded:
+            late = _late_set_delta(c, late_set_bases.get(c.id))
+            if late is None:
+                note(
+                    c,
+                    sku,
+                    f"{SUPERSEDED_NOTE}: change {superseded[c.id]} of its group, captured later, was applied first",
+                    "warning",
+                )
+                continue
+            # An importer's absolute set that arrives after later sales were applied: what it
+            # changed on its own product (new - the value its delete removed) goes to the others
+            # as a delta, on top of those sales, which a set would overwrite.
+            note(c, sku, f"late absolute set (change {superseded[c.id]} applied first): sent as its delta")
+            stock_events.append((c, late, False))
             continue
         if c.meta_key == STOCK:
             if c.op == "D":
@@ -880,3 +893,15 @@ def _field_receivers(
         and takes_part(group, m.blog_id)
         and facts.get(m.key, Facts(exists=False)).alive
     ]
+
+
+def _late_set_delta(c: Change, base: str | None) -> Decimal | None:
+    """The delta a late absolute ``_stock`` set made on its own product (None: not a stock set,
+    or no usable previous value)."""
+    if c.meta_key != STOCK or c.op != "I":
+        return None
+    try:
+        old, new = parse_quantity(base), parse_quantity(c.new_value)
+    except StockValueError:
+        return None
+    return None if old is None or new is None else new - old

@@ -19,6 +19,7 @@ from syncd.plan import (
     LOW_STOCK,
     MANAGE,
     STATUS,
+    STOCK,
     Change,
     FieldWrite,
     Key,
@@ -101,6 +102,14 @@ def _clip(v: str | None) -> str | None:
 
 #: Keys whose changes are last-captured-wins values (a manual ``_stock_status`` is one).
 REGISTER_KEYS = (MANAGE, BACKORDERS, LOW_STOCK, STATUS)
+#: Keys whose newest applied change is kept per group: the registers, and ``_stock`` (an
+#: importer's absolute set older than a sale already applied must not overwrite it).
+TRACKED_KEYS = (*REGISTER_KEYS, STOCK)
+
+
+def _tracked(c: Change) -> bool:
+    """Watched for lateness: register changes, and ``_stock`` inserts (absolute sets)."""
+    return c.meta_key in REGISTER_KEYS or (c.meta_key == STOCK and c.op == "I")
 
 
 def _group_of(groups: Mapping[Key, Sequence[Member]], key: Key) -> int | None:
@@ -113,16 +122,16 @@ def superseded(
     base_prefix: str,
     changes: Sequence[Change],
     groups: Mapping[Key, Sequence[Member]],
-    keys: Collection[str] = REGISTER_KEYS,
+    fields: Collection[str] = (),
 ) -> dict[int, int]:
     """Register changes older than the newest change of the same key its link group already took
     in an earlier batch: change id -> that newer change's id. Such a change arrives late (its
     blog was held, it was a dead letter retried, or it committed after a later-captured one) and
     must not overwrite the newer value. One read, only when the batch holds register changes.
-    ``keys``: the register keys (the realtime field groups' change keys are registers too)."""
+    ``fields``: the realtime field groups' change keys (registers too)."""
     asked: dict[tuple[int, str], list[Change]] = {}
     for c in changes:
-        group = _group_of(groups, c.key) if c.meta_key in keys else None
+        group = _group_of(groups, c.key) if _tracked(c) or c.meta_key in fields else None
         if group is not None:
             asked.setdefault((group, c.meta_key), []).append(c)
     if not asked:
@@ -147,14 +156,14 @@ def advance_registers(
     applied: Sequence[Change],
     writes: Sequence[MemberWrite | FieldWrite],
     groups: Mapping[Key, Sequence[Member]],
-    keys: Collection[str] = REGISTER_KEYS,
+    fields: Collection[str] = (),
 ) -> None:
-    """After the batch's writes: each applied register change becomes the newest its origin's
-    group and every group it was written into has taken (in the same transaction)."""
+    """After the batch's writes: each applied register or stock change becomes the newest its
+    origin's group and every group it was written into has taken (in the same transaction)."""
     newest: dict[tuple[int, str], int] = {}
 
     def take(group: int | None, c: Change) -> None:
-        if group is not None and c.meta_key in keys:
+        if group is not None and (c.meta_key in TRACKED_KEYS or c.meta_key in fields):
             newest[(group, c.meta_key)] = max(c.id, newest.get((group, c.meta_key), 0))
 
     by_id = {c.id: c for c in applied}
@@ -172,3 +181,29 @@ def advance_registers(
         + " ON DUPLICATE KEY UPDATE change_id = GREATEST(change_id, VALUES(change_id))",
         tuple(v for (g, k), cid in sorted(newest.items()) for v in (g, k, cid)),
     )
+
+
+def late_set_bases(
+    conn: sa.Connection, base_prefix: str, changes: Sequence[Change], superseded: Mapping[int, int]
+) -> dict[int, str | None]:
+    """For each superseded ``_stock`` insert (an importer's absolute set arriving late): the value
+    the importer's delete of that row removed just before, from this batch or, when the delete
+    was applied in an earlier batch, from its ``origin`` history row (searched backwards from the
+    insert's id on the ``change_id`` index, within 100,000 ids: the delete is right before it)."""
+    out: dict[int, str | None] = {}
+    for c in changes:
+        if c.id not in superseded or c.meta_key != STOCK or c.op != "I":
+            continue
+        deletes = [
+            d for d in changes if d.key == c.key and d.meta_key == STOCK and d.op == "D" and d.id < c.id
+        ]
+        if deletes:
+            out[c.id] = max(deletes, key=lambda d: d.id).old_value
+            continue
+        out[c.id] = conn.exec_driver_sql(
+            f"SELECT old_value FROM {table(base_prefix, 'syncd_history')} WHERE change_id < %s AND change_id > %s "
+            "AND role = 'origin' AND meta_key = %s AND blog_id = %s AND post_id = %s AND new_value IS NULL "
+            "ORDER BY change_id DESC LIMIT 1",
+            (c.id, c.id - 100_000, STOCK, c.blog_id, c.post_id),
+        ).scalar()
+    return out

@@ -83,7 +83,9 @@ def _widen_history_role(conn: sa.Connection, base_prefix: str) -> None:
         {"t": base_prefix + "syncd_history"},
     ).scalar_one_or_none()
     if width is not None and int(width) < 16:
-        conn.exec_driver_sql(f"ALTER TABLE {table(base_prefix, 'syncd_history')} MODIFY `role` VARCHAR(16) NOT NULL")
+        conn.exec_driver_sql(
+            f"ALTER TABLE {table(base_prefix, 'syncd_history')} MODIFY `role` VARCHAR(16) NOT NULL"
+        )
 
 
 def _add_dead_letter_class(conn: sa.Connection, base_prefix: str) -> None:

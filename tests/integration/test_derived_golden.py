@@ -62,6 +62,9 @@ NOT_REPLAYED = {
     "async": "Action Scheduler follow-up: only wc_product_attributes_lookup, compared per variant",
     "10-sku-rename": "SKU rename: _sku and lookup sku are not stock data (syncd's membership code owns SKUs)",
     "11-price-changes": "price changes: _price/_regular_price/_sale_price are not synced by the stock writer",
+    "15-sale-price-schedule": "prices: the price field group (tests/integration/test_price_golden.py)",
+    "16-variable-prices": "prices: the price field group (tests/integration/test_price_golden.py)",
+    "21-polylang-price": "prices: the price field group (tests/integration/test_price_golden.py)",
 }
 
 

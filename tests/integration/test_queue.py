@@ -431,3 +431,40 @@ def test_retried_dead_letter_register_change_is_superseded_by_a_newer_one(wp_net
         }
     finally:
         d.close()
+
+
+def test_path5_held_import_set_keeps_the_sales_applied_before_it(wp_network):
+    """An importer on blog 3 (archived) deletes and re-adds TSHIRT-RED's _stock as 50 (an absolute
+    set, held); then a sale of 2 on blog 1 is applied. When blog 3 is live again, the import is
+    older than that sale: it is sent as the change it made on its own product (+40), so every blog
+    ends with 48. Applied as an absolute set (before syncd_register), every blog ended with 50:
+    the sale was lost."""
+    net = wp_network
+    ids = members(net, "TSHIRT-RED")
+    d = make_daemon(net)
+    blogs_t = f"{net.prefix}blogs"
+    pm3 = net.table(3, "postmeta")
+    try:
+        d.apply_pending()
+        assert quantities(net, "TSHIRT-RED") == {1: 10, 2: 10, 3: 10}
+        with net.engine.connect() as c:
+            c.exec_driver_sql(f"UPDATE {blogs_t} SET archived = 1 WHERE blog_id = 3")
+            c.commit()
+            c.exec_driver_sql(f"DELETE FROM {pm3} WHERE post_id = %s AND meta_key = '_stock'", (ids[3],))
+            c.commit()
+            c.exec_driver_sql(
+                f"INSERT INTO {pm3} (post_id, meta_key, meta_value) VALUES (%s, '_stock', '50')", (ids[3],)
+            )
+            c.commit()
+        assert d.apply_pending() == 0 and pending(net) == 2
+        woo_decrease(net, 1, ids[1], 2)
+        assert d.apply_pending() == 1
+        with net.engine.connect() as c:
+            c.exec_driver_sql(f"UPDATE {blogs_t} SET archived = 0 WHERE blog_id = 3")
+            c.commit()
+        d.discover()
+        assert d.apply_pending() == 2  # and blog 3's member healed (settle_seconds = 0)
+        assert quantities(net, "TSHIRT-RED") == {1: 48, 2: 48, 3: 48}
+        assert pending(net) == 0 and dead(net) == []
+    finally:
+        d.close()
