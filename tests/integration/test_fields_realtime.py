@@ -220,3 +220,51 @@ def test_poll_mode_syncs_a_realtime_meta_group_without_echo_and_refuses_post_col
     with pytest.raises(StartupRefused, match=r'content = "realtime" needs triggers \(post columns'):
         refused.prepare()
     refused.close()
+
+
+def test_the_real_price_content_and_taxonomy_groups_in_realtime(wp_network):
+    """The merged groups through the realtime pipeline: a regular price edit reaches the other
+    blogs with what WooCommerce derives there (``_price``, the lookup row's prices), a title
+    edit and a category given on blog 1 reach them too; the rows syncd writes are not captured."""
+    from syncd.fields.content import ContentGroup
+    from syncd.fields.price import PriceGroup
+    from syncd.fields.terms import TaxonomyGroup
+
+    net = wp_network
+    mug = ids(net, "MUG")
+    for b in BLOGS:
+        _add_category(net, b, 0, "kitchen")
+    groups = {"price": PriceGroup(), "content": ContentGroup(), "taxonomy": TaxonomyGroup()}
+    d = realtime_daemon(net, groups)
+    try:
+        with net.engine.connect() as c:  # what an admin save of price and title sends
+            c.exec_driver_sql(
+                f"UPDATE {net.table(1, 'postmeta')} SET meta_value = '23.00' "
+                f"WHERE post_id = {mug[1]} AND meta_key = '_regular_price'"
+            )
+            c.exec_driver_sql(
+                f"UPDATE {net.table(1, 'posts')} SET post_title = 'Mug, 23' WHERE ID = {mug[1]}"
+            )
+            c.commit()
+        _add_category(net, 1, mug[1], "kitchen")
+        d.apply_pending()
+        assert prices(net, mug)[1:] == ["23.00"] * 2
+        for b in (2, 3):
+            assert meta(net, b, mug[b], "_price") in ("23", "23.00")  # derived on each blog
+            with net.engine.connect() as c:
+                low = c.exec_driver_sql(
+                    f"SELECT min_price FROM {net.table(b, 'wc_product_meta_lookup')} WHERE product_id = {mug[b]}"
+                ).scalar_one()
+            assert float(low) == 23.0
+        assert [_title(net, b, mug[b]) for b in BLOGS] == ["Mug, 23"] * 3
+        with net.engine.connect() as c:
+            from syncd.network import discover
+
+            network = discover(c, net.prefix)
+            cats = [
+                TaxonomyGroup().read(c, network.blog(b), [mug[b]])[mug[b]]["terms:product_cat"] for b in BLOGS
+            ]
+        assert all("kitchen" in (v or ()) for v in cats), cats
+        assert pending(net) == 0 and d.apply_pending() == 0  # nothing of syncd's own came back
+    finally:
+        d.close()
