@@ -495,7 +495,7 @@ def load_catalogue(
 # --------------------------------------------------------------------------- the daemon process
 
 
-def write_config(net: BenchNetwork, path: Path, **sync: Any) -> Path:
+def write_config(net: BenchNetwork, path: Path, *, fields: dict[str, str] | None = None, **sync: Any) -> Path:
     lines = [
         "[database]",
         f'url = "{net.url}"',
@@ -507,6 +507,8 @@ def write_config(net: BenchNetwork, path: Path, **sync: Any) -> Path:
     ]
     if sync:
         lines += ["", "[sync]"] + [f"{k} = {json.dumps(v)}" for k, v in sync.items()]
+    if fields:  # [fields] group modes (issue 10), e.g. {"price": "realtime"}
+        lines += ["", "[fields]"] + [f"{k} = {json.dumps(v)}" for k, v in fields.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -527,10 +529,11 @@ class DaemonProcess:
         use_cli: bool = False,
         sync: dict[str, Any] | None = None,
         record: bool = True,
+        fields: dict[str, str] | None = None,
     ) -> None:
         self.net = net
         self.dir = Path(tempfile.mkdtemp(prefix="syncd-bench-"))
-        self.config = write_config(net, self.dir / "syncd.toml", **(sync or {}))
+        self.config = write_config(net, self.dir / "syncd.toml", fields=fields, **(sync or {}))
         self.events_path = self.dir / "events.json"
         self.stderr_path = self.dir / "daemon.log"
         if use_cli:

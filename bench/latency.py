@@ -25,6 +25,12 @@ How it is measured
 * Matching: per product, the k-th committed write is the k-th change row (by id) for that product.
 * Reported: p50/p95/p99/max of commit -> applied. "from due" is measured from when the write was
   due, so it also counts any writer lateness (no coordinated omission hiding).
+* ``--fields price`` (issue 10): each blog count is measured twice in the same run, on the same
+  network and catalogue, first with every field group off, then with ``[fields] price =
+  "realtime"`` (a fresh daemon: its triggers then also watch the price keys, its batches plan and
+  write field registers); the writes are stock writes either way, so the two rows show what a
+  realtime group costs stock propagation. Target: no worse with it on. Needs the field groups
+  (``syncd.fields.registry``) to be installed.
 """
 
 from __future__ import annotations
@@ -75,79 +81,26 @@ def run(args: Any) -> dict[str, Any]:
     skus = args.skus or (500 if args.quick else 2000)
     server = start_server()
     results: list[dict[str, Any]] = []
-    idle_cpu: dict[int, dict[str, float]] = {}
+    idle_cpu: dict[int | str, dict[str, float]] = {}
+    variants: list[dict[str, str]] = [{}]
+    if args.fields:
+        variants.append(dict.fromkeys(args.fields.split(","), "realtime"))
     try:
         for nblogs in blogs_list:
             net = create_network(server, nblogs)
             load_catalogue(net, skus)
-            daemon = DaemonProcess(net, refresh).start()
-            log(f"daemon pid {daemon.pid} ready ({refresh} derived writes)")
-            writes = []
-            phases = []
-            try:
-                # What the daemon costs while nothing happens (its empty polls every idle_wait).
-                idle_s = args.idle or (1.0 if args.quick else 5.0)
-                idle = CpuMeter(daemon.pid, server.proc.pid if server.proc else None).start()
-                time.sleep(idle_s)
-                used = idle.stop()
-                idle_cpu[nblogs] = {f"{k}_cpu_pct": round(100 * v / idle_s, 1) for k, v in used.items()}
-                log(f"{nblogs} blogs idle for {idle_s:g} s: CPU {idle_cpu[nblogs]}")
-                for rate in rates:
-                    seconds = args.duration or (QUICK_SECONDS if args.quick else DEFAULT_SECONDS).get(
-                        int(rate), 5.0
-                    )
-                    w = PacedWriters(
-                        net, rate, seconds, threads_for(rate), skus, net.blog_ids, seed=args.seed, tag=rate
-                    )
-                    log(f"{nblogs} blogs, {rate:g} changes/s for {seconds:g} s ({w.total} writes)")
-                    cpu = CpuMeter(daemon.pid, server.proc.pid if server.proc else None).start()
-                    writes += w.run()
-                    backlog = net.pending()
-                    drained = wait_drained(net, timeout=args.drain_timeout)
-                    cpu.stop()
-                    phases.append(
-                        {
-                            "rate": rate,
-                            "seconds": seconds,
-                            "writes": w.total,
-                            "achieved_rate": round(w.total / w.elapsed, 1) if w.elapsed else None,
-                            "late_writes": w.late,
-                            "writer_errors": len(w.errors),
-                            "backlog_at_end": backlog,
-                            "drained": drained,
-                            **cpu.per_change_ms(w.total),
-                        }
-                    )
-                    time.sleep(0.3)
-            finally:
-                events = daemon.stop()
-                errors = daemon.errors()
-            pairs, unmatched = match_latencies(writes, events)
-            for ph in phases:
-                mine = [(w, t) for w, t in pairs if w.tag == ph["rate"]]
-                lat = [(t - w.committed) * 1000 for w, t in mine]
-                due = [(t - w.scheduled) * 1000 for w, t in mine]
-                s = summarize(lat)
-                results.append(
-                    {
-                        "blogs": nblogs,
-                        **ph,
-                        "matched": len(mine),
-                        **{f"{k}_ms": v for k, v in s.items() if k != "n"},
-                        "p99_from_due_ms": round(percentile(due, 99), 3) if due else None,
-                    }
-                )
-            batches = events.get("batches", [])
-            log(
-                f"{nblogs} blogs: {len(batches)} batches, unmatched writes {unmatched}, "
-                f"daemon stats {events.get('stats')}, {len(errors)} error log lines"
-            )
-            if errors:
-                log("first daemon error: " + errors[0])
+            for fields in variants:
+                label = ",".join(f"{k}={v}" for k, v in fields.items()) or "off"
+                rows, idle = _measure(args, server, net, nblogs, rates, refresh, fields)
+                idle_cpu[nblogs if not fields else f"{nblogs}, fields {label}"] = idle
+                results += [{"fields": label, **r} for r in rows]
             net.engine.dispose()
     finally:
         server.stop()
-    target = next((r for r in results if r["blogs"] == 3 and r["rate"] == 100), None)
+    target = next((r for r in results if r["blogs"] == 3 and r["rate"] == 100 and r["fields"] == "off"), None)
+    with_fields = next(
+        (r for r in results if r["blogs"] == 3 and r["rate"] == 100 and r["fields"] != "off"), None
+    )
     return {
         "benchmark": "latency",
         "refresh": refresh,
@@ -160,8 +113,79 @@ def run(args: Any) -> dict[str, Any]:
             "p99_ms_at_100_per_s_3_blogs": TARGET_P99_MS,
             "measured": target.get("p99_ms") if target else None,
             "met": (target.get("p99_ms", 1e9) <= TARGET_P99_MS) if target else None,
+            "with_fields": with_fields.get("p99_ms") if with_fields else None,
         },
     }
+
+
+def _measure(
+    args: Any, server: Any, net: Any, nblogs: int, rates: list[float], refresh: str, fields: dict[str, str]
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Every rate on one network with one daemon (``fields``: its [fields] modes)."""
+    results: list[dict[str, Any]] = []
+    daemon = DaemonProcess(net, refresh, fields=fields).start()
+    log(f"daemon pid {daemon.pid} ready ({refresh} derived writes, fields {fields or 'off'})")
+    writes = []
+    phases = []
+    try:
+        # What the daemon costs while nothing happens (its empty polls every idle_wait).
+        idle_s = args.idle or (1.0 if args.quick else 5.0)
+        idle = CpuMeter(daemon.pid, server.proc.pid if server.proc else None).start()
+        time.sleep(idle_s)
+        used = idle.stop()
+        idle_cpu = {f"{k}_cpu_pct": round(100 * v / idle_s, 1) for k, v in used.items()}
+        log(f"{nblogs} blogs idle for {idle_s:g} s: CPU {idle_cpu}")
+        for rate in rates:
+            seconds = args.duration or (QUICK_SECONDS if args.quick else DEFAULT_SECONDS).get(int(rate), 5.0)
+            w = PacedWriters(
+                net, rate, seconds, threads_for(rate), net.skus, net.blog_ids, seed=args.seed, tag=rate
+            )
+            log(f"{nblogs} blogs, {rate:g} changes/s for {seconds:g} s ({w.total} writes)")
+            cpu = CpuMeter(daemon.pid, server.proc.pid if server.proc else None).start()
+            writes += w.run()
+            backlog = net.pending()
+            drained = wait_drained(net, timeout=args.drain_timeout)
+            cpu.stop()
+            phases.append(
+                {
+                    "rate": rate,
+                    "seconds": seconds,
+                    "writes": w.total,
+                    "achieved_rate": round(w.total / w.elapsed, 1) if w.elapsed else None,
+                    "late_writes": w.late,
+                    "writer_errors": len(w.errors),
+                    "backlog_at_end": backlog,
+                    "drained": drained,
+                    **cpu.per_change_ms(w.total),
+                }
+            )
+            time.sleep(0.3)
+    finally:
+        events = daemon.stop()
+        errors = daemon.errors()
+    pairs, unmatched = match_latencies(writes, events)
+    for ph in phases:
+        mine = [(w, t) for w, t in pairs if w.tag == ph["rate"]]
+        lat = [(t - w.committed) * 1000 for w, t in mine]
+        due = [(t - w.scheduled) * 1000 for w, t in mine]
+        s = summarize(lat)
+        results.append(
+            {
+                "blogs": nblogs,
+                **ph,
+                "matched": len(mine),
+                **{f"{k}_ms": v for k, v in s.items() if k != "n"},
+                "p99_from_due_ms": round(percentile(due, 99), 3) if due else None,
+            }
+        )
+    batches = events.get("batches", [])
+    log(
+        f"{nblogs} blogs: {len(batches)} batches, unmatched writes {unmatched}, "
+        f"daemon stats {events.get('stats')}, {len(errors)} error log lines"
+    )
+    if errors:
+        log("first daemon error: " + errors[0])
+    return results, idle_cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--idle", type=float, default=0.0, help="seconds of idle daemon measured first (default 5, quick 1)"
     )
+    p.add_argument(
+        "--fields",
+        default="",
+        help='field groups to measure realtime beside "off", e.g. price (issue 10; needs the field groups)',
+    )
     args = p.parse_args(argv)
     out = run(args)
     if args.json:
@@ -187,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(
         out["results"],
         [
+            ("fields", "fields"),
             ("blogs", "blogs"),
             ("rate", "changes/s"),
             ("achieved_rate", "achieved/s"),
@@ -206,10 +236,14 @@ def main(argv: list[str] | None = None) -> int:
             f"idle, {nb} blogs: daemon {cpu.get('daemon_cpu_pct')}% of a core, server {cpu.get('server_cpu_pct')}%"
         )
     t = out["target"]
-    verdict = "not measured (run with 3 blogs at 100/s)" if t["measured"] is None else (
-        f"measured {t['measured']} ms -> {'met' if t['met'] else 'MISSED'}"
+    verdict = (
+        "not measured (run with 3 blogs at 100/s)"
+        if t["measured"] is None
+        else (f"measured {t['measured']} ms -> {'met' if t['met'] else 'MISSED'}")
     )
     print(f"\ntarget p99 <= {t['p99_ms_at_100_per_s_3_blogs']} ms at 100 changes/s, 3 blogs: {verdict}")
+    if t["with_fields"] is not None:
+        print(f"same with {args.fields} realtime: p99 {t['with_fields']} ms (target: no worse than off)")
     return 0
 
 

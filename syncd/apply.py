@@ -41,6 +41,8 @@ import structlog
 from syncd import catalog, derived, fanout, lock, poll, record, settle
 from syncd.config import BlogSettings
 from syncd.db import errno_of, guarded, is_retryable, run_many
+from syncd.fields.realtime import RealtimeFields
+from syncd.fields.writer import FieldWriter
 from syncd.lock import ProductRows
 from syncd.network import Blog
 from syncd.plan import (
@@ -49,6 +51,7 @@ from syncd.plan import (
     SKU,
     STOCK,
     Change,
+    FieldPlan,
     JoinPlan,
     Key,
     Member,
@@ -57,6 +60,7 @@ from syncd.plan import (
     Plan,
     format_quantity,
     plan_batch,
+    plan_fields,
     plan_join,
 )
 from syncd.queue import BatchConflict as BatchConflict  # re-exported: callers catch it from here
@@ -102,6 +106,7 @@ class Applier:
         propagate_sku_renames: bool = True,
         settle_seconds: float = 3.0,
         step_hook: Callable[[str], None] | None = None,
+        fields: RealtimeFields | None = None,
     ) -> None:
         self.base = base_prefix
         #: Called with a step's name just before it runs ('lock', 'locked', 'settle_lock'): tests make races
@@ -115,6 +120,11 @@ class Applier:
         self.propagate_sku_renames = propagate_sku_renames
         self.resolver = Resolver(base_prefix, blogs, settings, propagate_sku_renames=propagate_sku_renames)
         self.writer = MemberWriter(blogs, settle_seconds)
+        #: Realtime field groups (issue 10): their changes are registers planned by
+        #: plan.plan_fields and written by syncd.fields.writer after the stock writes.
+        self.fields = fields
+        self.field_writer = FieldWriter(fields) if fields is not None else None
+        self.field_keys = fields.index() if fields is not None else {}
         # None: syncd.derived.refresh_many, every blog's derived step in two round trips; a
         # given function (tests, benchmarks) is called per blog like refresh_products.
         self._refresh = refresh
@@ -139,20 +149,28 @@ class Applier:
         scope = self.claim(conn, changes)
         rows, unreadable = self._lock_step(conn, scope)
         self.step("locked")  # every stock row of the batch is locked; nothing written yet
-        superseded = record.superseded(conn, self.base, changes, scope.groups)
-        plan = self._plan(conn, changes, scope, rows, superseded)
-        self._recheck(conn, changes, plan.writes, rows)
+        superseded = record.superseded(conn, self.base, changes, scope.groups, self.field_keys)
+        stock = [c for c in changes if c.meta_key not in self.field_keys]
+        plan = self._plan(conn, stock, scope, rows, superseded)
+        fields = self._plan_fields(changes, scope, rows, superseded)
+        if self.field_writer is not None and fields.writes:
+            self.field_writer.lock_targets(conn, fields, scope.blogs)
+        self._recheck(conn, changes, plan.writes, rows, [w.key for w in fields.writes])
         result.notes = plan.notes
         result.history.extend(_notes_history(plan.notes, changes))
         result.settling.extend(
             settle.batch_records(changes, scope.joining, scope.frozen, plan.settle_deltas, scope.groups)
         )
-        result.settling.extend(_heal_superseded(changes, superseded))
+        result.settling.extend(_heal_superseded(stock, superseded))
         self.writer.skip_unreachable(
             plan.applied, scope.groups, scope.blogs, unreadable, result, plan.renamed
         )
         touched, written = self._write(conn, changes, plan, rows, scope.blogs, result)
+        self._write_fields(conn, changes, fields, rows, scope, result)
         record.advance_registers(conn, self.base, plan.applied, plan.writes, scope.groups)
+        record.advance_registers(
+            conn, self.base, fields.applied, fields.writes, scope.groups, self.field_keys
+        )
         result.history.extend(_origin_history(plan))
         jobs = [(scope.blogs[b], sorted(p)) for b, p in sorted(touched.items()) if p and b in scope.blogs]
         result.derived.update(self._refresh_blogs(conn, jobs, written, now))
@@ -241,12 +259,64 @@ class Applier:
         fanout.record(conn, self.base, plan.copies_expected, plan.copies_met)
         return plan
 
+    def _plan_fields(
+        self,
+        changes: Sequence[Change],
+        scope: Scope,
+        rows: Mapping[Key, ProductRows],
+        superseded: Mapping[int, int],
+    ) -> FieldPlan:
+        """Step 4 for the realtime field groups' changes (pure: :func:`syncd.plan.plan_fields`)."""
+        if self.fields is None or not any(c.meta_key in self.field_keys for c in changes):
+            return FieldPlan([], [], [], {})
+        return plan_fields(
+            changes,
+            scope.groups,
+            {k: r.facts() for k, r in rows.items()},
+            scope.blogs.keys(),
+            self.field_keys,
+            self.fields.takes_part,
+            settling=scope.frozen,
+            superseded=superseded,
+        )
+
+    def _write_fields(
+        self,
+        conn: sa.Connection,
+        changes: Sequence[Change],
+        fields: FieldPlan,
+        rows: Mapping[Key, ProductRows],
+        scope: Scope,
+        result: BatchResult,
+    ) -> None:
+        """Step 5 for the realtime field groups (after the stock writes, before the derived step,
+        which then sees the new values), with their history: origins, copies, skips."""
+        result.history.extend(_notes_history([n for n in fields.notes if n.level == "warning"], changes))
+        if self.field_writer is None or not fields.writes:
+            return
+        self.field_writer.write_all(conn, fields, rows, scope.blogs, {c.id: c for c in changes}, result)
+        result.history.extend(
+            HistoryRow(
+                c,
+                "origin",
+                c.blog_id,
+                c.post_id,
+                fields.origin_sku.get(c.id, ""),
+                c.meta_key,
+                c.old_value,
+                c.new_value,
+                None,
+            )
+            for c in fields.applied
+        )
+
     def _recheck(
         self,
         conn: sa.Connection,
         changes: Sequence[Change],
         writes: Sequence[MemberWrite],
         locked: Iterable[Key],
+        also_fixed: Iterable[Key] = (),
     ) -> None:
         """After the lock step, the changes of the locked products captured after this batch was
         fetched (their rows are locked now: nothing more can commit for them). The batch starts
@@ -257,9 +327,6 @@ class Applier:
         top of the value that supersedes them. The batch then takes every queued change of these
         products up to the last one needed, so that capture order holds within it (a delta
         captured before an absolute set is never applied after it). Relative deltas alone commute."""
-        if not writes:
-            return
-        batch = {c.id for c in changes}
         fixed = {
             w.key
             for w in writes
@@ -267,7 +334,10 @@ class Applier:
             or w.status_register is not None
             or w.new_sku is not None
             or (w.stock and w.stock.is_set)
-        }
+        } | set(also_fixed)  # a member taking a field group's value is written a fixed value too
+        if not writes and not fixed:
+            return
+        batch = {c.id for c in changes}
         queued = [r for r in settle.queued_rows(conn, self.base, locked) if r[0] not in batch]
         needed = [
             cid for cid, key, meta_key, op in queued if key in fixed or (meta_key == STOCK and op == "I")

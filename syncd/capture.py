@@ -1,5 +1,7 @@
 """Capture: per-blog triggers on ``{prefix}postmeta`` that queue every real change of a watched
-meta key into ``{base}syncd_change`` inside the writer's own transaction.
+meta key into ``{base}syncd_change`` inside the writer's own transaction; for the realtime field
+groups (issue 10) also their meta keys, and triggers on ``{prefix}posts`` (watched columns, keyed
+``post:<column>``) and ``{prefix}term_relationships`` (watched taxonomies, ``terms:<taxonomy>``).
 
 Nothing committed is missed (the change row commits with the write), nothing rolled back is seen
 (it rolls back with it), and syncd's own writes are never queued (its apply session sets
@@ -11,8 +13,9 @@ TRIGGER`` on MariaDB), so that no write can slip between the old trigger and the
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
@@ -21,10 +24,62 @@ from syncd.network import Blog
 from syncd.plan import WATCHED_KEYS
 from syncd.sqlfiles import sql_text
 
+if TYPE_CHECKING:
+    from syncd.fields.group import FieldGroup
+
 #: Bump when the trigger templates change; installed triggers whose body differs are replaced.
 TRIGGER_VERSION = 1
 EVENTS = ("insert", "update", "delete")
 _EVENT_SUFFIX = {"insert": "ai", "update": "au", "delete": "ad"}
+#: Field-group triggers: posts UPDATE, term_relationships INSERT / DELETE.
+POSTS_SUFFIX = "pu"
+_TERMS_SUFFIX = {"insert": "ti", "delete": "td"}
+#: Every trigger name suffix syncd's capture uses on a blog (uninstall drops them all).
+ALL_SUFFIXES = (*_EVENT_SUFFIX.values(), POSTS_SUFFIX, *_TERMS_SUFFIX.values())
+#: Change-row key prefixes of the field triggers: ``post:post_title``, ``terms:product_cat``.
+POST_KEY, TERMS_KEY = "post:", "terms:"
+#: The ``{prefix}posts`` columns a field group may watch (WordPress's posts table).
+POSTS_COLUMNS = frozenset(
+    "post_author post_date post_date_gmt post_content post_title post_excerpt post_status comment_status "
+    "ping_status post_password post_name to_ping pinged post_modified post_modified_gmt post_content_filtered "
+    "post_parent guid menu_order post_type post_mime_type comment_count".split()
+)
+_TAXONOMY_RE = re.compile(r"[a-z0-9_-]{1,32}")
+
+
+@dataclass(frozen=True)
+class Watch:
+    """What one blog's capture triggers watch: the stock keys plus the meta keys, posts columns
+    and taxonomies of the realtime field groups that blog takes part in. The default is stock only
+    (exactly the triggers of before issue 10, so their bodies do not change)."""
+
+    meta_keys: tuple[str, ...] = WATCHED_KEYS
+    post_columns: tuple[str, ...] = ()
+    taxonomies: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, groups: Iterable[FieldGroup]) -> Watch:
+        """Stock plus these groups' fields, each once, in a stable order (stock keys first, as
+        before, then the others sorted): the same set always renders the same trigger bodies."""
+        groups = list(groups)
+        extra = sorted({k for g in groups for k in g.meta_keys} - set(WATCHED_KEYS))
+        columns = sorted({c for g in groups for c in g.post_columns})
+        taxonomies = sorted({t for g in groups for t in g.taxonomies})
+        return cls((*WATCHED_KEYS, *extra), tuple(columns), tuple(taxonomies))
+
+    @property
+    def keys(self) -> frozenset[str]:
+        """Every change-row key these triggers can write."""
+        return frozenset(
+            (
+                *self.meta_keys,
+                *(POST_KEY + c for c in self.post_columns),
+                *(TERMS_KEY + t for t in self.taxonomies),
+            )
+        )
+
+
+STOCK_ONLY = Watch()
 
 
 @dataclass(frozen=True)
@@ -41,35 +96,118 @@ def trigger_name(base_prefix: str, blog_id: int, event: str) -> str:
     return f"{validate_prefix(base_prefix)}syncd_b{int(blog_id)}_{_EVENT_SUFFIX[event]}"
 
 
+def blog_trigger_names(base_prefix: str, blog_id: int) -> tuple[str, ...]:
+    """Every name a capture trigger of this blog can have (stock and field triggers)."""
+    return tuple(f"{validate_prefix(base_prefix)}syncd_b{int(blog_id)}_{s}" for s in ALL_SUFFIXES)
+
+
 def watched_list(keys: Sequence[str] = WATCHED_KEYS) -> str:
     for k in keys:
-        if not re.fullmatch(r"_?[a-z_]+", k):
+        if not re.fullmatch(r"_?[a-z][a-z0-9_]*", k):
             raise ValueError(f"bad watched key {k!r}")
     return ", ".join(f"'{k}'" for k in keys)
 
 
-def render_trigger(base_prefix: str, blog: Blog | tuple[int, str], event: str) -> TriggerDef:
-    """The CREATE TRIGGER statement for one blog and event (pure; golden-tested)."""
-    blog_id, prefix = (blog.blog_id, blog.prefix) if isinstance(blog, Blog) else blog
+def taxonomy_list(taxonomies: Sequence[str]) -> str:
+    for t in taxonomies:
+        if not _TAXONOMY_RE.fullmatch(t):
+            raise ValueError(f"bad watched taxonomy {t!r}")
+    return ", ".join(f"'{t}'" for t in taxonomies)
+
+
+def _blog_of(blog: Blog | tuple[int, str]) -> tuple[int, str]:
+    return (blog.blog_id, blog.prefix) if isinstance(blog, Blog) else blog
+
+
+def _fill(template: str, base_prefix: str, blog: Blog | tuple[int, str], name: str, **parts: str) -> str:
+    blog_id, prefix = _blog_of(blog)
     validate_prefix(base_prefix)
     validate_prefix(prefix)
-    name = trigger_name(base_prefix, blog_id, event)
-    text = (
-        sql_text(f"capture_trigger_{event}.sql")
-        .replace("{version}", f"v{TRIGGER_VERSION}")
-        .replace("{trigger}", name)
-        .replace("{prefix}", prefix)
+    text = sql_text(template).replace("{version}", f"v{TRIGGER_VERSION}").replace("{trigger}", name)
+    for key, value in parts.items():  # the parts first: they may hold {prefix}, {base}, {blog_id}
+        text = text.replace("{" + key + "}", value)
+    return (
+        text.replace("{prefix}", prefix)
         .replace("{base}", base_prefix)
         .replace("{blog_id}", str(int(blog_id)))
-        .replace("{watched}", watched_list())
     )
+
+
+def _definition(name: str, table_name: str, event: str, text: str) -> TriggerDef:
     create = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("--")).strip()
-    body = create[create.index("BEGIN") :]
-    return TriggerDef(name, f"{prefix}postmeta", event, create, body)
+    return TriggerDef(name, table_name, event, create, create[create.index("BEGIN") :])
 
 
-def render_blog_triggers(base_prefix: str, blog: Blog | tuple[int, str]) -> list[TriggerDef]:
-    return [render_trigger(base_prefix, blog, e) for e in EVENTS]
+def render_trigger(
+    base_prefix: str, blog: Blog | tuple[int, str], event: str, watch: Watch = STOCK_ONLY
+) -> TriggerDef:
+    """The postmeta CREATE TRIGGER statement for one blog and event (pure; golden-tested)."""
+    name = trigger_name(base_prefix, _blog_of(blog)[0], event)
+    text = _fill(
+        f"capture_trigger_{event}.sql", base_prefix, blog, name, watched=watched_list(watch.meta_keys)
+    )
+    return _definition(name, f"{_blog_of(blog)[1]}postmeta", event, text)
+
+
+def render_posts_trigger(
+    base_prefix: str, blog: Blog | tuple[int, str], columns: Sequence[str]
+) -> TriggerDef:
+    """The posts AFTER UPDATE trigger watching these columns (pure)."""
+    bad = [c for c in columns if c not in POSTS_COLUMNS]
+    if bad or not columns:
+        raise ValueError(f"bad watched posts columns {bad or columns!r}")
+    column = "\n".join(
+        ln for ln in sql_text("capture_trigger_posts_column.sql").splitlines() if not ln.startswith("--")
+    )
+    name = f"{validate_prefix(base_prefix)}syncd_b{int(_blog_of(blog)[0])}_{POSTS_SUFFIX}"
+    text = _fill(
+        "capture_trigger_posts.sql",
+        base_prefix,
+        blog,
+        name,
+        columns="\n".join(column.replace("{column}", c) for c in columns),
+    )
+    return _definition(name, f"{_blog_of(blog)[1]}posts", "update", text)
+
+
+def render_terms_trigger(
+    base_prefix: str, blog: Blog | tuple[int, str], event: str, taxonomies: Sequence[str]
+) -> TriggerDef:
+    """The term_relationships AFTER INSERT / AFTER DELETE trigger for these taxonomies (pure)."""
+    if not taxonomies:
+        raise ValueError("no taxonomy to watch")
+    row, op, old, new = (
+        ("NEW", "I", "NULL", "t.slug") if event == "insert" else ("OLD", "D", "t.slug", "NULL")
+    )
+    name = f"{validate_prefix(base_prefix)}syncd_b{int(_blog_of(blog)[0])}_{_TERMS_SUFFIX[event]}"
+    text = _fill(
+        "capture_trigger_terms.sql",
+        base_prefix,
+        blog,
+        name,
+        EVENT=event.upper(),
+        ROW=row,
+        op=op,
+        old=old,
+        new=new,
+        event=event.upper(),
+        taxonomies=taxonomy_list(taxonomies),
+    )
+    return _definition(name, f"{_blog_of(blog)[1]}term_relationships", event, text)
+
+
+def render_blog_triggers(
+    base_prefix: str, blog: Blog | tuple[int, str], watch: Watch = STOCK_ONLY
+) -> list[TriggerDef]:
+    """Every capture trigger this blog needs for ``watch``: the three postmeta triggers always,
+    the posts trigger when columns are watched, the two term_relationships triggers when
+    taxonomies are."""
+    defs = [render_trigger(base_prefix, blog, e, watch) for e in EVENTS]
+    if watch.post_columns:
+        defs.append(render_posts_trigger(base_prefix, blog, watch.post_columns))
+    if watch.taxonomies:
+        defs += [render_terms_trigger(base_prefix, blog, e, watch.taxonomies) for e in _TERMS_SUFFIX]
+    return defs
 
 
 def _norm(sql: str) -> str:
@@ -95,8 +233,11 @@ class TriggerState:
     names: tuple[str, ...]
 
 
-def blog_trigger_state(installed: dict[str, tuple[str, str]], base_prefix: str, blog: Blog) -> TriggerState:
-    defs = render_blog_triggers(base_prefix, blog)
+def blog_trigger_state(
+    installed: dict[str, tuple[str, str]], base_prefix: str, blog: Blog, watch: Watch = STOCK_ONLY
+) -> TriggerState:
+    """``outdated`` also when the blog has a field trigger ``watch`` no longer needs."""
+    defs = render_blog_triggers(base_prefix, blog, watch)
     present = [d for d in defs if d.name in installed]
     if not present:
         state = "missing"
@@ -104,22 +245,37 @@ def blog_trigger_state(installed: dict[str, tuple[str, str]], base_prefix: str, 
         state = "partial"
     elif any(_norm(installed[d.name][1]) != _norm(d.body) or installed[d.name][0] != d.table for d in defs):
         state = "outdated"
+    elif _unneeded(installed, base_prefix, blog.blog_id, defs):
+        state = "outdated"
     else:
         state = "installed"
     return TriggerState(blog.blog_id, state, tuple(d.name for d in defs))
 
 
-def install_blog_triggers(conn: sa.Connection, base_prefix: str, blog: Blog) -> str:
-    """Install or upgrade one blog's triggers. Returns 'unchanged', 'installed' or 'upgraded'.
+def _unneeded(
+    installed: dict[str, tuple[str, str]], base_prefix: str, blog_id: int, defs: Sequence[TriggerDef]
+) -> list[str]:
+    """This blog's installed capture triggers that ``defs`` does not have (a field group no longer
+    realtime there)."""
+    wanted = {d.name for d in defs}
+    return [n for n in blog_trigger_names(base_prefix, blog_id) if n in installed and n not in wanted]
 
-    Missing triggers are simply created. A trigger whose body differs is replaced in one atomic
-    statement (:func:`replace_trigger_sql`): on MariaDB ``CREATE OR REPLACE TRIGGER``, so there is
-    no moment, even if syncd dies half-way, where the blog has no trigger for that event, nor two.
+
+def install_blog_triggers(
+    conn: sa.Connection, base_prefix: str, blog: Blog, watch: Watch = STOCK_ONLY
+) -> str:
+    """Install or upgrade one blog's triggers for ``watch``. Returns 'unchanged', 'installed' or 'upgraded'.
+
+    Missing triggers are simply created. A trigger whose body differs (e.g. the watched key set
+    changed) is replaced in one atomic statement (:func:`replace_trigger_sql`): on MariaDB ``CREATE
+    OR REPLACE TRIGGER``, so there is no moment, even if syncd dies half-way, where the blog has no
+    trigger for that event, nor two. A field trigger no longer needed is dropped.
     """
     installed = installed_triggers(conn, base_prefix)
     result = "unchanged"
     stale = []
-    for d in render_blog_triggers(base_prefix, blog):
+    defs = render_blog_triggers(base_prefix, blog, watch)
+    for d in defs:
         have = installed.get(d.name)
         if have is None:
             conn.exec_driver_sql(d.create_sql)
@@ -129,8 +285,21 @@ def install_blog_triggers(conn: sa.Connection, base_prefix: str, blog: Blog) -> 
     if stale:
         _replace_triggers(conn, base_prefix, blog, stale)
         result = "upgraded"
+    unneeded = _unneeded(installed, base_prefix, blog.blog_id, defs)
+    if unneeded:
+        _drop_triggers(conn, unneeded)
+        result = "upgraded"
     conn.commit()
     return result
+
+
+def _drop_triggers(conn: sa.Connection, names: Sequence[str]) -> None:
+    conn.exec_driver_sql("SET SESSION lock_wait_timeout = 5")  # as _replace_triggers: never queue the shop
+    try:
+        for name in names:
+            conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS `{name}`")
+    finally:
+        conn.exec_driver_sql("SET SESSION lock_wait_timeout = DEFAULT")
 
 
 def replace_trigger_sql(d: TriggerDef) -> str:
@@ -165,8 +334,9 @@ def _replace_triggers_mysql(
     the next discovery or start (which finds the blog 'partial' and creates it): the one window
     this server cannot close without a second trigger. See ARCHITECTURE.md, deviations.
     """
+    tables = sorted({f"`{d.table}`" for d in stale})  # postmeta, and posts / term_relationships
     conn.exec_driver_sql(
-        f"LOCK TABLES {table(blog.prefix, 'postmeta')} WRITE, {table(base_prefix, 'syncd_change')} WRITE"
+        f"LOCK TABLES {', '.join(f'{t} WRITE' for t in tables)}, {table(base_prefix, 'syncd_change')} WRITE"
     )
     try:
         for d in stale:
@@ -178,8 +348,7 @@ def _replace_triggers_mysql(
 
 def uninstall_blog_triggers(conn: sa.Connection, base_prefix: str, blog_id: int) -> list[str]:
     dropped = []
-    for event in EVENTS:
-        name = trigger_name(base_prefix, blog_id, event)
+    for name in blog_trigger_names(base_prefix, blog_id):
         conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS `{name}`")
         dropped.append(name)
     conn.commit()
@@ -204,6 +373,7 @@ def install_all(config: object, *, out: object = None) -> int:
     import sys
 
     from syncd import catalog, schema
+    from syncd.fields import realtime
     from syncd.network import discover
 
     out = out or sys.stdout
@@ -219,6 +389,7 @@ def install_all(config: object, *, out: object = None) -> int:
             network = discover(conn, base)
             conn.rollback()
             selection = config.blogs  # type: ignore[attr-defined]
+            groups = realtime.realtime_groups(config)
             for blog in network.blogs:
                 if not selection.selects(blog.blog_id):
                     # [blogs] include/exclude: never read or written, and no trigger of ours there.
@@ -232,7 +403,9 @@ def install_all(config: object, *, out: object = None) -> int:
                     )
                     continue
                 try:
-                    outcome = install_blog_triggers(conn, base, blog)
+                    outcome = install_blog_triggers(
+                        conn, base, blog, realtime.watch_for(config, blog.blog_id, groups)
+                    )
                     catalog.refresh_members(conn, base, blog, settings=selection.for_blog(blog.blog_id))
                     conn.commit()
                     print(

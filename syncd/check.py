@@ -38,6 +38,7 @@ import sqlalchemy as sa
 from syncd import catalog
 from syncd.config import Config
 from syncd.db import redact_url, server_info, table
+from syncd.fields import realtime
 from syncd.log import get_logger
 from syncd.network import Blog, Network, NotMultisiteError, discover
 
@@ -468,6 +469,12 @@ def build_report(facts: CheckFacts, config: Config, *, strict: bool = False) -> 
         effective = None
         exit_code |= EXIT_CAPTURE
         errors.append(f'capture.mode = "trigger" but triggers cannot be created: {trigger_why}')
+    if effective == "poll":
+        # Realtime field groups with post columns or terms need triggers: the daemon refuses them.
+        refused = realtime.poll_refusals(realtime.realtime_groups(config))
+        if refused:
+            exit_code |= EXIT_CAPTURE
+            errors.extend(refused)
     if effective == "trigger" and installs and not privileges[LOCK_TABLES_PRIVILEGE]:
         warnings.append(
             f"the user lacks LOCK TABLES on `{database}`: triggers of an older syncd cannot be upgraded "

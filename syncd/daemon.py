@@ -51,6 +51,8 @@ from syncd import signals as early_signals
 from syncd.apply import Applier, BatchConflict, BatchExtend, BatchResult
 from syncd.config import Config, ConfigError, load_config
 from syncd.db import errno_of, is_disconnect, is_retryable, table
+from syncd.fields import realtime
+from syncd.fields.group import FieldGroup
 from syncd.network import Blog, NotMultisiteError
 from syncd.notify import notify, watchdog_interval
 from syncd.plan import Change, format_quantity
@@ -151,6 +153,7 @@ class Daemon:
         self._last_ping = 0.0
         self._reload = threading.Event()  # set by SIGHUP, served by the main or standby loop
         self.metrics: Any = None  # syncd.metrics.Metrics when [metrics] listen is set
+        self._realtime: tuple[Config, dict[str, FieldGroup]] | None = None  # see realtime_groups
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -223,6 +226,7 @@ class Daemon:
             propagate_sku_renames=self.config.sync.propagate_sku_renames,
             settle_seconds=self.config.sync.settle_seconds,
             step_hook=self.step_hook,
+            fields=realtime.fields_for(self.config, self.realtime_groups()),
         )
 
     def close(self) -> None:
@@ -319,6 +323,9 @@ class Daemon:
                 log.warning(
                     "config_change_needs_restart", keys=needs_restart, command="systemctl restart syncd"
                 )
+            if self.capture_mode == "poll" and realtime.poll_refusals(self.realtime_groups()):
+                # Refused at start-up; after a reload the groups' meta keys are polled, the rest not.
+                log.error("fields_not_polled", reasons=realtime.poll_refusals(self.realtime_groups()))
             if new.blogs != old.blogs and self.stats.leader_since is not None:
                 self.discover()  # blogs.include / exclude take effect now
             return True
@@ -538,10 +545,13 @@ class Daemon:
                     log.warning("blog_left_alone", blog=b.blog_id, prefix=b.prefix, problems=list(b.problems))
             if initial:
                 self._choose_capture_mode(conn, usable)
+                self._refuse_unpollable_fields()
             if self.capture_mode == "trigger" and self.config.sync.install_triggers:
                 for blog_id in sorted(usable):
                     try:
-                        outcome = capture.install_blog_triggers(conn, self.base, usable[blog_id])
+                        outcome = capture.install_blog_triggers(
+                            conn, self.base, usable[blog_id], self.watch_for(blog_id)
+                        )
                         if outcome != "unchanged":
                             log.info(
                                 "triggers_installed",
@@ -629,7 +639,7 @@ class Daemon:
             return
         probe = usable[min(usable)]
         try:
-            capture.install_blog_triggers(conn, self.base, probe)
+            capture.install_blog_triggers(conn, self.base, probe, self.watch_for(probe.blog_id))
             self.capture_mode = "trigger"
         except Exception as exc:  # noqa: BLE001 - classified: only a privilege refusal selects polling
             conn.rollback()
@@ -644,6 +654,24 @@ class Daemon:
             else:
                 raise
 
+    def _refuse_unpollable_fields(self) -> None:
+        """Poll mode captures meta keys only: a realtime field group that needs posts columns or
+        term relationships is refused at start-up, with the reason (syncd.fields.realtime)."""
+        if self.capture_mode == "poll":
+            refusals = realtime.poll_refusals(self.realtime_groups())
+            if refusals:
+                raise StartupRefused("; ".join(refusals))
+
+    def realtime_groups(self) -> dict[str, FieldGroup]:
+        """The realtime field groups of the running configuration (rebuilt after a reload)."""
+        if self._realtime is None or self._realtime[0] is not self.config:
+            self._realtime = (self.config, realtime.realtime_groups(self.config))
+        return self._realtime[1]
+
+    def watch_for(self, blog_id: int) -> capture.Watch:
+        """What the capture of this blog watches: stock and its realtime field groups."""
+        return realtime.watch_for(self.config, blog_id, self.realtime_groups())
+
     def poll(self) -> int:
         """Poll mode: diff every blog against the snapshot and queue the differences."""
         from syncd.poll import poll_blog
@@ -653,7 +681,7 @@ class Daemon:
         with self._apply_engine.connect() as conn:
             for blog in self.blogs().values():
                 try:
-                    total += poll_blog(conn, self.base, blog)
+                    total += poll_blog(conn, self.base, blog, self.watch_for(blog.blog_id).meta_keys)
                     conn.commit()
                 except Exception as exc:  # noqa: BLE001 - one blog's failure leaves the others polled
                     conn.rollback()
@@ -677,7 +705,7 @@ class Daemon:
         for blog in blogs:
             if self._blog_selected(blog.blog_id):
                 continue
-            if any(capture.trigger_name(self.base, blog.blog_id, e) in installed for e in capture.EVENTS):
+            if any(name in installed for name in capture.blog_trigger_names(self.base, blog.blog_id)):
                 try:
                     capture.uninstall_blog_triggers(conn, self.base, blog.blog_id)
                     log.info("triggers_removed", blog=blog.blog_id, reason="excluded by configuration")

@@ -777,6 +777,135 @@ def format_quantity(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
+# -- realtime field groups (issue 10) -----------------------------------------------------------
+
+
+@dataclass
+class FieldWrite:
+    """One member's values of one realtime field group to take from other members: for each
+    field, the member whose current value it takes (the origin of the field's last captured
+    change in the batch). Values are read under the batch's locks when written."""
+
+    blog_id: int
+    post_id: int
+    sku: str
+    group: str
+    sources: dict[str, Key] = field(default_factory=dict)  # field name -> origin
+    change_ids: list[int] = field(default_factory=list)
+
+    @property
+    def key(self) -> Key:
+        return (self.blog_id, self.post_id)
+
+
+@dataclass
+class FieldPlan:
+    writes: list[FieldWrite]
+    applied: list[Change]  # field changes that reached at least one member
+    notes: list[Note]
+    origin_sku: dict[int, str]
+
+
+def plan_fields(
+    changes: Sequence[Change],
+    groups: Mapping[Key, Sequence[Member]],
+    facts: Mapping[Key, Facts],
+    live_blogs: Iterable[int],
+    fields: Mapping[str, tuple[str, str]],
+    takes_part: Callable[[str, int], bool],
+    *,
+    settling: Collection[Key] = (),
+    superseded: Mapping[int, int] | None = None,
+) -> FieldPlan:
+    """The writes of a batch's realtime field changes (``fields``: change key -> (group, field)).
+
+    Each (member, field) is a register: the last captured change (highest id) of the field in
+    the member's link group wins, and a member's own later change wins over an earlier sibling's.
+    A value goes to the other linked members on blogs that take part in the group
+    (``takes_part(group, blog)``, ``[fields.blogs]``), never to a settling product (it joins
+    later), a deleted or trashed one, or the origin itself. Link groups are SKU + language, so
+    text fields only reach members of the same language. A change of an origin that is not
+    linked, settling, deleted or outside the group's blogs reaches nobody. A ``superseded`` one (an
+    earlier batch applied a later change of its group: last captured wins across batches too)
+    reaches nobody either, and its origin takes the group's value back from a linked member
+    that took the later one (the lowest blog id), so that every member ends with the same value.
+    """
+    live, joins, superseded = set(live_blogs), set(settling), superseded or {}
+    writes: dict[tuple[Key, str], FieldWrite] = {}
+    notes: list[Note] = []
+    applied: dict[int, Change] = {}
+    origin_sku: dict[int, str] = {}
+    for c in sorted((c for c in changes if c.meta_key in fields), key=lambda c: c.id):
+        group, name = fields[c.meta_key]
+        me = next((m for m in groups.get(c.key, ()) if m.key == c.key), None)
+        sku = origin_sku[c.id] = me.sku if me is not None else ""
+        why = _field_origin_problem(c, me, facts.get(c.key, Facts(exists=False)), group, takes_part, joins)
+        if why is not None:
+            notes.append(Note(c.id, c.blog_id, c.post_id, sku, why))
+            continue
+        receivers = _field_receivers(c.key, group, groups, facts, live, joins, takes_part)
+        if c.id in superseded:
+            why = f"{SUPERSEDED_NOTE}: change {superseded[c.id]} of its group, captured later, was applied first"
+            notes.append(Note(c.id, c.blog_id, c.post_id, sku, why, "warning"))
+            if receivers:  # the origin takes the group's (newer) value back
+                w = writes.setdefault((c.key, group), FieldWrite(c.blog_id, c.post_id, sku, group))
+                w.sources[name] = min(m.key for m in receivers)
+                w.change_ids.append(c.id)
+            continue
+        own = writes.get((c.key, group))
+        if own is not None:
+            own.sources.pop(name, None)  # its own later change wins
+        for m in receivers:
+            w = writes.setdefault((m.key, group), FieldWrite(m.blog_id, m.post_id, m.sku, group))
+            w.sources[name] = c.key
+            w.change_ids.append(c.id)
+            applied[c.id] = c
+    final = [w for _, w in sorted(writes.items()) if w.sources]
+    return FieldPlan(final, [applied[i] for i in sorted(applied)], notes, origin_sku)
+
+
+def _field_origin_problem(
+    c: Change,
+    me: Member | None,
+    facts: Facts,
+    group: str,
+    takes_part: Callable[[str, int], bool],
+    joins: Collection[Key],
+) -> str | None:
+    """Why a field change must not be carried to the origin's group (None: it is carried)."""
+    if me is None or me.state != "linked":
+        return f"origin is {me.state if me is not None else 'unlinked'}"
+    if c.key in joins:
+        return "origin is settling: it joins its group once WooCommerce has finished writing it"
+    if not facts.alive:
+        return "origin product is deleted or trashed"
+    if not takes_part(group, c.blog_id):
+        return f"blog {c.blog_id} does not take part in field group {group} ([fields.blogs])"
+    return None
+
+
+def _field_receivers(
+    origin: Key,
+    group: str,
+    groups: Mapping[Key, Sequence[Member]],
+    facts: Mapping[Key, Facts],
+    live: Collection[int],
+    joins: Collection[Key],
+    takes_part: Callable[[str, int], bool],
+) -> list[Member]:
+    """The members a field change of ``origin`` is carried to."""
+    return [
+        m
+        for m in groups.get(origin, ())
+        if m.key != origin
+        and m.state == "linked"
+        and m.blog_id in live
+        and m.key not in joins
+        and takes_part(group, m.blog_id)
+        and facts.get(m.key, Facts(exists=False)).alive
+    ]
+
+
 def _late_set_value(c: Change, later: Decimal | None) -> Decimal | None:
     """A late absolute ``_stock`` set's value plus the deltas applied after it (None: not a
     stock set, unknown sum, or a value that is not a quantity)."""

@@ -23,6 +23,13 @@ rows it held locked since then, and rows it inserted itself - told apart from ro
 inserted meanwhile by asking a second connection, which cannot see an uncommitted insert. A
 row the shop inserted or changed meanwhile is never copied into the snapshot: the next poll
 queues it.
+
+Watched keys: the stock keys, plus the meta keys of the realtime field groups the blog takes part
+in (issue 10; posts columns and term relationships cannot be polled, see
+:func:`syncd.fields.realtime.poll_refusals`). The baseline marker records the key set the
+snapshot holds; when the configured set changes, the snapshot takes the rows of the added keys as
+they are (nothing queued: the values then are the baseline, as at a first poll) and drops those of
+the removed keys. Every function here diffs exactly the keys the snapshot holds.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 import structlog
 
+from syncd.capture import watched_list
 from syncd.db import table
 from syncd.network import Blog
 from syncd.plan import WATCHED_KEYS
@@ -40,7 +48,8 @@ from syncd.schema import get_meta, set_meta
 
 log = structlog.get_logger("syncd.poll")
 
-_KEYS = ", ".join(f"'{k}'" for k in WATCHED_KEYS)
+#: Baseline marker value of a snapshot holding the stock keys only (as before issue 10).
+_STOCK_BASELINE = "taken"
 
 #: A watched meta row as seen: (post_id, meta_key, value); keyed by meta_id.
 Row = tuple[int, str, "str | None"]
@@ -61,34 +70,63 @@ class Seen:
     posts: tuple[int, ...]
     rows: dict[int, Row] = field(default_factory=dict)
     queued: int = 0
+    keys: tuple[str, ...] = WATCHED_KEYS  # the keys the snapshot holds
 
 
-def poll_blog(conn: sa.Connection, base_prefix: str, blog: Blog) -> int:
+def _marker(blog: Blog) -> str:
+    return f"poll_baseline:{blog.blog_id}"
+
+
+def baseline_keys(conn: sa.Connection, base_prefix: str, blog: Blog) -> tuple[str, ...] | None:
+    """The meta keys this blog's snapshot holds; None before its first poll."""
+    value = get_meta(conn, base_prefix, _marker(blog))
+    if value is None:
+        return None
+    return tuple(value[len("keys:") :].split(",")) if value.startswith("keys:") else WATCHED_KEYS
+
+
+def _marker_value(keys: Sequence[str]) -> str:
+    return _STOCK_BASELINE if tuple(keys) == WATCHED_KEYS else "keys:" + ",".join(keys)
+
+
+def _take(conn: sa.Connection, base_prefix: str, blog: Blog, keys: Sequence[str]) -> None:
+    """The snapshot takes these keys' rows as they are now (nothing queued)."""
+    snap, pm = table(base_prefix, "syncd_snapshot"), table(blog.prefix, "postmeta")
+    conn.execute(
+        sa.text(
+            f"INSERT IGNORE INTO {snap} (blog_id, meta_id, post_id, meta_key, value) "
+            f"SELECT :b, meta_id, post_id, meta_key, meta_value FROM {pm} WHERE meta_key IN ({watched_list(keys)})"
+        ),
+        {"b": blog.blog_id},
+    )
+
+
+def poll_blog(conn: sa.Connection, base_prefix: str, blog: Blog, keys: Sequence[str] = WATCHED_KEYS) -> int:
     """Diff one blog against its snapshot; queue the differences. Returns the changes queued.
 
-    The first poll of a blog only takes the snapshot (there is nothing to compare with yet).
-    Runs in the caller's transaction; the caller commits. A difference another poller captured
-    first is left to it (compare-and-set, see the module docstring).
+    ``keys``: the meta keys to watch (stock first, then the realtime field groups' keys). The
+    first poll of a blog only takes the snapshot (there is nothing to compare with yet); a key
+    newly watched is taken the same way. Runs in the caller's transaction; the caller commits. A
+    difference another poller captured first is left to it (compare-and-set, see the module
+    docstring).
     """
     snap, pm = table(base_prefix, "syncd_snapshot"), table(blog.prefix, "postmeta")
-    marker = f"poll_baseline:{blog.blog_id}"
-    if get_meta(conn, base_prefix, marker) is None:
+    keys = tuple(keys)
+    held = baseline_keys(conn, base_prefix, blog)
+    if held is None:
         conn.execute(sa.text(f"DELETE FROM {snap} WHERE blog_id = :b"), {"b": blog.blog_id})
-        conn.execute(
-            sa.text(
-                f"INSERT INTO {snap} (blog_id, meta_id, post_id, meta_key, value) "
-                f"SELECT :b, meta_id, post_id, meta_key, meta_value FROM {pm} WHERE meta_key IN ({_KEYS})"
-            ),
-            {"b": blog.blog_id},
-        )
-        set_meta(conn, base_prefix, marker, "taken")
+        _take(conn, base_prefix, blog, keys)
+        set_meta(conn, base_prefix, _marker(blog), _marker_value(keys))
         return 0
+    if set(held) != set(keys):
+        _rebaseline(conn, base_prefix, blog, held, keys)
+    in_keys = watched_list(keys)
     changed = conn.execute(
         sa.text(
             f"SELECT pm.meta_id, s.meta_id IS NULL, s.post_id, s.meta_key, s.value, "
             f"pm.post_id, pm.meta_key, pm.meta_value "
             f"FROM {pm} pm LEFT JOIN {snap} s ON s.blog_id = :b AND s.meta_id = pm.meta_id "
-            f"WHERE pm.meta_key IN ({_KEYS}) AND (s.meta_id IS NULL OR s.post_id <> pm.post_id "
+            f"WHERE pm.meta_key IN ({in_keys}) AND (s.meta_id IS NULL OR s.post_id <> pm.post_id "
             f"OR NOT (s.meta_key <=> pm.meta_key) OR NOT (BINARY s.value <=> BINARY pm.meta_value)) "
             f"ORDER BY pm.meta_id"
         ),
@@ -97,7 +135,7 @@ def poll_blog(conn: sa.Connection, base_prefix: str, blog: Blog) -> int:
     gone = conn.execute(
         sa.text(
             f"SELECT s.meta_id, s.post_id, s.meta_key, s.value FROM {snap} s "
-            f"LEFT JOIN {pm} pm ON pm.meta_id = s.meta_id AND pm.meta_key IN ({_KEYS}) "
+            f"LEFT JOIN {pm} pm ON pm.meta_id = s.meta_id AND pm.meta_key IN ({in_keys}) "
             f"WHERE s.blog_id = :b AND pm.meta_id IS NULL ORDER BY s.meta_id"
         ),
         {"b": blog.blog_id},
@@ -112,6 +150,27 @@ def poll_blog(conn: sa.Connection, base_prefix: str, blog: Blog) -> int:
     return queued
 
 
+def _rebaseline(
+    conn: sa.Connection, base_prefix: str, blog: Blog, held: Sequence[str], keys: Sequence[str]
+) -> None:
+    """The watched key set changed (a field group turned realtime or off): added keys are taken as
+    they are, removed keys leave the snapshot. Differences of the kept keys are polled as usual."""
+    added = [k for k in keys if k not in held]
+    removed = [k for k in held if k not in keys]
+    if added:
+        _take(conn, base_prefix, blog, added)
+    if removed:
+        conn.execute(
+            sa.text(
+                f"DELETE FROM {table(base_prefix, 'syncd_snapshot')} "
+                f"WHERE blog_id = :b AND meta_key IN ({watched_list(removed)})"
+            ),
+            {"b": blog.blog_id},
+        )
+    set_meta(conn, base_prefix, _marker(blog), _marker_value(keys))
+    log.info("poll_keys_changed", blog=blog.blog_id, added=added, removed=removed)
+
+
 def capture_unseen(conn: sa.Connection, base_prefix: str, blog: Blog, posts: Iterable[int]) -> Seen:
     """Inside the apply transaction, right after its lock step: queue the shop writes on these
     products (the locked ones and their closure) that the poller has not seen yet.
@@ -122,12 +181,13 @@ def capture_unseen(conn: sa.Connection, base_prefix: str, blog: Blog, posts: Ite
     :class:`SnapshotConflict` when another poller got there first (the caller rolls back).
     """
     ids = tuple(sorted(set(posts)))
-    if not ids or get_meta(conn, base_prefix, f"poll_baseline:{blog.blog_id}") is None:
+    keys = baseline_keys(conn, base_prefix, blog) if ids else None
+    if keys is None:
         # No baseline yet (a blog discovered since the last poll): its first poll takes the
         # snapshot as it is then, syncd's writes included; there is nothing to compare with now.
         return Seen(blog, ())
-    seen = Seen(blog, ids)
-    seen.rows = _watched_rows(conn, blog, ids, lock=True)
+    seen = Seen(blog, ids, keys=keys)
+    seen.rows = _watched_rows(conn, blog, ids, keys, lock=True)
     before = _snapshot_rows(conn, base_prefix, blog, ids)
     diffs = _diff(before, seen.rows)
     seen.queued, lost = _capture(conn, base_prefix, blog, diffs)
@@ -146,7 +206,7 @@ def advance_snapshot(conn: sa.Connection, base_prefix: str, seen: Seen, committe
     """
     if not seen.posts:
         return 0
-    now = _watched_rows(conn, seen.blog, seen.posts, lock=False)
+    now = _watched_rows(conn, seen.blog, seen.posts, seen.keys, lock=False)
     new_ids = sorted(set(now) - set(seen.rows))
     theirs = committed(seen.blog, new_ids) if new_ids else set()
     mine = {m: r for m, r in now.items() if m not in theirs}
@@ -182,13 +242,15 @@ def committed_elsewhere(engine: sa.Engine) -> CommittedFn:
 # --------------------------------------------------------------------------- internals
 
 
-def _watched_rows(conn: sa.Connection, blog: Blog, posts: Sequence[int], *, lock: bool) -> dict[int, Row]:
+def _watched_rows(
+    conn: sa.Connection, blog: Blog, posts: Sequence[int], keys: Sequence[str], *, lock: bool
+) -> dict[int, Row]:
     pm = table(blog.prefix, "postmeta")
     names = ", ".join(f":p{i}" for i in range(len(posts)))
     rows = conn.execute(
         sa.text(
             f"SELECT meta_id, post_id, meta_key, meta_value FROM {pm} FORCE INDEX (post_id) "
-            f"WHERE post_id IN ({names}) AND meta_key IN ({_KEYS}) ORDER BY post_id, meta_id"
+            f"WHERE post_id IN ({names}) AND meta_key IN ({watched_list(keys)}) ORDER BY post_id, meta_id"
             + (" FOR UPDATE" if lock else "")
         ),
         {f"p{i}": p for i, p in enumerate(posts)},

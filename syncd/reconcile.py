@@ -83,6 +83,7 @@ from syncd.audit import (
 from syncd.config import Config
 from syncd.db import errno_of, is_disconnect, is_retryable, table
 from syncd.exclusion import matching_pattern
+from syncd.fields import realtime
 from syncd.lock import MetaRow, ProductRows
 from syncd.plan import (
     BACKORDERS,
@@ -418,6 +419,8 @@ class Writer:
             poll_mode=False,
             blog_settings=config.blogs.for_blog,
             propagate_sku_renames=config.sync.propagate_sku_renames,
+            # Pending changes are applied exactly as the daemon does: realtime field groups too.
+            fields=realtime.fields_for(config, realtime.realtime_groups(config)),
         )
         from syncd.derived import refresh_many
 
@@ -748,7 +751,8 @@ class Writer:
             installed = capture.installed_triggers(conn, self.base)
             out = set()
             for b, blog in self.scope.blogs.items():
-                if capture.blog_trigger_state(installed, self.base, blog).state == "installed":
+                # Captured by triggers (an "outdated" set still captures: a field group's keys differ).
+                if capture.blog_trigger_state(installed, self.base, blog).state in ("installed", "outdated"):
                     continue
                 if get_meta(conn, self.base, f"poll_baseline:{b}") is not None:
                     out.add(b)

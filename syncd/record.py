@@ -5,7 +5,7 @@ per member written because of it, one ``skipped`` row (with the reason) per memb
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -22,6 +22,7 @@ from syncd.plan import (
     STATUS,
     STOCK,
     Change,
+    FieldWrite,
     Key,
     Member,
     MemberWrite,
@@ -122,15 +123,20 @@ def _group_of(groups: Mapping[Key, Sequence[Member]], key: Key) -> int | None:
 
 
 def superseded(
-    conn: sa.Connection, base_prefix: str, changes: Sequence[Change], groups: Mapping[Key, Sequence[Member]]
+    conn: sa.Connection,
+    base_prefix: str,
+    changes: Sequence[Change],
+    groups: Mapping[Key, Sequence[Member]],
+    fields: Collection[str] = (),
 ) -> dict[int, int]:
     """Register changes older than the newest change of the same key its link group already took
     in an earlier batch: change id -> that newer change's id. Such a change arrives late (its
     blog was held, it was a dead letter retried, or it committed after a later-captured one) and
-    must not overwrite the newer value. One read, only when the batch holds register changes."""
+    must not overwrite the newer value. One read, only when the batch holds register changes.
+    ``fields``: the realtime field groups' change keys (registers too)."""
     asked: dict[tuple[int, str], list[Change]] = {}
     for c in changes:
-        group = _group_of(groups, c.key) if _tracked(c) else None
+        group = _group_of(groups, c.key) if _tracked(c) or c.meta_key in fields else None
         if group is not None:
             asked.setdefault((group, c.meta_key), []).append(c)
     if not asked:
@@ -153,15 +159,16 @@ def advance_registers(
     conn: sa.Connection,
     base_prefix: str,
     applied: Sequence[Change],
-    writes: Sequence[MemberWrite],
+    writes: Sequence[MemberWrite | FieldWrite],
     groups: Mapping[Key, Sequence[Member]],
+    fields: Collection[str] = (),
 ) -> None:
     """After the batch's writes: each applied register or stock change becomes the newest its
     origin's group and every group it was written into has taken (in the same transaction)."""
     newest: dict[tuple[int, str], int] = {}
 
     def take(group: int | None, c: Change) -> None:
-        if group is not None and c.meta_key in TRACKED_KEYS:
+        if group is not None and (c.meta_key in TRACKED_KEYS or c.meta_key in fields):
             newest[(group, c.meta_key)] = max(c.id, newest.get((group, c.meta_key), 0))
 
     by_id = {c.id: c for c in applied}

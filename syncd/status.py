@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from syncd import capture, queue, schema, settle
 from syncd.daemon import lock_name
 from syncd.db import table
+from syncd.fields import realtime
 
 EXIT_FATAL = 1
 EXIT_NO_LEADER = 2
@@ -35,10 +36,14 @@ HEARTBEAT_STALE_AFTER = 15.0
 
 
 def collect(
-    conn: sa.Connection, base_prefix: str, selects: Callable[[int], bool] | None = None
+    conn: sa.Connection,
+    base_prefix: str,
+    selects: Callable[[int], bool] | None = None,
+    watch_for: Callable[[int], capture.Watch] | None = None,
 ) -> dict[str, Any]:
     """Everything `syncd status` shows, as plain data. ``selects``: [blogs] include/exclude
-    (a blog it rejects is reported as excluded, and its missing triggers are expected)."""
+    (a blog it rejects is reported as excluded, and its missing triggers are expected).
+    ``watch_for``: what each blog's triggers must watch (realtime field groups); stock only if None."""
     from syncd.network import discover
 
     out: dict[str, Any] = {"installed": schema.schema_present(conn, base_prefix)}
@@ -91,7 +96,8 @@ def collect(
             entry["excluded"] = True
             entry["triggers"] = "excluded by configuration"
         elif blog.usable:
-            entry["triggers"] = capture.blog_trigger_state(installed, base_prefix, blog).state
+            watch = capture.STOCK_ONLY if watch_for is None else watch_for(blog.blog_id)
+            entry["triggers"] = capture.blog_trigger_state(installed, base_prefix, blog, watch).state
         blogs.append(entry)
     out["blogs"] = blogs
     out["capture"] = (daemon or {}).get("capture") or ("trigger" if installed else "poll-or-none")
@@ -276,13 +282,19 @@ def _dur(seconds: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"
 
 
+def watches(config: Any) -> Callable[[int], capture.Watch]:
+    """What each blog's triggers must watch under this configuration (stock + realtime groups)."""
+    groups = realtime.realtime_groups(config)
+    return lambda blog_id: realtime.watch_for(config, blog_id, groups)
+
+
 def main(config: Any, args: Any, out: TextIO | None = None) -> int:
     """Entry point of ``syncd status [--json]``."""
     out = out or sys.stdout
     engine = config.database.make_engine()
     try:
         with engine.connect() as conn:
-            report = collect(conn, config.database.table_prefix, config.blogs.selects)
+            report = collect(conn, config.database.table_prefix, config.blogs.selects, watches(config))
     finally:
         engine.dispose()
     report["checked_at"] = datetime.now(UTC).isoformat(timespec="seconds")

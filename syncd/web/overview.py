@@ -20,7 +20,7 @@ def overview(ctx: Ctx) -> View:
     app = ctx.app
     _prune_attribution(app)
     with app.read_engine.connect() as conn:
-        report = status.collect(conn, app.base, app.config.blogs.selects)
+        report = status.collect(conn, app.base, app.config.blogs.selects, status.watches(app.config))
         if not report.get("installed"):
             return View("overview.html", {"installed": False}, extra={"chart": ""})
         now = (

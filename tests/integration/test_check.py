@@ -384,3 +384,21 @@ def test_check_trigger_mode_without_trigger_privilege(wp_network: Any, make_user
     code, text = check(cfg)
     assert code == EXIT_CAPTURE
     assert "TRIGGER privilege" in text
+
+
+def test_report_poll_mode_refuses_a_realtime_group_that_needs_triggers(monkeypatch) -> None:
+    """Issue 10: post columns and terms cannot be polled; `syncd check` says so as the daemon does."""
+    from syncd.fields import realtime
+    from tests.integration.fields_helpers import PRICE, PlainTitleGroup
+
+    no_trigger = Grants(
+        frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "INDEX", "ALTER"}), frozenset()
+    )
+    cfg = config_for("mysql+pymysql://syncd:pw@db/wc", capture={"mode": "poll"})
+    monkeypatch.setattr(realtime, "realtime_groups", lambda config: {"price": PRICE})  # meta keys: polled
+    assert build_report(facts(no_trigger), cfg)["exit_code"] == 0
+    monkeypatch.setattr(realtime, "realtime_groups", lambda config: {"content": PlainTitleGroup()})
+    report = build_report(facts(no_trigger), cfg)
+    assert report["exit_code"] & 8 and report["errors"][0].startswith(
+        '[fields] content = "realtime" needs triggers'
+    )

@@ -247,3 +247,65 @@ def test_own_sale_after_a_siblings_absolute_set_is_kept_on_top_of_it():
     assert (w[A].stock.set_value, w[A].stock.delta) == (Decimal(0), Decimal(-1))
     assert (w[C].stock.set_value, w[C].stock.delta) == (Decimal(0), Decimal(-1))
     assert (w[B].stock.is_set, w[B].stock.delta) == (False, Decimal(-1))
+
+
+# -- realtime field groups (issue 10): plan_fields ----------------------------------------------
+
+
+def _field_setup():
+    from syncd.plan import Facts, Member
+
+    members = [Member(b, 10 * b, "MUG", group_id=7) for b in (1, 2, 3)]
+    groups = {m.key: members for m in members}
+    facts = {m.key: Facts() for m in members}
+    index = {"_regular_price": ("price", "_regular_price"), "post:post_title": ("content", "post_title")}
+    return groups, facts, index
+
+
+def _fields(changes, *, takes_part=lambda g, b: True, **kw):
+    from syncd.plan import plan_fields
+
+    groups, facts, index = _field_setup()
+    return plan_fields(changes, groups, facts, (1, 2, 3), index, takes_part, **kw)
+
+
+def _sources(plan):
+    return {(w.blog_id, w.group): dict(w.sources) for w in plan.writes}
+
+
+def test_fields_last_captured_change_wins_and_its_origin_keeps_it():
+    p = _fields([ch(5, (3, 30), "1", "3", "_regular_price"), ch(6, (2, 20), "1", "2", "_regular_price")])
+    # The last captured (id 6, blog 2) wins: blogs 1 and 3 take blog 2's value; blog 2 is not written.
+    assert _sources(p) == {
+        (1, "price"): {"_regular_price": (2, 20)},
+        (3, "price"): {"_regular_price": (2, 20)},
+    }
+    assert [c.id for c in p.applied] == [5, 6]
+
+
+def test_fields_per_field_registers_and_stock_keys_untouched():
+    p = _fields([ch(5, (1, 10), "1", "2", "_regular_price"), ch(6, (2, 20), "a", "b", "post:post_title")])
+    assert _sources(p) == {
+        (2, "price"): {"_regular_price": (1, 10)},
+        (3, "price"): {"_regular_price": (1, 10)},
+        (1, "content"): {"post_title": (2, 20)},
+        (3, "content"): {"post_title": (2, 20)},
+    }
+    assert _fields([ch(5, (1, 10), "1", "2")]).writes == []  # _stock is not a field
+
+
+def test_fields_go_only_to_blogs_that_take_part_and_not_to_settling_members():
+    p = _fields(
+        [ch(5, (1, 10), "1", "2", "_regular_price")],
+        takes_part=lambda g, b: b != 3,
+        settling={(2, 20)},
+    )
+    assert p.writes == []
+    outside = _fields([ch(5, (3, 30), "1", "2", "_regular_price")], takes_part=lambda g, b: b != 3)
+    assert outside.writes == [] and "does not take part" in outside.notes[0].reason
+
+
+def test_fields_superseded_change_reaches_nobody_and_its_origin_takes_the_group_value_back():
+    p = _fields([ch(5, (3, 30), "1", "2", "_regular_price")], superseded={5: 9})
+    assert _sources(p) == {(3, "price"): {"_regular_price": (1, 10)}}
+    assert p.applied == [] and p.notes[0].level == "warning" and "superseded" in p.notes[0].reason

@@ -113,7 +113,9 @@ def test_settle_statements_bind_every_value():
 
     from syncd import settle
 
-    sql, params = settle.record_sql("shop_", [settle.Record(2, 28, "join", Decimal(-2), datetime(2026, 1, 1))])
+    sql, params = settle.record_sql(
+        "shop_", [settle.Record(2, 28, "join", Decimal(-2), datetime(2026, 1, 1))]
+    )
     assert " ".join(sql.split()) == (
         "INSERT INTO `shop_syncd_settle` (blog_id, post_id, kind, stock_delta, last_change_at, queued_at, reason) "
         "VALUES (%s, %s, %s, %s, COALESCE(%s, UTC_TIMESTAMP(6)), UTC_TIMESTAMP(6), %s) "
@@ -129,3 +131,62 @@ def test_settle_statements_bind_every_value():
     sql, params = settle.due_sql("shop_", 2.5, 50)
     assert "INTERVAL %s MICROSECOND" in sql and "NOT EXISTS (SELECT 1 FROM `shop_syncd_change` c" in sql
     assert params == (2_500_000, 50)
+
+
+def test_field_watch_order_and_poll_refusals():
+    from dataclasses import dataclass
+
+    from syncd.capture import STOCK_ONLY, Watch
+    from syncd.fields.realtime import poll_refusals
+    from syncd.plan import WATCHED_KEYS
+
+    @dataclass
+    class G:
+        name: str
+        meta_keys: tuple[str, ...] = ()
+        post_columns: tuple[str, ...] = ()
+        taxonomies: tuple[str, ...] = ()
+
+    price = G("price", ("_sale_price", "_regular_price", "_stock"))
+    content = G("content", (), ("post_title",))
+    terms = G("taxonomy", (), (), ("product_tag", "product_cat"))
+    w = Watch.of([price, content, terms])
+    # Stock keys first and unchanged (their trigger bodies stay as before), the rest sorted, once.
+    assert w.meta_keys == (*WATCHED_KEYS, "_regular_price", "_sale_price")
+    assert w.taxonomies == ("product_cat", "product_tag") and w.post_columns == ("post_title",)
+    assert Watch.of([]) == STOCK_ONLY
+    assert (
+        render_blog_triggers("wp_", (2, "wp_2_"), Watch.of([price]))
+        and len(render_blog_triggers("wp_", (2, "wp_2_"), w)) == 6
+    )
+    refused = poll_refusals({"price": price, "content": content, "taxonomy": terms})
+    assert len(refused) == 2
+    assert refused[0].startswith('[fields] content = "realtime" needs triggers (post columns')
+    assert "taxonomy terms" in refused[1]
+
+
+def test_realtime_field_index_maps_change_keys_to_group_fields():
+    from dataclasses import dataclass
+
+    from syncd.fields.realtime import RealtimeFields
+
+    @dataclass
+    class G:
+        name: str
+        meta_keys: tuple[str, ...] = ()
+        post_columns: tuple[str, ...] = ()
+        taxonomies: tuple[str, ...] = ()
+
+    rt = RealtimeFields(
+        {
+            "price": G("price", ("_regular_price", "_stock")),
+            "content": G("content", (), ("post_title",)),
+            "taxonomy": G("taxonomy", (), (), ("product_cat",)),
+        },
+        lambda g, b: True,
+    )
+    assert rt.index() == {
+        "_regular_price": ("price", "_regular_price"),  # _stock is never a field's: stock has its own rules
+        "post:post_title": ("content", "post_title"),
+        "terms:product_cat": ("taxonomy", "terms:product_cat"),
+    }

@@ -1,0 +1,224 @@
+"""The realtime field groups' write step, inside the apply transaction (issue 10).
+
+After the stock writes and before the derived step, for each planned
+:class:`~syncd.plan.FieldWrite`: the group's values of the targets and of the origins they take
+from are read with the group's own ``read`` (one call per blog and group; the lock step holds
+every postmeta row of these products, so nothing can change under us), the wanted values are
+the target's own with each planned field taken from its origin, a value the group calls bad
+(``problems``) skips that member for that group, and ``FieldGroup.write`` writes the rest and what
+WooCommerce derives from it on that blog, inside a savepoint (an error skips that member alone).
+History: a ``copy`` row per field written, a ``skipped`` row per field left alone, with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import sqlalchemy as sa
+import structlog
+
+from syncd.db import errno_of, is_retryable, run_many, table
+from syncd.fields.group import FieldGroup, Target, Value, Values
+from syncd.fields.realtime import RealtimeFields
+from syncd.lock import ProductRows
+from syncd.network import Blog
+from syncd.plan import Change, FieldPlan, FieldWrite, Key
+from syncd.record import BatchResult, HistoryRow
+
+log = structlog.get_logger("syncd.fields")
+
+
+def text_of(value: Value) -> str | None:
+    """A value as history shows it: a term set as its comma-separated slugs."""
+    return ",".join(value) if isinstance(value, tuple) else value
+
+
+class FieldWriter:
+    """Writes planned field values on the blogs of one network."""
+
+    def __init__(self, realtime: RealtimeFields) -> None:
+        self.realtime = realtime
+        self.index = realtime.index()
+        #: (group, field) -> the change key history records it under (``post:<column>`` etc.).
+        self.keys = {v: k for k, v in self.index.items()}
+
+    def lock_targets(self, conn: sa.Connection, plan: FieldPlan, blogs: Mapping[int, Blog]) -> None:
+        """Lock the posts rows of the members that take a posts column (the lock step holds
+        their postmeta rows, not these): a shop's title edit committed from now on waits for this
+        transaction and is captured after it, so the re-check that follows sees every edit that
+        could be overwritten, and none can slip in between. Ascending blog, then post id."""
+        posts: dict[int, set[int]] = {}
+        for w in plan.writes:
+            if self.realtime.groups[w.group].post_columns and w.blog_id in blogs:
+                posts.setdefault(w.blog_id, set()).add(w.post_id)
+        statements = [
+            (
+                f"SELECT ID FROM {table(blogs[b].prefix, 'posts')} WHERE ID IN ({', '.join(['%s'] * len(p))}) "
+                "ORDER BY ID FOR UPDATE",
+                sorted(p),
+            )
+            for b, p in sorted(posts.items())
+        ]
+        if statements:
+            run_many(conn, statements)
+
+    def write_all(
+        self,
+        conn: sa.Connection,
+        plan: FieldPlan,
+        rows: Mapping[Key, ProductRows],
+        blogs: Mapping[int, Blog],
+        by_id: Mapping[int, Change],
+        result: BatchResult,
+    ) -> dict[int, set[int]]:
+        """Every planned field write. Returns, per blog, the products written."""
+        writes = [w for w in plan.writes if w.blog_id in blogs]
+        for w in plan.writes:
+            if w.blog_id not in blogs:
+                self._skip(w, list(w.sources), f"blog {w.blog_id} cannot be written now", by_id, result)
+        values = self._read(conn, writes, blogs)
+        written: dict[int, set[int]] = {}
+        for w in writes:
+            if self._member(conn, w, values, rows.get(w.key), blogs[w.blog_id], by_id, result):
+                written.setdefault(w.blog_id, set()).add(w.post_id)
+        return written
+
+    def _read(
+        self, conn: sa.Connection, writes: Sequence[FieldWrite], blogs: Mapping[int, Blog]
+    ) -> dict[tuple[int, str], dict[int, Values]]:
+        """The group values of every target and origin, one ``read`` per blog and group."""
+        need: dict[tuple[int, str], set[int]] = {}
+        for w in writes:
+            need.setdefault((w.blog_id, w.group), set()).add(w.post_id)
+            for blog_id, post_id in w.sources.values():
+                need.setdefault((blog_id, w.group), set()).add(post_id)
+        return {
+            (b, g): self.realtime.groups[g].read(conn, blogs[b], sorted(posts))
+            for (b, g), posts in sorted(need.items())
+            if b in blogs
+        }
+
+    def _member(
+        self,
+        conn: sa.Connection,
+        w: FieldWrite,
+        values: Mapping[tuple[int, str], Mapping[int, Values]],
+        row: ProductRows | None,
+        blog: Blog,
+        by_id: Mapping[int, Change],
+        result: BatchResult,
+    ) -> bool:
+        group = self.realtime.groups[w.group]
+        have = values.get((w.blog_id, w.group), {}).get(w.post_id)
+        if have is None or row is None or not row.exists:
+            self._skip(w, list(w.sources), "member is not readable (deleted?)", by_id, result)
+            return False
+        wanted = dict(have)
+        for name, (blog_id, post_id) in w.sources.items():
+            wanted[name] = values.get((blog_id, w.group), {}).get(post_id, {}).get(name)
+        changed = [name for name in w.sources if wanted[name] != have.get(name)]
+        if not changed:
+            return False
+        bad = group.problems(wanted)  # the target's own other fields take part (sale < regular)
+        if bad:
+            reason = "; ".join(f"{f}: {why}" for f, why in bad)
+            self._skip(w, changed, f"bad value, not written: {reason}", by_id, result)
+            return False
+        left = self._write(conn, group, w, row, blog, have, wanted, by_id, result)
+        if left is None:
+            return False
+        for name in changed:
+            if name in left:
+                self._skip(w, [name], left[name], by_id, result)
+            else:
+                result.history.append(
+                    HistoryRow(
+                        self._change(w, name, by_id),
+                        "copy",
+                        w.blog_id,
+                        w.post_id,
+                        w.sku,
+                        self._key(w.group, name),
+                        text_of(have.get(name)),
+                        text_of(wanted[name]),
+                        None,
+                    )
+                )
+        result.writes += 1
+        return len(left) < len(changed)
+
+    def _write(
+        self,
+        conn: sa.Connection,
+        group: FieldGroup,
+        w: FieldWrite,
+        row: ProductRows,
+        blog: Blog,
+        have: Values,
+        wanted: Values,
+        by_id: Mapping[int, Change],
+        result: BatchResult,
+    ) -> dict[str, str] | None:
+        """``FieldGroup.write`` in a savepoint: the fields it left alone, with why; None if it
+        failed (rolled back, every field skipped)."""
+        target = Target(blog, w.post_id, w.sku, row.post_type or "product", row.parent_id)
+        sp = conn.begin_nested()
+        try:
+            problems = group.write(conn, target, have, wanted)
+            sp.commit()
+        except Exception as exc:
+            if is_retryable(exc):
+                raise
+            sp.rollback()
+            why = f"write failed (errno {errno_of(exc)}): {str(exc)[:150]}"
+            self._skip(w, list(w.sources), why, by_id, result)
+            return None
+        return {p.field: p.reason for p in problems}
+
+    def _skip(
+        self,
+        w: FieldWrite,
+        names: Sequence[str],
+        reason: str,
+        by_id: Mapping[int, Change],
+        result: BatchResult,
+    ) -> None:
+        result.skipped += 1
+        for name in names:
+            log.warning(
+                "field_skipped",
+                blog=w.blog_id,
+                post=w.post_id,
+                sku=w.sku,
+                group=w.group,
+                field=name,
+                reason=reason,
+            )
+            c = self._change(w, name, by_id)
+            result.history.append(
+                HistoryRow(
+                    c,
+                    "skipped",
+                    w.blog_id,
+                    w.post_id,
+                    w.sku,
+                    self._key(w.group, name),
+                    None,
+                    None,
+                    None,
+                    reason[:255],
+                )
+            )
+
+    def _change(self, w: FieldWrite, name: str, by_id: Mapping[int, Change]) -> Change:
+        """The change whose value this field takes (its group's last captured one)."""
+        mine = [
+            by_id[i]
+            for i in w.change_ids
+            if i in by_id and self.index.get(by_id[i].meta_key, ("", ""))[1] == name
+        ]
+        return max(mine, key=lambda c: c.id)
+
+    def _key(self, group: str, name: str) -> str:
+        """History's meta_key for a field: its change key (``post:<column>`` for a posts column)."""
+        return self.keys.get((group, name), name)
