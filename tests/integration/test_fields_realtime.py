@@ -268,3 +268,26 @@ def test_the_real_price_content_and_taxonomy_groups_in_realtime(wp_network):
         assert pending(net) == 0 and d.apply_pending() == 0  # nothing of syncd's own came back
     finally:
         d.close()
+
+
+def test_realtime_price_from_the_configuration_alone(wp_network):
+    """`[fields] price = "realtime"` is all it takes: the daemon builds the group through the
+    registry, installs the triggers that watch its keys, and a regular price edit on blog 2
+    reaches blogs 1 and 3 with the ``_price`` each derives (no group injected by the test)."""
+    from tests.integration.sync_helpers import make_daemon
+
+    net = wp_network
+    mug = ids(net, "MUG")
+    d = make_daemon(net, fields={"price": "realtime"})
+    try:
+        assert set(d.realtime_groups()) == {"price"}
+        set_meta(net, 2, mug[2], "_regular_price", "31.00")
+        assert pending(net) == 1
+        d.apply_pending()
+        assert prices(net, mug) == ["31.00"] * 3
+        # Derived where syncd wrote (the origin's own _price is written by WooCommerce's save,
+        # which this raw UPDATE stands in for only in part).
+        assert [meta(net, b, mug[b], "_price") for b in (1, 3)] == ["31.00"] * 2
+        assert pending(net) == 0 and d.apply_pending() == 0
+    finally:
+        d.close()
