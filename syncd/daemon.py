@@ -576,7 +576,11 @@ class Daemon:
                     self._note_error("members_refresh_failed", exc, blog=blog_id)
             if gone or initial:
                 # At start too: members of a blog excluded (or gone) since the last run are forgotten.
-                catalog.drop_blog_members(conn, self.base, usable)
+                # A blog that is only not served now (archived, spam, flagged deleted, WooCommerce
+                # off) keeps its members: its changes are held meanwhile, and a product it renamed
+                # or sold must find its group again when it is back, not join as a new product.
+                present = {b.blog_id for b in network.blogs} | {b.blog_id for b in network.skipped}
+                catalog.drop_blog_members(conn, self.base, {b for b in present if self._blog_selected(b)})
                 conn.commit()
             self._settle_queue(conn, network, usable)
             if gone:

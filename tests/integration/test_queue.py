@@ -495,3 +495,32 @@ def test_path5_sku_rename_carried_while_a_blog_is_archived_reaches_it_when_back(
         assert members(net, "MUG-R1") == ids
     finally:
         d.close()
+
+
+def test_path5_rename_on_a_blog_archived_before_it_is_applied_is_carried_when_back(wp_network):
+    """A rename made on blog 3 just before blog 3 is archived is held; when blog 3 is back, the
+    discovery that releases it must not regroup the renamed product on its own: the held rename
+    is then carried to the group (found by the storm with an archive step)."""
+    net = wp_network
+    ids = members(net, "MUG")
+    d = make_daemon(net)
+    blogs_t = f"{net.prefix}blogs"
+    try:
+        d.apply_pending()
+        with net.engine.connect() as c:
+            c.exec_driver_sql(f"UPDATE {blogs_t} SET archived = 1 WHERE blog_id = 2")
+            c.commit()
+        set_meta(net, 3, ids[3], "_sku", "MUG-R1")
+        with net.engine.connect() as c:
+            c.exec_driver_sql(f"UPDATE {blogs_t} SET archived = 1 WHERE blog_id = 3")
+            c.commit()
+        assert d.apply_pending() == 0 and pending(net) == 1
+        for b in (2, 3):  # back one after the other, each released by discovery
+            with net.engine.connect() as c:
+                c.exec_driver_sql(f"UPDATE {blogs_t} SET archived = 0 WHERE blog_id = {b}")
+                c.commit()
+            d.discover()
+        d.apply_pending()
+        assert [meta(net, b, ids[b], "_sku") for b in (1, 2, 3)] == ["MUG-R1"] * 3
+    finally:
+        d.close()
