@@ -313,6 +313,34 @@ FOUND = {
         1,
         "trigger",
     ),
+    # Sales and translation-group sales around blogs archived and back (members dropped meanwhile:
+    # the products rejoined as new ones and their held sales were counted again or lost).
+    "sales_around_archived_blogs": (
+        [
+            ("book_sale", 2, 1),
+            ("archive", 2),
+            ("sale", "MUG", 1, 1),
+            ("book_sale", 2, 1),
+            ("rename", "MUG", 3),
+            ("archive", 3),
+        ],
+        1,
+        "trigger",
+    ),
+    "shared_translations_around_archived_blogs": (
+        [
+            ("book_sale", 3, 1),
+            ("archive", 2),
+            ("sale", "MUG", 2, 1),
+            ("book_sale", 3, 1),
+            ("book_sale", 2, 1),
+            ("archive", 3),
+            ("archive", 3),
+            ("apply", "locked", 2),
+        ],
+        500,
+        "trigger",
+    ),
 }
 
 
