@@ -896,15 +896,16 @@ class Daemon:
         """Fetch one batch and apply it (retrying as documented). Returns the changes consumed."""
         conn.rollback()
         serving = set(self.blogs()) - set(self.stats.held)
-        changes = queue.fetch(conn, self.base, self.config.sync.batch_size, blogs=serving)
-        if not changes:
+        fetched = queue.fetch_lanes(conn, self.base, self.config.sync.batch_size, blogs=serving)
+        if not fetched.changes:
             conn.rollback()
             return 0
-        return self.apply_with_retry(conn, changes)
+        return self.apply_with_retry(conn, fetched.changes, ahead=bool(fetched.passed))
 
-    def apply_with_retry(self, conn: sa.Connection, changes: Sequence[Change]) -> int:
+    def apply_with_retry(self, conn: sa.Connection, changes: Sequence[Change], *, ahead: bool = False) -> int:
         """Apply one unit of work, retrying by error class (syncd.queue). Returns the changes
-        consumed (applied or dead-lettered); 0 when someone else applied them or they are held."""
+        consumed (applied or dead-lettered); 0 when someone else applied them or they are held.
+        ``ahead``: the batch was fetched ahead of older bulk rows (queue.fetch_lanes)."""
         applier = self._applier()
         backoff = _Backoff()
         attempt = permanent = 0
@@ -913,6 +914,8 @@ class Daemon:
             self._in_batch = True
             try:
                 result = applier.apply(conn, changes)
+                if ahead:
+                    _check_ahead(conn, self.base, changes, result)
                 conn.commit()
             except BatchConflict as exc:
                 conn.rollback()
@@ -938,7 +941,7 @@ class Daemon:
                 if kind == queue.PERMANENT:
                     groups = queue.statement_groups(changes)
                     if len(groups) > 1:
-                        return self._isolate(conn, groups, exc)
+                        return self._isolate(conn, groups, exc, ahead=ahead)
                     permanent += 1
                     if permanent >= queue.PERMANENT_ATTEMPTS:
                         self._dead_letter(conn, changes, exc)
@@ -983,7 +986,14 @@ class Daemon:
                 log.warning("changes_held", blog=b, reason=why)
             self.stats.held[b] = why
 
-    def _isolate(self, conn: sa.Connection, groups: Sequence[Sequence[Change]], exc: BaseException) -> int:
+    def _isolate(
+        self,
+        conn: sa.Connection,
+        groups: Sequence[Sequence[Change]],
+        exc: BaseException,
+        *,
+        ahead: bool = False,
+    ) -> int:
         """A batch failed for a reason that is not transient: apply it statement group by
         statement group (never change by change: one statement's rows are one sale)."""
         log.error(
@@ -993,7 +1003,7 @@ class Daemon:
             errno=errno_of(exc),
             error=str(exc)[:300],
         )
-        return sum(self.apply_with_retry(conn, g) for g in groups)
+        return sum(self.apply_with_retry(conn, g, ahead=ahead) for g in groups)
 
     def _dead_letter(self, conn: sa.Connection, changes: Sequence[Change], exc: BaseException) -> None:
         self.stats.dead += len(changes)
@@ -1112,6 +1122,16 @@ class _Backoff:
 
     def reset(self) -> None:
         self.current = 0.0
+
+
+def _check_ahead(conn: sa.Connection, base: str, changes: Sequence[Change], result: BatchResult) -> None:
+    """A batch fetched ahead of older bulk rows, still under its locks: if a product it wrote or
+    originated has an older queued row outside it, it starts again with that row (and everything
+    queued up to it, whole statement groups), so a product's changes apply in capture order."""
+    keys = {(c.blog_id, c.post_id) for c in changes} | {(h.blog_id, h.post_id) for h in result.history}
+    older = queue.passed_rows(conn, base, changes, keys)
+    if older:
+        raise BatchExtend(older)
 
 
 def _discard(conn: sa.Connection) -> None:
