@@ -665,7 +665,9 @@ class PacedWriters:
         blogs: Sequence[int],
         seed: int = 1,
         tag: Any = None,
+        first_sku: int = 1,
     ) -> None:
+        """SKUs ``first_sku .. first_sku + skus - 1``."""
         import random
 
         self.net, self.rate, self.duration, self.tag = net, rate, duration, tag
@@ -679,6 +681,7 @@ class PacedWriters:
             sku = rnd.randrange(1, skus // self.threads + 1) * self.threads - k
             if sku < 1:
                 sku += self.threads
+            sku += first_sku - 1
             blog = rnd.choice(list(blogs))
             self.plan[k].append((i, blog, product_id(blog, sku)))
         self.writes: list[list[Write]] = [[] for _ in range(self.threads)]

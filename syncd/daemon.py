@@ -150,6 +150,7 @@ class Daemon:
         self._watchdog_every = watchdog_interval()  # None outside systemd / without WatchdogSec
         self._last_ping = 0.0
         self._reload = threading.Event()  # set by SIGHUP, served by the main or standby loop
+        self._went_ahead = False  # the last batch was fetched ahead of bulk work (queue.fetch_lanes)
         self.metrics: Any = None  # syncd.metrics.Metrics when [metrics] listen is set
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -896,11 +897,15 @@ class Daemon:
         """Fetch one batch and apply it (retrying as documented). Returns the changes consumed."""
         conn.rollback()
         serving = set(self.blogs()) - set(self.stats.held)
-        fetched = queue.fetch_lanes(conn, self.base, self.config.sync.batch_size, blogs=serving)
+        # Sales go ahead of bulk work every other batch at most, so an import always progresses.
+        fetched = queue.fetch_lanes(
+            conn, self.base, self.config.sync.batch_size, blogs=serving, ahead=not self._went_ahead
+        )
         if not fetched.changes:
             conn.rollback()
             return 0
-        return self.apply_with_retry(conn, fetched.changes, ahead=bool(fetched.passed))
+        self._went_ahead = bool(fetched.passed)
+        return self.apply_with_retry(conn, fetched.changes, ahead=self._went_ahead)
 
     def apply_with_retry(self, conn: sa.Connection, changes: Sequence[Change], *, ahead: bool = False) -> int:
         """Apply one unit of work, retrying by error class (syncd.queue). Returns the changes

@@ -145,6 +145,9 @@ def fetch(
 BULK_ROWS = 100
 #: Rows that change which products are linked: a batch is never fetched ahead of them.
 MEMBERSHIP_KEYS = ("_sku", "_wp_trash_meta_status")
+#: Rows of a batch taken from the head of the queue while it holds bulk work (completed to whole
+#: statements): a sale committed while it is applied waits for that batch only.
+BULK_BATCH = 100
 
 
 @dataclass(frozen=True)
@@ -165,28 +168,33 @@ def fetch_lanes(
     base_prefix: str,
     limit: int,
     blogs: Collection[int] | None = None,
+    *,
+    ahead: bool = True,
     bulk_rows: int = BULK_ROWS,
+    bulk_batch: int = BULK_BATCH,
 ) -> Fetched:
     """Like :func:`fetch`, but small statement groups (sales) are not queued behind an import.
 
     When the oldest ``limit`` rows hold a bulk connection (more than ``bulk_rows`` rows), the
-    batch is the oldest rows of the other connections instead (a connection is taken whole or
-    not at all, so each connection's order is kept; statement groups are never split). Never
-    ahead of a queued row that changes membership (``_sku``, trash marker): which products are
-    linked must be as capture order says. Per-product order is checked by the caller (``passed``)."""
+    batch is the oldest rows of the other connections instead (``ahead``; a connection is taken
+    whole or not at all, so each connection's order is kept; statement groups are never split),
+    or, when there are none or ``ahead`` is false, the oldest ``bulk_batch`` rows completed to
+    whole statements (short batches: a sale committed meanwhile waits for one of them only).
+    Never ahead of a queued row that changes membership (``_sku``, trash marker): which products
+    are linked must be as capture order says. Per-product order is checked by the caller
+    (``passed``)."""
     where, params = _blog_filter(blogs)
     head = _oldest(conn, base_prefix, where, params, limit)
-    if len(head) < int(limit):
-        return Fetched(head)
     bulk = _bulk_connections(head, bulk_rows)
-    if bulk:
-        small = _small_rows(conn, base_prefix, where, params, limit, bulk, bulk_rows)
-        if small:
-            passed = tuple(sorted(bulk | _bulk_connections(small, bulk_rows)))
-            small = [c for c in small if (c.blog_id, c.conn_id) not in passed]
-            if small and not _membership_passed(conn, base_prefix, passed, max(c.id for c in small)):
-                return Fetched(complete(conn, base_prefix, small), passed)
-    return Fetched(complete(conn, base_prefix, head))
+    if not bulk:
+        return Fetched(head if len(head) < int(limit) else complete(conn, base_prefix, head))
+    if ahead:
+        small = _small_rows(conn, base_prefix, where, params, limit, bulk)
+        passed = tuple(sorted(bulk | _bulk_connections(small, bulk_rows)))
+        small = [c for c in small if (c.blog_id, c.conn_id) not in passed]
+        if small and not _membership_passed(conn, base_prefix, passed, max(c.id for c in small)):
+            return Fetched(complete(conn, base_prefix, small), passed)
+    return Fetched(complete(conn, base_prefix, head[: max(1, int(bulk_batch))]))
 
 
 def passed_rows(
@@ -231,7 +239,6 @@ def _small_rows(
     params: list[int],
     limit: int,
     bulk: set[tuple[int, int]],
-    bulk_rows: int,
 ) -> list[Change]:
     """The oldest ``limit`` rows of the connections that are not ``bulk``."""
     pairs = sorted(bulk)
