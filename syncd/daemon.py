@@ -46,14 +46,15 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from syncd import capture, catalog, fanout, queue, schema, settle
+from syncd import capture, catalog, fanout, queue, schema, settle, wake
 from syncd import signals as early_signals
 from syncd.apply import Applier, BatchConflict, BatchExtend, BatchResult
 from syncd.config import Config, ConfigError, load_config
-from syncd.db import errno_of, is_disconnect, is_retryable, table
+from syncd.db import errno_of, is_disconnect, is_retryable, server_info, table
 from syncd.network import Blog, NotMultisiteError
 from syncd.notify import notify, watchdog_interval
 from syncd.plan import Change, format_quantity
+from syncd.probe import IdleProbe
 
 log = structlog.get_logger("syncd.daemon")
 
@@ -150,6 +151,9 @@ class Daemon:
         self._watchdog_every = watchdog_interval()  # None outside systemd / without WatchdogSec
         self._last_ping = 0.0
         self._reload = threading.Event()  # set by SIGHUP, served by the main or standby loop
+        self._probe: IdleProbe | None = None  # the idle loop's one-round-trip probe
+        self._wake: wake.BinlogWake | None = None  # wakes the idle loop from the binary log
+        self._poll_until = 0.0  # after a wake: poll every idle_wait until then
         self._went_ahead = False  # the last batch was fetched ahead of bulk work (queue.fetch_lanes)
         self.metrics: Any = None  # syncd.metrics.Metrics when [metrics] listen is set
 
@@ -266,6 +270,8 @@ class Daemon:
         if not self.stop.is_set():
             notify("STOPPING=1", "STATUS=stopping: finishing the batch in flight")
         self.stop.set()
+        if self._wake is not None:
+            self._wake.event.set()  # end an idle wait at once
 
     def request_reload(self) -> None:
         """Ask the running loop to re-read the configuration (the SIGHUP handler calls this)."""
@@ -353,6 +359,12 @@ class Daemon:
                 self._lock_conn.close()
             except Exception:  # noqa: BLE001 - the server releases it when the connection closes anyway
                 pass
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+        if self._wake is not None:
+            self._wake.close()
+            self._wake = None
         for engine in (self._apply_engine, self._admin_engine):
             if engine is not None:
                 engine.dispose()
@@ -840,6 +852,8 @@ class Daemon:
         conn: sa.Connection | None = None
         backoff = _Backoff()
         lost_at: float | None = None  # when the apply connection was lost (None: not lost)
+        idle = False  # the last look found nothing: the next one is the one-round-trip probe
+        self._start_wake()
         while not self.stop.is_set():
             now = time.monotonic()
             self._ping_watchdog()
@@ -869,16 +883,20 @@ class Daemon:
                         log.info("reconnected", down_s=round(time.monotonic() - lost_at, 3))
                         lost_at = None
                     self._heartbeat_now()  # `syncd status` sees the new connection at once
-                applied = self.process_once(conn)
-                if not applied and now - last_settle >= SETTLE_EVERY:
-                    last_settle = now
-                    applied = self.settle_due(conn)
+                settle_time = now - last_settle >= SETTLE_EVERY
+                if idle and self._wake is not None:
+                    self._wake.event.clear()  # before looking: a commit from now on wakes the wait
+                if idle and not self._work_waiting(settle_time):
+                    applied = 0  # one autocommit round trip found nothing (syncd.probe)
+                else:
+                    applied = self.process_once(conn)
+                    if not applied and settle_time:
+                        last_settle = now
+                        applied = self.settle_due(conn)
+                idle = not applied
                 backoff.reset()
                 if not applied:
-                    idle = self.config.sync.idle_wait
-                    if self.capture_mode == "poll":
-                        idle = max(idle, min(0.1, self.config.capture.poll_interval))
-                    self.stop.wait(idle)
+                    self._wait_idle()
             except Exception as exc:  # noqa: BLE001 - classified below; the daemon stays up
                 if conn is not None and (is_disconnect(exc) or not is_retryable(exc)):
                     _discard(conn)
@@ -892,6 +910,42 @@ class Daemon:
                 self.stop.wait(delay)
         if conn is not None:
             conn.close()
+
+    def _start_wake(self) -> None:
+        """Follow the binary log to wake the idle loop where it can (syncd.wake); else poll."""
+        if self._wake is not None or self.capture_mode == "poll":
+            return
+        assert self._admin_engine is not None
+        try:
+            with self._admin_engine.connect() as conn:
+                why = wake.unavailable(conn)
+                flavor = server_info(conn)["flavor"]
+        except sa.exc.DBAPIError as exc:
+            why = f"cannot tell: {str(exc)[:100]}"
+        if why is not None:
+            log.info("binlog_wake_off", reason=why, idle_wait=self.config.sync.idle_wait)
+            return
+        self._wake = wake.BinlogWake(self.config.database.url, self.base, mariadb=flavor == "mariadb")
+        self._wake.start()
+
+    def _wait_idle(self) -> None:
+        """Nothing to do: wait for a commit of a change row (binary log), else ``idle_wait``."""
+        w = self._wake
+        if self.capture_mode == "poll":
+            self.stop.wait(max(self.config.sync.idle_wait, min(0.1, self.config.capture.poll_interval)))
+        elif w is None or not w.following.is_set() or time.monotonic() < self._poll_until:
+            self.stop.wait(self.config.sync.idle_wait)
+        elif w.wait(wake.FALLBACK_S):
+            self._poll_until = time.monotonic() + wake.AFTER_WAKE_S
+
+    def _work_waiting(self, settle_time: bool) -> bool:
+        """The idle probe (syncd.probe): a change of a served blog is queued, or it is time to
+        look at settling products and some exist."""
+        if self._probe is None:
+            assert self._admin_engine is not None
+            self._probe = IdleProbe(self._admin_engine, self.base)
+        queued, settling = self._probe.work(set(self.blogs()) - set(self.stats.held))
+        return queued or (settling and settle_time)
 
     def process_once(self, conn: sa.Connection) -> int:
         """Fetch one batch and apply it (retrying as documented). Returns the changes consumed."""
