@@ -54,6 +54,10 @@ try:
     from syncd import record as record_mod  # noqa: E402
 except ImportError:  # an older syncd (--snapshot): history was written by the Applier
     record_mod = None
+try:
+    from syncd import write as write_mod  # noqa: E402
+except ImportError:  # an older syncd (--snapshot): members were written by the Applier
+    write_mod = None
 from syncd.config import config_for  # noqa: E402
 from syncd.daemon import Daemon  # noqa: E402
 
@@ -162,7 +166,9 @@ def measure(
         (apply_mod.Applier, "lock", "lock_and_read"),
         (apply_mod, "plan_batch", "plan"),
         (apply_mod.Applier, "_write_member", "member_writes"),
-        (apply_mod.Applier, "_write_stock_deltas", "member_writes"),  # bulk path (newer syncd)
+        (apply_mod.Applier, "_write_stock_deltas", "member_writes"),  # bulk path (older syncd)
+        (write_mod and write_mod.MemberWriter, "member", "member_writes"),
+        (write_mod and write_mod.MemberWriter, "stock_deltas", "member_writes"),
         (apply_mod.Applier, "_write_history", "history"),  # older syncd
         (record_mod, "write_history", "history"),
     ):

@@ -184,6 +184,16 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_fanout` (
   KEY `created_at` (`created_at`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
 -- ;
+-- The newest captured change applied per link group and register key (syncd.record): a register
+-- change older than it (a held blog's, a retried dead letter's, one committed late) is superseded,
+-- never written over the newer value: last captured wins across batches, not only within one.
+CREATE TABLE IF NOT EXISTS `{base}syncd_register` (
+  `group_id` BIGINT UNSIGNED NOT NULL,
+  `meta_key` VARCHAR(64) NOT NULL,
+  `change_id` BIGINT UNSIGNED NOT NULL,
+  PRIMARY KEY (`group_id`, `meta_key`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+-- ;
 -- Dashboard users (`syncd dashboard add-user`): password as a salted scrypt hash
 -- ("scrypt$n$r$p$salt$hash", hex), role 'admin' or 'read-only'.
 CREATE TABLE IF NOT EXISTS `{base}syncd_user` (

@@ -356,7 +356,8 @@ def gather(conn: sa.Connection, config: Config) -> CheckFacts:
             continue
         stats[blog.blog_id] = _blog_stats(conn, blog)
         duplicate_rows[blog.blog_id] = tuple(
-            (int(p), _text(k), int(n)) for p, k, n in conn.exec_driver_sql(catalog.duplicate_meta_sql(blog.prefix))
+            (int(p), _text(k), int(n))
+            for p, k, n in conn.exec_driver_sql(catalog.duplicate_meta_sql(blog.prefix))
         )
         per_language = blog.polylang and not _missing_any(
             blog, ("term_relationships", "term_taxonomy", "terms")

@@ -442,7 +442,7 @@ def _parse_reconcile(raw: Mapping[str, Any], section: str) -> ReconcileConfig:
     authority = raw.get("authority", "lowest")
     if not isinstance(authority, str) or not AUTHORITY_RE.match(authority):
         raise ConfigError(
-            f"expected \"lowest\", \"latest\" or \"blog:N\" (N a blog id), got {_show(authority)}",
+            f'expected "lowest", "latest" or "blog:N" (N a blog id), got {_show(authority)}',
             key=f"{section}.authority",
         )
     return ReconcileConfig(authority=authority)
@@ -513,7 +513,8 @@ def _parse_dashboard(raw: Mapping[str, Any], section: str) -> DashboardConfig:
         split_listen(listen if isinstance(listen, str) else "")
     except ValueError:
         raise ConfigError(
-            f"expected HOST:PORT ('127.0.0.1:8765', '[::1]:8765'), got {_show(listen)}", key=f"{section}.listen"
+            f"expected HOST:PORT ('127.0.0.1:8765', '[::1]:8765'), got {_show(listen)}",
+            key=f"{section}.listen",
         ) from None
     paths = {}
     for key in ("tls_cert", "tls_key"):

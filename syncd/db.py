@@ -9,14 +9,17 @@ checkout want the same row, syncd is the one that gives up and retries.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pymysql
 import sqlalchemy as sa
+import structlog
 from pymysql.constants import CLIENT
 from sqlalchemy.engine import URL, Engine, make_url
+
+log = structlog.get_logger("syncd.db")
 
 # MySQL/MariaDB error numbers syncd reacts to. Classified by number, never by message text.
 ER_LOCK_WAIT_TIMEOUT = 1205
@@ -328,3 +331,20 @@ def keys_where(keys: Iterable[tuple[int, int]]) -> tuple[str, list[Any]]:
         parts.append(f"(blog_id = %s AND post_id IN ({', '.join(['%s'] * len(posts))}))")
         params += [blog_id, *posts]
     return " OR ".join(parts) or "FALSE", params
+
+
+def guarded(blog_id: int, fn: Callable[[], object], savepoint: sa.Connection | None = None) -> object:
+    """Run one blog's step; a non-retryable failure is logged and leaves the other blogs alone."""
+    sp = savepoint.begin_nested() if savepoint is not None else None
+    try:
+        out = fn()
+        if sp is not None:
+            sp.commit()
+        return out
+    except Exception as exc:
+        if is_retryable(exc):
+            raise
+        if sp is not None:
+            sp.rollback()
+        log.error("blog_step_failed", blog=blog_id, error=str(exc)[:300], errno=errno_of(exc))
+        return None

@@ -583,7 +583,9 @@ def _candidate_transients(snap: Snapshot, ids: Sequence[int], hide_out_of_stock:
     return [woo.transient_option_names(n)[0] for n in names]
 
 
-def _side_tables_sql(prefix: str, involved: Sequence[int], transients: Sequence[str]) -> tuple[str, list[Any]]:
+def _side_tables_sql(
+    prefix: str, involved: Sequence[int], transients: Sequence[str]
+) -> tuple[str, list[Any]]:
     """product_type/product_visibility terms, the relationships that matter (variable type,
     outofstock), attribute-lookup stock flags and existing transients: one UNION ALL.
 
@@ -758,7 +760,8 @@ def read_snapshots(
             _meta_sql(blog.prefix, involved, lock),
             (
                 f"SELECT * FROM {table(blog.prefix, 'wc_product_meta_lookup')} "
-                f"WHERE product_id IN ({_marks(len(involved))}) ORDER BY product_id" + (" FOR UPDATE" if lock else ""),
+                f"WHERE product_id IN ({_marks(len(involved))}) ORDER BY product_id"
+                + (" FOR UPDATE" if lock else ""),
                 involved,
             ),
         ]

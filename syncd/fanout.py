@@ -36,7 +36,9 @@ def expected(conn: sa.Connection, base_prefix: str, keys: Iterable[Key]) -> list
     return [CopyExpected(int(b), int(p), int(c), o, n, int(i)) for b, p, c, o, n, i in rows]
 
 
-def record(conn: sa.Connection, base_prefix: str, expect: Sequence[CopyExpected], met: Sequence[CopyExpected]) -> None:
+def record(
+    conn: sa.Connection, base_prefix: str, expect: Sequence[CopyExpected], met: Sequence[CopyExpected]
+) -> None:
     t = table(base_prefix, "syncd_fanout")
     for e in met:
         conn.exec_driver_sql(
@@ -47,7 +49,11 @@ def record(conn: sa.Connection, base_prefix: str, expect: Sequence[CopyExpected]
         conn.exec_driver_sql(
             f"INSERT IGNORE INTO {t} ({_COLS}, created_at) VALUES "
             + ", ".join(["(%s, %s, %s, %s, %s, %s, UTC_TIMESTAMP(6))"] * len(expect)),
-            tuple(v for e in expect for v in (e.blog_id, e.post_id, e.conn_id, e.old_value, e.new_value, e.change_id)),
+            tuple(
+                v
+                for e in expect
+                for v in (e.blog_id, e.post_id, e.conn_id, e.old_value, e.new_value, e.change_id)
+            ),
         )
 
 

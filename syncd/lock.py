@@ -132,7 +132,9 @@ def lock_and_read(
     return out, closures
 
 
-def post_closures(conn: sa.Connection, jobs: Sequence[tuple[Blog, Sequence[int]]]) -> dict[int, dict[int, PostRow]]:
+def post_closures(
+    conn: sa.Connection, jobs: Sequence[tuple[Blog, Sequence[int]]]
+) -> dict[int, dict[int, PostRow]]:
     """Per blog, the posts rows of ``ids`` and of what the derived step reads with them: their
     variations, the variable parents of those that are variations, and those parents'
     variations. Ids that are not posts are absent. The rows are also the lock step's posts read

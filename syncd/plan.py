@@ -43,6 +43,8 @@ REGISTERS = (MANAGE, BACKORDERS, LOW_STOCK)
 WATCHED_KEYS = (STOCK, MANAGE, BACKORDERS, LOW_STOCK, STATUS, SKU, TRASH_MARK)
 #: History/notes: a change absorbed into a Polylang for WooCommerce fan-out (see _collapse_fan_out).
 FAN_OUT_NOTE = "translation fan-out (shared stock)"
+#: A register change older than one its group already took (last captured wins across batches).
+SUPERSEDED_NOTE = "superseded"
 #: Keys whose change can move a product into, out of, or between link groups.
 MEMBERSHIP_KEYS = (SKU, TRASH_MARK)
 
@@ -190,6 +192,8 @@ def plan_batch(
     sku_conflicts: Mapping[tuple[int, Key], int] | None = None,
     settling: Collection[Key] = (),
     expected_copies: Sequence[CopyExpected] = (),
+    superseded: Mapping[int, int] | None = None,
+    late_set_bases: Mapping[int, str | None] | None = None,
 ) -> Plan:
     """Compute the writes of one batch.
 
@@ -223,10 +227,19 @@ def plan_batch(
     A ``_stock`` (or register) row *inserted* into a product that is not settling is an absolute
     set (an importer's ``delete_post_meta`` + ``add_post_meta``); a deleted one is not propagated.
     A product holding duplicate watched rows is unsafe: neither origin nor target.
+
+    ``superseded`` maps a register change to a newer change of its group (captured later) that an
+    earlier batch already applied (``{base}syncd_register``): it is not propagated, so that the
+    last captured value wins across batches too (a held blog's change, a retried dead letter).
+    A superseded ``_stock`` insert (an importer's absolute set) with a known previous value of its
+    product (``late_set_bases``: the value the importer's delete removed) is sent as the delta it
+    made, so that the sales applied after it are kept; without one it is superseded like a register.
     """
     live = set(live_blogs)
     translations = translations or {}
     sku_conflicts = sku_conflicts or {}
+    superseded = superseded or {}
+    late_set_bases = late_set_bases or {}
     joins = set(settling)
     settle_deltas: dict[Key, Decimal] = {}
     ordered = sorted(changes, key=lambda c: c.id)
@@ -296,9 +309,29 @@ def plan_batch(
             level = "warning" if state == "ambiguous" else "info"
             note(c, sku, f"origin is {state}", level)
             continue
+        if c.id in superseded:
+            late = _late_set_delta(c, late_set_bases.get(c.id))
+            if late is None:
+                note(
+                    c,
+                    sku,
+                    f"{SUPERSEDED_NOTE}: change {superseded[c.id]} of its group, captured later, was applied first",
+                    "warning",
+                )
+                continue
+            # An importer's absolute set that arrives after later sales were applied: what it
+            # changed on its own product (new - the value its delete removed) goes to the others
+            # as a delta, on top of those sales, which a set would overwrite.
+            note(c, sku, f"late absolute set (change {superseded[c.id]} applied first): sent as its delta")
+            stock_events.append((c, late, False))
+            continue
         if c.meta_key == STOCK:
             if c.op == "D":
-                note(c, sku, "stock row deleted (product deleted, or re-added next by an importer); not propagated")
+                note(
+                    c,
+                    sku,
+                    "stock row deleted (product deleted, or re-added next by an importer); not propagated",
+                )
                 continue
             try:
                 old = parse_quantity(c.old_value)
@@ -324,7 +357,11 @@ def plan_batch(
                 stock_events.append((c, new, True))
         elif c.meta_key in REGISTERS:
             if c.op == "D" and c.meta_key != LOW_STOCK:
-                note(c, sku, "register row deleted (product deleted, or re-added next by an importer); not propagated")
+                note(
+                    c,
+                    sku,
+                    "register row deleted (product deleted, or re-added next by an importer); not propagated",
+                )
                 continue
             register_events.append((c, c.meta_key, c.new_value if c.op != "D" else None))
         elif c.meta_key == STATUS:
@@ -550,7 +587,9 @@ def plan_join(
     jf = facts.get(key, Facts(exists=False))
     notes: list[Note] = []
     if not jf.alive:
-        return JoinPlan(None, [], [Note(change_id, key[0], key[1], joiner.sku, "join: product is deleted or trashed")])
+        return JoinPlan(
+            None, [], [Note(change_id, key[0], key[1], joiner.sku, "join: product is deleted or trashed")]
+        )
     if jf.duplicate_keys:
         reason = "join refused: " + duplicates_reason(jf.duplicate_keys)
         return JoinPlan(None, [], [Note(change_id, key[0], key[1], joiner.sku, reason, "warning")])
@@ -578,7 +617,9 @@ def plan_join(
             for m in others:
                 if facts.get(m.key, Facts(exists=False)).alive and not facts[m.key].duplicate_keys:
                     others_writes.append(
-                        MemberWrite(m.blog_id, m.post_id, m.sku, StockOp(delta=own_delta), change_ids=[change_id])
+                        MemberWrite(
+                            m.blog_id, m.post_id, m.sku, StockOp(delta=own_delta), change_ids=[change_id]
+                        )
                     )
     notes.append(
         Note(
@@ -723,3 +764,15 @@ def format_quantity(value: Decimal) -> str:
     if value == value.to_integral_value():
         return str(int(value))
     return format(value.normalize(), "f")
+
+
+def _late_set_delta(c: Change, base: str | None) -> Decimal | None:
+    """The delta a late absolute ``_stock`` set made on its own product (None: not a stock set,
+    or no usable previous value)."""
+    if c.meta_key != STOCK or c.op != "I":
+        return None
+    try:
+        old, new = parse_quantity(base), parse_quantity(c.new_value)
+    except StockValueError:
+        return None
+    return None if old is None or new is None else new - old

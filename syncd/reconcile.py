@@ -54,15 +54,7 @@ import sqlalchemy as sa
 import structlog
 
 from syncd import capture, queue
-from syncd.apply import (
-    Applier,
-    BatchConflict,
-    BatchExtend,
-    HeldBlogs,
-    MetaRow,
-    ProductRows,
-    new_batch_id,
-)
+from syncd.apply import Applier, BatchConflict, BatchExtend, new_batch_id
 from syncd.audit import (
     EXIT_BAD_ARGUMENT,
     EXIT_DRIFT,
@@ -91,6 +83,7 @@ from syncd.audit import (
 from syncd.config import Config
 from syncd.db import errno_of, is_disconnect, is_retryable, table
 from syncd.exclusion import matching_pattern
+from syncd.lock import MetaRow, ProductRows
 from syncd.plan import (
     BACKORDERS,
     LOW_STOCK,
@@ -106,6 +99,7 @@ from syncd.plan import (
 from syncd.preview import PreviewRefused
 from syncd.progress import Progress, dump_json
 from syncd.progress import table as print_table
+from syncd.queue import HeldBlogs
 from syncd.schema import get_meta, schema_present
 from syncd.woo import manages_stock
 
@@ -652,7 +646,7 @@ class Writer:
             blog = self.scope.blogs[w.member[0]]
             sp = conn.begin_nested()
             try:
-                self.applier.set_meta(conn, blog, w.member[1], rows[w.member], w.meta_key, w.new)
+                self.applier.writer.set_meta(conn, blog, w.member[1], rows[w.member], w.meta_key, w.new)
                 sp.commit()
             except Exception as exc:
                 if is_retryable(exc) or is_disconnect(exc):

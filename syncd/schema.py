@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from syncd.db import table, validate_prefix
 from syncd.sqlfiles import schema_text, split_statements
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 OWN_TABLES = (
     "syncd_change",
     "syncd_dead",
@@ -25,6 +25,7 @@ OWN_TABLES = (
     "syncd_meta",
     "syncd_settle",
     "syncd_fanout",
+    "syncd_register",
     "syncd_user",
     "syncd_token",
     "syncd_source",
@@ -82,7 +83,9 @@ def _widen_history_role(conn: sa.Connection, base_prefix: str) -> None:
         {"t": base_prefix + "syncd_history"},
     ).scalar_one_or_none()
     if width is not None and int(width) < 16:
-        conn.exec_driver_sql(f"ALTER TABLE {table(base_prefix, 'syncd_history')} MODIFY `role` VARCHAR(16) NOT NULL")
+        conn.exec_driver_sql(
+            f"ALTER TABLE {table(base_prefix, 'syncd_history')} MODIFY `role` VARCHAR(16) NOT NULL"
+        )
 
 
 def _add_dead_letter_class(conn: sa.Connection, base_prefix: str) -> None:

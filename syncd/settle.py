@@ -26,16 +26,19 @@ batch that made them).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 
 from syncd.db import errno_of, keys_where, table
-from syncd.plan import Key
+from syncd.plan import Change, Key, Member
+
+log = structlog.get_logger("syncd.settle")
 
 JOIN = "join"
 HEAL = "heal"
@@ -153,7 +156,9 @@ def remove(conn: sa.Connection, base_prefix: str, item: Settling) -> None:
     )
 
 
-def postpone(conn: sa.Connection, base_prefix: str, item: Settling, reason: str, *, restart: bool = True) -> None:
+def postpone(
+    conn: sa.Connection, base_prefix: str, item: Settling, reason: str, *, restart: bool = True
+) -> None:
     """Not now. ``restart``: the product may still be being written (a row is missing, its blog is
     not usable): it must be quiet for ``settle_seconds`` again. Otherwise (its group has changes
     queued, applied within milliseconds) it is due again as soon as they are."""
@@ -190,7 +195,9 @@ def queued(conn: sa.Connection, base_prefix: str, keys: Iterable[Key]) -> int:
     )
 
 
-def queued_rows(conn: sa.Connection, base_prefix: str, keys: Iterable[Key]) -> list[tuple[int, Key, str, str]]:
+def queued_rows(
+    conn: sa.Connection, base_prefix: str, keys: Iterable[Key]
+) -> list[tuple[int, Key, str, str]]:
     """(id, product, meta_key, op) of the captured changes of ``keys`` waiting in the queue (see
     :func:`queued`), in capture order."""
     where, params = keys_where(keys)
@@ -201,3 +208,33 @@ def queued_rows(conn: sa.Connection, base_prefix: str, keys: Iterable[Key]) -> l
             tuple(params),
         )
     ]
+
+
+def batch_records(
+    changes: Sequence[Change],
+    joining: set[Key],
+    frozen: set[Key],
+    deltas: Mapping[Key, Decimal],
+    groups: Mapping[Key, Sequence[Member]],
+) -> list[Record]:
+    """The join records this batch writes: new joiners, and settling products it saw change
+    (their own sales add up, and their quiet period starts again)."""
+    newest: dict[Key, datetime | None] = {}
+    for c in changes:
+        if c.key in frozen:
+            at = newest.get(c.key)
+            newest[c.key] = c.captured_at if at is None or (c.captured_at and c.captured_at > at) else at
+    out = []
+    for key in sorted(newest):
+        if key in joining:
+            me = next((m for m in groups.get(key, ()) if m.key == key), None)
+            log.info(
+                "member_settling",
+                blog=key[0],
+                post=key[1],
+                sku=me.sku if me else "",
+                group=me.group_id if me else None,
+                rule="joins its group once WooCommerce has finished writing it (sync.settle_seconds)",
+            )
+        out.append(Record(key[0], key[1], JOIN, deltas.get(key, Decimal(0)), newest[key]))
+    return out

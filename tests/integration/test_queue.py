@@ -30,7 +30,7 @@ from syncd import cli, queue, reconcile, status
 from syncd.config import load_config
 from syncd.testnet import wordpress
 from tests.integration.daemon_process import members, pending, quantities, write_config
-from tests.integration.sync_helpers import make_daemon, qty, woo_decrease
+from tests.integration.sync_helpers import make_daemon, meta, qty, set_meta, woo_decrease
 
 # Recorded post ids (schema/wordpress/catalogue.json): BOOK in English and French on blogs 2, 3.
 BOOK = {(2, "en"): 18, (2, "fr"): 19, (3, "en"): 16, (3, "fr"): 17}
@@ -362,5 +362,109 @@ def test_retry_dead_requeues_the_whole_statement_under_its_ids(wp_network):
             c.rollback()
         assert [(r.id == sale.id, r.post_id) for r in back] == [(True, 999999), (False, sale.post_id)]
         assert dead(net) == []
+    finally:
+        d.close()
+
+
+def test_path5_held_register_change_never_overwrites_a_newer_one(wp_network):
+    """Last captured wins across a hold (issue 9): blog 3 (archived) switches backorders on; later,
+    blog 1 switches them to 'notify'. When blog 3 is live again its held change is older than the
+    value its group already took: it is superseded (warned, recorded), not written over the newer
+    one, and blog 3's own member takes the group's value once settled. Before syncd_register, the
+    held change was applied last and every blog ended with blog 3's older 'yes'."""
+    net = wp_network
+    ids = members(net, "TSHIRT-RED")
+    d = make_daemon(net)
+    blogs_t = f"{net.prefix}blogs"
+    try:
+        d.apply_pending()
+        with net.engine.connect() as c:
+            c.exec_driver_sql(f"UPDATE {blogs_t} SET archived = 1 WHERE blog_id = 3")
+            c.commit()
+        set_meta(net, 3, ids[3], "_backorders", "yes")  # captured first, held
+        assert d.apply_pending() == 0 and pending(net) == 1
+        set_meta(net, 1, ids[1], "_backorders", "notify")  # captured later, applied now
+        assert d.apply_pending() == 1
+        assert meta(net, 2, ids[2], "_backorders") == "notify"
+        with net.engine.connect() as c:
+            c.exec_driver_sql(f"UPDATE {blogs_t} SET archived = 0 WHERE blog_id = 3")
+            c.commit()
+        d.discover()
+        with capture_logs() as logs:
+            assert d.apply_pending() == 1  # and the heal of blog 3's member (settle_seconds = 0)
+        assert {b: meta(net, b, ids[b], "_backorders") for b in (1, 2, 3)} == {
+            1: "notify",
+            2: "notify",
+            3: "notify",
+        }
+        skipped = [e for e in logs if e["event"] == "change_skipped"]
+        assert len(skipped) == 1 and skipped[0]["blog"] == 3 and "superseded" in skipped[0]["reason"], skipped
+        assert pending(net) == 0 and dead(net) == []
+    finally:
+        d.close()
+
+
+def test_retried_dead_letter_register_change_is_superseded_by_a_newer_one(wp_network):
+    """A register change dead-lettered, then retried after a newer change of its group was
+    applied, is superseded: the newer value stays on every blog."""
+    net = wp_network
+    ids = members(net, "TSHIRT-RED")
+    d = make_daemon(net)
+    try:
+        d.apply_pending()
+        set_meta(net, 2, ids[2], "_backorders", "yes")
+        with net.engine.connect() as c:  # to the dead letters as the daemon moves them: whole statement
+            rows = queue.fetch(c, net.prefix, 100, blogs=[1, 2, 3])
+            queue.dead_letter(c, net.prefix, rows, "permanent_error", "test: a failure", 1064)
+            c.commit()
+        assert pending(net) == 0
+        set_meta(net, 1, ids[1], "_backorders", "notify")
+        assert d.apply_pending() == 1
+        with net.engine.connect() as c:
+            assert len(queue.retry_dead(c, net.prefix)) == 1
+            c.commit()
+        assert d.apply_pending() == 1
+        assert {b: meta(net, b, ids[b], "_backorders") for b in (1, 2, 3)} == {
+            1: "notify",
+            2: "notify",
+            3: "notify",
+        }
+    finally:
+        d.close()
+
+
+def test_path5_held_import_set_keeps_the_sales_applied_before_it(wp_network):
+    """An importer on blog 3 (archived) deletes and re-adds TSHIRT-RED's _stock as 50 (an absolute
+    set, held); then a sale of 2 on blog 1 is applied. When blog 3 is live again, the import is
+    older than that sale: it is sent as the change it made on its own product (+40), so every blog
+    ends with 48. Applied as an absolute set (before syncd_register), every blog ended with 50:
+    the sale was lost."""
+    net = wp_network
+    ids = members(net, "TSHIRT-RED")
+    d = make_daemon(net)
+    blogs_t = f"{net.prefix}blogs"
+    pm3 = net.table(3, "postmeta")
+    try:
+        d.apply_pending()
+        assert quantities(net, "TSHIRT-RED") == {1: 10, 2: 10, 3: 10}
+        with net.engine.connect() as c:
+            c.exec_driver_sql(f"UPDATE {blogs_t} SET archived = 1 WHERE blog_id = 3")
+            c.commit()
+            c.exec_driver_sql(f"DELETE FROM {pm3} WHERE post_id = %s AND meta_key = '_stock'", (ids[3],))
+            c.commit()
+            c.exec_driver_sql(
+                f"INSERT INTO {pm3} (post_id, meta_key, meta_value) VALUES (%s, '_stock', '50')", (ids[3],)
+            )
+            c.commit()
+        assert d.apply_pending() == 0 and pending(net) == 2
+        woo_decrease(net, 1, ids[1], 2)
+        assert d.apply_pending() == 1
+        with net.engine.connect() as c:
+            c.exec_driver_sql(f"UPDATE {blogs_t} SET archived = 0 WHERE blog_id = 3")
+            c.commit()
+        d.discover()
+        assert d.apply_pending() == 2  # and blog 3's member healed (settle_seconds = 0)
+        assert quantities(net, "TSHIRT-RED") == {1: 48, 2: 48, 3: 48}
+        assert pending(net) == 0 and dead(net) == []
     finally:
         d.close()

@@ -89,6 +89,18 @@ def test_registers_last_captured_change_wins_and_own_later_change_wins():
     assert C not in w
 
 
+def test_superseded_register_change_reaches_nobody_and_says_why():
+    # Change 1 arrives late (its blog was held): change 9 of the group was applied before.
+    plan = plan_batch(
+        [ch(1, C, "no", "yes", "_backorders"), ch(10, A, "10", "9")], GROUPS, FACTS, LIVE, superseded={1: 9}
+    )
+    w = writes(plan)
+    assert all(not x.registers for x in w.values())  # the stock delta still goes out
+    assert w[B].stock.delta == -1
+    [n] = [n for n in plan.notes if n.change_id == 1]
+    assert n.level == "warning" and n.reason.startswith("superseded") and "change 9" in n.reason
+
+
 def test_low_stock_amount_unset_is_propagated_as_delete_but_other_deletes_are_not():
     plan = plan_batch(
         [ch(1, A, "5", None, "_low_stock_amount", "D"), ch(2, A, "no", None, "_backorders", "D")],

@@ -98,6 +98,7 @@ def test_schema_statements_use_the_base_prefix_only():
         "shop_syncd_snapshot",
         "shop_syncd_settle",
         "shop_syncd_fanout",
+        "shop_syncd_register",
         "shop_syncd_user",
         "shop_syncd_token",
         "shop_syncd_source",
