@@ -1,6 +1,6 @@
 """Run every benchmark and print its figures against the targets.
 
-    python -m bench.run_all                    # default sizes (~8 min)
+    python -m bench.run_all                    # default sizes (~15 min)
     python -m bench.run_all --full             # + memory at 100,000 SKUs x 10 blogs (~15 min)
     python -m bench.run_all --quick            # every benchmark in quick mode (~2 min)
     python -m bench.run_all --only latency,trigger_overhead --json > figures.json
