@@ -207,6 +207,11 @@ class BenchServer(PrivateServer):
         return super()._command() + self.extra_options
 
 
+#: A server that writes a binary log in ROW format (as a primary with replicas does): the daemon
+#: then follows it to wake up (syncd.wake) instead of polling.
+BINLOG_OPTIONS = ("--log-bin=binlog", "--binlog-format=ROW", "--server-id=1")
+
+
 def start_server(buffer_pool: str = "256M", extra: Sequence[str] = ()) -> BenchServer:
     server = BenchServer(extra_options=[f"--innodb_buffer_pool_size={buffer_pool}", *extra])
     server.start()

@@ -25,6 +25,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
+    BINLOG_OPTIONS,
     CpuMeter,
     DaemonProcess,
     PacedWriters,
@@ -42,8 +43,6 @@ from bench.common import (  # noqa: E402
 )
 
 TARGET_PCT = 0.5
-#: A server that writes a binary log in ROW format (as a primary with replicas does).
-BINLOG_OPTIONS = ("--log-bin=binlog", "--binlog-format=ROW", "--server-id=1")
 
 
 def cpu_pct(pids: dict[str, int | None], seconds: float) -> dict[str, float]:
