@@ -63,6 +63,8 @@ log = structlog.get_logger("syncd.daemon")
 PRIVILEGE_ERRORS = frozenset({1044, 1142, 1227, 1419, 1370})
 #: How often an idle loop looks for settled products to join (syncd.settle): a cheap indexed read.
 SETTLE_EVERY = 0.1
+#: Bulk work goes on in short batches for this long after sales last went ahead of it.
+SALES_RECENT_S = 2.0
 
 EXIT_OK = 0
 EXIT_FATAL = 1
@@ -155,6 +157,7 @@ class Daemon:
         self._wake: wake.BinlogWake | None = None  # wakes the idle loop from the binary log
         self._poll_until = 0.0  # after a wake: poll every idle_wait until then
         self._went_ahead = False  # the last batch was fetched ahead of bulk work (queue.fetch_lanes)
+        self._ahead_at = -1e9  # when a batch last went ahead of bulk work
         self.metrics: Any = None  # syncd.metrics.Metrics when [metrics] listen is set
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -951,14 +954,22 @@ class Daemon:
         """Fetch one batch and apply it (retrying as documented). Returns the changes consumed."""
         conn.rollback()
         serving = set(self.blogs()) - set(self.stats.held)
-        # Sales go ahead of bulk work every other batch at most, so an import always progresses.
+        # Sales go ahead of bulk work every other batch at most, so an import always progresses;
+        # while sales went ahead lately, the import goes on in short batches (more are coming).
         fetched = queue.fetch_lanes(
-            conn, self.base, self.config.sync.batch_size, blogs=serving, ahead=not self._went_ahead
+            conn,
+            self.base,
+            self.config.sync.batch_size,
+            blogs=serving,
+            ahead=not self._went_ahead,
+            short=time.monotonic() - self._ahead_at < SALES_RECENT_S,
         )
         if not fetched.changes:
             conn.rollback()
             return 0
         self._went_ahead = bool(fetched.passed)
+        if self._went_ahead:
+            self._ahead_at = time.monotonic()
         return self.apply_with_retry(conn, fetched.changes, ahead=self._went_ahead)
 
     def apply_with_retry(self, conn: sa.Connection, changes: Sequence[Change], *, ahead: bool = False) -> int:

@@ -170,6 +170,7 @@ def fetch_lanes(
     blogs: Collection[int] | None = None,
     *,
     ahead: bool = True,
+    short: bool = False,
     bulk_rows: int = BULK_ROWS,
     bulk_batch: int = BULK_BATCH,
 ) -> Fetched:
@@ -177,24 +178,25 @@ def fetch_lanes(
 
     When the oldest ``limit`` rows hold a bulk connection (more than ``bulk_rows`` rows), the
     batch is the oldest rows of the other connections instead (``ahead``; a connection is taken
-    whole or not at all, so each connection's order is kept; statement groups are never split),
-    or, when there are none or ``ahead`` is false, the oldest ``bulk_batch`` rows completed to
-    whole statements (short batches: a sale committed meanwhile waits for one of them only).
-    Never ahead of a queued row that changes membership (``_sku``, trash marker): which products
-    are linked must be as capture order says. Per-product order is checked by the caller
-    (``passed``)."""
+    whole or not at all, so each connection's order is kept; statement groups are never split).
+    Otherwise, while sales are waiting or just went ahead (``short``), the oldest ``bulk_batch``
+    rows completed to whole statements (a sale committed meanwhile waits for that short batch
+    only), and when every queued connection is bulk (an import alone, or writers on persistent
+    connections), the usual full batch. Never ahead of a queued row that changes membership
+    (``_sku``, trash marker): which products are linked must be as capture order says.
+    Per-product order is checked by the caller (``passed``)."""
     where, params = _blog_filter(blogs)
     head = _oldest(conn, base_prefix, where, params, limit)
     bulk = _bulk_connections(head, bulk_rows)
-    if not bulk:
-        return Fetched(head if len(head) < int(limit) else complete(conn, base_prefix, head))
-    if ahead:
+    if bulk:
         small = _small_rows(conn, base_prefix, where, params, limit, bulk)
         passed = tuple(sorted(bulk | _bulk_connections(small, bulk_rows)))
         small = [c for c in small if (c.blog_id, c.conn_id) not in passed]
-        if small and not _membership_passed(conn, base_prefix, passed, max(c.id for c in small)):
+        if ahead and small and not _membership_passed(conn, base_prefix, passed, max(c.id for c in small)):
             return Fetched(complete(conn, base_prefix, small), passed)
-    return Fetched(complete(conn, base_prefix, head[: max(1, int(bulk_batch))]))
+        if small or short:
+            return Fetched(complete(conn, base_prefix, head[: max(1, int(bulk_batch))]))
+    return Fetched(head if len(head) < int(limit) else complete(conn, base_prefix, head))
 
 
 def passed_rows(

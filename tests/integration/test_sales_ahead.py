@@ -203,3 +203,31 @@ def test_never_ahead_of_a_queued_sku_change(wp_network):
         assert len(seen) == 2 and sold not in seen[0][0], "the renames first, then the sale"
     finally:
         d.close()
+
+
+def test_writers_on_persistent_connections_keep_full_batches(wp_network):
+    """Two connections that each queued more than BULK_ROWS rows (sales through persistent
+    connections, or two imports) and nothing else: no sale waits, so the batch is the usual full
+    one, in capture order (short batches only while sales go ahead)."""
+    net = wp_network
+    bulk = add_stocked(net, 1, 300)
+    d = make_daemon(net)
+    try:
+        d.apply_pending()
+        pm1 = net.table(1, "postmeta")
+        with connection(net) as one, connection(net) as two:
+            for c, posts in ((one, bulk[:150]), (two, bulk[150:])):
+                for p in posts:
+                    c.exec_driver_sql(
+                        f"UPDATE {pm1} SET meta_value = meta_value - 1 WHERE post_id = {p} AND meta_key = '_stock'"
+                    )
+                    c.commit()
+        queued = change_ids(net)
+        with net.engine.connect() as c:
+            fetched = queue.fetch_lanes(c, net.prefix, 200)
+            short = queue.fetch_lanes(c, net.prefix, 200, short=True)
+            c.rollback()
+        assert fetched.passed == () and [ch.id for ch in fetched.changes] == queued[:200]
+        assert [ch.id for ch in short.changes] == queued[: queue.BULK_BATCH]
+    finally:
+        d.close()
