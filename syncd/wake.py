@@ -26,6 +26,7 @@ import time
 import zlib
 from typing import Any
 
+import pymysql
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import make_url
@@ -73,6 +74,7 @@ class BinlogWake:
         # A replica id of its own (two daemons, a standby, must not share one).
         self.server_id = 1_000_000 + zlib.crc32(f"{os.getpid()}:{time.time_ns()}".encode()) % 1_000_000_000
         self.event = threading.Event()
+        self.wakes = 0  # committed transactions seen that wrote the change table
         self.following = threading.Event()  # the stream is connected
         self._closed = threading.Event()
         self._stream: Any = None
@@ -125,12 +127,27 @@ class BinlogWake:
                 return
             delay = min(delay * 2, 30.0)
 
+    def _gtid_position(self) -> str:
+        conn = pymysql.connect(**self.settings, connect_timeout=5)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT @@gtid_binlog_pos")
+                return str(cur.fetchone()[0] or "")
+        finally:
+            conn.close()
+
     def _follow(self) -> None:
         from pymysqlreplication import BinLogStreamReader  # noqa: PLC0415 - only where the log is on
         from pymysqlreplication.event import FormatDescriptionEvent, RotateEvent  # noqa: PLC0415
         from pymysqlreplication.row_event import TableMapEvent  # noqa: PLC0415
 
+        where: dict[str, Any] = {}
+        if self.mariadb:
+            # From now on: without a GTID position the library starts MariaDB's dump at the
+            # beginning of the oldest binary log (every event of it parsed at each start).
+            where["auto_position"] = self._gtid_position()
         self._stream = BinLogStreamReader(
+            **where,
             connection_settings=self.settings,
             server_id=self.server_id,
             blocking=True,
@@ -148,6 +165,7 @@ class BinlogWake:
                 if self._closed.is_set():
                     return
                 if isinstance(ev, TableMapEvent) and ev.table == self.table and ev.schema == self.schema:
+                    self.wakes += 1
                     self.event.set()
         finally:
             self.following.clear()

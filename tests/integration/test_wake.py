@@ -99,6 +99,35 @@ def test_the_binary_log_wakes_an_idle_daemon(binlog_factory, monkeypatch):
     assert d.stats.errors == 0, d.stats.last_error
 
 
+def test_the_follower_starts_at_the_end_of_the_log(binlog_factory):
+    """Change-table writes from before the follower started are not read again (the library would
+    start MariaDB's dump at the beginning of the oldest log): only the marker's two commits wake it."""
+    net = binlog_factory.recorded_network()
+    d = make_daemon(net)
+    try:
+        woo_decrease(net, 1, members(net, "MUG")[1], 1)
+        assert d.apply_pending() == 1  # the trigger's insert and the apply's delete are in the log
+    finally:
+        d.close()
+    follower = wake.BinlogWake(net.url, net.prefix, mariadb=binlog_factory.server.flavor == "mariadb")
+    follower.start()
+    try:
+        assert until(follower.following.is_set, 30), "not following"
+        change = f"{net.prefix}syncd_change"
+        with net.engine.connect() as c:
+            c.exec_driver_sql(
+                f"INSERT INTO {change} (blog_id, post_id, meta_key, op, captured_at) "
+                "VALUES (1, 1, '_marker', 'U', UTC_TIMESTAMP(6))"
+            )
+            c.commit()
+            c.exec_driver_sql(f"DELETE FROM {change} WHERE meta_key = '_marker'")
+            c.commit()
+        assert until(lambda: follower.wakes >= 2, 30)
+        assert follower.wakes == 2
+    finally:
+        follower.close()
+
+
 def test_without_a_binary_log_the_idle_loop_probes(wp_network):
     """The session server has no binary log: the loop probes every idle_wait, one round trip,
     and a change is applied as before."""
