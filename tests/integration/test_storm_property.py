@@ -341,6 +341,41 @@ FOUND = {
         500,
         "trigger",
     ),
+    # Renames: blog 2's rename (held, archived) applied after newer renames on blog 1 won.
+    "held_rename_older_than_applied_ones": (
+        [
+            ("sale", "MUG", 2, 1),
+            ("book_sale", 3, 1),
+            ("archive", 2),
+            ("rename", "MUG", 2),
+            ("rename", "MUG", 1),
+            ("rename", "MUG", 1),
+            ("apply", None, 1),
+            ("archive", 3),
+            ("settle", "settle_lock"),
+            ("archive", 3),
+            ("readd", "MUG", 2, 7),
+            ("sale", "MUG", 3, 1),
+        ],
+        500,
+        "trigger",
+    ),
+    # Held sales captured before an importer's absolute set (applied first) were subtracted from it.
+    "held_sales_older_than_an_applied_import": (
+        [
+            ("sale", "MUG", 2, 1),
+            ("archive", 2),
+            ("sale", "MUG", 2, 3),
+            ("readd", "MUG", 3, 11),
+            ("apply", "locked", 3),
+            ("sale", "TSHIRT-RED", 1, 3),
+            ("settle", "settle_lock"),
+            ("archive", 2),
+            ("set", "MUG", 3, 8),
+        ],
+        2,
+        "trigger",
+    ),
 }
 
 
