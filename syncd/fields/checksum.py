@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import sqlalchemy as sa
 
@@ -41,20 +42,23 @@ def member_sql(base: str, excluded: str) -> str:
     )
 
 
-def meta_sql(base: str, prefix: str, keys: Sequence[str], excluded: str) -> str:
-    """Per bucket of one blog: the synced members' rows of ``keys``, two XORs of their CRC32s
-    (the text and its reverse). The meta rows drive the join (the ``meta_key`` index), members
-    are found by primary key."""
-    for k in keys:
-        if not k.replace("_", "").isalnum():
-            raise ValueError(f"bad meta key {k!r}")  # they enter SQL text
-    in_keys = ", ".join(f"'{k}'" for k in keys)
+def meta_sql(base: str, prefix: str, key_sets: Sequence[Sequence[str]], excluded: str) -> str:
+    """Per (bucket, field group) of one blog: the synced members' rows of each group's keys, two
+    XORs of their CRC32s (the text and its reverse); ``bucket`` is ``bucket * len(key_sets) +
+    the group's index``. One scan of the blog's rows of every key (the key sets are disjoint),
+    members found by primary key."""
+    for keys in key_sets:
+        for k in keys:
+            if not k.replace("_", "").isalnum():
+                raise ValueError(f"bad meta key {k!r}")  # they enter SQL text
+    quoted = [", ".join(f"'{k}'" for k in keys) for keys in key_sets]
+    which = "CASE " + " ".join(f"WHEN pm.meta_key IN ({q}) THEN {i}" for i, q in enumerate(quoted)) + " END"
     return (
-        f"SELECT STRAIGHT_JOIN {bucket_sql()} AS bucket, COUNT(*) AS n, BIT_XOR(CRC32({_ROW})) AS x, "
-        f"BIT_XOR(CRC32(REVERSE({_ROW}))) AS f "
+        f"SELECT STRAIGHT_JOIN {bucket_sql()} * {len(key_sets)} + {which} AS bucket, COUNT(*) AS n, "
+        f"BIT_XOR(CRC32({_ROW})) AS x, BIT_XOR(CRC32(REVERSE({_ROW}))) AS f "
         f"FROM {table(prefix, 'postmeta')} pm JOIN {table(base, 'syncd_member')} m "
         f"ON m.blog_id = :b AND m.post_id = pm.post_id "
-        f"WHERE pm.meta_key IN ({in_keys}) AND {_synced(excluded)} GROUP BY bucket ORDER BY NULL"
+        f"WHERE pm.meta_key IN ({', '.join(quoted)}) AND {_synced(excluded)} GROUP BY bucket ORDER BY NULL"
     )
 
 
@@ -82,42 +86,59 @@ def dirty_buckets(sums: Iterable[tuple[Mapping[int, tuple], Mapping[int, tuple]]
 
 
 class BucketChecksums:
-    """Which link groups a full pass must look at (see the module docstring)."""
+    """Which link groups a full pass must look at (see the module docstring). Blogs are scanned
+    two at a time, each on its own connection (as the audit's checksums)."""
 
-    def __init__(self, conn: sa.Connection, scope: Scope, max_buckets: int = MAX_BUCKETS) -> None:
-        self.conn, self.scope = conn, scope
-        lo, hi = conn.exec_driver_sql(
-            f"SELECT MIN(group_id), MAX(group_id) FROM {table(scope.base, 'syncd_member')} "
-            "WHERE group_id IS NOT NULL AND state = 'linked'"
-        ).one()
+    def __init__(self, engine: sa.Engine, scope: Scope, max_buckets: int = MAX_BUCKETS) -> None:
+        self.engine, self.scope = engine, scope
+        with engine.connect() as conn:
+            lo, hi = conn.exec_driver_sql(
+                f"SELECT MIN(group_id), MAX(group_id) FROM {table(scope.base, 'syncd_member')} "
+                "WHERE group_id IS NOT NULL AND state = 'linked'"
+            ).one()
+            conn.rollback()
         self.g0 = int(lo or 0)
         span = int(hi) - self.g0 + 1 if hi is not None else 0
         self.width = max(1, math.ceil(span / max_buckets)) if span else 1
         self.nbuckets = math.ceil(span / self.width) if span else 0
-        self._members: dict[int, dict[int, tuple[int, int, int]]] = {}
-        conn.execute(sa.text("SET SESSION group_concat_max_len = :n"), {"n": 32 * (self.nbuckets + 2)})
 
-    def _params(self, blog_id: int) -> dict[str, object]:
-        _, xparams = self.scope.excluded_sql("m.sku")
-        return {"b": blog_id, "g0": self.g0, "w": self.width, "kmax": max(0, self.nbuckets - 1), **xparams}
-
-    def _member_sums(self, blog_id: int) -> dict[int, tuple[int, int, int]]:
-        if blog_id not in self._members:
-            excluded, _ = self.scope.excluded_sql("m.sku")
-            sql = member_sql(self.scope.base, excluded)
-            self._members[blog_id] = per_bucket(self.conn, sql, self._params(blog_id))
-        return self._members[blog_id]
-
-    def dirty(self, keys: Sequence[str], blog_ids: Sequence[int]) -> set[int]:
-        """Dirty buckets of one field group (its ``checksum_keys``, the blogs taking part)."""
-        if not self.nbuckets:
+    def dirty(self, groups: Mapping[str, tuple[Sequence[str], Sequence[int]]], workers: int = 2) -> set[int]:
+        """Buckets dirty for at least one field group: ``groups`` maps a name to its
+        ``checksum_keys`` and the blogs taking part."""
+        blogs = sorted({b for _, blog_ids in groups.values() for b in blog_ids})
+        if not self.nbuckets or not blogs:
             return set()
-        excluded, _ = self.scope.excluded_sql("m.sku")
-        sums = []
-        for b in sorted(blog_ids):
-            meta = meta_sql(self.scope.base, self.scope.blogs[b].prefix, keys, excluded)
-            sums.append((self._member_sums(b), per_bucket(self.conn, meta, self._params(b))))
-        return dirty_buckets(sums)
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(blogs)))) as pool:
+            scans = dict(zip(blogs, pool.map(lambda b: self._scan_blog(b, groups), blogs), strict=True))
+        out: set[int] = set()
+        for name, (_, blog_ids) in groups.items():
+            out |= dirty_buckets(scans[b][name] for b in sorted(blog_ids))
+        return out
+
+    def _scan_blog(self, blog_id: int, groups: Mapping[str, tuple[Sequence[str], Sequence[int]]]) -> dict:
+        """name -> (member sums, meta sums) of one blog, for the groups taking part on it."""
+        names = [n for n, (_, blog_ids) in groups.items() if blog_id in blog_ids]
+        keys = [tuple(groups[n][0]) for n in names]
+        flat = [k for ks in keys for k in ks]
+        batches = (
+            [list(range(len(names)))] if len(flat) == len(set(flat)) else [[i] for i in range(len(names))]
+        )
+        excluded, xparams = self.scope.excluded_sql("m.sku")
+        params = {"b": blog_id, "g0": self.g0, "w": self.width, "kmax": self.nbuckets - 1, **xparams}
+        prefix = self.scope.blogs[blog_id].prefix
+        out: dict[str, tuple[dict, dict]] = {}
+        with self.engine.connect() as conn:
+            n = 32 * (self.nbuckets * max(1, len(names)) + 2)  # packed_sql: 32 characters per row
+            conn.execute(sa.text("SET SESSION group_concat_max_len = :n"), {"n": n})
+            members = per_bucket(conn, member_sql(self.scope.base, excluded), params)
+            for batch in batches:
+                sql = meta_sql(self.scope.base, prefix, [keys[i] for i in batch], excluded)
+                sums = per_bucket(conn, sql, params)
+                for j, i in enumerate(batch):
+                    mine = {k // len(batch): v for k, v in sums.items() if k % len(batch) == j}
+                    out[names[i]] = (members, mine)
+            conn.rollback()
+        return out
 
     def ranges(self, buckets: Iterable[int]) -> list[tuple[int, int]]:
         """Inclusive group-id ranges of these buckets, adjacent ones merged, in order (the last

@@ -348,13 +348,16 @@ class FieldPass:
         checksums differ between blogs (syncd.fields.checksum); None: look at every link group."""
         if not self.scope.blogs or not all(getattr(g, "checksum_keys", None) for g in self.groups.values()):
             return None
-        with self.engine.connect() as conn:
-            sums = BucketChecksums(conn, self.scope, self.max_buckets)
-            dirty: set[int] = set()
-            for name, group in self.groups.items():
-                blogs = [b for b in self.scope.blog_ids if self.config.fields.takes_part(name, b)]
-                dirty |= sums.dirty(group.checksum_keys, blogs)
-            conn.rollback()
+        sums = BucketChecksums(self.engine, self.scope, self.max_buckets)
+        dirty = sums.dirty(
+            {
+                name: (
+                    group.checksum_keys,
+                    [b for b in self.scope.blog_ids if self.config.fields.takes_part(name, b)],
+                )
+                for name, group in self.groups.items()
+            }
+        )
         log.info("field_pass_checksums", buckets=sums.nbuckets, width=sums.width, dirty=len(dirty))
         return sums.ranges(dirty)
 
