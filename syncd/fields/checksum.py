@@ -105,15 +105,21 @@ class BucketChecksums:
     def dirty(self, groups: Mapping[str, tuple[Sequence[str], Sequence[int]]], workers: int = 2) -> set[int]:
         """Buckets dirty for at least one field group: ``groups`` maps a name to its
         ``checksum_keys`` and the blogs taking part."""
+        return set().union(*self.dirty_by_group(groups, workers).values())
+
+    def dirty_by_group(
+        self, groups: Mapping[str, tuple[Sequence[str], Sequence[int]]], workers: int = 2
+    ) -> dict[str, set[int]]:
+        """Each field group's dirty buckets (as :meth:`dirty`)."""
         blogs = sorted({b for _, blog_ids in groups.values() for b in blog_ids})
         if not self.nbuckets or not blogs:
-            return set()
+            return {name: set() for name in groups}
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(blogs)))) as pool:
             scans = dict(zip(blogs, pool.map(lambda b: self._scan_blog(b, groups), blogs), strict=True))
-        out: set[int] = set()
-        for name, (_, blog_ids) in groups.items():
-            out |= dirty_buckets(scans[b][name] for b in sorted(blog_ids))
-        return out
+        return {
+            name: dirty_buckets(scans[b][name] for b in sorted(blog_ids))
+            for name, (_, blog_ids) in groups.items()
+        }
 
     def _scan_blog(self, blog_id: int, groups: Mapping[str, tuple[Sequence[str], Sequence[int]]]) -> dict:
         """name -> (member sums, meta sums) of one blog, for the groups taking part on it."""

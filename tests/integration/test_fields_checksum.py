@@ -109,3 +109,36 @@ def test_the_checksums_find_what_every_link_group_finds(mug, max_buckets) -> Non
     assert checked.link_groups == len(_linked(net))
     groups = {w["link_group"] for w in everything.written}
     assert {first, second, last} <= groups
+
+
+def test_groups_scanned_together_or_apart_give_the_same_buckets(mug) -> None:  # noqa: F811
+    """Disjoint key sets share one scan per blog (a CASE names each row's group); overlapping
+    ones are scanned apart: either way, each group's dirty buckets are its own."""
+    from syncd.audit import scope_for
+    from syncd.config import config_for
+    from syncd.fields.checksum import BucketChecksums
+
+    net, _ = mug
+    linked = {g: m for g, m in _linked(net).items() if len(m) >= 2}
+    one, two = sorted(linked)[:2]
+    b = sorted(linked[one])[-1]
+    put_meta(net, b, linked[one][b], "_tax_status", "none")
+    b = sorted(linked[two])[-1]
+    put_meta(net, b, linked[two][b], "_purchase_note", "changed")
+    cfg = config_for(net.url, net.prefix)
+    engine = cfg.database.make_engine()
+    try:
+        with engine.connect() as c:
+            scope = scope_for(c, cfg)
+        sums = BucketChecksums(engine, scope)
+        blogs = scope.blog_ids
+        tax, note = ("_tax_status", "_tax_class"), ("_purchase_note",)
+        alone = {name: sums.dirty({name: (keys, blogs)}) for name, keys in (("tax", tax), ("note", note))}
+        assert alone["tax"] and alone["note"] and alone["tax"] != alone["note"]
+        together = sums.dirty_by_group({"tax": (tax, blogs), "note": (note, blogs)})
+        overlapping = sums.dirty_by_group({"tax": (tax, blogs), "both": ((*tax, *note), blogs)})
+        assert sums.dirty({"tax": (tax, blogs), "note": (note, blogs)}) == alone["tax"] | alone["note"]
+    finally:
+        engine.dispose()
+    assert together == alone
+    assert overlapping == {"tax": alone["tax"], "both": alone["tax"] | alone["note"]}
