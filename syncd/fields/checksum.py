@@ -24,6 +24,7 @@ import sqlalchemy as sa
 
 from syncd.audit import MAX_BUCKETS, Scope, bucket_sql, packed_sql, unpack
 from syncd.db import table
+from syncd.fields.group import GROUPS
 
 #: Per bucket (bucket, n, x, f): one member row per synced member, XOR of CRC32(group id).
 _ROW = "CONCAT_WS(0x1f, m.group_id, pm.meta_key, IFNULL(pm.meta_value, 0x00))"
@@ -92,11 +93,13 @@ class BucketChecksums:
     def __init__(self, engine: sa.Engine, scope: Scope, max_buckets: int = MAX_BUCKETS) -> None:
         self.engine, self.scope = engine, scope
         with engine.connect() as conn:
-            lo, hi = conn.exec_driver_sql(
-                f"SELECT MIN(group_id), MAX(group_id) FROM {table(scope.base, 'syncd_member')} "
+            lo, hi, packet = conn.exec_driver_sql(
+                f"SELECT MIN(group_id), MAX(group_id), @@max_allowed_packet FROM {table(scope.base, 'syncd_member')} "
                 "WHERE group_id IS NOT NULL AND state = 'linked'"
             ).one()
             conn.rollback()
+        # packed_sql: 32 characters per bucket and group in one result row (as the audit caps it).
+        max_buckets = min(max_buckets, max(64, (int(packet or 0) - 65536) // (32 * len(GROUPS))))
         self.g0 = int(lo or 0)
         span = int(hi) - self.g0 + 1 if hi is not None else 0
         self.width = max(1, math.ceil(span / max_buckets)) if span else 1
