@@ -156,7 +156,44 @@ def save_cases(net: Any) -> list[dict[str, Any]]:
             "key": "save_fields",
             "watch": ALL_FIELDS,
         },
+        # Floors of the every-group save (only with --only): what firing the same triggers costs
+        # with a body that does nothing, and with one that names the change table (so every
+        # statement opens and locks it, MariaDB's prelocking) but never inserts a row.
+        {
+            **base,
+            "case": "save floor: every trigger body empty",
+            "key": "save_floor_empty",
+            "watch": ALL_FIELDS,
+            "body": lambda prefix: "BEGIN END",
+            "opt_in": True,
+        },
+        {
+            **base,
+            "case": "save floor: change table prelocked, no row",
+            "key": "save_floor_prelock",
+            "watch": ALL_FIELDS,
+            "body": lambda prefix: (
+                f"BEGIN IF @syncd_floor = 1 THEN INSERT INTO `{prefix}syncd_change` (blog_id, post_id, "
+                "meta_key, op, captured_at) VALUES (0, 0, '', 'U', UTC_TIMESTAMP(6)); END IF; END"
+            ),
+            "opt_in": True,
+        },
     ]
+
+
+def replace_bodies(net: Any, body: str) -> None:
+    """Blog TRIGGERED's triggers with this body instead of theirs (the floor cases)."""
+    with net.engine.connect() as conn:
+        for name, (table_name, _) in capture.installed_triggers(conn, net.prefix).items():
+            event = conn.exec_driver_sql(
+                "SELECT EVENT_MANIPULATION FROM information_schema.TRIGGERS "
+                "WHERE TRIGGER_SCHEMA = DATABASE() AND TRIGGER_NAME = %s",
+                (name,),
+            ).scalar_one()
+            conn.exec_driver_sql(
+                f"CREATE OR REPLACE TRIGGER `{name}` AFTER {event} ON `{table_name}` FOR EACH ROW {body}"
+            )
+        conn.commit()
 
 
 def prepare_saves(net: Any, skus: int) -> None:
@@ -184,6 +221,11 @@ def prepare_saves(net: Any, skus: int) -> None:
             ).scalar_one()
             net.bench_cats[blog] = (int(uncategorized), int(other))
         conn.commit()
+
+
+def selected(case: dict[str, Any], only: str) -> bool:
+    """Every case but the floors by default; exactly the named ones with --only."""
+    return case["key"] in only.split(",") if only else not case.get("opt_in")
 
 
 def measure(net: Any, case: dict[str, Any], iterations: int, skus: int, block: int = 2000) -> dict[str, Any]:
@@ -266,11 +308,13 @@ def run(args: Any) -> dict[str, Any]:
         log(f"triggers on blog {TRIGGERED}: {sorted(names)}; none on blog {PLAIN}")
         prepare_saves(net, skus)
         for case in cases(net) + save_cases(net):
-            if args.only and case["key"] not in args.only.split(","):
+            if not selected(case, args.only):
                 continue
             with net.engine.connect() as conn:
                 blog = Blog(TRIGGERED, net.blog_prefix(TRIGGERED))
                 capture.install_blog_triggers(conn, net.prefix, blog, case.get("watch", capture.STOCK_ONLY))
+            if "body" in case:
+                replace_bodies(net, case["body"](net.prefix))
             n = max(200, iterations // 10) if "make_many" in case else iterations  # a save is 33 statements
             log(f"{case['case']}: {n:,} iterations x 2")
             results.append(measure(net, case, n, skus))
@@ -305,7 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=0, help="statements per side and case (default 20,000)")
     p.add_argument("--durable", action="store_true", help="server on disk with a flush at every commit")
     p.add_argument(
-        "--only", default="", help="comma-separated cases: stock,status_same,price,marker,save,save_fields"
+        "--only",
+        default="",
+        help="comma-separated cases: stock,status_same,price,marker,save,save_fields "
+        "(and, only when named, save_floor_empty,save_floor_prelock)",
     )
     args = p.parse_args(argv)
     out = run(args)

@@ -22,6 +22,9 @@ Optional members a group may add (looked up with ``getattr``; fields-core's pass
 * ``fingerprint_sql(prefix, post_id_sql) -> str``: a scalar SQL expression, equal for two
   products whose stored source values are equal; the pass narrows a chunk on the server with it
   before reading anything (a filter: unequal fingerprints are compared exactly afterwards).
+* ``checksum_keys: tuple[str, ...]``: the group's stored source values are exactly its postmeta
+  rows of these keys; when every group of a full pass has it, the pass first compares whole
+  buckets of link groups by checksum (syncd.fields.checksum) and looks only at the others.
 """
 
 from __future__ import annotations

@@ -79,6 +79,11 @@ class MetaGroup:
                 out[int(pid)][key] = value
         return dict(out)
 
+    @property
+    def checksum_keys(self) -> tuple[str, ...]:
+        """The group's stored values are exactly its rows of these keys (syncd.fields.checksum)."""
+        return tuple(self.meta_keys)
+
     def fingerprint_sql(self, prefix: str, post_id: str) -> str:
         """SQL: a text that is equal for two products whose stored rows of the group's keys are
         equal (optional member of a group, used by the pass as a server-side filter: only link

@@ -32,9 +32,10 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from syncd.audit import Scope
+from syncd.audit import MAX_BUCKETS, Scope
 from syncd.config import Config
 from syncd.db import errno_of, is_disconnect, is_retryable, table
+from syncd.fields.checksum import BucketChecksums
 from syncd.fields.group import FieldGroup, Problem, Target, Value, Values
 from syncd.fields.since import edited_since, known_values, read_facts
 from syncd.record import FieldHistoryRow, clip_field_value, write_field_history
@@ -214,6 +215,18 @@ def link_groups(conn: sa.Connection, scope: Scope, after: int, limit: int) -> li
     return [int(r[0]) for r in rows]
 
 
+def count_link_groups(conn: sa.Connection, scope: Scope) -> int:
+    """How many link groups :func:`link_groups` walks in a full pass."""
+    if not scope.blogs:
+        return 0
+    return int(
+        conn.exec_driver_sql(
+            f"SELECT COUNT(DISTINCT group_id) FROM {table(scope.base, 'syncd_member')} "
+            "WHERE group_id > 0 AND state = 'linked'"
+        ).scalar_one()
+    )
+
+
 def read_members(conn: sa.Connection, scope: Scope, group_ids: Sequence[int]) -> list[Member]:
     """Linked, not excluded members of the groups on the scope's blogs, in lock order."""
     if not group_ids or not scope.blogs:
@@ -306,6 +319,8 @@ class FieldPass:
         self.report = PassReport(tuple(self.groups), config.fields.authority, dry_run)
         #: tests: called with "locked" once a chunk holds its locks (races made deterministic).
         self.step_hook: Callable[[str], None] | None = None
+        #: Buckets of the full pass's checksums (syncd.fields.checksum; tests make them wider).
+        self.max_buckets = MAX_BUCKETS
 
     def run(self, group_ids: Sequence[int] | None = None, chunk: int = CHUNK) -> PassReport:
         """Every link group (``group_ids`` None) or the ones given: looked at SCAN link groups at
@@ -315,6 +330,9 @@ class FieldPass:
             for i in range(0, len(ids), SCAN):
                 self._write_differing(self._scan(ids[i : i + SCAN]), chunk)
             return self.report
+        ranges = self._dirty_ranges()
+        if ranges is not None:
+            return self._run_ranges(ranges, chunk)
         after = 0
         while True:
             with self.engine.connect() as conn:
@@ -324,6 +342,43 @@ class FieldPass:
                 return self.report
             self._write_differing(self._scan(ids), chunk)
             after = ids[-1]
+
+    def _dirty_ranges(self) -> list[tuple[int, int]] | None:
+        """With every group declaring ``checksum_keys``: the group-id ranges of the buckets whose
+        checksums differ between blogs (syncd.fields.checksum); None: look at every link group."""
+        if not self.scope.blogs or not all(getattr(g, "checksum_keys", None) for g in self.groups.values()):
+            return None
+        sums = BucketChecksums(self.engine, self.scope, self.max_buckets)
+        dirty = sums.dirty(
+            {
+                name: (
+                    group.checksum_keys,
+                    [b for b in self.scope.blog_ids if self.config.fields.takes_part(name, b)],
+                )
+                for name, group in self.groups.items()
+            }
+        )
+        log.info("field_pass_checksums", buckets=sums.nbuckets, width=sums.width, dirty=len(dirty))
+        return sums.ranges(dirty)
+
+    def _run_ranges(self, ranges: Sequence[tuple[int, int]], chunk: int) -> PassReport:
+        """The link groups of these ranges as the full pass looks at them; ``link_groups`` still
+        counts every link group (those of clean buckets were compared by checksum)."""
+        with self.engine.connect() as conn:
+            total = count_link_groups(conn, self.scope)
+            conn.rollback()
+        for lo, hi in ranges:
+            after = lo - 1
+            while True:
+                with self.engine.connect() as conn:
+                    ids = [g for g in link_groups(conn, self.scope, after, SCAN) if g <= hi]
+                    conn.rollback()
+                if not ids:
+                    break
+                self._write_differing(self._scan(ids), chunk)
+                after = ids[-1]
+        self.report.link_groups = total
+        return self.report
 
     def _scan(self, group_ids: Sequence[int]) -> list[int]:
         """The link groups among ``group_ids`` whose members differ (plain reads, no lock). A group
