@@ -42,6 +42,7 @@ class HistoryRow:
     new_value: str | None
     delta: Decimal | None
     note: str | None = None
+    field_group: str | None = None  # a realtime field group's row (None: stock)
 
 
 @dataclass
@@ -70,8 +71,8 @@ def write_history(
     # writes 5,000 rows of 15 values).
     conn.exec_driver_sql(
         f"INSERT INTO {table(base_prefix, 'syncd_history')} (applied_at, batch_id, change_id, captured_at, role, "
-        "blog_id, post_id, sku, meta_key, old_value, new_value, delta, origin_blog_id, origin_post_id, note) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        "blog_id, post_id, sku, meta_key, old_value, new_value, delta, origin_blog_id, origin_post_id, note, "
+        "field_group) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         [
             (
                 now,
@@ -83,12 +84,13 @@ def write_history(
                 h.post_id,
                 (h.sku or "")[:255],
                 h.meta_key,
-                _clip(h.old_value),
-                _clip(h.new_value),
+                _clip(h.old_value) if h.field_group is None else clip_field_value(h.old_value),
+                _clip(h.new_value) if h.field_group is None else clip_field_value(h.new_value),
                 h.delta,
                 h.change.blog_id,
                 h.change.post_id,
                 h.note,
+                h.field_group,
             )
             for h in rows
         ],

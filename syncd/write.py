@@ -435,17 +435,22 @@ class MemberWriter:
         return True
 
     def _saved_recently(self, conn: sa.Connection, blog: Blog, post_id: int) -> bool:
-        """WooCommerce saved the product within ``settle_seconds`` (``post_modified_gmt``, which a
-        save bumps before it deletes the keys it holds empty): a save may still be in flight."""
-        if self.settle_seconds <= 0:
-            return False
-        return bool(
-            conn.exec_driver_sql(
-                f"SELECT post_modified_gmt > UTC_TIMESTAMP() - INTERVAL %s MICROSECOND "
-                f"FROM {table(blog.prefix, 'posts')} WHERE ID = %s",
-                (int(self.settle_seconds * 1_000_000), post_id),
-            ).scalar()
-        )
+        return saved_recently(conn, blog, [post_id], self.settle_seconds)
+
+
+def saved_recently(conn: sa.Connection, blog: Blog, post_ids: Sequence[int], settle_seconds: float) -> bool:
+    """WooCommerce saved one of the products within ``settle_seconds`` (``post_modified_gmt``,
+    which a save bumps before it checks and inserts meta rows): a save may still be in flight.
+    The one rule for every writer (stock here, the field groups in :mod:`syncd.fields.inflight`)."""
+    if settle_seconds <= 0 or not post_ids:
+        return False
+    return bool(
+        conn.exec_driver_sql(
+            f"SELECT COUNT(*) FROM {table(blog.prefix, 'posts')} WHERE ID IN ({_marks(len(post_ids))}) "
+            "AND post_modified_gmt > UTC_TIMESTAMP() - INTERVAL %s MICROSECOND",
+            (*post_ids, int(settle_seconds * 1_000_000)),
+        ).scalar()
+    )
 
 
 class MemberSkipped(Exception):

@@ -17,6 +17,8 @@ Chunked like reconcile: a chunk of link groups is one short transaction that
    skips the link group when the authority's values have ``problems()``, writes each member whose
    values differ as WooCommerce reads them (``FieldGroup.write``), and records history
    (``field_group`` set; role ``field`` per field written, ``skipped`` per field left alone);
+   a member WooCommerce saved less than ``sync.settle_seconds`` ago takes no inserted row
+   (:mod:`syncd.fields.inflight`): it is left alone with that reason, and the next pass takes it;
 5. commits, or with ``dry_run`` rolls back: the preview is what a real run writes.
 """
 
@@ -36,6 +38,7 @@ from syncd.audit import Scope
 from syncd.config import Config
 from syncd.db import errno_of, is_disconnect, is_retryable, table
 from syncd.fields.group import FieldGroup, Problem, Target, Value, Values
+from syncd.fields.inflight import SaveInFlight, write_settled
 from syncd.fields.since import edited_since, known_values, read_facts
 from syncd.record import FieldHistoryRow, clip_field_value, write_field_history
 
@@ -519,7 +522,12 @@ class FieldPass:
             if not fields:
                 continue
             target = Target(self.scope.blogs[m.blog_id], m.post_id, m.sku, m.post_type, m.parent_id)
-            problems = group.write(conn, target, current, wanted)
+            try:
+                problems = write_settled(
+                    conn, group, target, current, wanted, self.config.sync.settle_seconds
+                )
+            except SaveInFlight as exc:  # the next pass (scheduled) or sync (manual) takes it
+                problems = [Problem(m.blog_id, m.post_id, m.sku, f, exc.reason) for f in fields]
             rows += self._record(name, gid, auth, why, m, fields, current, wanted, problems, staged)
         return rows
 

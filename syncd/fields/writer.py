@@ -7,7 +7,13 @@ every postmeta row of these products, so nothing can change under us), the wante
 the target's own with each planned field taken from its origin, a value the group calls bad
 (``problems``) skips that member for that group, and ``FieldGroup.write`` writes the rest and what
 WooCommerce derives from it on that blog, inside a savepoint (an error skips that member alone).
-History: a ``copy`` row per field written, a ``skipped`` row per field left alone, with the reason.
+History: a ``copy`` row per field written, a ``skipped`` row per field left alone, with the reason
+(``field_group`` set, so ``syncd history --field GROUP`` shows them).
+
+No write inserts a row into a product WooCommerce saved less than ``settle_seconds`` ago
+(:mod:`syncd.fields.inflight`): that member is skipped for that group and recorded to be healed
+(:mod:`syncd.settle`, kind ``heal``), which gives it the group's values once it has settled
+(:meth:`FieldWriter.join`, also how a joining product takes them).
 """
 
 from __future__ import annotations
@@ -17,15 +23,23 @@ from collections.abc import Mapping, Sequence
 import sqlalchemy as sa
 import structlog
 
+from syncd import settle
 from syncd.db import errno_of, is_retryable, run_many, table
 from syncd.fields.group import FieldGroup, Target, Value, Values
+from syncd.fields.inflight import SaveInFlight, write_settled
 from syncd.fields.realtime import RealtimeFields
 from syncd.lock import ProductRows
 from syncd.network import Blog
-from syncd.plan import Change, FieldPlan, FieldWrite, Key
+from syncd.plan import Change, FieldPlan, FieldWrite, Key, Member
 from syncd.record import BatchResult, HistoryRow
 
 log = structlog.get_logger("syncd.fields")
+
+
+def _canonical(group: FieldGroup, values: Values) -> Values:
+    """The values as WooCommerce reads them (``FieldGroup.canonical`` when the group has it)."""
+    canon = getattr(group, "canonical", None)
+    return canon(values) if canon is not None else values
 
 
 def text_of(value: Value) -> str | None:
@@ -36,8 +50,10 @@ def text_of(value: Value) -> str | None:
 class FieldWriter:
     """Writes planned field values on the blogs of one network."""
 
-    def __init__(self, realtime: RealtimeFields) -> None:
+    def __init__(self, realtime: RealtimeFields, settle_seconds: float = 0.0) -> None:
         self.realtime = realtime
+        #: A product saved less than this ago may have a save in flight: no row is inserted into it.
+        self.settle_seconds = settle_seconds
         self.index = realtime.index()
         #: (group, field) -> the change key history records it under (``post:<column>`` etc.).
         self.keys = {v: k for k, v in self.index.items()}
@@ -81,6 +97,44 @@ class FieldWriter:
         for w in writes:
             if self._member(conn, w, values, rows.get(w.key), blogs[w.blog_id], by_id, result):
                 written.setdefault(w.blog_id, set()).add(w.post_id)
+        return written
+
+    def join(
+        self,
+        conn: sa.Connection,
+        me: Member,
+        authority: Member,
+        row: ProductRows,
+        blogs: Mapping[int, Blog],
+        result: BatchResult,
+    ) -> bool:
+        """A joining or healed member takes every realtime group's values from ``authority`` (the
+        member the stock join takes from), as realtime would have given them: the fields that
+        differ as WooCommerce reads them; bad values and saves in flight skip that group as in a
+        batch (a save in flight: healed again once settled). True if anything was written."""
+        origin = Change(0, authority.blog_id, authority.post_id, "", "J", None, None, None, 0)
+        written = False
+        for name, group in self.realtime.groups.items():
+            if not (
+                self.realtime.takes_part(name, me.blog_id)
+                and self.realtime.takes_part(name, authority.blog_id)
+            ):
+                continue
+            mine = group.read(conn, blogs[me.blog_id], [me.post_id]).get(me.post_id)
+            theirs = group.read(conn, blogs[authority.blog_id], [authority.post_id]).get(authority.post_id)
+            if mine is None or theirs is None:
+                continue
+            differing = [
+                f for f in theirs if _canonical(group, theirs).get(f) != _canonical(group, mine).get(f)
+            ]
+            if not differing:
+                continue
+            w = FieldWrite(me.blog_id, me.post_id, me.sku, name, {f: authority.key for f in differing}, [0])
+            values = {
+                (me.blog_id, name): {me.post_id: mine},
+                (authority.blog_id, name): {authority.post_id: theirs},
+            }
+            written |= self._member(conn, w, values, row, blogs[me.blog_id], {0: origin}, result)
         return written
 
     def _read(
@@ -142,6 +196,7 @@ class FieldWriter:
                         text_of(have.get(name)),
                         text_of(wanted[name]),
                         None,
+                        field_group=w.group,
                     )
                 )
         result.writes += 1
@@ -164,8 +219,13 @@ class FieldWriter:
         target = Target(blog, w.post_id, w.sku, row.post_type or "product", row.parent_id)
         sp = conn.begin_nested()
         try:
-            problems = group.write(conn, target, have, wanted)
+            problems = write_settled(conn, group, target, have, wanted, self.settle_seconds)
             sp.commit()
+        except SaveInFlight as exc:
+            sp.rollback()
+            self._skip(w, list(w.sources), exc.reason, by_id, result)
+            result.settling.append(settle.Record(w.blog_id, w.post_id, settle.HEAL, reason=exc.reason))
+            return None
         except Exception as exc:
             if is_retryable(exc):
                 raise
@@ -207,6 +267,7 @@ class FieldWriter:
                     None,
                     None,
                     reason[:255],
+                    field_group=w.group,
                 )
             )
 
@@ -217,7 +278,7 @@ class FieldWriter:
             for i in w.change_ids
             if i in by_id and self.index.get(by_id[i].meta_key, ("", ""))[1] == name
         ]
-        return max(mine, key=lambda c: c.id)
+        return max(mine, key=lambda c: c.id) if mine else by_id[w.change_ids[0]]
 
     def _key(self, group: str, name: str) -> str:
         """History's meta_key for a field: its change key (``post:<column>`` for a posts column)."""
