@@ -442,15 +442,23 @@ def saved_recently(conn: sa.Connection, blog: Blog, post_ids: Sequence[int], set
     """WooCommerce saved one of the products within ``settle_seconds`` (``post_modified_gmt``,
     which a save bumps before it checks and inserts meta rows): a save may still be in flight.
     The one rule for every writer (stock here, the field groups in :mod:`syncd.fields.inflight`)."""
+    return bool(recently_saved(conn, blog, post_ids, settle_seconds))
+
+
+def recently_saved(
+    conn: sa.Connection, blog: Blog, post_ids: Sequence[int], settle_seconds: float
+) -> set[int]:
+    """Which of ``post_ids`` were saved within ``settle_seconds`` (see :func:`saved_recently`)."""
     if settle_seconds <= 0 or not post_ids:
-        return False
-    return bool(
-        conn.exec_driver_sql(
-            f"SELECT COUNT(*) FROM {table(blog.prefix, 'posts')} WHERE ID IN ({_marks(len(post_ids))}) "
+        return set()
+    return {
+        int(r[0])
+        for r in conn.exec_driver_sql(
+            f"SELECT ID FROM {table(blog.prefix, 'posts')} WHERE ID IN ({_marks(len(post_ids))}) "
             "AND post_modified_gmt > UTC_TIMESTAMP() - INTERVAL %s MICROSECOND",
             (*post_ids, int(settle_seconds * 1_000_000)),
-        ).scalar()
-    )
+        )
+    }
 
 
 class MemberSkipped(Exception):

@@ -9,7 +9,9 @@ their ``write`` touches (source rows, ``_price``, a variable parent's ``_price``
 relationships):
 
 * the product (or its parent) was not saved within ``settle_seconds``
-  (:func:`syncd.write.saved_recently`): ``FieldGroup.write`` as is;
+  (:func:`syncd.write.recently_saved`, read by the caller *before* it writes anything: a group's
+  write saves the product as WooCommerce does, and the next group written into the same member
+  in the same transaction must not take that for a save in flight): ``FieldGroup.write`` as is;
 * otherwise the write runs inside a savepoint, and if it added a postmeta row to the product or
   its parent, or a term relationship to the product, the savepoint is rolled back (the rows were
   never committed, so no WooCommerce statement saw them) and :class:`SaveInFlight` is raised:
@@ -21,13 +23,16 @@ captured changes then carry (last captured wins), and never duplicates them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Mapping
 
 import sqlalchemy as sa
 
 from syncd.db import table
 from syncd.fields.group import FieldGroup, Problem, Target, Values
-from syncd.write import saved_recently
+from syncd.network import Blog
+from syncd.write import recently_saved
+
+Key = tuple[int, int]
 
 #: Rows of one product: ('m', meta_id) of its and its parent's postmeta, ('t', term_taxonomy_id).
 Snapshot = frozenset[tuple[str, int]]
@@ -44,17 +49,30 @@ def posts_of(target: Target) -> list[int]:
     return [target.post_id] + ([target.parent_id] if target.parent_id else [])
 
 
+def recent(
+    conn: sa.Connection, posts: Mapping[int, Iterable[int]], blogs: Mapping[int, Blog], settle_seconds: float
+) -> set[Key]:
+    """Which of these products (blog -> post ids, parents included) were saved within
+    ``settle_seconds``: one read per blog, before the caller writes anything."""
+    out: set[Key] = set()
+    for b, ids in sorted(posts.items()):
+        if b in blogs:
+            out |= {(b, p) for p in recently_saved(conn, blogs[b], sorted(set(ids)), settle_seconds)}
+    return out
+
+
 def write_settled(
     conn: sa.Connection,
     group: FieldGroup,
     target: Target,
     current: Values,
     wanted: Values,
+    saved: Collection[Key],
     settle_seconds: float,
 ) -> list[Problem]:
-    """``group.write``, unless it would insert a row into a product saved less than
-    ``settle_seconds`` ago: then nothing is written and :class:`SaveInFlight` is raised."""
-    if not saved_recently(conn, target.blog, posts_of(target), settle_seconds):
+    """``group.write``, unless it would insert a row into a product in ``saved`` (see
+    :func:`recent`): then nothing is written and :class:`SaveInFlight` is raised."""
+    if not any((target.blog.blog_id, p) in saved for p in posts_of(target)):
         return group.write(conn, target, current, wanted)
     before = snapshot(conn, target)
     sp = conn.begin_nested()
@@ -67,8 +85,8 @@ def write_settled(
     if added:
         sp.rollback()
         raise SaveInFlight(
-            f"was saved by WooCommerce less than {settle_seconds:g} s ago and writing {group.name} "
-            "would insert a row a save in flight may insert too; it takes the group's values once it settles"
+            f"was saved less than {settle_seconds:g} s ago and writing {group.name} would insert a row a "
+            "WooCommerce save in flight may insert too; it takes the group's values once it settles"
         )
     sp.commit()
     return problems
@@ -85,7 +103,3 @@ def snapshot(conn: sa.Connection, target: Target) -> Snapshot:
         (*posts, target.post_id),
     ).all()
     return frozenset((str(k), int(i)) for k, i in rows)
-
-
-def heal_reason(exc: SaveInFlight, group: str, fields: Sequence[str]) -> str:
-    return f"{group} ({', '.join(fields)}): {exc.reason}"

@@ -26,7 +26,7 @@ import structlog
 from syncd import settle
 from syncd.db import errno_of, is_retryable, run_many, table
 from syncd.fields.group import FieldGroup, Target, Value, Values
-from syncd.fields.inflight import SaveInFlight, write_settled
+from syncd.fields.inflight import SaveInFlight, recent, write_settled
 from syncd.fields.realtime import RealtimeFields
 from syncd.lock import ProductRows
 from syncd.network import Blog
@@ -54,6 +54,9 @@ class FieldWriter:
         self.realtime = realtime
         #: A product saved less than this ago may have a save in flight: no row is inserted into it.
         self.settle_seconds = settle_seconds
+        #: The products (and parents) of this write step saved within ``settle_seconds`` before it
+        #: wrote anything (:func:`syncd.fields.inflight.recent`).
+        self._saved: set[Key] = set()
         self.index = realtime.index()
         #: (group, field) -> the change key history records it under (``post:<column>`` etc.).
         self.keys = {v: k for k, v in self.index.items()}
@@ -93,6 +96,7 @@ class FieldWriter:
             if w.blog_id not in blogs:
                 self._skip(w, list(w.sources), f"blog {w.blog_id} cannot be written now", by_id, result)
         values = self._read(conn, writes, blogs)
+        self._saved = self._recent(conn, [(w.key, rows.get(w.key)) for w in writes], blogs)
         written: dict[int, set[int]] = {}
         for w in writes:
             if self._member(conn, w, values, rows.get(w.key), blogs[w.blog_id], by_id, result):
@@ -113,6 +117,7 @@ class FieldWriter:
         differ as WooCommerce reads them; bad values and saves in flight skip that group as in a
         batch (a save in flight: healed again once settled). True if anything was written."""
         origin = Change(0, authority.blog_id, authority.post_id, "", "J", None, None, None, 0)
+        self._saved = self._recent(conn, [(me.key, row)], blogs)
         written = False
         for name, group in self.realtime.groups.items():
             if not (
@@ -136,6 +141,19 @@ class FieldWriter:
             }
             written |= self._member(conn, w, values, row, blogs[me.blog_id], {0: origin}, result)
         return written
+
+    def _recent(
+        self,
+        conn: sa.Connection,
+        targets: Sequence[tuple[Key, ProductRows | None]],
+        blogs: Mapping[int, Blog],
+    ) -> set[Key]:
+        posts: dict[int, set[int]] = {}
+        for (b, p), row in targets:
+            posts.setdefault(b, set()).update(
+                [p, row.parent_id] if row is not None and row.parent_id else [p]
+            )
+        return recent(conn, posts, blogs, self.settle_seconds)
 
     def _read(
         self, conn: sa.Connection, writes: Sequence[FieldWrite], blogs: Mapping[int, Blog]
@@ -219,7 +237,7 @@ class FieldWriter:
         target = Target(blog, w.post_id, w.sku, row.post_type or "product", row.parent_id)
         sp = conn.begin_nested()
         try:
-            problems = write_settled(conn, group, target, have, wanted, self.settle_seconds)
+            problems = write_settled(conn, group, target, have, wanted, self._saved, self.settle_seconds)
             sp.commit()
         except SaveInFlight as exc:
             sp.rollback()

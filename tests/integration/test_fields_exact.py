@@ -126,7 +126,7 @@ def test_sale_price_from_another_blog_inside_the_duplicate_window_waits_and_heal
             assert settling(net) == {(1, mug[1]): "heal"}
             skipped = [h for h in field_history(net, "price") if h[0] == "skipped"]
             assert [(h[1], h[2]) for h in skipped] == [(1, "_sale_price")]
-            assert "saved by WooCommerce" in (skipped[0][3] or "")
+            assert "save in flight" in (skipped[0][3] or "")
             replay.run(between=lambda _st: d.apply_pending())  # WooCommerce's INSERT 63: captured last
         d.apply_pending()
         assert price_duplicates(net, mug) == []
@@ -186,7 +186,7 @@ def test_a_pass_inside_the_duplicate_window_leaves_the_saved_member_alone(wp_net
             assert errors == []
             assert meta(net, 1, mug[1], "_sale_price") is None  # nothing inserted into the save
             assert meta(net, 3, mug[3], "_sale_price") == "7.00"
-            assert any(p["blog"] == 1 and "saved by WooCommerce" in p["reason"] for p in report.problems)
+            assert any(p["blog"] == 1 and "save in flight" in p["reason"] for p in report.problems)
             replay.run()
         assert price_duplicates(net, mug) == []
         assert meta(net, 1, mug[1], "_sale_price") == "8.00"  # WooCommerce's row, once
@@ -305,5 +305,49 @@ def test_realtime_field_history_rows_are_shown_by_history_field(wp_network):
             ("origin", 1, "price"),
         ]
         assert all(e.field_group is None for e in stock)
+    finally:
+        d.close()
+
+
+# -- term relationships obey the same rule; updates of existing rows do not wait ---------------
+
+
+def test_a_category_is_not_added_to_a_product_being_saved_but_a_title_is_written(wp_network):
+    from syncd.fields.content import ContentGroup
+    from syncd.fields.terms import TaxonomyGroup
+    from tests.integration.fields_helpers import realtime_daemon
+    from tests.integration.test_fields_realtime import _add_category, _title
+
+    net = wp_network
+    mug = ids(net, "MUG")
+    for b in BLOGS:
+        _add_category(net, b, 0, "kitchen")
+    groups = {"content": ContentGroup(), "taxonomy": TaxonomyGroup()}
+    d = realtime_daemon(net, groups, sync=SETTLE)
+
+    def categories(b: int) -> tuple[str, ...]:
+        with net.engine.connect() as c:
+            from syncd.network import discover
+
+            blog = discover(c, net.prefix).blog(b)
+            return TaxonomyGroup().read(c, blog, [mug[b]])[mug[b]]["terms:product_cat"] or ()
+
+    try:
+        with net.engine.connect() as c:  # a WooCommerce save of blog 2's MUG has just begun
+            c.exec_driver_sql(
+                f"UPDATE {net.table(2, 'posts')} SET post_modified_gmt = UTC_TIMESTAMP() WHERE ID = {mug[2]}"
+            )
+            c.exec_driver_sql(f"UPDATE {net.table(1, 'posts')} SET post_title = 'Mug, 2' WHERE ID = {mug[1]}")
+            c.commit()
+        _add_category(net, 1, mug[1], "kitchen")
+        d.apply_pending()
+        assert [_title(net, b, mug[b]) for b in BLOGS] == ["Mug, 2"] * 3  # an existing row: written
+        assert "kitchen" in categories(3) and "kitchen" not in categories(2)  # a new relationship: not
+        assert settling(net) == {(2, mug[2]): "heal"}
+        skipped = [h for h in field_history(net, "taxonomy") if h[0] == "skipped"]
+        assert [(h[1], h[2]) for h in skipped] == [(2, "terms:product_cat")]
+        time_passes(net)
+        d.apply_pending()
+        assert settling(net) == {} and "kitchen" in categories(2)
     finally:
         d.close()
