@@ -54,6 +54,8 @@ log = structlog.get_logger("syncd.write")
 #: that lacks one is being created or imported (delete + add) by a request still running, which
 #: checked for the row and will insert it: a second row would follow (syncd.settle).
 ALWAYS_PRESENT = (STOCK, MANAGE, BACKORDERS, STATUS)
+#: Seconds a ``post_modified_gmt`` ahead of the server's clock may be and still be a save now.
+FUTURE_SAVE = 3600
 #: The savepoint around the one-round-trip stock writes (a name SQLAlchemy never uses).
 _BULK_SAVEPOINT = "syncd_bulk_stock"
 
@@ -448,15 +450,18 @@ def saved_recently(conn: sa.Connection, blog: Blog, post_ids: Sequence[int], set
 def recently_saved(
     conn: sa.Connection, blog: Blog, post_ids: Sequence[int], settle_seconds: float
 ) -> set[int]:
-    """Which of ``post_ids`` were saved within ``settle_seconds`` (see :func:`saved_recently`)."""
+    """Which of ``post_ids`` were saved within ``settle_seconds`` (see :func:`saved_recently`).
+    ``post_modified_gmt`` is PHP's clock: a few seconds ahead of the server's still counts as now;
+    more than :data:`FUTURE_SAVE` ahead is a misconfigured clock or imported data, not a save."""
     if settle_seconds <= 0 or not post_ids:
         return set()
     return {
         int(r[0])
         for r in conn.exec_driver_sql(
             f"SELECT ID FROM {table(blog.prefix, 'posts')} WHERE ID IN ({_marks(len(post_ids))}) "
-            "AND post_modified_gmt > UTC_TIMESTAMP() - INTERVAL %s MICROSECOND",
-            (*post_ids, int(settle_seconds * 1_000_000)),
+            "AND post_modified_gmt > UTC_TIMESTAMP() - INTERVAL %s MICROSECOND "
+            "AND post_modified_gmt < UTC_TIMESTAMP() + INTERVAL %s SECOND",
+            (*post_ids, int(settle_seconds * 1_000_000), FUTURE_SAVE),
         )
     }
 
