@@ -42,7 +42,7 @@ from syncd import catalog, derived, fanout, lock, poll, record, settle
 from syncd.config import BlogSettings
 from syncd.db import errno_of, guarded, is_retryable, run_many
 from syncd.fields.realtime import RealtimeFields
-from syncd.fields.writer import FieldWriter
+from syncd.fields.writer import FieldWriter, JoinSources
 from syncd.lock import ProductRows
 from syncd.network import Blog
 from syncd.plan import (
@@ -437,22 +437,35 @@ class Applier:
             delta,
             carry_sku=current.kind == settle.HEAL and self.propagate_sku_renames,
         )
-        # The realtime fields come from a member that is not behind its group itself (a heal of
-        # it is waiting too), else from the stock authority.
+        sources = self._field_sources(conn, me, linked, authority)
+        return self._write_join(conn, current, me, (authority, sources), joined, rows, blogs, batch_id)
+
+    def _field_sources(
+        self, conn: sa.Connection, me: Member, linked: Sequence[Member], authority: Member | None
+    ) -> JoinSources | None:
+        """Where a joining or healed member takes its realtime fields from: per field, the member
+        whose change its group took last; else a linked member not waiting to be healed itself
+        (lowest blog id), else the stock authority."""
+        if self.field_writer is None or not linked:
+            return None
         behind = settle.waiting(conn, self.base, [m.key for m in linked])
-        source = min(
-            (m for m in linked if m.blog_id != key[0] and m.key not in behind),
+        fallback = min(
+            (m for m in linked if m.blog_id != me.blog_id and m.key not in behind),
             key=lambda m: m.key,
             default=authority,
         )
-        return self._write_join(conn, current, me, (authority, source), joined, rows, blogs, batch_id)
+        return JoinSources(
+            fallback.key if fallback is not None else None,
+            record.register_origins(conn, self.base, me.group_id, self.field_keys.keys()),
+            frozenset(m.key for m in linked),
+        )
 
     def _write_join(
         self,
         conn: sa.Connection,
         item: settle.Settling,
         me: Member,
-        authorities: tuple[Member | None, Member | None],
+        authorities: tuple[Member | None, JoinSources | None],
         joined: JoinPlan,
         rows: Mapping[Key, ProductRows],
         blogs: Mapping[int, Blog],
@@ -463,7 +476,7 @@ class Applier:
         (from the second of ``authorities``; stock and settings come from the first), derived
         data, history."""
         key = item.key
-        authority, fields_from = authorities
+        authority, field_sources = authorities
         sale = Change(
             0, key[0], key[1], STOCK, "J", "0", format_quantity(item.stock_delta), item.last_change_at, 0
         )
@@ -483,7 +496,7 @@ class Applier:
             elif not self.writer.member(conn, w, rows[w.key], {0: sale}, result):
                 continue
             written.setdefault(w.blog_id, set()).add(w.post_id)
-        if self._join_fields(conn, me, fields_from, rows[key], blogs, result):
+        if self._join_fields(conn, me, field_sources, rows[key], blogs, result):
             written.setdefault(key[0], set()).add(key[1])
         touched = {b: set(p) for b, p in written.items()}
         touched.setdefault(key[0], set()).add(key[1])
@@ -518,17 +531,17 @@ class Applier:
         self,
         conn: sa.Connection,
         me: Member,
-        authority: Member | None,
+        sources: JoinSources | None,
         row: ProductRows,
         blogs: Mapping[int, Blog],
         result: BatchResult,
     ) -> bool:
-        """The realtime field groups' values of ``authority`` into a joining or healed member
-        (syncd.fields.writer.FieldWriter.join). A group it cannot take now because WooCommerce may
-        still be saving it adds a heal record to ``result.settling``. True if anything was written."""
-        if self.field_writer is None or authority is None or not row.exists:
+        """The realtime field groups' values into a joining or healed member
+        (:meth:`syncd.fields.writer.FieldWriter.join`). A group it cannot take now because a save
+        may be in flight adds a heal record to ``result.settling``. True if anything was written."""
+        if self.field_writer is None or sources is None or not row.exists:
             return False
-        return self.field_writer.join(conn, me, authority, row, blogs, result)
+        return self.field_writer.join(conn, me, sources, row, blogs, result)
 
     def _carry_sku(
         self,

@@ -190,6 +190,23 @@ def advance_registers(
     )
 
 
+def register_origins(
+    conn: sa.Connection, base_prefix: str, group_id: int | None, keys: Collection[str]
+) -> dict[str, Key]:
+    """For each of ``keys`` (realtime field change keys) the member whose change the link group
+    took last (its register, and that change's ``origin`` history row): who holds the group's
+    value as realtime left it. Keys without a register (or whose history was pruned) are absent."""
+    if group_id is None or not keys:
+        return {}
+    rows = conn.exec_driver_sql(
+        f"SELECT r.meta_key, h.blog_id, h.post_id FROM {table(base_prefix, 'syncd_register')} r "
+        f"JOIN {table(base_prefix, 'syncd_history')} h ON h.change_id = r.change_id AND h.role = 'origin' "
+        f"WHERE r.group_id = %s AND r.meta_key IN ({', '.join(['%s'] * len(keys))})",
+        (group_id, *sorted(keys)),
+    ).all()
+    return {str(k): (int(b), int(p)) for k, b, p in rows}
+
+
 def late_sets(
     conn: sa.Connection,
     base_prefix: str,

@@ -19,6 +19,7 @@ No write inserts a row into a product WooCommerce saved less than ``settle_secon
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 import structlog
@@ -45,6 +46,24 @@ def _canonical(group: FieldGroup, values: Values) -> Values:
 def text_of(value: Value) -> str | None:
     """A value as history shows it: a term set as its comma-separated slugs."""
     return ",".join(value) if isinstance(value, tuple) else value
+
+
+@dataclass(frozen=True)
+class JoinSources:
+    """Where a joining or healed member takes each realtime field from: the member whose change
+    its link group took last (``newest``, by change key: :func:`syncd.record.register_origins`)
+    while it is linked and settled, else ``authority`` (a linked member not itself waiting)."""
+
+    authority: Key | None
+    newest: Mapping[str, Key]
+    linked: frozenset[Key]
+
+    def source_of(self, change_key: str, me: Key) -> Key | None:
+        """None: ``me`` holds the newest value itself (or there is nobody to take it from)."""
+        newest = self.newest.get(change_key)
+        if newest == me:
+            return None
+        return newest if newest in self.linked else self.authority
 
 
 class FieldWriter:
@@ -107,40 +126,56 @@ class FieldWriter:
         self,
         conn: sa.Connection,
         me: Member,
-        authority: Member,
+        sources: JoinSources,
         row: ProductRows,
         blogs: Mapping[int, Blog],
         result: BatchResult,
     ) -> bool:
-        """A joining or healed member takes every realtime group's values from ``authority`` (the
-        member the stock join takes from), as realtime would have given them: the fields that
-        differ as WooCommerce reads them; bad values and saves in flight skip that group as in a
-        batch (a save in flight: healed again once settled). True if anything was written."""
-        origin = Change(0, authority.blog_id, authority.post_id, "", "J", None, None, None, 0)
+        """A joining or healed member takes every realtime group's values as realtime would have
+        given them (each field from :meth:`JoinSources.source_of`): the fields that differ as
+        WooCommerce reads them; bad values and saves in flight skip that group as in a batch (a
+        save in flight: healed again once settled). True if anything was written."""
         self._saved = self._recent(conn, [(me.key, row)], blogs)
         written = False
         for name, group in self.realtime.groups.items():
-            if not (
-                self.realtime.takes_part(name, me.blog_id)
-                and self.realtime.takes_part(name, authority.blog_id)
-            ):
+            if not self.realtime.takes_part(name, me.blog_id):
                 continue
-            mine = group.read(conn, blogs[me.blog_id], [me.post_id]).get(me.post_id)
-            theirs = group.read(conn, blogs[authority.blog_id], [authority.post_id]).get(authority.post_id)
-            if mine is None or theirs is None:
-                continue
-            differing = [
-                f for f in theirs if _canonical(group, theirs).get(f) != _canonical(group, mine).get(f)
-            ]
-            if not differing:
-                continue
-            w = FieldWrite(me.blog_id, me.post_id, me.sku, name, {f: authority.key for f in differing}, [0])
-            values = {
-                (me.blog_id, name): {me.post_id: mine},
-                (authority.blog_id, name): {authority.post_id: theirs},
-            }
-            written |= self._member(conn, w, values, row, blogs[me.blog_id], {0: origin}, result)
+            w, values = self._join_write(conn, me, name, group, sources, blogs)
+            if w is not None:
+                written |= self._member(conn, w, values, row, blogs[me.blog_id], {}, result)
         return written
+
+    def _join_write(
+        self,
+        conn: sa.Connection,
+        me: Member,
+        name: str,
+        group: FieldGroup,
+        sources: JoinSources,
+        blogs: Mapping[int, Blog],
+    ) -> tuple[FieldWrite | None, dict[tuple[int, str], dict[int, Values]]]:
+        """The planned write of one group into a joining member, with the values it reads."""
+        mine = group.read(conn, blogs[me.blog_id], [me.post_id]).get(me.post_id)
+        if mine is None:
+            return None, {}
+        take = {f: sources.source_of(self._key(name, f), me.key) for f in mine}
+        take = {f: k for f, k in take.items() if k and k[0] in blogs and self.realtime.takes_part(name, k[0])}
+        values: dict[tuple[int, str], dict[int, Values]] = {(me.blog_id, name): {me.post_id: mine}}
+        posts: dict[int, set[int]] = {}
+        for b, p in take.values():
+            posts.setdefault(b, set()).add(p)
+        for b, ids in sorted(posts.items()):
+            values.setdefault((b, name), {}).update(group.read(conn, blogs[b], sorted(ids)))
+        have = _canonical(group, mine)
+        differing = {
+            f: k
+            for f, k in take.items()
+            if k[1] in values[(k[0], name)]
+            and _canonical(group, values[(k[0], name)][k[1]]).get(f) != have.get(f)
+        }
+        if not differing:
+            return None, values
+        return FieldWrite(me.blog_id, me.post_id, me.sku, name, differing, []), values
 
     def _recent(
         self,
@@ -296,7 +331,10 @@ class FieldWriter:
             for i in w.change_ids
             if i in by_id and self.index.get(by_id[i].meta_key, ("", ""))[1] == name
         ]
-        return max(mine, key=lambda c: c.id) if mine else by_id[w.change_ids[0]]
+        if mine:
+            return max(mine, key=lambda c: c.id)
+        b, p = w.sources[name]  # a join or heal: the member the value comes from
+        return Change(0, b, p, self._key(w.group, name), "J", None, None, None, 0)
 
     def _key(self, group: str, name: str) -> str:
         """History's meta_key for a field: its change key (``post:<column>`` for a posts column)."""
