@@ -131,12 +131,13 @@ def test_sale_price_from_another_blog_inside_the_duplicate_window_waits_and_heal
         d.apply_pending()
         assert price_duplicates(net, mug) == []
         assert price_values(net, mug)[0] == ("11.00", "8.00", None, None, "8.00")  # WooCommerce's save
-        assert [v[:2] for v in price_values(net, mug)] == [("11.00", "8.00")] * 3  # last captured wins
+        # Its 8.00 did not reach blogs 2 and 3 yet either: syncd saved them moments before.
+        assert set(settling(net)) == {(b, mug[b]) for b in BLOGS}
 
         time_passes(net)
-        d.apply_pending()  # the heal: blog 1 takes the group's values (already equal: nothing written)
+        d.apply_pending()  # the heals: each field from the member whose change was captured last
         assert settling(net) == {} and pending(net) == 0
-        assert price_values(net, mug) == [price_values(net, mug)[0]] * 3
+        assert price_values(net, mug) == [("11.00", "8.00", None, None, "8.00")] * 3
         assert price_duplicates(net, mug) == []
     finally:
         d.close()
@@ -193,8 +194,41 @@ def test_a_pass_inside_the_duplicate_window_leaves_the_saved_member_alone(wp_net
         time_passes(net)
         report, _ = sync_fields(d.config, net.engine, {"price": PriceGroup()}, skus=["MUG"])
         assert report.problems == []
-        # blog 2 is the configured authority: its values everywhere (WooCommerce's 11.00 on blog 1 too)
-        assert [v[:2] for v in price_values(net, mug)] == [("9.50", "7.00")] * 3
+        # blog 2 is the configured authority: its values everywhere (WooCommerce's 11.00 on blog 1
+        # too), with the _price each blog derives (blog 2's own is its shop's business)
+        assert [v[:4] for v in price_values(net, mug)] == [("9.50", "7.00", None, None)] * 3
+        assert [price_values(net, mug)[i][4] for i in (0, 2)] == ["7.00"] * 2
+        assert price_duplicates(net, mug) == []
+    finally:
+        d.close()
+
+
+def test_scheduled_pass_after_every_statement_of_a_price_save(wp_network):
+    """A pass (configured authority: blog 2, whose sale price appears inside the duplicate window)
+    after every statement: it never inserts into blog 1 while its save runs, and WooCommerce's
+    INSERT stays the only _sale_price row; once the save has settled a pass makes the group equal."""
+    from syncd.fields.manual import sync_fields
+
+    net = wp_network
+    mug = ids(net, "MUG")
+    d = make_daemon(net, fields={"price": "scheduled", "schedule": {"authority": "2"}}, sync=SETTLE)
+
+    def act(st: Any) -> None:
+        if st.index == 62:
+            shop_inserts(net, 2, mug[2], "_sale_price", "7.00")
+        sync_fields(d.config, net.engine, {"price": PriceGroup()}, skus=["MUG"])
+
+    try:
+        with Replay(net, "09-price-save", now=True) as replay:
+            replay.run(between=act)
+        assert price_duplicates(net, mug) == []
+        # Blog 1 was left alone while its save ran: WooCommerce's rows, consistent (_price 8.00).
+        assert price_values(net, mug)[0] == ("11.00", "8.00", None, None, "8.00")
+        time_passes(net)
+        report, _ = sync_fields(d.config, net.engine, {"price": PriceGroup()}, skus=["MUG"])
+        assert report.problems == []
+        assert [v[:4] for v in price_values(net, mug)] == [("9.50", "7.00", None, None)] * 3
+        assert [price_values(net, mug)[i][4] for i in (0, 2)] == ["7.00"] * 2
         assert price_duplicates(net, mug) == []
     finally:
         d.close()
@@ -309,10 +343,10 @@ def test_realtime_field_history_rows_are_shown_by_history_field(wp_network):
         d.close()
 
 
-# -- term relationships obey the same rule; updates of existing rows do not wait ---------------
+# -- every group obeys it: term relationships, posts columns -----------------------------------
 
 
-def test_a_category_is_not_added_to_a_product_being_saved_but_a_title_is_written(wp_network):
+def test_no_field_group_is_written_into_a_product_being_saved_until_it_settles(wp_network):
     from syncd.fields.content import ContentGroup
     from syncd.fields.terms import TaxonomyGroup
     from tests.integration.fields_helpers import realtime_daemon
@@ -333,6 +367,7 @@ def test_a_category_is_not_added_to_a_product_being_saved_but_a_title_is_written
             return TaxonomyGroup().read(c, blog, [mug[b]])[mug[b]]["terms:product_cat"] or ()
 
     try:
+        old_title = _title(net, 2, mug[2])
         with net.engine.connect() as c:  # a WooCommerce save of blog 2's MUG has just begun
             c.exec_driver_sql(
                 f"UPDATE {net.table(2, 'posts')} SET post_modified_gmt = UTC_TIMESTAMP() WHERE ID = {mug[2]}"
@@ -341,13 +376,16 @@ def test_a_category_is_not_added_to_a_product_being_saved_but_a_title_is_written
             c.commit()
         _add_category(net, 1, mug[1], "kitchen")
         d.apply_pending()
-        assert [_title(net, b, mug[b]) for b in BLOGS] == ["Mug, 2"] * 3  # an existing row: written
-        assert "kitchen" in categories(3) and "kitchen" not in categories(2)  # a new relationship: not
+        # Blog 3 takes both groups in one batch (the first group's save of it is syncd's own,
+        # made after the in-flight check); blog 2 takes neither while its save may run.
+        assert _title(net, 3, mug[3]) == "Mug, 2" and "kitchen" in categories(3)
+        assert _title(net, 2, mug[2]) == old_title and "kitchen" not in categories(2)
         assert settling(net) == {(2, mug[2]): "heal"}
-        skipped = [h for h in field_history(net, "taxonomy") if h[0] == "skipped"]
-        assert [(h[1], h[2]) for h in skipped] == [(2, "terms:product_cat")]
+        skipped = sorted((h[1], h[2]) for g in groups for h in field_history(net, g) if h[0] == "skipped")
+        assert skipped == [(2, "post:post_title"), (2, "terms:product_cat")]
         time_passes(net)
         d.apply_pending()
-        assert settling(net) == {} and "kitchen" in categories(2)
+        assert settling(net) == {}
+        assert _title(net, 2, mug[2]) == "Mug, 2" and "kitchen" in categories(2)
     finally:
         d.close()
