@@ -123,7 +123,7 @@ class Applier:
         #: Realtime field groups (issue 10): their changes are registers planned by
         #: plan.plan_fields and written by syncd.fields.writer after the stock writes.
         self.fields = fields
-        self.field_writer = FieldWriter(fields, settle_seconds) if fields is not None else None
+        self.field_writer = FieldWriter(fields, settle_seconds, base_prefix) if fields is not None else None
         self.field_keys = fields.index() if fields is not None else {}
         # None: syncd.derived.refresh_many, every blog's derived step in two round trips; a
         # given function (tests, benchmarks) is called per blog like refresh_products.

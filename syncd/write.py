@@ -450,20 +450,24 @@ def saved_recently(conn: sa.Connection, blog: Blog, post_ids: Sequence[int], set
 def recently_saved(
     conn: sa.Connection, blog: Blog, post_ids: Sequence[int], settle_seconds: float
 ) -> set[int]:
-    """Which of ``post_ids`` were saved within ``settle_seconds`` (see :func:`saved_recently`).
-    ``post_modified_gmt`` is PHP's clock: a few seconds ahead of the server's still counts as now;
-    more than :data:`FUTURE_SAVE` ahead is a misconfigured clock or imported data, not a save."""
+    """Which of ``post_ids`` were saved within ``settle_seconds`` (see :func:`saved_recently`)."""
     if settle_seconds <= 0 or not post_ids:
         return set()
-    return {
-        int(r[0])
-        for r in conn.exec_driver_sql(
-            f"SELECT ID FROM {table(blog.prefix, 'posts')} WHERE ID IN ({_marks(len(post_ids))}) "
-            "AND post_modified_gmt > UTC_TIMESTAMP() - INTERVAL %s MICROSECOND "
-            "AND post_modified_gmt < UTC_TIMESTAMP() + INTERVAL %s SECOND",
-            (*post_ids, int(settle_seconds * 1_000_000), FUTURE_SAVE),
-        )
-    }
+    return {int(r[0]) for r in conn.exec_driver_sql(*recently_saved_sql(blog, post_ids, settle_seconds))}
+
+
+def recently_saved_sql(
+    blog: Blog, post_ids: Sequence[int], settle_seconds: float
+) -> tuple[str, tuple[Any, ...]]:
+    """``SELECT ID`` of the ``post_ids`` saved within ``settle_seconds``. ``post_modified_gmt`` is
+    PHP's clock: a few seconds ahead of the server's still counts as now; more than
+    :data:`FUTURE_SAVE` ahead is a misconfigured clock or imported data, not a save."""
+    return (
+        f"SELECT ID FROM {table(blog.prefix, 'posts')} WHERE ID IN ({_marks(len(post_ids))}) "
+        "AND post_modified_gmt > UTC_TIMESTAMP() - INTERVAL %s MICROSECOND "
+        "AND post_modified_gmt < UTC_TIMESTAMP() + INTERVAL %s SECOND",
+        (*post_ids, int(settle_seconds * 1_000_000), FUTURE_SAVE),
+    )
 
 
 class MemberSkipped(Exception):

@@ -17,19 +17,21 @@ variable parent's ``_price`` rows, lookup rows, term relationships):
   for one of these, writing nothing: the caller skips that member for that group and has it
   healed once it has settled (realtime), or leaves it to the next pass.
 
-A product syncd itself saved moments ago counts too (``post_modified_gmt`` cannot tell the two
-apart): its field copy waits for the heal, ``settle_seconds`` later.
+A product whose latest save is syncd's own (its history shows the write) is not waited for
+(:func:`in_flight_sql`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
+from syncd.db import run_many, table
 from syncd.fields.group import FieldGroup, Problem, Target, Values
 from syncd.network import Blog
-from syncd.write import recently_saved
+from syncd.write import recently_saved_sql
 
 Key = tuple[int, int]
 
@@ -46,15 +48,39 @@ def posts_of(target: Target) -> list[int]:
 
 
 def recent(
-    conn: sa.Connection, posts: Mapping[int, Iterable[int]], blogs: Mapping[int, Blog], settle_seconds: float
+    conn: sa.Connection,
+    base_prefix: str,
+    posts: Mapping[int, Iterable[int]],
+    blogs: Mapping[int, Blog],
+    settle_seconds: float,
 ) -> set[Key]:
-    """Which of these products (blog -> post ids, parents included) were saved within
-    ``settle_seconds``: one read per blog, before the caller writes anything."""
-    out: set[Key] = set()
-    for b, ids in sorted(posts.items()):
-        if b in blogs:
-            out |= {(b, p) for p in recently_saved(conn, blogs[b], sorted(set(ids)), settle_seconds)}
-    return out
+    """Which of these products (blog -> post ids, parents included) may have a WooCommerce save
+    in flight: every blog in one round trip, before the caller writes anything."""
+    if settle_seconds <= 0:
+        return set()
+    jobs = [(b, sorted(set(ids))) for b, ids in sorted(posts.items()) if b in blogs]
+    jobs = [(b, ids) for b, ids in jobs if ids]
+    results = run_many(conn, [in_flight_sql(base_prefix, blogs[b], ids, settle_seconds) for b, ids in jobs])
+    return {(b, int(r[0])) for (b, _), rows in zip(jobs, results, strict=True) for r in rows.rows}
+
+
+def in_flight_sql(
+    base_prefix: str, blog: Blog, post_ids: Sequence[int], settle_seconds: float
+) -> tuple[str, tuple[Any, ...]]:
+    """The ``post_ids`` saved within ``settle_seconds`` (:func:`syncd.write.recently_saved_sql`)
+    whose latest save is not syncd's own: syncd saves every member it writes, and a product it
+    keeps writing (one that sells every few seconds) would otherwise never take a field value.
+    Its own save is recognised by a history row of its write (``copy``, ``field``) applied at or
+    after the save's ``post_modified_gmt`` (whole seconds: a WooCommerce save that starts later
+    within that same second is not told apart)."""
+    sql, params = recently_saved_sql(blog, post_ids, settle_seconds)
+    posts = table(blog.prefix, "posts")
+    return (
+        f"{sql} AND NOT EXISTS (SELECT 1 FROM {table(base_prefix, 'syncd_history')} h "
+        f"WHERE h.applied_at >= {posts}.post_modified_gmt AND h.blog_id = %s AND h.post_id = {posts}.ID "
+        "AND h.role IN ('copy', 'field'))",
+        (*params, blog.blog_id),
+    )
 
 
 def write_settled(

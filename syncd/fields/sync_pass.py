@@ -491,7 +491,7 @@ class FieldPass:
             posts.setdefault(m.blog_id, set()).update(
                 [m.post_id, m.parent_id] if m.parent_id else [m.post_id]
             )
-        return recent(conn, posts, self.scope.blogs, self.config.sync.settle_seconds)
+        return recent(conn, self.scope.base, posts, self.scope.blogs, self.config.sync.settle_seconds)
 
     def _sync_one(
         self,

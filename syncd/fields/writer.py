@@ -69,8 +69,11 @@ class JoinSources:
 class FieldWriter:
     """Writes planned field values on the blogs of one network."""
 
-    def __init__(self, realtime: RealtimeFields, settle_seconds: float = 0.0) -> None:
+    def __init__(
+        self, realtime: RealtimeFields, settle_seconds: float = 0.0, base_prefix: str = "wp_"
+    ) -> None:
         self.realtime = realtime
+        self.base_prefix = base_prefix  # {base}syncd_history: syncd's own saves (inflight.in_flight_sql)
         #: A product saved less than this ago may have a save in flight: no row is inserted into it.
         self.settle_seconds = settle_seconds
         #: The products (and parents) of this write step saved within ``settle_seconds`` before it
@@ -188,7 +191,7 @@ class FieldWriter:
             posts.setdefault(b, set()).update(
                 [p, row.parent_id] if row is not None and row.parent_id else [p]
             )
-        return recent(conn, posts, blogs, self.settle_seconds)
+        return recent(conn, self.base_prefix, posts, blogs, self.settle_seconds)
 
     def _read(
         self, conn: sa.Connection, writes: Sequence[FieldWrite], blogs: Mapping[int, Blog]
