@@ -10,8 +10,9 @@ WooCommerce derives from it on that blog, inside a savepoint (an error skips tha
 History: a ``copy`` row per field written, a ``skipped`` row per field left alone, with the reason
 (``field_group`` set, so ``syncd history --field GROUP`` shows them).
 
-No write inserts a row into a product WooCommerce saved less than ``settle_seconds`` ago
-(:mod:`syncd.fields.inflight`): that member is skipped for that group and recorded to be healed
+Nothing is written into a product a WooCommerce save may still be writing (saved less than
+``settle_seconds`` ago, not by syncd: :mod:`syncd.fields.inflight`): that member is skipped for
+that group and recorded to be healed
 (:mod:`syncd.settle`, kind ``heal``), which gives it the group's values once it has settled
 (:meth:`FieldWriter.join`, also how a joining product takes them).
 """
@@ -74,7 +75,7 @@ class FieldWriter:
     ) -> None:
         self.realtime = realtime
         self.base_prefix = base_prefix  # {base}syncd_history: syncd's own saves (inflight.in_flight_sql)
-        #: A product saved less than this ago may have a save in flight: no row is inserted into it.
+        #: A product saved less than this ago may have a save in flight: no field is written into it.
         self.settle_seconds = settle_seconds
         #: The products (and parents) of this write step saved within ``settle_seconds`` before it
         #: wrote anything (:func:`syncd.fields.inflight.recent`).
