@@ -207,6 +207,11 @@ class BenchServer(PrivateServer):
         return super()._command() + self.extra_options
 
 
+#: A server that writes a binary log in ROW format (as a primary with replicas does): the daemon
+#: then follows it to wake up (syncd.wake) instead of polling.
+BINLOG_OPTIONS = ("--log-bin=binlog", "--binlog-format=ROW", "--server-id=1")
+
+
 def start_server(buffer_pool: str = "256M", extra: Sequence[str] = ()) -> BenchServer:
     server = BenchServer(extra_options=[f"--innodb_buffer_pool_size={buffer_pool}", *extra])
     server.start()
@@ -668,7 +673,9 @@ class PacedWriters:
         blogs: Sequence[int],
         seed: int = 1,
         tag: Any = None,
+        first_sku: int = 1,
     ) -> None:
+        """SKUs ``first_sku .. first_sku + skus - 1``."""
         import random
 
         self.net, self.rate, self.duration, self.tag = net, rate, duration, tag
@@ -682,6 +689,7 @@ class PacedWriters:
             sku = rnd.randrange(1, skus // self.threads + 1) * self.threads - k
             if sku < 1:
                 sku += self.threads
+            sku += first_sku - 1
             blog = rnd.choice(list(blogs))
             self.plan[k].append((i, blog, product_id(blog, sku)))
         self.writes: list[list[Write]] = [[] for _ in range(self.threads)]

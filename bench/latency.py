@@ -44,6 +44,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
+    BINLOG_OPTIONS,
     CpuMeter,
     DaemonProcess,
     PacedWriters,
@@ -79,7 +80,7 @@ def run(args: Any) -> dict[str, Any]:
     blogs_list = [int(x) for x in args.blogs.split(",")]
     rates = [float(x) for x in args.rates.split(",")]
     skus = args.skus or (500 if args.quick else 2000)
-    server = start_server()
+    server = start_server(extra=BINLOG_OPTIONS if args.binlog else ())
     results: list[dict[str, Any]] = []
     idle_cpu: dict[int | str, dict[str, float]] = {}
     variants: list[dict[str, str]] = [{}]
@@ -104,6 +105,7 @@ def run(args: Any) -> dict[str, Any]:
     return {
         "benchmark": "latency",
         "refresh": refresh,
+        "binlog": args.binlog,
         "machine": machine(),
         "server": server.version,
         "skus": skus,
@@ -197,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--skus", type=int, default=0, help="SKUs per blog (default 2000, quick 500)")
     p.add_argument("--drain-timeout", type=float, default=60.0)
+    p.add_argument(
+        "--binlog", action="store_true", help="the server writes a ROW binary log (the daemon follows it)"
+    )
     p.add_argument(
         "--idle", type=float, default=0.0, help="seconds of idle daemon measured first (default 5, quick 1)"
     )

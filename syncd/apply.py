@@ -417,6 +417,9 @@ class Applier:
         involved = sorted({m.key for m in group if m.state == "linked"} | {key})
         self.step("settle_lock")
         rows = self.lock(conn, [(blogs[b], p) for b, p in sorted(by_blog(involved).items())])
+        if self.poll_mode:  # shop writes the poller has not seen yet are queued: the join waits for them
+            for b in sorted({k[0] for k in involved}):
+                self.poll_capture(conn, blogs[b])
         current = settle.lock(conn, self.base, item)
         if current is None:
             return "dropped"
@@ -506,6 +509,8 @@ class Applier:
         if any(h.key == key for h in heals):  # its own derived step failed: again once settled
             settle.postpone(conn, self.base, item, heals[0].reason)
             return "postponed"
+        if self.poll_mode:  # the snapshot takes the join's own writes: never seen as a shop's
+            self.poll_advance(conn, blogs)
         settle.record(conn, self.base, heals + result.settling)
         if item.kind == settle.JOIN or not any(r.key == key for r in result.settling):
             settle.remove(conn, self.base, item)  # else: a heal whose fields wait (restarted above)

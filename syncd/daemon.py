@@ -46,16 +46,17 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from syncd import capture, catalog, fanout, queue, record, schema, settle
+from syncd import capture, catalog, fanout, queue, record, schema, settle, wake
 from syncd import signals as early_signals
 from syncd.apply import Applier, BatchConflict, BatchExtend, BatchResult
 from syncd.config import Config, ConfigError, load_config
-from syncd.db import errno_of, is_disconnect, is_retryable, table
+from syncd.db import errno_of, is_disconnect, is_retryable, server_info, table
 from syncd.fields import realtime
 from syncd.fields.group import FieldGroup
 from syncd.network import Blog, NotMultisiteError
 from syncd.notify import notify, watchdog_interval
 from syncd.plan import Change, format_quantity
+from syncd.probe import IdleProbe
 
 log = structlog.get_logger("syncd.daemon")
 
@@ -64,6 +65,8 @@ log = structlog.get_logger("syncd.daemon")
 PRIVILEGE_ERRORS = frozenset({1044, 1142, 1227, 1419, 1370})
 #: How often an idle loop looks for settled products to join (syncd.settle): a cheap indexed read.
 SETTLE_EVERY = 0.1
+#: Bulk work goes on in short batches for this long after sales last went ahead of it.
+SALES_RECENT_S = 2.0
 
 EXIT_OK = 0
 EXIT_FATAL = 1
@@ -152,6 +155,11 @@ class Daemon:
         self._watchdog_every = watchdog_interval()  # None outside systemd / without WatchdogSec
         self._last_ping = 0.0
         self._reload = threading.Event()  # set by SIGHUP, served by the main or standby loop
+        self._probe: IdleProbe | None = None  # the idle loop's one-round-trip probe
+        self._wake: wake.BinlogWake | None = None  # wakes the idle loop from the binary log
+        self._poll_until = 0.0  # after a wake: poll every idle_wait until then
+        self._went_ahead = False  # the last batch was fetched ahead of bulk work (queue.fetch_lanes)
+        self._ahead_at = -1e9  # when a batch last went ahead of bulk work
         self.metrics: Any = None  # syncd.metrics.Metrics when [metrics] listen is set
         self._realtime: tuple[Config, dict[str, FieldGroup]] | None = None  # see realtime_groups
 
@@ -269,6 +277,8 @@ class Daemon:
         if not self.stop.is_set():
             notify("STOPPING=1", "STATUS=stopping: finishing the batch in flight")
         self.stop.set()
+        if self._wake is not None:
+            self._wake.event.set()  # end an idle wait at once
 
     def request_reload(self) -> None:
         """Ask the running loop to re-read the configuration (the SIGHUP handler calls this)."""
@@ -360,6 +370,12 @@ class Daemon:
                 self._lock_conn.close()
             except Exception:  # noqa: BLE001 - the server releases it when the connection closes anyway
                 pass
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+        if self._wake is not None:
+            self._wake.close()
+            self._wake = None
         for engine in (self._apply_engine, self._admin_engine):
             if engine is not None:
                 engine.dispose()
@@ -576,7 +592,11 @@ class Daemon:
                     self._note_error("members_refresh_failed", exc, blog=blog_id)
             if gone or initial:
                 # At start too: members of a blog excluded (or gone) since the last run are forgotten.
-                catalog.drop_blog_members(conn, self.base, usable)
+                # A blog that is only not served now (archived, spam, flagged deleted, WooCommerce
+                # off) keeps its members: its changes are held meanwhile, and a product it renamed
+                # or sold must find its group again when it is back, not join as a new product.
+                present = {b.blog_id for b in network.blogs} | {b.blog_id for b in network.skipped}
+                catalog.drop_blog_members(conn, self.base, {b for b in present if self._blog_selected(b)})
                 conn.commit()
             self._settle_queue(conn, network, usable)
             if gone:
@@ -944,6 +964,8 @@ class Daemon:
         conn: sa.Connection | None = None
         backoff = _Backoff()
         lost_at: float | None = None  # when the apply connection was lost (None: not lost)
+        idle = False  # the last look found nothing: the next one is the one-round-trip probe
+        self._start_wake()
         while not self.stop.is_set():
             now = time.monotonic()
             self._ping_watchdog()
@@ -973,16 +995,20 @@ class Daemon:
                         log.info("reconnected", down_s=round(time.monotonic() - lost_at, 3))
                         lost_at = None
                     self._heartbeat_now()  # `syncd status` sees the new connection at once
-                applied = self.process_once(conn)
-                if not applied and now - last_settle >= SETTLE_EVERY:
-                    last_settle = now
-                    applied = self.settle_due(conn)
+                settle_time = now - last_settle >= SETTLE_EVERY
+                if idle and self._wake is not None:
+                    self._wake.event.clear()  # before looking: a commit from now on wakes the wait
+                if idle and not self._work_waiting(settle_time):
+                    applied = 0  # one autocommit round trip found nothing (syncd.probe)
+                else:
+                    applied = self.process_once(conn)
+                    if not applied and settle_time:
+                        last_settle = now
+                        applied = self.settle_due(conn)
+                idle = not applied
                 backoff.reset()
                 if not applied:
-                    idle = self.config.sync.idle_wait
-                    if self.capture_mode == "poll":
-                        idle = max(idle, min(0.1, self.config.capture.poll_interval))
-                    self.stop.wait(idle)
+                    self._wait_idle()
             except Exception as exc:  # noqa: BLE001 - classified below; the daemon stays up
                 if conn is not None and (is_disconnect(exc) or not is_retryable(exc)):
                     _discard(conn)
@@ -997,19 +1023,68 @@ class Daemon:
         if conn is not None:
             conn.close()
 
+    def _start_wake(self) -> None:
+        """Follow the binary log to wake the idle loop where it can (syncd.wake); else poll."""
+        if self._wake is not None or self.capture_mode == "poll":
+            return
+        assert self._admin_engine is not None
+        try:
+            with self._admin_engine.connect() as conn:
+                why = wake.unavailable(conn)
+                flavor = server_info(conn)["flavor"]
+        except sa.exc.DBAPIError as exc:
+            why = f"cannot tell: {str(exc)[:100]}"
+        if why is not None:
+            log.info("binlog_wake_off", reason=why, idle_wait=self.config.sync.idle_wait)
+            return
+        self._wake = wake.BinlogWake(self.config.database.url, self.base, mariadb=flavor == "mariadb")
+        self._wake.start()
+
+    def _wait_idle(self) -> None:
+        """Nothing to do: wait for a commit of a change row (binary log), else ``idle_wait``."""
+        w = self._wake
+        if self.capture_mode == "poll":
+            self.stop.wait(max(self.config.sync.idle_wait, min(0.1, self.config.capture.poll_interval)))
+        elif w is None or not w.following.is_set() or time.monotonic() < self._poll_until:
+            self.stop.wait(self.config.sync.idle_wait)
+        elif w.wait(wake.FALLBACK_S):
+            self._poll_until = time.monotonic() + wake.AFTER_WAKE_S
+
+    def _work_waiting(self, settle_time: bool) -> bool:
+        """The idle probe (syncd.probe): a change of a served blog is queued, or it is time to
+        look at settling products and some exist."""
+        if self._probe is None:
+            assert self._admin_engine is not None
+            self._probe = IdleProbe(self._admin_engine, self.base)
+        queued, settling = self._probe.work(set(self.blogs()) - set(self.stats.held))
+        return queued or (settling and settle_time)
+
     def process_once(self, conn: sa.Connection) -> int:
         """Fetch one batch and apply it (retrying as documented). Returns the changes consumed."""
         conn.rollback()
         serving = set(self.blogs()) - set(self.stats.held)
-        changes = queue.fetch(conn, self.base, self.config.sync.batch_size, blogs=serving)
-        if not changes:
+        # Sales go ahead of bulk work every other batch at most, so an import always progresses;
+        # while sales went ahead lately, the import goes on in short batches (more are coming).
+        fetched = queue.fetch_lanes(
+            conn,
+            self.base,
+            self.config.sync.batch_size,
+            blogs=serving,
+            ahead=not self._went_ahead,
+            short=time.monotonic() - self._ahead_at < SALES_RECENT_S,
+        )
+        if not fetched.changes:
             conn.rollback()
             return 0
-        return self.apply_with_retry(conn, changes)
+        self._went_ahead = bool(fetched.passed)
+        if self._went_ahead:
+            self._ahead_at = time.monotonic()
+        return self.apply_with_retry(conn, fetched.changes, ahead=self._went_ahead)
 
-    def apply_with_retry(self, conn: sa.Connection, changes: Sequence[Change]) -> int:
+    def apply_with_retry(self, conn: sa.Connection, changes: Sequence[Change], *, ahead: bool = False) -> int:
         """Apply one unit of work, retrying by error class (syncd.queue). Returns the changes
-        consumed (applied or dead-lettered); 0 when someone else applied them or they are held."""
+        consumed (applied or dead-lettered); 0 when someone else applied them or they are held.
+        ``ahead``: the batch was fetched ahead of older bulk rows (queue.fetch_lanes)."""
         applier = self._applier()
         backoff = _Backoff()
         attempt = permanent = 0
@@ -1018,6 +1093,8 @@ class Daemon:
             self._in_batch = True
             try:
                 result = applier.apply(conn, changes)
+                if ahead:
+                    _check_ahead(conn, self.base, changes, result)
                 conn.commit()
             except BatchConflict as exc:
                 conn.rollback()
@@ -1043,7 +1120,7 @@ class Daemon:
                 if kind == queue.PERMANENT:
                     groups = queue.statement_groups(changes)
                     if len(groups) > 1:
-                        return self._isolate(conn, groups, exc)
+                        return self._isolate(conn, groups, exc, ahead=ahead)
                     permanent += 1
                     if permanent >= queue.PERMANENT_ATTEMPTS:
                         self._dead_letter(conn, changes, exc)
@@ -1088,7 +1165,14 @@ class Daemon:
                 log.warning("changes_held", blog=b, reason=why)
             self.stats.held[b] = why
 
-    def _isolate(self, conn: sa.Connection, groups: Sequence[Sequence[Change]], exc: BaseException) -> int:
+    def _isolate(
+        self,
+        conn: sa.Connection,
+        groups: Sequence[Sequence[Change]],
+        exc: BaseException,
+        *,
+        ahead: bool = False,
+    ) -> int:
         """A batch failed for a reason that is not transient: apply it statement group by
         statement group (never change by change: one statement's rows are one sale)."""
         log.error(
@@ -1098,7 +1182,7 @@ class Daemon:
             errno=errno_of(exc),
             error=str(exc)[:300],
         )
-        return sum(self.apply_with_retry(conn, g) for g in groups)
+        return sum(self.apply_with_retry(conn, g, ahead=ahead) for g in groups)
 
     def _dead_letter(self, conn: sa.Connection, changes: Sequence[Change], exc: BaseException) -> None:
         self.stats.dead += len(changes)
@@ -1217,6 +1301,16 @@ class _Backoff:
 
     def reset(self) -> None:
         self.current = 0.0
+
+
+def _check_ahead(conn: sa.Connection, base: str, changes: Sequence[Change], result: BatchResult) -> None:
+    """A batch fetched ahead of older bulk rows, still under its locks: if a product it wrote or
+    originated has an older queued row outside it, it starts again with that row (and everything
+    queued up to it, whole statement groups), so a product's changes apply in capture order."""
+    keys = {(c.blog_id, c.post_id) for c in changes} | {(h.blog_id, h.post_id) for h in result.history}
+    older = queue.passed_rows(conn, base, changes, keys)
+    if older:
+        raise BatchExtend(older)
 
 
 def _discard(conn: sa.Connection) -> None:

@@ -10,6 +10,7 @@ exclusions); rows are those of every member of its group(s), whatever SKU text e
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -134,36 +135,7 @@ def read_history(
     elif field is not None:
         cond += " AND field_group = :field"
         params["field"] = field
-    rows = conn.execute(
-        sa.text(
-            f"SELECT applied_at, captured_at, change_id, role, blog_id, post_id, sku, meta_key, old_value, new_value, "
-            f"delta, origin_blog_id, origin_post_id, note, source, field_group FROM {table(scope.base, 'syncd_history')} "
-            f"WHERE {cond} ORDER BY id"
-        ),
-        params,
-    )
-    out = [
-        Entry(
-            r[0],
-            r[1],
-            int(r[2]),
-            r[3],
-            int(r[4]),
-            int(r[5]),
-            r[6],
-            r[7],
-            r[8],
-            r[9],
-            r[10],
-            (int(r[11]), int(r[12])),
-            r[13],
-            r[14],
-            r[15],
-        )
-        for r in rows
-        if (int(r[4]), int(r[5])) in wanted
-    ]
-    out.sort(key=lambda e: (e.captured_at, e.change_id, _ROLE_ORDER.get(e.role, 9), e.blog_id, e.post_id))
+    out = _entries(conn, scope.base, cond, params, keep=lambda key: key in wanted)
     if limit > 0:
         out = out[-limit:]
     return out
@@ -304,11 +276,24 @@ def read_kept_history(
     if since is not None:
         cond += " AND applied_at >= :since"
         params["since"] = since
+    out = _entries(conn, base_prefix, cond, params)
+    return out[-limit:] if limit > 0 else out
+
+
+def _entries(
+    conn: sa.Connection,
+    base_prefix: str,
+    cond: str,
+    params: dict[str, Any],
+    keep: Callable[[tuple[int, int]], bool] | None = None,
+) -> list[Entry]:
+    """History rows matching ``cond`` (bound ``params``) whose (blog, post) ``keep`` accepts, in
+    the order a reader follows a change: captured first, then the origin before what it caused."""
     rows = conn.execute(
         sa.text(
-            f"SELECT applied_at, captured_at, change_id, role, blog_id, post_id, sku, meta_key, old_value, new_value, "
-            f"delta, origin_blog_id, origin_post_id, note FROM {table(base_prefix, 'syncd_history')} "
-            f"WHERE {cond} ORDER BY id"
+            "SELECT applied_at, captured_at, change_id, role, blog_id, post_id, sku, meta_key, old_value, new_value, "
+            "delta, origin_blog_id, origin_post_id, note, source, field_group "
+            f"FROM {table(base_prefix, 'syncd_history')} WHERE {cond} ORDER BY id"
         ),
         params,
     )
@@ -327,8 +312,11 @@ def read_kept_history(
             r[10],
             (int(r[11]), int(r[12])),
             r[13],
+            r[14],
+            r[15],
         )
         for r in rows
+        if keep is None or keep((int(r[4]), int(r[5])))
     ]
     out.sort(key=lambda e: (e.captured_at, e.change_id, _ROLE_ORDER.get(e.role, 9), e.blog_id, e.post_id))
-    return out[-limit:] if limit > 0 else out
+    return out

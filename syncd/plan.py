@@ -273,7 +273,14 @@ def plan_batch(
         if c.meta_key in MEMBERSHIP_KEYS:
             note(c, sku, "membership")
             applied[c.id] = c
-            if (
+            if c.id in superseded:  # a rename older than one its group already took
+                note(
+                    c,
+                    sku,
+                    f"{SUPERSEDED_NOTE}: change {superseded[c.id]} of its group, captured later, was applied first",
+                    "warning",
+                )
+            elif (
                 propagate_renames
                 and c.meta_key == SKU
                 and c.op == "U"

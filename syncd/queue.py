@@ -138,6 +138,135 @@ def fetch(
     return complete(conn, base_prefix, changes)
 
 
+# --------------------------------------------------------------------------- sales ahead of bulk
+#: A connection with more rows than this in one fetch window is *bulk*: an import, as one large
+#: statement or a run of autocommit statements from one connection. A WooCommerce order of 30 lines
+#: writes ~60 rows; an import thousands.
+BULK_ROWS = 100
+#: Rows that change which products are linked: a batch is never fetched ahead of them.
+MEMBERSHIP_KEYS = ("_sku", "_wp_trash_meta_status")
+#: Rows of a batch taken from the head of the queue while it holds bulk work (completed to whole
+#: statements): a sale committed while it is applied waits for that batch only.
+BULK_BATCH = 100
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A batch and, when it was fetched ahead of older bulk rows, the connections it passed.
+
+    ``passed`` non-empty: the batch holds rows captured after queued rows of those bulk
+    connections. The caller must then, under the apply step's locks, make sure that no product the
+    batch wrote or originated has an older queued row outside the batch (:func:`passed_rows`), and
+    otherwise apply the batch again with those rows (capture order per product kept)."""
+
+    changes: list[Change]
+    passed: tuple[tuple[int, int], ...] = ()
+
+
+def fetch_lanes(
+    conn: sa.Connection,
+    base_prefix: str,
+    limit: int,
+    blogs: Collection[int] | None = None,
+    *,
+    ahead: bool = True,
+    short: bool = False,
+    bulk_rows: int = BULK_ROWS,
+    bulk_batch: int = BULK_BATCH,
+) -> Fetched:
+    """Like :func:`fetch`, but small statement groups (sales) are not queued behind an import.
+
+    When the oldest ``limit`` rows hold a bulk connection (more than ``bulk_rows`` rows), the
+    batch is the oldest rows of the other connections instead (``ahead``; a connection is taken
+    whole or not at all, so each connection's order is kept; statement groups are never split).
+    Otherwise, while sales are waiting or just went ahead (``short``), the oldest ``bulk_batch``
+    rows completed to whole statements (a sale committed meanwhile waits for that short batch
+    only), and when every queued connection is bulk (an import alone, or writers on persistent
+    connections), the usual full batch. Never ahead of a queued row that changes membership
+    (``_sku``, trash marker): which products are linked must be as capture order says.
+    Per-product order is checked by the caller (``passed``)."""
+    where, params = _blog_filter(blogs)
+    head = _oldest(conn, base_prefix, where, params, limit)
+    bulk = _bulk_connections(head, bulk_rows)
+    if bulk:
+        small = _small_rows(conn, base_prefix, where, params, limit, bulk)
+        passed = tuple(sorted(bulk | _bulk_connections(small, bulk_rows)))
+        small = [c for c in small if (c.blog_id, c.conn_id) not in passed]
+        if ahead and small and not _membership_passed(conn, base_prefix, passed, max(c.id for c in small)):
+            return Fetched(complete(conn, base_prefix, small), passed)
+        if small or short:
+            return Fetched(complete(conn, base_prefix, head[: max(1, int(bulk_batch))]))
+    return Fetched(head if len(head) < int(limit) else complete(conn, base_prefix, head))
+
+
+def passed_rows(
+    conn: sa.Connection, base_prefix: str, changes: Sequence[Change], keys: Iterable[Key]
+) -> list[int]:
+    """Queued rows of ``keys`` captured before the newest row of ``changes`` and not in it: the
+    rows a batch fetched ahead of bulk work must take with it (run under the apply step's locks)."""
+    keys = sorted({(int(b), int(p)) for b, p in keys})
+    if not changes or not keys:
+        return []
+    batch = {c.id for c in changes}
+    terms = " OR ".join(["(blog_id = %s AND post_id = %s)"] * len(keys))
+    rows = conn.exec_driver_sql(
+        f"SELECT id FROM {table(base_prefix, 'syncd_change')} WHERE id < %s AND ({terms}) ORDER BY id",
+        (max(batch), *[v for k in keys for v in k]),
+    )
+    return [int(i) for (i,) in rows if int(i) not in batch]
+
+
+def _oldest(conn: sa.Connection, base_prefix: str, where: str, params: list[int], limit: int) -> list[Change]:
+    rows = conn.exec_driver_sql(
+        f"SELECT {COLS} FROM {table(base_prefix, 'syncd_change')} WHERE TRUE{where} ORDER BY id LIMIT %s",
+        (*params, int(limit)),
+    )
+    return [Change(*r) for r in rows]
+
+
+def _bulk_connections(changes: Sequence[Change], bulk_rows: int) -> set[tuple[int, int]]:
+    """(blog, conn_id) with more than ``bulk_rows`` rows among ``changes`` (conn_id 0: unknown
+    connection, its rows are groups of one and never bulk)."""
+    counts: dict[tuple[int, int], int] = {}
+    for c in changes:
+        if c.conn_id:
+            counts[(c.blog_id, c.conn_id)] = counts.get((c.blog_id, c.conn_id), 0) + 1
+    return {k for k, n in counts.items() if n > bulk_rows}
+
+
+def _small_rows(
+    conn: sa.Connection,
+    base_prefix: str,
+    where: str,
+    params: list[int],
+    limit: int,
+    bulk: set[tuple[int, int]],
+) -> list[Change]:
+    """The oldest ``limit`` rows of the connections that are not ``bulk``."""
+    pairs = sorted(bulk)
+    marks = ", ".join(["(%s, %s)"] * len(pairs))
+    rows = conn.exec_driver_sql(
+        f"SELECT {COLS} FROM {table(base_prefix, 'syncd_change')} WHERE TRUE{where} "
+        f"AND (blog_id, conn_id) NOT IN ({marks}) ORDER BY id LIMIT %s",
+        (*params, *[v for p in pairs for v in p], int(limit)),
+    )
+    return [Change(*r) for r in rows]
+
+
+def _membership_passed(
+    conn: sa.Connection, base_prefix: str, passed: Sequence[tuple[int, int]], before: int
+) -> bool:
+    """Whether a queued row of the ``passed`` connections older than ``before`` changes membership."""
+    marks = ", ".join(["(%s, %s)"] * len(passed))
+    keys = ", ".join(["%s"] * len(MEMBERSHIP_KEYS))
+    row = conn.exec_driver_sql(
+        f"SELECT 1 FROM {table(base_prefix, 'syncd_change')} WHERE id < %s "
+        f"AND (blog_id, conn_id) IN ({marks}) AND meta_key IN ({keys}) LIMIT 1",
+        (int(before), *[v for p in passed for v in p], *MEMBERSHIP_KEYS),
+    ).first()
+    return row is not None
+
+
 def complete(conn: sa.Connection, base_prefix: str, changes: Sequence[Change]) -> list[Change]:
     """``changes`` plus the other queued rows of their statements, in capture order."""
     keys = sorted({statement_key(c) for c in changes if c.conn_id}, key=lambda k: (k[0], k[1], str(k[2])))

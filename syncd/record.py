@@ -19,6 +19,7 @@ from syncd.plan import (
     FAN_OUT_NOTE,
     LOW_STOCK,
     MANAGE,
+    SKU,
     STATUS,
     STOCK,
     Change,
@@ -109,14 +110,26 @@ HISTORY_PRUNED_BEFORE = "history_pruned_before"
 
 #: Keys whose changes are last-captured-wins values (a manual ``_stock_status`` is one).
 REGISTER_KEYS = (MANAGE, BACKORDERS, LOW_STOCK, STATUS)
-#: Keys whose newest applied change is kept per group: the registers, and ``_stock`` (an
-#: importer's absolute set older than a sale already applied must not overwrite it).
-TRACKED_KEYS = (*REGISTER_KEYS, STOCK)
+#: Keys whose newest applied change is kept per group: the registers, ``_sku`` (renames), and
+#: ``_stock``: an importer's absolute set older than a sale already applied must not overwrite it.
+TRACKED_KEYS = (*REGISTER_KEYS, STOCK, SKU)
+#: The newest applied absolute ``_stock`` set per group: a sale captured before it and applied
+#: after it (a held blog's) is already part of the value it set.
+STOCK_SET_MARK = "_stock:set"
 
 
-def _tracked(c: Change) -> bool:
-    """Watched for lateness: register changes, and ``_stock`` inserts (absolute sets)."""
-    return c.meta_key in REGISTER_KEYS or (c.meta_key == STOCK and c.op == "I")
+def _is_set(c: Change) -> bool:
+    """An absolute ``_stock`` value: an inserted row (importer), or a value from SQL NULL."""
+    return c.meta_key == STOCK and (c.op == "I" or c.old_value is None)
+
+
+def _watermark(c: Change, fields: Collection[str] = ()) -> str | None:
+    """The watermark a change is checked against for lateness (None: it never is late)."""
+    if c.meta_key in REGISTER_KEYS or c.meta_key in fields or (c.meta_key == SKU and c.op == "U"):
+        return c.meta_key
+    if c.meta_key == STOCK and c.op != "D":
+        return STOCK if _is_set(c) else STOCK_SET_MARK
+    return None
 
 
 def _group_of(groups: Mapping[Key, Sequence[Member]], key: Key) -> int | None:
@@ -138,9 +151,10 @@ def superseded(
     ``fields``: the realtime field groups' change keys (registers too)."""
     asked: dict[tuple[int, str], list[Change]] = {}
     for c in changes:
-        group = _group_of(groups, c.key) if _tracked(c) or c.meta_key in fields else None
-        if group is not None:
-            asked.setdefault((group, c.meta_key), []).append(c)
+        mark = _watermark(c, fields)
+        group = _group_of(groups, c.key) if mark is not None else None
+        if group is not None and mark is not None:
+            asked.setdefault((group, mark), []).append(c)
     if not asked:
         return {}
     where = " OR ".join(["(group_id = %s AND meta_key = %s)"] * len(asked))
@@ -170,8 +184,10 @@ def advance_registers(
     newest: dict[tuple[int, str], int] = {}
 
     def take(group: int | None, c: Change) -> None:
-        if group is not None and (c.meta_key in TRACKED_KEYS or c.meta_key in fields):
-            newest[(group, c.meta_key)] = max(c.id, newest.get((group, c.meta_key), 0))
+        if group is None or (c.meta_key not in TRACKED_KEYS and c.meta_key not in fields):
+            return
+        for mark in (c.meta_key, STOCK_SET_MARK) if _is_set(c) else (c.meta_key,):
+            newest[(group, mark)] = max(c.id, newest.get((group, mark), 0))
 
     by_id = {c.id: c for c in applied}
     for c in applied:

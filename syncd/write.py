@@ -244,6 +244,7 @@ class MemberWriter:
         """
         todo: dict[int, list[tuple[MemberWrite, MetaRow]]] = {}
         seen: set[Key] = set()
+        sets = _absolute_sets(writes, rows)
         for w in writes:
             op = w.stock
             if w.registers or w.status_register is not None or op is None or op.is_set or op.is_noop:
@@ -260,9 +261,9 @@ class MemberWriter:
                 continue
             seen.add(w.key)
             todo.setdefault(w.blog_id, []).append((w, meta[0]))
-        if todo and multi_statements(conn):
+        if (todo or sets) and multi_statements(conn):
             try:
-                return self._write_stock_deltas_at_once(conn, todo, rows)
+                return self._write_stock_deltas_at_once(conn, todo, rows, sets)
             except Exception as exc:
                 if is_retryable(exc):
                     raise
@@ -295,22 +296,32 @@ class MemberWriter:
         conn: sa.Connection,
         todo: Mapping[int, list[tuple[MemberWrite, MetaRow]]],
         rows: Mapping[Key, ProductRows],
+        sets: Mapping[int, list[tuple[MemberWrite, MetaRow, str]]] | None = None,
     ) -> dict[Key, tuple[str | None, str | None]]:
         """:meth:`stock_deltas` for every blog in ONE round trip: per blog its UPDATEs
-        (one per delta) and the re-read, under a savepoint, so that a failure (not retryable)
-        can be undone as a whole and the caller can go statement by statement."""
+        (one per delta) and the re-read, and the absolute sets (:func:`_absolute_sets`, one
+        UPDATE per blog), under a savepoint, so that a failure (not retryable) can be undone as a
+        whole and the caller can go statement by statement (the sets then member by member)."""
+        sets = sets or {}
         statements: list[tuple[str, Sequence[Any]]] = [(f"SAVEPOINT {_BULK_SAVEPOINT}", ())]
         reread: list[tuple[int, int]] = []  # (blog id, index of its re-read)
-        for blog_id, items in sorted(todo.items()):
+        for blog_id in sorted({*todo, *sets}):
             pm = table(self._blogs()[blog_id].prefix, "postmeta")
-            statements += [statement for statement, _ in _delta_updates(pm, items)]
-            statements.append(_reread(pm, items))
-            reread.append((blog_id, len(statements) - 1))
+            if blog_id in sets:
+                statements += _set_updates(pm, sets[blog_id])
+            if blog_id in todo:
+                statements += [statement for statement, _ in _delta_updates(pm, todo[blog_id])]
+                statements.append(_reread(pm, todo[blog_id]))
+                reread.append((blog_id, len(statements) - 1))
         statements.append((f"RELEASE SAVEPOINT {_BULK_SAVEPOINT}", ()))
         results = run_many(conn, statements)
         done: dict[Key, tuple[str | None, str | None]] = {}
         for blog_id, i in reread:
             _record_rereads(todo[blog_id], dict(results[i].rows), rows, done)
+        for items in sets.values():
+            for w, m, target in items:
+                rows[w.key].meta[STOCK] = [MetaRow(m.meta_id, target)]
+                done[w.key] = (m.value, target)
         return done
 
     def _skip(self, result: BatchResult, w: MemberWrite, by_id: Mapping[int, Change], reason: str) -> None:
@@ -499,6 +510,45 @@ def _delta_updates(
             group,
         )
         for delta, group in sorted(by_delta.items())
+    ]
+
+
+def _absolute_sets(
+    writes: Sequence[MemberWrite], rows: Mapping[Key, ProductRows]
+) -> dict[int, list[tuple[MemberWrite, MetaRow, str]]]:
+    """Members that only receive an absolute ``_stock`` set (an importer's delete + re-add
+    propagated) into their one ``_stock`` row, per blog: (write, row, new text). Exactly what
+    :meth:`MemberWriter.member` writes for them (``set_meta``), in one UPDATE per blog instead of
+    SAVEPOINT, UPDATE, RELEASE per member (an import of 400 products on 10 blogs: 10,800 round
+    trips). Anything else (no row, several rows, registers, a join) stays member by member."""
+    out: dict[int, list[tuple[MemberWrite, MetaRow, str]]] = {}
+    seen: set[Key] = set()
+    for w in writes:
+        op = w.stock
+        if w.registers or w.status_register is not None or w.new_sku is not None or w.joined_from is not None:
+            continue
+        if op is None or not op.is_set or op.set_value is None or w.key in seen:
+            continue
+        meta = rows[w.key].meta.get(STOCK)
+        if not meta or len(meta) != 1:
+            continue
+        seen.add(w.key)
+        out.setdefault(w.blog_id, []).append((w, meta[0], format_quantity(op.set_value + op.delta)))
+    return out
+
+
+def _set_updates(pm: str, items: Sequence[tuple[MemberWrite, MetaRow, str]]) -> list[tuple[str, list[Any]]]:
+    """One ``UPDATE ... CASE meta_id`` for the absolute sets of one blog (rows already holding
+    the value are left alone, as ``set_meta`` does)."""
+    change = sorted((m.meta_id, target) for _, m, target in items if m.value != target)
+    if not change:
+        return []
+    cases = " ".join(["WHEN %s THEN %s"] * len(change))
+    return [
+        (
+            f"UPDATE {pm} SET meta_value = CASE meta_id {cases} END WHERE meta_id IN ({_marks(len(change))})",
+            [*[v for pair in change for v in pair], *[i for i, _ in change]],
+        )
     ]
 
 

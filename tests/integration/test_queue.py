@@ -366,6 +366,15 @@ def test_retry_dead_requeues_the_whole_statement_under_its_ids(wp_network):
         d.close()
 
 
+def archived(net: Any, blog_id: int, on: bool) -> None:
+    """The network admin archives a blog (or brings it back): syncd holds its changes meanwhile."""
+    with net.engine.connect() as c:
+        c.exec_driver_sql(
+            f"UPDATE {net.prefix}blogs SET archived = %s WHERE blog_id = %s", (int(on), blog_id)
+        )
+        c.commit()
+
+
 def test_path5_held_register_change_never_overwrites_a_newer_one(wp_network):
     """Last captured wins across a hold (issue 9): blog 3 (archived) switches backorders on; later,
     blog 1 switches them to 'notify'. When blog 3 is live again its held change is older than the
@@ -375,20 +384,15 @@ def test_path5_held_register_change_never_overwrites_a_newer_one(wp_network):
     net = wp_network
     ids = members(net, "TSHIRT-RED")
     d = make_daemon(net)
-    blogs_t = f"{net.prefix}blogs"
     try:
         d.apply_pending()
-        with net.engine.connect() as c:
-            c.exec_driver_sql(f"UPDATE {blogs_t} SET archived = 1 WHERE blog_id = 3")
-            c.commit()
+        archived(net, 3, True)
         set_meta(net, 3, ids[3], "_backorders", "yes")  # captured first, held
         assert d.apply_pending() == 0 and pending(net) == 1
         set_meta(net, 1, ids[1], "_backorders", "notify")  # captured later, applied now
         assert d.apply_pending() == 1
         assert meta(net, 2, ids[2], "_backorders") == "notify"
-        with net.engine.connect() as c:
-            c.exec_driver_sql(f"UPDATE {blogs_t} SET archived = 0 WHERE blog_id = 3")
-            c.commit()
+        archived(net, 3, False)
         d.discover()
         with capture_logs() as logs:
             assert d.apply_pending() == 1  # and the heal of blog 3's member (settle_seconds = 0)
@@ -442,14 +446,12 @@ def test_path5_held_import_set_keeps_the_sales_applied_before_it(wp_network):
     net = wp_network
     ids = members(net, "TSHIRT-RED")
     d = make_daemon(net)
-    blogs_t = f"{net.prefix}blogs"
     pm3 = net.table(3, "postmeta")
     try:
         d.apply_pending()
         assert quantities(net, "TSHIRT-RED") == {1: 10, 2: 10, 3: 10}
+        archived(net, 3, True)
         with net.engine.connect() as c:
-            c.exec_driver_sql(f"UPDATE {blogs_t} SET archived = 1 WHERE blog_id = 3")
-            c.commit()
             c.exec_driver_sql(f"DELETE FROM {pm3} WHERE post_id = %s AND meta_key = '_stock'", (ids[3],))
             c.commit()
             c.exec_driver_sql(
@@ -459,9 +461,7 @@ def test_path5_held_import_set_keeps_the_sales_applied_before_it(wp_network):
         assert d.apply_pending() == 0 and pending(net) == 2
         woo_decrease(net, 1, ids[1], 2)
         assert d.apply_pending() == 1
-        with net.engine.connect() as c:
-            c.exec_driver_sql(f"UPDATE {blogs_t} SET archived = 0 WHERE blog_id = 3")
-            c.commit()
+        archived(net, 3, False)
         d.discover()
         assert d.apply_pending() == 2  # and blog 3's member healed (settle_seconds = 0)
         assert quantities(net, "TSHIRT-RED") == {1: 48, 2: 48, 3: 48}
@@ -477,21 +477,38 @@ def test_path5_sku_rename_carried_while_a_blog_is_archived_reaches_it_when_back(
     net = wp_network
     ids = members(net, "MUG")
     d = make_daemon(net)
-    blogs_t = f"{net.prefix}blogs"
     try:
         d.apply_pending()
-        with net.engine.connect() as c:
-            c.exec_driver_sql(f"UPDATE {blogs_t} SET archived = 1 WHERE blog_id = 2")
-            c.commit()
+        archived(net, 2, True)
         set_meta(net, 1, ids[1], "_sku", "MUG-R1")
         assert d.apply_pending() == 1
         assert [meta(net, b, ids[b], "_sku") for b in (1, 2, 3)] == ["MUG-R1", "MUG", "MUG-R1"]
-        with net.engine.connect() as c:
-            c.exec_driver_sql(f"UPDATE {blogs_t} SET archived = 0 WHERE blog_id = 2")
-            c.commit()
+        archived(net, 2, False)
         d.discover()
         d.apply_pending()
         assert [meta(net, b, ids[b], "_sku") for b in (1, 2, 3)] == ["MUG-R1"] * 3
         assert members(net, "MUG-R1") == ids
+    finally:
+        d.close()
+
+
+def test_path5_rename_on_a_blog_archived_before_it_is_applied_is_carried_when_back(wp_network):
+    """A rename made on blog 3 just before blog 3 is archived is held; when blog 3 is back, the
+    discovery that releases it must not regroup the renamed product on its own: the held rename
+    is then carried to the group (found by the storm with an archive step)."""
+    net = wp_network
+    ids = members(net, "MUG")
+    d = make_daemon(net)
+    try:
+        d.apply_pending()
+        archived(net, 2, True)
+        set_meta(net, 3, ids[3], "_sku", "MUG-R1")
+        archived(net, 3, True)
+        assert d.apply_pending() == 0 and pending(net) == 1
+        for b in (2, 3):  # back one after the other, each released by discovery
+            archived(net, b, False)
+            d.discover()
+        d.apply_pending()
+        assert [meta(net, b, ids[b], "_sku") for b in (1, 2, 3)] == ["MUG-R1"] * 3
     finally:
         d.close()

@@ -1,0 +1,175 @@
+"""Wake the idle loop when a change row commits: follow the server's binary log.
+
+Where the binary log is on in ROW format (replicas, point-in-time recovery), the server sends
+every committed transaction to its replicas as it commits; syncd registers as one more (the way
+gh-ost and Debezium see commits, python-mysql-replication) and wakes the idle loop whenever a
+transaction wrote ``{base}syncd_change``. The idle loop then waits for that instead of asking
+the server every ``sync.idle_wait``: no round trip at all while nothing happens.
+
+The change table stays the only source of truth: the binary log decides *when* to look, never
+*what* to apply. The loop still probes once per :data:`FALLBACK_S` (a lost stream, a missed
+event); after each wake it keeps the usual ``idle_wait`` polling for :data:`AFTER_WAKE_S`
+(the event may reach syncd a moment before the commit is visible to other sessions).
+
+Off (the idle probe every ``idle_wait``, syncd.probe) when the binary log is off, not in ROW
+format (a statement-logged shop write does not show the trigger's row), or the user may not
+read it (REPLICATION SLAVE / BINLOG MONITOR); the reason is logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import zlib
+from typing import Any
+
+import pymysql
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.engine import make_url
+
+from syncd.db import errno_of, table
+
+log = structlog.get_logger("syncd.wake")
+
+#: Probe this often even without an event (a stream that died silently).
+FALLBACK_S = 1.0
+#: Errors that mean "this user may not follow the binary log": the loop polls, for good.
+REFUSED = frozenset({1044, 1045, 1142, 1227, 1370})
+#: After a wake, poll every idle_wait for this long before waiting for the binary log again.
+AFTER_WAKE_S = 0.05
+
+
+def unavailable(conn: sa.Connection) -> str | None:
+    """Why the binary log cannot wake syncd on this server (None: it can)."""
+    log_bin, fmt = conn.exec_driver_sql("SELECT @@log_bin, @@binlog_format").one()
+    conn.rollback()
+    if not int(log_bin):
+        return "binary log off"
+    if str(fmt).upper() != "ROW":
+        return f"binlog_format is {fmt}, not ROW"
+    return None
+
+
+class BinlogWake:
+    """A thread that follows the binary log and sets :attr:`event` when ``{base}syncd_change``
+    was written by a committed transaction."""
+
+    def __init__(self, url: str, base_prefix: str, *, mariadb: bool = True) -> None:
+        u = make_url(url)
+        self.mariadb = mariadb
+        self.settings: dict[str, Any] = {
+            "host": u.host or "localhost",
+            "port": int(u.port or 3306),
+            "user": u.username or "",
+            "password": u.password or "",
+        }
+        if u.query.get("unix_socket"):
+            self.settings["unix_socket"] = u.query["unix_socket"]
+        self.schema = u.database or ""
+        self.table = table(base_prefix, "syncd_change").strip("`")
+        # A replica id of its own (two daemons, a standby, must not share one).
+        self.server_id = 1_000_000 + zlib.crc32(f"{os.getpid()}:{time.time_ns()}".encode()) % 1_000_000_000
+        self.event = threading.Event()
+        self.wakes = 0  # committed transactions seen that wrote the change table
+        self.following = threading.Event()  # the stream is connected
+        self._closed = threading.Event()
+        self._stream: Any = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="syncd-binlog-wake", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop following. The thread is blocked reading the socket: shutting the socket down
+        ends that read (closing the connection from this thread would wait for it)."""
+        self._closed.set()
+        self.event.set()
+        sock = getattr(getattr(self._stream, "_stream_connection", None), "_sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(2.0)
+
+    def wait(self, timeout: float) -> bool:
+        """Until a change row committed (True), or ``timeout``."""
+        return self.event.wait(timeout)
+
+    def _run(self) -> None:
+        # The library warns at every start that it maps columns without BINLOG_ROW_METADATA=FULL;
+        # syncd reads no row data from the log (only which table a transaction wrote).
+        logging.getLogger("pymysqlreplication").setLevel(logging.ERROR)
+        delay = 0.5
+        while not self._closed.is_set():
+            try:
+                self._follow()
+                delay = 0.5
+            except Exception as exc:  # noqa: BLE001 - reconnect; meanwhile the loop polls
+                if self._closed.is_set():
+                    return
+                if errno_of(exc) in REFUSED:
+                    log.info(
+                        "binlog_wake_off", reason="the user may not read the binary log", errno=errno_of(exc)
+                    )
+                    self.following.clear()
+                    return
+                log.warning("binlog_wake_lost", error=str(exc)[:200], retry_in=delay)
+            self.following.clear()
+            self.event.set()
+            if self._closed.wait(delay):
+                return
+            delay = min(delay * 2, 30.0)
+
+    def _gtid_position(self) -> str:
+        conn = pymysql.connect(**self.settings, connect_timeout=5)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT @@gtid_binlog_pos")
+                return str(cur.fetchone()[0] or "")
+        finally:
+            conn.close()
+
+    def _follow(self) -> None:
+        from pymysqlreplication import BinLogStreamReader  # noqa: PLC0415 - only where the log is on
+        from pymysqlreplication.event import FormatDescriptionEvent, RotateEvent  # noqa: PLC0415
+        from pymysqlreplication.row_event import TableMapEvent  # noqa: PLC0415
+
+        where: dict[str, Any] = {}
+        if self.mariadb:
+            # From now on: without a GTID position the library starts MariaDB's dump at the
+            # beginning of the oldest binary log (every event of it parsed at each start).
+            where["auto_position"] = self._gtid_position()
+        self._stream = BinLogStreamReader(
+            **where,
+            connection_settings=self.settings,
+            server_id=self.server_id,
+            blocking=True,
+            resume_stream=True,
+            # Rotate / format description: sent as the stream starts (the follower is connected).
+            only_events=[TableMapEvent, RotateEvent, FormatDescriptionEvent],
+            is_mariadb=self.mariadb,
+            enable_logging=False,
+            slave_heartbeat=30,
+        )
+        log.info("binlog_wake_following", server_id=self.server_id)
+        try:
+            for ev in self._stream:
+                self.following.set()
+                if self._closed.is_set():
+                    return
+                if isinstance(ev, TableMapEvent) and ev.table == self.table and ev.schema == self.schema:
+                    self.wakes += 1
+                    self.event.set()
+        finally:
+            self.following.clear()
+            try:
+                self._stream.close()
+            except Exception:  # noqa: BLE001 - a socket shut down by close()
+                pass
