@@ -42,7 +42,7 @@ from syncd import catalog, derived, fanout, lock, poll, record, settle
 from syncd.config import BlogSettings
 from syncd.db import errno_of, guarded, is_retryable, run_many
 from syncd.fields.realtime import RealtimeFields
-from syncd.fields.writer import FieldWriter
+from syncd.fields.writer import FieldWriter, JoinSources
 from syncd.lock import ProductRows
 from syncd.network import Blog
 from syncd.plan import (
@@ -123,7 +123,7 @@ class Applier:
         #: Realtime field groups (issue 10): their changes are registers planned by
         #: plan.plan_fields and written by syncd.fields.writer after the stock writes.
         self.fields = fields
-        self.field_writer = FieldWriter(fields) if fields is not None else None
+        self.field_writer = FieldWriter(fields, settle_seconds, base_prefix) if fields is not None else None
         self.field_keys = fields.index() if fields is not None else {}
         # None: syncd.derived.refresh_many, every blog's derived step in two round trips; a
         # given function (tests, benchmarks) is called per blog like refresh_products.
@@ -291,7 +291,8 @@ class Applier:
     ) -> None:
         """Step 5 for the realtime field groups (after the stock writes, before the derived step,
         which then sees the new values), with their history: origins, copies, skips."""
-        result.history.extend(_notes_history([n for n in fields.notes if n.level == "warning"], changes))
+        warnings = [n for n in fields.notes if n.level == "warning"]
+        result.history.extend(_notes_history(warnings, changes, self.field_keys))
         if self.field_writer is None or not fields.writes:
             return
         self.field_writer.write_all(conn, fields, rows, scope.blogs, {c.id: c for c in changes}, result)
@@ -306,6 +307,7 @@ class Applier:
                 c.old_value,
                 c.new_value,
                 None,
+                field_group=self.field_keys[c.meta_key][0],
             )
             for c in fields.applied
         )
@@ -438,22 +440,46 @@ class Applier:
             delta,
             carry_sku=current.kind == settle.HEAL and self.propagate_sku_renames,
         )
-        return self._write_join(conn, current, me, authority, joined, rows, blogs, batch_id)
+        sources = self._field_sources(conn, me, linked, authority)
+        return self._write_join(conn, current, me, (authority, sources), joined, rows, blogs, batch_id)
+
+    def _field_sources(
+        self, conn: sa.Connection, me: Member, linked: Sequence[Member], authority: Member | None
+    ) -> JoinSources | None:
+        """Where a joining or healed member takes its realtime fields from: per field, the member
+        whose change its group took last; else a linked member not waiting to be healed itself
+        (lowest blog id), else the stock authority."""
+        if self.field_writer is None or not linked:
+            return None
+        behind = settle.waiting(conn, self.base, [m.key for m in linked])
+        fallback = min(
+            (m for m in linked if m.blog_id != me.blog_id and m.key not in behind),
+            key=lambda m: m.key,
+            default=authority,
+        )
+        return JoinSources(
+            fallback.key if fallback is not None else None,
+            record.register_origins(conn, self.base, me.group_id, self.field_keys.keys()),
+            frozenset(m.key for m in linked),
+        )
 
     def _write_join(
         self,
         conn: sa.Connection,
         item: settle.Settling,
         me: Member,
-        authority: Member | None,
+        authorities: tuple[Member | None, JoinSources | None],
         joined: JoinPlan,
         rows: Mapping[Key, ProductRows],
         blogs: Mapping[int, Blog],
         batch_id: int | None,
     ) -> str:
         """Write a planned join: the joiner first (if it cannot be written safely yet, nothing is
-        written and the join waits), then its own sales to the others, derived data, history."""
+        written and the join waits), then its own sales to the others, its realtime field values
+        (from the second of ``authorities``; stock and settings come from the first), derived
+        data, history."""
         key = item.key
+        authority, field_sources = authorities
         sale = Change(
             0, key[0], key[1], STOCK, "J", "0", format_quantity(item.stock_delta), item.last_change_at, 0
         )
@@ -473,6 +499,8 @@ class Applier:
             elif not self.writer.member(conn, w, rows[w.key], {0: sale}, result):
                 continue
             written.setdefault(w.blog_id, set()).add(w.post_id)
+        if self._join_fields(conn, me, field_sources, rows[key], blogs, result):
+            written.setdefault(key[0], set()).add(key[1])
         touched = {b: set(p) for b, p in written.items()}
         touched.setdefault(key[0], set()).add(key[1])
         now = datetime.now(UTC).replace(tzinfo=None)
@@ -483,8 +511,9 @@ class Applier:
             return "postponed"
         if self.poll_mode:  # the snapshot takes the join's own writes: never seen as a shop's
             self.poll_advance(conn, blogs)
-        settle.record(conn, self.base, heals)
-        settle.remove(conn, self.base, item)
+        settle.record(conn, self.base, heals + result.settling)
+        if item.kind == settle.JOIN or not any(r.key == key for r in result.settling):
+            settle.remove(conn, self.base, item)  # else: a heal whose fields wait (restarted above)
         record.write_history(conn, self.base, result.batch_id, result.history, now)
         w = joined.joiner
         log.info(
@@ -502,6 +531,22 @@ class Applier:
             rule="takes the stock and settings of the group's linked member with the lowest blog id",
         )
         return "joined" if item.kind == settle.JOIN else "healed"
+
+    def _join_fields(
+        self,
+        conn: sa.Connection,
+        me: Member,
+        sources: JoinSources | None,
+        row: ProductRows,
+        blogs: Mapping[int, Blog],
+        result: BatchResult,
+    ) -> bool:
+        """The realtime field groups' values into a joining or healed member
+        (:meth:`syncd.fields.writer.FieldWriter.join`). A group it cannot take now because a save
+        may be in flight adds a heal record to ``result.settling``. True if anything was written."""
+        if self.field_writer is None or sources is None or not row.exists:
+            return False
+        return self.field_writer.join(conn, me, sources, row, blogs, result)
 
     def _carry_sku(
         self,
@@ -641,8 +686,12 @@ class Applier:
         }
 
 
-def _notes_history(notes: Sequence[Note], changes: Sequence[Change]) -> list[HistoryRow]:
-    """A change the planner skipped (warning) is logged and recorded, with blog, post and SKU."""
+def _notes_history(
+    notes: Sequence[Note], changes: Sequence[Change], field_keys: Mapping[str, tuple[str, str]] | None = None
+) -> list[HistoryRow]:
+    """A change the planner skipped (warning) is logged and recorded, with blog, post and SKU (and
+    its field group, for a realtime field's change)."""
+    field_keys = field_keys or {}
     by_id = {c.id: c for c in changes}
     out = []
     for n in notes:
@@ -654,7 +703,17 @@ def _notes_history(notes: Sequence[Note], changes: Sequence[Change]) -> list[His
         c = by_id[n.change_id]
         out.append(
             HistoryRow(
-                c, "skipped", n.blog_id, n.post_id, n.sku, c.meta_key, None, None, None, n.reason[:255]
+                c,
+                "skipped",
+                n.blog_id,
+                n.post_id,
+                n.sku,
+                c.meta_key,
+                None,
+                None,
+                None,
+                n.reason[:255],
+                field_keys.get(c.meta_key, (None, ""))[0],
             )
         )
     return out

@@ -43,6 +43,7 @@ class HistoryRow:
     new_value: str | None
     delta: Decimal | None
     note: str | None = None
+    field_group: str | None = None  # a realtime field group's row (None: stock)
 
 
 @dataclass
@@ -71,8 +72,8 @@ def write_history(
     # writes 5,000 rows of 15 values).
     conn.exec_driver_sql(
         f"INSERT INTO {table(base_prefix, 'syncd_history')} (applied_at, batch_id, change_id, captured_at, role, "
-        "blog_id, post_id, sku, meta_key, old_value, new_value, delta, origin_blog_id, origin_post_id, note) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        "blog_id, post_id, sku, meta_key, old_value, new_value, delta, origin_blog_id, origin_post_id, note, "
+        "field_group) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         [
             (
                 now,
@@ -84,12 +85,13 @@ def write_history(
                 h.post_id,
                 (h.sku or "")[:255],
                 h.meta_key,
-                _clip(h.old_value),
-                _clip(h.new_value),
+                _clip(h.old_value) if h.field_group is None else clip_field_value(h.old_value),
+                _clip(h.new_value) if h.field_group is None else clip_field_value(h.new_value),
                 h.delta,
                 h.change.blog_id,
                 h.change.post_id,
                 h.note,
+                h.field_group,
             )
             for h in rows
         ],
@@ -202,6 +204,23 @@ def advance_registers(
         + " ON DUPLICATE KEY UPDATE change_id = GREATEST(change_id, VALUES(change_id))",
         tuple(v for (g, k), cid in sorted(newest.items()) for v in (g, k, cid)),
     )
+
+
+def register_origins(
+    conn: sa.Connection, base_prefix: str, group_id: int | None, keys: Collection[str]
+) -> dict[str, Key]:
+    """For each of ``keys`` (realtime field change keys) the member whose change the link group
+    took last (its register, and that change's ``origin`` history row): who holds the group's
+    value as realtime left it. Keys without a register (or whose history was pruned) are absent."""
+    if group_id is None or not keys:
+        return {}
+    rows = conn.exec_driver_sql(
+        f"SELECT r.meta_key, h.blog_id, h.post_id FROM {table(base_prefix, 'syncd_register')} r "
+        f"JOIN {table(base_prefix, 'syncd_history')} h ON h.change_id = r.change_id AND h.role = 'origin' "
+        f"WHERE r.group_id = %s AND r.meta_key IN ({', '.join(['%s'] * len(keys))})",
+        (group_id, *sorted(keys)),
+    ).all()
+    return {str(k): (int(b), int(p)) for k, b, p in rows}
 
 
 def late_sets(

@@ -94,6 +94,17 @@ def frozen_sql(base_prefix: str, keys: Iterable[Key]) -> tuple[str, tuple[Any, .
     )
 
 
+def waiting(conn: sa.Connection, base_prefix: str, keys: Iterable[Key]) -> set[Key]:
+    """Which of ``keys`` are settling, of any kind (joining, or behind their group until healed)."""
+    where, params = keys_where(keys)
+    return {
+        (int(b), int(p))
+        for b, p in conn.exec_driver_sql(
+            f"SELECT blog_id, post_id FROM {table(base_prefix, 'syncd_settle')} WHERE {where}", tuple(params)
+        )
+    }
+
+
 def record_sql(base_prefix: str, records: Sequence[Record]) -> tuple[str, tuple[Any, ...]]:
     """Insert or extend records: deltas add up, the newest change time wins, attempts restart."""
     rows, params = [], []

@@ -54,6 +54,8 @@ log = structlog.get_logger("syncd.write")
 #: that lacks one is being created or imported (delete + add) by a request still running, which
 #: checked for the row and will insert it: a second row would follow (syncd.settle).
 ALWAYS_PRESENT = (STOCK, MANAGE, BACKORDERS, STATUS)
+#: Seconds a ``post_modified_gmt`` ahead of the server's clock may be and still be a save now.
+FUTURE_SAVE = 3600
 #: The savepoint around the one-round-trip stock writes (a name SQLAlchemy never uses).
 _BULK_SAVEPOINT = "syncd_bulk_stock"
 
@@ -446,17 +448,37 @@ class MemberWriter:
         return True
 
     def _saved_recently(self, conn: sa.Connection, blog: Blog, post_id: int) -> bool:
-        """WooCommerce saved the product within ``settle_seconds`` (``post_modified_gmt``, which a
-        save bumps before it deletes the keys it holds empty): a save may still be in flight."""
-        if self.settle_seconds <= 0:
-            return False
-        return bool(
-            conn.exec_driver_sql(
-                f"SELECT post_modified_gmt > UTC_TIMESTAMP() - INTERVAL %s MICROSECOND "
-                f"FROM {table(blog.prefix, 'posts')} WHERE ID = %s",
-                (int(self.settle_seconds * 1_000_000), post_id),
-            ).scalar()
-        )
+        return saved_recently(conn, blog, [post_id], self.settle_seconds)
+
+
+def saved_recently(conn: sa.Connection, blog: Blog, post_ids: Sequence[int], settle_seconds: float) -> bool:
+    """WooCommerce saved one of the products within ``settle_seconds`` (``post_modified_gmt``,
+    which a save bumps before it checks and inserts meta rows): a save may still be in flight.
+    The one rule for every writer (stock here, the field groups in :mod:`syncd.fields.inflight`)."""
+    return bool(recently_saved(conn, blog, post_ids, settle_seconds))
+
+
+def recently_saved(
+    conn: sa.Connection, blog: Blog, post_ids: Sequence[int], settle_seconds: float
+) -> set[int]:
+    """Which of ``post_ids`` were saved within ``settle_seconds`` (see :func:`saved_recently`)."""
+    if settle_seconds <= 0 or not post_ids:
+        return set()
+    return {int(r[0]) for r in conn.exec_driver_sql(*recently_saved_sql(blog, post_ids, settle_seconds))}
+
+
+def recently_saved_sql(
+    blog: Blog, post_ids: Sequence[int], settle_seconds: float
+) -> tuple[str, tuple[Any, ...]]:
+    """``SELECT ID`` of the ``post_ids`` saved within ``settle_seconds``. ``post_modified_gmt`` is
+    PHP's clock: a few seconds ahead of the server's still counts as now; more than
+    :data:`FUTURE_SAVE` ahead is a misconfigured clock or imported data, not a save."""
+    return (
+        f"SELECT ID FROM {table(blog.prefix, 'posts')} WHERE ID IN ({_marks(len(post_ids))}) "
+        "AND post_modified_gmt > UTC_TIMESTAMP() - INTERVAL %s MICROSECOND "
+        "AND post_modified_gmt < UTC_TIMESTAMP() + INTERVAL %s SECOND",
+        (*post_ids, int(settle_seconds * 1_000_000), FUTURE_SAVE),
+    )
 
 
 class MemberSkipped(Exception):

@@ -17,6 +17,8 @@ Chunked like reconcile: a chunk of link groups is one short transaction that
    skips the link group when the authority's values have ``problems()``, writes each member whose
    values differ as WooCommerce reads them (``FieldGroup.write``), and records history
    (``field_group`` set; role ``field`` per field written, ``skipped`` per field left alone);
+   a member WooCommerce saved less than ``sync.settle_seconds`` ago takes no inserted row
+   (:mod:`syncd.fields.inflight`): it is left alone with that reason, and the next pass takes it;
 5. commits, or with ``dry_run`` rolls back: the preview is what a real run writes.
 """
 
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +39,7 @@ from syncd.config import Config
 from syncd.db import errno_of, is_disconnect, is_retryable, table
 from syncd.fields.checksum import BucketChecksums
 from syncd.fields.group import FieldGroup, Problem, Target, Value, Values
+from syncd.fields.inflight import SaveInFlight, recent, write_settled
 from syncd.fields.since import edited_since, known_values, read_facts
 from syncd.record import FieldHistoryRow, clip_field_value, write_field_history
 
@@ -501,6 +504,7 @@ class FieldPass:
         for m in members:
             by_group.setdefault(m.group_id, []).append(m)
         history: list[FieldHistoryRow] = []
+        saved = self._saved(conn, members)
         for name, group in self.groups.items():
             taking_part = [m for m in members if self.config.fields.takes_part(name, m.blog_id)]
             values = read_values(conn, self.scope, group, taking_part)
@@ -522,7 +526,9 @@ class FieldPass:
                         }
                     )
                     continue
-                history += self._sync_one(conn, name, group, gid, mine, values, modified, staged, known)
+                history += self._sync_one(
+                    conn, name, group, gid, mine, values, (modified, saved), staged, known
+                )
         write_field_history(
             conn,
             self.scope.base,
@@ -532,6 +538,16 @@ class FieldPass:
             self.source,
         )
 
+    def _saved(self, conn: sa.Connection, members: Sequence[Member]) -> set[Key]:
+        """The members (and parents) saved within ``sync.settle_seconds``, read before the chunk
+        writes (each group's write saves the member, as WooCommerce does)."""
+        posts: dict[int, set[int]] = {}
+        for m in members:
+            posts.setdefault(m.blog_id, set()).update(
+                [m.post_id, m.parent_id] if m.parent_id else [m.post_id]
+            )
+        return recent(conn, self.scope.base, posts, self.scope.blogs, self.config.sync.settle_seconds)
+
     def _sync_one(
         self,
         conn: sa.Connection,
@@ -540,10 +556,13 @@ class FieldPass:
         gid: int,
         members: Sequence[Member],
         values: Mapping[Key, Values],
-        modified: Mapping[Key, datetime | None],
+        times: tuple[Mapping[Key, datetime | None], Collection[Key]],
         staged: PassReport,
         known: tuple[Mapping[Key, Mapping[str, str | None]], Mapping[int, Mapping[str, str | None]]],
     ) -> list[FieldHistoryRow]:
+        """One link group of one field group. ``times``: every member's ``post_modified_gmt``, and
+        the products saved within ``sync.settle_seconds`` before the chunk wrote anything."""
+        modified, saved = times
         held, bases = known
         edited = edited_members(group, members, values, held)
         # Nobody edited since the last pass: its value is the one to keep (a member it could not
@@ -574,7 +593,12 @@ class FieldPass:
             if not fields:
                 continue
             target = Target(self.scope.blogs[m.blog_id], m.post_id, m.sku, m.post_type, m.parent_id)
-            problems = group.write(conn, target, current, wanted)
+            try:
+                problems = write_settled(
+                    conn, group, target, current, wanted, saved, self.config.sync.settle_seconds
+                )
+            except SaveInFlight as exc:  # the next pass (scheduled) or sync (manual) takes it
+                problems = [Problem(m.blog_id, m.post_id, m.sku, f, exc.reason) for f in fields]
             rows += self._record(name, gid, auth, why, m, fields, current, wanted, problems, staged)
         return rows
 

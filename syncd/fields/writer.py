@@ -7,25 +7,41 @@ every postmeta row of these products, so nothing can change under us), the wante
 the target's own with each planned field taken from its origin, a value the group calls bad
 (``problems``) skips that member for that group, and ``FieldGroup.write`` writes the rest and what
 WooCommerce derives from it on that blog, inside a savepoint (an error skips that member alone).
-History: a ``copy`` row per field written, a ``skipped`` row per field left alone, with the reason.
+History: a ``copy`` row per field written, a ``skipped`` row per field left alone, with the reason
+(``field_group`` set, so ``syncd history --field GROUP`` shows them).
+
+Nothing is written into a product a WooCommerce save may still be writing (saved less than
+``settle_seconds`` ago, not by syncd: :mod:`syncd.fields.inflight`): that member is skipped for
+that group and recorded to be healed
+(:mod:`syncd.settle`, kind ``heal``), which gives it the group's values once it has settled
+(:meth:`FieldWriter.join`, also how a joining product takes them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 import structlog
 
+from syncd import settle
 from syncd.db import errno_of, is_retryable, run_many, table
 from syncd.fields.group import FieldGroup, Target, Value, Values
+from syncd.fields.inflight import SaveInFlight, recent, write_settled
 from syncd.fields.realtime import RealtimeFields
 from syncd.lock import ProductRows
 from syncd.network import Blog
-from syncd.plan import Change, FieldPlan, FieldWrite, Key
+from syncd.plan import Change, FieldPlan, FieldWrite, Key, Member
 from syncd.record import BatchResult, HistoryRow
 
 log = structlog.get_logger("syncd.fields")
+
+
+def _canonical(group: FieldGroup, values: Values) -> Values:
+    """The values as WooCommerce reads them (``FieldGroup.canonical`` when the group has it)."""
+    canon = getattr(group, "canonical", None)
+    return canon(values) if canon is not None else values
 
 
 def text_of(value: Value) -> str | None:
@@ -33,11 +49,37 @@ def text_of(value: Value) -> str | None:
     return ",".join(value) if isinstance(value, tuple) else value
 
 
+@dataclass(frozen=True)
+class JoinSources:
+    """Where a joining or healed member takes each realtime field from: the member whose change
+    its link group took last (``newest``, by change key: :func:`syncd.record.register_origins`)
+    while it is linked and settled, else ``authority`` (a linked member not itself waiting)."""
+
+    authority: Key | None
+    newest: Mapping[str, Key]
+    linked: frozenset[Key]
+
+    def source_of(self, change_key: str, me: Key) -> Key | None:
+        """None: ``me`` holds the newest value itself (or there is nobody to take it from)."""
+        newest = self.newest.get(change_key)
+        if newest == me:
+            return None
+        return newest if newest in self.linked else self.authority
+
+
 class FieldWriter:
     """Writes planned field values on the blogs of one network."""
 
-    def __init__(self, realtime: RealtimeFields) -> None:
+    def __init__(
+        self, realtime: RealtimeFields, settle_seconds: float = 0.0, base_prefix: str = "wp_"
+    ) -> None:
         self.realtime = realtime
+        self.base_prefix = base_prefix  # {base}syncd_history: syncd's own saves (inflight.in_flight_sql)
+        #: A product saved less than this ago may have a save in flight: no field is written into it.
+        self.settle_seconds = settle_seconds
+        #: The products (and parents) of this write step saved within ``settle_seconds`` before it
+        #: wrote anything (:func:`syncd.fields.inflight.recent`).
+        self._saved: set[Key] = set()
         self.index = realtime.index()
         #: (group, field) -> the change key history records it under (``post:<column>`` etc.).
         self.keys = {v: k for k, v in self.index.items()}
@@ -77,11 +119,80 @@ class FieldWriter:
             if w.blog_id not in blogs:
                 self._skip(w, list(w.sources), f"blog {w.blog_id} cannot be written now", by_id, result)
         values = self._read(conn, writes, blogs)
+        self._saved = self._recent(conn, [(w.key, rows.get(w.key)) for w in writes], blogs)
         written: dict[int, set[int]] = {}
         for w in writes:
             if self._member(conn, w, values, rows.get(w.key), blogs[w.blog_id], by_id, result):
                 written.setdefault(w.blog_id, set()).add(w.post_id)
         return written
+
+    def join(
+        self,
+        conn: sa.Connection,
+        me: Member,
+        sources: JoinSources,
+        row: ProductRows,
+        blogs: Mapping[int, Blog],
+        result: BatchResult,
+    ) -> bool:
+        """A joining or healed member takes every realtime group's values as realtime would have
+        given them (each field from :meth:`JoinSources.source_of`): the fields that differ as
+        WooCommerce reads them; bad values and saves in flight skip that group as in a batch (a
+        save in flight: healed again once settled). True if anything was written."""
+        self._saved = self._recent(conn, [(me.key, row)], blogs)
+        written = False
+        for name, group in self.realtime.groups.items():
+            if not self.realtime.takes_part(name, me.blog_id):
+                continue
+            w, values = self._join_write(conn, me, name, group, sources, blogs)
+            if w is not None:
+                written |= self._member(conn, w, values, row, blogs[me.blog_id], {}, result)
+        return written
+
+    def _join_write(
+        self,
+        conn: sa.Connection,
+        me: Member,
+        name: str,
+        group: FieldGroup,
+        sources: JoinSources,
+        blogs: Mapping[int, Blog],
+    ) -> tuple[FieldWrite | None, dict[tuple[int, str], dict[int, Values]]]:
+        """The planned write of one group into a joining member, with the values it reads."""
+        mine = group.read(conn, blogs[me.blog_id], [me.post_id]).get(me.post_id)
+        if mine is None:
+            return None, {}
+        take = {f: sources.source_of(self._key(name, f), me.key) for f in mine}
+        take = {f: k for f, k in take.items() if k and k[0] in blogs and self.realtime.takes_part(name, k[0])}
+        values: dict[tuple[int, str], dict[int, Values]] = {(me.blog_id, name): {me.post_id: mine}}
+        posts: dict[int, set[int]] = {}
+        for b, p in take.values():
+            posts.setdefault(b, set()).add(p)
+        for b, ids in sorted(posts.items()):
+            values.setdefault((b, name), {}).update(group.read(conn, blogs[b], sorted(ids)))
+        have = _canonical(group, mine)
+        differing = {
+            f: k
+            for f, k in take.items()
+            if k[1] in values[(k[0], name)]
+            and _canonical(group, values[(k[0], name)][k[1]]).get(f) != have.get(f)
+        }
+        if not differing:
+            return None, values
+        return FieldWrite(me.blog_id, me.post_id, me.sku, name, differing, []), values
+
+    def _recent(
+        self,
+        conn: sa.Connection,
+        targets: Sequence[tuple[Key, ProductRows | None]],
+        blogs: Mapping[int, Blog],
+    ) -> set[Key]:
+        posts: dict[int, set[int]] = {}
+        for (b, p), row in targets:
+            posts.setdefault(b, set()).update(
+                [p, row.parent_id] if row is not None and row.parent_id else [p]
+            )
+        return recent(conn, self.base_prefix, posts, blogs, self.settle_seconds)
 
     def _read(
         self, conn: sa.Connection, writes: Sequence[FieldWrite], blogs: Mapping[int, Blog]
@@ -142,6 +253,7 @@ class FieldWriter:
                         text_of(have.get(name)),
                         text_of(wanted[name]),
                         None,
+                        field_group=w.group,
                     )
                 )
         result.writes += 1
@@ -164,8 +276,13 @@ class FieldWriter:
         target = Target(blog, w.post_id, w.sku, row.post_type or "product", row.parent_id)
         sp = conn.begin_nested()
         try:
-            problems = group.write(conn, target, have, wanted)
+            problems = write_settled(conn, group, target, have, wanted, self._saved, self.settle_seconds)
             sp.commit()
+        except SaveInFlight as exc:
+            sp.rollback()
+            self._skip(w, list(w.sources), exc.reason, by_id, result)
+            result.settling.append(settle.Record(w.blog_id, w.post_id, settle.HEAL, reason=exc.reason))
+            return None
         except Exception as exc:
             if is_retryable(exc):
                 raise
@@ -207,6 +324,7 @@ class FieldWriter:
                     None,
                     None,
                     reason[:255],
+                    field_group=w.group,
                 )
             )
 
@@ -217,7 +335,10 @@ class FieldWriter:
             for i in w.change_ids
             if i in by_id and self.index.get(by_id[i].meta_key, ("", ""))[1] == name
         ]
-        return max(mine, key=lambda c: c.id)
+        if mine:
+            return max(mine, key=lambda c: c.id)
+        b, p = w.sources[name]  # a join or heal: the member the value comes from
+        return Change(0, b, p, self._key(w.group, name), "J", None, None, None, 0)
 
     def _key(self, group: str, name: str) -> str:
         """History's meta_key for a field: its change key (``post:<column>`` for a posts column)."""

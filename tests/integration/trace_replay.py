@@ -83,16 +83,30 @@ def with_post_id(sql: str, post_id: int) -> str:
     return f"{head}(`ID`, {rest[:values_at]}{int(post_id)}, {rest[values_at:]}"
 
 
-class Replay:
-    """A trace replayed on the test network (``net``, the recorded baseline the trace ran on)."""
+#: A save's ``UPDATE posts SET post_modified = '...', post_modified_gmt = '...'`` (as logged).
+_MODIFIED = re.compile(r"(`post_modified(?:_gmt)?` = )'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d'")
 
-    def __init__(self, net: Any, name: str) -> None:
+
+def saved_now(sql: str) -> str:
+    """The statement with the save's modification time as the server's now (the recording's own
+    time is hours old: a replayed save must look as recent as it was when WooCommerce sent it;
+    the test network's blogs run on UTC, as the recording's did)."""
+    return _MODIFIED.sub(r"\1UTC_TIMESTAMP()", sql) if sql.startswith("UPDATE") else sql
+
+
+class Replay:
+    """A trace replayed on the test network (``net``, the recorded baseline the trace ran on).
+    ``now``: a save's ``post_modified`` is sent as the server's current time (:func:`saved_now`)."""
+
+    def __init__(self, net: Any, name: str, *, now: bool = False) -> None:
         self.trace = load(name)
         self.todo = statements(self.trace)
         self._net = net
         self._conns: dict[int, Any] = {}
         ids = new_post_ids(self.trace)  # new posts get the ids the trace's later statements use
         self.todo = [Statement(s.index, s.conn, s.kind, with_post_id(s.sql, ids[s.index])) if s.index in ids else s for s in self.todo]
+        if now:
+            self.todo = [Statement(s.index, s.conn, s.kind, saved_now(s.sql)) for s in self.todo]
 
     def _conn(self, n: int) -> Any:
         if n not in self._conns:
