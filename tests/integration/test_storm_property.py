@@ -38,7 +38,7 @@ class SimulatedCrash(BaseException):
 
 
 blog = st.integers(1, 3)
-ops = st.one_of(
+OPS = (
     st.tuples(st.just("sale"), st.sampled_from(SKUS), blog, st.integers(1, 3)),
     st.tuples(st.just("set"), st.sampled_from(SKUS), blog, st.integers(0, 20)),
     st.tuples(st.just("backorders"), st.sampled_from(SKUS), blog, st.sampled_from(["no", "notify", "yes"])),
@@ -52,6 +52,7 @@ ops = st.one_of(
     st.tuples(st.just("settle"), st.sampled_from([None, "settle_lock"])),
     st.tuples(st.just("archive"), st.integers(2, 3)),
 )
+ops = st.one_of(*OPS)
 
 
 @dataclass
@@ -279,7 +280,7 @@ def test_storm_of_shop_writes_with_the_daemon_killed_at_random_steps_converges(
 # from independent writes there (README, Capture modes), so the BOOK operations are left out.
 # Archiving is left out too: in poll mode a SKU rename carried while two blogs are archived does
 # not reach them once they are back (found by this storm, not fixed yet: issue 9 note).
-poll_ops = ops.filter(lambda op: not op[0].startswith("book_") and op[0] != "archive")
+poll_ops = st.one_of(*(OPS[i] for i in (0, 1, 2, 3, 6, 7, 8, 9, 10)))  # no book_sale, book_set, archive
 
 
 @settings(
