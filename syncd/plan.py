@@ -51,6 +51,12 @@ MEMBERSHIP_KEYS = (SKU, TRASH_MARK)
 Key = tuple[int, int]  # (blog_id, post_id)
 
 
+def member_of(groups: Mapping[Key, Sequence[Member]], key: Key) -> Member | None:
+    """The product's own entry in its link group (``groups``: product -> every member of its
+    group, itself included); None when it is not a member."""
+    return next((m for m in groups.get(key, ()) if m.key == key), None)
+
+
 @dataclass(frozen=True)
 class Change:
     """One row of {base}syncd_change."""
@@ -258,7 +264,7 @@ def plan_batch(
         applied[c.id] = c
 
     def self_of(key: Key) -> Member | None:
-        return next((m for m in groups.get(key, ()) if m.key == key), None)
+        return member_of(groups, key)
 
     # Pass 1: what each change means, independent of targets.
     stock_events: list[tuple[Change, Decimal | None, bool]] = []  # (change, value, is_set)
@@ -844,7 +850,7 @@ def plan_fields(
     origin_sku: dict[int, str] = {}
     for c in sorted((c for c in changes if c.meta_key in fields), key=lambda c: c.id):
         group, name = fields[c.meta_key]
-        me = next((m for m in groups.get(c.key, ()) if m.key == c.key), None)
+        me = member_of(groups, c.key)
         sku = origin_sku[c.id] = me.sku if me is not None else ""
         why = _field_origin_problem(c, me, facts.get(c.key, Facts(exists=False)), group, takes_part, joins)
         if why is not None:

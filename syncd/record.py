@@ -28,6 +28,7 @@ from syncd.plan import (
     Member,
     MemberWrite,
     Note,
+    member_of,
 )
 
 
@@ -133,7 +134,7 @@ def _watermark(c: Change, fields: Collection[str] = ()) -> str | None:
 
 
 def _group_of(groups: Mapping[Key, Sequence[Member]], key: Key) -> int | None:
-    me = next((m for m in groups.get(key, ()) if m.key == key), None)
+    me = member_of(groups, key)
     return me.group_id if me is not None else None
 
 

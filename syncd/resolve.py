@@ -29,7 +29,7 @@ from syncd import catalog, settle
 from syncd.config import BlogSettings
 from syncd.db import guarded, table
 from syncd.network import Blog
-from syncd.plan import MEMBERSHIP_KEYS, SKU, TRASH_MARK, Change, Key, Member
+from syncd.plan import MEMBERSHIP_KEYS, SKU, TRASH_MARK, Change, Key, Member, member_of
 from syncd.queue import HeldBlogs
 
 log = structlog.get_logger("syncd.resolve")
@@ -173,7 +173,7 @@ class Resolver:
         }
         joining: set[Key] = set()
         for key in refreshed | created:
-            me = next((m for m in groups.get(key, ()) if m.key == key), None)
+            me = member_of(groups, key)
             if me is None or me.state != "linked" or me.group_id is None:
                 continue
             if key in created or before.get(key) != (me.group_id, "linked"):

@@ -36,7 +36,7 @@ import sqlalchemy as sa
 import structlog
 
 from syncd.db import errno_of, keys_where, table
-from syncd.plan import Change, Key, Member
+from syncd.plan import Change, Key, Member, member_of
 
 log = structlog.get_logger("syncd.settle")
 
@@ -238,7 +238,7 @@ def batch_records(
     out = []
     for key in sorted(newest):
         if key in joining:
-            me = next((m for m in groups.get(key, ()) if m.key == key), None)
+            me = member_of(groups, key)
             log.info(
                 "member_settling",
                 blog=key[0],
