@@ -167,9 +167,13 @@ class Applier:
         )
         touched, written = self._write(conn, changes, plan, rows, scope.blogs, result)
         self._write_fields(conn, changes, fields, rows, scope, result)
-        record.advance_registers(conn, self.base, plan.applied, plan.writes, scope.groups)
-        record.advance_registers(
-            conn, self.base, fields.applied, fields.writes, scope.groups, self.field_keys
+        record.advance_registers(  # stock and field changes: one statement
+            conn,
+            self.base,
+            [*plan.applied, *fields.applied],
+            [*plan.writes, *fields.writes],
+            scope.groups,
+            self.field_keys,
         )
         result.history.extend(_origin_history(plan))
         jobs = [(scope.blogs[b], sorted(p)) for b, p in sorted(touched.items()) if p and b in scope.blogs]
