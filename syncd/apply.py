@@ -182,7 +182,13 @@ class Applier:
         if self.poll_mode:
             self.poll_advance(conn, scope.blogs)
         settle.record(conn, self.base, result.settling)
-        record.write_history(conn, self.base, result.batch_id, result.history, now)
+        # Recorded as applied now, not at the batch's start: a field group's write saves its
+        # member at its own time, and syncd's own save is recognised by a history row applied at or
+        # after it (syncd.fields.inflight): a batch that crossed a second boundary must not leave
+        # its members looking like WooCommerce saves in flight.
+        record.write_history(
+            conn, self.base, result.batch_id, result.history, datetime.now(UTC).replace(tzinfo=None)
+        )
         return result
 
     def step(self, name: str) -> None:

@@ -12,6 +12,8 @@ realtime field values when it joins. Realtime field history rows carry their fie
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -381,5 +383,40 @@ def test_no_field_group_is_written_into_a_product_being_saved_until_it_settles(w
         d.apply_pending()
         assert settling(net) == {}
         assert _title(net, 2, mug[2]) == "Mug, 2" and "kitchen" in categories(2)
+    finally:
+        d.close()
+
+
+def test_a_batch_that_crosses_a_second_boundary_still_knows_its_own_saves(wp_network):
+    """syncd's own field save (``post_modified_gmt``, whole seconds) is recognised by a history row
+    applied at or after it. A batch that starts at hh:mm:ss.9 and saves its members at hh:mm:ss+1
+    (a slow batch: the price group saves at its own time) must record its history no earlier than
+    those saves, or its own members look like WooCommerce saves in flight to the next change (found
+    by trace 09's replay failing under load: blogs 2 and 3 skipped the sale price). The first batch
+    waits for the next second after its lock step, as a slow batch would."""
+    net = wp_network
+    mug = ids(net, "MUG")
+    d = make_daemon(net, fields={"price": "realtime"}, sync=SETTLE)
+    try:
+
+        def cross_a_second(step: str) -> None:
+            if step == "locked":
+                now = time.time()
+                time.sleep(math.floor(now) + 1.01 - now)  # into the next second: certain, not timed
+
+        d.step_hook = cross_a_second
+        with net.engine.connect() as c:
+            c.exec_driver_sql(
+                f"UPDATE {net.table(1, 'postmeta')} SET meta_value = '12.00' "
+                "WHERE post_id = %s AND meta_key = '_regular_price'",
+                (mug[1],),
+            )
+            c.commit()
+        d.apply_pending()
+        d.step_hook = None
+        shop_inserts(net, 1, mug[1], "_sale_price", "8.00")
+        d.apply_pending()
+        assert [meta(net, b, mug[b], "_sale_price") for b in BLOGS] == ["8.00"] * 3
+        assert settling(net) == {}
     finally:
         d.close()
