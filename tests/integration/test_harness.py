@@ -105,13 +105,22 @@ def test_recorded_network_copies_are_isolated(wp_network: Any, network_factory: 
         network_factory.release(other)
 
 
-def test_recorded_network_is_fast(network_factory: Any) -> None:
-    network_factory.release(network_factory.recorded_network())  # template already built
-    t0 = time.monotonic()
+def test_recorded_network_is_cloned_from_the_template_not_rebuilt(network_factory: Any) -> None:
+    """What keeps a recorded network cheap: every one after the first is a copy of one template
+    database, built once per server. (Its speed is not asserted here: on a loaded machine a copy
+    took 3.8 s; speed belongs in bench/, as the brief says.)"""
+    network_factory.release(network_factory.recorded_network())
+    template = network_factory._template
     net = network_factory.recorded_network()
-    elapsed = time.monotonic() - t0
-    network_factory.release(net)
-    assert elapsed < 1.0
+    try:
+        assert network_factory._template == template
+        with net.engine.connect() as conn:
+            products = conn.exec_driver_sql(
+                "SELECT COUNT(*) FROM wp_posts WHERE post_type = 'product'"
+            ).scalar()
+        assert products and products > 0
+    finally:
+        network_factory.release(net)
 
 
 def test_make_network_shop_prefix_four_blogs(make_network: Any) -> None:
