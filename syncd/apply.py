@@ -410,7 +410,9 @@ class Applier:
         if key[0] not in blogs:
             settle.postpone(conn, self.base, item, f"blog {key[0]} is not live or not usable")
             return "postponed"
-        group = [m for m in catalog.groups_for(conn, self.base, [key]).get(key, []) if m.blog_id in blogs]
+        everyone = catalog.groups_for(conn, self.base, [key]).get(key, [])
+        group = [m for m in everyone if m.blog_id in blogs]
+        away = [m for m in everyone if m.blog_id not in blogs and m.state == "linked" and m.key != key]
         me = next((m for m in group if m.key == key), None)
         if (me is None or me.state != "linked") and item.kind == settle.JOIN:
             settle.remove(conn, self.base, item)
@@ -441,6 +443,16 @@ class Applier:
         frozen = settle.frozen(conn, self.base, involved) - {key}
         linked = [m for m in group if m.state == "linked" and m.key != key and m.key not in frozen]
         authority = min((m for m in linked if m.blog_id != key[0]), key=lambda m: m.key, default=None)
+        if authority is None and away:
+            # Its group's only other members are on blogs not live now: joining as the first
+            # member would leave two values in one group once they are back.
+            blogs_away = sorted({m.blog_id for m in away})
+            settle.postpone(
+                conn, self.base, current, f"its group's members are on blogs not live now: {blogs_away}"
+            )
+            return "postponed"
+        # Members on blogs not live now miss what this writes: each takes the group's values when back.
+        settle.record(conn, self.base, [_heal_when_back(m, key) for m in away])
         delta = current.stock_delta if current.kind == settle.JOIN else Decimal(0)
         joined = plan_join(
             me,
@@ -521,6 +533,8 @@ class Applier:
             return "postponed"
         if self.poll_mode:  # the snapshot takes the join's own writes: never seen as a shop's
             self.poll_advance(conn, blogs)
+        if joined.joiner is not None:
+            result.settling.extend(self._shared_translation_heals(conn, blogs[key[0]], item))
         settle.record(conn, self.base, heals + result.settling)
         if item.kind == settle.JOIN or not any(r.key == key for r in result.settling):
             settle.remove(conn, self.base, item)  # else: a heal whose fields wait (restarted above)
@@ -541,6 +555,28 @@ class Applier:
             rule="takes the stock and settings of the group's linked member with the lowest blog id",
         )
         return "joined" if item.kind == settle.JOIN else "healed"
+
+    def _shared_translation_heals(
+        self, conn: sa.Connection, blog: Blog, item: settle.Settling
+    ) -> list[settle.Record]:
+        """A product healed on a blog whose translations share its stock: its translations missed
+        the same changes (a batch applied while the blog was archived queued heals only for the
+        members of the changes' link groups, and a translation's copy, recognised as such, none),
+        so each is healed too, at once. A heal that writes nothing queues none: this ends."""
+        if item.kind != settle.HEAL or not catalog.shares_stock(blog, self.resolver.settings(blog.blog_id)):
+            return []
+        translations, _problems = catalog.translations_for(conn, blog, [item.post_id])
+        return [
+            settle.Record(
+                blog.blog_id,
+                post_id,
+                settle.HEAL,
+                last_change_at=item.last_change_at,
+                reason=f"translation of post {item.post_id}, healed: they share their stock",
+            )
+            for post_id in translations.get(item.post_id, ())
+            if post_id != item.post_id
+        ]
 
     def _join_fields(
         self,
@@ -763,6 +799,11 @@ def _heal_failed_derived(
         if outcome.get(blog.blog_id) is None
         for pid in posts
     ]
+
+
+def _heal_when_back(member: Member, joiner: Key) -> settle.Record:
+    reason = f"blog {member.blog_id} was not live when blog {joiner[0]} post {joiner[1]} joined or healed"
+    return settle.Record(member.blog_id, member.post_id, settle.HEAL, reason=reason)
 
 
 def _heal_superseded(changes: Sequence[Change], superseded: Mapping[int, int]) -> list[settle.Record]:

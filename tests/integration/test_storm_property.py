@@ -314,6 +314,30 @@ FOUND = {
         1,
         "poll",
     ),
+    # A product created on blog 1 settles while the group's only other member (blog 3, created
+    # earlier) is on an archived blog: it joined as a first member, blog 3 kept its own stock
+    # once back, two values in one group. The join now waits for blog 3.
+    "join_while_the_only_other_member_is_archived": (
+        [
+            ("create", 3, 12),
+            ("apply", "settle_lock", 1),
+            ("create", 1, 14),
+            ("settle", None),
+            ("archive", 3),
+            ("settle", None),
+        ],
+        3,
+        "trigger",
+    ),
+    # An admin's stock set on BOOK (en) then the add-on's copy into BOOK (fr) on blog 2, while blog
+    # 3 (translations sharing stock) is archived, in two batches: only blog 3's en was queued to be
+    # healed (the fr copy is a copy: it queues nothing), so blog 3's fr kept the old stock. A heal
+    # on a sharing blog now heals the product's translations too.
+    "shared_translation_copy_while_the_blog_is_archived": (
+        [("readd", "MUG", 2, 17), ("archive", 3), ("book_set", 2, 17), ("apply", "locked", 2)],
+        3,
+        "trigger",
+    ),
     # A rename on blog 3 held with blog 3 archived, blog 2 archived too: discovery dropped blog 3's
     # members while it was away and the rename was never carried.
     "rename_held_while_two_blogs_archived": (
