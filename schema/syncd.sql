@@ -245,3 +245,27 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_change_conn` (
   PRIMARY KEY (`change_id`),
   KEY `captured_at` (`captured_at`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+-- ;
+-- Members a manual or scheduled field pass deferred (syncd.fields.deferred): the member (or its
+-- parent) was saved less than sync.settle_seconds ago, so the pass wrote nothing into it. Once
+-- it has settled the daemon writes the pass's values (`wanted`, JSON) of these fields, recorded in
+-- the pass's history batch, unless the member's value changed after the pass (`held`: JSON,
+-- field -> the value it held when the pass looked): a newer value is never overwritten.
+CREATE TABLE IF NOT EXISTS `{base}syncd_field_defer` (
+  `blog_id` INT UNSIGNED NOT NULL,
+  `post_id` BIGINT UNSIGNED NOT NULL,
+  `field_group` VARCHAR(16) NOT NULL,
+  `link_group` BIGINT UNSIGNED NOT NULL,
+  `sku` VARCHAR(255) NOT NULL,
+  `origin_blog_id` INT UNSIGNED NOT NULL,
+  `origin_post_id` BIGINT UNSIGNED NOT NULL,
+  `batch_id` BIGINT UNSIGNED NOT NULL,
+  `held` MEDIUMTEXT NOT NULL,
+  `wanted` MEDIUMTEXT NOT NULL,
+  `deferred_at` DATETIME(6) NOT NULL,
+  `attempts` INT UNSIGNED NOT NULL DEFAULT 0,
+  `reason` VARCHAR(255) NOT NULL DEFAULT '',
+  `source` VARCHAR(191) NULL,
+  PRIMARY KEY (`blog_id`, `post_id`, `field_group`),
+  KEY `due` (`deferred_at`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin

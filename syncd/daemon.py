@@ -222,6 +222,37 @@ class Daemon:
                 self._note_error("settle_failed", exc, blog=item.blog_id, post=item.post_id, kind=item.kind)
                 continue
             done += outcome != "postponed"
+        return done + self.finish_deferred(conn, limit)
+
+    def finish_deferred(self, conn: sa.Connection, limit: int = 50) -> int:
+        """Write what a field pass deferred into members that have settled (syncd.fields.deferred),
+        each in a transaction of its own. Returns how many were written or dropped."""
+        from syncd.fields import deferred
+        from syncd.fields.registry import make_groups
+
+        items = deferred.due(conn, self.base, self.config.sync.settle_seconds, limit)
+        conn.rollback()
+        if not items:
+            return 0
+        # every available group: a manual sync may run a group whose mode is "off"
+        ctx = deferred.Context(
+            self.base, self.blogs(), make_groups(self.config), self.config.sync.settle_seconds,
+            self.config.fields.takes_part,
+        )  # fmt: skip
+        done = 0
+        for item in items:
+            try:
+                outcome = deferred.finish(conn, ctx, item)
+                conn.commit()
+            except Exception as exc:
+                _safe_rollback(conn)
+                if is_disconnect(exc):
+                    raise
+                self._note_error(
+                    "field_deferral_failed", exc, blog=item.blog_id, post=item.post_id, group=item.group
+                )
+                continue
+            done += outcome != "postponed"
         return done
 
     def _applier(self) -> Applier:

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from syncd.db import table, validate_prefix
 from syncd.sqlfiles import schema_text, split_statements
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 OWN_TABLES = (
     "syncd_change",
     "syncd_dead",
@@ -30,6 +30,7 @@ OWN_TABLES = (
     "syncd_token",
     "syncd_source",
     "syncd_change_conn",
+    "syncd_field_defer",
 )
 
 

@@ -1,0 +1,123 @@
+"""Issue 10's listed gaps of the field groups, closed (real server, recorded WooCommerce traces
+replayed with syncd acting between two statements; no sleeps).
+
+1. A manual or scheduled pass defers a member WooCommerce is saving (trace 09 in flight): the
+   daemon writes the pass's value into it once it has settled, unless the member was edited
+   after the pass (that newer value is kept).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from syncd.fields.meta import IdentityGroup
+from tests.integration.sync_helpers import ids, make_daemon, meta
+from tests.integration.test_fields_exact import SETTLE, time_passes
+from tests.integration.test_fields_pass import history, lookup, put_meta
+from tests.integration.trace_replay import Replay
+
+GTIN = "4006381333931"
+
+
+def deferrals(net: Any) -> list[tuple[int, int, str]]:
+    with net.engine.connect() as c:
+        return [
+            (int(b), int(p), str(g))
+            for b, p, g in c.exec_driver_sql(
+                f"SELECT blog_id, post_id, field_group FROM {net.prefix}syncd_field_defer ORDER BY blog_id, post_id"
+            )
+        ]
+
+
+def deferrals_settle(net: Any) -> None:
+    """An hour passes for the deferral records too (deterministic, no sleep)."""
+    time_passes(net)
+    with net.engine.connect() as c:
+        c.exec_driver_sql(
+            f"UPDATE {net.prefix}syncd_field_defer SET deferred_at = deferred_at - INTERVAL 1 HOUR"
+        )
+        c.commit()
+
+
+def _identity_pass_inside_a_price_save(net: Any, mug: dict[int, int], d: Any, replay: Replay) -> Any:
+    """Blog 2 (the configured authority) has a GTIN; blog 1's MUG is being saved (trace 09 up to
+    its check for ``_sale_price``): the pass writes blog 3 and defers blog 1."""
+    from syncd.fields.manual import sync_fields
+
+    replay.run(until=62)
+    put_meta(net, 2, mug[2], "_global_unique_id", GTIN)
+    report, errors = sync_fields(d.config, net.engine, {"identity": IdentityGroup()}, skus=["MUG"])
+    assert errors == [] and report.problems == []
+    assert meta(net, 3, mug[3], "_global_unique_id") == GTIN
+    assert meta(net, 1, mug[1], "_global_unique_id") is None  # nothing written into the save
+    assert [(e["blog"], e["field"]) for e in report.deferred] == [(1, "_global_unique_id")]
+    assert "save in flight" in report.deferred[0]["reason"]
+    assert report.document()["counts"]["deferred"] == 1
+    assert deferrals(net) == [(1, mug[1], "identity")]
+    return report
+
+
+def test_manual_pass_defers_a_member_being_saved_and_the_daemon_writes_it_once_settled(wp_network):
+    from syncd.fields.manual import sync_fields
+
+    net = wp_network
+    mug = ids(net, "MUG")
+    d = make_daemon(net, fields={"identity": "manual", "schedule": {"authority": "2"}}, sync=SETTLE)
+    try:
+        with Replay(net, "09-price-save", now=True) as replay:
+            _identity_pass_inside_a_price_save(net, mug, d, replay)
+            d.apply_pending()  # the save still runs: not due
+            assert deferrals(net) == [(1, mug[1], "identity")]
+            replay.run()
+        d.apply_pending()  # saved a moment ago: still not due
+        assert meta(net, 1, mug[1], "_global_unique_id") is None
+        deferrals_settle(net)
+        d.apply_pending()
+        assert deferrals(net) == []
+        assert meta(net, 1, mug[1], "_global_unique_id") == GTIN
+        assert lookup(net, 1, mug[1], "global_unique_id") == GTIN  # the derived row too
+        assert meta(net, 1, mug[1], "_sale_price") == "8.00"  # WooCommerce's own save intact
+        rows = [(r[0], r[2]) for r in history(net, "identity")]
+        assert rows == [("skipped", 1), ("field", 3), ("field", 1)]  # the pass, then the finish
+        # The next pass finds the group equal (the finishing write is in the pass's history batch).
+        report, _ = sync_fields(d.config, net.engine, {"identity": IdentityGroup()}, skus=["MUG"])
+        assert report.written == [] and report.deferred == [] and report.problems == []
+    finally:
+        d.close()
+
+
+def test_an_edit_of_the_deferred_member_after_the_pass_is_kept(wp_network):
+    net = wp_network
+    mug = ids(net, "MUG")
+    d = make_daemon(net, fields={"identity": "manual", "schedule": {"authority": "2"}}, sync=SETTLE)
+    try:
+        with Replay(net, "09-price-save", now=True) as replay:
+            _identity_pass_inside_a_price_save(net, mug, d, replay)
+            replay.run()
+        put_meta(net, 1, mug[1], "_global_unique_id", "9780201379624")  # a newer edit on blog 1
+        deferrals_settle(net)
+        d.apply_pending()
+        assert deferrals(net) == []
+        assert meta(net, 1, mug[1], "_global_unique_id") == "9780201379624"
+        assert [(r[0], r[2]) for r in history(net, "identity")] == [("skipped", 1), ("field", 3)]
+    finally:
+        d.close()
+
+
+def test_scheduled_pass_defers_and_a_later_pass_that_writes_the_member_drops_the_record(wp_network):
+    from syncd.fields.manual import sync_fields
+
+    net = wp_network
+    mug = ids(net, "MUG")
+    d = make_daemon(net, fields={"identity": "scheduled", "schedule": {"authority": "2"}}, sync=SETTLE)
+    try:
+        with Replay(net, "09-price-save", now=True) as replay:
+            _identity_pass_inside_a_price_save(net, mug, d, replay)
+            replay.run()
+        time_passes(net)  # the save settled, the record is not due yet: the next pass writes it
+        report, _ = sync_fields(d.config, net.engine, {"identity": IdentityGroup()}, skus=["MUG"])
+        assert [(w["blog"], w["field"]) for w in report.written] == [(1, "_global_unique_id")]
+        assert deferrals(net) == []
+        assert meta(net, 1, mug[1], "_global_unique_id") == GTIN
+    finally:
+        d.close()
