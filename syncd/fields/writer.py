@@ -93,16 +93,19 @@ class FieldWriter:
         for w in plan.writes:
             if self.realtime.groups[w.group].post_columns and w.blog_id in blogs:
                 posts.setdefault(w.blog_id, set()).add(w.post_id)
-        statements = [
-            (
-                f"SELECT ID FROM {table(blogs[b].prefix, 'posts')} WHERE ID IN ({', '.join(['%s'] * len(p))}) "
-                "ORDER BY ID FOR UPDATE",
-                sorted(p),
-            )
-            for b, p in sorted(posts.items())
-        ]
-        if statements:
-            run_many(conn, statements)
+        _lock_posts(conn, posts, blogs)
+
+    def _lock_joiner(self, conn: sa.Connection, me: Member, blogs: Mapping[int, Blog]) -> None:
+        """A joining or healed member's posts row, before its values are read, when a group that
+        takes part on its blog has posts columns (the content group): as :meth:`lock_targets`
+        does for a batch, a shop's edit of its title then waits for the join and is captured
+        after it, instead of committing between the join's read and its write (and being
+        overwritten). Taken after the join's lock step (postmeta, then posts: the daemon's order)."""
+        if me.blog_id in blogs and any(
+            g.post_columns and self.realtime.takes_part(n, me.blog_id)
+            for n, g in self.realtime.groups.items()
+        ):
+            _lock_posts(conn, {me.blog_id: {me.post_id}}, blogs)
 
     def write_all(
         self,
@@ -139,6 +142,7 @@ class FieldWriter:
         given them (each field from :meth:`JoinSources.source_of`): the fields that differ as
         WooCommerce reads them; bad values and saves in flight skip that group as in a batch (a
         save in flight: healed again once settled). True if anything was written."""
+        self._lock_joiner(conn, me, blogs)
         self._saved = self._recent(conn, [(me.key, row)], blogs)
         written = False
         for name, group in self.realtime.groups.items():
@@ -343,3 +347,18 @@ class FieldWriter:
     def _key(self, group: str, name: str) -> str:
         """History's meta_key for a field: its change key (``post:<column>`` for a posts column)."""
         return self.keys.get((group, name), name)
+
+
+def _lock_posts(conn: sa.Connection, posts: Mapping[int, set[int]], blogs: Mapping[int, Blog]) -> None:
+    """``SELECT ... FOR UPDATE`` of these posts rows (blog -> post ids): ascending blog, then post id."""
+    statements = [
+        (
+            f"SELECT ID FROM {table(blogs[b].prefix, 'posts')} WHERE ID IN ({', '.join(['%s'] * len(p))}) "
+            "ORDER BY ID FOR UPDATE",
+            sorted(p),
+        )
+        for b, p in sorted(posts.items())
+        if p
+    ]
+    if statements:
+        run_many(conn, statements)

@@ -4,12 +4,16 @@ replayed with syncd acting between two statements; no sleeps).
 1. A manual or scheduled pass defers a member WooCommerce is saving (trace 09 in flight): the
    daemon writes the pass's value into it once it has settled, unless the member was edited
    after the pass (that newer value is kept).
+2. A join (or heal) locks the joiner's posts row before it reads the content group's columns.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy as sa
+
+from syncd.fields.content import ContentGroup
 from syncd.fields.meta import IdentityGroup
 from tests.integration.sync_helpers import ids, make_daemon, meta
 from tests.integration.test_fields_exact import SETTLE, time_passes
@@ -119,5 +123,62 @@ def test_scheduled_pass_defers_and_a_later_pass_that_writes_the_member_drops_the
         assert [(w["blog"], w["field"]) for w in report.written] == [(1, "_global_unique_id")]
         assert deferrals(net) == []
         assert meta(net, 1, mug[1], "_global_unique_id") == GTIN
+    finally:
+        d.close()
+
+
+# -- 2. a join locks the joiner's posts row for the content group ---------------------------------
+
+
+class _ProbingContent(ContentGroup):
+    """The real content group; when armed, right after the join reads the joiner's columns, a shop
+    tries to change its title without waiting (``NOWAIT``): it must find the row locked, or its
+    edit would commit between the join's read and its write and be overwritten."""
+
+    def __init__(self, net: Any, joiner: tuple[int, int]) -> None:
+        super().__init__()
+        self.net, self.joiner, self.armed, self.outcome = net, joiner, False, ""
+
+    def read(self, conn: Any, blog: Any, post_ids: Any) -> Any:
+        out = super().read(conn, blog, post_ids)
+        if self.armed and (blog.blog_id, list(post_ids)) == (self.joiner[0], [self.joiner[1]]):
+            self.armed = False
+            with self.net.engine.connect() as shop:
+                try:
+                    shop.exec_driver_sql(
+                        f"SELECT ID FROM {self.net.table(blog.blog_id, 'posts')} WHERE ID = %s FOR UPDATE NOWAIT",
+                        (self.joiner[1],),
+                    )
+                    self.outcome = "free"
+                except sa.exc.OperationalError as exc:
+                    self.outcome = f"locked ({exc.orig.args[0]})"
+                shop.rollback()
+        return out
+
+
+def test_a_join_locks_the_joiners_posts_row_before_reading_its_content(wp_network):
+    from syncd.testnet.factory import ProductFactory
+    from tests.integration.fields_helpers import realtime_daemon
+    from tests.integration.test_fields_realtime import _title
+    from tests.integration.test_settle import settling
+
+    net = wp_network
+    others = {}
+    for b in (1, 3):
+        with net.engine.connect() as c, ProductFactory(c, net.blog_prefix(b)) as f:
+            others[b] = f.simple("NEWSKU", "Newsku from the group", stock=40, price="5.00")
+    content = _ProbingContent(net, (2, 28))
+    d = realtime_daemon(net, {"content": content}, sync=SETTLE)
+    try:
+        d.apply_pending()
+        with Replay(net, "01-create-simple") as replay:  # blog 2 creates NEWSKU (post 28)
+            replay.run(between=lambda _st: d.apply_pending())
+        assert settling(net) == {(2, 28): "join"}
+        time_passes(net)
+        content.armed = True
+        d.apply_pending()
+        assert content.outcome == "locked (1205)"
+        assert settling(net) == {}
+        assert _title(net, 2, 28) == "Newsku from the group"
     finally:
         d.close()
