@@ -269,3 +269,17 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_field_defer` (
   PRIMARY KEY (`blog_id`, `post_id`, `field_group`),
   KEY `due` (`deferred_at`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+-- ;
+-- Products syncd wrote a field group's values into whose derived rows a WooCommerce save may
+-- overwrite (syncd.fields.recheck): a save that loaded the product before syncd's write and bumps
+-- post_modified only afterwards writes the _price it computed from the values it loaded (trace 09,
+-- 48 -> 54 -> 89). Once the product has settled the daemon derives them again from its own values.
+CREATE TABLE IF NOT EXISTS `{base}syncd_field_check` (
+  `blog_id` INT UNSIGNED NOT NULL,
+  `post_id` BIGINT UNSIGNED NOT NULL,
+  `field_group` VARCHAR(16) NOT NULL,
+  `written_at` DATETIME(6) NOT NULL,
+  `attempts` INT UNSIGNED NOT NULL DEFAULT 0,
+  PRIMARY KEY (`blog_id`, `post_id`, `field_group`),
+  KEY `due` (`written_at`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin

@@ -51,7 +51,7 @@ from syncd import signals as early_signals
 from syncd.apply import Applier, BatchConflict, BatchExtend, BatchResult
 from syncd.config import Config, ConfigError, load_config
 from syncd.db import errno_of, is_disconnect, is_retryable, server_info, table
-from syncd.fields import realtime
+from syncd.fields import realtime, recheck
 from syncd.fields.group import FieldGroup
 from syncd.network import Blog, NotMultisiteError
 from syncd.notify import notify, watchdog_interval
@@ -226,13 +226,15 @@ class Daemon:
 
     def finish_deferred(self, conn: sa.Connection, limit: int = 50) -> int:
         """Write what a field pass deferred into members that have settled (syncd.fields.deferred),
-        each in a transaction of its own. Returns how many were written or dropped."""
+        then derive again the rows of written products a save may have overwritten
+        (syncd.fields.recheck), each in a transaction of its own. Returns how many were done."""
         from syncd.fields import deferred
         from syncd.fields.registry import make_groups
 
         items = deferred.due(conn, self.base, self.config.sync.settle_seconds, limit)
+        checks = recheck.due(conn, self.base, self.config.sync.settle_seconds, limit)
         conn.rollback()
-        if not items:
+        if not items and not checks:
             return 0
         # every available group: a manual sync may run a group whose mode is "off"
         ctx = deferred.Context(
@@ -251,6 +253,23 @@ class Daemon:
                 self._note_error(
                     "field_deferral_failed", exc, blog=item.blog_id, post=item.post_id, group=item.group
                 )
+                continue
+            done += outcome != "postponed"
+        return done + self._finish_checks(conn, ctx, checks)
+
+    def _finish_checks(self, conn: sa.Connection, ctx: Any, checks: Sequence[Any]) -> int:
+        """Derive again what a WooCommerce save may have overwritten after a field write
+        (syncd.fields.recheck), each product in a transaction of its own."""
+        done = 0
+        for c in checks:
+            try:
+                outcome = recheck.finish(conn, ctx.base, ctx.blogs, ctx.groups, ctx.settle_seconds, c)
+                conn.commit()
+            except Exception as exc:
+                _safe_rollback(conn)
+                if is_disconnect(exc):
+                    raise
+                self._note_error("field_check_failed", exc, blog=c.blog_id, post=c.post_id, group=c.group)
                 continue
             done += outcome != "postponed"
         return done

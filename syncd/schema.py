@@ -31,6 +31,7 @@ OWN_TABLES = (
     "syncd_source",
     "syncd_change_conn",
     "syncd_field_defer",
+    "syncd_field_check",
 )
 
 

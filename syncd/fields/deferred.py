@@ -35,6 +35,7 @@ import sqlalchemy as sa
 import structlog
 
 from syncd.db import table
+from syncd.fields import recheck
 from syncd.fields.group import FieldGroup, Target, Value, Values
 from syncd.fields.inflight import recent
 from syncd.network import Blog
@@ -228,6 +229,8 @@ def _write(conn: sa.Connection, ctx: Context, group: FieldGroup, d: Deferral, me
     elif take:
         target = Target(ctx.blogs[d.blog_id], d.post_id, d.sku, me.post_type, me.parent_id)
         refused = {p.field: p.reason for p in group.write(conn, target, mine, wanted)}
+        if recheck.rederives(group):
+            recheck.record(conn, ctx.base, d.group, [d.key])
         note = f"{d.group} pass, deferred while saved, written once settled"
         history += [
             _row_of(d, "skipped" if f in refused else "field", f, mine, wanted, refused.get(f, note))

@@ -40,6 +40,7 @@ from syncd.audit import MAX_BUCKETS, Scope
 from syncd.config import Config
 from syncd.db import errno_of, is_disconnect, is_retryable, table
 from syncd.fields import deferred as deferrals
+from syncd.fields import recheck
 from syncd.fields.checksum import BucketChecksums
 from syncd.fields.deferred import Deferral
 from syncd.fields.group import FieldGroup, Problem, Target, Value, Values
@@ -88,6 +89,8 @@ class PassReport:
     deferred: list[dict[str, Any]] = field(default_factory=list)
     #: The records of a chunk's deferred members (written in its transaction; not in the document).
     deferrals: list[Deferral] = field(default_factory=list, repr=False)
+    #: (group, member) written by a group whose derived rows are checked once settled (syncd.fields.recheck).
+    checks: list[tuple[str, Key]] = field(default_factory=list, repr=False)
 
     def document(self) -> dict[str, Any]:
         return {
@@ -565,6 +568,8 @@ class FieldPass:
         deferrals.forget(conn, self.scope.base, sorted(written))  # an older deferral is done with
         later = [replace(d, batch_id=batch, source=self.source) for d in staged.deferrals]
         deferrals.record(conn, self.scope.base, later)
+        for name in sorted({g for g, _ in staged.checks}):
+            recheck.record(conn, self.scope.base, name, [k for g, k in staged.checks if g == name])
 
     def _saved(self, conn: sa.Connection, members: Sequence[Member]) -> set[Key]:
         """The members (and parents) saved within ``sync.settle_seconds``, read before the chunk
@@ -628,6 +633,8 @@ class FieldPass:
             except SaveInFlight as exc:  # the daemon writes it once settled (syncd.fields.deferred)
                 rows += self._defer(name, gid, auth, m, fields, (current, wanted), exc.reason, staged, group)
                 continue
+            if recheck.rederives(group):
+                staged.checks.append((name, m.key))
             rows += self._record(name, gid, auth, why, m, fields, current, wanted, problems, staged)
         return rows
 

@@ -27,6 +27,7 @@ import structlog
 
 from syncd import settle
 from syncd.db import errno_of, is_retryable, run_many, table
+from syncd.fields import recheck
 from syncd.fields.group import FieldGroup, Target, Value, Values
 from syncd.fields.inflight import SaveInFlight, recent, write_settled
 from syncd.fields.realtime import RealtimeFields
@@ -80,6 +81,9 @@ class FieldWriter:
         #: The products (and parents) of this write step saved within ``settle_seconds`` before it
         #: wrote anything (:func:`syncd.fields.inflight.recent`).
         self._saved: set[Key] = set()
+        #: group -> the products this write step wrote whose derived rows are checked once
+        #: settled (:mod:`syncd.fields.recheck`), recorded at the end of the step.
+        self._checks: dict[str, set[Key]] = {}
         self.index = realtime.index()
         #: (group, field) -> the change key history records it under (``post:<column>`` etc.).
         self.keys = {v: k for k, v in self.index.items()}
@@ -127,7 +131,13 @@ class FieldWriter:
         for w in writes:
             if self._member(conn, w, values, rows.get(w.key), blogs[w.blog_id], by_id, result):
                 written.setdefault(w.blog_id, set()).add(w.post_id)
+        self._record_checks(conn)
         return written
+
+    def _record_checks(self, conn: sa.Connection) -> None:
+        for name, keys in sorted(self._checks.items()):
+            recheck.record(conn, self.base_prefix, name, keys)
+        self._checks = {}
 
     def join(
         self,
@@ -151,6 +161,7 @@ class FieldWriter:
             w, values = self._join_write(conn, me, name, group, sources, blogs)
             if w is not None:
                 written |= self._member(conn, w, values, row, blogs[me.blog_id], {}, result)
+        self._record_checks(conn)
         return written
 
     def _join_write(
@@ -282,6 +293,8 @@ class FieldWriter:
         try:
             problems = write_settled(conn, group, target, have, wanted, self._saved, self.settle_seconds)
             sp.commit()
+            if recheck.rederives(group):
+                self._checks.setdefault(w.group, set()).add(w.key)
         except SaveInFlight as exc:
             sp.rollback()
             self._skip(w, list(w.sources), exc.reason, by_id, result)

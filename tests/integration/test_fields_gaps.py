@@ -5,22 +5,27 @@ replayed with syncd acting between two statements; no sleeps).
    daemon writes the pass's value into it once it has settled, unless the member was edited
    after the pass (that newer value is kept).
 2. A join (or heal) locks the joiner's posts row before it reads the content group's columns.
+3. Trace 09, window 48 -> 54: a price value syncd writes after the save loaded the product and
+   before it records itself; the save's ``_price`` (89) is derived again once it has settled.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from syncd.fields.content import ContentGroup
 from syncd.fields.meta import IdentityGroup
 from tests.integration.sync_helpers import ids, make_daemon, meta
-from tests.integration.test_fields_exact import SETTLE, time_passes
+from tests.integration.test_fields_exact import SETTLE, price_duplicates, price_values, time_passes
 from tests.integration.test_fields_pass import history, lookup, put_meta
+from tests.integration.test_settle import settling
 from tests.integration.trace_replay import Replay
 
 GTIN = "4006381333931"
+BLOGS = (1, 2, 3)
 
 
 def deferrals(net: Any) -> list[tuple[int, int, str]]:
@@ -160,7 +165,6 @@ def test_a_join_locks_the_joiners_posts_row_before_reading_its_content(wp_networ
     from syncd.testnet.factory import ProductFactory
     from tests.integration.fields_helpers import realtime_daemon
     from tests.integration.test_fields_realtime import _title
-    from tests.integration.test_settle import settling
 
     net = wp_network
     others = {}
@@ -180,5 +184,61 @@ def test_a_join_locks_the_joiners_posts_row_before_reading_its_content(wp_networ
         assert content.outcome == "locked (1205)"
         assert settling(net) == {}
         assert _title(net, 2, 28) == "Newsku from the group"
+    finally:
+        d.close()
+
+
+# -- 3. trace 09, window 48 -> 54: a save that loaded the product before syncd's write ------------
+
+
+def checks_settle(net: Any) -> None:
+    """An hour passes for the field checks too (deterministic, no sleep)."""
+    deferrals_settle(net)
+    with net.engine.connect() as c:
+        c.exec_driver_sql(
+            f"UPDATE {net.prefix}syncd_field_check SET written_at = written_at - INTERVAL 1 HOUR"
+        )
+        c.commit()
+
+
+def field_checks(net: Any) -> list[tuple[int, int, str]]:
+    with net.engine.connect() as c:
+        return [
+            (int(b), int(p), str(g))
+            for b, p, g in c.exec_driver_sql(
+                f"SELECT blog_id, post_id, field_group FROM {net.prefix}syncd_field_check"
+            )
+        ]
+
+
+@pytest.mark.parametrize("after", range(48, 55))
+def test_trace_09_a_sale_date_copied_inside_the_load_window_leaves_a_price_that_fits(wp_network, after):
+    """WooCommerce loads MUG on blog 1 (48) and records its save (post_modified) only at 54; a
+    sale start date blog 2 set for tomorrow reaches blog 1 after statement ``after``. The save
+    does not see it: it writes ``_price`` = its new sale price 8.00 (89) as if the sale ran now.
+    Once the save has settled syncd derives ``_price`` again from blog 1's own values: the sale
+    starts tomorrow, so the active price is the regular 11.00, as on the other blogs."""
+    net = wp_network
+    mug = ids(net, "MUG")
+    d = make_daemon(net, fields={"price": "realtime"}, sync=SETTLE)
+    with net.engine.connect() as c:
+        tomorrow = str(int(c.exec_driver_sql("SELECT UNIX_TIMESTAMP() + 86400").scalar()))
+    try:
+        with Replay(net, "09-price-save", now=True) as replay:
+            replay.run(until=after)
+            put_meta(net, 2, mug[2], "_sale_price_dates_from", tomorrow)
+            d.apply_pending()  # syncd acts inside the window
+            replay.run(between=lambda _st: d.apply_pending())
+        d.apply_pending()
+        assert price_duplicates(net, mug) == []
+        for _ in range(2):  # the heal (a write into a save at 54) is checked in turn
+            checks_settle(net)
+            d.apply_pending()
+        assert field_checks(net) == [] and deferrals(net) == [] and settling(net) == {}
+        assert [v[:4] for v in price_values(net, mug)] == [("11.00", "8.00", tomorrow, None)] * 3
+        assert [meta(net, b, mug[b], "_price") for b in BLOGS] == ["11.00"] * 3
+        assert [
+            (float(lookup(net, b, mug[b], "min_price")), lookup(net, b, mug[b], "onsale")) for b in BLOGS
+        ] == [(11.0, 0)] * 3
     finally:
         d.close()
