@@ -7,6 +7,8 @@ replayed with syncd acting between two statements; no sleeps).
 2. A join (or heal) locks the joiner's posts row before it reads the content group's columns.
 3. Trace 09, window 48 -> 54: a price value syncd writes after the save loaded the product and
    before it records itself; the save's ``_price`` (89) is derived again once it has settled.
+4. A grouped product's ``_price`` is left alone when a child's price is written, as the
+   recordings show WooCommerce does.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sqlalchemy as sa
 from syncd.fields.content import ContentGroup
 from syncd.fields.meta import IdentityGroup
 from tests.integration.sync_helpers import ids, make_daemon, meta
+from tests.integration.test_audit_reconcile import drift_sql
 from tests.integration.test_fields_exact import SETTLE, price_duplicates, price_values, time_passes
 from tests.integration.test_fields_pass import history, lookup, put_meta
 from tests.integration.test_settle import settling
@@ -240,5 +243,42 @@ def test_trace_09_a_sale_date_copied_inside_the_load_window_leaves_a_price_that_
         assert [
             (float(lookup(net, b, mug[b], "min_price")), lookup(net, b, mug[b], "onsale")) for b in BLOGS
         ] == [(11.0, 0)] * 3
+    finally:
+        d.close()
+
+
+# -- 4. grouped products' _price: left as WooCommerce leaves it --------------------------------
+
+
+def test_a_price_written_into_a_grouped_child_leaves_the_grouped_product_as_woocommerce_does(wp_network):
+    """Recorded, not source only: in fixtures 11 and 15 A real WooCommerce 11.0.1 changes MUG's
+    price on blog 1 while the grouped BUNDLE-HOME (24) lists MUG in ``_children``, and leaves
+    BUNDLE-HOME's ``_price`` rows and lookup row alone (``update_prices_from_children()`` runs only
+    when the grouped product itself is saved with new ``_children``; a simple child has no parent
+    to defer a sync to). The golden test (test_price_golden 15A) requires syncd to write exactly
+    that; here the realtime path on all three blogs."""
+    net = wp_network
+    mug = ids(net, "MUG")
+    bundle = ids(net, "BUNDLE-HOME")
+
+    def bundle_rows(b: int) -> list[tuple[str, str]]:
+        with net.engine.connect() as c:
+            return [
+                tuple(r)
+                for r in c.exec_driver_sql(
+                    f"SELECT meta_key, meta_value FROM {net.table(b, 'postmeta')} WHERE post_id = %s "
+                    "AND meta_key IN ('_price', '_regular_price', '_sale_price') ORDER BY meta_id",
+                    (bundle[b],),
+                )
+            ]
+
+    before = {b: (bundle_rows(b), lookup(net, b, bundle[b], "min_price")) for b in bundle}
+    d = make_daemon(net, fields={"price": "realtime"})
+    try:
+        drift_sql(net, 2, mug[2], "_regular_price", "2.50", captured=True)  # a shop edit on blog 2
+        d.apply_pending()
+        for b in (1, 3):
+            assert meta(net, b, mug[b], "_price") == "2.50"
+        assert {b: (bundle_rows(b), lookup(net, b, bundle[b], "min_price")) for b in bundle} == before
     finally:
         d.close()
