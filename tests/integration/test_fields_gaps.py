@@ -9,6 +9,7 @@ replayed with syncd acting between two statements; no sleeps).
    before it records itself; the save's ``_price`` (89) is derived again once it has settled.
 4. A grouped product's ``_price`` is left alone when a child's price is written, as the
    recordings show WooCommerce does.
+5. A variation's missing ``_tax_class`` row is its parent's class ('parent'), never ``''``.
 """
 
 from __future__ import annotations
@@ -280,5 +281,53 @@ def test_a_price_written_into_a_grouped_child_leaves_the_grouped_product_as_wooc
         for b in (1, 3):
             assert meta(net, b, mug[b], "_price") == "2.50"
         assert {b: (bundle_rows(b), lookup(net, b, bundle[b], "min_price")) for b in bundle} == before
+    finally:
+        d.close()
+
+
+# -- 5. a variation's missing _tax_class means its parent's class -----------------------------
+
+
+def _set_tax_class(net: Any, blog: int, post: int, value: str | None) -> None:
+    """The variation's ``_tax_class`` row: ``None`` deletes it (a variation WooCommerce reads as 'parent')."""
+    with net.engine.connect() as c:
+        c.exec_driver_sql("SET @syncd_apply = 1")  # set-up, not a shop edit
+        c.exec_driver_sql(
+            f"DELETE FROM {net.table(blog, 'postmeta')} WHERE post_id = %s AND meta_key = '_tax_class'",
+            (post,),
+        )
+        if value is not None:
+            c.exec_driver_sql(
+                f"INSERT INTO {net.table(blog, 'postmeta')} (post_id, meta_key, meta_value) VALUES (%s, '_tax_class', %s)",
+                (post, value),
+            )
+        c.commit()
+
+
+def test_a_variation_without_a_tax_class_row_means_parent_and_parent_is_copied_not_standard(wp_network):
+    """Source only: ``WC_Product_Variation_Data_Store_CPT::read_product_data()`` reads a missing
+    ``_tax_class`` row as 'parent' (a ``''`` row is the standard class). The authority (blog 1)
+    has no row: blog 3's 'parent' already equals it (nothing written), blog 2's standard ``''``
+    becomes 'parent' (never ``''``)."""
+    from syncd.fields.manual import sync_fields
+    from syncd.fields.meta import TaxGroup
+
+    net = wp_network
+    hs = ids(net, "HOODIE-S")
+    assert set(hs) >= {1, 2, 3}
+    _set_tax_class(net, 1, hs[1], None)
+    _set_tax_class(net, 2, hs[2], "")
+    _set_tax_class(net, 3, hs[3], "parent")
+    d = make_daemon(net, fields={"tax": "manual", "schedule": {"authority": "1"}})
+    try:
+        report, errors = sync_fields(d.config, net.engine, {"tax": TaxGroup()}, skus=["HOODIE-S"])
+        assert errors == [] and report.problems == []
+        assert [(w["blog"], w["field"], w["old"], w["new"]) for w in report.written] == [
+            (2, "_tax_class", "", "parent")
+        ]
+        assert [meta(net, b, hs[b], "_tax_class") for b in BLOGS] == [None, "parent", "parent"]
+        assert lookup(net, 2, hs[2], "tax_class") == "parent"  # as WooCommerce's lookup reads the row
+        again, _ = sync_fields(d.config, net.engine, {"tax": TaxGroup()}, skus=["HOODIE-S"])
+        assert again.written == [] and again.problems == []
     finally:
         d.close()
