@@ -131,6 +131,8 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_history` (
   `note` VARCHAR(255) NULL,
   `source` VARCHAR(191) NULL,
   `field_group` VARCHAR(16) NULL,
+  `old_hash` CHAR(40) NULL,
+  `new_hash` CHAR(40) NULL,
   PRIMARY KEY (`id`),
   KEY `sku` (`sku`(64), `applied_at`),
   KEY `applied_at` (`applied_at`),

@@ -46,7 +46,7 @@ from syncd.fields.deferred import Deferral
 from syncd.fields.group import FieldGroup, Problem, Target, Value, Values
 from syncd.fields.inflight import SaveInFlight, recent, write_settled
 from syncd.fields.since import edited_since, known_values, read_facts
-from syncd.record import FieldHistoryRow, clip_field_value, write_field_history
+from syncd.record import FieldHistoryRow, field_fingerprint, write_field_history
 
 log = structlog.get_logger("syncd.fields")
 
@@ -168,10 +168,11 @@ def edited_members(
     known: Mapping[Key, Mapping[str, str | None]],
 ) -> list[Member]:
     """The members whose values differ from what they held after the last pass (syncd.fields.since),
-    compared as WooCommerce reads them and as history stores them (cut at 240 characters)."""
+    compared as WooCommerce reads them, by :func:`syncd.record.field_fingerprint` (history cuts a
+    long value at 240 characters and keeps its hash)."""
 
     def shown(vals: Values) -> dict[str, str | None]:
-        return {f: clip_field_value(text_of(v)) for f, v in canonical(group, vals).items()}
+        return {f: field_fingerprint(text_of(v)) for f, v in canonical(group, vals).items()}
 
     current = {m.key: shown(values[m.key]) for m in members}
     held = {}
@@ -191,9 +192,9 @@ def members_holding(
         return []
     out = []
     for m in members:
-        now = {f: clip_field_value(text_of(v)) for f, v in canonical(group, values[m.key]).items()}
+        now = {f: field_fingerprint(text_of(v)) for f, v in canonical(group, values[m.key]).items()}
         was = {
-            f: clip_field_value(text_of(v)) for f, v in canonical(group, {**values[m.key], **base}).items()
+            f: field_fingerprint(text_of(v)) for f, v in canonical(group, {**values[m.key], **base}).items()
         }
         if all(now.get(f) == was.get(f) for f in base):
             out.append(m)

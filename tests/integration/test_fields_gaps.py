@@ -10,10 +10,13 @@ replayed with syncd acting between two statements; no sleeps).
 4. A grouped product's ``_price`` is left alone when a child's price is written, as the
    recordings show WooCommerce does.
 5. A variation's missing ``_tax_class`` row is its parent's class ('parent'), never ``''``.
+6. History cuts a long field value at 240 characters and keeps its hash: "newest" sees an edit
+   past the cut.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pytest
@@ -329,5 +332,43 @@ def test_a_variation_without_a_tax_class_row_means_parent_and_parent_is_copied_n
         assert lookup(net, 2, hs[2], "tax_class") == "parent"  # as WooCommerce's lookup reads the row
         again, _ = sync_fields(d.config, net.engine, {"tax": TaxGroup()}, skus=["HOODIE-S"])
         assert again.written == [] and again.problems == []
+    finally:
+        d.close()
+
+
+# -- 6. history cuts long values; the pass still sees an edit past the cut ----------------------
+
+
+def test_an_edit_past_history_s_240_character_cut_is_seen_by_newest(wp_network):
+    """A purchase note of 300 characters synced by a pass; blog 3 then changes its end only, and
+    blog 1 becomes the most recently modified member without editing its note. History keeps the
+    first 240 characters and the hash of the whole value: blog 3 is the member edited since the
+    last pass, so its note wins (with the cut text alone, nobody looked edited and blog 1's older
+    note would have overwritten blog 3's)."""
+    from syncd.fields.manual import sync_fields
+    from syncd.fields.meta import PurchaseGroup
+    from tests.integration.test_fields_pass import newest
+
+    net = wp_network
+    mug = ids(net, "MUG")
+    note = "n" * 300
+    edited = "n" * 280 + "e" * 20
+    put_meta(net, 1, mug[1], "_purchase_note", note)
+    newest(net, 1, mug[1], "2030-01-01 00:00:00")
+    d = make_daemon(net, fields={"purchase": "manual"})
+    try:
+        report, _ = sync_fields(d.config, net.engine, {"purchase": PurchaseGroup()}, skus=["MUG"])
+        assert sorted(w["blog"] for w in report.written) == [2, 3]
+        with net.engine.connect() as c:
+            hashes = c.exec_driver_sql(
+                f"SELECT new_value, new_hash FROM {net.prefix}syncd_history WHERE field_group = 'purchase'"
+            ).all()
+        assert {(len(v), h) for v, h in hashes} == {(241, hashlib.sha1(note.encode()).hexdigest())}
+        put_meta(net, 3, mug[3], "_purchase_note", edited)
+        newest(net, 3, mug[3], "2030-01-01 00:00:01")
+        newest(net, 1, mug[1], "2030-01-01 00:00:02")  # newer, but not edited since the pass
+        report, _ = sync_fields(d.config, net.engine, {"purchase": PurchaseGroup()}, skus=["MUG"])
+        assert sorted(w["blog"] for w in report.written) == [1, 2]
+        assert [meta(net, b, mug[b], "_purchase_note") for b in BLOGS] == [edited] * 3
     finally:
         d.close()
