@@ -259,9 +259,19 @@ class Daemon:
 
     def _finish_checks(self, conn: sa.Connection, ctx: Any, checks: Sequence[Any]) -> int:
         """Derive again what a WooCommerce save may have overwritten after a field write
-        (syncd.fields.recheck), each product in a transaction of its own."""
-        done = 0
-        for c in checks:
+        (syncd.fields.recheck): most in one unlocked look, the rest each in a transaction of its own."""
+        if not checks:
+            return 0
+        try:
+            todo, done = recheck.triage(conn, ctx.base, ctx.blogs, ctx.groups, ctx.settle_seconds, checks)
+            conn.commit()
+        except Exception as exc:
+            _safe_rollback(conn)
+            if is_disconnect(exc):
+                raise
+            self._note_error("field_check_failed", exc, checks=len(checks))
+            return 0
+        for c in todo:
             try:
                 outcome = recheck.finish(conn, ctx.base, ctx.blogs, ctx.groups, ctx.settle_seconds, c)
                 conn.commit()

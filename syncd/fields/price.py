@@ -129,6 +129,33 @@ class PriceGroup:
 
     # ------------------------------------------------------------------ re-derive
 
+    def stale(self, conn: sa.Connection, blog: Blog, post_ids: Sequence[int]) -> set[int]:
+        """The products whose ``_price`` rows are not the active price of their own source
+        values (a plain read, two statements; :meth:`rederive` decides under locks). A variable
+        or grouped product (no source values, ``_price`` rows from its children) is listed too:
+        :meth:`rederive` leaves it alone."""
+        ids = sorted({int(p) for p in post_ids})
+        if not ids:
+            return set()
+        own = self.read(conn, blog, ids)
+        rows: dict[int, list[str | None]] = {p: [] for p in ids}
+        for pid, value in conn.exec_driver_sql(
+            f"SELECT post_id, meta_value FROM {table(blog.prefix, 'postmeta')} "
+            f"WHERE post_id IN ({_marks(len(ids))}) AND meta_key = %s ORDER BY meta_id",
+            (*ids, rules.PRICE),
+        ):
+            rows[int(pid)].append(value)
+        now_ts = woo.unix_time(self._clock())
+        out = set()
+        for pid in ids:
+            values = _texts(own.get(pid, {}))
+            if self.problems(values):
+                continue  # rederive would leave it: WooCommerce's save is not ours to judge
+            want = rules.active_price(values, now_ts)
+            if not rows[pid] or any(v != want for v in rows[pid]):
+                out.add(pid)
+        return out
+
     def rederive(self, conn: sa.Connection, blog: Blog, post_id: int) -> tuple[str, str] | None:
         """``_price`` again from the product's own source values, when it differs from them:
         ``(old, new)``, else None. A WooCommerce save that loaded the product before syncd wrote

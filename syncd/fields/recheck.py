@@ -10,16 +10,18 @@ the save, which does not see it, ends by writing what it derives from the values
 database while ``_price`` says the sale runs.
 
 So every product a group with ``rederive`` (the price group) was written into is recorded here
-(``{base}syncd_field_check``, in the write's transaction) and, once it has been quiet for
-``sync.settle_seconds`` (:func:`finish`, from the daemon's settle step): locked in the daemon's
-order, postponed while it (or its parent) is being saved or has captured changes of the group
-queued, then ``group.rederive`` derives its rows again from its own values where they differ
-(logged ``field_rederived``). A product whose rows agree is only dropped from the table.
+(``{base}syncd_field_check``, in the write's transaction). Once it has been quiet for
+``sync.settle_seconds`` the daemon's settle step takes the due checks: :func:`triage` (no locks,
+a few statements per blog) postpones those still being saved and drops those whose rows agree
+with their own values (``group.stale``), the common case; :func:`finish` takes each of the rest
+in a transaction of its own: locked in the daemon's order, postponed while it (or its parent) is
+being saved or has captured changes of the group queued, then ``group.rederive`` derives its
+rows again from its own values where they differ (logged ``field_rederived``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -89,6 +91,64 @@ def _postpone(conn: sa.Connection, base: str, c: Check, reason: str) -> str:
     )
     log.debug("field_check_postponed", group=c.group, blog=c.blog_id, post=c.post_id, reason=reason)
     return "postponed"
+
+
+def triage(
+    conn: sa.Connection,
+    base: str,
+    blogs: Mapping[int, Blog],
+    groups: Mapping[str, FieldGroup],
+    settle_seconds: float,
+    checks: Sequence[Check],
+) -> tuple[list[Check], int]:
+    """Settle most checks without locks, in the caller's transaction, a few statements per blog:
+        a product still being saved is postponed (one statement each: rare), one whose rows agree with its own values
+        (``group.stale``, a plain read) is dropped. Returns the rest, for :func:`finish` one by one,
+    and how many were dropped.
+        (A save that loaded the product before syncd's write has ended by now unless it is in
+        flight, which :func:`recent` reports; its ``_price`` write is then seen here.)"""
+    todo: list[Check] = []
+    dropped = 0
+    jobs: dict[tuple[str, int], list[Check]] = {}
+    for c in checks:
+        jobs.setdefault((c.group, c.blog_id), []).append(c)
+    for (name, blog_id), mine in sorted(jobs.items()):
+        group = groups.get(name)
+        if blog_id not in blogs or group is None or not callable(getattr(group, "stale", None)):
+            todo += mine  # finish() drops or postpones them with the reason
+            continue
+        blog = blogs[blog_id]
+        parents = dict(
+            conn.exec_driver_sql(
+                f"SELECT ID, post_parent FROM {table(blog.prefix, 'posts')} "
+                f"WHERE ID IN ({', '.join(['%s'] * len(mine))})",
+                tuple(c.post_id for c in mine),
+            ).all()
+        )
+        posts = {blog_id: {p for c in mine for p in (c.post_id, int(parents.get(c.post_id) or 0)) if p}}
+        saving = recent(conn, base, posts, blogs, settle_seconds)
+        busy = [
+            c for c in mine if {(blog_id, c.post_id), (blog_id, int(parents.get(c.post_id) or 0))} & saving
+        ]
+        stale = group.stale(conn, blog, [c.post_id for c in mine if c not in busy])  # type: ignore[attr-defined]
+        for c in busy:
+            _postpone(conn, base, c, "still being saved")
+        todo += [c for c in mine if c not in busy and c.post_id in stale]
+        fine = [c for c in mine if c not in busy and c.post_id not in stale]
+        _drop_unchanged(conn, base, fine)
+        dropped += len(fine)
+    return todo, dropped
+
+
+def _drop_unchanged(conn: sa.Connection, base: str, checks: Sequence[Check]) -> None:
+    """One statement for these checks of one group and blog; a check recorded again meanwhile (a
+    newer ``written_at``) stays."""
+    if checks:
+        conn.exec_driver_sql(
+            f"DELETE FROM {table(base, 'syncd_field_check')} WHERE field_group = %s AND blog_id = %s "
+            f"AND (post_id, written_at) IN ({', '.join(['(%s, %s)'] * len(checks))})",
+            (checks[0].group, checks[0].blog_id, *(v for c in checks for v in (c.post_id, c.written_at))),
+        )
 
 
 def finish(
