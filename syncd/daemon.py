@@ -237,10 +237,8 @@ class Daemon:
         if not items and not checks:
             return 0
         # every available group: a manual sync may run a group whose mode is "off"
-        ctx = deferred.Context(
-            self.base, self.blogs(), make_groups(self.config), self.config.sync.settle_seconds,
-            self.config.fields.takes_part,
-        )  # fmt: skip
+        groups, settle_s = make_groups(self.config), self.config.sync.settle_seconds
+        ctx = deferred.Context(self.base, self.blogs(), groups, settle_s, self.config.fields.takes_part)
         done = 0
         for item in items:
             try:

@@ -2,20 +2,21 @@
 
 A pass writes nothing into a member WooCommerce saved less than ``sync.settle_seconds`` ago
 (:mod:`syncd.fields.inflight`). It records that member here instead, in the pass's transaction
-(``{base}syncd_field_defer``: the field group, the authority it took from, and the value of each
-differing field the member held when the pass looked), and reports it as *deferred*. The daemon
+(``{base}syncd_field_defer``: the field group, the authority it took from, the value of each
+differing field the member held when the pass looked and the value the pass would have written,
+and the pass's history batch), and reports it as *deferred*. The daemon
 (:meth:`syncd.daemon.Daemon.settle_due`) finishes it once it has settled, in a transaction of
 its own (:func:`finish`):
 
-1. locks the member and the authority in the daemon's order (:func:`syncd.fields.sync_pass.lock_members`);
-2. postpones it while either (or a parent) is still being saved, or has captured changes of the
-   group's fields waiting for the realtime path;
+1. postpones it while it has captured changes of the group's fields waiting for the realtime path;
+2. locks the member in the daemon's order (:func:`syncd.fields.sync_pass.lock_members`), and
+   postpones it while it (or its parent) is still being saved;
 3. per deferred field: a member whose value is no longer the one it held when the pass looked was
-   edited after the pass (by the save in flight or later): that newer value is kept; otherwise
-   it takes the authority's current value (an edit of the authority made meanwhile is newer than
-   the pass's and wins too);
-4. writes them as the pass would (``FieldGroup.write``: the derived rows too), records history
-   (role ``field``, or ``skipped`` with the reason) and drops the record.
+   edited after the pass (by the save in flight or later): that newer value is kept (logged
+   ``field_kept``); otherwise it takes the pass's value;
+4. writes them as the pass would (``FieldGroup.write``: the derived rows too), records history in
+   the pass's batch (role ``field``, or ``skipped`` with the reason: the pass's merge base,
+   :mod:`syncd.fields.since`, then says the member holds the pass's value) and drops the record.
 
 A record is dropped without a write when the member left the link group or was deleted, its blog
 no longer takes part in the group (``[fields.blogs]``), or nothing differs any more. An edit of the
@@ -217,9 +218,11 @@ def _write(conn: sa.Connection, ctx: Context, group: FieldGroup, d: Deferral, me
     if mine is None:
         return _dropped(conn, ctx, d, "the member is not readable")
     take, kept = fields_to_take(group, d, mine)
+    why_kept = "edited after the pass deferred it: its newer value is kept"
     for f in kept:  # no history row: the pass's batch still says what the member held
-        log.info("field_kept", group=d.group, blog=d.blog_id, post=d.post_id, sku=d.sku, field=f,
-                 reason="edited after the pass deferred it: its newer value is kept")  # fmt: skip
+        log.info(
+            "field_kept", group=d.group, blog=d.blog_id, post=d.post_id, sku=d.sku, field=f, reason=why_kept
+        )
     wanted = {**mine, **take}
     bad = group.problems(wanted) if take else []
     history: list[FieldHistoryRow] = []
