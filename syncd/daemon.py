@@ -1009,6 +1009,7 @@ class Daemon:
             written=len(report.written),
             problems=len(report.problems),
             skipped=len(report.skipped),
+            deferred=len(report.deferred),
         )
         return report
 
