@@ -126,6 +126,7 @@ class FieldWriter:
             if w.blog_id not in blogs:
                 self._skip(w, list(w.sources), f"blog {w.blog_id} cannot be written now", by_id, result)
         values = self._read(conn, writes, blogs)
+        self._checks = {}  # not a rolled-back attempt's
         self._saved = self._recent(conn, [(w.key, rows.get(w.key)) for w in writes], blogs)
         written: dict[int, set[int]] = {}
         for w in writes:
@@ -153,6 +154,7 @@ class FieldWriter:
         WooCommerce reads them; bad values and saves in flight skip that group as in a batch (a
         save in flight: healed again once settled). True if anything was written."""
         self._lock_joiner(conn, me, blogs)
+        self._checks = {}  # not a rolled-back attempt's
         self._saved = self._recent(conn, [(me.key, row)], blogs)
         written = False
         for name, group in self.realtime.groups.items():
