@@ -131,6 +131,8 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_history` (
   `note` VARCHAR(255) NULL,
   `source` VARCHAR(191) NULL,
   `field_group` VARCHAR(16) NULL,
+  `old_hash` CHAR(40) NULL,
+  `new_hash` CHAR(40) NULL,
   PRIMARY KEY (`id`),
   KEY `sku` (`sku`(64), `applied_at`),
   KEY `applied_at` (`applied_at`),
@@ -244,4 +246,42 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_change_conn` (
   `captured_at` DATETIME(6) NOT NULL,
   PRIMARY KEY (`change_id`),
   KEY `captured_at` (`captured_at`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+-- ;
+-- Members a manual or scheduled field pass deferred (syncd.fields.deferred): the member (or its
+-- parent) was saved less than sync.settle_seconds ago, so the pass wrote nothing into it. Once
+-- it has settled the daemon writes the pass's values (`wanted`, JSON) of these fields, recorded in
+-- the pass's history batch, unless the member's value changed after the pass (`held`: JSON,
+-- field -> the value it held when the pass looked): a newer value is never overwritten.
+CREATE TABLE IF NOT EXISTS `{base}syncd_field_defer` (
+  `blog_id` INT UNSIGNED NOT NULL,
+  `post_id` BIGINT UNSIGNED NOT NULL,
+  `field_group` VARCHAR(16) NOT NULL,
+  `link_group` BIGINT UNSIGNED NOT NULL,
+  `sku` VARCHAR(255) NOT NULL,
+  `origin_blog_id` INT UNSIGNED NOT NULL,
+  `origin_post_id` BIGINT UNSIGNED NOT NULL,
+  `batch_id` BIGINT UNSIGNED NOT NULL,
+  `held` MEDIUMTEXT NOT NULL,
+  `wanted` MEDIUMTEXT NOT NULL,
+  `deferred_at` DATETIME(6) NOT NULL,
+  `attempts` INT UNSIGNED NOT NULL DEFAULT 0,
+  `reason` VARCHAR(255) NOT NULL DEFAULT '',
+  `source` VARCHAR(191) NULL,
+  PRIMARY KEY (`blog_id`, `post_id`, `field_group`),
+  KEY `due` (`deferred_at`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+-- ;
+-- Products syncd wrote a field group's values into whose derived rows a WooCommerce save may
+-- overwrite (syncd.fields.recheck): a save that loaded the product before syncd's write and bumps
+-- post_modified only afterwards writes the _price it computed from the values it loaded (trace 09,
+-- 48 -> 54 -> 89). Once the product has settled the daemon derives them again from its own values.
+CREATE TABLE IF NOT EXISTS `{base}syncd_field_check` (
+  `blog_id` INT UNSIGNED NOT NULL,
+  `post_id` BIGINT UNSIGNED NOT NULL,
+  `field_group` VARCHAR(16) NOT NULL,
+  `written_at` DATETIME(6) NOT NULL,
+  `attempts` INT UNSIGNED NOT NULL DEFAULT 0,
+  PRIMARY KEY (`blog_id`, `post_id`, `field_group`),
+  KEY `due` (`written_at`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin

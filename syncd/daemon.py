@@ -51,7 +51,7 @@ from syncd import signals as early_signals
 from syncd.apply import Applier, BatchConflict, BatchExtend, BatchResult
 from syncd.config import Config, ConfigError, load_config
 from syncd.db import errno_of, is_disconnect, is_retryable, server_info, table
-from syncd.fields import realtime
+from syncd.fields import realtime, recheck
 from syncd.fields.group import FieldGroup
 from syncd.network import Blog, NotMultisiteError
 from syncd.notify import notify, watchdog_interval
@@ -220,6 +220,64 @@ class Daemon:
                 if is_disconnect(exc):
                     raise
                 self._note_error("settle_failed", exc, blog=item.blog_id, post=item.post_id, kind=item.kind)
+                continue
+            done += outcome != "postponed"
+        return done + self.finish_deferred(conn, limit)
+
+    def finish_deferred(self, conn: sa.Connection, limit: int = 50) -> int:
+        """Write what a field pass deferred into members that have settled (syncd.fields.deferred),
+        then derive again the rows of written products a save may have overwritten
+        (syncd.fields.recheck), each in a transaction of its own. Returns how many were done."""
+        from syncd.fields import deferred
+        from syncd.fields.registry import make_groups
+
+        items = deferred.due(conn, self.base, self.config.sync.settle_seconds, limit)
+        checks = recheck.due(conn, self.base, self.config.sync.settle_seconds, limit)
+        conn.rollback()
+        if not items and not checks:
+            return 0
+        # every available group: a manual sync may run a group whose mode is "off"
+        groups, settle_s = make_groups(self.config), self.config.sync.settle_seconds
+        ctx = deferred.Context(self.base, self.blogs(), groups, settle_s, self.config.fields.takes_part)
+        done = 0
+        for item in items:
+            try:
+                outcome = deferred.finish(conn, ctx, item)
+                conn.commit()
+            except Exception as exc:
+                _safe_rollback(conn)
+                if is_disconnect(exc):
+                    raise
+                self._note_error(
+                    "field_deferral_failed", exc, blog=item.blog_id, post=item.post_id, group=item.group
+                )
+                continue
+            done += outcome != "postponed"
+        return done + self._finish_checks(conn, ctx, checks)
+
+    def _finish_checks(self, conn: sa.Connection, ctx: Any, checks: Sequence[Any]) -> int:
+        """Derive again what a WooCommerce save may have overwritten after a field write
+        (syncd.fields.recheck): most in one unlocked look, the rest each in a transaction of its own."""
+        if not checks:
+            return 0
+        try:
+            todo, done = recheck.triage(conn, ctx.base, ctx.blogs, ctx.groups, ctx.settle_seconds, checks)
+            conn.commit()
+        except Exception as exc:
+            _safe_rollback(conn)
+            if is_disconnect(exc):
+                raise
+            self._note_error("field_check_failed", exc, checks=len(checks))
+            return 0
+        for c in todo:
+            try:
+                outcome = recheck.finish(conn, ctx.base, ctx.blogs, ctx.groups, ctx.settle_seconds, c)
+                conn.commit()
+            except Exception as exc:
+                _safe_rollback(conn)
+                if is_disconnect(exc):
+                    raise
+                self._note_error("field_check_failed", exc, blog=c.blog_id, post=c.post_id, group=c.group)
                 continue
             done += outcome != "postponed"
         return done
@@ -951,6 +1009,7 @@ class Daemon:
             written=len(report.written),
             problems=len(report.problems),
             skipped=len(report.skipped),
+            deferred=len(report.deferred),
         )
         return report
 

@@ -30,7 +30,8 @@ class IdleProbe:
         self._conn: Any = None  # the DBAPI connection, opened on first use
 
     def work(self, blogs: Collection[int]) -> tuple[bool, bool]:
-        """(a change of ``blogs`` is queued, a product is settling). On any error: (True, True),
+        """(a change of ``blogs`` is queued, a product is settling, a field pass deferred a
+        member, or a field write is to be checked: syncd.fields.deferred, syncd.fields.recheck). On any error: (True, True),
         so the caller looks the usual way (and meets the error there, handled as it always is)."""
         try:
             if self._conn is None:
@@ -44,7 +45,9 @@ class IdleProbe:
             try:
                 cur.execute(
                     f"SELECT EXISTS(SELECT 1 FROM {table(self.base, 'syncd_change')} WHERE blog_id IN ({marks})), "
-                    f"EXISTS(SELECT 1 FROM {table(self.base, 'syncd_settle')})",
+                    f"EXISTS(SELECT 1 FROM {table(self.base, 'syncd_settle')}) "
+                    f"OR EXISTS(SELECT 1 FROM {table(self.base, 'syncd_field_defer')}) "
+                    f"OR EXISTS(SELECT 1 FROM {table(self.base, 'syncd_field_check')})",
                     ids,
                 )
                 queued, settling = cur.fetchone()

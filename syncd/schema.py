@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from syncd.db import table, validate_prefix
 from syncd.sqlfiles import schema_text, split_statements
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 OWN_TABLES = (
     "syncd_change",
     "syncd_dead",
@@ -30,6 +30,8 @@ OWN_TABLES = (
     "syncd_token",
     "syncd_source",
     "syncd_change_conn",
+    "syncd_field_defer",
+    "syncd_field_check",
 )
 
 
@@ -47,6 +49,7 @@ def ensure_schema(conn: sa.Connection, base_prefix: str) -> int:
     _widen_history_role(conn, base_prefix)
     _add_history_source(conn, base_prefix)
     _add_history_field_group(conn, base_prefix)
+    _add_history_hashes(conn, base_prefix)
     _ensure_index(conn, base_prefix, "syncd_change", "product", "(`blog_id`, `post_id`)")
     # syncd.queue: a statement's rows are found together (tables created before it lack the key).
     _ensure_index(conn, base_prefix, "syncd_change", "stmt", "(`conn_id`, `captured_at`)")
@@ -111,6 +114,18 @@ def _add_history_field_group(conn: sa.Connection, base_prefix: str) -> None:
     field ``meta_key`` names): added in place, once."""
     _ensure_column(
         conn, base_prefix, "syncd_history", "field_group", "ADD COLUMN `field_group` VARCHAR(16) NULL"
+    )
+
+
+def _add_history_hashes(conn: sa.Connection, base_prefix: str) -> None:
+    """Schema 7 added history's ``old_hash``/``new_hash`` (a field value longer than its column:
+    the SHA-1 of the whole value, syncd.record.field_value_hash): added in place, once."""
+    _ensure_column(
+        conn,
+        base_prefix,
+        "syncd_history",
+        "new_hash",
+        "ADD COLUMN `old_hash` CHAR(40) NULL, ADD COLUMN `new_hash` CHAR(40) NULL",
     )
 
 

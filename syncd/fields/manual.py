@@ -113,6 +113,11 @@ def render(report: PassReport, out: TextIO) -> None:
             for p in report.problems
         ]
         print_table(rows, ("SKU", "GROUP", "BLOG:POST", "FIELD", "REASON"), out)
+    if report.deferred:
+        print(f"\nDeferred: {len(report.deferred)} field value(s) of products being saved", file=out)
+        rows = [(p["sku"], p["group"], f"{p['blog']}:{p['post']}", p["field"]) for p in report.deferred]
+        print_table(rows, ("SKU", "GROUP", "BLOG:POST", "FIELD"), out)
+        print("  the daemon writes them once those products have settled (sync.settle_seconds)", file=out)
     for s in report.skipped:
         what = s.get("group", "chunk")
         print(f"Skipped {what} of {s.get('sku') or s.get('link_groups')}: {s['reason']}", file=out)

@@ -11,7 +11,8 @@ from the blog's own values: the lookup row (``tax_status``, ``tax_class``, ``glo
 transients (fixtures 17 A and 18 A).
 
 Values are compared as WooCommerce reads them (:meth:`MetaGroup.canonical`: a missing row is the
-prop's default, '1'/'true' is 'yes'), so a member is written only when a product object would differ.
+prop's default, '1'/'true' is 'yes'; a variation's missing ``_tax_class`` row is read as 'parent'),
+so a member is written only when a product object would differ.
 """
 
 from __future__ import annotations
@@ -77,7 +78,27 @@ class MetaGroup:
             if (int(pid), key) not in seen:  # get_post_meta(..., true): the first row
                 seen.add((int(pid), key))
                 out[int(pid)][key] = value
+        self._inherited_tax_class(conn, blog, out)
         return dict(out)
+
+    def _inherited_tax_class(self, conn: sa.Connection, blog: Blog, out: dict[int, dict[str, Value]]) -> None:
+        """A variation without a ``_tax_class`` row reads as ``'parent'`` (it takes its parent's
+        class), never as ``''`` (standard): ``WC_Product_Variation_Data_Store_CPT::
+        read_product_data()`` sets ``'parent'`` when the row does not exist. So a variation
+        whose row is missing and one holding ``'parent'`` are equal, and ``''`` is never copied
+        where the origin means its parent's class."""
+        keys = [f.key for f in self.fields if f.kind == TAX_CLASS]
+        missing = sorted(pid for pid, vals in out.items() if any(vals.get(k) is None for k in keys))
+        if not missing:
+            return
+        variations = conn.exec_driver_sql(
+            f"SELECT ID FROM {table(blog.prefix, 'posts')} WHERE ID IN ({_marks(len(missing))}) AND post_type = %s",
+            (*missing, woo.VARIATION),
+        ).all()
+        for (pid,) in variations:
+            for k in keys:
+                if out[int(pid)].get(k) is None:
+                    out[int(pid)][k] = "parent"
 
     @property
     def checksum_keys(self) -> tuple[str, ...]:
@@ -149,8 +170,10 @@ class MetaGroup:
     def _refused(self, conn: sa.Connection, target: Target, f: MetaField, value: str) -> str | None:
         """Why ``value`` cannot be written on the target's blog (None: it can)."""
         if f.kind == TAX_CLASS and value:
-            if value == "parent" and target.post_type == woo.VARIATION:
-                return None
+            if value == "parent":
+                if target.post_type == woo.VARIATION:
+                    return None
+                return "tax class 'parent' (the variation's parent's class) applies to variations only"
             if value not in tax_classes(conn, target.blog):
                 return f"tax class {value!r} does not exist on blog {target.blog.blog_id}"
         if f.kind == GTIN and value:

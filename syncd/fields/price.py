@@ -127,6 +127,67 @@ class PriceGroup:
         log.debug("price_written", blog=blog.blog_id, post=pid, sku=target.sku, fields=changed)
         return []
 
+    # ------------------------------------------------------------------ re-derive
+
+    def stale(self, conn: sa.Connection, blog: Blog, post_ids: Sequence[int]) -> set[int]:
+        """The products whose ``_price`` rows are not the active price of their own source
+        values (a plain read, two statements; :meth:`rederive` decides under locks). A variable
+        or grouped product (no source values, ``_price`` rows from its children) is listed too:
+        :meth:`rederive` leaves it alone."""
+        ids = sorted({int(p) for p in post_ids})
+        if not ids:
+            return set()
+        own = self.read(conn, blog, ids)
+        rows: dict[int, list[str | None]] = {p: [] for p in ids}
+        for pid, value in conn.exec_driver_sql(
+            f"SELECT post_id, meta_value FROM {table(blog.prefix, 'postmeta')} "
+            f"WHERE post_id IN ({_marks(len(ids))}) AND meta_key = %s ORDER BY meta_id",
+            (*ids, rules.PRICE),
+        ):
+            rows[int(pid)].append(value)
+        now_ts = woo.unix_time(self._clock())
+        out = set()
+        for pid in ids:
+            values = _texts(own.get(pid, {}))
+            if self.problems(values):
+                continue  # rederive would leave it: WooCommerce's save is not ours to judge
+            want = rules.active_price(values, now_ts)
+            if not rows[pid] or any(v != want for v in rows[pid]):
+                out.add(pid)
+        return out
+
+    def rederive(self, conn: sa.Connection, blog: Blog, post_id: int) -> tuple[str, str] | None:
+        """``_price`` again from the product's own source values, when it differs from them:
+        ``(old, new)``, else None. A WooCommerce save that loaded the product before syncd wrote
+        a price value into it, and bumps ``post_modified`` only afterwards (trace 09, 48 -> 54),
+        is not seen as a save in flight; its ``handle_updated_props()`` then writes the ``_price``
+        it computed from the values it loaded (89) over syncd's (:mod:`syncd.fields.recheck`).
+        The derived rows follow as on a write (a variation's parent rows, the lookup, transients)."""
+        kind = _product_kind(conn, blog, post_id)
+        if kind is None or kind == "variable" or _price_is_synced(conn, blog, post_id):
+            return None  # a variable or grouped product's _price follows its children
+        own = _texts(self.read(conn, blog, [post_id]).get(post_id, {}))
+        if self.problems(own):
+            return None  # not ours to judge: WooCommerce keeps what its save wrote
+        now = self._clock()
+        want = rules.active_price(own, woo.unix_time(now))
+        rows = [
+            r[0]
+            for r in conn.exec_driver_sql(
+                f"SELECT meta_value FROM {table(blog.prefix, 'postmeta')} WHERE post_id = %s AND meta_key = %s "
+                "ORDER BY meta_id FOR UPDATE",
+                (post_id, rules.PRICE),
+            )
+        ]
+        if rows and all(v == want for v in rows):
+            return None
+        _write_active_price(conn, blog, post_id, want)
+        parent = _variable_parent(conn, blog, post_id) if kind == "variation" else None
+        if parent is not None:
+            sync_parent_prices(conn, blog, parent)
+        derived.refresh_products(conn, blog, [post_id], now_utc=now, changed=[post_id])
+        return (rows[0] if rows else None) or "", want
+
 
 # ---------------------------------------------------------------------- helpers
 
@@ -153,6 +214,21 @@ def _product_kind(conn: sa.Connection, blog: Blog, post_id: int) -> str | None:
     if row[0] == woo.VARIATION:
         return "variation"
     return "variable" if int(row[2]) else "product"
+
+
+def _price_is_synced(conn: sa.Connection, blog: Blog, post_id: int) -> bool:
+    """``handle_updated_props()``'s ``$price_is_synced``: a variable or grouped product, whose
+    ``_price`` rows its children set (never its own regular and sale price)."""
+    p = blog.prefix
+    return bool(
+        conn.exec_driver_sql(
+            f"SELECT EXISTS (SELECT 1 FROM {table(p, 'term_relationships')} tr "
+            f"JOIN {table(p, 'term_taxonomy')} tt ON tt.term_taxonomy_id = tr.term_taxonomy_id "
+            f"JOIN {table(p, 'terms')} t ON t.term_id = tt.term_id WHERE tr.object_id = %s "
+            "AND tt.taxonomy = 'product_type' AND t.slug IN ('variable', 'grouped'))",
+            (post_id,),
+        ).scalar()
+    )
 
 
 def _variable_parent(conn: sa.Connection, blog: Blog, post_id: int) -> int | None:

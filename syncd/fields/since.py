@@ -6,6 +6,11 @@ after a sale "newest" by ``post_modified_gmt`` is a tie, and a field edited on o
 sale would lose to the lowest blog id at the next pass. With a base, the members edited since the
 last pass are the candidates, and the newest of them wins.
 
+Values are compared by :func:`syncd.record.field_fingerprint`: the value itself, or ``'#'`` + the
+SHA-1 history stores next to a value it cuts at 240 characters, so an edit past that point is seen.
+(Rows written before schema 7 have no hash: a long value there compares as changed once, i.e.
+that pass chooses as it would without history.)
+
 Per (link group, field): the latest history row (``field`` or ``skipped``, this field group) of
 any member gives the pass (``batch_id``) and the value it copied (``new_value``); a member with a
 row in that pass held ``new_value`` (``field``) or kept ``old_value`` (``skipped``); one without
@@ -88,7 +93,8 @@ def read_facts(
         return []
     wanted = {m.key for m in members}
     rows = conn.exec_driver_sql(
-        f"SELECT id, batch_id, role, blog_id, post_id, meta_key, old_value, new_value "
+        "SELECT id, batch_id, role, blog_id, post_id, meta_key, "
+        "IF(old_hash IS NULL, old_value, CONCAT('#', old_hash)), IF(new_hash IS NULL, new_value, CONCAT('#', new_hash)) "
         f"FROM {table(base, 'syncd_history')} WHERE sku IN ({', '.join(['%s'] * len(skus))}) "
         "AND field_group = %s AND role IN ('field', 'skipped')",
         (*skus, group_name),

@@ -17,8 +17,10 @@ Chunked like reconcile: a chunk of link groups is one short transaction that
    skips the link group when the authority's values have ``problems()``, writes each member whose
    values differ as WooCommerce reads them (``FieldGroup.write``), and records history
    (``field_group`` set; role ``field`` per field written, ``skipped`` per field left alone);
-   a member WooCommerce saved less than ``sync.settle_seconds`` ago takes no inserted row
-   (:mod:`syncd.fields.inflight`): it is left alone with that reason, and the next pass takes it;
+   a member WooCommerce saved less than ``sync.settle_seconds`` ago is not written
+   (:mod:`syncd.fields.inflight`): it is reported *deferred* and recorded, and the daemon writes
+   the pass's values into it once it has settled, unless it was edited meanwhile
+   (:mod:`syncd.fields.deferred`);
 5. commits, or with ``dry_run`` rolls back: the preview is what a real run writes.
 """
 
@@ -27,7 +29,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,11 +39,14 @@ import structlog
 from syncd.audit import MAX_BUCKETS, Scope
 from syncd.config import Config
 from syncd.db import errno_of, is_disconnect, is_retryable, table
+from syncd.fields import deferred as deferrals
+from syncd.fields import recheck
 from syncd.fields.checksum import BucketChecksums
+from syncd.fields.deferred import Deferral
 from syncd.fields.group import FieldGroup, Problem, Target, Value, Values
 from syncd.fields.inflight import SaveInFlight, recent, write_settled
 from syncd.fields.since import edited_since, known_values, read_facts
-from syncd.record import FieldHistoryRow, clip_field_value, write_field_history
+from syncd.record import FieldHistoryRow, field_fingerprint, write_field_history
 
 log = structlog.get_logger("syncd.fields")
 
@@ -80,6 +85,12 @@ class PassReport:
     written: list[dict[str, Any]] = field(default_factory=list)
     problems: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    #: Fields of members being saved: left for the daemon to write once settled (syncd.fields.deferred).
+    deferred: list[dict[str, Any]] = field(default_factory=list)
+    #: The records of a chunk's deferred members (written in its transaction; not in the document).
+    deferrals: list[Deferral] = field(default_factory=list, repr=False)
+    #: (group, member) written by a group whose derived rows are checked once settled (syncd.fields.recheck).
+    checks: list[tuple[str, Key]] = field(default_factory=list, repr=False)
 
     def document(self) -> dict[str, Any]:
         return {
@@ -91,10 +102,12 @@ class PassReport:
                 "written": len(self.written),
                 "problems": len(self.problems),
                 "skipped": len(self.skipped),
+                "deferred": len(self.deferred),
             },
             "written": self.written,
             "problems": self.problems,
             "skipped": self.skipped,
+            "deferred": self.deferred,
         }
 
 
@@ -155,10 +168,11 @@ def edited_members(
     known: Mapping[Key, Mapping[str, str | None]],
 ) -> list[Member]:
     """The members whose values differ from what they held after the last pass (syncd.fields.since),
-    compared as WooCommerce reads them and as history stores them (cut at 240 characters)."""
+    compared as WooCommerce reads them, by :func:`syncd.record.field_fingerprint` (history cuts a
+    long value at 240 characters and keeps its hash)."""
 
     def shown(vals: Values) -> dict[str, str | None]:
-        return {f: clip_field_value(text_of(v)) for f, v in canonical(group, vals).items()}
+        return {f: field_fingerprint(text_of(v)) for f, v in canonical(group, vals).items()}
 
     current = {m.key: shown(values[m.key]) for m in members}
     held = {}
@@ -178,9 +192,9 @@ def members_holding(
         return []
     out = []
     for m in members:
-        now = {f: clip_field_value(text_of(v)) for f, v in canonical(group, values[m.key]).items()}
+        now = {f: field_fingerprint(text_of(v)) for f, v in canonical(group, values[m.key]).items()}
         was = {
-            f: clip_field_value(text_of(v)) for f, v in canonical(group, {**values[m.key], **base}).items()
+            f: field_fingerprint(text_of(v)) for f, v in canonical(group, {**values[m.key], **base}).items()
         }
         if all(now.get(f) == was.get(f) for f in base):
             out.append(m)
@@ -244,6 +258,19 @@ def read_members(conn: sa.Connection, scope: Scope, group_ids: Sequence[int]) ->
             f"AND m.state = 'linked' AND NOT {excluded} ORDER BY m.blog_id, m.post_id"
         ),
         params,
+    ).all()
+    return [Member(int(r[0]), int(r[1]), int(r[2]), r[3], r[4], int(r[5])) for r in rows]
+
+
+def member_rows(conn: sa.Connection, base: str, keys: Sequence[Key]) -> list[Member]:
+    """The linked members with these (blog, post) keys, in lock order."""
+    if not keys:
+        return []
+    rows = conn.exec_driver_sql(
+        f"SELECT group_id, blog_id, post_id, sku, post_type, parent_id FROM {table(base, 'syncd_member')} "
+        f"WHERE (blog_id, post_id) IN ({', '.join(['(%s, %s)'] * len(keys))}) AND state = 'linked' "
+        "ORDER BY blog_id, post_id",
+        tuple(v for k in keys for v in k),
     ).all()
     return [Member(int(r[0]), int(r[1]), int(r[2]), r[3], r[4], int(r[5])) for r in rows]
 
@@ -480,11 +507,16 @@ class FieldPass:
         self.report.written += staged.written
         self.report.problems += staged.problems
         self.report.skipped += staged.skipped
+        self.report.deferred += staged.deferred
         for w in staged.written:
             log.info("field_synced", **{k: w[k] for k in ("group", "blog", "post", "sku", "field")})
         for p in staged.problems:
             log.warning(
                 "field_skipped", **{k: p[k] for k in ("group", "blog", "post", "sku", "field", "reason")}
+            )
+        for p in staged.deferred:
+            log.info(
+                "field_deferred", **{k: p[k] for k in ("group", "blog", "post", "sku", "field", "reason")}
             )
 
     def _chunk(self, conn: sa.Connection, group_ids: Sequence[int], staged: PassReport) -> None:
@@ -529,14 +561,16 @@ class FieldPass:
                 history += self._sync_one(
                     conn, name, group, gid, mine, values, (modified, saved), staged, known
                 )
+        batch = next(_batch_ids)
         write_field_history(
-            conn,
-            self.scope.base,
-            next(_batch_ids),
-            history,
-            datetime.now(UTC).replace(tzinfo=None),
-            self.source,
+            conn, self.scope.base, batch, history, datetime.now(UTC).replace(tzinfo=None), self.source
         )
+        written = {(w["group"], w["blog"], w["post"]) for w in staged.written}
+        deferrals.forget(conn, self.scope.base, sorted(written))  # an older deferral is done with
+        later = [replace(d, batch_id=batch, source=self.source) for d in staged.deferrals]
+        deferrals.record(conn, self.scope.base, later)
+        for name in sorted({g for g, _ in staged.checks}):
+            recheck.record(conn, self.scope.base, name, [k for g, k in staged.checks if g == name])
 
     def _saved(self, conn: sa.Connection, members: Sequence[Member]) -> set[Key]:
         """The members (and parents) saved within ``sync.settle_seconds``, read before the chunk
@@ -597,10 +631,65 @@ class FieldPass:
                 problems = write_settled(
                     conn, group, target, current, wanted, saved, self.config.sync.settle_seconds
                 )
-            except SaveInFlight as exc:  # the next pass (scheduled) or sync (manual) takes it
-                problems = [Problem(m.blog_id, m.post_id, m.sku, f, exc.reason) for f in fields]
+            except SaveInFlight as exc:  # the daemon writes it once settled (syncd.fields.deferred)
+                rows += self._defer(name, gid, auth, m, fields, (current, wanted), exc.reason, staged, group)
+                continue
+            if recheck.rederives(group):
+                staged.checks.append((name, m.key))
             rows += self._record(name, gid, auth, why, m, fields, current, wanted, problems, staged)
         return rows
+
+    def _defer(
+        self,
+        name: str,
+        gid: int,
+        auth: Member,
+        m: Member,
+        fields: Sequence[str],
+        values: tuple[Values, Values],
+        reason: str,
+        staged: PassReport,
+        group: FieldGroup,
+    ) -> list[FieldHistoryRow]:
+        """A member being saved: reported deferred, recorded to be written once settled; history
+        says it kept its value (the pass's merge base, syncd.fields.since)."""
+        current, wanted = values
+        have = canonical(group, current)
+        held = {f: text_of(have.get(f)) for f in fields}
+        staged.deferrals.append(
+            Deferral(
+                m.blog_id,
+                m.post_id,
+                name,
+                gid,
+                m.sku,
+                auth.key,
+                0,
+                held,
+                {f: wanted.get(f) for f in fields},
+                reason=reason,
+            )
+        )
+        note = f"deferred: {reason}"
+        for fld in fields:
+            staged.deferred.append(
+                {**_problem_entry(name, gid, m, fld, note), "authority": f"{auth.blog_id}:{auth.post_id}"}
+            )
+        return [
+            FieldHistoryRow(
+                "skipped",
+                name,
+                m.blog_id,
+                m.post_id,
+                m.sku,
+                fld,
+                text_of(current.get(fld)),
+                text_of(wanted.get(fld)),
+                auth.key,
+                note,
+            )  # fmt: skip
+            for fld in fields
+        ]
 
     def _record(
         self,

@@ -27,6 +27,7 @@ import structlog
 
 from syncd import settle
 from syncd.db import errno_of, is_retryable, run_many, table
+from syncd.fields import recheck
 from syncd.fields.group import FieldGroup, Target, Value, Values
 from syncd.fields.inflight import SaveInFlight, recent, write_settled
 from syncd.fields.realtime import RealtimeFields
@@ -80,6 +81,9 @@ class FieldWriter:
         #: The products (and parents) of this write step saved within ``settle_seconds`` before it
         #: wrote anything (:func:`syncd.fields.inflight.recent`).
         self._saved: set[Key] = set()
+        #: group -> the products this write step wrote whose derived rows are checked once
+        #: settled (:mod:`syncd.fields.recheck`), recorded at the end of the step.
+        self._checks: dict[str, set[Key]] = {}
         self.index = realtime.index()
         #: (group, field) -> the change key history records it under (``post:<column>`` etc.).
         self.keys = {v: k for k, v in self.index.items()}
@@ -93,16 +97,19 @@ class FieldWriter:
         for w in plan.writes:
             if self.realtime.groups[w.group].post_columns and w.blog_id in blogs:
                 posts.setdefault(w.blog_id, set()).add(w.post_id)
-        statements = [
-            (
-                f"SELECT ID FROM {table(blogs[b].prefix, 'posts')} WHERE ID IN ({', '.join(['%s'] * len(p))}) "
-                "ORDER BY ID FOR UPDATE",
-                sorted(p),
-            )
-            for b, p in sorted(posts.items())
-        ]
-        if statements:
-            run_many(conn, statements)
+        _lock_posts(conn, posts, blogs)
+
+    def _lock_joiner(self, conn: sa.Connection, me: Member, blogs: Mapping[int, Blog]) -> None:
+        """A joining or healed member's posts row, before its values are read, when a group that
+        takes part on its blog has posts columns (the content group): as :meth:`lock_targets`
+        does for a batch, a shop's edit of its title then waits for the join and is captured
+        after it, instead of committing between the join's read and its write (and being
+        overwritten). Taken after the join's lock step (postmeta, then posts: the daemon's order)."""
+        if me.blog_id in blogs and any(
+            g.post_columns and self.realtime.takes_part(n, me.blog_id)
+            for n, g in self.realtime.groups.items()
+        ):
+            _lock_posts(conn, {me.blog_id: {me.post_id}}, blogs)
 
     def write_all(
         self,
@@ -119,12 +126,19 @@ class FieldWriter:
             if w.blog_id not in blogs:
                 self._skip(w, list(w.sources), f"blog {w.blog_id} cannot be written now", by_id, result)
         values = self._read(conn, writes, blogs)
+        self._checks = {}  # not a rolled-back attempt's
         self._saved = self._recent(conn, [(w.key, rows.get(w.key)) for w in writes], blogs)
         written: dict[int, set[int]] = {}
         for w in writes:
             if self._member(conn, w, values, rows.get(w.key), blogs[w.blog_id], by_id, result):
                 written.setdefault(w.blog_id, set()).add(w.post_id)
+        self._record_checks(conn)
         return written
+
+    def _record_checks(self, conn: sa.Connection) -> None:
+        for name, keys in sorted(self._checks.items()):
+            recheck.record(conn, self.base_prefix, name, keys)
+        self._checks = {}
 
     def join(
         self,
@@ -139,6 +153,8 @@ class FieldWriter:
         given them (each field from :meth:`JoinSources.source_of`): the fields that differ as
         WooCommerce reads them; bad values and saves in flight skip that group as in a batch (a
         save in flight: healed again once settled). True if anything was written."""
+        self._lock_joiner(conn, me, blogs)
+        self._checks = {}  # not a rolled-back attempt's
         self._saved = self._recent(conn, [(me.key, row)], blogs)
         written = False
         for name, group in self.realtime.groups.items():
@@ -147,6 +163,7 @@ class FieldWriter:
             w, values = self._join_write(conn, me, name, group, sources, blogs)
             if w is not None:
                 written |= self._member(conn, w, values, row, blogs[me.blog_id], {}, result)
+        self._record_checks(conn)
         return written
 
     def _join_write(
@@ -278,6 +295,8 @@ class FieldWriter:
         try:
             problems = write_settled(conn, group, target, have, wanted, self._saved, self.settle_seconds)
             sp.commit()
+            if recheck.rederives(group):
+                self._checks.setdefault(w.group, set()).add(w.key)
         except SaveInFlight as exc:
             sp.rollback()
             self._skip(w, list(w.sources), exc.reason, by_id, result)
@@ -343,3 +362,18 @@ class FieldWriter:
     def _key(self, group: str, name: str) -> str:
         """History's meta_key for a field: its change key (``post:<column>`` for a posts column)."""
         return self.keys.get((group, name), name)
+
+
+def _lock_posts(conn: sa.Connection, posts: Mapping[int, set[int]], blogs: Mapping[int, Blog]) -> None:
+    """``SELECT ... FOR UPDATE`` of these posts rows (blog -> post ids): ascending blog, then post id."""
+    statements = [
+        (
+            f"SELECT ID FROM {table(blogs[b].prefix, 'posts')} WHERE ID IN ({', '.join(['%s'] * len(p))}) "
+            "ORDER BY ID FOR UPDATE",
+            sorted(p),
+        )
+        for b, p in sorted(posts.items())
+        if p
+    ]
+    if statements:
+        run_many(conn, statements)

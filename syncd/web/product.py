@@ -299,7 +299,8 @@ def sync_fields(ctx: Ctx) -> View | Response:
     if ctx.json:
         return View("product.html", {"group": gid, **report.document()})
     text = f"{name} synced ({len(report.written)} value(s) written"
-    text += f", {len(report.problems)} left alone)" if report.problems else ")"
+    text += f", {len(report.problems)} left alone" if report.problems else ""
+    text += f", {len(report.deferred)} deferred until settled)" if report.deferred else ")"
     return RedirectResponse(f"/product/{gid}?done=" + _q(text), status_code=303)
 
 

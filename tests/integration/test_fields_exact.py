@@ -183,7 +183,9 @@ def test_a_pass_inside_the_duplicate_window_leaves_the_saved_member_alone(wp_net
             assert errors == []
             assert meta(net, 1, mug[1], "_sale_price") is None  # nothing inserted into the save
             assert meta(net, 3, mug[3], "_sale_price") == "7.00"
-            assert any(p["blog"] == 1 and "save in flight" in p["reason"] for p in report.problems)
+            # deferred, not a problem: the daemon writes it once settled (test_fields_gaps)
+            assert any(p["blog"] == 1 and "save in flight" in p["reason"] for p in report.deferred)
+            assert report.problems == []
             replay.run()
         assert price_duplicates(net, mug) == []
         assert meta(net, 1, mug[1], "_sale_price") == "8.00"  # WooCommerce's row, once

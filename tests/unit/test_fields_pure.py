@@ -67,6 +67,17 @@ def test_history_values_are_cut_at_240_characters_plus_ellipsis() -> None:
     assert text_of(("a", "b")) == "a,b" and text_of(None) is None
 
 
+def test_long_field_values_are_compared_by_their_hash() -> None:
+    from syncd.record import field_fingerprint, field_value_hash
+
+    assert field_value_hash("x" * 255) is None and field_fingerprint("x" * 255) == "x" * 255
+    a, b = "y" * 300, "y" * 299 + "z"
+    assert clip_field_value(a) == clip_field_value(b)  # the cut text cannot tell them apart
+    assert field_fingerprint(a) != field_fingerprint(b)
+    assert field_fingerprint(a) == "#" + field_value_hash(a) and len(field_fingerprint(a)) == 41
+    assert field_fingerprint(None) is None
+
+
 def test_parse_groups_and_registry() -> None:
     assert parse_groups("purchase, tax", ["tax", "purchase"]) == ["tax", "purchase"]
     with pytest.raises(BadFields, match="unknown field group 'colour'"):

@@ -103,6 +103,8 @@ def test_schema_statements_use_the_base_prefix_only():
         "shop_syncd_token",
         "shop_syncd_source",
         "shop_syncd_change_conn",
+        "shop_syncd_field_defer",
+        "shop_syncd_field_check",
     ]
     assert all("{base}" not in s for s in stmts)
 
