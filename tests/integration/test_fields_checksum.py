@@ -193,7 +193,9 @@ def _found(report: Any) -> set[tuple[Any, ...]]:
 
 
 @pytest.mark.parametrize("max_buckets", [None, 2])
-@pytest.mark.parametrize("group", ["price", "shipping", "shipping_class", "visibility", "taxonomy", "content"])
+@pytest.mark.parametrize(
+    "group", ["price", "shipping", "shipping_class", "visibility", "taxonomy", "content"]
+)
 def test_every_group_has_a_checksum_that_finds_a_difference(mug, group, max_buckets) -> None:  # noqa: F811
     """With every group in the pass (price, terms and content too) the checksums decide which
     link groups are read; one planted difference of any group's stored values is still found,
