@@ -173,6 +173,8 @@ def _plant(net: Any, group: str, blog: int, post: int) -> None:
         put_meta(net, blog, post, "_regular_price", "123.45")
     elif group == "shipping":
         put_meta(net, blog, post, "_weight", "9.5")
+    elif group == "shipping_class_variation":
+        _relate(net, blog, post, "product_shipping_class", ["checksum-bulky"])
     elif group == "shipping_class":
         _relate(net, blog, post, "product_shipping_class", ["checksum-bulky"])
     elif group == "visibility":
@@ -194,13 +196,19 @@ def _found(report: Any) -> set[tuple[Any, ...]]:
 
 @pytest.mark.parametrize("max_buckets", [None, 2])
 @pytest.mark.parametrize(
-    "group", ["price", "shipping", "shipping_class", "visibility", "taxonomy", "content"]
+    "group",
+    ["price", "shipping", "shipping_class", "shipping_class_variation", "visibility", "taxonomy", "content"],
 )
 def test_every_group_has_a_checksum_that_finds_a_difference(mug, group, max_buckets) -> None:  # noqa: F811
     """With every group in the pass (price, terms and content too) the checksums decide which
     link groups are read; one planted difference of any group's stored values is still found,
     and the pass finds exactly what a pass over every link group id finds."""
     net, where = mug
+    if group.endswith("_variation"):  # shipping classes are synced on variations too
+        from tests.integration.sync_helpers import ids
+
+        where = ids(net, "HOODIE-S")
+        assert len(where) >= 2
     blog = max(where)
     gid = next(g for g, m in _linked(net).items() if m.get(blog) == where[blog])
     before, ranges = _all_groups_pass(net, None, None)
@@ -211,7 +219,7 @@ def test_every_group_has_a_checksum_that_finds_a_difference(mug, group, max_buck
     assert any(lo <= gid <= hi for lo, hi in ranges), "the checksums see the planted difference"
     checked, _ = _all_groups_pass(net, None, max_buckets)
     everything, _ = _all_groups_pass(net, sorted(_linked(net)), None)
-    name = "shipping" if group == "shipping_class" else group
+    name = "shipping" if group.startswith("shipping") else group
     assert (name, gid) in _found(everything) - _found(before), "the planted difference must show"
     assert sorted(map(_key, checked.written)) == sorted(map(_key, everything.written))
     assert checked.problems == everything.problems
