@@ -25,16 +25,20 @@ How it is measured
 * Matching: per product, the k-th committed write is the k-th change row (by id) for that product.
 * Reported: p50/p95/p99/max of commit -> applied. "from due" is measured from when the write was
   due, so it also counts any writer lateness (no coordinated omission hiding).
-* ``--fields price`` (issue 10): each blog count is measured twice in the same run, on the same
-  network and catalogue, first with every field group off, then with ``[fields] price =
-  "realtime"`` (a fresh daemon: its triggers then also watch the price keys, its batches plan and
-  write field registers); the writes are stock writes either way, so the two rows show what a
-  realtime group costs stock propagation. Target: no worse with it on. Needs the field groups
-  (``syncd.fields.registry``) to be installed.
+* ``--fields price`` (issue 10): each blog count is measured in alternating phases on the same
+  network and catalogue, every field group off, then ``[fields] price = "realtime"``, then off
+  again, ... (``--alternations`` pairs, default 3; each phase a fresh daemon: with price realtime
+  its triggers also watch the price keys, its batches plan and write field registers; back off,
+  the triggers are replaced by stock-only ones). The writes are stock writes either way, so the
+  rows show what a realtime group costs stock propagation, and alternating keeps a load that
+  rises or falls during the run from favouring one side. Each row carries its load average; the
+  summary gives, per side, the median, min and max over its phases. Target: no worse with it on.
 """
 
 from __future__ import annotations
 
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -84,17 +88,21 @@ def run(args: Any) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     idle_cpu: dict[int | str, dict[str, float]] = {}
     variants: list[dict[str, str]] = [{}]
-    if args.fields:
-        variants.append(dict.fromkeys(args.fields.split(","), "realtime"))
+    if args.fields:  # off, on, off, on, ...: neither side always runs first or last
+        variants = [{}, dict.fromkeys(args.fields.split(","), "realtime")] * max(1, args.alternations)
     try:
         for nblogs in blogs_list:
             net = create_network(server, nblogs)
             load_catalogue(net, skus)
-            for fields in variants:
+            for phase, fields in enumerate(variants, 1):
                 label = ",".join(f"{k}={v}" for k, v in fields.items()) or "off"
+                load = _load()
                 rows, idle = _measure(args, server, net, nblogs, rates, refresh, fields)
-                idle_cpu[nblogs if not fields else f"{nblogs}, fields {label}"] = idle
-                results += [{"fields": label, **r} for r in rows]
+                idle_cpu[
+                    nblogs if len(variants) == 1 else f"{nblogs} blogs, phase {phase}, fields {label}"
+                ] = idle
+                load = f"{load} -> {_load()}"
+                results += [{"fields": label, "phase": phase, "load": load, **r} for r in rows]
             net.engine.dispose()
     finally:
         server.stop()
@@ -102,6 +110,7 @@ def run(args: Any) -> dict[str, Any]:
     with_fields = next(
         (r for r in results if r["blogs"] == 3 and r["rate"] == 100 and r["fields"] != "off"), None
     )
+    sides = _sides(results)
     return {
         "benchmark": "latency",
         "refresh": refresh,
@@ -116,8 +125,29 @@ def run(args: Any) -> dict[str, Any]:
             "measured": target.get("p99_ms") if target else None,
             "met": (target.get("p99_ms", 1e9) <= TARGET_P99_MS) if target else None,
             "with_fields": with_fields.get("p99_ms") if with_fields else None,
+            "sides_at_100_per_s_3_blogs": sides,
         },
     }
+
+
+def _load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _sides(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per fields setting, at 3 blogs and 100/s: median, min and max over its phases of p50/p95/p99."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in results:
+        if r["blogs"] == 3 and r["rate"] == 100 and r.get("p99_ms") is not None:
+            side = out.setdefault(r["fields"], {"phases": []})
+            side["phases"].append(r["phase"])
+            for k in ("p50_ms", "p95_ms", "p99_ms"):
+                side.setdefault(k, []).append(r[k])
+    for side in out.values():
+        for k in ("p50_ms", "p95_ms", "p99_ms"):
+            v = side.pop(k)
+            side[k] = {"median": round(statistics.median(v), 3), "min": min(v), "max": max(v), "each": v}
+    return out
 
 
 def _measure(
@@ -210,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help='field groups to measure realtime beside "off", e.g. price (issue 10; needs the field groups)',
     )
+    p.add_argument(
+        "--alternations", type=int, default=3, help="with --fields: off/on pairs, alternating (default 3)"
+    )
     args = p.parse_args(argv)
     out = run(args)
     if args.json:
@@ -221,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(
         out["results"],
         [
+            ("phase", "phase"),
             ("fields", "fields"),
             ("blogs", "blogs"),
             ("rate", "changes/s"),
@@ -234,11 +268,12 @@ def main(argv: list[str] | None = None) -> int:
             ("backlog_at_end", "backlog"),
             ("daemon_cpu_ms_per_change", "daemon CPU ms/change"),
             ("server_cpu_ms_per_change", "server CPU ms/change"),
+            ("load", "load 1/5/15"),
         ],
     )
     for nb, cpu in out["idle_cpu"].items():
         print(
-            f"idle, {nb} blogs: daemon {cpu.get('daemon_cpu_pct')}% of a core, server {cpu.get('server_cpu_pct')}%"
+            f"idle, {nb}{' blogs' if isinstance(nb, int) else ''}: daemon {cpu.get('daemon_cpu_pct')}% of a core, server {cpu.get('server_cpu_pct')}%"
         )
     t = out["target"]
     verdict = (
@@ -247,8 +282,19 @@ def main(argv: list[str] | None = None) -> int:
         else (f"measured {t['measured']} ms -> {'met' if t['met'] else 'MISSED'}")
     )
     print(f"\ntarget p99 <= {t['p99_ms_at_100_per_s_3_blogs']} ms at 100 changes/s, 3 blogs: {verdict}")
+    for label, side in (
+        t["sides_at_100_per_s_3_blogs"].items() if len(t["sides_at_100_per_s_3_blogs"]) > 1 else ()
+    ):
+        print(
+            f"fields {label}, phases {side['phases']}: "
+            + ", ".join(
+                f"{k[:-3]} median {v['median']} ms (min {v['min']}, max {v['max']})"
+                for k, v in side.items()
+                if k.endswith("_ms")
+            )
+        )
     if t["with_fields"] is not None:
-        print(f"same with {args.fields} realtime: p99 {t['with_fields']} ms (target: no worse than off)")
+        print(f"target for {args.fields} realtime: no worse than off (compare the medians and spreads above)")
     return 0
 
 

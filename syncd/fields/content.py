@@ -34,6 +34,9 @@ class ContentGroup:
     meta_keys: tuple[str, ...] = ()
     post_columns: tuple[str, ...] = CONTENT_COLUMNS
     taxonomies: tuple[str, ...] = ()
+    #: A full pass's checksums (syncd.fields.checksum): the columns of products (variations read None).
+    checksum_columns: tuple[str, ...] = CONTENT_COLUMNS
+    checksum_post_types: tuple[str, ...] = (woo.PRODUCT,)
 
     def __init__(self, clock: Clock = utc_now) -> None:
         self.clock = clock

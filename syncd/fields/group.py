@@ -22,9 +22,11 @@ Optional members a group may add (looked up with ``getattr``; fields-core's pass
 * ``fingerprint_sql(prefix, post_id_sql) -> str``: a scalar SQL expression, equal for two
   products whose stored source values are equal; the pass narrows a chunk on the server with it
   before reading anything (a filter: unequal fingerprints are compared exactly afterwards).
-* ``checksum_keys: tuple[str, ...]``: the group's stored source values are exactly its postmeta
-  rows of these keys; when every group of a full pass has it, the pass first compares whole
-  buckets of link groups by checksum (syncd.fields.checksum) and looks only at the others.
+* ``checksum_keys: tuple[str, ...]`` (postmeta rows of these keys), ``checksum_columns`` with
+  ``checksum_post_types`` (``posts`` columns of products of these types) and ``checksum_terms``
+  ((taxonomies, post types, slugs or None): term slugs): together, exactly what the group's
+  stored source values are; when every group of a full pass has them, the pass first compares
+  whole buckets of link groups by checksum (syncd.fields.checksum) and looks only at the others.
 """
 
 from __future__ import annotations

@@ -56,6 +56,9 @@ class PriceGroup:
     meta_keys: tuple[str, ...] = rules.SOURCE_KEYS
     post_columns: tuple[str, ...] = ()
     taxonomies: tuple[str, ...] = ()
+    #: The stored source rows only (a full pass's checksums, syncd.fields.checksum); never the
+    #: derived ``_price``, which each blog computes from its own values and clock.
+    checksum_keys: tuple[str, ...] = rules.SOURCE_KEYS
 
     def __init__(self, *, clock: Callable[[], datetime] | None = None) -> None:
         self._clock = clock or (lambda: datetime.now(UTC))

@@ -41,7 +41,7 @@ from syncd.config import Config
 from syncd.db import errno_of, is_disconnect, is_retryable, table
 from syncd.fields import deferred as deferrals
 from syncd.fields import recheck
-from syncd.fields.checksum import BucketChecksums
+from syncd.fields.checksum import BucketChecksums, spec_of
 from syncd.fields.deferred import Deferral
 from syncd.fields.group import FieldGroup, Problem, Target, Value, Values
 from syncd.fields.inflight import SaveInFlight, recent, write_settled
@@ -374,18 +374,16 @@ class FieldPass:
             after = ids[-1]
 
     def _dirty_ranges(self) -> list[tuple[int, int]] | None:
-        """With every group declaring ``checksum_keys``: the group-id ranges of the buckets whose
-        checksums differ between blogs (syncd.fields.checksum); None: look at every link group."""
-        if not self.scope.blogs or not all(getattr(g, "checksum_keys", None) for g in self.groups.values()):
+        """With a checksum for every group (syncd.fields.checksum.spec_of): the group-id ranges
+        of the buckets whose checksums differ between blogs; None: look at every link group."""
+        specs = {name: spec_of(group) for name, group in self.groups.items()}
+        if not self.scope.blogs or not all(specs.values()):
             return None
         sums = BucketChecksums(self.engine, self.scope, self.max_buckets)
         dirty = sums.dirty(
             {
-                name: (
-                    group.checksum_keys,
-                    [b for b in self.scope.blog_ids if self.config.fields.takes_part(name, b)],
-                )
-                for name, group in self.groups.items()
+                name: (spec, [b for b in self.scope.blog_ids if self.config.fields.takes_part(name, b)])
+                for name, spec in specs.items()
             }
         )
         log.info("field_pass_checksums", buckets=sums.nbuckets, width=sums.width, dirty=len(dirty))

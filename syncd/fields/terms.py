@@ -85,6 +85,18 @@ class _TermGroup:
         #: Terms seen by :meth:`read` on any blog: what creating them elsewhere needs.
         self.known_terms: dict[tuple[str, str], SourceTerm] = {}
 
+    # ------------------------------------------------------------------ checksums
+
+    @property
+    def checksum_keys(self) -> tuple[str, ...]:
+        """A full pass's checksums (syncd.fields.checksum): the stored meta rows, as read."""
+        return tuple(self.meta_keys)
+
+    @property
+    def checksum_terms(self) -> tuple[tuple[str, ...], tuple[str, ...], frozenset[str] | None]:
+        """A full pass's checksums: (taxonomies, post types carrying them, managed slugs), as read."""
+        return tuple(self.taxonomies), tuple(self.term_post_types), self.managed
+
     # ------------------------------------------------------------------ read
 
     def read(self, conn: sa.Connection, blog: Blog, post_ids: Sequence[int]) -> dict[int, Values]:

@@ -142,3 +142,85 @@ def test_groups_scanned_together_or_apart_give_the_same_buckets(mug) -> None:  #
         engine.dispose()
     assert together == alone
     assert overlapping == {"tax": alone["tax"], "both": alone["tax"] | alone["note"]}
+
+
+def _all_groups_pass(net: Any, group_ids: list[int] | None, max_buckets: int | None) -> Any:
+    """A dry-run pass of every field group (price, terms, content included)."""
+    from syncd.audit import scope_for
+    from syncd.config import config_for
+    from syncd.fields.registry import make_groups
+    from syncd.fields.sync_pass import FieldPass
+
+    cfg = config_for(net.url, net.prefix)
+    engine = cfg.database.make_engine(apply_marker=True, multi_statements=True)
+    try:
+        with engine.connect() as c:
+            scope = scope_for(c, cfg)
+        runner = FieldPass(cfg, scope, engine, make_groups(cfg), dry_run=True)
+        if max_buckets is not None:
+            runner.max_buckets = max_buckets
+        ranges = runner._dirty_ranges() if group_ids is None else None
+        return runner.run(group_ids), ranges
+    finally:
+        engine.dispose()
+
+
+def _plant(net: Any, group: str, blog: int, post: int) -> None:
+    """One stored difference of ``group`` on one member."""
+    from tests.integration.test_fields_terms import _relate
+
+    if group == "price":
+        put_meta(net, blog, post, "_regular_price", "123.45")
+    elif group == "shipping":
+        put_meta(net, blog, post, "_weight", "9.5")
+    elif group == "shipping_class_variation":
+        _relate(net, blog, post, "product_shipping_class", ["checksum-bulky"])
+    elif group == "shipping_class":
+        _relate(net, blog, post, "product_shipping_class", ["checksum-bulky"])
+    elif group == "visibility":
+        _relate(net, blog, post, "product_visibility", ["featured"])
+    elif group == "taxonomy":
+        _relate(net, blog, post, "product_tag", ["checksum-tag"])
+    elif group == "content":
+        with net.engine.begin() as c:
+            c.exec_driver_sql(
+                f"UPDATE {net.table(blog, 'posts')} SET post_excerpt = 'checksum' WHERE ID = %s", (post,)
+            )
+
+
+def _found(report: Any) -> set[tuple[Any, ...]]:
+    return {(w["group"], w["link_group"]) for w in report.written} | {
+        (p["group"], p["link_group"]) for p in report.problems
+    }
+
+
+@pytest.mark.parametrize("max_buckets", [None, 2])
+@pytest.mark.parametrize(
+    "group",
+    ["price", "shipping", "shipping_class", "shipping_class_variation", "visibility", "taxonomy", "content"],
+)
+def test_every_group_has_a_checksum_that_finds_a_difference(mug, group, max_buckets) -> None:  # noqa: F811
+    """With every group in the pass (price, terms and content too) the checksums decide which
+    link groups are read; one planted difference of any group's stored values is still found,
+    and the pass finds exactly what a pass over every link group id finds."""
+    net, where = mug
+    if group.endswith("_variation"):  # shipping classes are synced on variations too
+        from tests.integration.sync_helpers import ids
+
+        where = ids(net, "HOODIE-S")
+        assert len(where) >= 2
+    blog = max(where)
+    gid = next(g for g, m in _linked(net).items() if m.get(blog) == where[blog])
+    before, ranges = _all_groups_pass(net, None, None)
+    assert ranges is not None, "every group must offer a checksum"
+    assert not any(lo <= gid <= hi for lo, hi in ranges), "its bucket is clean before"
+    _plant(net, group, blog, where[blog])
+    _, ranges = _all_groups_pass(net, None, None)
+    assert any(lo <= gid <= hi for lo, hi in ranges), "the checksums see the planted difference"
+    checked, _ = _all_groups_pass(net, None, max_buckets)
+    everything, _ = _all_groups_pass(net, sorted(_linked(net)), None)
+    name = "shipping" if group.startswith("shipping") else group
+    assert (name, gid) in _found(everything) - _found(before), "the planted difference must show"
+    assert sorted(map(_key, checked.written)) == sorted(map(_key, everything.written))
+    assert checked.problems == everything.problems
+    assert checked.link_groups == len(_linked(net))
