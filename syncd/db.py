@@ -237,7 +237,7 @@ def run_many(conn: sa.Connection, statements: Sequence[tuple[str, Sequence[Any]]
     other), and a lost connection is invalidated."""
     if not statements:
         return []
-    if len(statements) == 1 or not multi_statements(conn):
+    if not multi_statements(conn):
         out = []
         for text, params in statements:
             result = conn.exec_driver_sql(text, tuple(params))
@@ -284,17 +284,31 @@ def _round_trips(
     return parts
 
 
+def bind(raw: Any, text: str, params: Sequence[Any]) -> str:
+    """``text`` with its ``%s`` placeholders bound to ``params``, exactly as PyMySQL's
+    ``cursor.execute(text, params)`` binds them (``text % tuple(map(conn.escape, params))``),
+    with ``int`` values formatted directly: PyMySQL's ``escape_int`` is ``str(value)``, and the
+    generic path costs five Python calls per value (a 500-change batch on 10 blogs binds
+    ~90,000 ids)."""
+    escape = raw.escape
+    try:
+        return text % tuple(str(p) if type(p) is int else escape(p) for p in params)
+    except TypeError as exc:  # what PyMySQL raises for a placeholder/parameter mismatch
+        raise pymysql.err.ProgrammingError(str(exc)) from exc
+
+
 def _one_round_trip(conn: sa.Connection, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[Rows]:
     joined = ";\n".join(text for text, _ in statements)
     flat = tuple(p for _, params in statements for p in params)
-    cursor = conn.connection.dbapi_connection.cursor()
+    raw = conn.connection.dbapi_connection
+    cursor = raw.cursor()
     if conn.dispatch.before_cursor_execute:
         # Listeners (statement counters in bench/, SQL logging) see the round trip as one
         # execution of the joined text.
         conn.dispatch.before_cursor_execute(conn, cursor, joined, flat, None, False)
     out = []
     try:
-        cursor.execute(joined, flat)
+        cursor.execute(bind(raw, joined, flat))  # no args: PyMySQL sends the text as it is
         while True:
             if cursor.description:
                 out.append(
