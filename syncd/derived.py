@@ -612,13 +612,21 @@ def _side_tables_sql(
         f"FROM {table(prefix, 'wc_product_attributes_lookup')} WHERE product_id IN ({marks})",
     ]
     params: list[Any] = [*involved, *involved]
-    if transients:
+    # A 500-product batch asks for ~2,500 names. An IN list of in_predicate_conversion_threshold
+    # (1,000) values or more is turned by MariaDB into a join with a temporary table: measured
+    # 18 ms for 2,500 names against 7 ms for the same names in lists of fewer than 1,000.
+    for i in range(0, len(transients), _OPTION_NAMES_PER_LIST):
+        names = transients[i : i + _OPTION_NAMES_PER_LIST]
         parts.append(
             f"SELECT 'o', NULL, CAST(option_name AS BINARY), NULL, NULL, NULL FROM {table(prefix, 'options')} "
-            f"WHERE option_name IN ({_marks(len(transients))})"
+            f"WHERE option_name IN ({_marks(len(names))})"
         )
-        params += transients
+        params += names
     return " UNION ALL ".join(parts), params
+
+
+#: Below MariaDB's default in_predicate_conversion_threshold (1,000), see _side_tables_sql.
+_OPTION_NAMES_PER_LIST = 900
 
 
 def _parse_side_tables(snap: Snapshot, rows: Iterable[Sequence[Any]]) -> None:
