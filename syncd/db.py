@@ -24,6 +24,7 @@ log = structlog.get_logger("syncd.db")
 # MySQL/MariaDB error numbers syncd reacts to. Classified by number, never by message text.
 ER_LOCK_WAIT_TIMEOUT = 1205
 ER_LOCK_DEADLOCK = 1213
+ER_SP_DOES_NOT_EXIST = 1305  # ROLLBACK TO an unknown savepoint
 ER_NO_SUCH_TABLE = 1146
 ER_BAD_DB_ERROR = 1049
 ER_ACCESS_DENIED = 1045

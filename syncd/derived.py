@@ -1176,13 +1176,18 @@ class RefreshJob:
 
 
 def refresh_many(
-    conn: sa.Connection, jobs: Sequence[RefreshJob], *, now_utc: datetime
+    conn: sa.Connection, jobs: Sequence[RefreshJob], *, now_utc: datetime, savepoint: str | None = None
 ) -> dict[int, DerivedReport]:
     """:func:`refresh_products` of several blogs (ascending blog id) in one transaction step: the
     reads of every blog in one round trip, then the writes of every blog in one (more only where
     a status flip makes the ``outofstock`` count or the catalog counts be read back). Per blog,
-    the same statements in the same order as :func:`refresh_products` of that blog alone."""
+    the same statements in the same order as :func:`refresh_products` of that blog alone.
+    ``savepoint``: a name; the step then runs inside ``SAVEPOINT name`` (sent with the reads) and
+    ``RELEASE SAVEPOINT name`` (sent with the writes), no round trip of their own. On an error
+    the savepoint is left for the caller to roll back to (``ROLLBACK TO SAVEPOINT name``)."""
     sql = _Sql(conn)
+    if savepoint is not None:
+        sql.defer(f"SAVEPOINT {savepoint}")
     normalised = [(job.blog, sorted({int(p) for p in job.product_ids}), job.posts) for job in jobs]
     snaps = read_snapshots(sql, normalised, lock=True, with_transients=True)
     reports: dict[int, DerivedReport] = {}
@@ -1216,6 +1221,8 @@ def refresh_many(
         report.products = dict(sorted(plan.outcomes.items()))
         report.posts_modified = tuple(plan.saved)
         report.statements = reads + sql.count - before
+    if savepoint is not None:
+        sql.defer(f"RELEASE SAVEPOINT {savepoint}")
     sql.flush()  # the writes: one round trip on the apply connection, in the order queued
     for report in reports.values():
         for pid, reason in sorted(report.skipped.items()):
