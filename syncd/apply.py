@@ -149,13 +149,13 @@ class Applier:
         scope = self.claim(conn, changes)
         rows, unreadable = self._lock_step(conn, scope)
         self.step("locked")  # every stock row of the batch is locked; nothing written yet
-        superseded = record.superseded(conn, self.base, changes, scope.groups, self.field_keys)
+        superseded, queued = self._after_lock_reads(conn, changes, scope, rows)
         stock = [c for c in changes if c.meta_key not in self.field_keys]
         plan = self._plan(conn, stock, scope, rows, superseded)
         fields = self._plan_fields(changes, scope, rows, superseded)
         if self.field_writer is not None and fields.writes:
             self.field_writer.lock_targets(conn, fields, scope.blogs)
-        self._recheck(conn, changes, plan.writes, rows, [w.key for w in fields.writes])
+        self._recheck(changes, plan.writes, queued, [w.key for w in fields.writes])
         result.notes = plan.notes
         result.history.extend(_notes_history(plan.notes, changes))
         result.settling.extend(
@@ -316,12 +316,25 @@ class Applier:
             for c in fields.applied
         )
 
+    def _after_lock_reads(
+        self, conn: sa.Connection, changes: Sequence[Change], scope: Scope, locked: Iterable[Key]
+    ) -> tuple[dict[int, int], list[tuple[int, Key, str, str]]]:
+        """Right after the lock step, in one round trip: the batch's superseded changes
+        (:func:`syncd.record.superseded`) and the queued changes of the locked products
+        (:func:`syncd.settle.queued_rows`, for :meth:`_recheck`)."""
+        late = record.superseded_query(self.base, changes, scope.groups, self.field_keys)
+        statements = [settle.queued_rows_sql(self.base, locked)]
+        if late is not None:
+            statements.append((late.sql, late.params))
+        results = run_many(conn, statements)
+        queued = settle.parse_queued_rows(results[0].rows)
+        return (late.answer(results[1].rows) if late is not None else {}), queued
+
     def _recheck(
         self,
-        conn: sa.Connection,
         changes: Sequence[Change],
         writes: Sequence[MemberWrite],
-        locked: Iterable[Key],
+        queued_rows: Sequence[tuple[int, Key, str, str]],
         also_fixed: Iterable[Key] = (),
     ) -> None:
         """After the lock step, the changes of the locked products captured after this batch was
@@ -344,7 +357,7 @@ class Applier:
         if not writes and not fixed:
             return
         batch = {c.id for c in changes}
-        queued = [r for r in settle.queued_rows(conn, self.base, locked) if r[0] not in batch]
+        queued = [r for r in queued_rows if r[0] not in batch]
         needed = [
             cid for cid, key, meta_key, op in queued if key in fixed or (meta_key == STOCK and op == "I")
         ]

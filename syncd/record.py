@@ -159,6 +159,36 @@ def superseded(
     blog was held, it was a dead letter retried, or it committed after a later-captured one) and
     must not overwrite the newer value. One read, only when the batch holds register changes.
     ``fields``: the realtime field groups' change keys (registers too)."""
+    query = superseded_query(base_prefix, changes, groups, fields)
+    if query is None:
+        return {}
+    return query.answer(conn.exec_driver_sql(query.sql, query.params).all())
+
+
+@dataclass(frozen=True)
+class SupersededQuery:
+    """The read of :func:`superseded`, to be sent with other statements (:func:`syncd.db.run_many`)."""
+
+    sql: str
+    params: tuple[Any, ...]
+    asked: Mapping[tuple[int, str], Sequence[Change]]
+
+    def answer(self, rows: Sequence[Sequence[Any]]) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for group, key, newest in rows:
+            for c in self.asked.get((int(group), str(key)), ()):
+                if c.id < int(newest):
+                    out[c.id] = int(newest)
+        return out
+
+
+def superseded_query(
+    base_prefix: str,
+    changes: Sequence[Change],
+    groups: Mapping[Key, Sequence[Member]],
+    fields: Collection[str] = (),
+) -> SupersededQuery | None:
+    """:func:`superseded`'s read, or None when the batch asks nothing."""
     asked: dict[tuple[int, str], list[Change]] = {}
     for c in changes:
         mark = _watermark(c, fields)
@@ -166,19 +196,14 @@ def superseded(
         if group is not None and mark is not None:
             asked.setdefault((group, mark), []).append(c)
     if not asked:
-        return {}
+        return None
     where = " OR ".join(["(group_id = %s AND meta_key = %s)"] * len(asked))
     params = tuple(v for pair in sorted(asked) for v in pair)
-    rows = conn.exec_driver_sql(
+    return SupersededQuery(
         f"SELECT group_id, meta_key, change_id FROM {table(base_prefix, 'syncd_register')} WHERE {where}",
         params,
-    ).all()
-    out: dict[int, int] = {}
-    for group, key, newest in rows:
-        for c in asked.get((int(group), str(key)), ()):
-            if c.id < int(newest):
-                out[c.id] = int(newest)
-    return out
+        asked,
+    )
 
 
 def advance_registers(
