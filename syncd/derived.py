@@ -670,13 +670,6 @@ def _first_row_expr(agg: str) -> str:
     )
 
 
-def _decode_first_row(cell: Any) -> tuple[int, str | None] | None:
-    if cell is None:
-        return None
-    text = cell.decode("utf-8") if isinstance(cell, bytes) else str(cell)
-    return int(text[:20]), (None if text[20] == "N" else text[21:])
-
-
 def _meta_sql(prefix: str, ids: Sequence[int], lock: bool) -> tuple[str, list[Any]]:
     """One row per post with ``get_post_meta($id, $key, true)`` of every key (first row by meta_id)
     and the last ``_price`` row: the pivot happens in the server, so ~15x fewer rows cross the wire."""
@@ -692,19 +685,29 @@ def _meta_sql(prefix: str, ids: Sequence[int], lock: bool) -> tuple[str, list[An
 
 def _parse_meta(rows: Iterable[Sequence[Any]]) -> dict[int, dict[str, list[str | None]]]:
     keys = list(META_KEYS)
+    n = len(keys)
+    price = 1 + keys.index("_price")
     out: dict[int, dict[str, list[str | None]]] = {}
     for r in rows:
+        # Each cell is _first_row_expr's text: 20 digits of meta_id, then 'N' (SQL NULL) or 'V' and
+        # the value. Inlined (a 500-change batch on 10 blogs parses ~80,000 cells); only the two
+        # _price cells need their meta_id, compared as the zero-padded digits they are.
         meta: dict[str, list[str | None]] = {}
-        for key, cell in zip(keys, r[1 : 1 + len(keys)], strict=True):
-            first = _decode_first_row(cell)
-            if first is not None:
-                meta[key] = [first[1]]
-        last = _decode_first_row(r[1 + len(keys)])
-        first_price = _decode_first_row(r[1 + keys.index("_price")])
-        if last is not None and first_price is not None and last[0] != first_price[0]:
-            meta["_price"] = [first_price[1], last[1]]  # min_price / max_price need only the ends
+        for key, cell in zip(keys, r[1 : 1 + n], strict=True):
+            if cell is not None:
+                text = cell.decode("utf-8") if isinstance(cell, bytes) else str(cell)
+                meta[key] = [None if text[20] == "N" else text[21:]]
+        last, first_price = r[1 + n], r[price]
+        if last is not None and first_price is not None:
+            last_text = last.decode("utf-8") if isinstance(last, bytes) else str(last)
+            if last_text[:20] != _meta_id_digits(first_price):
+                meta["_price"] = [meta["_price"][0], None if last_text[20] == "N" else last_text[21:]]
         out[int(r[0])] = meta
     return out
+
+
+def _meta_id_digits(cell: Any) -> str:
+    return (cell.decode("utf-8") if isinstance(cell, bytes) else str(cell))[:20]
 
 
 def read_snapshot(
