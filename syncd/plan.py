@@ -170,7 +170,8 @@ class Plan:
     notes: list[Note]
     applied: list[Change]  # changes that produced at least one write or a repair
     origin_sku: dict[int, str]  # change id -> sku of its group (for history/logging)
-    renamed: list[Change] = field(default_factory=list)  # SKU renames carried to other members
+    # SKU renames the group takes: carried to its other members now, or when their blog is back
+    renamed: list[Change] = field(default_factory=list)
     #: Products still settling (joining their group once WooCommerce has finished writing them):
     #: the sum of their own ``_stock`` deltas in this batch, carried into the join.
     settle_deltas: dict[Key, Decimal] = field(default_factory=dict)
@@ -494,10 +495,15 @@ def plan_batch(
         new_sku = (c.new_value or "").strip()
         carried = False
         for m in groups.get(c.key, ()):
-            if m.key == c.key or m.state != "linked" or m.blog_id not in live or m.key in joins:
+            if m.key == c.key or m.state != "linked" or m.key in joins:
                 continue
             if own_rename.get(m.key, -1) > c.id:
                 continue  # its own later rename wins (last captured change, as for registers)
+            if m.blog_id not in live:
+                # Its blog is archived or unusable now: the group still takes the rename, and the
+                # member takes it when its blog is back (write.MemberWriter.missed queues its heal).
+                carried = True
+                continue
             clash = sku_conflicts.get((c.id, m.key))
             if clash is not None:
                 notes.append(

@@ -492,6 +492,30 @@ def test_path5_sku_rename_carried_while_a_blog_is_archived_reaches_it_when_back(
         d.close()
 
 
+def test_path5_sku_rename_while_every_other_blog_is_archived_reaches_them_when_back(wp_network):
+    """A rename on blog 1 while blogs 2 and 3 are both archived has no live member to be written
+    to; the group still takes it, and each other member takes it when its blog is back (found by
+    the storm: with nothing written, no heal was queued and blogs 2 and 3 kept the old SKU)."""
+    net = wp_network
+    ids = members(net, "MUG")
+    d = make_daemon(net)
+    try:
+        d.apply_pending()
+        archived(net, 2, True)
+        archived(net, 3, True)
+        set_meta(net, 1, ids[1], "_sku", "MUG-R1")
+        assert d.apply_pending() == 1
+        assert [meta(net, b, ids[b], "_sku") for b in (1, 2, 3)] == ["MUG-R1", "MUG", "MUG"]
+        for b in (2, 3):
+            archived(net, b, False)
+            d.discover()
+        d.apply_pending()
+        assert [meta(net, b, ids[b], "_sku") for b in (1, 2, 3)] == ["MUG-R1"] * 3
+        assert members(net, "MUG-R1") == ids
+    finally:
+        d.close()
+
+
 def test_path5_rename_on_a_blog_archived_before_it_is_applied_is_carried_when_back(wp_network):
     """A rename made on blog 3 just before blog 3 is archived is held; when blog 3 is back, the
     discovery that releases it must not regroup the renamed product on its own: the held rename
