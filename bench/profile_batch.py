@@ -33,6 +33,7 @@ import sqlalchemy as sa  # noqa: E402
 
 from bench.common import (  # noqa: E402
     base_parser,
+    cpu_seconds,
     create_network,
     emit,
     load_catalogue,
@@ -83,6 +84,10 @@ class Recorder:
         self.trips: dict[str, int] = defaultdict(int)
         self.log: list[tuple[str, str]] | None = None  # (step, statement) of the last batch, if asked
         self.peak_kb: dict[str, float] = defaultdict(float)  # with tracemalloc: peak growth per step
+        #: CPU seconds per step: this process (the daemon's side) and the server's (/proc ticks).
+        self.client_s: dict[str, float] = defaultdict(float)
+        self.server_s: dict[str, float] = defaultdict(float)
+        self.server_pid: int | None = None
 
     def wrap(self, owner: Any, attr: str, step: str) -> None:
         fn = getattr(owner, attr)
@@ -94,17 +99,22 @@ class Recorder:
             if tracing:
                 base = tracemalloc.get_traced_memory()[0]
                 tracemalloc.reset_peak()
-            t0 = time.perf_counter()
+            t0, c0, s0 = time.perf_counter(), time.process_time(), rec.server_cpu()
             try:
                 return fn(*a, **k)
             finally:
                 rec.ms[step] += (time.perf_counter() - t0) * 1000
+                rec.client_s[step] += time.process_time() - c0
+                rec.server_s[step] += rec.server_cpu() - s0
                 if tracing:
                     grown = (tracemalloc.get_traced_memory()[1] - base) / 1024
                     rec.peak_kb[step] = max(rec.peak_kb[step], grown)
                 rec.stack.pop()
 
         setattr(owner, attr, wrapper)
+
+    def server_cpu(self) -> float:
+        return cpu_seconds(self.server_pid) if self.server_pid else 0.0
 
     def wrap_fn(self, fn: Callable[..., Any], step: str) -> Callable[..., Any]:
         holder = type("H", (), {"f": staticmethod(fn)})
@@ -122,6 +132,8 @@ class Recorder:
 
     def reset(self) -> None:
         self.ms.clear()
+        self.client_s.clear()
+        self.server_s.clear()
         self.stmts.clear()
         self.trips.clear()
 
@@ -141,6 +153,7 @@ def measure(
     net = create_network(server, nblogs)
     load_catalogue(net, skus)
     rec = Recorder()
+    rec.server_pid = server.proc.pid if server.proc else None
     cfg = config_for(net.url, net.prefix, log={"level": "warning"})
     if refresh == "real":
         # The daemon's own path: syncd.derived.refresh_many for every blog at once (wrapped as a
@@ -188,6 +201,7 @@ def measure(
             cur.execute(woo_decrease_sql(net, b, product_id(b, rnd.randrange(1, skus + 1))))
 
     totals: list[float] = []
+    cpu_totals = [0.0, 0.0]  # client, server CPU seconds over the measured rounds
     profile_text = ""
     try:
         with d._apply_engine.connect() as conn:
@@ -219,9 +233,11 @@ def measure(
                 if trace:
                     base = tracemalloc.get_traced_memory()[0]
                     tracemalloc.reset_peak()
-                t0 = time.perf_counter()
+                t0, c0, s0 = time.perf_counter(), time.process_time(), rec.server_cpu()
                 n = d.process_once(conn)
                 totals.append((time.perf_counter() - t0) * 1000)
+                cpu_totals[0] += time.process_time() - c0
+                cpu_totals[1] += rec.server_cpu() - s0
                 if trace:
                     batch_peak_kb = max(batch_peak_kb, (tracemalloc.get_traced_memory()[1] - base) / 1024)
                 if prof:
@@ -249,8 +265,12 @@ def measure(
         accounted += ms if step != "other" else 0
         st = rec.stmts.get(step, 0) / rounds
         tr = rec.trips.get(step, 0) / rounds
+        client_ms = rec.client_s.get(step, 0.0) * 1000 / rounds
+        server_ms = rec.server_s.get(step, 0.0) * 1000 / rounds
         if step == "other":
             ms = max(0.0, total - accounted)
+            client_ms = max(0.0, cpu_totals[0] * 1000 / rounds - sum(rec.client_s.values()) * 1000 / rounds)
+            server_ms = max(0.0, cpu_totals[1] * 1000 / rounds - sum(rec.server_s.values()) * 1000 / rounds)
         steps.append(
             {
                 "step": step,
@@ -259,6 +279,8 @@ def measure(
                 "statements": round(st, 1),
                 "round_trips": round(tr, 1),
                 "per_change": round(st / batch, 2),
+                "client_cpu_ms": round(client_ms, 1),
+                "server_cpu_ms": round(server_ms, 1),
                 **({"peak_mb": round(rec.peak_kb.get(step, 0.0) / 1024, 1)} if trace else {}),
             }
         )
@@ -270,6 +292,8 @@ def measure(
         "refresh": refresh,
         "rounds": rounds,
         "ms_per_batch": round(total, 2),
+        "client_cpu_ms_per_change": round(cpu_totals[0] * 1000 / rounds / batch, 3),
+        "server_cpu_ms_per_change": round(cpu_totals[1] * 1000 / rounds / batch, 3),
         "changes_per_s": round(batch * 1000 / total, 1),
         "statements_per_batch": round(stmts_total, 1),
         "statements_per_change": round(stmts_total / batch, 2),
@@ -351,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
             ("refresh", "derived"),
             ("ms_per_batch", "ms/batch"),
             ("changes_per_s", "changes/s"),
+            ("client_cpu_ms_per_change", "client CPU ms/change"),
+            ("server_cpu_ms_per_change", "server CPU ms/change"),
             ("statements_per_batch", "stmts/batch"),
             ("statements_per_change", "stmts/change"),
             ("round_trips_per_batch", "round trips/batch"),
@@ -368,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
                 ("statements", "statements"),
                 ("round_trips", "round trips"),
                 ("per_change", "per change"),
+                ("client_cpu_ms", "client CPU ms"),
+                ("server_cpu_ms", "server CPU ms"),
             ]
             + ([("peak_mb", "peak MB")] if "batch_peak_mb" in r else []),
             title=f"{r['blogs']} blogs, batch of {r['batch']}, {r['refresh']} derived: {r['ms_per_batch']} ms"

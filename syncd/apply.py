@@ -40,7 +40,7 @@ import structlog
 
 from syncd import catalog, derived, fanout, lock, poll, record, settle
 from syncd.config import BlogSettings
-from syncd.db import errno_of, guarded, is_retryable, run_many
+from syncd.db import ER_SP_DOES_NOT_EXIST, errno_of, guarded, is_retryable, run_many
 from syncd.fields.realtime import RealtimeFields
 from syncd.fields.writer import FieldWriter, JoinSources
 from syncd.lock import ProductRows
@@ -149,13 +149,13 @@ class Applier:
         scope = self.claim(conn, changes)
         rows, unreadable = self._lock_step(conn, scope)
         self.step("locked")  # every stock row of the batch is locked; nothing written yet
-        superseded = record.superseded(conn, self.base, changes, scope.groups, self.field_keys)
+        superseded, queued = self._after_lock_reads(conn, changes, scope, rows)
         stock = [c for c in changes if c.meta_key not in self.field_keys]
         plan = self._plan(conn, stock, scope, rows, superseded)
         fields = self._plan_fields(changes, scope, rows, superseded)
         if self.field_writer is not None and fields.writes:
             self.field_writer.lock_targets(conn, fields, scope.blogs)
-        self._recheck(conn, changes, plan.writes, rows, [w.key for w in fields.writes])
+        self._recheck(changes, plan.writes, queued, [w.key for w in fields.writes])
         result.notes = plan.notes
         result.history.extend(_notes_history(plan.notes, changes))
         result.settling.extend(
@@ -322,12 +322,25 @@ class Applier:
             for c in fields.applied
         )
 
+    def _after_lock_reads(
+        self, conn: sa.Connection, changes: Sequence[Change], scope: Scope, locked: Iterable[Key]
+    ) -> tuple[dict[int, int], list[tuple[int, Key, str, str]]]:
+        """Right after the lock step, in one round trip: the batch's superseded changes
+        (:func:`syncd.record.superseded`) and the queued changes of the locked products
+        (:func:`syncd.settle.queued_rows`, for :meth:`_recheck`)."""
+        late = record.superseded_query(self.base, changes, scope.groups, self.field_keys)
+        statements = [settle.queued_rows_sql(self.base, locked)]
+        if late is not None:
+            statements.append((late.sql, late.params))
+        results = run_many(conn, statements)
+        queued = settle.parse_queued_rows(results[0].rows)
+        return (late.answer(results[1].rows) if late is not None else {}), queued
+
     def _recheck(
         self,
-        conn: sa.Connection,
         changes: Sequence[Change],
         writes: Sequence[MemberWrite],
-        locked: Iterable[Key],
+        queued_rows: Sequence[tuple[int, Key, str, str]],
         also_fixed: Iterable[Key] = (),
     ) -> None:
         """After the lock step, the changes of the locked products captured after this batch was
@@ -350,7 +363,7 @@ class Applier:
         if not writes and not fixed:
             return
         batch = {c.id for c in changes}
-        queued = [r for r in settle.queued_rows(conn, self.base, locked) if r[0] not in batch]
+        queued = [r for r in queued_rows if r[0] not in batch]
         needed = [
             cid for cid, key, meta_key, op in queued if key in fixed or (meta_key == STOCK and op == "I")
         ]
@@ -709,14 +722,43 @@ class Applier:
                 return derived.refresh_many(conn, [j], now_utc=now)[blog.blog_id]
             return self._refresh(conn, blog, posts, now_utc=now, changed=j.changed, posts=j.posts)
 
+        at_once = self._refresh_at_once(conn, jobs, job, refresh, now)
+        if at_once is not None:
+            return at_once
+        return {
+            blog.blog_id: guarded(
+                blog.blog_id, lambda blog=blog, posts=posts: refresh(blog, posts), savepoint=conn
+            )
+            for blog, posts in jobs
+        }
+
+    def _refresh_at_once(
+        self,
+        conn: sa.Connection,
+        jobs: Sequence[tuple[Blog, list[int]]],
+        job: Callable[[Blog, list[int]], derived.RefreshJob],
+        refresh: Callable[[Blog, list[int]], object],
+        now: datetime,
+    ) -> dict[int, object] | None:
+        """Every blog's derived step under one savepoint; None (rolled back to it) when one blog
+        failed, not retryably. The daemon's own step sends its savepoint with its statements
+        (two round trips fewer); an injected refresh runs under SQLAlchemy's."""
+        if self._refresh is None:
+            try:
+                return dict(
+                    derived.refresh_many(
+                        conn, [job(b, p) for b, p in jobs], now_utc=now, savepoint=_DERIVED_SAVEPOINT
+                    )
+                )
+            except Exception as exc:
+                if is_retryable(exc):
+                    raise
+                _undo_savepoint(conn, _DERIVED_SAVEPOINT)
+                log.warning("derived_retry_per_blog", error=str(exc)[:300], errno=errno_of(exc))
+                return None
         sp = conn.begin_nested()
         try:
-            if self._refresh is None:
-                out: dict[int, object] = dict(
-                    derived.refresh_many(conn, [job(blog, posts) for blog, posts in jobs], now_utc=now)
-                )
-            else:
-                out = {blog.blog_id: refresh(blog, posts) for blog, posts in jobs}
+            out = {b.blog_id: refresh(b, p) for b, p in jobs}
             sp.commit()
             return out
         except Exception as exc:
@@ -724,12 +766,23 @@ class Applier:
                 raise
             sp.rollback()
             log.warning("derived_retry_per_blog", error=str(exc)[:300], errno=errno_of(exc))
-        return {
-            blog.blog_id: guarded(
-                blog.blog_id, lambda blog=blog, posts=posts: refresh(blog, posts), savepoint=conn
-            )
-            for blog, posts in jobs
-        }
+            return None
+
+
+#: The derived step's savepoint (a name SQLAlchemy never uses), sent with the step's statements.
+_DERIVED_SAVEPOINT = "syncd_derived"
+
+
+def _undo_savepoint(conn: sa.Connection, name: str) -> None:
+    """Roll back to and release a savepoint sent with a step's statements; one that was never
+    reached (the step failed before its first round trip) has nothing to undo."""
+    try:
+        conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {name}")
+    except sa.exc.DBAPIError as exc:
+        if errno_of(exc) == ER_SP_DOES_NOT_EXIST:
+            return
+        raise
+    conn.exec_driver_sql(f"RELEASE SAVEPOINT {name}")
 
 
 def _notes_history(

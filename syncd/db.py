@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pymysql
@@ -24,6 +25,7 @@ log = structlog.get_logger("syncd.db")
 # MySQL/MariaDB error numbers syncd reacts to. Classified by number, never by message text.
 ER_LOCK_WAIT_TIMEOUT = 1205
 ER_LOCK_DEADLOCK = 1213
+ER_SP_DOES_NOT_EXIST = 1305  # ROLLBACK TO an unknown savepoint
 ER_NO_SUCH_TABLE = 1146
 ER_BAD_DB_ERROR = 1049
 ER_ACCESS_DENIED = 1045
@@ -237,7 +239,7 @@ def run_many(conn: sa.Connection, statements: Sequence[tuple[str, Sequence[Any]]
     other), and a lost connection is invalidated."""
     if not statements:
         return []
-    if len(statements) == 1 or not multi_statements(conn):
+    if not multi_statements(conn):
         out = []
         for text, params in statements:
             result = conn.exec_driver_sql(text, tuple(params))
@@ -251,9 +253,17 @@ def run_many(conn: sa.Connection, statements: Sequence[tuple[str, Sequence[Any]]
         # cursor's statements would run in a server transaction SQLAlchemy does not know of, and
         # the caller's commit() or rollback() would not end it.
         conn.begin()
+    raw = conn.connection.dbapi_connection
+    try:
+        bound = [bind(raw, text, params) for text, params in statements]
+    except pymysql.err.Error as exc:  # a placeholder/parameter mismatch, as PyMySQL reports it
+        joined, flat = ";\n".join(t for t, _ in statements), tuple(p for _, ps in statements for p in ps)
+        raise sa.exc.DBAPIError.instance(joined, flat, exc, pymysql.err.Error) from exc
     out: list[Rows] = []
-    for part in _round_trips(statements):
-        out += _one_round_trip(conn, part)
+    start = 0
+    for part in _round_trips(statements, sizes=[len(b) for b in bound]):
+        out += _one_round_trip(conn, part, bound[start : start + len(part)])
+        start += len(part)
     return out
 
 
@@ -265,17 +275,21 @@ ROUND_TRIP_BYTES = 256 * 1024
 
 
 def _round_trips(
-    statements: Sequence[tuple[str, Sequence[Any]]], budget: int | None = None
+    statements: Sequence[tuple[str, Sequence[Any]]],
+    budget: int | None = None,
+    sizes: Sequence[int] | None = None,
 ) -> list[list[tuple[str, Sequence[Any]]]]:
-    """Consecutive groups of ``statements`` whose estimated size stays within ``budget``
-    (default :data:`ROUND_TRIP_BYTES`; a statement larger than that goes alone, as it would
-    without run_many)."""
+    """Consecutive groups of ``statements`` whose size stays within ``budget`` (default
+    :data:`ROUND_TRIP_BYTES`; a statement larger than that goes alone, as it would without
+    run_many). ``sizes``: each statement's length once bound; else an estimate."""
     budget = ROUND_TRIP_BYTES if budget is None else budget
     parts: list[list[tuple[str, Sequence[Any]]]] = []
     size = 0
-    for text, params in statements:
-        # Escaped values are at most about twice their text (quotes, backslashes): a bound.
-        n = len(text) + sum(2 * len(str(p)) + 3 for p in params)
+    for i, (text, params) in enumerate(statements):
+        if sizes is not None:
+            n = sizes[i] + 2  # the ";\n" between statements
+        else:  # escaped values are at most about twice their text (quotes, backslashes): a bound
+            n = len(text) + sum(2 * len(str(p)) + 3 for p in params)
         if not parts or size + n > budget:
             parts.append([])
             size = 0
@@ -284,17 +298,47 @@ def _round_trips(
     return parts
 
 
-def _one_round_trip(conn: sa.Connection, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[Rows]:
+def bind(raw: Any, text: str, params: Sequence[Any]) -> str:
+    """``text`` with its ``%s`` placeholders bound to ``params``, exactly as PyMySQL's
+    ``cursor.execute(text, params)`` binds them (``text % tuple(map(conn.escape, params))``),
+    faster for the values syncd sends most: ``int`` is ``str(value)`` and ``None`` is ``NULL``
+    (PyMySQL's ``escape_int`` and ``escape_None``), and a naive ``datetime`` is escaped once per
+    distinct value (history repeats the batch's time on every row; PyMySQL's ``escape_datetime``
+    depends only on the value). A 500-change batch on 10 blogs binds ~170,000 values."""
+    escape = raw.escape
+    times: dict[datetime, str] = {}
+
+    def literal(p: Any) -> str:
+        if p is None:
+            return "NULL"
+        if type(p) is datetime and p.tzinfo is None:
+            out = times.get(p)
+            if out is None:
+                out = times[p] = escape(p)
+            return out
+        return escape(p)
+
+    try:
+        return text % tuple(str(p) if type(p) is int else literal(p) for p in params)
+    except TypeError as exc:  # what PyMySQL raises for a placeholder/parameter mismatch
+        raise pymysql.err.ProgrammingError(str(exc)) from exc
+
+
+def _one_round_trip(
+    conn: sa.Connection, statements: Sequence[tuple[str, Sequence[Any]]], bound: Sequence[str]
+) -> list[Rows]:
+    """``statements`` (``bound``: each one's text with its values bound) as one round trip."""
     joined = ";\n".join(text for text, _ in statements)
     flat = tuple(p for _, params in statements for p in params)
-    cursor = conn.connection.dbapi_connection.cursor()
+    raw = conn.connection.dbapi_connection
+    cursor = raw.cursor()
     if conn.dispatch.before_cursor_execute:
         # Listeners (statement counters in bench/, SQL logging) see the round trip as one
         # execution of the joined text.
         conn.dispatch.before_cursor_execute(conn, cursor, joined, flat, None, False)
     out = []
     try:
-        cursor.execute(joined, flat)
+        cursor.execute(";\n".join(bound))  # no args: PyMySQL sends the text as it is
         while True:
             if cursor.description:
                 out.append(

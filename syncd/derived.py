@@ -612,13 +612,21 @@ def _side_tables_sql(
         f"FROM {table(prefix, 'wc_product_attributes_lookup')} WHERE product_id IN ({marks})",
     ]
     params: list[Any] = [*involved, *involved]
-    if transients:
+    # A 500-product batch asks for ~2,500 names. An IN list of in_predicate_conversion_threshold
+    # (1,000) values or more is turned by MariaDB into a join with a temporary table: measured
+    # 18 ms for 2,500 names against 7 ms for the same names in lists of fewer than 1,000.
+    for i in range(0, len(transients), _OPTION_NAMES_PER_LIST):
+        names = transients[i : i + _OPTION_NAMES_PER_LIST]
         parts.append(
             f"SELECT 'o', NULL, CAST(option_name AS BINARY), NULL, NULL, NULL FROM {table(prefix, 'options')} "
-            f"WHERE option_name IN ({_marks(len(transients))})"
+            f"WHERE option_name IN ({_marks(len(names))})"
         )
-        params += transients
+        params += names
     return " UNION ALL ".join(parts), params
+
+
+#: Below MariaDB's default in_predicate_conversion_threshold (1,000), see _side_tables_sql.
+_OPTION_NAMES_PER_LIST = 900
 
 
 def _parse_side_tables(snap: Snapshot, rows: Iterable[Sequence[Any]]) -> None:
@@ -662,13 +670,6 @@ def _first_row_expr(agg: str) -> str:
     )
 
 
-def _decode_first_row(cell: Any) -> tuple[int, str | None] | None:
-    if cell is None:
-        return None
-    text = cell.decode("utf-8") if isinstance(cell, bytes) else str(cell)
-    return int(text[:20]), (None if text[20] == "N" else text[21:])
-
-
 def _meta_sql(prefix: str, ids: Sequence[int], lock: bool) -> tuple[str, list[Any]]:
     """One row per post with ``get_post_meta($id, $key, true)`` of every key (first row by meta_id)
     and the last ``_price`` row: the pivot happens in the server, so ~15x fewer rows cross the wire."""
@@ -684,19 +685,29 @@ def _meta_sql(prefix: str, ids: Sequence[int], lock: bool) -> tuple[str, list[An
 
 def _parse_meta(rows: Iterable[Sequence[Any]]) -> dict[int, dict[str, list[str | None]]]:
     keys = list(META_KEYS)
+    n = len(keys)
+    price = 1 + keys.index("_price")
     out: dict[int, dict[str, list[str | None]]] = {}
     for r in rows:
+        # Each cell is _first_row_expr's text: 20 digits of meta_id, then 'N' (SQL NULL) or 'V' and
+        # the value. Inlined (a 500-change batch on 10 blogs parses ~80,000 cells); only the two
+        # _price cells need their meta_id, compared as the zero-padded digits they are.
         meta: dict[str, list[str | None]] = {}
-        for key, cell in zip(keys, r[1 : 1 + len(keys)], strict=True):
-            first = _decode_first_row(cell)
-            if first is not None:
-                meta[key] = [first[1]]
-        last = _decode_first_row(r[1 + len(keys)])
-        first_price = _decode_first_row(r[1 + keys.index("_price")])
-        if last is not None and first_price is not None and last[0] != first_price[0]:
-            meta["_price"] = [first_price[1], last[1]]  # min_price / max_price need only the ends
+        for key, cell in zip(keys, r[1 : 1 + n], strict=True):
+            if cell is not None:
+                text = cell.decode("utf-8") if isinstance(cell, bytes) else str(cell)
+                meta[key] = [None if text[20] == "N" else text[21:]]
+        last, first_price = r[1 + n], r[price]
+        if last is not None and first_price is not None:
+            last_text = last.decode("utf-8") if isinstance(last, bytes) else str(last)
+            if last_text[:20] != _meta_id_digits(first_price):
+                meta["_price"] = [meta["_price"][0], None if last_text[20] == "N" else last_text[21:]]
         out[int(r[0])] = meta
     return out
+
+
+def _meta_id_digits(cell: Any) -> str:
+    return (cell.decode("utf-8") if isinstance(cell, bytes) else str(cell))[:20]
 
 
 def read_snapshot(
@@ -1168,13 +1179,18 @@ class RefreshJob:
 
 
 def refresh_many(
-    conn: sa.Connection, jobs: Sequence[RefreshJob], *, now_utc: datetime
+    conn: sa.Connection, jobs: Sequence[RefreshJob], *, now_utc: datetime, savepoint: str | None = None
 ) -> dict[int, DerivedReport]:
     """:func:`refresh_products` of several blogs (ascending blog id) in one transaction step: the
     reads of every blog in one round trip, then the writes of every blog in one (more only where
     a status flip makes the ``outofstock`` count or the catalog counts be read back). Per blog,
-    the same statements in the same order as :func:`refresh_products` of that blog alone."""
+    the same statements in the same order as :func:`refresh_products` of that blog alone.
+    ``savepoint``: a name; the step then runs inside ``SAVEPOINT name`` (sent with the reads) and
+    ``RELEASE SAVEPOINT name`` (sent with the writes), no round trip of their own. On an error
+    the savepoint is left for the caller to roll back to (``ROLLBACK TO SAVEPOINT name``)."""
     sql = _Sql(conn)
+    if savepoint is not None:
+        sql.defer(f"SAVEPOINT {savepoint}")
     normalised = [(job.blog, sorted({int(p) for p in job.product_ids}), job.posts) for job in jobs]
     snaps = read_snapshots(sql, normalised, lock=True, with_transients=True)
     reports: dict[int, DerivedReport] = {}
@@ -1208,6 +1224,8 @@ def refresh_many(
         report.products = dict(sorted(plan.outcomes.items()))
         report.posts_modified = tuple(plan.saved)
         report.statements = reads + sql.count - before
+    if savepoint is not None:
+        sql.defer(f"RELEASE SAVEPOINT {savepoint}")
     sql.flush()  # the writes: one round trip on the apply connection, in the order queued
     for report in reports.values():
         for pid, reason in sorted(report.skipped.items()):

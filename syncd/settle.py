@@ -211,14 +211,21 @@ def queued_rows(
 ) -> list[tuple[int, Key, str, str]]:
     """(id, product, meta_key, op) of the captured changes of ``keys`` waiting in the queue (see
     :func:`queued`), in capture order."""
+    text, params = queued_rows_sql(base_prefix, keys)
+    return parse_queued_rows(conn.exec_driver_sql(text, tuple(params)))
+
+
+def queued_rows_sql(base_prefix: str, keys: Iterable[Key]) -> tuple[str, list[Any]]:
+    """:func:`queued_rows`' read, to be sent with other statements (:func:`syncd.db.run_many`)."""
     where, params = keys_where(keys)
-    return [
-        (int(i), (int(b), int(p)), str(k), str(o))
-        for i, b, p, k, o in conn.exec_driver_sql(
-            f"SELECT id, blog_id, post_id, meta_key, op FROM {table(base_prefix, 'syncd_change')} WHERE {where} ORDER BY id",
-            tuple(params),
-        )
-    ]
+    return (
+        f"SELECT id, blog_id, post_id, meta_key, op FROM {table(base_prefix, 'syncd_change')} WHERE {where} ORDER BY id",
+        params,
+    )
+
+
+def parse_queued_rows(rows: Iterable[Sequence[Any]]) -> list[tuple[int, Key, str, str]]:
+    return [(int(i), (int(b), int(p)), str(k), str(o)) for i, b, p, k, o in rows]
 
 
 def batch_records(

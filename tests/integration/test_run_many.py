@@ -3,6 +3,8 @@ by one elsewhere - the same results, the same effects, the same errors either wa
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ import syncd.db
 from syncd.db import (
     SessionSettings,
     _round_trips,
+    bind,
     errno_of,
     is_retryable,
     make_engine,
@@ -124,3 +127,45 @@ def test_multi_statements_can_be_switched_off_and_the_daemon_syncs_the_same(wp_n
         assert_derived_consistent(net, ["TSHIRT-RED"])
     finally:
         d.close()
+
+
+def test_bind_gives_the_text_pymysql_would_send(wp_network):
+    """db.bind's shortcuts (int, None, a repeated naive datetime) give exactly the text of the
+    driver's own binding (cursor.mogrify), and the server reads the values back unchanged."""
+    values = [
+        0,
+        -7,
+        2**70,
+        True,
+        False,
+        None,
+        "it's a \\ 'quote'",
+        "ünïcødé",
+        b"\x00\xff",
+        Decimal("1.0"),
+        Decimal("-0.000100"),
+        1.5,
+        date(2026, 1, 2),
+        datetime(2026, 1, 2, 3, 4, 5),
+        datetime(2026, 1, 2, 3, 4, 5, 7),
+        datetime(2026, 1, 2, 3, 4, 5),
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        "100%",
+        "%s",
+    ]
+    text = "SELECT " + ", ".join(["%s"] * len(values))
+    engine = make_engine(wp_network.url, SessionSettings(), multi_statements=True)
+    try:
+        with engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            cursor = raw.cursor()
+            assert bind(raw, text, values) == cursor.mogrify(text, values)
+            assert bind(raw, "SELECT 1 %% 2, %s", [3]) == cursor.mogrify("SELECT 1 %% 2, %s", [3])
+            (row,) = run_many(conn, [(text, values)])[0].rows
+            assert row[0] == 0 and row[2] == 2**70 and row[5] is None and row[6] == "it's a \\ 'quote'"
+            assert row[7] == "ünïcødé" and row[18] == "%s"
+            with pytest.raises(sa.exc.DBAPIError):
+                run_many(conn, [("SELECT %s, %s", [1])])  # a parameter short: the driver's error
+            conn.rollback()
+    finally:
+        engine.dispose()
