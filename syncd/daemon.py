@@ -210,19 +210,39 @@ class Daemon:
         conn.rollback()
         items = settle.due(conn, self.base, self.config.sync.settle_seconds, limit)
         conn.rollback()
+        done = self._each_in_its_own_transaction(
+            conn,
+            items,
+            lambda item: self._applier().settle(conn, item),
+            "settle_failed",
+            lambda item: {"blog": item.blog_id, "post": item.post_id, "kind": item.kind},
+        )
+        return done + self.finish_deferred(conn, limit)
+
+    def _each_in_its_own_transaction(
+        self,
+        conn: sa.Connection,
+        items: Sequence[Any],
+        work: Callable[[Any], str],
+        error_event: str,
+        context: Callable[[Any], dict[str, Any]],
+    ) -> int:
+        """``work`` on each item, each committed on its own: one that fails is rolled back and
+        logged (``error_event`` with ``context(item)``) and the others go on; a lost connection
+        ends the round. Returns how many were done (any outcome but 'postponed')."""
         done = 0
         for item in items:
             try:
-                outcome = self._applier().settle(conn, item)
+                outcome = work(item)
                 conn.commit()
             except Exception as exc:
                 _safe_rollback(conn)
                 if is_disconnect(exc):
                     raise
-                self._note_error("settle_failed", exc, blog=item.blog_id, post=item.post_id, kind=item.kind)
+                self._note_error(error_event, exc, **context(item))
                 continue
             done += outcome != "postponed"
-        return done + self.finish_deferred(conn, limit)
+        return done
 
     def finish_deferred(self, conn: sa.Connection, limit: int = 50) -> int:
         """Write what a field pass deferred into members that have settled (syncd.fields.deferred),
@@ -239,20 +259,13 @@ class Daemon:
         # every available group: a manual sync may run a group whose mode is "off"
         groups, settle_s = make_groups(self.config), self.config.sync.settle_seconds
         ctx = deferred.Context(self.base, self.blogs(), groups, settle_s, self.config.fields.takes_part)
-        done = 0
-        for item in items:
-            try:
-                outcome = deferred.finish(conn, ctx, item)
-                conn.commit()
-            except Exception as exc:
-                _safe_rollback(conn)
-                if is_disconnect(exc):
-                    raise
-                self._note_error(
-                    "field_deferral_failed", exc, blog=item.blog_id, post=item.post_id, group=item.group
-                )
-                continue
-            done += outcome != "postponed"
+        done = self._each_in_its_own_transaction(
+            conn,
+            items,
+            lambda item: deferred.finish(conn, ctx, item),
+            "field_deferral_failed",
+            lambda item: {"blog": item.blog_id, "post": item.post_id, "group": item.group},
+        )
         return done + self._finish_checks(conn, ctx, checks)
 
     def _finish_checks(self, conn: sa.Connection, ctx: Any, checks: Sequence[Any]) -> int:
@@ -269,18 +282,13 @@ class Daemon:
                 raise
             self._note_error("field_check_failed", exc, checks=len(checks))
             return 0
-        for c in todo:
-            try:
-                outcome = recheck.finish(conn, ctx.base, ctx.blogs, ctx.groups, ctx.settle_seconds, c)
-                conn.commit()
-            except Exception as exc:
-                _safe_rollback(conn)
-                if is_disconnect(exc):
-                    raise
-                self._note_error("field_check_failed", exc, blog=c.blog_id, post=c.post_id, group=c.group)
-                continue
-            done += outcome != "postponed"
-        return done
+        return done + self._each_in_its_own_transaction(
+            conn,
+            todo,
+            lambda c: recheck.finish(conn, ctx.base, ctx.blogs, ctx.groups, ctx.settle_seconds, c),
+            "field_check_failed",
+            lambda c: {"blog": c.blog_id, "post": c.post_id, "group": c.group},
+        )
 
     def _applier(self) -> Applier:
         return Applier(
