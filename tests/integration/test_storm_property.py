@@ -31,6 +31,10 @@ SKUS = ("MUG", "TSHIRT-RED")
 BOOK = {(2, "en"): 18, (2, "fr"): 19, (3, "en"): 16, (3, "fr"): 17}
 SHARED = {"2": {"translations_share_stock": True}, "3": {"translations_share_stock": True}}
 KILL_STEPS = ("lock", "locked", "settle_lock")
+# The suite (and CI) runs the same examples every time: a storm that finds a new path in one run
+# of ten would make every submission a lottery. A hunt (SYNCD_STORM_EXAMPLES=N) draws new ones;
+# what it finds becomes a FOUND case below.
+HUNT = os.environ.get("SYNCD_STORM_EXAMPLES")
 
 
 class SimulatedCrash(BaseException):
@@ -258,6 +262,7 @@ def check(net: Any, shop: Shop) -> None:
 
 @settings(
     max_examples=int(os.environ.get("SYNCD_STORM_EXAMPLES", "12")),  # more for a long hunt
+    derandomize=HUNT is None,
     deadline=None,
     suppress_health_check=[
         HealthCheck.function_scoped_fixture,
@@ -283,6 +288,7 @@ poll_ops = st.one_of(*(OPS[i] for i in (0, 1, 2, 3, 6, 7, 8, 9, 10, 11)))  # no 
 
 @settings(
     max_examples=int(os.environ.get("SYNCD_STORM_EXAMPLES", "12")) // 2 or 1,
+    derandomize=HUNT is None,
     deadline=None,
     suppress_health_check=[
         HealthCheck.function_scoped_fixture,
@@ -414,6 +420,41 @@ FOUND = {
 @pytest.mark.parametrize("name", sorted(FOUND))
 def test_storm_examples_found_before(network_factory, name):
     steps, batch_size, mode = FOUND[name]
+    net = network_factory.recorded_network()
+    try:
+        run_storm(net, steps, batch_size, mode=mode)
+    finally:
+        network_factory.release(net)
+
+
+# Found by the storm and not fixed yet (issue 9 note). Blog 3 sells BOOK while blog 2 is archived
+# (blog 2's members miss the sale: queued to be healed); later blog 2 sells while blog 3 is
+# archived (blog 3's members miss that one). A heal copies another member's stock, and each blog
+# lacks the other's sale: one sale is lost. Exact would be to apply the missed deltas to the
+# member when its blog is back instead of copying a value.
+OPEN = {
+    "sales_on_two_blogs_archived_in_turn": (
+        [
+            ("book_sale", 3, 1),
+            ("archive", 2),
+            ("apply", None, 1),
+            ("archive", 3),
+            ("archive", 3),
+            ("archive", 2),
+            ("book_sale", 2, 1),
+            ("archive", 3),
+            ("apply", None, 1),
+        ],
+        1,
+        "trigger",
+    ),
+}
+
+
+@pytest.mark.xfail(strict=True, reason="a heal copies a value: deltas missed on two sides are lost (issue 9)")
+@pytest.mark.parametrize("name", sorted(OPEN))
+def test_storm_examples_still_open(network_factory, name):
+    steps, batch_size, mode = OPEN[name]
     net = network_factory.recorded_network()
     try:
         run_storm(net, steps, batch_size, mode=mode)
