@@ -417,14 +417,18 @@ FOUND = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(FOUND))
-def test_storm_examples_found_before(network_factory, name):
-    steps, batch_size, mode = FOUND[name]
+def run_case(network_factory: Any, case: tuple[list[tuple[Any, ...]], int, str]) -> None:
+    steps, batch_size, mode = case
     net = network_factory.recorded_network()
     try:
         run_storm(net, steps, batch_size, mode=mode)
     finally:
         network_factory.release(net)
+
+
+@pytest.mark.parametrize("name", sorted(FOUND))
+def test_storm_examples_found_before(network_factory, name):
+    run_case(network_factory, FOUND[name])
 
 
 # Found by the storm and not fixed yet (issue 9 note). Blog 3 sells BOOK while blog 2 is archived
@@ -454,9 +458,4 @@ OPEN = {
 @pytest.mark.xfail(strict=True, reason="a heal copies a value: deltas missed on two sides are lost (issue 9)")
 @pytest.mark.parametrize("name", sorted(OPEN))
 def test_storm_examples_still_open(network_factory, name):
-    steps, batch_size, mode = OPEN[name]
-    net = network_factory.recorded_network()
-    try:
-        run_storm(net, steps, batch_size, mode=mode)
-    finally:
-        network_factory.release(net)
+    run_case(network_factory, OPEN[name])
