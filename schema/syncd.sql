@@ -158,12 +158,16 @@ CREATE TABLE IF NOT EXISTS `{base}syncd_snapshot` (
 -- settings) once no change of it has been captured for sync.settle_seconds; until then syncd
 -- writes nothing into it, and stock_delta sums its own sales, carried into the join. kind 'heal':
 -- a linked member whose copy could not be written safely (a row it lacks while it was being saved,
--- or its derived step failed): it takes the group's settings and its derived data is recomputed.
+-- or its derived step failed), or that missed changes while its blog was not live: with copy_values
+-- = 1 it takes the group's values and its derived data is recomputed; with copy_values = 0 it missed
+-- only stock deltas (sales), summed in stock_delta, and receives them as deltas (a copy would lose
+-- its own sales that other members missed in turn).
 CREATE TABLE IF NOT EXISTS `{base}syncd_settle` (
   `blog_id` INT UNSIGNED NOT NULL,
   `post_id` BIGINT UNSIGNED NOT NULL,
   `kind` VARCHAR(8) NOT NULL,
   `stock_delta` DECIMAL(30,6) NOT NULL DEFAULT 0,
+  `copy_values` TINYINT(1) NOT NULL DEFAULT 1,
   `last_change_at` DATETIME(6) NOT NULL,
   `queued_at` DATETIME(6) NOT NULL,
   `attempts` INT UNSIGNED NOT NULL DEFAULT 0,

@@ -56,12 +56,14 @@ from syncd.plan import (
     Key,
     Member,
     MemberWrite,
+    Missed,
     Note,
     Plan,
     format_quantity,
     plan_batch,
     plan_fields,
     plan_join,
+    plan_missed_sales,
 )
 from syncd.queue import BatchConflict as BatchConflict  # re-exported: callers catch it from here
 from syncd.queue import acknowledge_sql, check_acknowledged
@@ -162,9 +164,8 @@ class Applier:
             settle.batch_records(changes, scope.joining, scope.frozen, plan.settle_deltas, scope.groups)
         )
         result.settling.extend(_heal_superseded(stock, superseded))
-        self.writer.skip_unreachable(
-            plan.applied, scope.groups, scope.blogs, unreadable, result, plan.renamed
-        )
+        self.writer.skip_unreachable(plan.missed, {c.id: c for c in changes}, unreadable, result)
+        result.settling.extend(_heal_missed_fields(fields.missed, unreadable))
         touched, written = self._write(conn, changes, plan, rows, scope.blogs, result)
         self._write_fields(conn, changes, fields, rows, scope, result)
         record.advance_registers(  # stock and field changes: one statement
@@ -455,7 +456,12 @@ class Applier:
             return "postponed"
         frozen = settle.frozen(conn, self.base, involved) - {key}
         linked = [m for m in group if m.state == "linked" and m.key != key and m.key not in frozen]
-        authority = min((m for m in linked if m.blog_id != key[0]), key=lambda m: m.key, default=None)
+        if current.adds_deltas:  # it missed only sales while its blog was not live: it receives them
+            planned = plan_missed_sales(me, {k: r.facts() for k, r in rows.items()}, current.stock_delta)
+            if planned is not None:
+                return self._write_join(conn, current, me, (None, None), planned, rows, blogs, batch_id)
+        behind = settle.heals(conn, self.base, [m.key for m in linked])
+        authority, authority_missed = _authority(linked, key, behind)
         if authority is None and away:
             # Its group's only other members are on blogs not live now: joining as the first
             # member would leave two values in one group once they are back.
@@ -464,9 +470,9 @@ class Applier:
                 conn, self.base, current, f"its group's members are on blogs not live now: {blogs_away}"
             )
             return "postponed"
-        # Members on blogs not live now miss what this writes: each takes the group's values when back.
-        settle.record(conn, self.base, [_heal_when_back(m, key) for m in away])
         delta = current.stock_delta if current.kind == settle.JOIN else Decimal(0)
+        # Members on blogs not live now miss the joiner's own sales, which the others receive.
+        settle.record(conn, self.base, [_heal_when_back(m, key, delta) for m in away if delta])
         joined = plan_join(
             me,
             authority,
@@ -474,6 +480,7 @@ class Applier:
             linked,
             delta,
             carry_sku=current.kind == settle.HEAL and self.propagate_sku_renames,
+            authority_missed=authority_missed,
         )
         sources = self._field_sources(conn, me, linked, authority)
         return self._write_join(conn, current, me, (authority, sources), joined, rows, blogs, batch_id)
@@ -541,16 +548,17 @@ class Applier:
         now = datetime.now(UTC).replace(tzinfo=None)
         jobs = [(blogs[b], sorted(p)) for b, p in sorted(touched.items())]
         heals = _heal_failed_derived(jobs, self._refresh_blogs(conn, jobs, written, now))
-        if any(h.key == key for h in heals):  # its own derived step failed: again once settled
-            settle.postpone(conn, self.base, item, heals[0].reason)
-            return "postponed"
         if self.poll_mode:  # the snapshot takes the join's own writes: never seen as a shop's
             self.poll_advance(conn, blogs)
         if joined.joiner is not None:
             result.settling.extend(self._shared_translation_heals(conn, blogs[key[0]], item))
         settle.record(conn, self.base, heals + result.settling)
-        if item.kind == settle.JOIN or not any(r.key == key for r in result.settling):
-            settle.remove(conn, self.base, item)  # else: a heal whose fields wait (restarted above)
+        # What it wrote is committed with this transaction, its sales included: a heal that must
+        # come back (its fields wait, or its own derived step failed) keeps none of them.
+        if item.kind == settle.HEAL and any(r.key == key for r in heals + result.settling):
+            settle.consume(conn, self.base, item)
+        else:
+            settle.remove(conn, self.base, item)
         record.write_history(conn, self.base, result.batch_id, result.history, now)
         w = joined.joiner
         log.info(
@@ -854,9 +862,47 @@ def _heal_failed_derived(
     ]
 
 
-def _heal_when_back(member: Member, joiner: Key) -> settle.Record:
-    reason = f"blog {member.blog_id} was not live when blog {joiner[0]} post {joiner[1]} joined or healed"
-    return settle.Record(member.blog_id, member.post_id, settle.HEAL, reason=reason)
+def _heal_missed_fields(missed: Mapping[Key, Missed], unreadable: Mapping[int, str]) -> list[settle.Record]:
+    """Members on blogs not live now that a realtime field change did not reach: each takes its
+    group's values (the field sources of :meth:`Applier._field_sources`) once its blog is back."""
+    out = []
+    for key, miss in missed.items():
+        reason = (
+            unreadable.get(key[0]) or f"blog {key[0]} is not live (deleted, archived or spam) or not usable"
+        )
+        log.warning(
+            "field_member_skipped",
+            blog=key[0],
+            post=key[1],
+            sku=miss.member.sku,
+            changes=miss.change_ids,
+            reason=reason,
+        )
+        out.append(settle.Record(key[0], key[1], settle.HEAL, reason=reason))
+    return out
+
+
+def _heal_when_back(member: Member, joiner: Key, sales: Decimal) -> settle.Record:
+    """A member away when ``joiner`` joined: it receives the joiner's own sales when back."""
+    reason = f"blog {member.blog_id} was not live when blog {joiner[0]} post {joiner[1]} joined"
+    return settle.Record(member.blog_id, member.post_id, settle.HEAL, sales, reason=reason, copy_values=False)
+
+
+def _authority(
+    linked: Sequence[Member], key: Key, behind: Mapping[Key, tuple[bool, Decimal]]
+) -> tuple[Member | None, Decimal]:
+    """The member a joining or healed product takes its group's values from, and the sales that
+    member missed itself while its blog was not live (not received yet): a member on another blog
+    that is not behind its group first (no heal queued), then one that only missed sales (its
+    quantity plus those is the group's), then any; the lowest blog id among equals."""
+
+    def rank(m: Member) -> tuple[int, Key]:
+        heal = behind.get(m.key)
+        return (0 if heal is None else 2 if heal[0] else 1, m.key)
+
+    best = min((m for m in linked if m.blog_id != key[0]), key=rank, default=None)
+    heal = behind.get(best.key) if best is not None else None
+    return best, (heal[1] if heal is not None and not heal[0] else Decimal(0))
 
 
 def _heal_superseded(changes: Sequence[Change], superseded: Mapping[int, int]) -> list[settle.Record]:

@@ -147,6 +147,7 @@ class MemberWrite:
     change_ids: list[int] = field(default_factory=list)
     new_sku: str | None = None  # a propagated SKU rename: write _sku (and the lookup row's sku)
     joined_from: Key | None = None  # a member joining its group: values taken from this member
+    history_note: str | None = None  # why, on its stock history rows (a heal)
 
     @property
     def key(self) -> Key:
@@ -179,6 +180,31 @@ class Plan:
     #: expected after it (syncd.fanout records them).
     copies_met: list[CopyExpected] = field(default_factory=list)
     copies_expected: list[CopyExpected] = field(default_factory=list)
+    #: Linked members on blogs that are not live now (not written): what each missed.
+    missed: dict[Key, Missed] = field(default_factory=dict)
+
+
+@dataclass
+class Missed:
+    """What a linked member on a blog that is not live (archived, deleted, spam, unusable,
+    unreadable) missed in one batch. Sales are deltas: it receives their sum (``delta``) when its
+    blog is back, as the live members received them, so that sales it missed and sales the others
+    missed in turn all count. Anything else it missed (an absolute set, a setting, a carried SKU
+    rename) makes it take its group's values instead (``copy``)."""
+
+    member: Member
+    change_ids: list[int] = field(default_factory=list)
+    delta: Decimal = Decimal(0)
+    copy: bool = False
+
+    def add(self, change_id: int, delta: Decimal | None) -> None:
+        """One change it missed: a sale (``delta``), or anything else (None)."""
+        if change_id not in self.change_ids:
+            self.change_ids.append(change_id)
+        if delta is None:
+            self.copy = True
+        else:
+            self.delta += delta
 
 
 def duplicates_reason(keys: Sequence[str]) -> str:
@@ -256,6 +282,12 @@ def plan_batch(
     applied: dict[int, Change] = {}
     origin_sku: dict[int, str] = {}
     renamed: list[Change] = []
+    missed: dict[Key, Missed] = {}
+
+    def miss(m: Member, c: Change, delta: Decimal | None) -> None:
+        """``m``, on a blog that is not live, is not written: what it missed is kept (Plan.missed)."""
+        if m.key not in joins:  # a joining member takes its group's values when it joins
+            missed.setdefault(m.key, Missed(m)).add(c.id, delta)
 
     def note(c: Change, sku: str, reason: str, level: str = "info") -> None:
         notes.append(Note(c.id, c.blog_id, c.post_id, sku, reason, level))
@@ -394,8 +426,9 @@ def plan_batch(
     def origin_set(c: Change) -> set[Key]:
         return set(translations.get(c.key, (c.key,)))
 
-    def component(c: Change) -> list[Member]:
-        """Every product connected to the origin by linked groups and shared translations, once."""
+    def component(c: Change, away: dict[Key, Member] | None = None) -> list[Member]:
+        """Every product connected to the origin by linked groups and shared translations, once.
+        Linked members on blogs that are not live are not in it; they are put in ``away``."""
         own = origin_set(c)
         seen = set(own)
         queue = sorted(own)
@@ -405,7 +438,11 @@ def plan_batch(
             me = self_of(key)
             if me is not None and me.state == "linked":
                 for m in groups.get(key, ()):
-                    if m.key in seen or m.state != "linked" or m.blog_id not in live:
+                    if m.key in seen or m.state != "linked":
+                        continue
+                    if m.blog_id not in live:
+                        if away is not None:
+                            away[m.key] = m
                         continue
                     seen.add(m.key)
                     out.append(m)
@@ -453,7 +490,8 @@ def plan_batch(
                     # A sibling's absolute set, then its own sale: the set overwrites the row that
                     # already holds the sale, so the sale goes on top of the set value.
                     own.stock.delta += value  # type: ignore[operator]
-            for m in component(c):
+            away: dict[Key, Member] = {}
+            for m in component(c, away):
                 w = target(m, c)
                 if w is None:
                     continue
@@ -463,26 +501,34 @@ def plan_batch(
                 else:
                     op.delta += value  # type: ignore[operator]
                 w.stock = op
+            for m in away.values():
+                miss(m, c, None if is_set else value)  # type: ignore[arg-type]
         elif kind == "register":
             c, meta_key, value = payload  # type: ignore[misc]
             for key in origin_set(c):
                 own = writes.get(key)
                 if own is not None:
                     own.registers.pop(meta_key, None)  # its own later change wins
-            for m in component(c):
+            away = {}
+            for m in component(c, away):
                 w = target(m, c)
                 if w is not None:
                     w.registers[meta_key] = value
+            for m in away.values():
+                miss(m, c, None)
         else:
             c = payload  # type: ignore[assignment]
             for key in origin_set(c):
                 own = writes.get(key)
                 if own is not None:
                     own.status_register = None
-            for m in component(c):
+            away = {}
+            for m in component(c, away):
                 w = target(m, c)
                 if w is not None:
                     w.status_register = c.new_value
+            for m in away.values():
+                miss(m, c, None)
 
     for c, fix in corrections:  # a translation copy that overwrote a sale syncd wrote into it
         w = target(self_of(c.key) or Member(c.blog_id, c.post_id, origin_sku.get(c.id, "")), c)
@@ -501,8 +547,9 @@ def plan_batch(
                 continue  # its own later rename wins (last captured change, as for registers)
             if m.blog_id not in live:
                 # Its blog is archived or unusable now: the group still takes the rename, and the
-                # member takes it when its blog is back (write.MemberWriter.missed queues its heal).
+                # member takes it when its blog is back (Plan.missed: MemberWriter.skip_unreachable queues its heal).
                 carried = True
+                miss(m, c, None)
                 continue
             clash = sku_conflicts.get((c.id, m.key))
             if clash is not None:
@@ -565,6 +612,7 @@ def plan_batch(
         settle_deltas=settle_deltas,
         copies_met=copies_met,
         copies_expected=copies_expected,
+        missed={k: missed[k] for k in sorted(missed)},
     )
 
 
@@ -597,6 +645,7 @@ def plan_join(
     own_delta: Decimal = Decimal(0),
     change_id: int = 0,
     carry_sku: bool = False,
+    authority_missed: Decimal = Decimal(0),
 ) -> JoinPlan:
     """A product that has settled joins its group (pure).
 
@@ -609,6 +658,9 @@ def plan_join(
     ``carry_sku`` (a heal, with SKU renames propagated): a SKU-matched member whose SKU differs
     from the authority's missed a rename carried while it could not be written (its blog was
     archived): it takes the authority's SKU too (``MemberWrite.new_sku``).
+
+    ``authority_missed``: the sales the authority itself missed while its blog was not live, not
+    received yet (its heal adds them): the group's quantity is its quantity plus those.
     """
     key = joiner.key
     jf = facts.get(key, Facts(exists=False))
@@ -638,6 +690,8 @@ def plan_join(
         except StockValueError as exc:
             notes.append(Note(change_id, key[0], key[1], joiner.sku, f"join: _stock {exc}", "warning"))
             a_stock, mine = None, None
+        if a_stock is not None:
+            a_stock += authority_missed
         if a_stock is not None and a_stock + own_delta != mine:
             w.stock = StockOp(set_value=a_stock + own_delta, is_set=True)
         if a_stock is not None and own_delta:
@@ -662,6 +716,35 @@ def plan_join(
             w.new_sku = authority.sku
     joined = w if (w.stock is not None or w.registers or w.new_sku is not None) else None
     return JoinPlan(joined, others_writes, notes)
+
+
+def plan_missed_sales(member: Member, facts: Mapping[Key, Facts], delta: Decimal) -> JoinPlan | None:
+    """A member that missed only sales while its blog was not live (a heal that adds deltas,
+    :class:`Missed`) receives their sum as one relative delta, as the live members received each
+    (pure). None: it cannot take a delta (its ``_stock`` is missing or not a number): it takes its
+    group's values instead (:func:`plan_join`)."""
+    key = member.key
+    f = facts.get(key, Facts(exists=False))
+    if not f.alive:
+        return JoinPlan(
+            None, [], [Note(0, key[0], key[1], member.sku, "heal: product is deleted or trashed")]
+        )
+    if f.duplicate_keys:
+        reason = "heal refused: " + duplicates_reason(f.duplicate_keys)
+        return JoinPlan(None, [], [Note(0, key[0], key[1], member.sku, reason, "warning")])
+    if not manages_stock(f.manage_stock):  # a live member that does not manage stock takes no sale either
+        note = "heal: does not manage stock; the sales it missed are not added"
+        return JoinPlan(None, [], [Note(0, key[0], key[1], member.sku, note)])
+    try:
+        if parse_quantity(f.stock) is None:
+            return None
+    except StockValueError:
+        return None
+    why = f"healed: the sales it missed while its blog was not live ({format_quantity(delta)})"
+    if delta == 0:
+        return JoinPlan(None, [], [Note(0, key[0], key[1], member.sku, why)])
+    w = MemberWrite(key[0], key[1], member.sku, StockOp(delta=delta), change_ids=[0], history_note=why)
+    return JoinPlan(w, [], [Note(0, key[0], key[1], member.sku, why)])
 
 
 @dataclass(frozen=True)
@@ -823,6 +906,9 @@ class FieldPlan:
     applied: list[Change]  # field changes that reached at least one member
     notes: list[Note]
     origin_sku: dict[int, str]
+    #: Members on blogs that are not live now, which a field change did not reach: each takes its
+    #: group's values when its blog is back (a heal that copies).
+    missed: dict[Key, Missed] = field(default_factory=dict)
 
 
 def plan_fields(
@@ -854,6 +940,7 @@ def plan_fields(
     notes: list[Note] = []
     applied: dict[int, Change] = {}
     origin_sku: dict[int, str] = {}
+    missed: dict[Key, Missed] = {}
     for c in sorted((c for c in changes if c.meta_key in fields), key=lambda c: c.id):
         group, name = fields[c.meta_key]
         me = member_of(groups, c.key)
@@ -879,8 +966,22 @@ def plan_fields(
             w.sources[name] = c.key
             w.change_ids.append(c.id)
             applied[c.id] = c
+        for m in groups.get(c.key, ()):
+            if (
+                m.state == "linked"
+                and m.blog_id not in live
+                and m.key not in joins
+                and takes_part(group, m.blog_id)
+            ):
+                missed.setdefault(m.key, Missed(m)).add(c.id, None)  # its blog is not live: later
     final = [w for _, w in sorted(writes.items()) if w.sources]
-    return FieldPlan(final, [applied[i] for i in sorted(applied)], notes, origin_sku)
+    return FieldPlan(
+        final,
+        [applied[i] for i in sorted(applied)],
+        notes,
+        origin_sku,
+        {k: missed[k] for k in sorted(missed)},
+    )
 
 
 def _field_origin_problem(

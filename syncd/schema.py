@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from syncd.db import table, validate_prefix
 from syncd.sqlfiles import schema_text, split_statements
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 OWN_TABLES = (
     "syncd_change",
     "syncd_dead",
@@ -50,6 +50,7 @@ def ensure_schema(conn: sa.Connection, base_prefix: str) -> int:
     _add_history_source(conn, base_prefix)
     _add_history_field_group(conn, base_prefix)
     _add_history_hashes(conn, base_prefix)
+    _add_settle_copy_values(conn, base_prefix)
     _ensure_index(conn, base_prefix, "syncd_change", "product", "(`blog_id`, `post_id`)")
     # syncd.queue: a statement's rows are found together (tables created before it lack the key).
     _ensure_index(conn, base_prefix, "syncd_change", "stmt", "(`conn_id`, `captured_at`)")
@@ -126,6 +127,19 @@ def _add_history_hashes(conn: sa.Connection, base_prefix: str) -> None:
         "syncd_history",
         "new_hash",
         "ADD COLUMN `old_hash` CHAR(40) NULL, ADD COLUMN `new_hash` CHAR(40) NULL",
+    )
+
+
+def _add_settle_copy_values(conn: sa.Connection, base_prefix: str) -> None:
+    """Schema 8 added ``syncd_settle.copy_values`` (0: a heal that only adds the stock deltas its
+    member missed, ``stock_delta``; 1: it takes its group's values). Records queued before it
+    take their group's values, as they did: added in place, once, defaulting to 1."""
+    _ensure_column(
+        conn,
+        base_prefix,
+        "syncd_settle",
+        "copy_values",
+        "ADD COLUMN `copy_values` TINYINT(1) NOT NULL DEFAULT 1 AFTER `stock_delta`",
     )
 
 

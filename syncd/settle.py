@@ -55,6 +55,12 @@ class Settling:
     last_change_at: datetime
     attempts: int
     reason: str
+    copy_values: bool = True  # a heal: True takes the group's values, False adds stock_delta
+
+    @property
+    def adds_deltas(self) -> bool:
+        """A heal of a member that missed only sales while its blog was not live."""
+        return self.kind == HEAL and not self.copy_values
 
     @property
     def key(self) -> Key:
@@ -71,6 +77,9 @@ class Record:
     stock_delta: Decimal = Decimal(0)
     last_change_at: datetime | None = None  # None: now (the server's clock)
     reason: str = ""
+    #: A heal: take the group's values (True), or only add ``stock_delta``, the sales this member
+    #: missed (False). Records of one product merge: one that must copy makes the heal copy.
+    copy_values: bool = True
 
     @property
     def key(self) -> Key:
@@ -105,17 +114,41 @@ def waiting(conn: sa.Connection, base_prefix: str, keys: Iterable[Key]) -> set[K
     }
 
 
+def heals(conn: sa.Connection, base_prefix: str, keys: Iterable[Key]) -> dict[Key, tuple[bool, Decimal]]:
+    """The heal records of ``keys``: product -> (takes its group's values, missed stock deltas).
+    Read after the caller locked the products' stock rows: a batch that adds to one waits."""
+    where, params = keys_where(keys)
+    return {
+        (int(b), int(p)): (bool(c), Decimal(d))
+        for b, p, c, d in conn.exec_driver_sql(
+            f"SELECT blog_id, post_id, copy_values, stock_delta FROM {table(base_prefix, 'syncd_settle')} "
+            f"WHERE kind = 'heal' AND ({where})",
+            tuple(params),
+        )
+    }
+
+
 def record_sql(base_prefix: str, records: Sequence[Record]) -> tuple[str, tuple[Any, ...]]:
-    """Insert or extend records: deltas add up, the newest change time wins, attempts restart."""
+    """Insert or extend records: deltas add up, a copy wins over deltas alone, the newest change
+    time wins, attempts restart."""
     rows, params = [], []
     for r in records:
-        rows.append("(%s, %s, %s, %s, COALESCE(%s, UTC_TIMESTAMP(6)), UTC_TIMESTAMP(6), %s)")
-        params += [r.blog_id, r.post_id, r.kind, r.stock_delta, r.last_change_at, r.reason[:255]]
+        rows.append("(%s, %s, %s, %s, %s, COALESCE(%s, UTC_TIMESTAMP(6)), UTC_TIMESTAMP(6), %s)")
+        params += [
+            r.blog_id,
+            r.post_id,
+            r.kind,
+            r.stock_delta,
+            int(r.copy_values),
+            r.last_change_at,
+            r.reason[:255],
+        ]
     sql = (
         f"INSERT INTO {table(base_prefix, 'syncd_settle')} "
-        "(blog_id, post_id, kind, stock_delta, last_change_at, queued_at, reason) VALUES "
+        "(blog_id, post_id, kind, stock_delta, copy_values, last_change_at, queued_at, reason) VALUES "
         + ", ".join(rows)
         + " ON DUPLICATE KEY UPDATE stock_delta = stock_delta + VALUES(stock_delta), "
+        "copy_values = GREATEST(copy_values, VALUES(copy_values)), "
         "last_change_at = GREATEST(last_change_at, VALUES(last_change_at)), reason = VALUES(reason)"
     )
     return sql, tuple(params)
@@ -129,7 +162,8 @@ def record(conn: sa.Connection, base_prefix: str, records: Sequence[Record]) -> 
 def due_sql(base_prefix: str, settle_seconds: float, limit: int) -> tuple[str, tuple[Any, ...]]:
     """Records whose product has been quiet for ``settle_seconds`` and has no queued change."""
     return (
-        f"SELECT s.blog_id, s.post_id, s.kind, s.stock_delta, s.last_change_at, s.attempts, s.reason "
+        f"SELECT s.blog_id, s.post_id, s.kind, s.stock_delta, s.last_change_at, s.attempts, s.reason, "
+        "s.copy_values "
         f"FROM {table(base_prefix, 'syncd_settle')} s "
         "WHERE s.last_change_at <= UTC_TIMESTAMP(6) - INTERVAL %s MICROSECOND "
         f"AND NOT EXISTS (SELECT 1 FROM {table(base_prefix, 'syncd_change')} c "
@@ -141,8 +175,8 @@ def due_sql(base_prefix: str, settle_seconds: float, limit: int) -> tuple[str, t
 
 def due(conn: sa.Connection, base_prefix: str, settle_seconds: float, limit: int = 50) -> list[Settling]:
     return [
-        Settling(int(b), int(p), str(k), Decimal(d), at, int(n), str(r))
-        for b, p, k, d, at, n, r in conn.exec_driver_sql(*due_sql(base_prefix, settle_seconds, limit))
+        Settling(int(b), int(p), str(k), Decimal(d), at, int(n), str(r), bool(c))
+        for b, p, k, d, at, n, r, c in conn.exec_driver_sql(*due_sql(base_prefix, settle_seconds, limit))
     ]
 
 
@@ -150,20 +184,31 @@ def lock(conn: sa.Connection, base_prefix: str, item: Settling) -> Settling | No
     """The record as it is now, locked (taken after the product's stock rows, like the apply
     step records it): a batch that added a sale to it meanwhile is counted, never lost."""
     row = conn.exec_driver_sql(
-        f"SELECT blog_id, post_id, kind, stock_delta, last_change_at, attempts, reason "
+        f"SELECT blog_id, post_id, kind, stock_delta, last_change_at, attempts, reason, copy_values "
         f"FROM {table(base_prefix, 'syncd_settle')} WHERE blog_id = %s AND post_id = %s AND kind = %s FOR UPDATE",
         (item.blog_id, item.post_id, item.kind),
     ).first()
     if row is None:
         return None
-    b, p, k, d, at, n, r = row
-    return Settling(int(b), int(p), str(k), Decimal(d), at, int(n), str(r))
+    b, p, k, d, at, n, r, c = row
+    return Settling(int(b), int(p), str(k), Decimal(d), at, int(n), str(r), bool(c))
 
 
 def remove(conn: sa.Connection, base_prefix: str, item: Settling) -> None:
     conn.exec_driver_sql(
         f"DELETE FROM {table(base_prefix, 'syncd_settle')} WHERE blog_id = %s AND post_id = %s AND kind = %s",
         (item.blog_id, item.post_id, item.kind),
+    )
+
+
+def consume(conn: sa.Connection, base_prefix: str, item: Settling) -> None:
+    """A heal that wrote (its sales included) but must come back for the rest (its fields wait,
+    or its derived step failed): it keeps no sale it has received. Sales added to it since it was
+    locked (:func:`lock`) cannot exist: a batch that adds one waits for that lock."""
+    conn.exec_driver_sql(
+        f"UPDATE {table(base_prefix, 'syncd_settle')} SET stock_delta = stock_delta - %s, attempts = attempts + 1 "
+        "WHERE blog_id = %s AND post_id = %s AND kind = %s",
+        (item.stock_delta, item.blog_id, item.post_id, item.kind),
     )
 
 

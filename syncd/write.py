@@ -33,14 +33,13 @@ from syncd.network import Blog
 from syncd.plan import (
     BACKORDERS,
     MANAGE,
-    MEMBERSHIP_KEYS,
     SKU,
     STATUS,
     STOCK,
     Change,
     Key,
-    Member,
     MemberWrite,
+    Missed,
     StockValueError,
     format_quantity,
     parse_quantity,
@@ -133,27 +132,18 @@ class MemberWriter:
 
     def skip_unreachable(
         self,
-        applied: Sequence[Change],
-        groups: Mapping[Key, Sequence[Member]],
-        blogs: Mapping[int, Blog],
+        missed: Mapping[Key, Missed],
+        by_id: Mapping[int, Change],
         unreadable: Mapping[int, str],
         result: BatchResult,
-        renamed: Sequence[Change] = (),
     ) -> None:
         """Linked members on a blog that is deleted, archived, spam, unusable or unreadable now are
-        not written (the planner leaves them out); log and record each, with blog, post and SKU,
-        and queue each to be healed (syncd.settle) once its blog is usable again (a carried SKU
-        rename, ``renamed``, included: the heal gives it the group's SKU)."""
-        missed: dict[Key, tuple[Member, list[Change]]] = {}
-        carried = {c.id for c in renamed}
-        for c in applied:
-            if c.meta_key in MEMBERSHIP_KEYS and c.id not in carried:
-                continue
-            for m in groups.get(c.key, ()):
-                if m.key != c.key and m.state == "linked" and m.blog_id not in blogs:
-                    missed.setdefault(m.key, (m, []))[1].append(c)
-        for key in sorted(missed):
-            m, cs = missed[key]
+        not written (the planner leaves them out, :attr:`syncd.plan.Plan.missed`); log and record
+        each, with blog, post and SKU, and queue each to be healed (syncd.settle) once its blog is
+        usable again: with the sales it missed as deltas, or, if it missed anything else (an
+        absolute set, a setting, a carried SKU rename), by taking its group's values."""
+        for key, miss in missed.items():
+            m = miss.member
             reason = (
                 unreadable.get(m.blog_id)
                 or f"blog {m.blog_id} is not live (deleted, archived or spam) or not usable"
@@ -164,17 +154,20 @@ class MemberWriter:
                 blog=m.blog_id,
                 post=m.post_id,
                 sku=m.sku,
-                changes=[c.id for c in cs],
+                changes=miss.change_ids,
+                missed_sales=None if miss.copy else format_quantity(miss.delta),
                 reason=reason,
             )
-            for c in cs:
+            for cid in miss.change_ids:
+                c = by_id[cid]
                 result.history.append(
                     HistoryRow(
                         c, "skipped", m.blog_id, m.post_id, m.sku, c.meta_key, None, None, None, reason[:255]
                     )
                 )
-            # Not left behind for good: once its blog is usable again it takes the group's values.
-            result.settling.append(settle.Record(m.blog_id, m.post_id, settle.HEAL, reason=reason))
+            result.settling.append(
+                settle.Record(key[0], key[1], settle.HEAL, miss.delta, reason=reason, copy_values=miss.copy)
+            )
 
     def member(
         self,
@@ -396,6 +389,7 @@ class MemberWriter:
                     old if i == 0 else None,
                     new if i == len(stock_changes) - 1 else None,
                     delta_of(c),
+                    w.history_note,
                 )
             )
         return out

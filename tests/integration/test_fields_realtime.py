@@ -291,3 +291,32 @@ def test_realtime_price_from_the_configuration_alone(wp_network):
         assert pending(net) == 0 and d.apply_pending() == 0
     finally:
         d.close()
+
+
+def test_a_blog_archived_during_an_edit_takes_it_when_back(wp_network):
+    """A realtime field change does not reach a member whose blog is archived (nothing is written
+    into a blog that is not live); once the blog is back, the member takes its group's value
+    (found while fixing issue 9's archived-blog paths: with no stock change missed too, nothing
+    queued its heal and the member kept the old value for good)."""
+    net = wp_network
+    mug = ids(net, "MUG")
+    d = realtime_daemon(net, {"price": PRICE})
+    try:
+        _archived(net, 3, True)
+        set_meta(net, 1, mug[1], "_regular_price", "21.00")
+        d.apply_pending()
+        assert prices(net, mug)[:2] == ["21.00"] * 2 and prices(net, mug)[2] != "21.00"
+        _archived(net, 3, False)
+        d.discover()
+        d.apply_pending()
+        assert prices(net, mug) == ["21.00"] * 3
+    finally:
+        d.close()
+
+
+def _archived(net: Any, blog_id: int, on: bool) -> None:
+    with net.engine.connect() as c:
+        c.exec_driver_sql(
+            f"UPDATE {net.prefix}blogs SET archived = %s WHERE blog_id = %s", (int(on), blog_id)
+        )
+        c.commit()

@@ -320,3 +320,39 @@ def test_join_waits_for_a_sale_committed_between_its_due_check_and_its_lock(wp_n
         assert [qty(net, 1, others[1]), qty(net, 2, new), qty(net, 3, others[3])] == [36, 36, 36]
     finally:
         d.close()
+
+
+def test_join_whose_own_derived_step_fails_counts_its_sales_once(wp_network):
+    """A join gives the joiner its group's stock plus its own sales, and its own sales to the
+    others, then recomputes derived data. When the joiner's own derived step fails (its blog's
+    lookup table is away), what it wrote is committed: the join is done and only a heal that
+    recomputes the derived data is left. It used to stay a join with its sales, which the next
+    attempt gave to the others a second time."""
+    net = wp_network
+    others = simple_elsewhere(net, "NEWSKU", 40)
+    d = make_daemon(net, sync={"settle_seconds": 3600})
+    lookup, away = net.table(2, "wc_product_meta_lookup"), f"{net.prefix}2_lookup_away"
+    try:
+        d.apply_pending()
+        with Replay(net, "01-create-simple") as replay:  # NEWSKU 100: post 28 on blog 2
+            replay.run()
+        d.apply_pending()
+        woo_decrease(net, 2, 28, 3)  # its own sale before it joins
+        d.apply_pending()
+        with net.engine.connect() as c:
+            c.exec_driver_sql(f"RENAME TABLE {lookup} TO {away}")
+            c.commit()
+        settled_now(net)
+        d.apply_pending()
+        assert [qty(net, 1, others[1]), qty(net, 2, 28), qty(net, 3, others[3])] == [37, 37, 37]
+        assert settling(net) == {(2, 28): "heal"}
+        with net.engine.connect() as c:
+            c.exec_driver_sql(f"RENAME TABLE {away} TO {lookup}")
+            c.commit()
+        settled_now(net)
+        d.apply_pending()
+        assert settling(net) == {}
+        assert [qty(net, 1, others[1]), qty(net, 2, 28), qty(net, 3, others[3])] == [37, 37, 37]
+        assert lookup_stock(net, 2, 28) == 37
+    finally:
+        d.close()

@@ -309,3 +309,39 @@ def test_fields_superseded_change_reaches_nobody_and_its_origin_takes_the_group_
     p = _fields([ch(5, (3, 30), "1", "2", "_regular_price")], superseded={5: 9})
     assert _sources(p) == {(3, "price"): {"_regular_price": (1, 10)}}
     assert p.applied == [] and p.notes[0].level == "warning" and "superseded" in p.notes[0].reason
+
+
+def test_a_member_on_a_blog_not_live_misses_sales_as_deltas_and_anything_else_as_a_copy():
+    """Issue 9: what a member on an archived blog missed decides how it is healed when back."""
+    from syncd.plan import Missed
+
+    sales = plan_batch([ch(1, A, "10", "9"), ch(2, B, "10", "7")], GROUPS, FACTS, (1, 2))
+    assert set(writes(sales)) == {A, B}
+    assert sales.missed == {C: Missed(GROUP[2], [1, 2], Decimal(-4), copy=False)}
+    # An absolute set (an importer's delete + add), then a sale: it must take the group's value.
+    imported = plan_batch([ch(1, A, None, "5", op="I"), ch(2, B, "10", "9")], GROUPS, FACTS, (1, 2))
+    assert imported.missed[C].copy and imported.missed[C].change_ids == [1, 2]
+    # A setting is a register: a copy as well.
+    setting = plan_batch([ch(1, A, "no", "notify", meta="_backorders")], GROUPS, FACTS, (1, 2))
+    assert setting.missed == {C: Missed(GROUP[2], [1], Decimal(0), copy=True)}
+    # A member that is joining misses nothing: it takes its group's values when it joins.
+    assert plan_batch([ch(1, A, "10", "9")], GROUPS, FACTS, (1, 2), settling=[C]).missed == {}
+    # A change that reaches nobody (not propagated) is missed by nobody either.
+    assert plan_batch([ch(1, A, "10", None, op="D")], GROUPS, FACTS, (1, 2)).missed == {}
+
+
+def test_missed_sales_are_received_as_one_delta_or_the_member_takes_its_groups_values():
+    from syncd.plan import plan_missed_sales
+
+    member = GROUP[2]
+    manages = {C: Facts(stock="10", manage_stock="yes")}
+    healed = plan_missed_sales(member, manages, Decimal(-4))
+    assert healed is not None and healed.joiner is not None and healed.others == []
+    assert healed.joiner.stock.delta == -4 and not healed.joiner.stock.is_set
+    assert "sales it missed" in (healed.joiner.history_note or "")
+    # It missed sales that cancel out: nothing to write.
+    assert plan_missed_sales(member, manages, Decimal(0)).joiner is None
+    # Its _stock is not a number: it cannot take a delta, it takes its group's values (None).
+    assert plan_missed_sales(member, {C: Facts(stock="lots", manage_stock="yes")}, Decimal(-1)) is None
+    # It does not manage stock: a live member would have received nothing either.
+    assert plan_missed_sales(member, {C: Facts(stock=None, manage_stock="no")}, Decimal(-1)).joiner is None

@@ -119,12 +119,17 @@ def test_settle_statements_bind_every_value():
         "shop_", [settle.Record(2, 28, "join", Decimal(-2), datetime(2026, 1, 1))]
     )
     assert " ".join(sql.split()) == (
-        "INSERT INTO `shop_syncd_settle` (blog_id, post_id, kind, stock_delta, last_change_at, queued_at, reason) "
-        "VALUES (%s, %s, %s, %s, COALESCE(%s, UTC_TIMESTAMP(6)), UTC_TIMESTAMP(6), %s) "
+        "INSERT INTO `shop_syncd_settle` "
+        "(blog_id, post_id, kind, stock_delta, copy_values, last_change_at, queued_at, reason) "
+        "VALUES (%s, %s, %s, %s, %s, COALESCE(%s, UTC_TIMESTAMP(6)), UTC_TIMESTAMP(6), %s) "
         "ON DUPLICATE KEY UPDATE stock_delta = stock_delta + VALUES(stock_delta), "
+        "copy_values = GREATEST(copy_values, VALUES(copy_values)), "
         "last_change_at = GREATEST(last_change_at, VALUES(last_change_at)), reason = VALUES(reason)"
     )
-    assert params == (2, 28, "join", Decimal(-2), datetime(2026, 1, 1), "")
+    assert params == (2, 28, "join", Decimal(-2), 1, datetime(2026, 1, 1), "")
+    # A heal of a member that missed only sales adds them; one that must copy says so (1 wins on merge).
+    _, params = settle.record_sql("shop_", [settle.Record(3, 7, "heal", Decimal(-1), copy_values=False)])
+    assert params == (3, 7, "heal", Decimal(-1), 0, None, "")
     sql, params = settle.frozen_sql("shop_", [(2, 9), (1, 5), (2, 3)])
     assert sql.endswith(
         "WHERE kind = 'join' AND ((blog_id = %s AND post_id IN (%s)) OR (blog_id = %s AND post_id IN (%s, %s)))"
