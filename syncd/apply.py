@@ -472,7 +472,6 @@ class Applier:
             return "postponed"
         delta = current.stock_delta if current.kind == settle.JOIN else Decimal(0)
         # Members on blogs not live now miss the joiner's own sales, which the others receive.
-        settle.record(conn, self.base, [_heal_when_back(m, key, delta) for m in away if delta])
         joined = plan_join(
             me,
             authority,
@@ -481,6 +480,7 @@ class Applier:
             delta,
             carry_sku=current.kind == settle.HEAL and self.propagate_sku_renames,
             authority_missed=authority_missed,
+            away=away if current.kind == settle.JOIN else (),
         )
         sources = self._field_sources(conn, me, linked, authority)
         return self._write_join(conn, current, me, (authority, sources), joined, rows, blogs, batch_id)
@@ -552,6 +552,7 @@ class Applier:
             self.poll_advance(conn, blogs)
         if joined.joiner is not None:
             result.settling.extend(self._shared_translation_heals(conn, blogs[key[0]], item))
+        result.settling.extend(_heal_when_back(miss, key) for miss in joined.missed.values())
         settle.record(conn, self.base, heals + result.settling)
         # What it wrote is committed with this transaction, its sales included: a heal that must
         # come back (its fields wait, or its own derived step failed) keeps none of them.
@@ -882,10 +883,11 @@ def _heal_missed_fields(missed: Mapping[Key, Missed], unreadable: Mapping[int, s
     return out
 
 
-def _heal_when_back(member: Member, joiner: Key, sales: Decimal) -> settle.Record:
+def _heal_when_back(miss: Missed, joiner: Key) -> settle.Record:
     """A member away when ``joiner`` joined: it receives the joiner's own sales when back."""
-    reason = f"blog {member.blog_id} was not live when blog {joiner[0]} post {joiner[1]} joined"
-    return settle.Record(member.blog_id, member.post_id, settle.HEAL, sales, reason=reason, copy_values=False)
+    m = miss.member
+    reason = f"blog {m.blog_id} was not live when blog {joiner[0]} post {joiner[1]} joined"
+    return settle.Record(m.blog_id, m.post_id, settle.HEAL, miss.delta, reason=reason, copy_values=miss.copy)
 
 
 def _authority(

@@ -635,6 +635,8 @@ class JoinPlan:
     joiner: MemberWrite | None  # None: it already holds the group's values
     others: list[MemberWrite]
     notes: list[Note]
+    #: Members on blogs not live now: the joiner's own sales, which the others receive, later.
+    missed: dict[Key, Missed] = field(default_factory=dict)
 
 
 def plan_join(
@@ -646,6 +648,7 @@ def plan_join(
     change_id: int = 0,
     carry_sku: bool = False,
     authority_missed: Decimal = Decimal(0),
+    away: Sequence[Member] = (),
 ) -> JoinPlan:
     """A product that has settled joins its group (pure).
 
@@ -661,6 +664,8 @@ def plan_join(
 
     ``authority_missed``: the sales the authority itself missed while its blog was not live, not
     received yet (its heal adds them): the group's quantity is its quantity plus those.
+    ``away``: linked members on blogs not live now; they receive the joiner's own sales when back
+    (``JoinPlan.missed``), as the others do now.
     """
     key = joiner.key
     jf = facts.get(key, Facts(exists=False))
@@ -715,7 +720,11 @@ def plan_join(
         if authority.sku.strip().casefold() != joiner.sku.strip().casefold():  # not a mere case variant
             w.new_sku = authority.sku
     joined = w if (w.stock is not None or w.registers or w.new_sku is not None) else None
-    return JoinPlan(joined, others_writes, notes)
+    missed: dict[Key, Missed] = {}
+    if others_writes:
+        for m in away:
+            missed.setdefault(m.key, Missed(m)).add(change_id, own_delta)
+    return JoinPlan(joined, others_writes, notes, missed)
 
 
 def plan_missed_sales(member: Member, facts: Mapping[Key, Facts], delta: Decimal) -> JoinPlan | None:

@@ -345,3 +345,17 @@ def test_missed_sales_are_received_as_one_delta_or_the_member_takes_its_groups_v
     assert plan_missed_sales(member, {C: Facts(stock="lots", manage_stock="yes")}, Decimal(-1)) is None
     # It does not manage stock: a live member would have received nothing either.
     assert plan_missed_sales(member, {C: Facts(stock=None, manage_stock="no")}, Decimal(-1)).joiner is None
+
+
+def test_a_join_gives_its_own_sales_to_members_away_later_and_only_when_the_others_get_them():
+    from syncd.plan import Missed, plan_join
+
+    facts = {m.key: Facts(stock="10", manage_stock="yes") for m in GROUP}
+    joined = plan_join(GROUP[1], GROUP[0], facts, [GROUP[0]], Decimal(-3), away=[GROUP[2]])
+    assert [w.key for w in joined.others] == [A] and joined.others[0].stock.delta == -3
+    assert joined.missed == {C: Missed(GROUP[2], [0], Decimal(-3), copy=False)}
+    # No sales of its own: nothing to give, to anyone.
+    assert plan_join(GROUP[1], GROUP[0], facts, [GROUP[0]], Decimal(0), away=[GROUP[2]]).missed == {}
+    # The authority missed a sale itself (its heal adds it later): the joiner takes that into account.
+    behind = plan_join(GROUP[1], GROUP[0], facts, [GROUP[0]], Decimal(0), authority_missed=Decimal(-2))
+    assert behind.joiner.stock.set_value == 8
