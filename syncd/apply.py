@@ -166,6 +166,7 @@ class Applier:
         result.settling.extend(_heal_superseded(stock, superseded))
         self.writer.skip_unreachable(plan.missed, {c.id: c for c in changes}, unreadable, result)
         result.settling.extend(_heal_missed_fields(fields.missed, unreadable))
+        settle.copy_instead(conn, self.base, plan.set_reached)
         touched, written = self._write(conn, changes, plan, rows, scope.blogs, result)
         self._write_fields(conn, changes, fields, rows, scope, result)
         record.advance_registers(  # stock and field changes: one statement
@@ -533,6 +534,8 @@ class Applier:
                 return "postponed"
             if joined.joiner.new_sku is not None:
                 self._carry_sku(conn, me, joined.joiner, rows[key], blogs[key[0]], sale, result)
+            if item.kind == settle.JOIN and joined.joiner.stock is not None and joined.joiner.stock.is_set:
+                settle.copy_instead(conn, self.base, [key])  # a heal queued for it before it joined
             written.setdefault(key[0], set()).add(key[1])
         bulk = self.writer.stock_deltas(conn, joined.others, rows)
         for w in joined.others:

@@ -182,6 +182,9 @@ class Plan:
     copies_expected: list[CopyExpected] = field(default_factory=list)
     #: Linked members on blogs that are not live now (not written): what each missed.
     missed: dict[Key, Missed] = field(default_factory=dict)
+    #: Products an absolute stock set of this batch reached, their origin included: sales a
+    #: queued heal of theirs would add came before it (syncd.settle.copy_instead).
+    set_reached: set[Key] = field(default_factory=set)
 
 
 @dataclass
@@ -283,6 +286,7 @@ def plan_batch(
     origin_sku: dict[int, str] = {}
     renamed: list[Change] = []
     missed: dict[Key, Missed] = {}
+    set_reached: set[Key] = set()
 
     def miss(m: Member, c: Change, delta: Decimal | None) -> None:
         """``m``, on a blog that is not live, is not written: what it missed is kept (Plan.missed)."""
@@ -491,7 +495,10 @@ def plan_batch(
                     # already holds the sale, so the sale goes on top of the set value.
                     own.stock.delta += value  # type: ignore[operator]
             away: dict[Key, Member] = {}
-            for m in component(c, away):
+            reached = component(c, away)
+            if is_set:
+                set_reached.update(origin_set(c), (m.key for m in reached), away)
+            for m in reached:
                 w = target(m, c)
                 if w is None:
                     continue
@@ -613,6 +620,7 @@ def plan_batch(
         copies_met=copies_met,
         copies_expected=copies_expected,
         missed={k: missed[k] for k in sorted(missed)},
+        set_reached=set_reached,
     )
 
 

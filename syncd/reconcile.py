@@ -53,7 +53,7 @@ from typing import Any, TextIO
 import sqlalchemy as sa
 import structlog
 
-from syncd import capture, queue
+from syncd import capture, queue, settle
 from syncd.apply import Applier, BatchConflict, BatchExtend, new_batch_id
 from syncd.audit import (
     EXIT_BAD_ARGUMENT,
@@ -510,6 +510,7 @@ class Writer:
         written: dict[int, set[int]] = {}
         history: list[dict[str, Any]] = []
         pending_writes: list[tuple[GroupState, GroupPlan, FieldWrite, str]] = []
+        stock_written: list[Key] = []
         batch = new_batch_id()
         for gid in sorted(groups):
             g = groups[gid]
@@ -556,8 +557,12 @@ class Writer:
                 )
                 continue
             written.setdefault(w.member[0], set()).add(w.member[1])
+            if w.meta_key == STOCK:
+                stock_written.append(w.member)
             staged["writes"].append(_write_entry(g, plan, w))
             history.append(self._history_row(batch, now, g, plan, w, role))
+        # A heal queued for a member written here must not add sales older than this value.
+        settle.copy_instead(conn, self.base, stock_written)
         # Derived data: every member of a group reconciled (the authority's own may disagree with
         # its quantity too - a drift written straight into postmeta), and the products to heal; only
         # the members written count as saved (post_modified, transients).

@@ -201,6 +201,21 @@ def remove(conn: sa.Connection, base_prefix: str, item: Settling) -> None:
     )
 
 
+def copy_instead(conn: sa.Connection, base_prefix: str, keys: Iterable[Key]) -> None:
+    """An absolute stock value was written into (or set by) ``keys``: the sales a queued heal of
+    theirs would add are older than that value, which the group holds too, so each heal takes its
+    group's values instead (a member healed by deltas after an import set everyone's stock would
+    end the import's value minus sales that came before it)."""
+    keys = list(keys)
+    if keys:
+        where, params = keys_where(keys)
+        conn.exec_driver_sql(
+            f"UPDATE {table(base_prefix, 'syncd_settle')} SET copy_values = 1 "
+            f"WHERE kind = 'heal' AND copy_values = 0 AND ({where})",
+            tuple(params),
+        )
+
+
 def consume(conn: sa.Connection, base_prefix: str, item: Settling) -> None:
     """A heal that wrote (its sales included) but must come back for the rest (its fields wait,
     or its derived step failed): it keeps no sale it has received. Sales added to it since it was

@@ -415,3 +415,56 @@ def _archived(net: Any, blog_id: int, on: bool) -> None:
             f"UPDATE {net.prefix}blogs SET archived = %s WHERE blog_id = %s", (int(on), blog_id)
         )
         c.commit()
+
+
+def test_an_import_after_missed_sales_wins_over_them_when_the_member_is_healed(wp_network):
+    """Blog 3's member missed a sale while its blog was archived; it is back, its heal not yet due,
+    when an import (trace 08) sets TSHIRT-RED to 4 everywhere. Its heal then must not subtract the
+    sale it missed, which came before the import: it takes its group's value (4), not 4 - 1."""
+    net = wp_network
+    tshirt = ids(net, "TSHIRT-RED")
+    d = make_daemon(net, sync={"settle_seconds": 3600})
+    try:
+        d.apply_pending()
+        _archived(net, 3, True)
+        woo_decrease(net, 2, tshirt[2], 1)
+        d.apply_pending()
+        assert settling(net) == {(3, tshirt[3]): "heal"}
+        _archived(net, 3, False)
+        d.discover()
+        with Replay(net, "08-import-stock") as replay:  # wc.php 1 import-stock TSHIRT-RED 4
+            replay.run(between=lambda _st: d.apply_pending())
+        assert [qty(net, b, tshirt[b]) for b in (1, 2, 3)] == [4, 4, 4]
+        settled_now(net)
+        d.apply_pending()
+        assert [qty(net, b, tshirt[b]) for b in (1, 2, 3)] == [4, 4, 4]
+        assert settling(net) == {} and duplicates(net, 1) == []
+    finally:
+        d.close()
+
+
+def test_an_import_held_on_an_archived_blog_keeps_the_sales_made_after_it(wp_network):
+    """Trace 08 (an import of TSHIRT-RED at 4 on blog 1) replayed while blog 1 is archived: held.
+    Blog 2 sells one meanwhile; blog 1's member misses that sale. When blog 1 is back the import
+    is applied with the sale made after it (3), and blog 1's member, which holds the import's 4
+    and missed the sale, ends at 3 too."""
+    net = wp_network
+    tshirt = ids(net, "TSHIRT-RED")
+    d = make_daemon(net, sync={"settle_seconds": 3600})
+    try:
+        d.apply_pending()
+        _archived(net, 1, True)
+        with Replay(net, "08-import-stock") as replay:
+            replay.run(between=lambda _st: d.apply_pending())
+        woo_decrease(net, 2, tshirt[2], 1)
+        d.apply_pending()
+        assert qty(net, 1, tshirt[1]) == 4 and pending(net) > 0  # held
+        _archived(net, 1, False)
+        d.discover()
+        d.apply_pending()
+        settled_now(net)
+        d.apply_pending()
+        assert [qty(net, b, tshirt[b]) for b in (1, 2, 3)] == [3, 3, 3]
+        assert settling(net) == {} and pending(net) == 0 and duplicates(net, 1) == []
+    finally:
+        d.close()
