@@ -559,7 +559,8 @@ class Applier:
         settle.record(conn, self.base, heals + result.settling)
         # What it wrote is committed with this transaction, its sales included: a heal that must
         # come back (its fields wait, or its own derived step failed) keeps none of them.
-        if item.kind == settle.HEAL and any(r.key == key for r in heals + result.settling):
+        comes_back = item.kind == settle.HEAL and any(r.key == key for r in heals + result.settling)
+        if comes_back:
             settle.consume(conn, self.base, item)
         else:
             settle.remove(conn, self.base, item)
@@ -579,7 +580,7 @@ class Applier:
             settings=sorted(w.registers) if w is not None else [],
             rule="takes the stock and settings of the group's linked member with the lowest blog id",
         )
-        return "joined" if item.kind == settle.JOIN else "healed"
+        return "postponed" if comes_back else "joined" if item.kind == settle.JOIN else "healed"
 
     def _shared_translation_heals(
         self, conn: sa.Connection, blog: Blog, item: settle.Settling

@@ -432,6 +432,14 @@ FOUND = {
         1,
         "trigger",
     ),
+    # Found while the fix above was being built: blog 3's member missed blog 2's stock edit (a
+    # delta) while archived, then its own held import (an absolute set, captured later) was
+    # applied; its heal added the missed delta on top of the import's value.
+    "held_import_after_a_missed_edit": (
+        [("archive", 3), ("set", "MUG", 2, 15), ("readd", "MUG", 3, 15), ("apply", None, 3)],
+        3,
+        "trigger",
+    ),
 }
 
 
