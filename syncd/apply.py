@@ -576,9 +576,10 @@ class Applier:
             authority_blog=authority.blog_id if authority else None,
             authority_post=authority.post_id if authority else None,
             stock=None if w is None or w.stock is None else format_quantity(w.stock.set_value or Decimal(0)),
-            own_sales=format_quantity(item.stock_delta),
+            own_sales=format_quantity(item.stock_delta) if item.kind == settle.JOIN else None,
+            missed_sales=format_quantity(item.stock_delta) if item.adds_deltas else None,
             settings=sorted(w.registers) if w is not None else [],
-            rule="takes the stock and settings of the group's linked member with the lowest blog id",
+            rule=_JOIN_RULE if not item.adds_deltas or authority is not None else _MISSED_SALES_RULE,
         )
         return "postponed" if comes_back else "joined" if item.kind == settle.JOIN else "healed"
 
@@ -851,6 +852,12 @@ def _origin_history(plan: Plan) -> list[HistoryRow]:
         for c in plan.applied
         if c.meta_key not in MEMBERSHIP_KEYS
     ]
+
+
+_JOIN_RULE = (
+    "takes the stock and settings of a linked member not behind its group (lowest blog id among equals)"
+)
+_MISSED_SALES_RULE = "receives the sales it missed while its blog was not live, as deltas"
 
 
 def _heal_failed_derived(
