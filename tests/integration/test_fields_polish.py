@@ -1,0 +1,109 @@
+"""Issue 10, what a demanding shop owner would still trip over (real server; recorded WooCommerce
+traces replayed with syncd acting between two statements; no sleeps).
+
+1. ``syncd status`` (text and ``--json``), ``syncd check`` and the dashboard count the field work
+   a pass left for the leading daemon (deferred members, price checks) with the oldest age, and
+   warn when it waits and no daemon leads.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from types import SimpleNamespace
+from typing import Any
+
+from syncd import status
+from syncd.daemon import lock_name
+from syncd.fields.price import PriceGroup
+from tests.integration.dashboard_helpers import running_dashboard
+from tests.integration.sync_helpers import ids, make_daemon
+from tests.integration.test_check import check
+from tests.integration.test_fields_exact import SETTLE
+from tests.integration.test_fields_gaps import (
+    _identity_pass_inside_a_price_save,
+    checks_settle,
+    deferrals,
+    field_checks,
+)
+from tests.integration.test_fields_pass import put_meta
+from tests.integration.trace_replay import Replay
+
+FIELDS = {"identity": "manual", "price": "manual", "schedule": {"authority": "2"}}
+
+
+def _status(net: Any, d: Any) -> tuple[dict[str, Any], str]:
+    out = io.StringIO()
+    status.main(d.config, SimpleNamespace(json=True), out)
+    text = io.StringIO()
+    status.main(d.config, SimpleNamespace(json=False), text)
+    return json.loads(out.getvalue()), text.getvalue()
+
+
+def _leave_work_behind(net: Any, d: Any) -> None:
+    """A manual identity pass inside trace 09 (blog 1's MUG being saved: deferred), then a manual
+    price pass while that save is still "in flight" (settle_seconds is an hour): blog 1 deferred
+    again, blog 3 written and so checked once settled."""
+    from syncd.fields.manual import sync_fields
+
+    mug = ids(net, "MUG")
+    with Replay(net, "09-price-save", now=True) as replay:
+        _identity_pass_inside_a_price_save(net, mug, d, replay)
+        replay.run()
+    put_meta(net, 2, mug[2], "_regular_price", "12.00")
+    report, errors = sync_fields(d.config, net.engine, {"price": PriceGroup()}, skus=["MUG"])
+    assert errors == [] and [w["blog"] for w in report.written if w["field"] == "_regular_price"] == [3]
+    assert deferrals(net) == [(1, mug[1], "identity"), (1, mug[1], "price")]
+    assert field_checks(net) == [(3, mug[3], "price")]
+
+
+def test_status_check_and_dashboard_count_field_work_and_warn_without_a_leader(wp_network):
+    """Recordings: trace 09 (the save the pass meets in flight). Without a daemon leading, the
+    work stays queued and every view says so; with one leading, no warning; once the daemon has
+    finished it, nothing is left."""
+    net = wp_network
+    d = make_daemon(net, fields=FIELDS, sync=SETTLE)
+    try:
+        _leave_work_behind(net, d)
+        doc, text = _status(net, d)
+        fw = doc["field_work"]
+        assert fw["deferred"]["pending"] == 2 and fw["checks"]["pending"] == 1
+        assert fw["deferred"]["oldest_age_s"] >= 0 and fw["checks"]["oldest_age_s"] >= 0
+        assert "no daemon leads" in fw["warning"]
+        assert "field work    2 deferred (oldest " in text and ", 1 price checks (oldest " in text
+        assert "WARNING       2 deferred field write(s) and 1 price check(s) wait" in text
+
+        code, out = check(d.config, json_output=True)
+        report = json.loads(out)
+        assert report["field_work"]["deferred"]["pending"] == 2 and report["field_work"]["leader_held"] is False
+        assert any(w.startswith("fields: 2 deferred field write(s)") for w in report["warnings"])
+
+        with running_dashboard(net, fields=FIELDS) as dash:
+            page = dash.session().get(dash.url + "/").text
+            assert 'id="field-work"' in page and "no daemon leads" in page
+            data = dash.api().get(dash.url + "/index.json").json()
+            assert data["status"]["field_work"]["checks"]["pending"] == 1
+
+        # A daemon leads (it holds the leader lock): the work will finish, no warning.
+        with net.engine.connect() as c:
+            database = c.exec_driver_sql("SELECT DATABASE()").scalar_one()
+            assert c.exec_driver_sql("SELECT GET_LOCK(%s, 0)", (lock_name(database, net.prefix),)).scalar() == 1
+            try:
+                doc, text = _status(net, d)
+                assert doc["field_work"]["deferred"]["pending"] == 2 and doc["field_work"]["warning"] is None
+                assert "WARNING" not in text
+                _, out = check(d.config, json_output=True)
+                assert not any(w.startswith("fields:") for w in json.loads(out)["warnings"])
+            finally:
+                c.exec_driver_sql("SELECT RELEASE_LOCK(%s)", (lock_name(database, net.prefix),))
+
+        checks_settle(net)  # the save settled; the leading daemon's settle step finishes the work
+        d.apply_pending()
+        checks_settle(net)  # the deferred price write is checked in turn
+        d.apply_pending()
+        assert deferrals(net) == [] and field_checks(net) == []
+        doc, text = _status(net, d)
+        assert doc["field_work"]["deferred"] == {"pending": 0, "oldest_age_s": None}
+        assert doc["field_work"]["warning"] is None and "field work    0 deferred, 0 price checks" in text
+    finally:
+        d.close()
