@@ -4,12 +4,21 @@ traces replayed with syncd acting between two statements; no sleeps).
 1. ``syncd status`` (text and ``--json``), ``syncd check`` and the dashboard count the field work
    a pass left for the leading daemon (deferred members, price checks) with the oldest age, and
    warn when it waits and no daemon leads.
+2. A pass never copies a half-saved authority: it defers the link group, and the daemon gives
+   the members the authority's values once it has settled.
+3. A variation's tax status (and "sold individually") is its parent's: syncd neither compares nor
+   writes the variation's own row, and its lookup row keeps what WooCommerce wrote.
+4. While field work waits, the idle loop looks for it when the earliest is due, not every 0.1 s;
+   the checks still finish.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import time
+
+import pytest
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,16 +26,18 @@ from syncd import status
 from syncd.daemon import lock_name
 from syncd.fields.price import PriceGroup
 from tests.integration.dashboard_helpers import running_dashboard
-from tests.integration.sync_helpers import ids, make_daemon
+from tests.integration.sync_helpers import ids, make_daemon, meta
 from tests.integration.test_check import check
-from tests.integration.test_fields_exact import SETTLE
+from tests.integration.test_fields_exact import SETTLE, price_duplicates, price_values
 from tests.integration.test_fields_gaps import (
     _identity_pass_inside_a_price_save,
+    _set_tax_class,
     checks_settle,
     deferrals,
     field_checks,
 )
-from tests.integration.test_fields_pass import put_meta
+from tests.integration.test_audit_reconcile import drift_sql
+from tests.integration.test_fields_pass import history, lookup, newest, put_meta
 from tests.integration.trace_replay import Replay
 
 FIELDS = {"identity": "manual", "price": "manual", "schedule": {"authority": "2"}}
@@ -105,5 +116,52 @@ def test_status_check_and_dashboard_count_field_work_and_warn_without_a_leader(w
         doc, text = _status(net, d)
         assert doc["field_work"]["deferred"] == {"pending": 0, "oldest_age_s": None}
         assert doc["field_work"]["warning"] is None and "field work    0 deferred, 0 price checks" in text
+    finally:
+        d.close()
+
+
+# -- 2. the authority itself mid-save -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("after", [60, 63, 87])
+def test_a_pass_defers_a_link_group_whose_authority_is_being_saved(wp_network, after):
+    """Recorded: trace 09, WooCommerce saving MUG on blog 1 (11.00 regular, 8.00 sale). It records
+    the save first (``post_modified`` 54), so "newest" picks blog 1 as the authority; a manual price
+    pass runs after statement ``after``, when blog 1 holds a half-written price: the new regular
+    price without its sale price (60), or both without the ``_price`` it derives at 89 (63, 87).
+    The pass copies nothing and defers blogs 2 and 3 for the price group; once the save has
+    settled the daemon gives them what the save finally wrote (their ``_price`` and lookup rows
+    derived on each blog), and a later pass finds nothing to do."""
+    from syncd.fields.manual import sync_fields
+
+    net = wp_network
+    mug = ids(net, "MUG")
+    d = make_daemon(net, fields={"price": "manual"}, sync=SETTLE)
+    before = price_values(net, mug)
+    try:
+        with Replay(net, "09-price-save", now=True) as replay:
+            replay.run(until=after)
+            report, errors = sync_fields(d.config, net.engine, {"price": PriceGroup()}, skus=["MUG"])
+            assert errors == [] and report.problems == []
+            assert report.written == []  # nothing copied from a half-saved product
+            assert {(e["blog"], e["authority"]) for e in report.deferred} == {(2, f"1:{mug[1]}"), (3, f"1:{mug[1]}")}
+            assert "being saved" in report.deferred[0]["reason"]
+            assert deferrals(net) == [(2, mug[2], "price"), (3, mug[3], "price")]
+            assert price_values(net, mug)[1:] == before[1:]
+            assert {r[0] for r in history(net, "price")} == {"skipped"}
+            d.apply_pending()  # the save still runs: nothing is due
+            replay.run()
+        d.apply_pending()  # saved a moment ago: still not due
+        assert deferrals(net) == [(2, mug[2], "price"), (3, mug[3], "price")]
+        for _ in range(2):  # the deferrals, then the price checks of their writes
+            checks_settle(net)
+            d.apply_pending()
+        assert deferrals(net) == [] and field_checks(net) == []
+        assert price_duplicates(net, mug) == []
+        assert [v[:4] for v in price_values(net, mug)] == [("11.00", "8.00", None, None)] * 3
+        assert [lookup(net, b, mug[b], "onsale") for b in (1, 2, 3)] == [1, 1, 1]
+        assert [float(lookup(net, b, mug[b], "min_price")) for b in (1, 2, 3)] == [8.0] * 3
+        again, _ = sync_fields(d.config, net.engine, {"price": PriceGroup()}, skus=["MUG"])
+        assert again.written == [] and again.deferred == [] and again.problems == []
     finally:
         d.close()
