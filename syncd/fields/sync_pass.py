@@ -144,8 +144,10 @@ def canonical(group: FieldGroup, values: Values) -> Values:
 
 
 def differing_fields(group: FieldGroup, current: Values, wanted: Values) -> list[str]:
+    """The fields whose values differ as WooCommerce reads them; a field one of the two lacks
+    does not apply to it (a variation's tax status: syncd.fields.meta) and never differs."""
     have, want = canonical(group, current), canonical(group, wanted)
-    return [k for k in want if have.get(k) != want.get(k)]
+    return [k for k in want if k in have and have.get(k) != want.get(k)]
 
 
 def differences(
@@ -162,8 +164,9 @@ def differences(
         if len(ms) < 2:
             continue
         canon = {m.key: canonical(group, values[m.key]) for m in ms}
-        for fld in canon[ms[0].key]:
-            if len({canon[m.key].get(fld) for m in ms}) > 1:
+        names = dict.fromkeys(f for m in ms for f in canon[m.key])  # a field may apply to some only
+        for fld in names:
+            if len({canon[m.key][fld] for m in ms if fld in canon[m.key]}) > 1:
                 out.append((gid, ms, fld))
     return out
 
@@ -186,7 +189,7 @@ def edited_members(
     for m in members:
         if known.get(m.key):
             was = shown({**values[m.key], **known[m.key]})
-            held[m.key] = {f: was.get(f) for f in known[m.key]}
+            held[m.key] = {f: was.get(f) for f in known[m.key] if f in current[m.key]}
     keys = set(edited_since(held, current))
     return [m for m in members if m.key in keys]
 
@@ -203,7 +206,7 @@ def members_holding(
         was = {
             f: field_fingerprint(text_of(v)) for f, v in canonical(group, {**values[m.key], **base}).items()
         }
-        if all(now.get(f) == was.get(f) for f in base):
+        if all(now.get(f) == was.get(f) for f in base if f in now):
             out.append(m)
     return out
 

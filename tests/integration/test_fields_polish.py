@@ -165,3 +165,85 @@ def test_a_pass_defers_a_link_group_whose_authority_is_being_saved(wp_network, a
         assert again.written == [] and again.deferred == [] and again.problems == []
     finally:
         d.close()
+
+
+# -- 3. a variation's tax status is its parent's --------------------------------------------------
+
+
+def _own_row(net: Any, blog: int, post: int, key: str, value: str) -> None:
+    """A variation's own row as WooCommerce left it (set-up, not a shop edit: not captured)."""
+    drift_sql(net, blog, post, key, value)
+
+
+def _lookup_tax_status(net: Any, blog: int, post: int, value: str) -> None:
+    with net.engine.connect() as c:
+        c.exec_driver_sql(
+            f"UPDATE {net.table(blog, 'wc_product_meta_lookup')} SET tax_status = %s WHERE product_id = %s",
+            (value, post),
+        )
+        c.commit()
+
+
+def test_a_variations_own_tax_status_row_is_neither_compared_nor_written(wp_network):
+    """Source only (WooCommerce 11, ``WC_Product_Variation_Data_Store_CPT::read_product_data``):
+    a variation's tax status and "sold individually" are set from its *parent's* rows ("no
+    user-facing way to set props"); its own ``_tax_status`` row is written when it is created and
+    then only copied into its lookup row (``get_data_for_lookup_table`` reads
+    ``get_post_meta($id, '_tax_status')``). So blog 2's HOODIE-S, created while its parent was not
+    taxable, keeps its own 'none' row and lookup value: no product object differs. Its tax class
+    is still copied, and the lookup row derived then keeps its own tax status, as WooCommerce's
+    would. The parents' tax status is synced as every product's."""
+    from syncd.fields.manual import sync_fields
+    from syncd.fields.meta import PurchaseGroup, TaxGroup
+
+    net = wp_network
+    hs, hoodie = ids(net, "HOODIE-S"), ids(net, "HOODIE")
+    _own_row(net, 2, hs[2], "_tax_status", "none")
+    _lookup_tax_status(net, 2, hs[2], "none")
+    put_meta(net, 3, hs[3], "_sold_individually", "yes")  # its parent is not: no product object differs
+    _set_tax_class(net, 1, hs[1], "parent")
+    _set_tax_class(net, 2, hs[2], "")  # standard: differs from the authority's 'parent'
+    groups = {"tax": TaxGroup(), "purchase": PurchaseGroup()}
+    d = make_daemon(net, fields={"tax": "manual", "purchase": "manual", "schedule": {"authority": "1"}})
+    try:
+        report, errors = sync_fields(d.config, net.engine, groups, skus=["HOODIE-S"])
+        assert errors == [] and report.problems == []
+        assert [(w["blog"], w["field"], w["new"]) for w in report.written] == [(2, "_tax_class", "parent")]
+        assert [meta(net, b, hs[b], "_tax_status") for b in (1, 2, 3)] == ["taxable", "none", "taxable"]
+        assert meta(net, 3, hs[3], "_sold_individually") == "yes"
+        assert (lookup(net, 2, hs[2], "tax_class"), lookup(net, 2, hs[2], "tax_status")) == ("parent", "none")
+        again, _ = sync_fields(d.config, net.engine, groups, skus=["HOODIE-S"])
+        assert again.written == [] and again.problems == []
+        # The parent's tax status is what the variations use: synced like any product's.
+        drift_sql(net, 1, hoodie[1], "_tax_status", "shipping")
+        newest(net, 1, hoodie[1])
+        parents, _ = sync_fields(d.config, net.engine, groups, skus=["HOODIE"])
+        assert sorted((w["blog"], w["field"], w["new"]) for w in parents.written) == [
+            (2, "_tax_status", "shipping"),
+            (3, "_tax_status", "shipping"),
+        ]
+        assert [lookup(net, b, hoodie[b], "tax_status") for b in (1, 2, 3)][1:] == ["shipping", "shipping"]
+        assert [meta(net, b, hs[b], "_tax_status") for b in (1, 2, 3)] == ["taxable", "none", "taxable"]
+    finally:
+        d.close()
+
+
+def test_realtime_tax_leaves_the_variations_own_tax_status_rows_alone(wp_network):
+    """Source only (as above): a captured write of a variation's own ``_tax_status`` row (WooCommerce
+    writes it when it creates the variation) changes no product object: it is not copied; a
+    captured ``_tax_class`` of the same variation is."""
+    net = wp_network
+    hs = ids(net, "HOODIE-S")
+    for b in (1, 2, 3):
+        _set_tax_class(net, b, hs[b], "parent")
+    net.engine.dispose()  # that helper leaves @syncd_apply set on its pooled session: not the shop's
+    d = make_daemon(net, fields={"tax": "realtime"})
+    try:
+        drift_sql(net, 1, hs[1], "_tax_status", "none", captured=True)
+        drift_sql(net, 1, hs[1], "_tax_class", "", captured=True)
+        d.apply_pending()
+        assert [meta(net, b, hs[b], "_tax_status") for b in (1, 2, 3)] == ["none", "taxable", "taxable"]
+        assert [meta(net, b, hs[b], "_tax_class") for b in (2, 3)] == ["", ""]
+        assert [lookup(net, b, hs[b], "tax_status") for b in (2, 3)] == ["taxable"] * 2
+    finally:
+        d.close()
