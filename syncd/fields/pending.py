@@ -49,6 +49,19 @@ def field_work(conn: sa.Connection, base: str) -> dict[str, dict[str, Any]] | No
     return out
 
 
+def next_due_in(conn: sa.Connection, base: str, settle_seconds: float) -> float | None:
+    """Seconds until the earliest deferral or check is due (``<= 0``: due now; None: none waits),
+    one statement. Rows recorded later are due later still (each is due ``settle_seconds`` after
+    it was recorded or postponed), so the daemon's idle loop need not look before then."""
+    far = "'9999-12-31'"
+    micros = conn.exec_driver_sql(
+        "SELECT TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), NULLIF(LEAST("
+        f"COALESCE((SELECT MIN(deferred_at) FROM {table(base, 'syncd_field_defer')}), {far}), "
+        f"COALESCE((SELECT MIN(written_at) FROM {table(base, 'syncd_field_check')}), {far})), {far}))"
+    ).scalar()
+    return None if micros is None else int(micros) / 1e6 + settle_seconds
+
+
 def waiting(work: dict[str, dict[str, Any]] | None) -> int:
     return sum(int(v["pending"]) for v in (work or {}).values())
 

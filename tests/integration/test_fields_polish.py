@@ -247,3 +247,65 @@ def test_realtime_tax_leaves_the_variations_own_tax_status_rows_alone(wp_network
         assert [lookup(net, b, hs[b], "tax_status") for b in (2, 3)] == ["taxable"] * 2
     finally:
         d.close()
+
+
+# -- 4. the idle loop waits until field work is due -----------------------------------------------
+
+
+def _price_pass_leaving_a_check(net: Any, d: Any) -> dict[int, int]:
+    """Blog 2's new regular price, copied by a manual pass: each written product gets a check."""
+    from syncd.fields.manual import sync_fields
+
+    mug = ids(net, "MUG")
+    put_meta(net, 2, mug[2], "_regular_price", "12.00")
+    report, _ = sync_fields(d.config, net.engine, {"price": PriceGroup()}, skus=["MUG"])
+    assert sorted(w["blog"] for w in report.written if w["field"] == "_regular_price") == [1, 3]
+    assert field_checks(net) == [(1, mug[1], "price"), (3, mug[3], "price")]
+    return mug
+
+
+def test_the_idle_loop_looks_for_field_work_when_it_is_due_not_before(wp_network, monkeypatch):
+    """Source of the checks: the price group's writes (syncd.fields.recheck). Their due time is
+    the server's (written_at + settle_seconds); the loop's clock is made to pass, no sleeping."""
+    from syncd import daemon as daemon_module
+    from syncd.fields import pending
+
+    net = wp_network
+    d = make_daemon(net, fields={"price": "manual", "schedule": {"authority": "2"}}, sync=SETTLE)
+    try:
+        _price_pass_leaving_a_check(net, d)
+        with net.engine.connect() as c:
+            due_in = pending.next_due_in(c, net.prefix, 3600)
+        assert due_in is not None and 3590 < due_in <= 3600
+        assert d._work_waiting(True)  # not looked yet: at once
+        assert d.apply_pending() == 0  # the look: nothing due; the next one is in an hour
+        assert d._fields_due_at > time.monotonic() + 3590
+        assert not d._work_waiting(True)  # rows exist, none due: no look (was: every 0.1 s)
+        checks_settle(net)  # an hour passes on the server...
+        clock = time.monotonic
+        monkeypatch.setattr(daemon_module.time, "monotonic", lambda: clock() + 3600)  # ...and here
+        assert d._work_waiting(True)
+        d.apply_pending()
+        assert field_checks(net) == []
+        with net.engine.connect() as c:
+            assert pending.next_due_in(c, net.prefix, 3600) is None
+        assert d._work_waiting(True) is False  # nothing waits
+    finally:
+        d.close()
+
+
+def test_price_checks_finish_under_the_real_idle_loop(wp_network):
+    """The daemon's own loop (a thread), settle_seconds 2: the checks of a pass's writes are
+    finished without a batch to wake it, and it looked for them only a few times meanwhile."""
+    from tests.integration.test_wake import Running, until
+
+    net = wp_network
+    d = make_daemon(net, fields={"price": "manual", "schedule": {"authority": "2"}}, sync={"settle_seconds": 2})
+    looks = []
+    finish = d.finish_deferred
+    d.finish_deferred = lambda conn, limit=50: looks.append(1) or finish(conn, limit)  # type: ignore[method-assign]
+    with Running(d) as run:
+        _price_pass_leaving_a_check(net, d)
+        assert until(lambda: field_checks(net) == [], 60, run.thread.is_alive), "the checks never finished"
+    assert d.stats.errors == 0, d.stats.last_error
+    assert len(looks) <= 10, len(looks)  # was: one every 0.1 s from the pass until they were due
