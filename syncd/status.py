@@ -81,7 +81,9 @@ def collect(
     out["settling"] = {"joining": settling.get(settle.JOIN, 0), "healing": settling.get(settle.HEAL, 0)}
     # What a field pass left for the leading daemon (syncd.fields.pending): finished only while one leads.
     work = pending.field_work(conn, base_prefix)
-    out["field_work"] = None if work is None else {**work, "warning": pending.warning(work, holder is not None)}
+    out["field_work"] = (
+        None if work is None else {**work, "warning": pending.warning(work, holder is not None)}
+    )
     last = conn.execute(
         sa.text(f"SELECT MAX(applied_at) FROM {table(base_prefix, 'syncd_history')}")
     ).scalar_one()

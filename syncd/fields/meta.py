@@ -100,9 +100,7 @@ class MetaGroup:
           link group, carries them)."""
         keys = [f.key for f in self.fields if f.kind == TAX_CLASS]
         ask = sorted(
-            pid
-            for pid, vals in out.items()
-            if self.parent_keys or any(vals.get(k) is None for k in keys)
+            pid for pid, vals in out.items() if self.parent_keys or any(vals.get(k) is None for k in keys)
         )
         if not ask:
             return

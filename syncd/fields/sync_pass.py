@@ -735,9 +735,17 @@ class FieldPass:
                 )
             rows += [
                 FieldHistoryRow(
-                    "skipped", name, m.blog_id, m.post_id, m.sku, fld,
-                    text_of(values[m.key].get(fld)), text_of(wanted.get(fld)), auth.key, note,
-                )  # fmt: skip
+                    "skipped",
+                    name,
+                    m.blog_id,
+                    m.post_id,
+                    m.sku,
+                    fld,
+                    text_of(values[m.key].get(fld)),
+                    text_of(wanted.get(fld)),
+                    auth.key,
+                    note,
+                )
                 for fld in fields
             ]
         return rows

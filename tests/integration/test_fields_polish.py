@@ -17,16 +17,17 @@ from __future__ import annotations
 import io
 import json
 import time
-
-import pytest
 from types import SimpleNamespace
 from typing import Any
+
+import pytest
 
 from syncd import status
 from syncd.daemon import lock_name
 from syncd.fields.price import PriceGroup
 from tests.integration.dashboard_helpers import running_dashboard
 from tests.integration.sync_helpers import ids, make_daemon, meta
+from tests.integration.test_audit_reconcile import drift_sql
 from tests.integration.test_check import check
 from tests.integration.test_fields_exact import SETTLE, price_duplicates, price_values
 from tests.integration.test_fields_gaps import (
@@ -36,7 +37,6 @@ from tests.integration.test_fields_gaps import (
     deferrals,
     field_checks,
 )
-from tests.integration.test_audit_reconcile import drift_sql
 from tests.integration.test_fields_pass import history, lookup, newest, put_meta
 from tests.integration.trace_replay import Replay
 
@@ -86,7 +86,9 @@ def test_status_check_and_dashboard_count_field_work_and_warn_without_a_leader(w
 
         code, out = check(d.config, json_output=True)
         report = json.loads(out)
-        assert report["field_work"]["deferred"]["pending"] == 2 and report["field_work"]["leader_held"] is False
+        assert (
+            report["field_work"]["deferred"]["pending"] == 2 and report["field_work"]["leader_held"] is False
+        )
         assert any(w.startswith("fields: 2 deferred field write(s)") for w in report["warnings"])
 
         with running_dashboard(net, fields=FIELDS) as dash:
@@ -98,7 +100,9 @@ def test_status_check_and_dashboard_count_field_work_and_warn_without_a_leader(w
         # A daemon leads (it holds the leader lock): the work will finish, no warning.
         with net.engine.connect() as c:
             database = c.exec_driver_sql("SELECT DATABASE()").scalar_one()
-            assert c.exec_driver_sql("SELECT GET_LOCK(%s, 0)", (lock_name(database, net.prefix),)).scalar() == 1
+            assert (
+                c.exec_driver_sql("SELECT GET_LOCK(%s, 0)", (lock_name(database, net.prefix),)).scalar() == 1
+            )
             try:
                 doc, text = _status(net, d)
                 assert doc["field_work"]["deferred"]["pending"] == 2 and doc["field_work"]["warning"] is None
@@ -144,7 +148,10 @@ def test_a_pass_defers_a_link_group_whose_authority_is_being_saved(wp_network, a
             report, errors = sync_fields(d.config, net.engine, {"price": PriceGroup()}, skus=["MUG"])
             assert errors == [] and report.problems == []
             assert report.written == []  # nothing copied from a half-saved product
-            assert {(e["blog"], e["authority"]) for e in report.deferred} == {(2, f"1:{mug[1]}"), (3, f"1:{mug[1]}")}
+            assert {(e["blog"], e["authority"]) for e in report.deferred} == {
+                (2, f"1:{mug[1]}"),
+                (3, f"1:{mug[1]}"),
+            }
             assert "being saved" in report.deferred[0]["reason"]
             assert deferrals(net) == [(2, mug[2], "price"), (3, mug[3], "price")]
             assert price_values(net, mug)[1:] == before[1:]
@@ -300,7 +307,9 @@ def test_price_checks_finish_under_the_real_idle_loop(wp_network):
     from tests.integration.test_wake import Running, until
 
     net = wp_network
-    d = make_daemon(net, fields={"price": "manual", "schedule": {"authority": "2"}}, sync={"settle_seconds": 2})
+    d = make_daemon(
+        net, fields={"price": "manual", "schedule": {"authority": "2"}}, sync={"settle_seconds": 2}
+    )
     looks = []
     finish = d.finish_deferred
     d.finish_deferred = lambda conn, limit=50: looks.append(1) or finish(conn, limit)  # type: ignore[method-assign]
