@@ -742,6 +742,12 @@ def render_text(report: dict[str, Any]) -> str:
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         for r in rows:
             lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    fw = report.get("field_work")
+    if fw and (fw["deferred"]["pending"] or fw["checks"]["pending"]):
+        from syncd.fields import pending
+
+        leads = "a daemon leads" if fw["leader_held"] else "NO daemon leads"
+        lines += ["", f"Field work: {pending.describe(fw)} ({leads})"]
     if report["errors"]:
         lines += ["", "Errors (syncd cannot run):"] + [f"  - {e}" for e in report["errors"]]
     if report["warnings"]:

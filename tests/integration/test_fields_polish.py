@@ -90,6 +90,8 @@ def test_status_check_and_dashboard_count_field_work_and_warn_without_a_leader(w
             report["field_work"]["deferred"]["pending"] == 2 and report["field_work"]["leader_held"] is False
         )
         assert any(w.startswith("fields: 2 deferred field write(s)") for w in report["warnings"])
+        _, page = check(d.config)
+        assert "Field work: 2 deferred (oldest " in page and "(NO daemon leads)" in page
 
         with running_dashboard(net, fields=FIELDS) as dash:
             page = dash.session().get(dash.url + "/").text
