@@ -252,6 +252,10 @@ class CheckFacts:
     translation_problems: dict[int, tuple[str, ...]] = field(default_factory=dict)
     #: Per blog, (post, meta key, rows) of products holding a watched key more than once.
     duplicate_rows: dict[int, tuple[tuple[int, str, int], ...]] = field(default_factory=dict)
+    #: What field passes left for the leading daemon (syncd.fields.pending; None: syncd not
+    #: installed), and whether a daemon leads now.
+    field_work: dict[str, Any] | None = None
+    leader_held: bool = False
 
 
 def sql_blog_stats(prefix: str) -> str:
@@ -377,6 +381,7 @@ def gather(conn: sa.Connection, config: Config) -> CheckFacts:
             translation_problems[blog.blog_id] = tuple(catalog.translation_problems(conn, blog))
         else:
             languages[blog.blog_id] = (catalog.blog_language(blog, config.blogs.for_blog(blog.blog_id)),)
+    work, leader = _field_work(conn, config.database.table_prefix, database or "")
     return CheckFacts(
         url,
         server,
@@ -390,7 +395,22 @@ def gather(conn: sa.Connection, config: Config) -> CheckFacts:
         languages,
         translation_problems,
         duplicate_rows,
+        work,
+        leader,
     )
+
+
+def _field_work(conn: sa.Connection, base: str, database: str) -> tuple[dict[str, Any] | None, bool]:
+    """Deferred field writes and price checks waiting (syncd.fields.pending), and whether a daemon
+    holds the leader lock: they are finished only while one leads."""
+    from syncd import schema
+    from syncd.daemon import lock_name
+    from syncd.fields import pending
+
+    if not schema.schema_present(conn, base):
+        return None, False
+    held = conn.exec_driver_sql("SELECT IS_USED_LOCK(%s)", (lock_name(database, base),)).scalar()
+    return pending.field_work(conn, base), held is not None
 
 
 def _missing_any(blog: Blog, suffixes: Sequence[str]) -> bool:
@@ -537,6 +557,9 @@ def build_report(facts: CheckFacts, config: Config, *, strict: bool = False) -> 
                 f"{usable_selected} usable WooCommerce blog(s) under prefix {network.base_prefix!r}: "
                 "syncd needs at least two to keep in sync"
             )
+    field_warning = _field_work_warning(facts)
+    if field_warning:
+        warnings.append(f"fields: {field_warning}")
     if strict and warnings:
         exit_code |= EXIT_WARNINGS
 
@@ -571,7 +594,16 @@ def build_report(facts: CheckFacts, config: Config, *, strict: bool = False) -> 
             "usable_blogs": usable_selected,
         },
         "blogs": blogs_out,
+        "field_work": None
+        if facts.field_work is None
+        else {**facts.field_work, "leader_held": facts.leader_held, "warning": field_warning},
     }
+
+
+def _field_work_warning(facts: CheckFacts) -> str | None:
+    from syncd.fields import pending
+
+    return pending.warning(facts.field_work, facts.leader_held)
 
 
 def _fields_problems(network: Network, config: Config) -> list[str]:
@@ -710,6 +742,12 @@ def render_text(report: dict[str, Any]) -> str:
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         for r in rows:
             lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    fw = report.get("field_work")
+    if fw and (fw["deferred"]["pending"] or fw["checks"]["pending"]):
+        from syncd.fields import pending
+
+        leads = "a daemon leads" if fw["leader_held"] else "NO daemon leads"
+        lines += ["", f"Field work: {pending.describe(fw)} ({leads})"]
     if report["errors"]:
         lines += ["", "Errors (syncd cannot run):"] + [f"  - {e}" for e in report["errors"]]
     if report["warnings"]:

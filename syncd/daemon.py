@@ -162,6 +162,7 @@ class Daemon:
         self._ahead_at = -1e9  # when a batch last went ahead of bulk work
         self.metrics: Any = None  # syncd.metrics.Metrics when [metrics] listen is set
         self._realtime: tuple[Config, dict[str, FieldGroup]] | None = None  # see realtime_groups
+        self._fields_due_at = 0.0  # monotonic: the earliest field deferral or price check is due
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -255,6 +256,7 @@ class Daemon:
         checks = recheck.due(conn, self.base, self.config.sync.settle_seconds, limit)
         conn.rollback()
         if not items and not checks:
+            self._note_fields_due(conn)
             return 0
         # every available group: a manual sync may run a group whose mode is "off"
         groups, settle_s = make_groups(self.config), self.config.sync.settle_seconds
@@ -266,7 +268,19 @@ class Daemon:
             "field_deferral_failed",
             lambda item: {"blog": item.blog_id, "post": item.post_id, "group": item.group},
         )
-        return done + self._finish_checks(conn, ctx, checks)
+        done += self._finish_checks(conn, ctx, checks)
+        self._note_fields_due(conn)
+        return done
+
+    def _note_fields_due(self, conn: sa.Connection) -> None:
+        """When the idle loop next needs to look for field work: when the earliest deferral or
+        price check is due (syncd.fields.pending.next_due_in); now if none waits (the probe
+        says when one appears) or one is due already."""
+        from syncd.fields import pending
+
+        due_in = pending.next_due_in(conn, self.base, self.config.sync.settle_seconds)
+        conn.rollback()
+        self._fields_due_at = time.monotonic() + max(0.0, due_in or 0.0)
 
     def _finish_checks(self, conn: sa.Connection, ctx: Any, checks: Sequence[Any]) -> int:
         """Derive again what a WooCommerce save may have overwritten after a field write
@@ -1119,12 +1133,14 @@ class Daemon:
 
     def _work_waiting(self, settle_time: bool) -> bool:
         """The idle probe (syncd.probe): a change of a served blog is queued, or it is time to
-        look at settling products and some exist."""
+        look at settling products and some exist, or field work exists and is due (not before:
+        a deferral or price check waits ``settle_seconds``, see :meth:`_note_fields_due`)."""
         if self._probe is None:
             assert self._admin_engine is not None
             self._probe = IdleProbe(self._admin_engine, self.base)
-        queued, settling = self._probe.work(set(self.blogs()) - set(self.stats.held))
-        return queued or (settling and settle_time)
+        queued, settling, fields = self._probe.work(set(self.blogs()) - set(self.stats.held))
+        due = fields and time.monotonic() >= self._fields_due_at
+        return queued or (settle_time and (settling or due))
 
     def process_once(self, conn: sa.Connection) -> int:
         """Fetch one batch and apply it (retrying as documented). Returns the changes consumed."""

@@ -29,10 +29,11 @@ class IdleProbe:
         self.base = base_prefix
         self._conn: Any = None  # the DBAPI connection, opened on first use
 
-    def work(self, blogs: Collection[int]) -> tuple[bool, bool]:
+    def work(self, blogs: Collection[int]) -> tuple[bool, bool, bool]:
         """(a change of ``blogs`` is queued, a product is settling, a field pass deferred a
-        member, or a field write is to be checked: syncd.fields.deferred, syncd.fields.recheck). On any error: (True, True),
-        so the caller looks the usual way (and meets the error there, handled as it always is)."""
+        member or a field write is to be checked: syncd.fields.deferred, syncd.fields.recheck).
+        On any error: all True, so the caller looks the usual way (and meets the error there,
+        handled as it always is)."""
         try:
             if self._conn is None:
                 proxied = self.engine.raw_connection()
@@ -45,19 +46,19 @@ class IdleProbe:
             try:
                 cur.execute(
                     f"SELECT EXISTS(SELECT 1 FROM {table(self.base, 'syncd_change')} WHERE blog_id IN ({marks})), "
-                    f"EXISTS(SELECT 1 FROM {table(self.base, 'syncd_settle')}) "
-                    f"OR EXISTS(SELECT 1 FROM {table(self.base, 'syncd_field_defer')}) "
+                    f"EXISTS(SELECT 1 FROM {table(self.base, 'syncd_settle')}), "
+                    f"EXISTS(SELECT 1 FROM {table(self.base, 'syncd_field_defer')}) "
                     f"OR EXISTS(SELECT 1 FROM {table(self.base, 'syncd_field_check')})",
                     ids,
                 )
-                queued, settling = cur.fetchone()
+                queued, settling, fields = cur.fetchone()
             finally:
                 cur.close()
-            return bool(queued), bool(settling)
+            return bool(queued), bool(settling), bool(fields)
         except Exception as exc:  # noqa: BLE001 - the fetch path reports and retries
             log.debug("idle_probe_failed", error=str(exc)[:200])
             self.close()
-            return True, True
+            return True, True, True
 
     def close(self) -> None:
         if self._conn is not None:

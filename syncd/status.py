@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from syncd import capture, queue, schema, settle
 from syncd.daemon import lock_name
 from syncd.db import table
-from syncd.fields import realtime
+from syncd.fields import pending, realtime
 
 EXIT_FATAL = 1
 EXIT_NO_LEADER = 2
@@ -79,6 +79,11 @@ def collect(
     # Products joining their group once WooCommerce has finished writing them, and members whose
     # copy is finished once they settle (syncd.settle): normally a few, for a few seconds.
     out["settling"] = {"joining": settling.get(settle.JOIN, 0), "healing": settling.get(settle.HEAL, 0)}
+    # What a field pass left for the leading daemon (syncd.fields.pending): finished only while one leads.
+    work = pending.field_work(conn, base_prefix)
+    out["field_work"] = (
+        None if work is None else {**work, "warning": pending.warning(work, holder is not None)}
+    )
     last = conn.execute(
         sa.text(f"SELECT MAX(applied_at) FROM {table(base_prefix, 'syncd_history')}")
     ).scalar_one()
@@ -246,6 +251,11 @@ def render(report: dict[str, Any], out: TextIO) -> None:
     print(f"dead letters  {report['dead_letters']}{f' ({by_class})' if by_class else ''}", file=out)
     st = report.get("settling") or {}
     print(f"settling      {st.get('joining', 0)} joining, {st.get('healing', 0)} healing", file=out)
+    fw = report.get("field_work")
+    if fw:
+        print(f"field work    {pending.describe(fw)}", file=out)
+        if fw.get("warning"):
+            print(f"WARNING       {fw['warning']}", file=out)
     print(f"last applied  {report['last_applied_at'] or 'never'}", file=out)
     print("blogs", file=out)
     for blog in report["blogs"]:

@@ -22,13 +22,20 @@ A record is dropped without a write when the member left the link group or was d
 no longer takes part in the group (``[fields.blogs]``), or nothing differs any more. An edit of the
 authority made after the pass is newer than the pass's value: the next pass takes it (it is
 "edited since the last pass", :mod:`syncd.fields.since`).
+
+A pass that meets the *authority* mid-save copies nothing from it (its values may be half
+written): it records every other member with every field it holds and no ``wanted`` values
+(:attr:`Deferral.from_authority`). Finishing such a record locks the member and the authority
+together (the daemon's order), postpones while either is being saved, and takes the wanted
+values from the authority as it is then; it is dropped when the authority left the link group,
+was deleted, or its blog no longer takes part in the group.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,6 +71,7 @@ class Deferral:
     batch_id: int  # the pass's history batch: the finishing write is recorded in it
     held: Mapping[str, str | None]  # field -> the value (as history shows it) the member held
     wanted: Mapping[str, Value]  # field -> the authority's value the pass would have written
+    # (empty: the authority itself was being saved; its values are read once it has settled)
     deferred_at: datetime | None = None
     attempts: int = 0
     reason: str = ""
@@ -72,6 +80,11 @@ class Deferral:
     @property
     def key(self) -> Key:
         return (self.blog_id, self.post_id)
+
+    @property
+    def from_authority(self) -> bool:
+        """The pass met its authority mid-save: the values are the authority's once settled."""
+        return not self.wanted
 
 
 def record_sql(base: str, rows: Sequence[Deferral]) -> tuple[str, tuple[Any, ...]]:
@@ -196,19 +209,36 @@ def finish(conn: sa.Connection, ctx: Context, item: Deferral) -> str:
         return _dropped(conn, ctx, item, f"field group {item.group} does not sync this blog")
     if item.blog_id not in ctx.blogs:
         return _postponed(conn, ctx, item, f"blog {item.blog_id} cannot be written now")
-    me = next(iter(m for m in member_rows(conn, ctx.base, [item.key]) if m.group_id == item.link_group), None)
+    keys = [item.key, item.origin] if item.from_authority else [item.key]
+    rows = {m.key: m for m in member_rows(conn, ctx.base, keys) if m.group_id == item.link_group}
+    me, auth = rows.get(item.key), rows.get(item.origin) if item.from_authority else None
     if me is None:
         return _dropped(conn, ctx, item, "the member left its link group")
-    if watched_names(group) & queued_fields(conn, ctx.base, [me]).get(me.key, set()):
+    if item.from_authority:
+        if auth is None or not ctx.takes_part(item.group, auth.blog_id):
+            return _dropped(conn, ctx, item, "its authority left the link group or this field group")
+        if auth.blog_id not in ctx.blogs:
+            return _postponed(conn, ctx, item, f"its authority's blog {auth.blog_id} cannot be read now")
+    both = [me] + ([auth] if auth is not None else [])
+    queued = queued_fields(conn, ctx.base, both)
+    if any(watched_names(group) & queued.get(m.key, set()) for m in both):
         return _postponed(conn, ctx, item, "captured changes of these fields wait for the realtime path")
-    if me.key not in lock_members(conn, Scope(ctx.base, dict(ctx.blogs)), [me]):
-        return _dropped(conn, ctx, item, "the member was deleted")
+    locked = lock_members(conn, Scope(ctx.base, dict(ctx.blogs)), both)
+    if any(m.key not in locked for m in both):
+        return _dropped(conn, ctx, item, "the member or its authority was deleted")
     now = _locked(conn, ctx.base, item)  # after the product rows, as the pass records it
     if now is None:
         return "dropped"
-    posts = {me.blog_id: {me.post_id, me.parent_id} - {0}}
+    posts: dict[int, set[int]] = {}
+    for m in both:
+        posts.setdefault(m.blog_id, set()).update({m.post_id, m.parent_id} - {0})
     if recent(conn, ctx.base, posts, ctx.blogs, ctx.settle_seconds):
-        return _postponed(conn, ctx, now, "still being saved")
+        return _postponed(conn, ctx, now, "still being saved" + (" (or its authority)" if auth else ""))
+    if auth is not None:
+        theirs = group.read(conn, ctx.blogs[auth.blog_id], [auth.post_id]).get(auth.post_id)
+        if theirs is None:
+            return _dropped(conn, ctx, now, "its authority is not readable")
+        now = replace(now, wanted={f: theirs[f] for f in now.held if f in theirs})
     return _write(conn, ctx, group, now, me)
 
 

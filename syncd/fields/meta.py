@@ -12,7 +12,8 @@ transients (fixtures 17 A and 18 A).
 
 Values are compared as WooCommerce reads them (:meth:`MetaGroup.canonical`: a missing row is the
 prop's default, '1'/'true' is 'yes'; a variation's missing ``_tax_class`` row is read as 'parent'),
-so a member is written only when a product object would differ.
+so a member is written only when a product object would differ. A variation takes
+``_tax_status`` and ``_sold_individually`` from its parent: they are not part of its values.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class MetaGroup:
 
     post_columns: tuple[str, ...] = ()
     taxonomies: tuple[str, ...] = ()
+    #: Keys a variation takes from its parent whatever its own row says (see :meth:`read`).
+    parent_keys: tuple[str, ...] = ()
 
     def __init__(self, name: str, fields: Sequence[MetaField]) -> None:
         self.name = name
@@ -78,27 +81,40 @@ class MetaGroup:
             if (int(pid), key) not in seen:  # get_post_meta(..., true): the first row
                 seen.add((int(pid), key))
                 out[int(pid)][key] = value
-        self._inherited_tax_class(conn, blog, out)
+        self._variations(conn, blog, out)
         return dict(out)
 
-    def _inherited_tax_class(self, conn: sa.Connection, blog: Blog, out: dict[int, dict[str, Value]]) -> None:
-        """A variation without a ``_tax_class`` row reads as ``'parent'`` (it takes its parent's
-        class), never as ``''`` (standard): ``WC_Product_Variation_Data_Store_CPT::
-        read_product_data()`` sets ``'parent'`` when the row does not exist. So a variation
-        whose row is missing and one holding ``'parent'`` are equal, and ``''`` is never copied
-        where the origin means its parent's class."""
+    def _variations(self, conn: sa.Connection, blog: Blog, out: dict[int, dict[str, Value]]) -> None:
+        """What a variation's values mean, as ``WC_Product_Variation_Data_Store_CPT::
+        read_product_data()`` reads them (source only):
+
+        * a variation without a ``_tax_class`` row reads as ``'parent'`` (it takes its parent's
+          class), never as ``''`` (standard). So a variation whose row is missing and one holding
+          ``'parent'`` are equal, and ``''`` is never copied where the origin means its parent's
+          class;
+        * :attr:`parent_keys` (``_tax_status``, ``_sold_individually``) are set from the parent's
+          rows ("no user-facing way to set" them on a variation); the variation's own row, written
+          when it was created, is never read for the product (only the lookup row copies
+          ``_tax_status`` from it). These fields do not apply to a variation: they are left out of
+          its values, so they are neither compared nor written (the parent, a member of its own
+          link group, carries them)."""
         keys = [f.key for f in self.fields if f.kind == TAX_CLASS]
-        missing = sorted(pid for pid, vals in out.items() if any(vals.get(k) is None for k in keys))
-        if not missing:
+        ask = sorted(
+            pid for pid, vals in out.items() if self.parent_keys or any(vals.get(k) is None for k in keys)
+        )
+        if not ask:
             return
         variations = conn.exec_driver_sql(
-            f"SELECT ID FROM {table(blog.prefix, 'posts')} WHERE ID IN ({_marks(len(missing))}) AND post_type = %s",
-            (*missing, woo.VARIATION),
+            f"SELECT ID FROM {table(blog.prefix, 'posts')} WHERE ID IN ({_marks(len(ask))}) AND post_type = %s",
+            (*ask, woo.VARIATION),
         ).all()
         for (pid,) in variations:
+            vals = out[int(pid)]
             for k in keys:
-                if out[int(pid)].get(k) is None:
-                    out[int(pid)][k] = "parent"
+                if vals.get(k) is None:
+                    vals[k] = "parent"
+            for k in self.parent_keys:
+                vals.pop(k, None)
 
     @property
     def checksum_keys(self) -> tuple[str, ...]:
@@ -119,9 +135,13 @@ class MetaGroup:
 
     # -- compare and check (pure) ----------------------------------------------------------
     def canonical(self, values: Values) -> Values:
-        """The values as a product object holds them (what two members are compared on)."""
+        """The values as a product object holds them (what two members are compared on). A field
+        absent from ``values`` (not ``None``: absent) does not apply to that product (a
+        variation's :attr:`parent_keys`) and stays absent."""
         out: dict[str, Value] = {}
         for f in self.fields:
+            if f.key not in values:
+                continue
             v = values.get(f.key)
             text = f.default if v is None else str(v)
             if f.kind == BOOL:
@@ -151,6 +171,8 @@ class MetaGroup:
         problems: list[Problem] = []
         writes: list[tuple[MetaField, str]] = []
         for f in self.fields:
+            if f.key not in have or f.key not in want:
+                continue  # does not apply to one of them (a variation's parent_keys)
             if have[f.key] == want[f.key] and not _needs_row(f, current.get(f.key), want[f.key]):
                 continue
             reason = self._refused(conn, target, f, str(want[f.key]))
@@ -239,7 +261,10 @@ def _marks(n: int) -> str:
 
 class TaxGroup(MetaGroup):
     """``tax``: ``_tax_status`` (taxable/shipping/none) and ``_tax_class`` (a class slug that exists
-    on the target blog; '' = standard; a variation's 'parent')."""
+    on the target blog; '' = standard; a variation's 'parent'). A variation's tax status is its
+    parent's (:meth:`MetaGroup._variations`): only its ``_tax_class`` is compared and written."""
+
+    parent_keys = ("_tax_status",)
 
     def __init__(self) -> None:
         super().__init__(
@@ -259,7 +284,10 @@ class IdentityGroup(MetaGroup):
 
 
 class PurchaseGroup(MetaGroup):
-    """``purchase``: sold individually, purchase note, virtual, downloadable."""
+    """``purchase``: sold individually, purchase note, virtual, downloadable. A variation is sold
+    individually when its parent is (:meth:`MetaGroup._variations`): its own row is left alone."""
+
+    parent_keys = ("_sold_individually",)
 
     def __init__(self) -> None:
         super().__init__(

@@ -20,7 +20,9 @@ Chunked like reconcile: a chunk of link groups is one short transaction that
    a member WooCommerce saved less than ``sync.settle_seconds`` ago is not written
    (:mod:`syncd.fields.inflight`): it is reported *deferred* and recorded, and the daemon writes
    the pass's values into it once it has settled, unless it was edited meanwhile
-   (:mod:`syncd.fields.deferred`);
+   (:mod:`syncd.fields.deferred`); an authority WooCommerce is saving (its values may be half
+   written) is not copied from: the link group is deferred for that field group, and the daemon
+   gives each other member the authority's values once both have settled;
 5. commits, or with ``dry_run`` rolls back: the preview is what a real run writes.
 """
 
@@ -58,6 +60,11 @@ ATTEMPTS = 5
 _batch_ids = itertools.count(int(datetime.now(UTC).timestamp() * 1000) + 7)
 
 Key = tuple[int, int]
+#: Why a pass defers a link group whose authority is itself being saved.
+SAVING_AUTHORITY = (
+    "the authority is being saved and its values may be half written: "
+    "they are taken from it once it has settled"
+)
 
 
 @dataclass(frozen=True)
@@ -137,8 +144,10 @@ def canonical(group: FieldGroup, values: Values) -> Values:
 
 
 def differing_fields(group: FieldGroup, current: Values, wanted: Values) -> list[str]:
+    """The fields whose values differ as WooCommerce reads them; a field one of the two lacks
+    does not apply to it (a variation's tax status: syncd.fields.meta) and never differs."""
     have, want = canonical(group, current), canonical(group, wanted)
-    return [k for k in want if have.get(k) != want.get(k)]
+    return [k for k in want if k in have and have.get(k) != want.get(k)]
 
 
 def differences(
@@ -155,8 +164,9 @@ def differences(
         if len(ms) < 2:
             continue
         canon = {m.key: canonical(group, values[m.key]) for m in ms}
-        for fld in canon[ms[0].key]:
-            if len({canon[m.key].get(fld) for m in ms}) > 1:
+        names = dict.fromkeys(f for m in ms for f in canon[m.key])  # a field may apply to some only
+        for fld in names:
+            if len({canon[m.key][fld] for m in ms if fld in canon[m.key]}) > 1:
                 out.append((gid, ms, fld))
     return out
 
@@ -179,7 +189,7 @@ def edited_members(
     for m in members:
         if known.get(m.key):
             was = shown({**values[m.key], **known[m.key]})
-            held[m.key] = {f: was.get(f) for f in known[m.key]}
+            held[m.key] = {f: was.get(f) for f in known[m.key] if f in current[m.key]}
     keys = set(edited_since(held, current))
     return [m for m in members if m.key in keys]
 
@@ -196,7 +206,7 @@ def members_holding(
         was = {
             f: field_fingerprint(text_of(v)) for f, v in canonical(group, {**values[m.key], **base}).items()
         }
-        if all(now.get(f) == was.get(f) for f in base):
+        if all(now.get(f) == was.get(f) for f in base if f in now):
             out.append(m)
     return out
 
@@ -609,6 +619,8 @@ class FieldPass:
             staged.skipped.append({"group": name, "link_group": gid, "sku": members[0].sku, "reason": why})
             return []
         wanted = values[auth.key]
+        if any((auth.blog_id, p) in saved for p in (auth.post_id, auth.parent_id) if p):
+            return self._defer_group(name, gid, auth, members, values, staged, group)
         bad = group.problems(wanted)
         if bad:
             for fld, reason in bad:
@@ -688,6 +700,55 @@ class FieldPass:
             )  # fmt: skip
             for fld in fields
         ]
+
+    def _defer_group(
+        self,
+        name: str,
+        gid: int,
+        auth: Member,
+        members: Sequence[Member],
+        values: Mapping[Key, Values],
+        staged: PassReport,
+        group: FieldGroup,
+    ) -> list[FieldHistoryRow]:
+        """The authority is being saved (:mod:`syncd.fields.inflight`): its values may be half
+        written, so nothing is copied. When some member differs from it, every other member is
+        deferred for the whole group: a record without ``wanted`` (:mod:`syncd.fields.deferred`),
+        holding all its fields, takes the authority's values once both have settled. The report
+        names the fields that differ now (``*`` for a member that does not differ yet); history
+        says those kept their value."""
+        wanted = values[auth.key]
+        others = [(m, differing_fields(group, values[m.key], wanted)) for m in members if m is not auth]
+        if not any(fields for _, fields in others):
+            return []
+        reason = SAVING_AUTHORITY
+        rows: list[FieldHistoryRow] = []
+        for m, fields in others:
+            held = {f: text_of(v) for f, v in canonical(group, values[m.key]).items()}
+            staged.deferrals.append(
+                Deferral(m.blog_id, m.post_id, name, gid, m.sku, auth.key, 0, held, {}, reason=reason)
+            )
+            note = f"deferred: {reason}"
+            for fld in fields or ["*"]:
+                staged.deferred.append(
+                    {**_problem_entry(name, gid, m, fld, note), "authority": f"{auth.blog_id}:{auth.post_id}"}
+                )
+            rows += [
+                FieldHistoryRow(
+                    "skipped",
+                    name,
+                    m.blog_id,
+                    m.post_id,
+                    m.sku,
+                    fld,
+                    text_of(values[m.key].get(fld)),
+                    text_of(wanted.get(fld)),
+                    auth.key,
+                    note,
+                )
+                for fld in fields
+            ]
+        return rows
 
     def _record(
         self,

@@ -243,8 +243,10 @@ class FieldWriter:
             return False
         wanted = dict(have)
         for name, (blog_id, post_id) in w.sources.items():
-            wanted[name] = values.get((blog_id, w.group), {}).get(post_id, {}).get(name)
-        changed = [name for name in w.sources if wanted[name] != have.get(name)]
+            source = values.get((blog_id, w.group), {}).get(post_id)
+            if name in have and (source is None or name in source):  # else: not a field of one of them
+                wanted[name] = None if source is None else source.get(name)
+        changed = [name for name in w.sources if name in have and wanted[name] != have.get(name)]
         if not changed:
             return False
         bad = group.problems(wanted)  # the target's own other fields take part (sale < regular)
