@@ -586,11 +586,15 @@ class Applier:
     def _shared_translation_heals(
         self, conn: sa.Connection, blog: Blog, item: settle.Settling
     ) -> list[settle.Record]:
-        """A product healed on a blog whose translations share its stock: its translations missed
-        the same changes (a batch applied while the blog was archived queued heals only for the
-        members of the changes' link groups, and a translation's copy, recognised as such, none),
-        so each is healed too, at once. A heal that writes nothing queues none: this ends."""
-        if item.kind != settle.HEAL or not catalog.shares_stock(blog, self.resolver.settings(blog.blog_id)):
+        """A product that took its group's values on a blog whose translations share its stock:
+        its translations are healed too, at once (the same stock; a heal that writes nothing
+        queues none: this ends). A heal that only received missed sales queues none: each
+        translation the batch did not reach has a record of its own (the planner's component
+        reaches every translation of the origin and their groups: ``Plan.missed``), and turning
+        its exact sales into a copy loses them when its group's other members are behind too."""
+        if item.kind != settle.HEAL or item.adds_deltas:
+            return []
+        if not catalog.shares_stock(blog, self.resolver.settings(blog.blog_id)):
             return []
         translations, _problems = catalog.translations_for(conn, blog, [item.post_id])
         return [

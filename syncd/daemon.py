@@ -137,6 +137,10 @@ class Daemon:
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}"
         self.stats = Stats()
         self._blogs: dict[int, Blog] = {}
+        #: Poll mode: blogs served before and not now (archived, spam, flagged deleted, WooCommerce
+        #: off) whose tables are still there: still polled, so that their writes are queued (and
+        #: held) in the order they happen, as the triggers of trigger mode queue them.
+        self._blogs_away: dict[int, Blog] = {}
         self._blogs_lock = threading.Lock()
         self._apply_engine: sa.Engine | None = None
         self._admin_engine: sa.Engine | None = None
@@ -683,8 +687,15 @@ class Daemon:
                 log.warning("blogs_gone", blogs=gone)
             if added and not initial:
                 log.info("blogs_added", blogs=added)
+        present = {b.blog_id for b in network.skipped} | {b.blog_id for b in network.blogs}
+        away = {
+            b: blog
+            for b, blog in {**self._blogs_away, **self._blogs}.items()
+            if b not in usable and b in present
+        }
         with self._blogs_lock:
             self._blogs = usable
+            self._blogs_away = away
 
     def _settle_queue(self, conn: sa.Connection, network: Any, usable: Mapping[int, Blog]) -> None:
         """Which blogs' changes the queue holds (not usable now: kept until they are), and the
@@ -773,13 +784,16 @@ class Daemon:
         return realtime.watch_for(self.config, blog_id, self.realtime_groups())
 
     def poll(self) -> int:
-        """Poll mode: diff every blog against the snapshot and queue the differences."""
+        """Poll mode: diff every blog against the snapshot and queue the differences (blogs not
+        served now included: their changes are held in the queue, in the order they happened)."""
         from syncd.poll import poll_blog
 
         assert self._apply_engine is not None
         total = 0
+        with self._blogs_lock:
+            polled = [*self._blogs.values(), *self._blogs_away.values()]
         with self._apply_engine.connect() as conn:
-            for blog in self.blogs().values():
+            for blog in polled:
                 try:
                     total += poll_blog(conn, self.base, blog, self.watch_for(blog.blog_id).meta_keys)
                     conn.commit()
@@ -787,6 +801,11 @@ class Daemon:
                     conn.rollback()
                     if is_disconnect(exc):
                         raise
+                    if blog.blog_id in self._blogs_away:  # its tables went with it: not polled again
+                        with self._blogs_lock:
+                            self._blogs_away.pop(blog.blog_id, None)
+                        log.warning("poll_away_blog_dropped", blog=blog.blog_id, errno=errno_of(exc))
+                        continue
                     self._note_error("poll_failed", exc, blog=blog.blog_id)
         return total
 

@@ -151,3 +151,47 @@ def test_reconcile_in_poll_mode_applies_an_unseen_sale_first(wp_network):
         assert pending(net) == 0 and snapshot_lag(net) == 0
     finally:
         d.close()
+
+
+def test_writes_on_an_archived_blog_are_polled_in_the_order_they_happen(wp_network):
+    """Poll mode: a blog archived after discovery is still polled (its changes are held, as its
+    triggers would queue them in trigger mode). An import on archived blog 3 (delete + add of
+    `_stock` = 20), then a sale of 2 on blog 2: when blog 3 is back, the import is applied with
+    the sale made after it (18 everywhere). Before, blog 3 was not polled while archived, its
+    import was captured after the sale, and every blog ended at 20 (found by the poll storm)."""
+    net = wp_network
+    mug = ids(net, "MUG")
+    d = make_daemon(net, capture=POLL)
+    pm3 = net.table(3, "postmeta")
+    try:
+        d.poll()
+        d.apply_pending()
+        _archived(net, 3, True)
+        d.discover()  # blog 3 is not served now
+        with net.engine.connect() as c:
+            c.exec_driver_sql(f"DELETE FROM {pm3} WHERE post_id = %s AND meta_key = '_stock'", (mug[3],))
+            c.exec_driver_sql(
+                f"INSERT INTO {pm3} (post_id, meta_key, meta_value) VALUES (%s, '_stock', '20')", (mug[3],)
+            )
+            c.commit()
+        d.poll()
+        woo_decrease(net, 2, mug[2], 2)
+        d.poll()
+        d.apply_pending()
+        _archived(net, 3, False)
+        d.discover()
+        d.poll()
+        d.apply_pending()
+        d.apply_pending()
+        assert [qty(net, b, mug[b]) for b in (1, 2, 3)] == [18, 18, 18]
+        assert pending(net) == 0
+    finally:
+        d.close()
+
+
+def _archived(net: Any, blog_id: int, on: bool) -> None:
+    with net.engine.connect() as c:
+        c.exec_driver_sql(
+            f"UPDATE {net.prefix}blogs SET archived = %s WHERE blog_id = %s", (int(on), blog_id)
+        )
+        c.commit()

@@ -640,3 +640,49 @@ def test_schema_8_upgrade_keeps_queued_heals_as_copies(wp_network):
         assert settling_rows(net) == []
     finally:
         d.close()
+
+
+def test_path5_translations_that_missed_sales_on_both_sides_keep_them(wp_network):
+    """Blogs 2 and 3 share stock between BOOK (en) and BOOK (fr). Blog 3 sets BOOK to 0 while it is
+    archived (held; the add-on copies it to the French BOOK), blog 2 sells one meanwhile (blog 3's
+    translations miss it); then blog 3 is back and blog 2 archived (blog 2's translations miss
+    blog 3's set). Each translation receives what it missed as deltas: -1 everywhere. Before,
+    the English BOOK's heal queued a copy of the French one, which copied a member behind too
+    (found by the storm)."""
+    net = wp_network
+    d = make_daemon(net, blogs=SHARED, sync={"settle_seconds": 3600})
+    try:
+        d.apply_pending()
+        archived(net, 3, True)
+        with net.engine.connect() as c:  # the admin's edit, then the add-on's copy: one connection
+            for lang in ("en", "fr"):
+                c.exec_driver_sql(
+                    f"UPDATE {net.table(3, 'postmeta')} SET meta_value = '0' WHERE post_id = %s AND meta_key = '_stock'",
+                    (BOOK[(3, lang)],),
+                )
+                c.commit()
+        fan_out(net, 2, [BOOK[(2, "en")], BOOK[(2, "fr")]], 1)
+        d.apply_pending()
+        archived(net, 3, False)
+        archived(net, 2, True)
+        d.discover()
+        d.apply_pending()
+        _settled_now(net)
+        d.apply_pending()
+        archived(net, 2, False)
+        d.discover()
+        d.apply_pending()
+        _settled_now(net)
+        d.apply_pending()
+        assert books(net) == {k: Decimal(-1) for k in BOOK}
+        assert settling_rows(net) == []
+    finally:
+        d.close()
+
+
+def _settled_now(net: Any) -> None:
+    with net.engine.connect() as c:
+        c.exec_driver_sql(
+            f"UPDATE {net.prefix}syncd_settle SET last_change_at = last_change_at - INTERVAL 1 HOUR"
+        )
+        c.commit()

@@ -440,6 +440,29 @@ FOUND = {
         3,
         "trigger",
     ),
+    # Hunts after the fix above. Blog 3 (archived) sets BOOK to 0, blog 2 sells one; blog 3 back and
+    # blog 2 archived. A heal that received missed sales queued a copy for its translation, which
+    # then copied a member behind as well: a sale was lost.
+    "translation_heal_copied_a_member_behind_too": (
+        [
+            ("archive", 3),
+            ("book_set", 3, 0),
+            ("book_sale", 2, 1),
+            ("settle", "settle_lock"),
+            ("archive", 3),
+            ("archive", 2),
+            ("settle", None),
+        ],
+        2,
+        "trigger",
+    ),
+    # Poll mode did not poll a blog archived since discovery: its import was captured when the blog
+    # was back, after a sale made later elsewhere, and overwrote that sale.
+    "poll_import_on_a_blog_archived_since_discovery": (
+        [("archive", 3), ("archive", 2), ("archive", 2), ("readd", "MUG", 3, 20), ("sale", "MUG", 2, 2)],
+        1,
+        "poll",
+    ),
 }
 
 
