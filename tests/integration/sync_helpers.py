@@ -25,7 +25,9 @@ def make_daemon(net: Any, refresh: Any = None, **sections: Any) -> Daemon:
 def stock(net: Any, blog_id: int, post_id: int) -> str | None:
     with net.engine.connect() as c:
         return c.execute(
-            sa.text(f"SELECT meta_value FROM {net.table(blog_id, 'postmeta')} WHERE post_id = :p AND meta_key = '_stock'"),
+            sa.text(
+                f"SELECT meta_value FROM {net.table(blog_id, 'postmeta')} WHERE post_id = :p AND meta_key = '_stock'"
+            ),
             {"p": post_id},
         ).scalar_one_or_none()
 
@@ -33,7 +35,9 @@ def stock(net: Any, blog_id: int, post_id: int) -> str | None:
 def meta(net: Any, blog_id: int, post_id: int, key: str) -> str | None:
     with net.engine.connect() as c:
         return c.execute(
-            sa.text(f"SELECT meta_value FROM {net.table(blog_id, 'postmeta')} WHERE post_id = :p AND meta_key = :k"),
+            sa.text(
+                f"SELECT meta_value FROM {net.table(blog_id, 'postmeta')} WHERE post_id = :p AND meta_key = :k"
+            ),
             {"p": post_id, "k": key},
         ).scalar_one_or_none()
 
@@ -43,7 +47,9 @@ def qty(net: Any, blog_id: int, post_id: int) -> Decimal | None:
     return None if v is None else Decimal(v)
 
 
-def woo_decrease(net: Any, blog_id: int, post_id: int, n: int | str, conn: sa.Connection | None = None) -> None:
+def woo_decrease(
+    net: Any, blog_id: int, post_id: int, n: int | str, conn: sa.Connection | None = None
+) -> None:
     """WooCommerce's checkout statement: `meta_value = meta_value -N.000000`, autocommit."""
     sql = (
         f"UPDATE {net.table(blog_id, 'postmeta')} SET meta_value = meta_value -{Decimal(n):f} "
@@ -52,7 +58,9 @@ def woo_decrease(net: Any, blog_id: int, post_id: int, n: int | str, conn: sa.Co
     _run(net, sql, conn)
 
 
-def woo_increase(net: Any, blog_id: int, post_id: int, n: int | str, conn: sa.Connection | None = None) -> None:
+def woo_increase(
+    net: Any, blog_id: int, post_id: int, n: int | str, conn: sa.Connection | None = None
+) -> None:
     sql = (
         f"UPDATE {net.table(blog_id, 'postmeta')} SET meta_value = meta_value +{Decimal(n):f} "
         f"WHERE post_id = {int(post_id)} AND meta_key='_stock'"
@@ -60,10 +68,14 @@ def woo_increase(net: Any, blog_id: int, post_id: int, n: int | str, conn: sa.Co
     _run(net, sql, conn)
 
 
-def set_meta(net: Any, blog_id: int, post_id: int, key: str, value: str | None, conn: sa.Connection | None = None) -> None:
+def set_meta(
+    net: Any, blog_id: int, post_id: int, key: str, value: str | None, conn: sa.Connection | None = None
+) -> None:
     with net.engine.connect() as c:
         c.execute(
-            sa.text(f"UPDATE {net.table(blog_id, 'postmeta')} SET meta_value = :v WHERE post_id = :p AND meta_key = :k"),
+            sa.text(
+                f"UPDATE {net.table(blog_id, 'postmeta')} SET meta_value = :v WHERE post_id = :p AND meta_key = :k"
+            ),
             {"v": value, "p": post_id, "k": key},
         )
         c.commit()
@@ -101,9 +113,29 @@ def ids(net: Any, sku: str) -> dict[int, int]:
     with net.engine.connect() as c:
         for b in net.blog_ids:
             row = c.execute(
-                sa.text(f"SELECT post_id FROM {net.table(b, 'postmeta')} WHERE meta_key = '_sku' AND meta_value = :s"),
+                sa.text(
+                    f"SELECT post_id FROM {net.table(b, 'postmeta')} WHERE meta_key = '_sku' AND meta_value = :s"
+                ),
                 {"s": sku},
             ).all()
             if len(row) == 1:
                 out[b] = row[0][0]
     return out
+
+
+def archived(net: Any, blog_id: int, on: bool) -> None:
+    """The network admin archives a blog (or brings it back): syncd holds its changes meanwhile."""
+    with net.engine.connect() as c:
+        c.exec_driver_sql(
+            f"UPDATE {net.prefix}blogs SET archived = %s WHERE blog_id = %s", (int(on), blog_id)
+        )
+        c.commit()
+
+
+def settled_now(net: Any) -> None:
+    """Time passes: every settling product has been quiet for an hour (deterministic, no sleep)."""
+    with net.engine.connect() as c:
+        c.exec_driver_sql(
+            f"UPDATE {net.prefix}syncd_settle SET last_change_at = last_change_at - INTERVAL 1 HOUR"
+        )
+        c.commit()

@@ -20,8 +20,8 @@ import sqlalchemy as sa
 
 from syncd.fields.price import PriceGroup
 from syncd.testnet.factory import ProductFactory
-from tests.integration.sync_helpers import ids, make_daemon, meta, pending
-from tests.integration.test_settle import settled_now, settling
+from tests.integration.sync_helpers import ids, make_daemon, meta, pending, settled_now
+from tests.integration.test_settle import settling
 from tests.integration.trace_replay import Replay
 
 BLOGS = (1, 2, 3)

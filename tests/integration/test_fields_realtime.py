@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tests.integration.fields_helpers import PRICE, TAX, realtime_daemon
-from tests.integration.sync_helpers import ids, meta, pending, qty, set_meta, woo_decrease
+from tests.integration.sync_helpers import archived, ids, meta, pending, qty, set_meta, woo_decrease
 
 BLOGS = (1, 2, 3)
 
@@ -302,21 +302,13 @@ def test_a_blog_archived_during_an_edit_takes_it_when_back(wp_network):
     mug = ids(net, "MUG")
     d = realtime_daemon(net, {"price": PRICE})
     try:
-        _archived(net, 3, True)
+        archived(net, 3, True)
         set_meta(net, 1, mug[1], "_regular_price", "21.00")
         d.apply_pending()
         assert prices(net, mug)[:2] == ["21.00"] * 2 and prices(net, mug)[2] != "21.00"
-        _archived(net, 3, False)
+        archived(net, 3, False)
         d.discover()
         d.apply_pending()
         assert prices(net, mug) == ["21.00"] * 3
     finally:
         d.close()
-
-
-def _archived(net: Any, blog_id: int, on: bool) -> None:
-    with net.engine.connect() as c:
-        c.exec_driver_sql(
-            f"UPDATE {net.prefix}blogs SET archived = %s WHERE blog_id = %s", (int(on), blog_id)
-        )
-        c.commit()

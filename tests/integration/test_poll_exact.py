@@ -17,7 +17,7 @@ from syncd import derived
 from syncd.poll import poll_blog
 from tests.integration.daemon_process import lock_waits, wait_until
 from tests.integration.poll_helpers import snapshot_lag
-from tests.integration.sync_helpers import ids, make_daemon, meta, pending, qty, woo_decrease
+from tests.integration.sync_helpers import archived, ids, make_daemon, meta, pending, qty, woo_decrease
 
 POLL = {"mode": "poll"}
 
@@ -166,7 +166,7 @@ def test_writes_on_an_archived_blog_are_polled_in_the_order_they_happen(wp_netwo
     try:
         d.poll()
         d.apply_pending()
-        _archived(net, 3, True)
+        archived(net, 3, True)
         d.discover()  # blog 3 is not served now
         with net.engine.connect() as c:
             c.exec_driver_sql(f"DELETE FROM {pm3} WHERE post_id = %s AND meta_key = '_stock'", (mug[3],))
@@ -178,7 +178,7 @@ def test_writes_on_an_archived_blog_are_polled_in_the_order_they_happen(wp_netwo
         woo_decrease(net, 2, mug[2], 2)
         d.poll()
         d.apply_pending()
-        _archived(net, 3, False)
+        archived(net, 3, False)
         d.discover()
         d.poll()
         d.apply_pending()
@@ -187,11 +187,3 @@ def test_writes_on_an_archived_blog_are_polled_in_the_order_they_happen(wp_netwo
         assert pending(net) == 0
     finally:
         d.close()
-
-
-def _archived(net: Any, blog_id: int, on: bool) -> None:
-    with net.engine.connect() as c:
-        c.exec_driver_sql(
-            f"UPDATE {net.prefix}blogs SET archived = %s WHERE blog_id = %s", (int(on), blog_id)
-        )
-        c.commit()

@@ -30,7 +30,15 @@ from syncd import cli, queue, reconcile, status
 from syncd.config import load_config
 from syncd.testnet import wordpress
 from tests.integration.daemon_process import members, pending, quantities, write_config
-from tests.integration.sync_helpers import make_daemon, meta, qty, set_meta, woo_decrease
+from tests.integration.sync_helpers import (
+    archived,
+    make_daemon,
+    meta,
+    qty,
+    set_meta,
+    settled_now,
+    woo_decrease,
+)
 
 # Recorded post ids (schema/wordpress/catalogue.json): BOOK in English and French on blogs 2, 3.
 BOOK = {(2, "en"): 18, (2, "fr"): 19, (3, "en"): 16, (3, "fr"): 17}
@@ -366,15 +374,6 @@ def test_retry_dead_requeues_the_whole_statement_under_its_ids(wp_network):
         d.close()
 
 
-def archived(net: Any, blog_id: int, on: bool) -> None:
-    """The network admin archives a blog (or brings it back): syncd holds its changes meanwhile."""
-    with net.engine.connect() as c:
-        c.exec_driver_sql(
-            f"UPDATE {net.prefix}blogs SET archived = %s WHERE blog_id = %s", (int(on), blog_id)
-        )
-        c.commit()
-
-
 def test_path5_held_register_change_never_overwrites_a_newer_one(wp_network):
     """Last captured wins across a hold (issue 9): blog 3 (archived) switches backorders on; later,
     blog 1 switches them to 'notify'. When blog 3 is live again its held change is older than the
@@ -667,22 +666,14 @@ def test_path5_translations_that_missed_sales_on_both_sides_keep_them(wp_network
         archived(net, 2, True)
         d.discover()
         d.apply_pending()
-        _settled_now(net)
+        settled_now(net)
         d.apply_pending()
         archived(net, 2, False)
         d.discover()
         d.apply_pending()
-        _settled_now(net)
+        settled_now(net)
         d.apply_pending()
         assert books(net) == {k: Decimal(-1) for k in BOOK}
         assert settling_rows(net) == []
     finally:
         d.close()
-
-
-def _settled_now(net: Any) -> None:
-    with net.engine.connect() as c:
-        c.exec_driver_sql(
-            f"UPDATE {net.prefix}syncd_settle SET last_change_at = last_change_at - INTERVAL 1 HOUR"
-        )
-        c.commit()

@@ -16,7 +16,17 @@ import pytest
 import sqlalchemy as sa
 
 from syncd.testnet.factory import ProductFactory, Variation
-from tests.integration.sync_helpers import ids, make_daemon, meta, pending, qty, set_meta, woo_decrease
+from tests.integration.sync_helpers import (
+    archived,
+    ids,
+    make_daemon,
+    meta,
+    pending,
+    qty,
+    set_meta,
+    settled_now,
+    woo_decrease,
+)
 from tests.integration.test_audit_reconcile import audit
 from tests.integration.trace_replay import Replay, load, windows
 
@@ -36,15 +46,6 @@ def duplicates(net: Any, blog_id: int) -> list[tuple[int, str, int]]:
                 {"keys": list(WATCHED)},
             )
         ]
-
-
-def settled_now(net: Any) -> None:
-    """Time passes: every settling product has been quiet for an hour (deterministic, no sleep)."""
-    with net.engine.connect() as c:
-        c.exec_driver_sql(
-            f"UPDATE {net.prefix}syncd_settle SET last_change_at = last_change_at - INTERVAL 1 HOUR"
-        )
-        c.commit()
 
 
 def settling(net: Any) -> dict[tuple[int, int], str]:
@@ -379,7 +380,7 @@ def test_join_retried_while_a_member_is_archived_gives_it_the_joiners_sales_once
         d.apply_pending()
         woo_decrease(net, 2, 28, 3)
         d.apply_pending()
-        _archived(net, 3, True)
+        archived(net, 3, True)
         with net.engine.connect() as c:  # not captured: as if a save were between its delete and add
             c.exec_driver_sql("SET @syncd_apply = 1")
             c.exec_driver_sql(
@@ -399,7 +400,7 @@ def test_join_retried_while_a_member_is_archived_gives_it_the_joiners_sales_once
         d.apply_pending()
         assert [qty(net, 1, others[1]), qty(net, 2, 28)] == [37, 37]
         assert settling(net) == {(3, others[3]): "heal"}
-        _archived(net, 3, False)
+        archived(net, 3, False)
         d.discover()
         settled_now(net)
         d.apply_pending()
@@ -407,14 +408,6 @@ def test_join_retried_while_a_member_is_archived_gives_it_the_joiners_sales_once
         assert settling(net) == {}
     finally:
         d.close()
-
-
-def _archived(net: Any, blog_id: int, on: bool) -> None:
-    with net.engine.connect() as c:
-        c.exec_driver_sql(
-            f"UPDATE {net.prefix}blogs SET archived = %s WHERE blog_id = %s", (int(on), blog_id)
-        )
-        c.commit()
 
 
 def test_an_import_after_missed_sales_wins_over_them_when_the_member_is_healed(wp_network):
@@ -426,11 +419,11 @@ def test_an_import_after_missed_sales_wins_over_them_when_the_member_is_healed(w
     d = make_daemon(net, sync={"settle_seconds": 3600})
     try:
         d.apply_pending()
-        _archived(net, 3, True)
+        archived(net, 3, True)
         woo_decrease(net, 2, tshirt[2], 1)
         d.apply_pending()
         assert settling(net) == {(3, tshirt[3]): "heal"}
-        _archived(net, 3, False)
+        archived(net, 3, False)
         d.discover()
         with Replay(net, "08-import-stock") as replay:  # wc.php 1 import-stock TSHIRT-RED 4
             replay.run(between=lambda _st: d.apply_pending())
@@ -453,13 +446,13 @@ def test_an_import_held_on_an_archived_blog_keeps_the_sales_made_after_it(wp_net
     d = make_daemon(net, sync={"settle_seconds": 3600})
     try:
         d.apply_pending()
-        _archived(net, 1, True)
+        archived(net, 1, True)
         with Replay(net, "08-import-stock") as replay:
             replay.run(between=lambda _st: d.apply_pending())
         woo_decrease(net, 2, tshirt[2], 1)
         d.apply_pending()
         assert qty(net, 1, tshirt[1]) == 4 and pending(net) > 0  # held
-        _archived(net, 1, False)
+        archived(net, 1, False)
         d.discover()
         d.apply_pending()
         settled_now(net)

@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from syncd.testnet.factory import ProductFactory
-from tests.integration.sync_helpers import ids, make_daemon, meta, pending, qty
+from tests.integration.sync_helpers import ids, make_daemon, meta, pending, qty, settled_now
 from tests.integration.test_audit_reconcile import audit
-from tests.integration.test_settle import duplicates, settled_now, settling
+from tests.integration.test_settle import duplicates, settling
 
 SKUS = ("MUG", "TSHIRT-RED")
 BOOK = {(2, "en"): 18, (2, "fr"): 19, (3, "en"): 16, (3, "fr"): 17}
