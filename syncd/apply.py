@@ -109,6 +109,7 @@ class Applier:
         settle_seconds: float = 3.0,
         step_hook: Callable[[str], None] | None = None,
         fields: RealtimeFields | None = None,
+        blogs_away: Callable[[], Mapping[int, Blog]] | None = None,
     ) -> None:
         self.base = base_prefix
         #: Called with a step's name just before it runs ('lock', 'locked', 'settle_lock'): tests make races
@@ -120,7 +121,9 @@ class Applier:
         # propagate_sku_renames: how products are linked (syncd.catalog).
         settings: Callable[[int], BlogSettings] = blog_settings or (lambda _b: BlogSettings())
         self.propagate_sku_renames = propagate_sku_renames
-        self.resolver = Resolver(base_prefix, blogs, settings, propagate_sku_renames=propagate_sku_renames)
+        self.resolver = Resolver(
+            base_prefix, blogs, settings, propagate_sku_renames=propagate_sku_renames, away=blogs_away
+        )
         self.writer = MemberWriter(blogs, settle_seconds)
         #: Realtime field groups (issue 10): their changes are registers planned by
         #: plan.plan_fields and written by syncd.fields.writer after the stock writes.

@@ -319,6 +319,7 @@ class Daemon:
             settle_seconds=self.config.sync.settle_seconds,
             step_hook=self.step_hook,
             fields=realtime.fields_for(self.config, self.realtime_groups()),
+            blogs_away=self.blogs_away,
         )
 
     def close(self) -> None:
@@ -628,6 +629,11 @@ class Daemon:
     def blogs(self) -> Mapping[int, Blog]:
         with self._blogs_lock:
             return self._blogs
+
+    def blogs_away(self) -> Mapping[int, Blog]:
+        """Blogs served before and not now whose tables are still there (``_blogs_away``)."""
+        with self._blogs_lock:
+            return self._blogs_away
 
     def discover(self, initial: bool = False) -> None:
         """Refresh the blog list, install triggers on new blogs, refresh link groups."""

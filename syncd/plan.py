@@ -430,9 +430,11 @@ def plan_batch(
     def origin_set(c: Change) -> set[Key]:
         return set(translations.get(c.key, (c.key,)))
 
-    def component(c: Change, away: dict[Key, Member] | None = None) -> list[Member]:
+    def component(c: Change, away: dict[Key, Member]) -> list[Member]:
         """Every product connected to the origin by linked groups and shared translations, once.
-        Linked members on blogs that are not live are not in it; they are put in ``away``."""
+        Products on blogs that are not live are not in it: they are put in ``away`` (what they
+        miss is kept, Plan.missed), and the component goes on through them, as it would if their
+        blog were live (``translations`` holds such blogs' translation groups too)."""
         own = origin_set(c)
         seen = set(own)
         queue = sorted(own)
@@ -440,30 +442,29 @@ def plan_batch(
         while queue:
             key = queue.pop(0)
             me = self_of(key)
+            reached: list[Member] = []
             if me is not None and me.state == "linked":
-                for m in groups.get(key, ()):
-                    if m.key in seen or m.state != "linked":
-                        continue
-                    if m.blog_id not in live:
-                        if away is not None:
-                            away[m.key] = m
-                        continue
-                    seen.add(m.key)
-                    out.append(m)
-                    queue.append(m.key)
+                reached += [m for m in groups.get(key, ()) if m.key not in seen and m.state == "linked"]
             sku = me.sku if me is not None else origin_sku.get(c.id, "")
             for t in translations.get(key, ()):
-                if t in seen or t[0] not in live:
+                if t in seen:
                     continue
-                seen.add(t)
                 tm = self_of(t) or Member(t[0], t[1], sku)
                 if tm.state == "excluded":
                     continue  # sync.exclude_skus: left to the shop, even as a shared translation
                 if tm.state != "linked":
                     # Ambiguous or without a SKU: not linked by key, but it is the same stock.
                     tm = Member(t[0], t[1], tm.sku or sku)
-                out.append(tm)
-                queue.append(t)
+                reached.append(tm)
+            for m in reached:
+                if m.key in seen:
+                    continue
+                seen.add(m.key)
+                queue.append(m.key)
+                if m.blog_id in live:
+                    out.append(m)
+                else:
+                    away[m.key] = m
         return out
 
     def target(member: Member, c: Change) -> MemberWrite | None:

@@ -27,7 +27,7 @@ import structlog
 
 from syncd import catalog, settle
 from syncd.config import BlogSettings
-from syncd.db import guarded, table
+from syncd.db import errno_of, guarded, is_retryable, table
 from syncd.network import Blog
 from syncd.plan import MEMBERSHIP_KEYS, SKU, TRASH_MARK, Change, Key, Member, member_of
 from syncd.queue import HeldBlogs
@@ -58,9 +58,12 @@ class Resolver:
         settings: Callable[[int], BlogSettings],
         *,
         propagate_sku_renames: bool = True,
+        away: Callable[[], Mapping[int, Blog]] | None = None,
     ) -> None:
         self.base = base_prefix
         self._blogs = blogs
+        #: Blogs served before and not now (syncd.daemon): read for their translations, never written.
+        self._away = away or dict
         self.settings = settings
         self.propagate_sku_renames = propagate_sku_renames
 
@@ -126,8 +129,13 @@ class Resolver:
     ) -> dict[Key, tuple[Key, ...]]:
         """On blogs whose translations share stock: the translation group of every product the
         batch involves, and the link groups of those translations (``groups`` is extended), until
-        nothing new is found (a few rounds: links and translations form small components)."""
-        sharing = {b for b, blog in blogs.items() if catalog.shares_stock(blog, self.settings(b))}
+        nothing new is found (a few rounds: links and translations form small components).
+
+        Blogs not live now are read too (never written): a change reaches what it would reach if
+        they were live, the members on them are left out and keep what they missed
+        (``Plan.missed``), and live members linked through their translations are written."""
+        readable = {**{b: v for b, v in {**self._away(), **self._blogs()}.items() if b not in blogs}, **blogs}
+        sharing = {b for b, blog in readable.items() if catalog.shares_stock(blog, self.settings(b))}
         out: dict[Key, tuple[Key, ...]] = {}
         if not sharing:
             return out
@@ -139,8 +147,7 @@ class Resolver:
                 break
             found: set[Key] = set()
             for blog_id, posts in sorted(by_blog(ask).items()):
-                tr, problems = catalog.translations_for(conn, blogs[blog_id], posts)
-                catalog.report_translation_problems(blog_id, problems)
+                tr = self._translations_of(conn, readable[blog_id], posts, live=blog_id in blogs)
                 for members in tr.values():
                     keys = tuple((blog_id, p) for p in members)
                     for k in keys:
@@ -152,6 +159,25 @@ class Resolver:
             groups.update(more)
             todo = found | {m.key for ms in more.values() for m in ms}
         return out
+
+    def _translations_of(
+        self, conn: sa.Connection, blog: Blog, posts: list[int], *, live: bool
+    ) -> dict[int, Sequence[int]]:
+        """One blog's translation groups of ``posts``. A blog not live now that cannot be read
+        (its tables dropped) has none: the batch goes on without them."""
+        if live:
+            tr, problems = catalog.translations_for(conn, blog, posts)
+            catalog.report_translation_problems(blog.blog_id, problems)
+            return tr
+        try:
+            with conn.begin_nested():
+                tr, _problems = catalog.translations_for(conn, blog, posts)
+            return tr
+        except Exception as exc:  # noqa: BLE001 - an away blog's translations are optional
+            if is_retryable(exc):
+                raise
+            log.info("away_translations_unread", blog=blog.blog_id, errno=errno_of(exc))
+            return {}
 
     @staticmethod
     def joining(

@@ -677,3 +677,38 @@ def test_path5_translations_that_missed_sales_on_both_sides_keep_them(wp_network
         assert settling_rows(net) == []
     finally:
         d.close()
+
+
+def test_path5_a_translation_linked_only_through_an_archived_blog_catches_up(wp_network):
+    """Blog 3 shares stock between SOLO (en) and SOLO (fr); blog 2 sells SOLO in English only, blog
+    1 in French only, so blog 1's SOLO is the same stock as blog 2's only through blog 3's
+    translations. Blog 2 sells SOLO while blog 3 is archived: the batch still reads the archived
+    blog's translations, so blog 1 receives the sale at once, and both of blog 3's translations
+    receive it once blog 3 is back. Before, blog 1 and blog 3's French SOLO kept their stock."""
+    from syncd.testnet.factory import ProductFactory
+
+    net = wp_network
+    d = make_daemon(net, blogs={**SHARED, "1": {"language": "fr"}})  # blog 1 (no Polylang) sells in French
+    try:
+        d.apply_pending()
+        with net.engine.connect() as c, ProductFactory(c, net.blog_prefix(3)) as f:
+            en3, fr3 = f.simple("SOLO", stock=9, language="en"), f.simple("SOLO", stock=9, language="fr")
+            f.link_translations({"en": en3, "fr": fr3})
+        with net.engine.connect() as c, ProductFactory(c, net.blog_prefix(2)) as f:
+            en2 = f.simple("SOLO", stock=9, language="en")
+        with net.engine.connect() as c, ProductFactory(c, net.blog_prefix(1)) as f:
+            fr1 = f.simple("SOLO", stock=9)
+        d.apply_pending()
+        solo = ((2, en2), (3, en3), (3, fr3), (1, fr1))
+        assert [qty(net, b, p) for b, p in solo] == [9, 9, 9, 9]
+        archived(net, 3, True)
+        woo_decrease(net, 2, en2, 2)  # blog 1's French SOLO is the same stock, through blog 3
+        d.apply_pending()
+        assert qty(net, 1, fr1) == 7
+        archived(net, 3, False)
+        d.discover()
+        d.apply_pending()
+        assert [qty(net, b, p) for b, p in solo] == [7, 7, 7, 7]
+        assert settling_rows(net) == []
+    finally:
+        d.close()
