@@ -1,0 +1,246 @@
+"""Where one trigger firing's cost goes (issue 10): the per-statement cost of a postmeta UPDATE
+under trigger bodies that add one piece at a time.
+
+    python -m bench.trigger_floor                      # 20,000 statements per variant and case
+    python -m bench.trigger_floor --iterations 5000 --variants none,empty,full --json
+
+One blog per variant, identical catalogues; each blog's postmeta has one AFTER UPDATE trigger
+(two for the ``+attribution`` variants) with that variant's body; blog 1 has none. Every
+iteration runs the same statement (same product) on every blog, in an order rotated each
+iteration, on one autocommit PyMySQL connection over the unix socket, and the per-variant figure
+is the median of the paired differences against blog 1 in the same iteration. Cases: an
+unwatched key (``_price``: the trigger fires and returns at its first test) and a watched key
+really changed (``_stock`` relative, one change row). The load average is recorded before and
+after. The change rows are deleted between blocks, outside the timed statements.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (  # noqa: E402
+    base_parser,
+    create_network,
+    emit,
+    load_catalogue,
+    log,
+    machine,
+    print_table,
+    product_id,
+    start_server,
+)
+from bench.trigger_overhead import ALL_FIELDS  # noqa: E402
+from syncd import attribution, capture, schema  # noqa: E402
+from syncd.network import Blog  # noqa: E402
+
+SKUS = 1000
+_TEST = "@syncd_apply IS NULL AND (NEW.meta_key IN ({w}) OR OLD.meta_key IN ({w}))"
+_TEST2 = "@syncd_apply IS NULL AND (NEW.meta_key IN ({w}) OR (NOT (OLD.meta_key <=> NEW.meta_key) AND OLD.meta_key IN ({w})))"
+_HANDLER = "DECLARE CONTINUE HANDLER FOR 1146 BEGIN END;"
+_INSERT = (
+    "IF NOT (BINARY OLD.meta_value <=> BINARY NEW.meta_value) THEN INSERT INTO `{base}syncd_change` "
+    "(blog_id, post_id, meta_key, op, old_value, new_value, captured_at, conn_id) VALUES ({blog}, NEW.post_id, "
+    "NEW.meta_key, 'U', OLD.meta_value, NEW.meta_value, UTC_TIMESTAMP(6), CONNECTION_ID()); END IF;"
+)
+
+#: The postmeta UPDATE body of trigger version 1 (sql/capture_trigger_update.sql before issue 10's
+#: trigger-cost work), frozen here so that later versions are measured against it.
+_V1 = (
+    f"BEGIN {_HANDLER} IF {_TEST} THEN IF OLD.post_id <> NEW.post_id OR NOT (OLD.meta_key <=> NEW.meta_key) THEN "
+    "INSERT INTO `{base}syncd_change` (blog_id, post_id, meta_key, op, old_value, new_value, captured_at, conn_id) "
+    "VALUES ({blog}, OLD.post_id, OLD.meta_key, 'D', OLD.meta_value, NULL, UTC_TIMESTAMP(6), CONNECTION_ID()), "
+    "({blog}, NEW.post_id, NEW.meta_key, 'I', NULL, NEW.meta_value, UTC_TIMESTAMP(6), CONNECTION_ID()); "
+    "ELSEIF" + _INSERT[len("IF") : -len(" END IF;")] + " END IF; END IF; END"
+)
+
+#: variant -> how its blog's postmeta UPDATE trigger(s) are made: a body template, or "capture"
+#: (the body syncd installs today for every group realtime), plus "+attr" for the dashboard's
+#: attribution ``_pm_au`` trigger as a second trigger on the same event.
+VARIANTS: dict[str, str] = {
+    "none": "",
+    "empty": "BEGIN END",
+    "one SET": "BEGIN SET @syncd_floor = 1; END",
+    "apply test only": "BEGIN IF @syncd_apply IS NOT NULL THEN SET @syncd_floor = 1; END IF; END",
+    "NEW.meta_key IN (1 key)": "BEGIN IF NEW.meta_key IN ('_stock') THEN SET @syncd_floor = 1; END IF; END",
+    "NEW.meta_key IN (22 keys)": "BEGIN IF NEW.meta_key IN ({w}) THEN SET @syncd_floor = 1; END IF; END",
+    "FIND_IN_SET (22 keys)": "BEGIN IF FIND_IN_SET(NEW.meta_key, {set}) THEN SET @syncd_floor = 1; END IF; END",
+    "IN (22 keys), never evaluated": "BEGIN IF @syncd_never IS NOT NULL AND NEW.meta_key IN ({w}) THEN "
+    "SET @syncd_floor = 1; END IF; END",
+    "FIND_IN_SET x2 + tail-space guarded IN x2, one IF": "BEGIN IF {fis2} OR ({tail2} AND (NEW.meta_key IN ({w}) "
+    "OR OLD.meta_key IN ({w}))) THEN SET @syncd_floor = 1; END IF; END",
+    "FIND_IN_SET x2, ELSEIF tail-space: IN x2": "BEGIN IF {fis2} THEN SET @syncd_floor = 1; ELSEIF {tail2} THEN "
+    "IF NEW.meta_key IN ({w}) OR OLD.meta_key IN ({w}) THEN SET @syncd_floor = 1; END IF; END IF; END",
+    "CASE (22 keys)": "BEGIN IF CASE NEW.meta_key {case} ELSE 0 END THEN SET @syncd_floor = 1; END IF; END",
+    "= OR chain (22 keys)": "BEGIN IF {or} THEN SET @syncd_floor = 1; END IF; END",
+    "test only": f"BEGIN IF {_TEST} THEN SET @syncd_floor = 1; END IF; END",
+    "test v2 only (OLD key tested only if moved)": f"BEGIN IF {_TEST2} THEN SET @syncd_floor = 1; END IF; END",
+    "handler + test": f"BEGIN {_HANDLER} IF {_TEST} THEN SET @syncd_floor = 1; END IF; END",
+    "test + insert, no handler": f"BEGIN IF {_TEST} THEN {_INSERT} END IF; END",
+    "test, nested handler + insert": f"BEGIN IF {_TEST} THEN BEGIN {_HANDLER} {_INSERT} END; END IF; END",
+    "test, insert into a bare table": f"BEGIN IF {_TEST} THEN IF NOT (BINARY OLD.meta_value <=> "
+    "BINARY NEW.meta_value) THEN INSERT INTO floor_bare (v) VALUES (1); END IF; END IF; END",
+    "test, insert, change table without secondary keys": f"BEGIN IF {_TEST} THEN "
+    + _INSERT.replace("{base}syncd_change", "floor_nokeys")
+    + " END IF; END",
+    "v1 capture (every group)": _V1,
+    "v1 capture + attribution": _V1 + "+attr",
+    "capture (this tree)": "current",
+    "capture (this tree) + attribution": "current+attr",
+}
+
+
+def install_variant(conn: Any, net: Any, blog: int, variant: str) -> None:
+    spec = VARIANTS[variant]
+    if not spec:
+        return
+    pm = net.blog_prefix(blog) + "postmeta"
+    name = f"{net.prefix}floor_b{blog}"
+    if spec.startswith("current"):
+        b = Blog(blog, net.blog_prefix(blog))
+        capture.install_blog_triggers(conn, net.prefix, b, ALL_FIELDS)
+        if spec.endswith("+attr"):
+            _attribution_pm_au(conn, net, blog)
+        return
+    body = spec.removesuffix("+attr").replace("{w}", capture.watched_list(ALL_FIELDS.meta_keys))
+    keys = ALL_FIELDS.meta_keys
+    body = body.replace("{set}", "'" + ",".join(keys) + "'")
+    body = body.replace("{fis2}", "(FIND_IN_SET(NEW.meta_key, {set}) OR FIND_IN_SET(OLD.meta_key, {set}))")
+    body = body.replace("{tail2}", "(RIGHT(NEW.meta_key, 1) = ' ' OR RIGHT(OLD.meta_key, 1) = ' ')")
+    body = body.replace("{set}", "'" + ",".join(keys) + "'")
+    body = body.replace("{case}", " ".join(f"WHEN '{k}' THEN 1" for k in keys))
+    body = body.replace("{or}", " OR ".join(f"NEW.meta_key = '{k}'" for k in keys))
+    body = body.replace("{base}", net.prefix).replace("{blog}", str(blog))
+    conn.exec_driver_sql(f"CREATE TRIGGER `{name}` AFTER UPDATE ON `{pm}` FOR EACH ROW {body}")
+    if spec.endswith("+attr"):
+        _attribution_pm_au(conn, net, blog)
+    conn.commit()
+
+
+def _attribution_pm_au(conn: Any, net: Any, blog: int) -> None:
+    """The dashboard's ``_pm_au`` trigger only (its syncd_change trigger would reach every variant:
+    ``--dashboard`` installs that one for all)."""
+    attr = dict(attribution.render_blog(net.prefix, Blog(blog, net.blog_prefix(blog))))
+    conn.exec_driver_sql(attr[f"{attribution.blog_trigger_prefix(net.prefix, blog)}_pm_au"])
+
+
+def measure(net: Any, variants: list[str], key: str, value: str, iterations: int) -> dict[str, list[float]]:
+    conn = net.raw()
+    cur = conn.cursor()
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    blogs = {v: i + 1 for i, v in enumerate(variants)}
+    clock = time.perf_counter_ns
+    for i in range(-min(500, iterations // 10), iterations):
+        sku = (i % SKUS) + 1
+        k = i % len(variants)
+        for v in variants[k:] + variants[:k]:
+            b = blogs[v]
+            sql = (
+                f"UPDATE `{net.blog_prefix(b)}postmeta` SET meta_value = {value.format(i=i)} "
+                f"WHERE post_id = {product_id(b, sku)} AND meta_key = '{key}'"
+            )
+            t0 = clock()
+            cur.execute(sql)
+            t1 = clock()
+            if i >= 0:
+                times[v].append((t1 - t0) / 1000)  # us
+        if i % 2000 == 1999:
+            _clear(cur, net)
+    _clear(cur, net)
+    conn.close()
+    return times
+
+
+def _clear(cur: Any, net: Any) -> None:
+    for t in (f"{net.prefix}syncd_change", "floor_bare", "floor_nokeys"):
+        cur.execute(f"DELETE FROM `{t}`")
+
+
+def summarize(times: dict[str, list[float]], base: str) -> list[dict[str, Any]]:
+    out = []
+    for v, t in times.items():
+        diffs = sorted(x - y for x, y in zip(t, times[base], strict=True))
+        out.append(
+            {
+                "variant": v,
+                "median_us": round(statistics.median(t), 1),
+                "added_paired_median_us": round(diffs[len(diffs) // 2], 1),
+            }
+        )
+    return out
+
+
+def run(args: Any) -> dict[str, Any]:
+    variants = args.variants.split(";") if args.variants else list(VARIANTS)
+    if variants[0] != "none":
+        variants = ["none", *[v for v in variants if v != "none"]]
+    iterations = args.iterations or (2000 if args.quick else 20000)
+    server = start_server()
+    load = [os.getloadavg()[0]]
+    try:
+        net = create_network(server, len(variants))
+        load_catalogue(net, SKUS)
+        with net.engine.connect() as conn:
+            schema.ensure_schema(conn, net.prefix)
+            conn.exec_driver_sql(
+                "CREATE TABLE floor_bare (id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY, v INT)"
+            )
+            conn.exec_driver_sql(f"CREATE TABLE floor_nokeys LIKE `{net.prefix}syncd_change`")
+            for key in ("stmt", "product"):
+                conn.exec_driver_sql(f"ALTER TABLE floor_nokeys DROP KEY `{key}`")
+            if args.dashboard:
+                conn.exec_driver_sql(attribution.render_change(net.prefix)[1])
+            for i, v in enumerate(variants):
+                install_variant(conn, net, i + 1, v)
+            conn.commit()
+        results = {}
+        for case, key, value in (
+            ("unwatched key (_price)", "_price", "'{i}.99'"),
+            ("watched key changed (_stock)", "_stock", "meta_value - 1"),
+        ):
+            log(f"{case}: {iterations:,} statements x {len(variants)} variants")
+            results[case] = summarize(measure(net, variants, key, value, iterations), "none")
+            load.append(os.getloadavg()[0])
+        net.engine.dispose()
+    finally:
+        server.stop()
+    return {
+        "benchmark": "trigger_floor",
+        "machine": machine(),
+        "iterations": iterations,
+        "load_1min": load,
+        "dashboard": args.dashboard,
+        "results": results,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = base_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--iterations", type=int, default=0, help="statements per variant and case (20,000)")
+    p.add_argument("--variants", default="", help="separated by ;, from: " + "; ".join(VARIANTS))
+    p.add_argument(
+        "--dashboard", action="store_true", help="the dashboard's trigger on syncd_change too (every variant)"
+    )
+    args = p.parse_args(argv)
+    out = run(args)
+    if args.json:
+        emit(out, True)
+        return 0
+    for case, rows in out["results"].items():
+        print_table(
+            rows,
+            [("variant", "variant"), ("median_us", "median us"), ("added_paired_median_us", "added us")],
+            title=f"\n{case}, {out['iterations']:,} statements per variant, load {out['load_1min']}",
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
