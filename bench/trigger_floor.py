@@ -20,6 +20,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,14 @@ def _attribution_pm_au(conn: Any, net: Any, blog: int) -> None:
     conn.exec_driver_sql(attr[f"{attribution.blog_trigger_prefix(net.prefix, blog)}_pm_au"])
 
 
-def measure(net: Any, variants: list[str], key: str, value: str, iterations: int) -> dict[str, list[float]]:
+def measure(
+    net: Any,
+    variants: list[str],
+    make: Callable[[int, int, int], list[str]],
+    iterations: int,
+    clear_every: int = 500,
+) -> dict[str, list[float]]:
+    """us per call of ``make(blog, sku, i)``'s statements, per variant (blog = its position + 1)."""
     conn = net.raw()
     cur = conn.cursor()
     times: dict[str, list[float]] = {v: [] for v in variants}
@@ -141,26 +149,42 @@ def measure(net: Any, variants: list[str], key: str, value: str, iterations: int
         sku = (i % SKUS) + 1
         k = i % len(variants)
         for v in variants[k:] + variants[:k]:
-            b = blogs[v]
-            sql = (
-                f"UPDATE `{net.blog_prefix(b)}postmeta` SET meta_value = {value.format(i=i)} "
-                f"WHERE post_id = {product_id(b, sku)} AND meta_key = '{key}'"
-            )
+            statements = make(blogs[v], sku, i)
             t0 = clock()
-            cur.execute(sql)
+            for sql in statements:
+                cur.execute(sql)
             t1 = clock()
             if i >= 0:
-                times[v].append((t1 - t0) / 1000)  # us
-        if i % 2000 == 1999:
+                times[v].append((t1 - t0) / 1000)
+        if i % clear_every == clear_every - 1:
             _clear(cur, net)
     _clear(cur, net)
     conn.close()
     return times
 
 
+def one_update(net: Any, key: str, value: str) -> Callable[[int, int, int], list[str]]:
+    def make(blog: int, sku: int, i: int) -> list[str]:
+        return [
+            f"UPDATE `{net.blog_prefix(blog)}postmeta` SET meta_value = {value.format(i=i)} "
+            f"WHERE post_id = {product_id(blog, sku)} AND meta_key = '{key}'"
+        ]
+
+    return make
+
+
 def _clear(cur: Any, net: Any) -> None:
-    for t in (f"{net.prefix}syncd_change", "floor_bare", "floor_nokeys"):
-        cur.execute(f"DELETE FROM `{t}`")
+    for t in (f"{net.prefix}syncd_change", f"{net.prefix}syncd_source", "floor_bare", "floor_nokeys"):
+        if _exists(cur, t):
+            cur.execute(f"DELETE FROM `{t}`")
+
+
+def _exists(cur: Any, name: str) -> bool:
+    cur.execute(
+        "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+        (name,),
+    )
+    return bool(cur.fetchone()[0])
 
 
 def summarize(times: dict[str, list[float]], base: str) -> list[dict[str, Any]]:
@@ -177,7 +201,77 @@ def summarize(times: dict[str, list[float]], base: str) -> list[dict[str, Any]]:
     return out
 
 
+#: --save: the synthetic product save of bench/trigger_overhead.py (30 postmeta UPDATEs, the posts
+#: UPDATE, a category moved) under these trigger sets.
+SAVE_VARIANTS = (
+    "none",
+    "v1, stock only",
+    "this tree, stock only",
+    "v1, every group",
+    "this tree, every group",
+    "this tree, every group + dashboard's postmeta triggers",
+)
+
+
+def install_save_variant(conn: Any, net: Any, blog: int, variant: str) -> None:
+    if variant == "none":
+        return
+    b = Blog(blog, net.blog_prefix(blog))
+    watch = capture.STOCK_ONLY if "stock only" in variant else ALL_FIELDS
+    capture.install_blog_triggers(conn, net.prefix, b, watch)
+    if variant.startswith("v1"):  # version 1's postmeta UPDATE body (the save's other triggers are unchanged)
+        body = _V1.replace("{w}", capture.watched_list(watch.meta_keys))
+        body = body.replace("{base}", net.prefix).replace("{blog}", str(blog))
+        name = capture.trigger_name(net.prefix, blog, "update")
+        conn.exec_driver_sql(
+            f"CREATE OR REPLACE TRIGGER `{name}` AFTER UPDATE ON `{net.blog_prefix(blog)}postmeta` FOR EACH ROW {body}"
+        )
+    if variant.endswith("postmeta triggers"):
+        attr = dict(attribution.render_blog(net.prefix, b))
+        for suffix in ("_pm_ai", "_pm_au"):
+            conn.exec_driver_sql(attr[attribution.blog_trigger_prefix(net.prefix, blog) + suffix])
+    conn.commit()
+
+
+def run_save(args: Any) -> dict[str, Any]:
+    from bench import trigger_overhead as to  # noqa: PLC0415
+
+    variants = list(SAVE_VARIANTS)
+    iterations = args.iterations or (200 if args.quick else 2000)
+    server = start_server()
+    load = [os.getloadavg()[0]]
+    try:
+        net = create_network(server, len(variants))
+        load_catalogue(net, SKUS)
+        to.prepare_saves(net, SKUS, tuple(range(1, len(variants) + 1)))
+        with net.engine.connect() as conn:
+            schema.ensure_schema(conn, net.prefix)
+            if args.dashboard:
+                conn.exec_driver_sql(attribution.render_change(net.prefix)[1])
+            for i, v in enumerate(variants):
+                install_save_variant(conn, net, i + 1, v)
+            conn.commit()
+        save = to.save_cases(net)[0]["make_many"]
+        log(f"product save: {iterations:,} saves x {len(variants)} variants")
+        times = measure(net, variants, lambda b, sku, i: save(b, sku, i, SKUS), iterations, clear_every=100)
+        results = {"product save (33 statements)": summarize(times, "none")}
+        load.append(os.getloadavg()[0])
+        net.engine.dispose()
+    finally:
+        server.stop()
+    return {
+        "benchmark": "trigger_floor --save",
+        "machine": machine(),
+        "iterations": iterations,
+        "load_1min": load,
+        "dashboard": args.dashboard,
+        "results": results,
+    }
+
+
 def run(args: Any) -> dict[str, Any]:
+    if args.save:
+        return run_save(args)
     variants = args.variants.split(";") if args.variants else list(VARIANTS)
     if variants[0] != "none":
         variants = ["none", *[v for v in variants if v != "none"]]
@@ -206,7 +300,7 @@ def run(args: Any) -> dict[str, Any]:
             ("watched key changed (_stock)", "_stock", "meta_value - 1"),
         ):
             log(f"{case}: {iterations:,} statements x {len(variants)} variants")
-            results[case] = summarize(measure(net, variants, key, value, iterations), "none")
+            results[case] = summarize(measure(net, variants, one_update(net, key, value), iterations), "none")
             load.append(os.getloadavg()[0])
         net.engine.dispose()
     finally:
@@ -227,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default="", help="separated by ;, from: " + "; ".join(VARIANTS))
     p.add_argument(
         "--dashboard", action="store_true", help="the dashboard's trigger on syncd_change too (every variant)"
+    )
+    p.add_argument(
+        "--save", action="store_true", help="the synthetic product save under v1 and this tree's triggers"
     )
     args = p.parse_args(argv)
     out = run(args)
