@@ -269,6 +269,38 @@ def run_save(args: Any) -> dict[str, Any]:
     }
 
 
+def first_statements(net: Any, variants: list[str], rounds: int) -> dict[str, dict[str, list[float]]]:
+    """A new connection per round and variant (as every PHP request opens one): us of its first and
+    second unwatched UPDATE, then of its first and second change row."""
+    steps = (
+        ("1st unwatched", "_price"),
+        ("2nd unwatched", "_price"),
+        ("1st row", "_stock"),
+        ("2nd row", "_stock"),
+    )
+    out: dict[str, dict[str, list[float]]] = {name: {v: [] for v in variants} for name, _ in steps}
+    clock = time.perf_counter_ns
+    for r in range(rounds):
+        k = r % len(variants)
+        for v in variants[k:] + variants[:k]:
+            blog = variants.index(v) + 1
+            conn = net.raw()
+            cur = conn.cursor()
+            for name, key in steps:
+                sql = (
+                    f"UPDATE `{net.blog_prefix(blog)}postmeta` SET meta_value = meta_value + 1 "
+                    f"WHERE post_id = {product_id(blog, r % SKUS + 1)} AND meta_key = '{key}'"
+                )
+                t0 = clock()
+                cur.execute(sql)
+                out[name][v].append((clock() - t0) / 1000)
+            conn.close()
+        if r % 100 == 99:
+            with net.raw() as conn, conn.cursor() as cur:
+                _clear(cur, net)
+    return out
+
+
 def run(args: Any) -> dict[str, Any]:
     if args.save:
         return run_save(args)
@@ -302,6 +334,11 @@ def run(args: Any) -> dict[str, Any]:
             log(f"{case}: {iterations:,} statements x {len(variants)} variants")
             results[case] = summarize(measure(net, variants, one_update(net, key, value), iterations), "none")
             load.append(os.getloadavg()[0])
+        rounds = max(100, iterations // 50)
+        log(f"first statements of a new connection: {rounds} connections x {len(variants)} variants")
+        for name, times in first_statements(net, variants, rounds).items():
+            results[f"new connection, {name} ({rounds} connections)"] = summarize(times, "none")
+        load.append(os.getloadavg()[0])
         net.engine.dispose()
     finally:
         server.stop()
@@ -331,10 +368,11 @@ def main(argv: list[str] | None = None) -> int:
         emit(out, True)
         return 0
     for case, rows in out["results"].items():
+        per = "" if "connection" in case else f", {out['iterations']:,} per variant"
         print_table(
             rows,
             [("variant", "variant"), ("median_us", "median us"), ("added_paired_median_us", "added us")],
-            title=f"\n{case}, {out['iterations']:,} statements per variant, load {out['load_1min']}",
+            title=f"\n{case}{per}, load {out['load_1min']}",
         )
     return 0
 

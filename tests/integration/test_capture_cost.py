@@ -146,3 +146,67 @@ def test_every_capture_trigger_is_current_after_install(wp_network):
         )
     assert state.state == "installed"
     assert capture.TRIGGER_VERSION == 2
+
+
+#: Version 1's postmeta trigger bodies (sql/capture_trigger_*.sql before issue 10's trigger-cost
+#: work), as every shop installed before has them: {w} the IN list, {base}, {blog}.
+_V1_VALUES = "INSERT INTO `{base}syncd_change` (blog_id, post_id, meta_key, op, old_value, new_value, captured_at, conn_id) VALUES "
+V1_BODIES = {
+    "insert": "BEGIN DECLARE CONTINUE HANDLER FOR 1146 BEGIN END; IF @syncd_apply IS NULL AND NEW.meta_key IN ({w}) THEN "
+    + _V1_VALUES
+    + "({blog}, NEW.post_id, NEW.meta_key, 'I', NULL, NEW.meta_value, UTC_TIMESTAMP(6), CONNECTION_ID()); END IF; END",
+    "update": "BEGIN DECLARE CONTINUE HANDLER FOR 1146 BEGIN END; IF @syncd_apply IS NULL AND (NEW.meta_key IN ({w}) "
+    "OR OLD.meta_key IN ({w})) THEN IF OLD.post_id <> NEW.post_id OR NOT (OLD.meta_key <=> NEW.meta_key) THEN "
+    + _V1_VALUES
+    + "({blog}, OLD.post_id, OLD.meta_key, 'D', OLD.meta_value, NULL, UTC_TIMESTAMP(6), CONNECTION_ID()), "
+    "({blog}, NEW.post_id, NEW.meta_key, 'I', NULL, NEW.meta_value, UTC_TIMESTAMP(6), CONNECTION_ID()); "
+    "ELSEIF NOT (BINARY OLD.meta_value <=> BINARY NEW.meta_value) THEN "
+    + _V1_VALUES
+    + "({blog}, NEW.post_id, NEW.meta_key, 'U', OLD.meta_value, NEW.meta_value, UTC_TIMESTAMP(6), CONNECTION_ID()); "
+    "END IF; END IF; END",
+    "delete": "BEGIN DECLARE CONTINUE HANDLER FOR 1146 BEGIN END; IF @syncd_apply IS NULL AND OLD.meta_key IN ({w}) THEN "
+    + _V1_VALUES
+    + "({blog}, OLD.post_id, OLD.meta_key, 'D', OLD.meta_value, NULL, UTC_TIMESTAMP(6), CONNECTION_ID()); END IF; END",
+}
+
+
+def test_version_1_triggers_are_upgraded_and_capture_stays_exact(wp_network):
+    """A shop upgrading syncd has version 1's three postmeta triggers: the installer finds them
+    outdated, replaces them in place, and the same writes give the same change rows after."""
+    net = wp_network
+    _install(net, capture.STOCK_ONLY)
+    blog, pm, post = _blog(net), net.table(BLOG, "postmeta"), _post(net)
+    change = f"{net.prefix}syncd_change"
+
+    def writes() -> list[tuple]:
+        with net.engine.connect() as c:
+            c.exec_driver_sql(f"DELETE FROM {change}")
+            for sql in (
+                f"INSERT INTO {pm} (post_id, meta_key, meta_value) VALUES ({post}, '_low_stock_amount', '2')",
+                f"UPDATE {pm} SET meta_value = '3' WHERE post_id = {post} AND meta_key = '_low_stock_amount'",
+                f"UPDATE {pm} SET meta_value = '3' WHERE post_id = {post} AND meta_key = '_low_stock_amount'",
+                f"UPDATE {pm} SET meta_value = '1.5' WHERE post_id = {post} AND meta_key = '_price'",
+                f"DELETE FROM {pm} WHERE post_id = {post} AND meta_key = '_low_stock_amount'",
+            ):
+                c.exec_driver_sql(sql)
+                c.commit()
+            return _rows(c, change)
+
+    with net.engine.connect() as c:
+        for event, body in V1_BODIES.items():
+            d = capture.render_trigger(net.prefix, blog, event)
+            v1 = body.replace("{w}", capture.watched_list()).replace("{base}", net.prefix)
+            c.exec_driver_sql(
+                f"CREATE OR REPLACE TRIGGER `{d.name}` AFTER {event.upper()} ON `{d.table}` FOR EACH ROW "
+                + v1.replace("{blog}", str(BLOG))
+            )
+        c.commit()
+        state = capture.blog_trigger_state(capture.installed_triggers(c, net.prefix), net.prefix, blog)
+    assert state.state == "outdated"
+    before = writes()
+    assert before == [("I", "_low_stock_amount"), ("U", "_low_stock_amount"), ("D", "_low_stock_amount")]
+    assert _install(net, capture.STOCK_ONLY) == "upgraded"
+    with net.engine.connect() as c:
+        state = capture.blog_trigger_state(capture.installed_triggers(c, net.prefix), net.prefix, blog)
+    assert state.state == "installed"
+    assert writes() == before
