@@ -196,11 +196,11 @@ def replace_bodies(net: Any, body: str) -> None:
         conn.commit()
 
 
-def prepare_saves(net: Any, skus: int) -> None:
+def prepare_saves(net: Any, skus: int, blogs: tuple[int, ...] = (TRIGGERED, PLAIN)) -> None:
     """Set-up for the save cases (not timed): the extra meta rows, a second product category."""
     net.bench_cats = {}
     with net.engine.connect() as conn:
-        for blog in (TRIGGERED, PLAIN):
+        for blog in blogs:
             pm, t, tt = (
                 net.table(blog, "postmeta"),
                 net.table(blog, "terms"),

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from syncd.fields.group import FieldGroup
 
 #: Bump when the trigger templates change; installed triggers whose body differs are replaced.
-TRIGGER_VERSION = 1
+#: 2: the postmeta triggers test the key with FIND_IN_SET first (issue 10's trigger cost).
+TRIGGER_VERSION = 2
 EVENTS = ("insert", "update", "delete")
 _EVENT_SUFFIX = {"insert": "ai", "update": "au", "delete": "ad"}
 #: Field-group triggers: posts UPDATE, term_relationships INSERT / DELETE.
@@ -108,6 +109,12 @@ def watched_list(keys: Sequence[str] = WATCHED_KEYS) -> str:
     return ", ".join(f"'{k}'" for k in keys)
 
 
+def watched_set(keys: Sequence[str] = WATCHED_KEYS) -> str:
+    """The keys as one FIND_IN_SET string (validated as :func:`watched_list`: no comma, no space)."""
+    watched_list(keys)
+    return ",".join(keys)
+
+
 def taxonomy_list(taxonomies: Sequence[str]) -> str:
     for t in taxonomies:
         if not _TAXONOMY_RE.fullmatch(t):
@@ -144,7 +151,12 @@ def render_trigger(
     """The postmeta CREATE TRIGGER statement for one blog and event (pure; golden-tested)."""
     name = trigger_name(base_prefix, _blog_of(blog)[0], event)
     text = _fill(
-        f"capture_trigger_{event}.sql", base_prefix, blog, name, watched=watched_list(watch.meta_keys)
+        f"capture_trigger_{event}.sql",
+        base_prefix,
+        blog,
+        name,
+        watched=watched_list(watch.meta_keys),
+        watched_set=watched_set(watch.meta_keys),
     )
     return _definition(name, f"{_blog_of(blog)[1]}postmeta", event, text)
 

@@ -59,10 +59,12 @@ def make_outdated(net: Any) -> None:
     blog = (BLOG, net.blog_prefix(BLOG))
     with net.engine.connect() as c:
         for d in capture.render_blog_triggers(net.prefix, blog):
-            c.exec_driver_sql(f"DROP TRIGGER IF EXISTS `{d.name}`")
-            c.exec_driver_sql(
-                d.create_sql.replace("IF @syncd_apply IS NULL", "IF 1 = 1 AND @syncd_apply IS NULL", 1)
+            old = d.create_sql.replace(
+                "IF @syncd_apply IS NOT NULL THEN", "IF 1 = 0 OR @syncd_apply IS NOT NULL THEN", 1
             )
+            assert old != d.create_sql, "the older body must differ from today's"
+            c.exec_driver_sql(f"DROP TRIGGER IF EXISTS `{d.name}`")
+            c.exec_driver_sql(old)
         c.commit()
 
 

@@ -21,18 +21,26 @@ def test_trigger_update_golden():
     assert d.name == "wp_syncd_b3_au"
     assert d.table == "wp_3_postmeta"
     s = norm(d.create_sql)
-    assert s.startswith("CREATE TRIGGER `wp_syncd_b3_au` AFTER UPDATE ON `wp_3_postmeta` FOR EACH ROW BEGIN")
-    assert "DECLARE CONTINUE HANDLER FOR 1146 BEGIN END;" in s
-    assert (
-        "IF @syncd_apply IS NULL AND (NEW.meta_key IN ('_stock', '_manage_stock', '_backorders', '_low_stock_amount', '_stock_status', '_sku', '_wp_trash_meta_status')"
-        in s
+    assert s.startswith(
+        "CREATE TRIGGER `wp_syncd_b3_au` AFTER UPDATE ON `wp_3_postmeta` FOR EACH ROW BEGIN capture: BEGIN "
+        "IF @syncd_apply IS NOT NULL THEN LEAVE capture; END IF; "
     )
+    # Version 2 (issue 10's trigger cost): FIND_IN_SET first; the IN list (PAD SPACE equality, what
+    # version 1 captured) only for a key whose last character compares equal to a space.
+    keys = "_stock,_manage_stock,_backorders,_low_stock_amount,_stock_status,_sku,_wp_trash_meta_status"
+    in_list = "('_stock', '_manage_stock', '_backorders', '_low_stock_amount', '_stock_status', '_sku', '_wp_trash_meta_status')"
+    assert (
+        f"IF (FIND_IN_SET(NEW.meta_key, '{keys}') OR FIND_IN_SET(OLD.meta_key, '{keys}')) IS NOT TRUE THEN "
+        "IF (RIGHT(NEW.meta_key, 1) = ' ' OR RIGHT(OLD.meta_key, 1) = ' ') IS NOT TRUE THEN LEAVE capture; END IF; "
+        f"IF (NEW.meta_key IN {in_list} OR OLD.meta_key IN {in_list}) IS NOT TRUE THEN LEAVE capture; END IF; "
+        "END IF; BEGIN DECLARE CONTINUE HANDLER FOR 1146 BEGIN END; "
+    ) in s
     assert "ELSEIF NOT (BINARY OLD.meta_value <=> BINARY NEW.meta_value) THEN" in s
     assert (
         "INSERT INTO `wp_syncd_change` (blog_id, post_id, meta_key, op, old_value, new_value, captured_at, conn_id) VALUES (3, NEW.post_id, NEW.meta_key, 'U', OLD.meta_value, NEW.meta_value, UTC_TIMESTAMP(6), CONNECTION_ID());"
         in s
     )
-    assert s.endswith("END IF; END IF; END")
+    assert s.endswith("END IF; END; END capture; END")
     assert d.body.startswith("BEGIN")
 
 
