@@ -430,15 +430,17 @@ def plan_batch(
     def origin_set(c: Change) -> set[Key]:
         return set(translations.get(c.key, (c.key,)))
 
-    def component(c: Change, away: dict[Key, Member]) -> list[Member]:
-        """Every product connected to the origin by linked groups and shared translations, once.
-        Products on blogs that are not live are not in it: they are put in ``away`` (what they
-        miss is kept, Plan.missed), and the component goes on through them, as it would if their
-        blog were live (``translations`` holds such blogs' translation groups too)."""
+    def component(c: Change, missed_as: Decimal | None) -> tuple[list[Member], list[Key]]:
+        """Every product connected to the origin by linked groups and shared translations, once,
+        and the products of it on blogs that are not live: those are not written, each keeps
+        what it missed (Plan.missed: ``missed_as``, a sale, or None, anything else), and the
+        component goes on through them, as it would if their blog were live (``translations``
+        holds such blogs' translation groups too)."""
         own = origin_set(c)
         seen = set(own)
         queue = sorted(own)
         out: list[Member] = []
+        away: list[Key] = []
         while queue:
             key = queue.pop(0)
             me = self_of(key)
@@ -464,8 +466,9 @@ def plan_batch(
                 if m.blog_id in live:
                     out.append(m)
                 else:
-                    away[m.key] = m
-        return out
+                    away.append(m.key)
+                    miss(m, c, missed_as)
+        return out, away
 
     def target(member: Member, c: Change) -> MemberWrite | None:
         if member.key in joins:
@@ -495,8 +498,7 @@ def plan_batch(
                     # A sibling's absolute set, then its own sale: the set overwrites the row that
                     # already holds the sale, so the sale goes on top of the set value.
                     own.stock.delta += value  # type: ignore[operator]
-            away: dict[Key, Member] = {}
-            reached = component(c, away)
+            reached, away = component(c, None if is_set else value)  # type: ignore[arg-type]
             if is_set:
                 set_reached.update(origin_set(c), (m.key for m in reached), away)
             for m in reached:
@@ -509,34 +511,26 @@ def plan_batch(
                 else:
                     op.delta += value  # type: ignore[operator]
                 w.stock = op
-            for m in away.values():
-                miss(m, c, None if is_set else value)  # type: ignore[arg-type]
         elif kind == "register":
             c, meta_key, value = payload  # type: ignore[misc]
             for key in origin_set(c):
                 own = writes.get(key)
                 if own is not None:
                     own.registers.pop(meta_key, None)  # its own later change wins
-            away = {}
-            for m in component(c, away):
+            for m in component(c, None)[0]:
                 w = target(m, c)
                 if w is not None:
                     w.registers[meta_key] = value
-            for m in away.values():
-                miss(m, c, None)
         else:
             c = payload  # type: ignore[assignment]
             for key in origin_set(c):
                 own = writes.get(key)
                 if own is not None:
                     own.status_register = None
-            away = {}
-            for m in component(c, away):
+            for m in component(c, None)[0]:
                 w = target(m, c)
                 if w is not None:
                     w.status_register = c.new_value
-            for m in away.values():
-                miss(m, c, None)
 
     for c, fix in corrections:  # a translation copy that overwrote a sale syncd wrote into it
         w = target(self_of(c.key) or Member(c.blog_id, c.post_id, origin_sku.get(c.id, "")), c)
