@@ -70,7 +70,7 @@ from syncd.queue import acknowledge_sql, check_acknowledged
 from syncd.record import BatchResult as BatchResult  # re-exported: the daemon's batch outcome
 from syncd.record import HistoryRow
 from syncd.resolve import Resolver, Scope, by_blog
-from syncd.write import MemberWriter, delta_of
+from syncd.write import MemberWriter, delta_of, unreachable_reason
 
 log = structlog.get_logger("syncd.apply")
 
@@ -886,9 +886,7 @@ def _heal_missed_fields(missed: Mapping[Key, Missed], unreadable: Mapping[int, s
     group's values (the field sources of :meth:`Applier._field_sources`) once its blog is back."""
     out = []
     for key, miss in missed.items():
-        reason = (
-            unreadable.get(key[0]) or f"blog {key[0]} is not live (deleted, archived or spam) or not usable"
-        )
+        reason = unreachable_reason(key[0], unreadable)
         log.warning(
             "field_member_skipped",
             blog=key[0],

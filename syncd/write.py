@@ -144,10 +144,7 @@ class MemberWriter:
         absolute set, a setting, a carried SKU rename), by taking its group's values."""
         for key, miss in missed.items():
             m = miss.member
-            reason = (
-                unreadable.get(m.blog_id)
-                or f"blog {m.blog_id} is not live (deleted, archived or spam) or not usable"
-            )
+            reason = unreachable_reason(m.blog_id, unreadable)
             result.skipped += 1
             log.warning(
                 "member_skipped",
@@ -443,6 +440,12 @@ class MemberWriter:
 
     def _saved_recently(self, conn: sa.Connection, blog: Blog, post_id: int) -> bool:
         return saved_recently(conn, blog, [post_id], self.settle_seconds)
+
+
+def unreachable_reason(blog_id: int, unreadable: Mapping[int, str]) -> str:
+    """Why a member on ``blog_id`` is not written in this batch (the lock step's reason if its
+    blog could not be read)."""
+    return unreadable.get(blog_id) or f"blog {blog_id} is not live (deleted, archived or spam) or not usable"
 
 
 def saved_recently(conn: sa.Connection, blog: Blog, post_ids: Sequence[int], settle_seconds: float) -> bool:
