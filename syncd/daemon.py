@@ -137,9 +137,10 @@ class Daemon:
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}"
         self.stats = Stats()
         self._blogs: dict[int, Blog] = {}
-        #: Poll mode: blogs served before and not now (archived, spam, flagged deleted, WooCommerce
-        #: off) whose tables are still there: still polled, so that their writes are queued (and
-        #: held) in the order they happen, as the triggers of trigger mode queue them.
+        #: Blogs served before and not now (archived, spam, flagged deleted, WooCommerce off)
+        #: whose tables are still there: read for their translation groups (syncd.resolve), and in
+        #: poll mode still polled, so that their writes are queued (and held) in the order they
+        #: happen, as the triggers of trigger mode queue them.
         self._blogs_away: dict[int, Blog] = {}
         self._blogs_lock = threading.Lock()
         self._apply_engine: sa.Engine | None = None

@@ -134,7 +134,7 @@ class Resolver:
         Blogs not live now are read too (never written): a change reaches what it would reach if
         they were live, the members on them are left out and keep what they missed
         (``Plan.missed``), and live members linked through their translations are written."""
-        readable = {**{b: v for b, v in {**self._away(), **self._blogs()}.items() if b not in blogs}, **blogs}
+        readable = {**self._away(), **self._blogs(), **blogs}  # live blogs as this batch sees them
         sharing = {b for b, blog in readable.items() if catalog.shares_stock(blog, self.settings(b))}
         out: dict[Key, tuple[Key, ...]] = {}
         if not sharing:

@@ -86,6 +86,24 @@ class Record:
         return (self.blog_id, self.post_id)
 
 
+#: The columns a :class:`Settling` is read from, in its fields' order (:func:`_settling`).
+_COLUMNS = (
+    "blog_id",
+    "post_id",
+    "kind",
+    "stock_delta",
+    "last_change_at",
+    "attempts",
+    "reason",
+    "copy_values",
+)
+
+
+def _settling(row: Sequence[Any]) -> Settling:
+    b, p, k, d, at, n, r, c = row
+    return Settling(int(b), int(p), str(k), Decimal(d), at, int(n), str(r), bool(c))
+
+
 def _marks(n: int) -> str:
     return ", ".join(["%s"] * n)
 
@@ -117,6 +135,9 @@ def waiting(conn: sa.Connection, base_prefix: str, keys: Iterable[Key]) -> set[K
 def heals(conn: sa.Connection, base_prefix: str, keys: Iterable[Key]) -> dict[Key, tuple[bool, Decimal]]:
     """The heal records of ``keys``: product -> (takes its group's values, missed stock deltas).
     Read after the caller locked the products' stock rows: a batch that adds to one waits."""
+    keys = list(keys)
+    if not keys:
+        return {}
     where, params = keys_where(keys)
     return {
         (int(b), int(p)): (bool(c), Decimal(d))
@@ -162,9 +183,7 @@ def record(conn: sa.Connection, base_prefix: str, records: Sequence[Record]) -> 
 def due_sql(base_prefix: str, settle_seconds: float, limit: int) -> tuple[str, tuple[Any, ...]]:
     """Records whose product has been quiet for ``settle_seconds`` and has no queued change."""
     return (
-        f"SELECT s.blog_id, s.post_id, s.kind, s.stock_delta, s.last_change_at, s.attempts, s.reason, "
-        "s.copy_values "
-        f"FROM {table(base_prefix, 'syncd_settle')} s "
+        f"SELECT {', '.join('s.' + c for c in _COLUMNS)} FROM {table(base_prefix, 'syncd_settle')} s "
         "WHERE s.last_change_at <= UTC_TIMESTAMP(6) - INTERVAL %s MICROSECOND "
         f"AND NOT EXISTS (SELECT 1 FROM {table(base_prefix, 'syncd_change')} c "
         "WHERE c.blog_id = s.blog_id AND c.post_id = s.post_id) "
@@ -174,24 +193,18 @@ def due_sql(base_prefix: str, settle_seconds: float, limit: int) -> tuple[str, t
 
 
 def due(conn: sa.Connection, base_prefix: str, settle_seconds: float, limit: int = 50) -> list[Settling]:
-    return [
-        Settling(int(b), int(p), str(k), Decimal(d), at, int(n), str(r), bool(c))
-        for b, p, k, d, at, n, r, c in conn.exec_driver_sql(*due_sql(base_prefix, settle_seconds, limit))
-    ]
+    return [_settling(row) for row in conn.exec_driver_sql(*due_sql(base_prefix, settle_seconds, limit))]
 
 
 def lock(conn: sa.Connection, base_prefix: str, item: Settling) -> Settling | None:
     """The record as it is now, locked (taken after the product's stock rows, like the apply
     step records it): a batch that added a sale to it meanwhile is counted, never lost."""
     row = conn.exec_driver_sql(
-        f"SELECT blog_id, post_id, kind, stock_delta, last_change_at, attempts, reason, copy_values "
-        f"FROM {table(base_prefix, 'syncd_settle')} WHERE blog_id = %s AND post_id = %s AND kind = %s FOR UPDATE",
+        f"SELECT {', '.join(_COLUMNS)} FROM {table(base_prefix, 'syncd_settle')} "
+        "WHERE blog_id = %s AND post_id = %s AND kind = %s FOR UPDATE",
         (item.blog_id, item.post_id, item.kind),
     ).first()
-    if row is None:
-        return None
-    b, p, k, d, at, n, r, c = row
-    return Settling(int(b), int(p), str(k), Decimal(d), at, int(n), str(r), bool(c))
+    return None if row is None else _settling(row)
 
 
 def remove(conn: sa.Connection, base_prefix: str, item: Settling) -> None:
