@@ -20,7 +20,8 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,22 @@ VARIANTS: dict[str, str] = {
     "capture (this tree)": "current",
     "capture (this tree) + attribution": "current+attr",
 }
+
+
+@contextmanager
+def bench_network(blogs: int) -> Iterator[Any]:
+    """A private server holding ``blogs`` identical blogs of SKUS products and syncd's tables,
+    stopped when the block ends."""
+    server = start_server()
+    try:
+        net = create_network(server, blogs)
+        load_catalogue(net, SKUS)
+        with net.engine.connect() as conn:
+            schema.ensure_schema(conn, net.prefix)
+        yield net
+        net.engine.dispose()
+    finally:
+        server.stop()
 
 
 def install_variant(conn: Any, net: Any, blog: int, variant: str) -> None:
@@ -238,14 +255,10 @@ def run_save(args: Any) -> dict[str, Any]:
 
     variants = list(SAVE_VARIANTS)
     iterations = args.iterations or (200 if args.quick else 2000)
-    server = start_server()
     load = [os.getloadavg()[0]]
-    try:
-        net = create_network(server, len(variants))
-        load_catalogue(net, SKUS)
+    with bench_network(len(variants)) as net:
         to.prepare_saves(net, SKUS, tuple(range(1, len(variants) + 1)))
         with net.engine.connect() as conn:
-            schema.ensure_schema(conn, net.prefix)
             if args.dashboard:
                 conn.exec_driver_sql(attribution.render_change(net.prefix)[1])
             for i, v in enumerate(variants):
@@ -256,9 +269,6 @@ def run_save(args: Any) -> dict[str, Any]:
         times = measure(net, variants, lambda b, sku, i: save(b, sku, i, SKUS), iterations, clear_every=100)
         results = {"product save (33 statements)": summarize(times, "none")}
         load.append(os.getloadavg()[0])
-        net.engine.dispose()
-    finally:
-        server.stop()
     return {
         "benchmark": "trigger_floor --save",
         "machine": machine(),
@@ -329,13 +339,9 @@ def install_terms_variant(conn: Any, net: Any, blog: int, variant: str) -> None:
 def run_terms(args: Any) -> dict[str, Any]:
     variants = list(TERMS_VARIANTS)
     iterations = args.iterations or (2000 if args.quick else 20000)
-    server = start_server()
     load = [os.getloadavg()[0]]
-    try:
-        net = create_network(server, len(variants))
-        load_catalogue(net, SKUS)
+    with bench_network(len(variants)) as net:
         with net.engine.connect() as conn:
-            schema.ensure_schema(conn, net.prefix)
             for i, v in enumerate(variants):
                 install_terms_variant(conn, net, i + 1, v)
             ids = {
@@ -367,9 +373,6 @@ def run_terms(args: Any) -> dict[str, Any]:
             log(f"{case}: {iterations:,} x {len(variants)} variants")
             results[case] = summarize(measure(net, variants, make, iterations), "none")
             load.append(os.getloadavg()[0])
-        net.engine.dispose()
-    finally:
-        server.stop()
     return {
         "benchmark": "trigger_floor --terms",
         "machine": machine(),
@@ -389,13 +392,9 @@ def run(args: Any) -> dict[str, Any]:
     if variants[0] != "none":
         variants = ["none", *[v for v in variants if v != "none"]]
     iterations = args.iterations or (2000 if args.quick else 20000)
-    server = start_server()
     load = [os.getloadavg()[0]]
-    try:
-        net = create_network(server, len(variants))
-        load_catalogue(net, SKUS)
+    with bench_network(len(variants)) as net:
         with net.engine.connect() as conn:
-            schema.ensure_schema(conn, net.prefix)
             conn.exec_driver_sql(
                 "CREATE TABLE floor_bare (id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY, v INT)"
             )
@@ -420,9 +419,6 @@ def run(args: Any) -> dict[str, Any]:
         for name, times in first_statements(net, variants, rounds).items():
             results[f"new connection, {name} ({rounds} connections)"] = summarize(times, "none")
         load.append(os.getloadavg()[0])
-        net.engine.dispose()
-    finally:
-        server.stop()
     return {
         "benchmark": "trigger_floor",
         "machine": machine(),
