@@ -461,3 +461,38 @@ def test_an_import_held_on_an_archived_blog_keeps_the_sales_made_after_it(wp_net
         assert settling(net) == {} and pending(net) == 0 and duplicates(net, 1) == []
     finally:
         d.close()
+
+
+@pytest.mark.parametrize("heal_after", [1, 50, 73, 74, 100])
+def test_a_missed_sale_received_during_an_admin_save_counts_once(wp_network, heal_after):
+    """Blog 1's MUG missed a sale (blog 1 archived); once blog 1 is back, its heal adds that sale
+    while wp-admin saves MUG's stock as 7 on blog 1 (trace 03a, replayed), after any of its
+    statements. The heal is a relative update; the admin's absolute write is captured as the
+    difference from what the row held. So every blog ends equal: 7 when the heal landed before
+    the save's UPDATE (statement 74), 6 when after it (the save set 7 on a row still missing the
+    sale: the project's rule, an admin's edit counts as its difference), never a sale lost or
+    counted twice, never a second row."""
+    net = wp_network
+    mug = ids(net, "MUG")
+    assert mug[1] == 12  # the product trace 03a saves
+    d = make_daemon(net, sync={"settle_seconds": 3600})
+    try:
+        d.apply_pending()
+        archived(net, 1, True)
+        woo_decrease(net, 2, mug[2], 1)
+        d.apply_pending()
+        archived(net, 1, False)
+        d.discover()
+        assert settling(net) == {(1, 12): "heal"}
+        with Replay(net, "03a-admin-save-stock-crud") as replay:
+            replay.run(until=heal_after)
+            settled_now(net)
+            d.apply_pending()
+            assert settling(net) == {}  # the heal ran here, inside the save
+            replay.run(between=lambda _st: d.apply_pending())
+        d.apply_pending()
+        expected = 7 if heal_after < 74 else 6
+        assert [qty(net, b, mug[b]) for b in (1, 2, 3)] == [expected] * 3
+        assert duplicates(net, 1) == [] and pending(net) == 0
+    finally:
+        d.close()
