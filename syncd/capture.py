@@ -57,6 +57,10 @@ class Watch:
     meta_keys: tuple[str, ...] = WATCHED_KEYS
     post_columns: tuple[str, ...] = ()
     taxonomies: tuple[str, ...] = ()
+    #: The postmeta triggers are rendered. False in binlog capture (``capture.mode = "binlog"``):
+    #: postmeta is compared with the poll snapshot where the binary log points (syncd.poll), and
+    #: only the posts and term_relationships triggers remain, when a realtime group needs them.
+    meta_triggers: bool = True
 
     @classmethod
     def of(cls, groups: Iterable[FieldGroup]) -> Watch:
@@ -211,10 +215,10 @@ def render_terms_trigger(
 def render_blog_triggers(
     base_prefix: str, blog: Blog | tuple[int, str], watch: Watch = STOCK_ONLY
 ) -> list[TriggerDef]:
-    """Every capture trigger this blog needs for ``watch``: the three postmeta triggers always,
-    the posts trigger when columns are watched, the two term_relationships triggers when
-    taxonomies are."""
-    defs = [render_trigger(base_prefix, blog, e, watch) for e in EVENTS]
+    """Every capture trigger this blog needs for ``watch``: the three postmeta triggers (unless
+    binlog capture polls postmeta), the posts trigger when columns are watched, the two
+    term_relationships triggers when taxonomies are."""
+    defs = [render_trigger(base_prefix, blog, e, watch) for e in EVENTS] if watch.meta_triggers else []
     if watch.post_columns:
         defs.append(render_posts_trigger(base_prefix, blog, watch.post_columns))
     if watch.taxonomies:
@@ -356,6 +360,17 @@ def _replace_triggers_mysql(
             conn.exec_driver_sql(d.create_sql)
     finally:
         conn.exec_driver_sql("UNLOCK TABLES")
+
+
+def meta_trigger_names(base_prefix: str, blog_id: int) -> tuple[str, ...]:
+    """The names of one blog's three postmeta capture triggers."""
+    return tuple(trigger_name(base_prefix, blog_id, e) for e in EVENTS)
+
+
+def drop_meta_triggers(conn: sa.Connection, base_prefix: str, blog_id: int) -> None:
+    """Drop one blog's postmeta capture triggers (capture hands postmeta to the poll snapshot)."""
+    _drop_triggers(conn, meta_trigger_names(base_prefix, blog_id))
+    conn.commit()
 
 
 def uninstall_blog_triggers(conn: sa.Connection, base_prefix: str, blog_id: int) -> list[str]:

@@ -40,7 +40,7 @@ ENV_DATABASE_PASSWORD = "SYNCD_DATABASE_PASSWORD"
 ENV_CREDENTIALS_DIRECTORY = "CREDENTIALS_DIRECTORY"  # set by systemd for LoadCredential=
 CREDENTIAL_PASSWORD = "db-password"
 
-CAPTURE_MODES = ("auto", "trigger", "poll")
+CAPTURE_MODES = ("auto", "trigger", "poll", "binlog")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("auto", "console", "json", "journal")
 

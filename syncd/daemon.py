@@ -46,7 +46,7 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from syncd import capture, catalog, fanout, queue, record, schema, settle, wake
+from syncd import capture, catalog, fanout, poll, queue, record, schema, settle, wake
 from syncd import signals as early_signals
 from syncd.apply import Applier, BatchConflict, BatchExtend, BatchResult
 from syncd.config import Config, ConfigError, load_config
@@ -163,6 +163,10 @@ class Daemon:
         self._probe: IdleProbe | None = None  # the idle loop's one-round-trip probe
         self._wake: wake.BinlogWake | None = None  # wakes the idle loop from the binary log
         self._poll_until = 0.0  # after a wake: poll every idle_wait until then
+        # Binlog capture: products the log named, compared once more a moment later (a commit may
+        # reach the log before other sessions see it), and when (monotonic).
+        self._recheck: tuple[float, dict[int, set[int]]] = (0.0, {})
+        self._meta_tables: dict[str, tuple[int, frozenset[str]]] | None = None  # see meta_tables
         self._went_ahead = False  # the last batch was fetched ahead of bulk work (queue.fetch_lanes)
         self._ahead_at = -1e9  # when a batch last went ahead of bulk work
         self.metrics: Any = None  # syncd.metrics.Metrics when [metrics] listen is set
@@ -314,7 +318,7 @@ class Daemon:
             self.base,
             self.blogs,
             self._refresh,
-            poll_mode=self.capture_mode == "poll",
+            poll_mode=self.polls_meta,
             blog_settings=self.config.blogs.for_blog,
             propagate_sku_renames=self.config.sync.propagate_sku_renames,
             settle_seconds=self.config.sync.settle_seconds,
@@ -401,6 +405,7 @@ class Daemon:
             )
             new = self._reloaded_fields(old, new)
             self.config = new
+            self._meta_tables = None  # the watched keys may have changed
             if new.log != old.log:
                 from syncd.log import configure_logging
 
@@ -591,7 +596,7 @@ class Daemon:
                 self._record_start(conn)
             self.discover(initial=True)
             self._check_fields()
-            if self.capture_mode == "poll":
+            if self.polls_meta:
                 # Take the poll baselines before READY: a change made after READY must be seen,
                 # and a first poll only records the baseline.
                 self.poll()
@@ -653,7 +658,7 @@ class Daemon:
             if initial:
                 self._choose_capture_mode(conn, usable)
                 self._refuse_unpollable_fields()
-            if self.capture_mode == "trigger" and self.config.sync.install_triggers:
+            if self.capture_mode in ("trigger", "binlog") and self.config.sync.install_triggers:
                 for blog_id in sorted(usable):
                     try:
                         outcome = capture.install_blog_triggers(
@@ -703,6 +708,7 @@ class Daemon:
         with self._blogs_lock:
             self._blogs = usable
             self._blogs_away = away
+            self._meta_tables = None  # binlog capture: rebuilt for the new blog list
 
     def _settle_queue(self, conn: sa.Connection, network: Any, usable: Mapping[int, Blog]) -> None:
         """Which blogs' changes the queue holds (not usable now: kept until they are), and the
@@ -744,6 +750,13 @@ class Daemon:
         """trigger or poll. ``auto`` tries triggers and falls back to polling when the user may not create them."""
         mode = self.config.capture.mode
         installed = capture.installed_triggers(conn, self.base)
+        if mode == "binlog":
+            why = wake.unavailable(conn)
+            if why is not None:
+                raise StartupRefused(f'capture.mode = "binlog" needs the binary log on in ROW format: {why}')
+            self.capture_mode = "binlog"
+            self._take_over_postmeta(conn, usable, installed)
+            return
         if mode == "poll":
             if installed:
                 # Triggers and polling together would capture every change twice.
@@ -771,6 +784,32 @@ class Daemon:
                 )
             else:
                 raise
+
+    @property
+    def polls_meta(self) -> bool:
+        """postmeta is captured by comparing it with the poll snapshot (poll and binlog capture)."""
+        return self.capture_mode in ("poll", "binlog")
+
+    def _take_over_postmeta(
+        self, conn: sa.Connection, usable: Mapping[int, Blog], installed: Mapping[str, object]
+    ) -> None:
+        """Binlog capture starts where postmeta triggers capture: per blog, the poll snapshot takes
+        over exactly (syncd.poll.take_over), then the triggers go. A user who may not drop them
+        (triggers from `syncd install`) is refused: both would capture every write."""
+        for blog_id, blog in sorted(usable.items()):
+            if not any(n in installed for n in capture.meta_trigger_names(self.base, blog_id)):
+                continue
+            last = poll.take_over(conn, self.base, blog, self.watch_for(blog_id).meta_keys)
+            try:
+                capture.drop_meta_triggers(conn, self.base, blog_id)
+            except sa.exc.DBAPIError as exc:
+                conn.rollback()
+                raise StartupRefused(
+                    f"blog {blog_id}: its postmeta capture triggers cannot be dropped ({str(exc)[:120]}): "
+                    'run `syncd install` as the installer user with capture.mode = "binlog"'
+                ) from exc
+            requeued = poll.drop_captured_after(conn, self.base, blog, last)
+            log.info("capture_taken_over", blog=blog_id, capture="binlog", found_by_next_poll=requeued)
 
     def _refuse_unpollable_fields(self) -> None:
         """Poll mode captures meta keys only: a realtime field group that needs posts columns or
@@ -811,6 +850,7 @@ class Daemon:
                     if blog.blog_id in self._blogs_away:  # its tables went with it: not polled again
                         with self._blogs_lock:
                             self._blogs_away.pop(blog.blog_id, None)
+                            self._meta_tables = None
                         log.warning("poll_away_blog_dropped", blog=blog.blog_id, errno=errno_of(exc))
                         continue
                     self._note_error("poll_failed", exc, blog=blog.blog_id)
@@ -825,7 +865,7 @@ class Daemon:
     def _drop_excluded_triggers(self, conn: sa.Connection, blogs: Sequence[Blog]) -> None:
         """[blogs] include/exclude: a blog syncd must not read keeps no capture trigger of syncd's
         (installed before it was excluded), so its writes are not even queued."""
-        if self.capture_mode != "trigger" or not self.config.sync.install_triggers:
+        if self.capture_mode not in ("trigger", "binlog") or not self.config.sync.install_triggers:
             return
         installed = capture.installed_triggers(conn, self.base)
         for blog in blogs:
@@ -1018,6 +1058,7 @@ class Daemon:
                 if job.id.startswith("fields:"):
                     job.remove()
             self.config = new
+            self._meta_tables = None  # the watched keys may have changed
             self._schedule_fields(self._scheduler)
         return new
 
@@ -1089,10 +1130,14 @@ class Daemon:
                         return
                     self._resume_leading()
             try:
-                if self.capture_mode == "poll" and now - last_poll >= self.config.capture.poll_interval:
+                if self.polls_meta and (
+                    now - last_poll >= self.config.capture.poll_interval or self._resynced()
+                ):
                     # Same thread as the applier: a poll and a batch never interleave (see syncd.poll).
                     last_poll = now
                     self.poll()
+                elif self.capture_mode == "binlog":
+                    self.poll_named(now)
                 if conn is None:
                     conn = self._apply_engine.connect()
                     self.stats.apply_connection_id = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
@@ -1130,8 +1175,67 @@ class Daemon:
         if conn is not None:
             conn.close()
 
+    def _resynced(self) -> bool:
+        """Binlog capture: the log's stream (re)started, so what committed before it is compared
+        in full now (syncd.wake)."""
+        if self.capture_mode != "binlog" or self._wake is None or not self._wake.resynced.is_set():
+            return False
+        self._wake.resynced.clear()
+        return True
+
+    def poll_named(self, now: float) -> int:
+        """Binlog capture: compare the products the binary log named with the snapshot (and, once,
+        those it named a moment ago: a commit can reach the log before other sessions see it)."""
+        named = self._wake.take_touched() if self._wake is not None else {}
+        due, earlier = self._recheck
+        if earlier and now >= due:
+            for blog_id, posts in earlier.items():
+                named.setdefault(blog_id, set()).update(posts)
+            earlier = {}
+        if not named:
+            return 0
+        total = self._poll_products(named)
+        for blog_id, posts in named.items():
+            earlier.setdefault(blog_id, set()).update(posts)
+        self._recheck = (now + wake.AFTER_WAKE_S if not self._recheck[1] else due, earlier)
+        return total
+
+    def _poll_products(self, named: Mapping[int, set[int]]) -> int:
+        assert self._apply_engine is not None
+        total = 0
+        with self._blogs_lock:
+            blogs = {**self._blogs_away, **self._blogs}
+        with self._apply_engine.connect() as conn:
+            for blog_id, posts in sorted(named.items()):
+                blog = blogs.get(blog_id)
+                if blog is None:
+                    continue
+                try:
+                    total += poll.poll_posts(conn, self.base, blog, posts, self.watch_for(blog_id).meta_keys)
+                    conn.commit()
+                except Exception as exc:  # noqa: BLE001 - the next full poll compares it again
+                    conn.rollback()
+                    if is_disconnect(exc):
+                        raise
+                    self._note_error("poll_failed", exc, blog=blog_id)
+        return total
+
+    def meta_tables(self) -> dict[str, tuple[int, frozenset[str]]]:
+        """Binlog capture: each polled blog's postmeta table -> (blog id, its watched keys); read
+        by the binary-log thread, rebuilt after a discovery or a reload."""
+        tables = self._meta_tables
+        if tables is None:
+            with self._blogs_lock:
+                blogs = [*self._blogs_away.values(), *self._blogs.values()]
+            tables = {
+                f"{b.prefix}postmeta": (b.blog_id, frozenset(self.watch_for(b.blog_id).meta_keys)) for b in blogs
+            }
+            self._meta_tables = tables
+        return tables
+
     def _start_wake(self) -> None:
-        """Follow the binary log to wake the idle loop where it can (syncd.wake); else poll."""
+        """Follow the binary log to wake the idle loop where it can (syncd.wake); else poll.
+        Binlog capture also learns from it which products to compare with the snapshot."""
         if self._wake is not None or self.capture_mode == "poll":
             return
         assert self._admin_engine is not None
@@ -1141,16 +1245,30 @@ class Daemon:
                 flavor = server_info(conn)["flavor"]
         except sa.exc.DBAPIError as exc:
             why = f"cannot tell: {str(exc)[:100]}"
+        if why is not None and self.capture_mode == "binlog":
+            log.error("binlog_capture_off", reason=why, poll_interval=self.config.capture.poll_interval)
+            return
         if why is not None:
             log.info("binlog_wake_off", reason=why, idle_wait=self.config.sync.idle_wait)
             return
-        self._wake = wake.BinlogWake(self.config.database.url, self.base, mariadb=flavor == "mariadb")
+        self._wake = wake.BinlogWake(
+            self.config.database.url,
+            self.base,
+            mariadb=flavor == "mariadb",
+            meta_tables=self.meta_tables if self.capture_mode == "binlog" else None,
+        )
         self._wake.start()
 
     def _wait_idle(self) -> None:
         """Nothing to do: wait for a commit of a change row (binary log), else ``idle_wait``."""
         w = self._wake
-        if self.capture_mode == "poll":
+        if self.capture_mode == "binlog" and w is not None and w.following.is_set():
+            # Woken by a named product or a change row; else at the recheck or the full poll.
+            if w.has_touched():
+                return
+            due = self._recheck[0] if self._recheck[1] else time.monotonic() + wake.FALLBACK_S
+            w.wait(max(0.0, min(due - time.monotonic(), wake.FALLBACK_S, self.config.capture.poll_interval)))
+        elif self.polls_meta:
             self.stop.wait(max(self.config.sync.idle_wait, min(0.1, self.config.capture.poll_interval)))
         elif w is None or not w.following.is_set() or time.monotonic() < self._poll_until:
             self.stop.wait(self.config.sync.idle_wait)

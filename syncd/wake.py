@@ -11,6 +11,14 @@ The change table stays the only source of truth: the binary log decides *when* t
 event); after each wake it keeps the usual ``idle_wait`` polling for :data:`AFTER_WAKE_S`
 (the event may reach syncd a moment before the commit is visible to other sessions).
 
+**Binlog capture** (``capture.mode = "binlog"``): the follower also reads the row images of
+each blog's ``postmeta`` and notes which products had a watched key written
+(:meth:`BinlogWake.take_touched`). The daemon then compares exactly those products with the
+poll snapshot (:func:`syncd.poll.poll_posts`): the snapshot, not the log, says what changed and
+by how much, so a product named twice, or named before its commit is visible, queues nothing
+twice and loses nothing; and every time the stream (re)starts (:attr:`BinlogWake.resynced`) the
+daemon compares everything once, which covers whatever was committed while it was not following.
+
 Off (the idle probe every ``idle_wait``, syncd.probe) when the binary log is off, not in ROW
 format (a statement-logged shop write does not show the trigger's row), or the user may not
 read it (REPLICATION SLAVE / BINLOG MONITOR); the reason is logged once.
@@ -24,6 +32,7 @@ import socket
 import threading
 import time
 import zlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pymysql
@@ -54,11 +63,23 @@ def unavailable(conn: sa.Connection) -> str | None:
     return None
 
 
+#: Binlog capture: ``{prefix}postmeta`` table name -> (blog id, the meta keys watched there).
+MetaTables = Mapping[str, "tuple[int, frozenset[str]]"]
+
+
 class BinlogWake:
     """A thread that follows the binary log and sets :attr:`event` when ``{base}syncd_change``
-    was written by a committed transaction."""
+    was written by a committed transaction, or (binlog capture: ``meta_tables``) a watched
+    postmeta row of a blog."""
 
-    def __init__(self, url: str, base_prefix: str, *, mariadb: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        base_prefix: str,
+        *,
+        mariadb: bool = True,
+        meta_tables: Callable[[], MetaTables] | None = None,
+    ) -> None:
         u = make_url(url)
         self.mariadb = mariadb
         self.settings: dict[str, Any] = {
@@ -78,6 +99,11 @@ class BinlogWake:
         self.following = threading.Event()  # the stream is connected
         self._closed = threading.Event()
         self._stream: Any = None
+        self.meta_tables = meta_tables
+        #: Set each time the stream starts: what committed before it was not seen here.
+        self.resynced = threading.Event()
+        self._touched: dict[int, set[int]] = {}
+        self._touched_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -97,6 +123,32 @@ class BinlogWake:
                 pass
         if self._thread is not None:
             self._thread.join(2.0)
+
+    def take_touched(self) -> dict[int, set[int]]:
+        """Blog id -> products with a watched postmeta row written since the last call."""
+        with self._touched_lock:
+            touched, self._touched = self._touched, {}
+        return touched
+
+    def has_touched(self) -> bool:
+        with self._touched_lock:
+            return bool(self._touched)
+
+    def _note_rows(self, ev: Any, tables: MetaTables) -> None:
+        """A rows event of a blog's postmeta table: note the products whose watched rows it wrote
+        (before and after images: a row moved to another product or key names both)."""
+        blog_id, keys = tables[ev.table]
+        posts: set[int] = set()
+        for row in ev.rows:
+            for image in (row.get("values"), row.get("before_values"), row.get("after_values")):
+                if image:
+                    post_id, meta_key = _post_and_key(image)
+                    if meta_key in keys:
+                        posts.add(post_id)
+        if posts:
+            with self._touched_lock:
+                self._touched.setdefault(blog_id, set()).update(posts)
+            self.event.set()
 
     def wait(self, timeout: float) -> bool:
         """Until a change row committed (True), or ``timeout``."""
@@ -139,7 +191,12 @@ class BinlogWake:
     def _follow(self) -> None:
         from pymysqlreplication import BinLogStreamReader  # noqa: PLC0415 - only where the log is on
         from pymysqlreplication.event import FormatDescriptionEvent, RotateEvent  # noqa: PLC0415
-        from pymysqlreplication.row_event import TableMapEvent  # noqa: PLC0415
+        from pymysqlreplication.row_event import (  # noqa: PLC0415
+            DeleteRowsEvent,
+            TableMapEvent,
+            UpdateRowsEvent,
+            WriteRowsEvent,
+        )
 
         where: dict[str, Any] = {}
         if self.mariadb:
@@ -153,23 +210,47 @@ class BinlogWake:
             blocking=True,
             resume_stream=True,
             # Rotate / format description: sent as the stream starts (the follower is connected).
-            only_events=[TableMapEvent, RotateEvent, FormatDescriptionEvent],
+            only_events=[
+                TableMapEvent,
+                RotateEvent,
+                FormatDescriptionEvent,
+                *((WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent) if self.meta_tables else ()),
+            ],
             is_mariadb=self.mariadb,
             enable_logging=False,
             slave_heartbeat=30,
         )
-        log.info("binlog_wake_following", server_id=self.server_id)
+        rows_events = (WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent)
+        log.info("binlog_wake_following", server_id=self.server_id, capture=self.meta_tables is not None)
         try:
             for ev in self._stream:
-                self.following.set()
+                if not self.following.is_set():
+                    self.following.set()
+                    self.resynced.set()
+                    self.event.set()
                 if self._closed.is_set():
                     return
-                if isinstance(ev, TableMapEvent) and ev.table == self.table and ev.schema == self.schema:
-                    self.wakes += 1
-                    self.event.set()
+                if isinstance(ev, TableMapEvent):
+                    if ev.table == self.table and ev.schema == self.schema:
+                        self.wakes += 1
+                        self.event.set()
+                elif isinstance(ev, rows_events) and ev.schema == self.schema:
+                    tables = self.meta_tables() if self.meta_tables is not None else {}
+                    if ev.table in tables:
+                        self._note_rows(ev, tables)
         finally:
             self.following.clear()
             try:
                 self._stream.close()
             except Exception:  # noqa: BLE001 - a socket shut down by close()
                 pass
+
+
+def _post_and_key(image: Mapping[str, Any]) -> tuple[int, str]:
+    """(post_id, meta_key) of a postmeta row image: its 2nd and 3rd columns (meta_id, post_id,
+    meta_key, meta_value), by position (column names need the server's optional metadata)."""
+    values = list(image.values())
+    key = values[2]
+    if isinstance(key, bytes):
+        key = key.decode("utf-8", "replace")
+    return int(values[1]), str(key)

@@ -10,7 +10,7 @@ goes through the apply pipeline.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from syncd.capture import POST_KEY, STOCK_ONLY, TERMS_KEY, Watch
@@ -60,12 +60,13 @@ def realtime_groups(config: Any) -> dict[str, FieldGroup]:
 
 
 def watch_for(config: Any, blog_id: int, groups: Mapping[str, FieldGroup] | None = None) -> Watch:
-    """What blog ``blog_id``'s capture triggers watch: stock, plus every realtime group the blog
-    takes part in."""
+    """What blog ``blog_id``'s capture watches: stock, plus every realtime group the blog takes
+    part in. In binlog capture the postmeta keys are polled, not triggered (``meta_triggers``)."""
     groups = realtime_groups(config) if groups is None else groups
-    if not groups:
-        return STOCK_ONLY
-    return Watch.of(g for name, g in groups.items() if config.fields.takes_part(name, blog_id))
+    watch = Watch.of(g for name, g in groups.items() if config.fields.takes_part(name, blog_id)) if groups else STOCK_ONLY
+    if config.capture.mode == "binlog":
+        return replace(watch, meta_triggers=False)
+    return watch
 
 
 def poll_refusals(groups: Mapping[str, FieldGroup]) -> list[str]:
