@@ -242,6 +242,10 @@ def installed_triggers(conn: sa.Connection, base_prefix: str) -> dict[str, tuple
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
+#: blog_trigger_state of a blog whose capture needs no trigger (and has none).
+NONE_NEEDED = "none needed"
+
+
 @dataclass(frozen=True)
 class TriggerState:
     blog_id: int
@@ -252,10 +256,14 @@ class TriggerState:
 def blog_trigger_state(
     installed: dict[str, tuple[str, str]], base_prefix: str, blog: Blog, watch: Watch = STOCK_ONLY
 ) -> TriggerState:
-    """``outdated`` also when the blog has a field trigger ``watch`` no longer needs."""
+    """``outdated`` also when the blog has a field trigger ``watch`` no longer needs;
+    ``none needed`` when ``watch`` needs no trigger at all (binlog capture, no realtime posts or
+    terms group) and none is installed."""
     defs = render_blog_triggers(base_prefix, blog, watch)
     present = [d for d in defs if d.name in installed]
-    if not present:
+    if not defs:  # binlog capture without a realtime posts or terms group
+        state = "outdated" if _unneeded(installed, base_prefix, blog.blog_id, defs) else NONE_NEEDED
+    elif not present:
         state = "missing"
     elif len(present) < len(defs):
         state = "partial"
@@ -399,7 +407,7 @@ def install_all(config: object, *, out: object = None) -> int:
     """
     import sys
 
-    from syncd import catalog, schema
+    from syncd import catalog, poll, schema
     from syncd.fields import realtime
     from syncd.network import discover
 
@@ -430,9 +438,15 @@ def install_all(config: object, *, out: object = None) -> int:
                     )
                     continue
                 try:
-                    outcome = install_blog_triggers(
-                        conn, base, blog, realtime.watch_for(config, blog.blog_id, groups)
-                    )
+                    watch = realtime.watch_for(config, blog.blog_id, groups)
+                    if not watch.meta_triggers:  # binlog capture: the poll snapshot takes over, exactly
+                        found = poll.take_over_from_triggers(conn, base, blog, watch.meta_keys)
+                        if found is not None:
+                            print(
+                                f"blog {blog.blog_id} ({blog.prefix}): postmeta now compared by binlog capture",
+                                file=out,
+                            )
+                    outcome = install_blog_triggers(conn, base, blog, watch)
                     catalog.refresh_members(conn, base, blog, settings=selection.for_blog(blog.blog_id))
                     conn.commit()
                     print(

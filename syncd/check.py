@@ -16,7 +16,8 @@ Exit status is a bitmask (like pt-table-checksum), so a monitor can tell the cau
       the CLI also exits 1 when the server cannot be reached or refuses the login; also
       ``[fields]`` the daemon refuses (a price group between blogs whose currency differs)
  4    a privilege syncd needs on the database is missing
- 8    capture.mode = "trigger" but triggers cannot be created here
+ 8    capture.mode = "trigger" but triggers cannot be created here; capture.mode = "binlog"
+      without a ROW binary log the user may read
 16    fewer than two usable WooCommerce blogs: nothing to keep in sync
 32    with --strict only: warnings (blogs left alone, duplicate SKUs, unreadable options...)
 ====  ======================================================================================
@@ -338,13 +339,15 @@ def gather(conn: sa.Connection, config: Config) -> CheckFacts:
         str(name).lower(): str(value).upper()
         for name, value in conn.execute(
             sa.text(
-                "SHOW VARIABLES WHERE Variable_name IN ('log_bin', 'log_bin_trust_function_creators', 'read_only')"
+                "SHOW VARIABLES WHERE Variable_name IN "
+                "('log_bin', 'log_bin_trust_function_creators', 'read_only', 'binlog_format')"
             )
         )
     }
     variables = {
         k: shown.get(k) in ("ON", "1") for k in ("log_bin", "log_bin_trust_function_creators", "read_only")
     }
+    variables["binlog_row"] = shown.get("binlog_format") == "ROW"
     grants = parse_grants(read_grants(conn, server["flavor"]), database or "")
     url = redact_url(config.database.url)
     try:
@@ -472,7 +475,11 @@ def build_report(facts: CheckFacts, config: Config, *, strict: bool = False) -> 
     else:
         trigger_ok, trigger_why = True, "the user may create triggers"
     mode = config.capture.mode
-    if mode == "poll":
+    if mode == "binlog":
+        effective, trigger_why = _binlog_capture(facts, config, trigger_ok, trigger_why, errors)
+        if effective is None:
+            exit_code |= EXIT_CAPTURE
+    elif mode == "poll":
         effective = "poll"
     elif not installs:
         # The runtime role: the installer created the triggers (`syncd install`); this user never does.
@@ -659,6 +666,34 @@ def _blog_entry(blog: Blog, facts: CheckFacts, config: Config) -> dict[str, Any]
         "problems": list(blog.problems),
         "warnings": list(blog.warnings),
     }
+
+
+def _binlog_capture(
+    facts: CheckFacts, config: Config, trigger_ok: bool, trigger_why: str, errors: list[str]
+) -> tuple[str | None, str]:
+    """capture.mode = "binlog": the binary log on in ROW format and readable by this user; triggers
+    only for realtime groups with posts columns or terms. Returns (effective mode or None, reason)."""
+    problems = []
+    if not facts.variables.get("log_bin"):
+        problems.append("the binary log is off (log_bin)")
+    elif not facts.variables.get("binlog_row"):
+        problems.append("binlog_format is not ROW")
+    if not facts.grants.has_global("REPLICATION SLAVE"):
+        problems.append(
+            "the user may not read the binary log (GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* on MariaDB; "
+            "REPLICATION SLAVE, REPLICATION CLIENT on MySQL)"
+        )
+    needs = sorted(
+        name for name, g in realtime.realtime_groups(config).items() if g.post_columns or g.taxonomies
+    )
+    if needs and not trigger_ok and config.sync.install_triggers:
+        problems.append(f"realtime {', '.join(needs)} need posts or terms triggers, and {trigger_why}")
+    for p in problems:
+        errors.append(f'capture.mode = "binlog": {p}')
+    if problems:
+        return None, "; ".join(problems)
+    why = "postmeta compared where the binary log points"
+    return "binlog", why + (f"; triggers for {', '.join(needs)}" if needs else "; no trigger")
 
 
 # --------------------------------------------------------------------------- text (pure)

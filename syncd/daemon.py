@@ -755,7 +755,7 @@ class Daemon:
             if why is not None:
                 raise StartupRefused(f'capture.mode = "binlog" needs the binary log on in ROW format: {why}')
             self.capture_mode = "binlog"
-            self._take_over_postmeta(conn, usable, installed)
+            self._take_over_postmeta(conn, usable)
             return
         if mode == "poll":
             if installed:
@@ -790,26 +790,21 @@ class Daemon:
         """postmeta is captured by comparing it with the poll snapshot (poll and binlog capture)."""
         return self.capture_mode in ("poll", "binlog")
 
-    def _take_over_postmeta(
-        self, conn: sa.Connection, usable: Mapping[int, Blog], installed: Mapping[str, object]
-    ) -> None:
+    def _take_over_postmeta(self, conn: sa.Connection, usable: Mapping[int, Blog]) -> None:
         """Binlog capture starts where postmeta triggers capture: per blog, the poll snapshot takes
-        over exactly (syncd.poll.take_over), then the triggers go. A user who may not drop them
-        (triggers from `syncd install`) is refused: both would capture every write."""
+        over exactly (syncd.poll.take_over_from_triggers). A user who may not drop the triggers
+        (they come from `syncd install`) is refused: both would capture every write."""
         for blog_id, blog in sorted(usable.items()):
-            if not any(n in installed for n in capture.meta_trigger_names(self.base, blog_id)):
-                continue
-            last = poll.take_over(conn, self.base, blog, self.watch_for(blog_id).meta_keys)
             try:
-                capture.drop_meta_triggers(conn, self.base, blog_id)
+                found = poll.take_over_from_triggers(conn, self.base, blog, self.watch_for(blog_id).meta_keys)
             except sa.exc.DBAPIError as exc:
                 conn.rollback()
                 raise StartupRefused(
                     f"blog {blog_id}: its postmeta capture triggers cannot be dropped ({str(exc)[:120]}): "
                     'run `syncd install` as the installer user with capture.mode = "binlog"'
                 ) from exc
-            requeued = poll.drop_captured_after(conn, self.base, blog, last)
-            log.info("capture_taken_over", blog=blog_id, capture="binlog", found_by_next_poll=requeued)
+            if found is not None:
+                log.info("capture_taken_over", blog=blog_id, capture="binlog", found_by_next_poll=found)
 
     def _refuse_unpollable_fields(self) -> None:
         """Poll mode captures meta keys only: a realtime field group that needs posts columns or
@@ -1228,7 +1223,8 @@ class Daemon:
             with self._blogs_lock:
                 blogs = [*self._blogs_away.values(), *self._blogs.values()]
             tables = {
-                f"{b.prefix}postmeta": (b.blog_id, frozenset(self.watch_for(b.blog_id).meta_keys)) for b in blogs
+                f"{b.prefix}postmeta": (b.blog_id, frozenset(self.watch_for(b.blog_id).meta_keys))
+                for b in blogs
             }
             self._meta_tables = tables
         return tables

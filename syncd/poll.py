@@ -181,6 +181,25 @@ def poll_posts(
     return queued
 
 
+def take_over_from_triggers(
+    conn: sa.Connection, base_prefix: str, blog: Blog, keys: Sequence[str]
+) -> int | None:
+    """Binlog capture starts on a blog whose postmeta triggers capture: the snapshot takes over
+    (:func:`take_over`), the triggers go, the rows they wrote after the snapshot leave the queue.
+    Returns those rows' count (the next poll finds their writes), None when the blog had no
+    postmeta trigger. Raises when the triggers cannot be dropped (the snapshot is then taken
+    and harmless: the triggers still capture)."""
+    from syncd.capture import drop_meta_triggers, installed_triggers, meta_trigger_names  # noqa: PLC0415
+
+    installed = installed_triggers(conn, base_prefix)
+    conn.rollback()
+    if not any(n in installed for n in meta_trigger_names(base_prefix, blog.blog_id)):
+        return None
+    last = take_over(conn, base_prefix, blog, keys)
+    drop_meta_triggers(conn, base_prefix, blog.blog_id)
+    return drop_captured_after(conn, base_prefix, blog, last)
+
+
 def take_over(conn: sa.Connection, base_prefix: str, blog: Blog, keys: Sequence[str]) -> int:
     """Trigger capture of this blog's postmeta is about to end: the snapshot takes its watched
     rows as they are now (any older snapshot of the blog is dropped: it would hold values from

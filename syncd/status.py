@@ -4,7 +4,7 @@ Reads only; safe to run at any time, from any host that can reach the database.
 
 Exit status (a bitmask, like pt-table-checksum's): 0 healthy; 1 fatal (cannot read syncd's
 tables: not installed, or no connection); 2 no daemon holds the leader lock; 4 a usable blog's
-triggers are missing or outdated (trigger capture only); 8 backlog older than 60 s (changes of
+triggers are missing or outdated (trigger and binlog capture); 8 backlog older than 60 s (changes of
 blogs syncd serves; changes held for a blog that is not usable are listed, not counted);
 16 dead-lettered changes waiting for the operator (``syncd dead-letters``).
 """
@@ -184,8 +184,10 @@ def exit_status(report: dict[str, Any]) -> int:
     code = 0
     if not report["leader"]["held"]:
         code |= EXIT_NO_LEADER
-    if report.get("capture") == "trigger" and any(
-        b.get("usable") and not b.get("excluded") and b.get("triggers") != "installed"
+    if report.get("capture") in ("trigger", "binlog") and any(
+        b.get("usable")
+        and not b.get("excluded")
+        and b.get("triggers") not in ("installed", capture.NONE_NEEDED)
         for b in report["blogs"]
     ):
         code |= EXIT_TRIGGERS

@@ -63,7 +63,11 @@ def watch_for(config: Any, blog_id: int, groups: Mapping[str, FieldGroup] | None
     """What blog ``blog_id``'s capture watches: stock, plus every realtime group the blog takes
     part in. In binlog capture the postmeta keys are polled, not triggered (``meta_triggers``)."""
     groups = realtime_groups(config) if groups is None else groups
-    watch = Watch.of(g for name, g in groups.items() if config.fields.takes_part(name, blog_id)) if groups else STOCK_ONLY
+    watch = (
+        Watch.of(g for name, g in groups.items() if config.fields.takes_part(name, blog_id))
+        if groups
+        else STOCK_ONLY
+    )
     if config.capture.mode == "binlog":
         return replace(watch, meta_triggers=False)
     return watch

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from syncd import capture, wake
+from tests.integration import test_wake
 from tests.integration.daemon_process import members, quantities
 from tests.integration.sync_helpers import make_daemon, woo_decrease
-from tests.integration.test_wake import BinlogServer, Running, binlog_factory, until  # noqa: F401
+from tests.integration.test_wake import Running, until
+
+binlog_factory = test_wake.binlog_factory  # a private server with a ROW binary log, per test
 
 #: The full comparison would come after ten minutes: only the binary log can name a product.
 NO_FULL_POLL = {"mode": "binlog", "poll_interval": 600}
@@ -43,3 +44,65 @@ def test_a_sale_reaches_the_other_blogs_through_the_binary_log(binlog_factory, m
             assert until(lambda want=want: quantities(net, "MUG") == want, 30)
             print("reached in", round((time.monotonic() - t0) * 1000, 1), "ms")
     assert d.stats.errors == 0, d.stats.last_error
+
+
+def test_status_install_and_check_in_binlog_mode(binlog_factory):
+    """What the operator sees: `syncd check` on a ROW log says binlog capture is possible; `syncd
+    install` hands postmeta over to the snapshot (no postmeta trigger left, none needed), and a
+    sale made after it is still captured once; `syncd status` reports the blogs as needing no
+    trigger and exits healthy on that count."""
+    import argparse
+    import io
+    import json
+
+    from syncd.check import build_report, gather
+    from syncd.config import config_for
+    from syncd.status import EXIT_TRIGGERS
+    from syncd.status import main as status_main
+
+    net = binlog_factory.recorded_network()
+    cfg = config_for(net.url, net.prefix, capture=NO_FULL_POLL, sync={"idle_wait": 0.005, "settle_seconds": 0})
+    with net.engine.connect() as c:
+        report = build_report(gather(c, cfg), cfg)
+    assert report["capture"]["effective"] == "binlog", report["errors"]
+
+    d = make_daemon(net)  # trigger mode first: the postmeta triggers capture
+    d.close()
+    assert len(_meta_triggers(net)) == 9
+    mug = members(net, "MUG")
+    start = quantities(net, "MUG")
+    woo_decrease(net, 2, mug[2], 1)  # captured by blog 2's trigger, still queued
+    out = io.StringIO()
+    assert capture.install_all(cfg, out=out) == 0
+    assert "postmeta now compared by binlog capture" in out.getvalue()
+    assert _meta_triggers(net) == []
+    woo_decrease(net, 1, mug[1], 2)  # no trigger: the snapshot comparison finds it
+
+    status = io.StringIO()
+    code = status_main(cfg, argparse.Namespace(json=True), out=status)
+    blogs = json.loads(status.getvalue())["blogs"]
+    assert {b["triggers"] for b in blogs if b["usable"]} == {capture.NONE_NEEDED}
+    assert not code & EXIT_TRIGGERS
+
+    from syncd.daemon import Daemon
+
+    d = Daemon(cfg, instance="test")
+    d.prepare()
+    with Running(d):
+        want = {b: start[b] - 3 for b in start}
+        assert until(lambda: quantities(net, "MUG") == want, 30), quantities(net, "MUG")
+    assert d.stats.errors == 0, d.stats.last_error
+
+
+def test_binlog_mode_without_a_binary_log_is_refused_at_start(wp_network):
+    """The session server runs without a binary log: the daemon says why and does not start."""
+    from syncd.config import config_for
+    from syncd.daemon import EXIT_CONFIG, Daemon
+
+    net = wp_network
+    make_daemon(net).close()  # trigger mode installs the postmeta triggers
+    d = Daemon(config_for(net.url, net.prefix, capture={"mode": "binlog"}), instance="test")
+    assert d.run() == EXIT_CONFIG
+    assert d.capture_mode != "binlog"
+    with net.engine.connect() as c:  # refused before touching a trigger
+        assert len(capture.installed_triggers(c, net.prefix)) == 9

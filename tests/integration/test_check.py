@@ -402,3 +402,36 @@ def test_report_poll_mode_refuses_a_realtime_group_that_needs_triggers(monkeypat
     assert report["exit_code"] & 8 and report["errors"][0].startswith(
         '[fields] content = "realtime" needs triggers'
     )
+
+
+def test_report_binlog_mode_needs_a_readable_row_log_and_triggers_only_for_posts_and_terms(monkeypatch) -> None:
+    """capture.mode = "binlog" (issue 10's trigger cost): postmeta is compared with the snapshot where
+    the binary log points, so the log must be on, in ROW format, and readable; TRIGGER is needed only
+    by a realtime group with posts columns or terms."""
+    from syncd.fields import realtime
+    from tests.integration.fields_helpers import PRICE, PlainTitleGroup
+
+    cfg = config_for("mysql+pymysql://syncd:pw@db/wc", capture={"mode": "binlog"})
+    row_log = {"log_bin": True, "log_bin_trust_function_creators": True, "read_only": False, "binlog_row": True}
+    no_trigger = Grants(
+        frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "INDEX", "ALTER"}),
+        frozenset({"REPLICATION SLAVE", "BINLOG MONITOR"}),
+    )
+    monkeypatch.setattr(realtime, "realtime_groups", lambda config: {"price": PRICE})
+    report = build_report(facts(no_trigger, variables=row_log), cfg)
+    assert report["exit_code"] == 0, report["errors"]
+    assert report["capture"]["effective"] == "binlog" and "no trigger" in report["capture"]["reason"]
+
+    off = build_report(facts(no_trigger, variables={**row_log, "log_bin": False}), cfg)
+    assert off["exit_code"] & EXIT_CAPTURE and "binary log is off" in off["errors"][0]
+    mixed = build_report(facts(no_trigger, variables={**row_log, "binlog_row": False}), cfg)
+    assert mixed["exit_code"] & EXIT_CAPTURE and "not ROW" in mixed["errors"][0]
+    unreadable = build_report(facts(variables=row_log), cfg)  # ALL on the database, nothing global
+    assert unreadable["exit_code"] & EXIT_CAPTURE and "REPLICATION SLAVE" in unreadable["errors"][0]
+
+    monkeypatch.setattr(realtime, "realtime_groups", lambda config: {"content": PlainTitleGroup()})
+    needs = build_report(facts(no_trigger, variables=row_log), cfg)
+    assert needs["exit_code"] & EXIT_CAPTURE and "content need posts or terms triggers" in needs["errors"][0]
+    granted = Grants(frozenset(), frozenset({"REPLICATION SLAVE", "BINLOG MONITOR"}), all_on_database=True)
+    ok = build_report(facts(granted, variables=row_log), cfg)
+    assert ok["exit_code"] == 0 and "triggers for content" in ok["capture"]["reason"]
