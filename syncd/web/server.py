@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 
+import sqlalchemy as sa
 import structlog
 
 from syncd import attribution, schema
@@ -54,6 +55,9 @@ def prepare(config: Config) -> Dashboard:
     dashboard = Dashboard(config, plain_remote=plain)
     with dashboard.write_engine.connect() as conn:
         schema.ensure_schema(conn, config.database.table_prefix)
+        if config.capture.mode in ("poll", "binlog"):
+            _drop_attribution(conn, config)
+            return dashboard
         try:
             created = attribution.install(
                 conn, config.database.table_prefix, dashboard.scope(conn).blogs.values()
@@ -64,6 +68,21 @@ def prepare(config: Config) -> Dashboard:
             conn.rollback()
             log.warning("attribution_triggers_not_installed", error=type(exc).__name__)
     return dashboard
+
+
+def _drop_attribution(conn: sa.Connection, config: Config) -> None:
+    """Poll and binlog capture write change rows on syncd's own connection: attribution could match
+    none of them (sources say "not recorded"), and its triggers would only cost every shop write
+    on postmeta and order item meta some time. Dropped when they exist."""
+    try:
+        dropped = attribution.uninstall(conn, config.database.table_prefix)
+        conn.commit()
+    except Exception as exc:  # noqa: BLE001 - no TRIGGER privilege: left, and said
+        conn.rollback()
+        log.warning("attribution_triggers_not_removed", error=type(exc).__name__)
+        return
+    if dropped:
+        log.info("attribution_triggers_removed", triggers=dropped, capture=config.capture.mode)
 
 
 def serve(config: Config) -> int:

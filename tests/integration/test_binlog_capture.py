@@ -61,7 +61,9 @@ def test_status_install_and_check_in_binlog_mode(binlog_factory):
     from syncd.status import main as status_main
 
     net = binlog_factory.recorded_network()
-    cfg = config_for(net.url, net.prefix, capture=NO_FULL_POLL, sync={"idle_wait": 0.005, "settle_seconds": 0})
+    cfg = config_for(
+        net.url, net.prefix, capture=NO_FULL_POLL, sync={"idle_wait": 0.005, "settle_seconds": 0}
+    )
     with net.engine.connect() as c:
         report = build_report(gather(c, cfg), cfg)
     assert report["capture"]["effective"] == "binlog", report["errors"]
@@ -106,3 +108,27 @@ def test_binlog_mode_without_a_binary_log_is_refused_at_start(wp_network):
     assert d.capture_mode != "binlog"
     with net.engine.connect() as c:  # refused before touching a trigger
         assert len(capture.installed_triggers(c, net.prefix)) == 9
+
+
+def test_the_dashboard_drops_its_attribution_triggers_under_binlog_capture(wp_network):
+    """Attribution matches a change row's connection with the shop's; poll and binlog capture write
+    change rows on syncd's own connection, so its triggers could match nothing and would only cost
+    every product save (the issue's trigger cost): the dashboard removes them there."""
+    from syncd.config import config_for
+    from syncd.web.server import prepare
+
+    net = wp_network
+    make_daemon(net).close()
+    prepare(config_for(net.url, net.prefix)).close()  # trigger capture: attribution installed
+
+    def attribution_triggers() -> list[str]:
+        with net.engine.connect() as c:
+            names = c.exec_driver_sql(
+                "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE()"
+            )
+            return [n for (n,) in names if n.startswith(f"{net.prefix}syncd_src_")]
+
+    assert attribution_triggers()
+    prepare(config_for(net.url, net.prefix, capture={"mode": "binlog"})).close()
+    assert attribution_triggers() == []
+    woo_decrease(net, 1, members(net, "MUG")[1], 1)  # the shop's writes go on
