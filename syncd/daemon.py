@@ -163,9 +163,6 @@ class Daemon:
         self._probe: IdleProbe | None = None  # the idle loop's one-round-trip probe
         self._wake: wake.BinlogWake | None = None  # wakes the idle loop from the binary log
         self._poll_until = 0.0  # after a wake: poll every idle_wait until then
-        # Binlog capture: products the log named, compared once more a moment later (a commit may
-        # reach the log before other sessions see it), and when (monotonic).
-        self._recheck: tuple[float, dict[int, set[int]]] = (0.0, {})
         self._meta_tables: dict[str, tuple[int, frozenset[str]]] | None = None  # see meta_tables
         self._went_ahead = False  # the last batch was fetched ahead of bulk work (queue.fetch_lanes)
         self._ahead_at = -1e9  # when a batch last went ahead of bulk work
@@ -1132,7 +1129,7 @@ class Daemon:
                     last_poll = now
                     self.poll()
                 elif self.capture_mode == "binlog":
-                    self.poll_named(now)
+                    self.poll_named()
                 if conn is None:
                     conn = self._apply_engine.connect()
                     self.stats.apply_connection_id = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
@@ -1178,22 +1175,12 @@ class Daemon:
         self._wake.resynced.clear()
         return True
 
-    def poll_named(self, now: float) -> int:
-        """Binlog capture: compare the products the binary log named with the snapshot (and, once,
-        those it named a moment ago: a commit can reach the log before other sessions see it)."""
+    def poll_named(self) -> int:
+        """Binlog capture: compare the products the binary log named with the snapshot. The
+        comparison reads them with locks (syncd.poll.poll_posts), so a transaction the log shows
+        before its commit is visible is waited for, not missed."""
         named = self._wake.take_touched() if self._wake is not None else {}
-        due, earlier = self._recheck
-        if earlier and now >= due:
-            for blog_id, posts in earlier.items():
-                named.setdefault(blog_id, set()).update(posts)
-            earlier = {}
-        if not named:
-            return 0
-        total = self._poll_products(named)
-        for blog_id, posts in named.items():
-            earlier.setdefault(blog_id, set()).update(posts)
-        self._recheck = (now + wake.AFTER_WAKE_S if not self._recheck[1] else due, earlier)
-        return total
+        return self._poll_products(named) if named else 0
 
     def _poll_products(self, named: Mapping[int, set[int]]) -> int:
         assert self._apply_engine is not None
@@ -1259,11 +1246,9 @@ class Daemon:
         """Nothing to do: wait for a commit of a change row (binary log), else ``idle_wait``."""
         w = self._wake
         if self.capture_mode == "binlog" and w is not None and w.following.is_set():
-            # Woken by a named product or a change row; else at the recheck or the full poll.
-            if w.has_touched():
-                return
-            due = self._recheck[0] if self._recheck[1] else time.monotonic() + wake.FALLBACK_S
-            w.wait(max(0.0, min(due - time.monotonic(), wake.FALLBACK_S, self.config.capture.poll_interval)))
+            # Woken by a named product or a change row; else in time for the full poll.
+            if not w.has_touched():
+                w.wait(min(wake.FALLBACK_S, self.config.capture.poll_interval))
         elif self.polls_meta:
             self.stop.wait(max(self.config.sync.idle_wait, min(0.1, self.config.capture.poll_interval)))
         elif w is None or not w.following.is_set() or time.monotonic() < self._poll_until:

@@ -161,7 +161,9 @@ def poll_posts(
     capture: the binary log named them, see :mod:`syncd.wake`). Returns the changes queued.
 
     The same compare-and-set as :func:`poll_blog`, on the named products only: a difference
-    another poller captured first is left to it. A blog without its baseline, or whose watched
+    another poller captured first is left to it. Their rows are read with locks: the binary log
+    may name a transaction before its commit is visible, and a locking read waits for it (it
+    still holds its row locks) instead of missing it; the poll's own transaction is short. A blog without its baseline, or whose watched
     key set changed, is polled whole instead (the baseline comes first). A meta row that moved
     to a product not named here is left to the next full poll.
     """
@@ -173,7 +175,7 @@ def poll_posts(
     if not ids:
         return 0
     diffs = _diff(
-        _snapshot_rows(conn, base_prefix, blog, ids), _watched_rows(conn, blog, ids, keys, lock=False)
+        _snapshot_rows(conn, base_prefix, blog, ids), _watched_rows(conn, blog, ids, keys, lock=True)
     )
     queued, lost = _capture(conn, base_prefix, blog, diffs)
     if lost:

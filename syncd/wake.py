@@ -15,8 +15,8 @@ event); after each wake it keeps the usual ``idle_wait`` polling for :data:`AFTE
 each blog's ``postmeta`` and notes which products had a watched key written
 (:meth:`BinlogWake.take_touched`). The daemon then compares exactly those products with the
 poll snapshot (:func:`syncd.poll.poll_posts`): the snapshot, not the log, says what changed and
-by how much, so a product named twice, or named before its commit is visible, queues nothing
-twice and loses nothing; and every time the stream (re)starts (:attr:`BinlogWake.resynced`) the
+by how much, so a product named twice queues nothing twice, and one named before its commit
+is visible is read with a lock, which waits for that commit; and every time the stream (re)starts (:attr:`BinlogWake.resynced`) the
 daemon compares everything once, which covers whatever was committed while it was not following.
 
 Off (the idle probe every ``idle_wait``, syncd.probe) when the binary log is off, not in ROW
