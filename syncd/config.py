@@ -41,6 +41,8 @@ ENV_CREDENTIALS_DIRECTORY = "CREDENTIALS_DIRECTORY"  # set by systemd for LoadCr
 CREDENTIAL_PASSWORD = "db-password"
 
 CAPTURE_MODES = ("auto", "trigger", "poll", "binlog")
+#: capture.poll_interval's default in binlog capture, where the full comparison is the safety net.
+BINLOG_FULL_POLL_S = 60.0
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("auto", "console", "json", "journal")
 
@@ -441,9 +443,12 @@ def _parse_url(text: str, key: str) -> URL:
 
 def _parse_capture(raw: Mapping[str, Any], section: str) -> CaptureConfig:
     _check_keys(section, raw, ("mode", "poll_interval"))
+    mode = _choice(raw, section, "mode", "auto", CAPTURE_MODES)
+    # Binlog capture: the full comparison is only the safety net (the log names each write).
+    default_interval = BINLOG_FULL_POLL_S if mode == "binlog" else 1.0
     return CaptureConfig(
-        mode=_choice(raw, section, "mode", "auto", CAPTURE_MODES),
-        poll_interval=_number(raw, section, "poll_interval", 1.0, lo=0.01, hi=3600),
+        mode=mode,
+        poll_interval=_number(raw, section, "poll_interval", default_interval, lo=0.01, hi=3600),
     )
 
 

@@ -310,3 +310,13 @@ def test_config_is_a_plain_dataclass_built_in_code() -> None:
     cfg = config_for(URL, "shop_", sync={"batch_size": 3})
     assert isinstance(cfg, Config)
     assert cfg.database.table_prefix == "shop_" and cfg.sync.batch_size == 3
+
+
+def test_binlog_capture_compares_everything_once_a_minute_unless_told(tmp_path: Path) -> None:
+    """In binlog capture the binary log names every write; the full comparison (which reads every
+    watched row) is the safety net, so its interval defaults to 60 s there and stays settable."""
+    base = '[database]\nurl = "mysql+pymysql://u:p@localhost/wp"\n[capture]\nmode = "binlog"\n'
+    cfg = load_config(write(tmp_path, base), env={})
+    assert (cfg.capture.mode, cfg.capture.poll_interval) == ("binlog", 60.0)
+    cfg = load_config(write(tmp_path, base + "poll_interval = 5\n"), env={})
+    assert cfg.capture.poll_interval == 5.0
