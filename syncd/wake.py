@@ -167,8 +167,11 @@ class BinlogWake:
                 if self._closed.is_set():
                     return
                 if errno_of(exc) in REFUSED:
-                    log.info(
-                        "binlog_wake_off", reason="the user may not read the binary log", errno=errno_of(exc)
+                    # Binlog capture then finds writes only by its full comparison: an error.
+                    (log.error if self.meta_tables else log.info)(
+                        "binlog_capture_off" if self.meta_tables else "binlog_wake_off",
+                        reason="the user may not read the binary log",
+                        errno=errno_of(exc),
                     )
                     self.following.clear()
                     return
