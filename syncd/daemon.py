@@ -87,6 +87,10 @@ class HardStop(BaseException):
         self.in_batch = in_batch
 
 
+#: Binlog capture: products compared per transaction (their rows are read with locks).
+NAMED_CHUNK = 200
+
+
 class StartupRefused(RuntimeError):
     """The database refuses this configuration at start-up; restarting will not help."""
 
@@ -1193,8 +1197,12 @@ class Daemon:
                 if blog is None:
                     continue
                 try:
-                    total += poll.poll_posts(conn, self.base, blog, posts, self.watch_for(blog_id).meta_keys)
-                    conn.commit()
+                    ids, keys = sorted(posts), self.watch_for(blog_id).meta_keys
+                    for start in range(0, len(ids), NAMED_CHUNK):  # an import names thousands at once
+                        total += poll.poll_posts(
+                            conn, self.base, blog, ids[start : start + NAMED_CHUNK], keys
+                        )
+                        conn.commit()
                 except Exception as exc:  # noqa: BLE001 - the next full poll compares it again
                     conn.rollback()
                     if is_disconnect(exc):
