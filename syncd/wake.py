@@ -63,6 +63,45 @@ def unavailable(conn: sa.Connection) -> str | None:
     return None
 
 
+class _Transaction:
+    """Binlog capture: what the transaction being read named, and whether it is syncd's own."""
+
+    def __init__(self) -> None:
+        self.named: dict[int, set[int]] = {}
+        self.own = False
+
+
+def _capture_events() -> tuple[Any, ...]:
+    """The events binlog capture reads besides the table maps: rows, and transaction bounds."""
+    from pymysqlreplication.event import GtidEvent, MariadbGtidEvent, QueryEvent, XidEvent  # noqa: PLC0415
+    from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent  # noqa: PLC0415
+
+    return (
+        WriteRowsEvent,
+        UpdateRowsEvent,
+        DeleteRowsEvent,
+        XidEvent,
+        QueryEvent,
+        GtidEvent,
+        MariadbGtidEvent,
+    )
+
+
+def _begins_transaction(ev: Any, query_event: type) -> bool:
+    """A GTID event, or a ``BEGIN`` query (a ``SAVEPOINT`` inside a transaction is not one)."""
+    if type(ev).__name__ in ("GtidEvent", "MariadbGtidEvent"):
+        return True
+    return isinstance(ev, query_event) and _query_text(ev.query) == "BEGIN"
+
+
+def _query_text(query: Any) -> str:
+    return (query.decode("utf-8", "replace") if isinstance(query, bytes) else str(query)).strip().upper()
+
+
+def _ends_transaction(query: Any) -> bool:
+    return _query_text(query) in ("COMMIT", "XA COMMIT")
+
+
 #: Binlog capture: ``{prefix}postmeta`` table name -> (blog id, the meta keys watched there).
 MetaTables = Mapping[str, "tuple[int, frozenset[str]]"]
 
@@ -92,6 +131,7 @@ class BinlogWake:
             self.settings["unix_socket"] = u.query["unix_socket"]
         self.schema = u.database or ""
         self.table = table(base_prefix, "syncd_change").strip("`")
+        self.history = table(base_prefix, "syncd_history").strip("`")
         # A replica id of its own (two daemons, a standby, must not share one).
         self.server_id = 1_000_000 + zlib.crc32(f"{os.getpid()}:{time.time_ns()}".encode()) % 1_000_000_000
         self.event = threading.Event()
@@ -134,21 +174,47 @@ class BinlogWake:
         with self._touched_lock:
             return bool(self._touched)
 
-    def _note_rows(self, ev: Any, tables: MetaTables) -> None:
+    def _note_rows(self, ev: Any, tables: MetaTables, named: dict[int, set[int]]) -> None:
         """A rows event of a blog's postmeta table: note the products whose watched rows it wrote
         (before and after images: a row moved to another product or key names both)."""
         blog_id, keys = tables[ev.table]
-        posts: set[int] = set()
         for row in ev.rows:
             for image in (row.get("values"), row.get("before_values"), row.get("after_values")):
                 if image:
                     post_id, meta_key = _post_and_key(image)
                     if meta_key in keys:
-                        posts.add(post_id)
-        if posts:
+                        named.setdefault(blog_id, set()).add(post_id)
+
+    def _on_event(self, ev: Any, txn: _Transaction) -> None:
+        from pymysqlreplication.event import QueryEvent, XidEvent  # noqa: PLC0415
+        from pymysqlreplication.row_event import RowsEvent, TableMapEvent  # noqa: PLC0415
+
+        if isinstance(ev, TableMapEvent):
+            if ev.schema == self.schema and ev.table == self.table:
+                self.wakes += 1
+                self.event.set()
+            elif ev.schema == self.schema and ev.table == self.history:
+                txn.own = True
+        elif isinstance(ev, XidEvent) or (isinstance(ev, QueryEvent) and _ends_transaction(ev.query)):
+            self._committed(txn)
+        elif _begins_transaction(ev, QueryEvent):
+            if txn.named:  # a new transaction began without a commit seen: compare what it named
+                self._committed(txn)
+            txn.own = False
+        elif isinstance(ev, RowsEvent) and ev.schema == self.schema and self.meta_tables is not None:
+            tables = self.meta_tables()
+            if ev.table in tables:
+                self._note_rows(ev, tables, txn.named)
+
+    def _committed(self, txn: _Transaction) -> None:
+        """A transaction's commit: what it named is compared, unless it is syncd's own (it wrote
+        syncd's history: an apply, a reconcile, whose writes the snapshot took already)."""
+        if txn.named and not txn.own:
             with self._touched_lock:
-                self._touched.setdefault(blog_id, set()).update(posts)
+                for blog_id, posts in txn.named.items():
+                    self._touched.setdefault(blog_id, set()).update(posts)
             self.event.set()
+        txn.named, txn.own = {}, False
 
     def wait(self, timeout: float) -> bool:
         """Until a change row committed (True), or ``timeout``."""
@@ -194,12 +260,7 @@ class BinlogWake:
     def _follow(self) -> None:
         from pymysqlreplication import BinLogStreamReader  # noqa: PLC0415 - only where the log is on
         from pymysqlreplication.event import FormatDescriptionEvent, RotateEvent  # noqa: PLC0415
-        from pymysqlreplication.row_event import (  # noqa: PLC0415
-            DeleteRowsEvent,
-            TableMapEvent,
-            UpdateRowsEvent,
-            WriteRowsEvent,
-        )
+        from pymysqlreplication.row_event import TableMapEvent  # noqa: PLC0415
 
         where: dict[str, Any] = {}
         if self.mariadb:
@@ -217,14 +278,14 @@ class BinlogWake:
                 TableMapEvent,
                 RotateEvent,
                 FormatDescriptionEvent,
-                *((WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent) if self.meta_tables else ()),
+                *(_capture_events() if self.meta_tables else ()),
             ],
             is_mariadb=self.mariadb,
             enable_logging=False,
             slave_heartbeat=30,
         )
-        rows_events = (WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent)
         log.info("binlog_wake_following", server_id=self.server_id, capture=self.meta_tables is not None)
+        txn = _Transaction()
         try:
             for ev in self._stream:
                 if not self.following.is_set():
@@ -233,14 +294,7 @@ class BinlogWake:
                     self.event.set()
                 if self._closed.is_set():
                     return
-                if isinstance(ev, TableMapEvent):
-                    if ev.table == self.table and ev.schema == self.schema:
-                        self.wakes += 1
-                        self.event.set()
-                elif isinstance(ev, rows_events) and ev.schema == self.schema:
-                    tables = self.meta_tables() if self.meta_tables is not None else {}
-                    if ev.table in tables:
-                        self._note_rows(ev, tables)
+                self._on_event(ev, txn)
         finally:
             self.following.clear()
             try:
