@@ -1253,6 +1253,8 @@ class Daemon:
     def _wait_idle(self) -> None:
         """Nothing to do: wait for a commit of a change row (binary log), else ``idle_wait``."""
         w = self._wake
+        if self.stop.is_set():  # request_stop's wake-up may have been cleared by this look
+            return
         if self.capture_mode == "binlog" and w is not None and w.following.is_set():
             # Woken by a named product or a change row; else in time for the full poll.
             if not w.has_touched():
