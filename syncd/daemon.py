@@ -168,6 +168,7 @@ class Daemon:
         self._wake: wake.BinlogWake | None = None  # wakes the idle loop from the binary log
         self._poll_until = 0.0  # after a wake: poll every idle_wait until then
         self._meta_tables: dict[str, tuple[int, frozenset[str]]] | None = None  # see meta_tables
+        self._awaiting_take_over: set[int] = set()  # see _without_postmeta_triggers
         self._went_ahead = False  # the last batch was fetched ahead of bulk work (queue.fetch_lanes)
         self._ahead_at = -1e9  # when a batch last went ahead of bulk work
         self.metrics: Any = None  # syncd.metrics.Metrics when [metrics] listen is set
@@ -659,6 +660,8 @@ class Daemon:
             if initial:
                 self._choose_capture_mode(conn, usable)
                 self._refuse_unpollable_fields()
+            elif self.capture_mode == "binlog":
+                usable = self._without_postmeta_triggers(conn, usable)
             if self.capture_mode in ("trigger", "binlog") and self.config.sync.install_triggers:
                 for blog_id in sorted(usable):
                     try:
@@ -704,7 +707,7 @@ class Daemon:
         away = {
             b: blog
             for b, blog in {**self._blogs_away, **self._blogs}.items()
-            if b not in usable and b in present
+            if b not in usable and b in present and b not in self._awaiting_take_over  # its triggers capture
         }
         with self._blogs_lock:
             self._blogs = usable
@@ -720,6 +723,12 @@ class Daemon:
                 b.blog_id: "blog is not usable: " + ("; ".join(b.problems) or "WooCommerce not active")
                 for b in network.blogs
                 if not b.usable
+            }
+        )
+        reasons.update(
+            {
+                b: "its postmeta triggers wait for a restart to hand over to binlog capture"
+                for b in self._awaiting_take_over
             }
         )
         queued = queue.queued_by_blog(conn, self.base)
@@ -806,6 +815,19 @@ class Daemon:
                 ) from exc
             if found is not None:
                 log.info("capture_taken_over", blog=blog_id, capture="binlog", found_by_next_poll=found)
+
+    def _without_postmeta_triggers(self, conn: sa.Connection, usable: Mapping[int, Blog]) -> dict[int, Blog]:
+        """Binlog capture, a later discovery: a blog that still has postmeta triggers (archived
+        across a switch from trigger capture, say) is not served. Handing it over here, beside a
+        running batch, could count a write twice; its triggers keep queueing its writes (held,
+        nothing lost) until a restart hands it over (`capture_taken_over`)."""
+        installed = capture.installed_triggers(conn, self.base)
+        conn.rollback()
+        waiting = {b for b in usable if any(n in installed for n in capture.meta_trigger_names(self.base, b))}
+        for blog_id in sorted(waiting - self._awaiting_take_over):
+            log.error("capture_take_over_needs_restart", blog=blog_id, command="systemctl restart syncd")
+        self._awaiting_take_over = waiting
+        return {b: blog for b, blog in usable.items() if b not in waiting}
 
     def _refuse_unpollable_fields(self) -> None:
         """Poll mode captures meta keys only: a realtime field group that needs posts columns or
