@@ -769,7 +769,10 @@ class Daemon:
             return
         if mode == "poll":
             if installed:
-                # Triggers and polling together would capture every change twice.
+                # Triggers and polling together would capture every change twice. Each blog's
+                # snapshot takes over from its postmeta triggers exactly (an older snapshot, from
+                # an earlier poll-mode run, would find the sales the triggers queued again).
+                self._take_over_postmeta(conn, usable)
                 capture.uninstall_all_triggers(conn, self.base)
                 log.warning("triggers_removed_for_poll_mode", triggers=sorted(installed))
             self.capture_mode = "poll"
@@ -801,9 +804,9 @@ class Daemon:
         return self.capture_mode in ("poll", "binlog")
 
     def _take_over_postmeta(self, conn: sa.Connection, usable: Mapping[int, Blog]) -> None:
-        """Binlog capture starts where postmeta triggers capture: per blog, the poll snapshot takes
-        over exactly (syncd.poll.take_over_from_triggers). A user who may not drop the triggers
-        (they come from `syncd install`) is refused: both would capture every write."""
+        """Poll or binlog capture starts where postmeta triggers capture: per blog, the poll
+        snapshot takes over exactly (syncd.poll.take_over_from_triggers). A user who may not drop
+        the triggers (they come from `syncd install`) is refused: both would capture every write."""
         for blog_id, blog in sorted(usable.items()):
             try:
                 found = poll.take_over_from_triggers(conn, self.base, blog, self.watch_for(blog_id).meta_keys)
@@ -811,10 +814,15 @@ class Daemon:
                 conn.rollback()
                 raise StartupRefused(
                     f"blog {blog_id}: its postmeta capture triggers cannot be dropped ({str(exc)[:120]}): "
-                    'run `syncd install` as the installer user with capture.mode = "binlog"'
+                    "run `syncd install` as the installer user with this capture.mode"
                 ) from exc
             if found is not None:
-                log.info("capture_taken_over", blog=blog_id, capture="binlog", found_by_next_poll=found)
+                log.info(
+                    "capture_taken_over",
+                    blog=blog_id,
+                    capture=self.config.capture.mode,
+                    found_by_next_poll=found,
+                )
 
     def _without_postmeta_triggers(self, conn: sa.Connection, usable: Mapping[int, Blog]) -> dict[int, Blog]:
         """Binlog capture, a later discovery: a blog that still has postmeta triggers (archived

@@ -187,3 +187,28 @@ def test_writes_on_an_archived_blog_are_polled_in_the_order_they_happen(wp_netwo
         assert pending(net) == 0
     finally:
         d.close()
+
+
+def test_poll_trigger_poll_counts_the_sales_made_under_triggers_once(wp_network):
+    """Poll mode, then trigger mode (the snapshot stays behind, untouched), then poll mode again.
+    The sales made under triggers are queued by the triggers; the second poll-mode start must not
+    find them again as differences with the old snapshot: the snapshot is taken again as the
+    triggers go (poll.take_over_from_triggers), and their later rows leave the queue."""
+    net = wp_network
+    mug = ids(net, "MUG")
+    start = {b: qty(net, b, mug[b]) for b in mug}
+    d = make_daemon(net, capture=POLL)
+    d.poll()  # the baseline
+    d.close()
+    d = make_daemon(net)  # trigger capture
+    woo_decrease(net, 1, mug[1], 2)
+    d.apply_pending()
+    woo_decrease(net, 2, mug[2], 1)  # queued by blog 2's trigger, not applied yet
+    d.close()
+    d = make_daemon(net, capture=POLL)
+    try:
+        d.poll()
+        d.apply_pending()
+        assert {b: qty(net, b, mug[b]) for b in mug} == {b: start[b] - 3 for b in mug}
+    finally:
+        d.close()
