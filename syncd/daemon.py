@@ -988,6 +988,10 @@ class Daemon:
             "started_at": s.started_at,
             "leader_since": s.leader_since,
             "capture": self.capture_mode,
+            # Binlog capture: False means only the full comparison finds writes (poll_interval).
+            "binlog_following": (self._wake is not None and self._wake.following.is_set())
+            if self.capture_mode == "binlog"
+            else None,
             "batches": s.batches,
             "changes": s.changes,
             "writes": s.writes,

@@ -211,7 +211,7 @@ def render(report: dict[str, Any], out: TextIO) -> None:
     )
     if d:
         print(
-            f"daemon        {d.get('instance')} capture={d.get('capture')} uptime={_dur(d.get('uptime_s'))} "
+            f"daemon        {d.get('instance')} capture={d.get('capture')}{_following(d)} uptime={_dur(d.get('uptime_s'))} "
             f"heartbeat {d.get('heartbeat_age_s')} s ago, connection {d.get('connection')}",
             file=out,
         )
@@ -285,6 +285,15 @@ def _describe_connection(c: dict[str, Any]) -> str:
     if c.get("server_read_only"):
         parts.append("SERVER READ-ONLY (writes wait until it is writable)")
     return "; ".join(parts) or "-"
+
+
+def _following(daemon: dict[str, Any]) -> str:
+    """Binlog capture: whether the daemon follows the log (else only its full comparison finds writes)."""
+    if daemon.get("capture") != "binlog":
+        return ""
+    return (
+        " (following the binary log)" if daemon.get("binlog_following") else " (NOT following the binary log)"
+    )
 
 
 def _dur(seconds: float | None) -> str:

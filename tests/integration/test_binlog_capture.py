@@ -93,6 +93,11 @@ def test_status_install_and_check_in_binlog_mode(binlog_factory):
     with Running(d):
         want = {b: start[b] - 3 for b in start}
         assert until(lambda: quantities(net, "MUG") == want, 30), quantities(net, "MUG")
+        assert until(lambda: d._wake is not None and d._wake.following.is_set(), 30)
+        d.heartbeat()
+        text = io.StringIO()
+        status_main(cfg, argparse.Namespace(json=False), out=text)
+        assert "capture=binlog (following the binary log)" in text.getvalue()
     assert d.stats.errors == 0, d.stats.last_error
 
 
