@@ -798,6 +798,12 @@ class Daemon:
             else:
                 raise
 
+    def binlog_following(self) -> bool | None:
+        """Binlog capture: whether the binary log is followed now (None in the other modes)."""
+        if self.capture_mode != "binlog":
+            return None
+        return self._wake is not None and self._wake.following.is_set()
+
     @property
     def polls_meta(self) -> bool:
         """postmeta is captured by comparing it with the poll snapshot (poll and binlog capture)."""
@@ -989,9 +995,7 @@ class Daemon:
             "leader_since": s.leader_since,
             "capture": self.capture_mode,
             # Binlog capture: False means only the full comparison finds writes (poll_interval).
-            "binlog_following": (self._wake is not None and self._wake.following.is_set())
-            if self.capture_mode == "binlog"
-            else None,
+            "binlog_following": self.binlog_following(),
             "batches": s.batches,
             "changes": s.changes,
             "writes": s.writes,

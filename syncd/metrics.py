@@ -99,6 +99,13 @@ class _DaemonState(Collector):
         for blog_id in sorted(d.blogs()):
             mode.add_metric([str(blog_id), d.capture_mode], 1)
         yield mode
+        following = d.binlog_following()
+        if following is not None:
+            yield _gauge(
+                "syncd_binlog_following",
+                "Binlog capture: 1 while the daemon follows the binary log (0: only the full comparison finds writes)",
+                1.0 if following else 0.0,
+            )
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

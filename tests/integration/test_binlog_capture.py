@@ -98,6 +98,11 @@ def test_status_install_and_check_in_binlog_mode(binlog_factory):
         text = io.StringIO()
         status_main(cfg, argparse.Namespace(json=False), out=text)
         assert "capture=binlog (following the binary log)" in text.getvalue()
+        from syncd.metrics import _DaemonState
+
+        gauges = {f.name: f.samples for f in _DaemonState(d).collect()}
+        assert gauges["syncd_binlog_following"][0].value == 1.0
+        assert {x.labels["mode"] for x in gauges["syncd_capture_mode"]} == {"binlog"}
     assert d.stats.errors == 0, d.stats.last_error
 
 
