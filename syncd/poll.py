@@ -214,6 +214,10 @@ def take_over(conn: sa.Connection, base_prefix: str, blog: Blog, keys: Sequence[
     write in flight on those rows and holds them, and their gaps, until the commit, so a write
     whose change row is at or below the returned id is in the snapshot, and one above it is not.
     """
+    conn.rollback()
+    # REPEATABLE READ for this transaction: the INSERT ... SELECT then takes shared next-key locks
+    # (under syncd's READ COMMITTED it would read a snapshot and lock nothing).
+    conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
     conn.execute(
         sa.text(f"DELETE FROM {table(base_prefix, 'syncd_snapshot')} WHERE blog_id = :b"), {"b": blog.blog_id}
     )
