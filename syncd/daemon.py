@@ -1241,11 +1241,16 @@ class Daemon:
                             conn, self.base, blog, ids[start : start + NAMED_CHUNK], keys
                         )
                         conn.commit()
-                except Exception as exc:  # noqa: BLE001 - the next full poll compares it again
+                except Exception as exc:  # noqa: BLE001 - compared again: at the next look, or the next full poll
                     conn.rollback()
+                    if not is_retryable(exc):  # the next full poll compares them
+                        self._note_error("poll_failed", exc, blog=blog_id)
+                        continue
+                    if self._wake is not None:  # a deadlock with a shop write, a lost connection
+                        self._wake.name_again(blog_id, posts)
                     if is_disconnect(exc):
                         raise
-                    self._note_error("poll_failed", exc, blog=blog_id)
+                    log.info("poll_retried", blog=blog_id, errno=errno_of(exc))
         return total
 
     def meta_tables(self) -> dict[str, tuple[int, frozenset[str]]]:

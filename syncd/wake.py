@@ -170,6 +170,11 @@ class BinlogWake:
             touched, self._touched = self._touched, {}
         return touched
 
+    def name_again(self, blog_id: int, posts: set[int]) -> None:
+        """Products whose comparison failed (a deadlock with a shop write): compared at the next look."""
+        with self._touched_lock:
+            self._touched.setdefault(blog_id, set()).update(posts)
+
     def has_touched(self) -> bool:
         with self._touched_lock:
             return bool(self._touched)
