@@ -683,7 +683,10 @@ class Daemon:
             # every blog's members are refreshed so that the 'excluded' marks follow the file.
             exclusions_changed = catalog.store_exclusions(conn, self.base, self.config.sync.exclude_skus)
             conn.commit()
-            for blog_id in sorted(usable) if initial or exclusions_changed else added:
+            # (not a blog waiting for a restart to hand over: `added` was taken before it was set aside)
+            for blog_id in (
+                sorted(usable) if initial or exclusions_changed else [b for b in added if b in usable]
+            ):
                 try:
                     self._refresh_blog_members(conn, usable[blog_id], at_start=initial)
                     self._report_translations(conn, usable[blog_id])
