@@ -10,6 +10,7 @@ read everything committed (a barrier row): no sleep decides a race.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import threading
@@ -24,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from syncd import capture, poll, wake
+from syncd.config import config_for
 from syncd.testnet.harness import NetworkFactory
 from tests.integration.binlog_helpers import Follower
 from tests.integration.daemon_process import lock_waits, members, quantities, wait_until
@@ -875,7 +877,12 @@ def test_products_named_when_the_comparison_loses_its_connection_are_compared_ag
 
 @pytest.mark.parametrize(
     "before,after,fields",
-    [("binlog", "auto", {}), ("poll", "trigger", {}), ("binlog", "trigger", {"price": "realtime"})],
+    [
+        ("binlog", "auto", {}),
+        ("poll", "trigger", {}),
+        ("binlog", "trigger", {"price": "realtime"}),
+        ("binlog", "install", {}),  # `syncd install` creates the triggers, then the daemon starts
+    ],
 )
 def test_switching_back_to_triggers_loses_no_write_made_while_syncd_was_stopped(
     binlog_net, before, after, fields
@@ -901,6 +908,10 @@ def test_switching_back_to_triggers_loses_no_write_made_while_syncd_was_stopped(
             f"UPDATE {net.table(3, 'postmeta')} SET meta_value = 'notify' WHERE post_id = {mug[3]} AND meta_key = '_backorders'"
         )
         c.commit()
+    if after == "install":
+        config = config_for(net.url, net.prefix, capture={"mode": "trigger"})
+        assert capture.install_all(config, out=io.StringIO()) == 0
+        after = "trigger"
     d = make_daemon(net, capture={"mode": after}, fields=fields)
     try:
         assert d.capture_mode == "trigger" and d.stats.errors == 0, d.stats.last_error
