@@ -662,8 +662,11 @@ class Daemon:
                 self._refuse_unpollable_fields()
             elif self.capture_mode == "binlog":
                 usable = self._without_postmeta_triggers(conn, usable)
+            waiting: set[int] = set()  # blogs whose hand-over to triggers must wait (retried)
+            if self.capture_mode == "trigger" and self.config.sync.install_triggers:
+                waiting = self._hand_to_triggers(conn, usable)
             if self.capture_mode in ("trigger", "binlog") and self.config.sync.install_triggers:
-                for blog_id in sorted(usable):
+                for blog_id in sorted(set(usable) - waiting):
                     try:
                         outcome = capture.install_blog_triggers(
                             conn, self.base, usable[blog_id], self.watch_for(blog_id)
@@ -786,6 +789,7 @@ class Daemon:
             return
         probe = usable[min(usable)]
         try:
+            self._hand_blog_to_triggers(conn, probe)  # after poll or binlog capture (a snapshot)
             capture.install_blog_triggers(conn, self.base, probe, self.watch_for(probe.blog_id))
             self.capture_mode = "trigger"
         except Exception as exc:  # noqa: BLE001 - classified: only a privilege refusal selects polling
@@ -800,6 +804,28 @@ class Daemon:
                 )
             else:
                 raise
+
+    def _hand_to_triggers(self, conn: sa.Connection, usable: Mapping[int, Blog]) -> set[int]:
+        """Trigger capture after poll or binlog capture: a blog whose postmeta was compared with
+        the snapshot (a baseline, no postmeta trigger) gets its triggers with the differences made
+        since the last comparison queued, in one step (syncd.poll.hand_to_triggers). Returns the
+        blogs where that failed: they get no trigger now, their snapshot stays, and the next
+        discovery tries again (its comparison then covers the time between)."""
+        failed: set[int] = set()
+        for blog_id, blog in sorted(usable.items()):
+            try:
+                self._hand_blog_to_triggers(conn, blog)
+            except Exception as exc:  # noqa: BLE001 - this blog keeps its snapshot, retried later
+                _safe_rollback(conn)
+                self._note_error("capture_hand_over_failed", exc, blog=blog_id)
+                failed.add(blog_id)
+        return failed
+
+    def _hand_blog_to_triggers(self, conn: sa.Connection, blog: Blog) -> None:
+        """One blog's hand-over to triggers (see _hand_to_triggers), when it needs one."""
+        queued = poll.hand_back_to_triggers(conn, self.base, blog, self.watch_for(blog.blog_id))
+        if queued is not None:
+            log.info("capture_handed_to_triggers", blog=blog.blog_id, queued=queued)
 
     def binlog_following(self) -> bool | None:
         """Binlog capture: whether the binary log is followed now (None in the other modes)."""
