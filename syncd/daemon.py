@@ -770,6 +770,11 @@ class Daemon:
             why = wake.unavailable(conn)
             if why is not None:
                 raise StartupRefused(f'capture.mode = "binlog" needs the binary log on in ROW format: {why}')
+            image = str(conn.exec_driver_sql("SELECT @@binlog_row_image").scalar()).upper()
+            if image != "FULL":  # an UPDATE's images then lack the post id: its blog is compared whole
+                log.warning(
+                    "binlog_row_image_not_full", binlog_row_image=image, compared="whole blog per write"
+                )
             self.capture_mode = "binlog"
             self._take_over_postmeta(conn, usable)
             return
@@ -1265,6 +1270,10 @@ class Daemon:
                     continue
                 try:
                     ids, keys = sorted(posts), self.watch_for(blog_id).meta_keys
+                    if wake.WHOLE_BLOG in posts:  # the log could not say which product (syncd.wake)
+                        total += poll.poll_blog(conn, self.base, blog, keys)
+                        conn.commit()
+                        continue
                     for start in range(0, len(ids), NAMED_CHUNK):  # an import names thousands at once
                         total += poll.poll_posts(
                             conn, self.base, blog, ids[start : start + NAMED_CHUNK], keys
