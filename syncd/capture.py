@@ -446,6 +446,11 @@ def install_all(config: object, *, out: object = None) -> int:
                                 f"blog {blog.blog_id} ({blog.prefix}): postmeta now compared by binlog capture",
                                 file=out,
                             )
+                    elif poll.hand_back_to_triggers(conn, base, blog, watch) is not None:  # after poll/binlog
+                        print(
+                            f"blog {blog.blog_id} ({blog.prefix}): postmeta captured by triggers again",
+                            file=out,
+                        )
                     outcome = install_blog_triggers(conn, base, blog, watch)
                     catalog.refresh_members(conn, base, blog, settings=selection.for_blog(blog.blog_id))
                     conn.commit()

@@ -662,8 +662,11 @@ class Daemon:
                 self._refuse_unpollable_fields()
             elif self.capture_mode == "binlog":
                 usable = self._without_postmeta_triggers(conn, usable)
+            waiting: set[int] = set()  # blogs whose hand-over to triggers must wait (retried)
+            if self.capture_mode == "trigger" and self.config.sync.install_triggers:
+                waiting = self._hand_to_triggers(conn, usable)
             if self.capture_mode in ("trigger", "binlog") and self.config.sync.install_triggers:
-                for blog_id in sorted(usable):
+                for blog_id in sorted(set(usable) - waiting):
                     try:
                         outcome = capture.install_blog_triggers(
                             conn, self.base, usable[blog_id], self.watch_for(blog_id)
@@ -683,7 +686,10 @@ class Daemon:
             # every blog's members are refreshed so that the 'excluded' marks follow the file.
             exclusions_changed = catalog.store_exclusions(conn, self.base, self.config.sync.exclude_skus)
             conn.commit()
-            for blog_id in sorted(usable) if initial or exclusions_changed else added:
+            # (not a blog waiting for a restart to hand over: `added` was taken before it was set aside)
+            for blog_id in (
+                sorted(usable) if initial or exclusions_changed else [b for b in added if b in usable]
+            ):
                 try:
                     self._refresh_blog_members(conn, usable[blog_id], at_start=initial)
                     self._report_translations(conn, usable[blog_id])
@@ -764,6 +770,11 @@ class Daemon:
             why = wake.unavailable(conn)
             if why is not None:
                 raise StartupRefused(f'capture.mode = "binlog" needs the binary log on in ROW format: {why}')
+            image = str(conn.exec_driver_sql("SELECT @@binlog_row_image").scalar()).upper()
+            if image != "FULL":  # an UPDATE's images then lack the post id: its blog is compared whole
+                log.warning(
+                    "binlog_row_image_not_full", binlog_row_image=image, compared="whole blog per write"
+                )
             self.capture_mode = "binlog"
             self._take_over_postmeta(conn, usable)
             return
@@ -783,6 +794,7 @@ class Daemon:
             return
         probe = usable[min(usable)]
         try:
+            self._hand_blog_to_triggers(conn, probe)  # after poll or binlog capture (a snapshot)
             capture.install_blog_triggers(conn, self.base, probe, self.watch_for(probe.blog_id))
             self.capture_mode = "trigger"
         except Exception as exc:  # noqa: BLE001 - classified: only a privilege refusal selects polling
@@ -797,6 +809,28 @@ class Daemon:
                 )
             else:
                 raise
+
+    def _hand_to_triggers(self, conn: sa.Connection, usable: Mapping[int, Blog]) -> set[int]:
+        """Trigger capture after poll or binlog capture: a blog whose postmeta was compared with
+        the snapshot (a baseline, no postmeta trigger) gets its triggers with the differences made
+        since the last comparison queued, in one step (syncd.poll.hand_to_triggers). Returns the
+        blogs where that failed: they get no trigger now, their snapshot stays, and the next
+        discovery tries again (its comparison then covers the time between)."""
+        failed: set[int] = set()
+        for blog_id, blog in sorted(usable.items()):
+            try:
+                self._hand_blog_to_triggers(conn, blog)
+            except Exception as exc:  # noqa: BLE001 - this blog keeps its snapshot, retried later
+                _safe_rollback(conn)
+                self._note_error("capture_hand_over_failed", exc, blog=blog_id)
+                failed.add(blog_id)
+        return failed
+
+    def _hand_blog_to_triggers(self, conn: sa.Connection, blog: Blog) -> None:
+        """One blog's hand-over to triggers (see _hand_to_triggers), when it needs one."""
+        queued = poll.hand_back_to_triggers(conn, self.base, blog, self.watch_for(blog.blog_id))
+        if queued is not None:
+            log.info("capture_handed_to_triggers", blog=blog.blog_id, queued=queued)
 
     def binlog_following(self) -> bool | None:
         """Binlog capture: whether the binary log is followed now (None in the other modes)."""
@@ -1236,6 +1270,10 @@ class Daemon:
                     continue
                 try:
                     ids, keys = sorted(posts), self.watch_for(blog_id).meta_keys
+                    if wake.WHOLE_BLOG in posts:  # the log could not say which product (syncd.wake)
+                        total += poll.poll_blog(conn, self.base, blog, keys)
+                        conn.commit()
+                        continue
                     for start in range(0, len(ids), NAMED_CHUNK):  # an import names thousands at once
                         total += poll.poll_posts(
                             conn, self.base, blog, ids[start : start + NAMED_CHUNK], keys

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
@@ -243,6 +244,56 @@ def drop_captured_after(conn: sa.Connection, base_prefix: str, blog: Blog, last_
     ).rowcount
     conn.commit()
     return int(dropped)
+
+
+def hand_back_to_triggers(conn: sa.Connection, base_prefix: str, blog: Blog, watch: Any) -> int | None:
+    """Trigger capture starts on a blog whose postmeta was compared with the snapshot (poll or
+    binlog capture before: a baseline, no postmeta trigger): :func:`hand_to_triggers` with the
+    blog's postmeta triggers for ``watch`` (a :class:`syncd.capture.Watch`). Returns the changes
+    queued, None when the blog needed no hand-over. Called by the daemon and by `syncd install`."""
+    from syncd.capture import EVENTS, installed_triggers, meta_trigger_names, render_trigger  # noqa: PLC0415
+
+    installed = installed_triggers(conn, base_prefix)
+    held = baseline_keys(conn, base_prefix, blog)
+    conn.rollback()
+    if held is None or any(n in installed for n in meta_trigger_names(base_prefix, blog.blog_id)):
+        return None
+    creates = [render_trigger(base_prefix, blog, e, watch).create_sql for e in EVENTS]
+    return hand_to_triggers(conn, base_prefix, blog, watch.meta_keys, creates)
+
+
+def hand_to_triggers(
+    conn: sa.Connection, base_prefix: str, blog: Blog, keys: Sequence[str], create_sqls: Sequence[str]
+) -> int:
+    """Capture of this blog's postmeta goes back from the snapshot (poll or binlog capture) to
+    triggers: under ``LOCK TABLES ... WRITE`` (no shop write in between) the last differences are
+    queued, as a poll would, and the postmeta triggers (``create_sqls``) are created; then the
+    snapshot is dropped (a later poll or binlog capture takes its own). Writes made while no
+    daemon compared are queued here, nothing written after is compared. Returns the changes queued.
+    """
+    snap, pm = table(base_prefix, "syncd_snapshot"), table(blog.prefix, "postmeta")
+    change, meta = table(base_prefix, "syncd_change"), table(base_prefix, "syncd_meta")
+    conn.commit()
+    # A short metadata-lock wait: waiting would queue every shop statement on postmeta behind it.
+    conn.exec_driver_sql("SET SESSION lock_wait_timeout = 5")
+    try:
+        conn.exec_driver_sql(
+            f"LOCK TABLES {pm} WRITE, {pm} AS pm WRITE, {snap} WRITE, {snap} AS s WRITE, {change} WRITE, "
+            f"{meta} WRITE"
+        )
+        try:
+            queued = poll_blog(conn, base_prefix, blog, keys)
+            conn.commit()
+            for sql in create_sqls:
+                conn.exec_driver_sql(sql)
+        finally:
+            conn.exec_driver_sql("UNLOCK TABLES")
+    finally:
+        conn.exec_driver_sql("SET SESSION lock_wait_timeout = DEFAULT")
+    conn.execute(sa.text(f"DELETE FROM {snap} WHERE blog_id = :b"), {"b": blog.blog_id})
+    conn.execute(sa.text(f"DELETE FROM {meta} WHERE name = :n"), {"n": _marker(blog)})
+    conn.commit()
+    return queued
 
 
 def _rebaseline(

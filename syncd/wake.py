@@ -104,6 +104,9 @@ def _ends_transaction(query: Any) -> bool:
 
 #: Binlog capture: ``{prefix}postmeta`` table name -> (blog id, the meta keys watched there).
 MetaTables = Mapping[str, "tuple[int, frozenset[str]]"]
+#: A named "product" meaning the whole blog: a row image without its post id or key
+#: (``binlog_row_image = MINIMAL``, a server's or a session's) cannot say which product it wrote.
+WHOLE_BLOG = -1
 
 
 class BinlogWake:
@@ -187,7 +190,9 @@ class BinlogWake:
             for image in (row.get("values"), row.get("before_values"), row.get("after_values")):
                 if image:
                     post_id, meta_key = _post_and_key(image)
-                    if meta_key in keys:
+                    if post_id is None or meta_key is None:
+                        named.setdefault(blog_id, set()).add(WHOLE_BLOG)
+                    elif meta_key in keys:
                         named.setdefault(blog_id, set()).add(post_id)
 
     def _on_event(self, ev: Any, txn: _Transaction) -> None:
@@ -308,11 +313,12 @@ class BinlogWake:
                 pass
 
 
-def _post_and_key(image: Mapping[str, Any]) -> tuple[int, str]:
+def _post_and_key(image: Mapping[str, Any]) -> tuple[int | None, str | None]:
     """(post_id, meta_key) of a postmeta row image: its 2nd and 3rd columns (meta_id, post_id,
-    meta_key, meta_value), by position (column names need the server's optional metadata)."""
-    values = list(image.values())
-    key = values[2]
+    meta_key, meta_value), by position (column names need the server's optional metadata). None
+    for a column the image leaves out (``binlog_row_image = MINIMAL``)."""
+    values = [*image.values(), None, None, None]
+    post, key = values[1], values[2]
     if isinstance(key, bytes):
         key = key.decode("utf-8", "replace")
-    return int(values[1]), str(key)
+    return (None if post is None else int(post)), (None if key is None else str(key))

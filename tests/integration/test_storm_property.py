@@ -14,6 +14,7 @@ duplicate meta row; nothing queued or settling; the audit finds no drift in thes
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -177,36 +178,45 @@ class Shop:
         self.model.new_sold += n
 
 
-def run_storm(net: Any, steps: list[tuple[Any, ...]], batch_size: int, mode: str = "trigger") -> None:
+def run_storm(
+    net: Any,
+    steps: list[tuple[Any, ...]],
+    batch_size: int,
+    mode: str = "trigger",
+    capture_step: Callable[[Any], Callable[[], object]] | None = None,
+) -> None:
+    """``capture_step(d)`` gives what captures a shop write before the next one (poll mode: a
+    full poll; binlog capture: comparing what the log named, tests/integration/test_binlog_exact.py)."""
     shop = Shop(net)
     d = make_daemon(
         net, blogs=SHARED, sync={"settle_seconds": 3600, "batch_size": batch_size}, capture={"mode": mode}
     )
+    observe = capture_step(d) if capture_step is not None else (d.poll if mode == "poll" else None)
     try:
-        if mode == "poll":
+        if d.polls_meta:
             d.poll()  # the first poll takes the snapshot
         d.apply_pending()
         for op in steps:
             name, args = op[0], op[1:]
             if name == "apply":
-                crash_at(d, *args)
+                crash_at(d, *args, observe=observe)
             elif name == "settle":
                 settled_now(net)
-                crash_at(d, args[0], 1)
+                crash_at(d, args[0], 1, observe=observe)
             elif name == "archive":
                 shop.archive(d, *args)
             else:
                 getattr(shop, name)(*args)
-                if mode == "poll":
+                if observe is not None:
                     # The poller sees each write before the next (writes between two polls are one
                     # net difference, their order across rows unknown: README, Capture modes).
-                    d.poll()
+                    observe()
         d.step_hook = None
         for b in sorted(shop.archived):
             shop.archive(d, b)
         for _ in range(2):
-            if mode == "poll":
-                d.poll()
+            if observe is not None:
+                observe()
             d.apply_pending()
             settled_now(net)
         d.apply_pending()
@@ -215,8 +225,9 @@ def run_storm(net: Any, steps: list[tuple[Any, ...]], batch_size: int, mode: str
         d.close()
 
 
-def crash_at(d: Any, step: str | None, nth: int) -> bool:
-    """Apply everything; with ``step``, the daemon dies the ``nth`` time it reaches it. True if it died."""
+def crash_at(d: Any, step: str | None, nth: int, observe: Callable[[], object] | None = None) -> bool:
+    """Apply everything (after ``observe``, the capture step, if any); with ``step``, the daemon
+    dies the ``nth`` time it reaches it. True if it died."""
     seen = [0]
 
     def hook(name: str) -> None:
@@ -227,8 +238,8 @@ def crash_at(d: Any, step: str | None, nth: int) -> bool:
 
     d.step_hook = hook if step else None
     try:
-        if d.capture_mode == "poll":
-            d.poll()
+        if observe is not None:
+            observe()
         d.apply_pending()
     except SimulatedCrash:
         return True
