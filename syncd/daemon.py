@@ -169,6 +169,7 @@ class Daemon:
         self._poll_until = 0.0  # after a wake: poll every idle_wait until then
         self._meta_tables: dict[str, tuple[int, frozenset[str]]] | None = None  # see meta_tables
         self._awaiting_take_over: set[int] = set()  # see _without_postmeta_triggers
+        self._hand_back_failed: set[int] = set()  # see discover: not served until handed to triggers
         self._went_ahead = False  # the last batch was fetched ahead of bulk work (queue.fetch_lanes)
         self._ahead_at = -1e9  # when a batch last went ahead of bulk work
         self.metrics: Any = None  # syncd.metrics.Metrics when [metrics] listen is set
@@ -662,11 +663,14 @@ class Daemon:
                 self._refuse_unpollable_fields()
             elif self.capture_mode == "binlog":
                 usable = self._without_postmeta_triggers(conn, usable)
-            waiting: set[int] = set()  # blogs whose hand-over to triggers must wait (retried)
             if self.capture_mode == "trigger" and self.config.sync.install_triggers:
-                waiting = self._hand_to_triggers(conn, usable)
+                # A blog whose hand-over to triggers failed is not served until it succeeds (a
+                # later discovery): nothing captures it meanwhile, and syncd's own writes into it
+                # would be found as the shop's by the hand-over's comparison.
+                self._hand_back_failed = self._hand_to_triggers(conn, usable)
+                usable = {b: blog for b, blog in usable.items() if b not in self._hand_back_failed}
             if self.capture_mode in ("trigger", "binlog") and self.config.sync.install_triggers:
-                for blog_id in sorted(set(usable) - waiting):
+                for blog_id in sorted(usable):
                     try:
                         outcome = capture.install_blog_triggers(
                             conn, self.base, usable[blog_id], self.watch_for(blog_id)
@@ -736,6 +740,9 @@ class Daemon:
                 b: "its postmeta triggers wait for a restart to hand over to binlog capture"
                 for b in self._awaiting_take_over
             }
+        )
+        reasons.update(
+            {b: "its hand-over to trigger capture failed (retried)" for b in self._hand_back_failed}
         )
         queued = queue.queued_by_blog(conn, self.base)
         settle: dict[int, tuple[str, str]] = {}
