@@ -3,6 +3,7 @@ under trigger bodies that add one piece at a time.
 
     python -m bench.trigger_floor                      # 20,000 statements per variant and case
     python -m bench.trigger_floor --iterations 5000 --variants none,empty,full --json
+    python -m bench.trigger_floor --save --binlog   # the save under each capture mode's triggers
 
 One blog per variant, identical catalogues; each blog's postmeta has one AFTER UPDATE trigger
 (two for the ``+attribution`` variants) with that variant's body; blog 1 has none. Every
