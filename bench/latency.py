@@ -185,9 +185,10 @@ def _measure(
     """Every rate on one network with one daemon (``fields``: its [fields] modes; ``capture``:
     its capture.mode, "" for the default)."""
     results: list[dict[str, Any]] = []
-    daemon = DaemonProcess(
-        net, refresh, fields=fields, capture={"mode": capture} if capture else None
-    ).start()
+    modes = {"mode": capture} if capture else {}
+    if args.poll_interval:
+        modes["poll_interval"] = args.poll_interval
+    daemon = DaemonProcess(net, refresh, fields=fields, capture=modes or None).start()
     log(
         f"daemon pid {daemon.pid} ready ({refresh} derived writes, capture {capture or 'default'}, fields {fields or 'off'})"
     )
@@ -276,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="capture.mode of the daemon, comma-separated to measure several in turn: trigger,binlog "
         "(binlog: the server writes a ROW binary log, for every mode; default: the daemon's default)",
+    )
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.0,
+        help="capture.poll_interval of the daemon (binlog capture: its full comparison; default: syncd's)",
     )
     p.add_argument(
         "--fields",
