@@ -33,6 +33,11 @@ How it is measured
   rows show what a realtime group costs stock propagation, and alternating keeps a load that
   rises or falls during the run from favouring one side. Each row carries its load average; the
   summary gives, per side, the median, min and max over its phases. Target: no worse with it on.
+* ``--capture trigger,binlog``: every phase runs under each capture.mode in turn (a fresh daemon
+  each), on a server writing a ROW binary log (binlog capture needs it; trigger capture then pays
+  for logging too). Binlog capture's comparison makes one change row per product and look, so two
+  checkouts between two looks are one row of -2: the matching counts how many checkouts each row
+  covers (bench.daemon_proc), and a phase ends when every ``_stock`` row equals the snapshot.
 """
 
 from __future__ import annotations
@@ -192,8 +197,8 @@ def _measure(
     log(
         f"daemon pid {daemon.pid} ready ({refresh} derived writes, capture {capture or 'default'}, fields {fields or 'off'})"
     )
-    # Binlog capture writes the change rows when it compares: an empty queue is not "applied".
-    drained_when = wait_captured if capture == "binlog" else wait_drained
+    # Binlog and poll capture write the change rows when they compare: an empty queue is not "applied".
+    drained_when = wait_captured if capture in ("binlog", "poll") else wait_drained
     writes = []
     phases = []
     try:
