@@ -500,7 +500,14 @@ def load_catalogue(
 # --------------------------------------------------------------------------- the daemon process
 
 
-def write_config(net: BenchNetwork, path: Path, *, fields: dict[str, str] | None = None, **sync: Any) -> Path:
+def write_config(
+    net: BenchNetwork,
+    path: Path,
+    *,
+    fields: dict[str, str] | None = None,
+    capture: dict[str, Any] | None = None,
+    **sync: Any,
+) -> Path:
     lines = [
         "[database]",
         f'url = "{net.url}"',
@@ -512,6 +519,8 @@ def write_config(net: BenchNetwork, path: Path, *, fields: dict[str, str] | None
     ]
     if sync:
         lines += ["", "[sync]"] + [f"{k} = {json.dumps(v)}" for k, v in sync.items()]
+    if capture:  # [capture], e.g. {"mode": "binlog"}
+        lines += ["", "[capture]"] + [f"{k} = {json.dumps(v)}" for k, v in capture.items()]
     if fields:  # [fields] group modes (issue 10), e.g. {"price": "realtime"}
         lines += ["", "[fields]"] + [f"{k} = {json.dumps(v)}" for k, v in fields.items()]
     path.write_text("\n".join(lines) + "\n")
@@ -535,10 +544,13 @@ class DaemonProcess:
         sync: dict[str, Any] | None = None,
         record: bool = True,
         fields: dict[str, str] | None = None,
+        capture: dict[str, Any] | None = None,
     ) -> None:
         self.net = net
         self.dir = Path(tempfile.mkdtemp(prefix="syncd-bench-"))
-        self.config = write_config(net, self.dir / "syncd.toml", fields=fields, **(sync or {}))
+        self.config = write_config(
+            net, self.dir / "syncd.toml", fields=fields, capture=capture, **(sync or {})
+        )
         self.events_path = self.dir / "events.json"
         self.stderr_path = self.dir / "daemon.log"
         if use_cli:
@@ -737,14 +749,16 @@ class PacedWriters:
 def match_latencies(writes: Iterable[Write], events: dict[str, Any]) -> tuple[list[tuple[Write, float]], int]:
     """Pair every write with the commit time of the daemon batch that applied it.
 
-    The daemon's events are ``[t_commit, [[change_id, blog, post], ...]]`` per batch. Per product,
-    the k-th write (in commit order: one thread per product at a time) is the k-th change row (in id
-    order). Returns ([(write, t_applied)], writes with no applied change).
+    The daemon's events are ``[t_commit, [[change_id, blog, post, writes], ...]]`` per batch
+    (``writes``: how many one-unit checkouts the row covers, 1 for a trigger's row; a poll's row
+    can cover several, see bench.daemon_proc). Per product, the writes in commit order (one
+    thread per product at a time) are the change rows in id order, each row taking as many
+    writes as it covers. Returns ([(write, t_applied)], writes with no applied change).
     """
-    applied: dict[tuple[int, int], list[tuple[int, float]]] = {}
+    applied: dict[tuple[int, int], list[tuple[int, float, int]]] = {}
     for t, changes in events.get("batches", []):
-        for cid, blog, post in changes:
-            applied.setdefault((blog, post), []).append((cid, t))
+        for cid, blog, post, *n in changes:
+            applied.setdefault((blog, post), []).append((cid, t, n[0] if n else 1))
     for v in applied.values():
         v.sort()
     by_key: dict[tuple[int, int], list[Write]] = {}
@@ -754,12 +768,12 @@ def match_latencies(writes: Iterable[Write], events: dict[str, Any]) -> tuple[li
     unmatched = 0
     for key, ws in by_key.items():
         ws.sort(key=lambda w: w.committed)
-        got = applied.get(key, [])
+        times = [t for _, t, n in applied.get(key, []) for _ in range(n)]
         for i, w in enumerate(ws):
-            if i >= len(got):
+            if i >= len(times):
                 unmatched += 1
                 continue
-            pairs.append((w, got[i][1]))
+            pairs.append((w, times[i]))
     return pairs, unmatched
 
 
@@ -807,6 +821,27 @@ def wait_drained(net: BenchNetwork, timeout: float, poll: float = 0.05) -> bool:
     while time.monotonic() < deadline:
         if net.pending() == 0:
             return True
+        time.sleep(poll)
+    return False
+
+
+def wait_captured(net: BenchNetwork, timeout: float, poll: float = 0.05) -> bool:
+    """Binlog (or poll) capture: until no change row is queued and every blog's ``_stock`` rows
+    equal the poll snapshot (every write was captured and applied). An empty queue alone says
+    nothing there: the daemon writes the change rows when it compares."""
+    deadline = time.monotonic() + timeout
+    snap = table(net.prefix, "syncd_snapshot")
+    differ = " + ".join(
+        f"(SELECT COUNT(*) FROM {net.table(b, 'postmeta')} pm JOIN {snap} s ON s.blog_id = {b} "
+        "AND s.meta_id = pm.meta_id WHERE pm.meta_key = '_stock' AND NOT (BINARY s.value <=> BINARY pm.meta_value))"
+        for b in net.blog_ids
+    )
+    while time.monotonic() < deadline:
+        if net.pending() == 0:
+            with net.raw() as conn, conn.cursor() as cur:
+                cur.execute(f"SELECT {differ}")
+                if int(cur.fetchone()[0]) == 0 and net.pending() == 0:
+                    return True
         time.sleep(poll)
     return False
 

@@ -35,6 +35,16 @@ def _configure_logging(cfg: object) -> None:
         pass
 
 
+def _writes(change: object) -> int:
+    """How many of the benchmark's one-unit checkouts a ``_stock`` change row covers: 1 for a
+    trigger's row; a poll (binlog capture) compares values, so two checkouts of one product
+    between two looks are one row of -2."""
+    try:
+        return max(1, round(float(change.old_value) - float(change.new_value)))  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--config", required=True)
@@ -61,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             seen = {}
             for h in result.history:  # type: ignore[attr-defined]
                 c = h.change
-                seen[c.id] = (c.id, c.blog_id, c.post_id)
+                seen[c.id] = (c.id, c.blog_id, c.post_id, _writes(c))
             batches.append((t, list(seen.values())))
 
         daemon.on_batch = on_batch  # type: ignore[assignment]

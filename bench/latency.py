@@ -33,6 +33,11 @@ How it is measured
   rows show what a realtime group costs stock propagation, and alternating keeps a load that
   rises or falls during the run from favouring one side. Each row carries its load average; the
   summary gives, per side, the median, min and max over its phases. Target: no worse with it on.
+* ``--capture trigger,binlog``: every phase runs under each capture.mode in turn (a fresh daemon
+  each), on a server writing a ROW binary log (binlog capture needs it; trigger capture then pays
+  for logging too). Binlog capture's comparison makes one change row per product and look, so two
+  checkouts between two looks are one row of -2: the matching counts how many checkouts each row
+  covers (bench.daemon_proc), and a phase ends when every ``_stock`` row equals the snapshot.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ from bench.common import (  # noqa: E402
     resolve_refresh,
     start_server,
     summarize,
+    wait_captured,
     wait_drained,
 )
 
@@ -84,25 +90,30 @@ def run(args: Any) -> dict[str, Any]:
     blogs_list = [int(x) for x in args.blogs.split(",")]
     rates = [float(x) for x in args.rates.split(",")]
     skus = args.skus or (500 if args.quick else 2000)
-    server = start_server(extra=BINLOG_OPTIONS if args.binlog else ())
+    captures = [c for c in args.capture.split(",") if c]
+    binlog = args.binlog or "binlog" in captures
+    server = start_server(extra=BINLOG_OPTIONS if binlog else ())
     results: list[dict[str, Any]] = []
     idle_cpu: dict[int | str, dict[str, float]] = {}
-    variants: list[dict[str, str]] = [{}]
-    if args.fields:  # off, on, off, on, ...: neither side always runs first or last
-        variants = [{}, dict.fromkeys(args.fields.split(","), "realtime")] * max(1, args.alternations)
+    variants = _variants(args, captures)
     try:
         for nblogs in blogs_list:
             net = create_network(server, nblogs)
             load_catalogue(net, skus)
-            for phase, fields in enumerate(variants, 1):
+            for phase, (capture, fields) in enumerate(variants, 1):
                 label = ",".join(f"{k}={v}" for k, v in fields.items()) or "off"
                 load = _load()
-                rows, idle = _measure(args, server, net, nblogs, rates, refresh, fields)
+                rows, idle = _measure(args, server, net, nblogs, rates, refresh, fields, capture)
                 idle_cpu[
-                    nblogs if len(variants) == 1 else f"{nblogs} blogs, phase {phase}, fields {label}"
+                    nblogs
+                    if len(variants) == 1
+                    else f"{nblogs} blogs, phase {phase}, capture {capture or 'default'}, fields {label}"
                 ] = idle
                 load = f"{load} -> {_load()}"
-                results += [{"fields": label, "phase": phase, "load": load, **r} for r in rows]
+                results += [
+                    {"capture": capture or "default", "fields": label, "phase": phase, "load": load, **r}
+                    for r in rows
+                ]
             net.engine.dispose()
     finally:
         server.stop()
@@ -114,7 +125,8 @@ def run(args: Any) -> dict[str, Any]:
     return {
         "benchmark": "latency",
         "refresh": refresh,
-        "binlog": args.binlog,
+        "binlog": binlog,
+        "captures": captures,
         "machine": machine(),
         "server": server.version,
         "skus": skus,
@@ -130,16 +142,31 @@ def run(args: Any) -> dict[str, Any]:
     }
 
 
+def _variants(args: Any, captures: list[str]) -> list[tuple[str, dict[str, str]]]:
+    """The phases, in order: (capture mode or "" for the default, [fields] modes). With --fields,
+    off and on alternate; with several --capture modes, each setting runs under every mode in
+    turn (off: trigger, binlog; on: trigger, binlog; ...), so that a load that rises or falls
+    during the run favours none of them."""
+    settings: list[dict[str, str]] = [{}]
+    if args.fields:  # off, on, off, on, ...: neither side always runs first or last
+        settings = [{}, dict.fromkeys(args.fields.split(","), "realtime")] * max(1, args.alternations)
+    modes = captures or [""]
+    return [(mode, fields) for fields in settings for mode in modes]
+
+
 def _load() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _sides(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per fields setting, at 3 blogs and 100/s: median, min and max over its phases of p50/p95/p99."""
+    """Per capture mode and fields setting, at 3 blogs and 100/s: median, min and max over its
+    phases of p50/p95/p99."""
+    modes = {r["capture"] for r in results}
     out: dict[str, dict[str, Any]] = {}
     for r in results:
         if r["blogs"] == 3 and r["rate"] == 100 and r.get("p99_ms") is not None:
-            side = out.setdefault(r["fields"], {"phases": []})
+            label = r["fields"] if len(modes) == 1 else f"capture {r['capture']}, fields {r['fields']}"
+            side = out.setdefault(label, {"phases": []})
             side["phases"].append(r["phase"])
             for k in ("p50_ms", "p95_ms", "p99_ms"):
                 side.setdefault(k, []).append(r[k])
@@ -151,12 +178,27 @@ def _sides(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def _measure(
-    args: Any, server: Any, net: Any, nblogs: int, rates: list[float], refresh: str, fields: dict[str, str]
+    args: Any,
+    server: Any,
+    net: Any,
+    nblogs: int,
+    rates: list[float],
+    refresh: str,
+    fields: dict[str, str],
+    capture: str = "",
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Every rate on one network with one daemon (``fields``: its [fields] modes)."""
+    """Every rate on one network with one daemon (``fields``: its [fields] modes; ``capture``:
+    its capture.mode, "" for the default)."""
     results: list[dict[str, Any]] = []
-    daemon = DaemonProcess(net, refresh, fields=fields).start()
-    log(f"daemon pid {daemon.pid} ready ({refresh} derived writes, fields {fields or 'off'})")
+    modes = {"mode": capture} if capture else {}
+    if args.poll_interval:
+        modes["poll_interval"] = args.poll_interval
+    daemon = DaemonProcess(net, refresh, fields=fields, capture=modes or None).start()
+    log(
+        f"daemon pid {daemon.pid} ready ({refresh} derived writes, capture {capture or 'default'}, fields {fields or 'off'})"
+    )
+    # Binlog and poll capture write the change rows when they compare: an empty queue is not "applied".
+    drained_when = wait_captured if capture in ("binlog", "poll") else wait_drained
     writes = []
     phases = []
     try:
@@ -176,7 +218,7 @@ def _measure(
             cpu = CpuMeter(daemon.pid, server.proc.pid if server.proc else None).start()
             writes += w.run()
             backlog = net.pending()
-            drained = wait_drained(net, timeout=args.drain_timeout)
+            drained = drained_when(net, timeout=args.drain_timeout)
             cpu.stop()
             phases.append(
                 {
@@ -236,6 +278,18 @@ def main(argv: list[str] | None = None) -> int:
         "--idle", type=float, default=0.0, help="seconds of idle daemon measured first (default 5, quick 1)"
     )
     p.add_argument(
+        "--capture",
+        default="",
+        help="capture.mode of the daemon, comma-separated to measure several in turn: trigger,binlog "
+        "(binlog: the server writes a ROW binary log, for every mode; default: the daemon's default)",
+    )
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.0,
+        help="capture.poll_interval of the daemon (binlog capture: its full comparison; default: syncd's)",
+    )
+    p.add_argument(
         "--fields",
         default="",
         help='field groups to measure realtime beside "off", e.g. price (issue 10; needs the field groups)',
@@ -255,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         out["results"],
         [
             ("phase", "phase"),
+            ("capture", "capture"),
             ("fields", "fields"),
             ("blogs", "blogs"),
             ("rate", "changes/s"),
@@ -286,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         t["sides_at_100_per_s_3_blogs"].items() if len(t["sides_at_100_per_s_3_blogs"]) > 1 else ()
     ):
         print(
-            f"fields {label}, phases {side['phases']}: "
+            f"{'' if label.startswith('capture') else 'fields '}{label}, phases {side['phases']}: "
             + ", ".join(
                 f"{k[:-3]} median {v['median']} ms (min {v['min']}, max {v['max']})"
                 for k, v in side.items()

@@ -3,6 +3,7 @@ under trigger bodies that add one piece at a time.
 
     python -m bench.trigger_floor                      # 20,000 statements per variant and case
     python -m bench.trigger_floor --iterations 5000 --variants none,empty,full --json
+    python -m bench.trigger_floor --save --binlog   # the save under each capture mode's triggers
 
 One blog per variant, identical catalogues; each blog's postmeta has one AFTER UPDATE trigger
 (two for the ``+attribution`` variants) with that variant's body; blog 1 has none. Every
@@ -22,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
+    BINLOG_OPTIONS,
     base_parser,
     create_network,
     emit,
@@ -100,10 +103,10 @@ VARIANTS: dict[str, str] = {
 
 
 @contextmanager
-def bench_network(blogs: int) -> Iterator[Any]:
+def bench_network(blogs: int, binlog: bool = False) -> Iterator[Any]:
     """A private server holding ``blogs`` identical blogs of SKUS products and syncd's tables,
-    stopped when the block ends."""
-    server = start_server()
+    stopped when the block ends (``binlog``: the server writes a ROW binary log)."""
+    server = start_server(extra=BINLOG_OPTIONS if binlog else ())
     try:
         net = create_network(server, blogs)
         load_catalogue(net, SKUS)
@@ -155,22 +158,29 @@ def measure(
     make: Callable[[int, int, int], list[str]],
     iterations: int,
     clear_every: int = 500,
+    session: dict[str, tuple[str, str]] | None = None,
 ) -> dict[str, list[float]]:
-    """us per call of ``make(blog, sku, i)``'s statements, per variant (blog = its position + 1)."""
+    """us per call of ``make(blog, sku, i)``'s statements, per variant (blog = its position + 1).
+    ``session``: variant -> (statement before, statement after) its calls, outside the timing."""
     conn = net.raw()
     cur = conn.cursor()
     times: dict[str, list[float]] = {v: [] for v in variants}
     blogs = {v: i + 1 for i, v in enumerate(variants)}
+    session = session or {}
     clock = time.perf_counter_ns
     for i in range(-min(500, iterations // 10), iterations):
         sku = (i % SKUS) + 1
         k = i % len(variants)
         for v in variants[k:] + variants[:k]:
             statements = make(blogs[v], sku, i)
+            if v in session:
+                cur.execute(session[v][0])
             t0 = clock()
             for sql in statements:
                 cur.execute(sql)
             t1 = clock()
+            if v in session:
+                cur.execute(session[v][1])
             if i >= 0:
                 times[v].append((t1 - t0) / 1000)
         if i % clear_every == clear_every - 1:
@@ -219,7 +229,11 @@ def summarize(times: dict[str, list[float]], base: str) -> list[dict[str, Any]]:
 
 
 #: --save: the synthetic product save of bench/trigger_overhead.py (30 postmeta UPDATEs, the posts
-#: UPDATE, a category moved) under these trigger sets.
+#: UPDATE, a category moved) under these trigger sets. "binlog capture": the triggers syncd installs
+#: with ``capture.mode = "binlog"`` (no postmeta trigger: ``Watch.meta_triggers`` False); with stock
+#: only that is no trigger at all, a second "none" (a control: what two identical blogs differ by).
+#: The dashboard drops its attribution triggers in binlog capture (syncd.web.server), so no
+#: binlog row has them (and ``--dashboard`` measures a trigger that mode does not install).
 SAVE_VARIANTS = (
     "none",
     "v1, stock only",
@@ -227,14 +241,21 @@ SAVE_VARIANTS = (
     "v1, every group",
     "this tree, every group",
     "this tree, every group + dashboard's postmeta triggers",
+    "binlog capture, stock only (no trigger: a control)",
+    "binlog capture, every group",
 )
+#: --save --binlog: the save with the session's binary log off (``sql_log_bin = 0``), no trigger:
+#: what writing the ROW binary log costs the save, for a shop that turns it on for binlog capture.
+NO_BINLOG = "none, binary log off for the session"
 
 
 def install_save_variant(conn: Any, net: Any, blog: int, variant: str) -> None:
-    if variant == "none":
+    if variant in ("none", NO_BINLOG):
         return
     b = Blog(blog, net.blog_prefix(blog))
     watch = capture.STOCK_ONLY if "stock only" in variant else ALL_FIELDS
+    if variant.startswith("binlog capture"):
+        watch = replace(watch, meta_triggers=False)
     capture.install_blog_triggers(conn, net.prefix, b, watch)
     if variant.startswith("v1"):  # version 1's postmeta UPDATE body (the save's other triggers are unchanged)
         body = _V1.replace("{w}", capture.watched_list(watch.meta_keys))
@@ -253,10 +274,10 @@ def install_save_variant(conn: Any, net: Any, blog: int, variant: str) -> None:
 def run_save(args: Any) -> dict[str, Any]:
     from bench import trigger_overhead as to  # noqa: PLC0415
 
-    variants = list(SAVE_VARIANTS)
+    variants = list(SAVE_VARIANTS) + ([NO_BINLOG] if args.binlog else [])
     iterations = args.iterations or (200 if args.quick else 2000)
     load = [os.getloadavg()[0]]
-    with bench_network(len(variants)) as net:
+    with bench_network(len(variants), args.binlog) as net:
         to.prepare_saves(net, SKUS, tuple(range(1, len(variants) + 1)))
         with net.engine.connect() as conn:
             if args.dashboard:
@@ -266,12 +287,21 @@ def run_save(args: Any) -> dict[str, Any]:
             conn.commit()
         save = to.save_cases(net)[0]["make_many"]
         log(f"product save: {iterations:,} saves x {len(variants)} variants")
-        times = measure(net, variants, lambda b, sku, i: save(b, sku, i, SKUS), iterations, clear_every=100)
+        session = {NO_BINLOG: ("SET SESSION sql_log_bin = 0", "SET SESSION sql_log_bin = 1")}
+        times = measure(
+            net,
+            variants,
+            lambda b, sku, i: save(b, sku, i, SKUS),
+            iterations,
+            clear_every=100,
+            session=session,
+        )
         results = {"product save (33 statements)": summarize(times, "none")}
         load.append(os.getloadavg()[0])
     return {
         "benchmark": "trigger_floor --save",
         "machine": machine(),
+        "binlog": args.binlog,
         "iterations": iterations,
         "load_1min": load,
         "dashboard": args.dashboard,
@@ -440,6 +470,12 @@ def main(argv: list[str] | None = None) -> int:
         "--save", action="store_true", help="the synthetic product save under v1 and this tree's triggers"
     )
     p.add_argument("--terms", action="store_true", help="a term_relationships INSERT under the terms trigger")
+    p.add_argument(
+        "--binlog",
+        action="store_true",
+        help="--save on a server writing a ROW binary log (as binlog capture needs), plus the save "
+        "with the session's binary log off",
+    )
     args = p.parse_args(argv)
     out = run(args)
     if args.json:

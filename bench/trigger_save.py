@@ -7,7 +7,11 @@ on fresh copies of the recorded network, with and without syncd's triggers.
     python -m bench.trigger_save --replays 20 --json
 
 Sides: ``plain`` (no syncd), ``fields`` (syncd's tables and blog 2's capture triggers with every
-field group realtime), ``fields+dashboard`` (the same plus the dashboard's attribution triggers).
+field group realtime), ``fields+dashboard`` (the same plus the dashboard's attribution triggers),
+``binlog fields`` (the triggers of ``capture.mode = "binlog"``: posts and term_relationships
+only, no postmeta trigger; the dashboard drops its attribution triggers in that mode). ``--binlog`` runs the server with a ROW binary
+log (binlog capture's requirement) and adds ``plain, binary log off`` (the replay's session with
+``sql_log_bin = 0``: what writing the log costs the save).
 Each replay gets its own copy of the recorded network (made before the timing); the sides of one
 round run one after the other in an order rotated every round, and the figure is the median of
 the paired differences against ``plain`` in the same round. Timed client-side per statement, on
@@ -25,13 +29,22 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import base_parser, emit, log, machine, print_table, start_server  # noqa: E402
+from bench.common import (  # noqa: E402
+    BINLOG_OPTIONS,
+    base_parser,
+    emit,
+    log,
+    machine,
+    print_table,
+    start_server,
+)
 from bench.trigger_overhead import ALL_FIELDS  # noqa: E402
 from syncd import attribution, capture, schema  # noqa: E402
 from syncd.network import Blog  # noqa: E402
@@ -40,17 +53,21 @@ from tests.integration.trace_replay import Replay  # noqa: E402
 
 TRACE = "01-create-simple"
 BLOG = 2
-SIDES = ("plain", "fields", "fields+dashboard")
+SIDES = ("plain", "fields", "fields+dashboard", "binlog fields")
+#: --binlog: the plain replay with its session's binary log off (sql_log_bin = 0).
+NO_BINLOG = "plain, binary log off"
 TRIGGERED = ("wp_2_postmeta", "wp_2_posts", "wp_2_term_relationships")
 
 
 def prepare(net: Any, side: str) -> None:
-    if side == "plain":
+    if side.startswith("plain"):
         return
     blog = Blog(BLOG, net.blog_prefix(BLOG))
+    # binlog capture (capture.mode = "binlog"): the posts and term triggers only, no postmeta one
+    watch = replace(ALL_FIELDS, meta_triggers=False) if side.startswith("binlog") else ALL_FIELDS
     with net.engine.connect() as conn:
         schema.ensure_schema(conn, net.prefix)
-        capture.install_blog_triggers(conn, net.prefix, blog, ALL_FIELDS)
+        capture.install_blog_triggers(conn, net.prefix, blog, watch)
         if side.endswith("+dashboard"):
             attribution.install(conn, net.prefix, [blog])
         conn.commit()
@@ -110,12 +127,17 @@ def triggered(sql: str) -> bool:
     )
 
 
-def replay(net: Any) -> tuple[list[float], int]:
-    """(ms of each statement in trace order, change rows made)."""
+def replay(net: Any, log_bin: bool = True) -> tuple[list[float], int]:
+    """(ms of each statement in trace order, change rows made); ``log_bin`` False: the replay's
+    session writes no binary log."""
     clock = time.perf_counter_ns
     per: list[float] = []
     with Replay(net, TRACE) as r:
         r.connection_id(1)  # the connection is opened outside the timing
+        if not log_bin:
+            cur = r._conn(1).cursor()
+            cur.execute("SET SESSION sql_log_bin = 0")
+            cur.close()
         last = clock()
 
         def tick(st: Any) -> None:
@@ -140,23 +162,25 @@ def added(side: list[list[float]], plain: list[list[float]], which: list[int]) -
 
 def run(args: Any) -> dict[str, Any]:
     replays = args.replays or (6 if args.quick else 60)
-    # Room for every table of three copies of the network and the template (400 by default: shares
+    sides = SIDES + ((NO_BINLOG,) if args.binlog else ())
+    # Room for every table of the copies of the network and the template (400 by default: shares
     # evicted mid-replay would be reopened, and their triggers parsed again, at every statement).
-    server = start_server(extra=["--table_definition_cache=4000", "--table_open_cache=8000"])
+    caches = ["--table_definition_cache=4000", "--table_open_cache=8000"]
+    server = start_server(extra=[*caches, *(BINLOG_OPTIONS if args.binlog else ())])
     factory = NetworkFactory(server)
     load = [os.getloadavg()[0]]
-    times: dict[str, list[list[float]]] = {s: [] for s in SIDES}
+    times: dict[str, list[list[float]]] = {s: [] for s in sides}
     change_rows: dict[str, int] = {}
     try:
         for i in range(-2, replays):  # two warm-up rounds
             nets = {}
-            for side in SIDES:
+            for side in sides:
                 nets[side] = factory.recorded_network()
                 prepare(nets[side], side)
                 warm(nets[side])
-            k = i % len(SIDES)
-            for side in SIDES[k:] + SIDES[:k]:
-                per, change_rows[side] = replay(nets[side])
+            k = i % len(sides)
+            for side in sides[k:] + sides[:k]:
+                per, change_rows[side] = replay(nets[side], log_bin=side != NO_BINLOG)
                 if i >= 0:
                     times[side].append(per)
             for net in nets.values():
@@ -171,7 +195,7 @@ def run(args: Any) -> dict[str, Any]:
     on = [i for i, q in enumerate(sql) if triggered(q)]
     every = list(range(len(sql)))
     rows = []
-    for side in SIDES:
+    for side in sides:
         rows.append(
             {
                 "side": side,
@@ -188,6 +212,7 @@ def run(args: Any) -> dict[str, Any]:
         "benchmark": "trigger_save",
         "machine": machine(),
         "server": server.version,
+        "binlog": args.binlog,
         "trace": TRACE,
         "statements": len(sql),
         "triggered_statements": len(on),
@@ -200,6 +225,11 @@ def run(args: Any) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--replays", type=int, default=0, help="replays per side (default 60)")
+    p.add_argument(
+        "--binlog",
+        action="store_true",
+        help="a server writing a ROW binary log (as binlog capture needs), and the plain replay without it",
+    )
     args = p.parse_args(argv)
     out = run(args)
     if args.json:

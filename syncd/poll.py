@@ -42,7 +42,7 @@ import sqlalchemy as sa
 import structlog
 
 from syncd.capture import watched_list
-from syncd.db import table
+from syncd.db import run_many, table
 from syncd.network import Blog
 from syncd.plan import WATCHED_KEYS
 from syncd.schema import get_meta, set_meta
@@ -356,14 +356,13 @@ def advance_snapshot(conn: sa.Connection, base_prefix: str, seen: Seen, committe
     new_ids = sorted(set(now) - set(seen.rows))
     theirs = committed(seen.blog, new_ids) if new_ids else set()
     mine = {m: r for m, r in now.items() if m not in theirs}
-    moved = 0
-    for meta_id, old, new in _diff(seen.rows, mine):
-        if not _move(conn, base_prefix, seen.blog, meta_id, old, new):
+    diffs = _diff(seen.rows, mine)
+    for (meta_id, _, _), held in zip(diffs, _moves(conn, base_prefix, seen.blog, diffs), strict=True):
+        if not held:
             raise SnapshotConflict(
                 f"blog {seen.blog.blog_id}: snapshot row {meta_id} moved under syncd's write"
             )
-        moved += 1
-    return moved
+    return len(diffs)
 
 
 def committed_elsewhere(engine: sa.Engine) -> CommittedFn:
@@ -433,8 +432,8 @@ def _capture(
     Returns (change rows queued, differences someone else had moved first)."""
     rows: list[dict[str, object]] = []
     lost = 0
-    for meta_id, old, new in diffs:
-        if not _move(conn, base_prefix, blog, meta_id, old, new):
+    for (_, old, new), held in zip(diffs, _moves(conn, base_prefix, blog, diffs), strict=True):
+        if not held:
             lost += 1
             continue
         if old is None:
@@ -458,26 +457,31 @@ def _capture(
     return len(rows), lost
 
 
-def _move(
-    conn: sa.Connection, base_prefix: str, blog: Blog, meta_id: int, old: Row | None, new: Row | None
-) -> bool:
-    """Compare-and-set one snapshot row from ``old`` to ``new`` (None: absent). False when it
-    does not hold ``old`` any more (another transaction moved it; ours waited for it to commit)."""
+def _moves(
+    conn: sa.Connection, base_prefix: str, blog: Blog, diffs: Sequence[tuple[int, Row | None, Row | None]]
+) -> list[bool]:
+    """Compare-and-set the snapshot row of each difference, in order, in one round trip where the
+    connection allows it (syncd.db.run_many; an apply batch moves one row per member written).
+    Each: True when it moved, False when the row no longer held the old value (another
+    transaction moved it; ours waited for it to commit)."""
+    done = run_many(conn, [_move_sql(base_prefix, blog, meta_id, old, new) for meta_id, old, new in diffs])
+    return [r.rowcount == 1 for r in done]
+
+
+def _move_sql(
+    base_prefix: str, blog: Blog, meta_id: int, old: Row | None, new: Row | None
+) -> tuple[str, list[object]]:
+    """The compare-and-set of one snapshot row from ``old`` to ``new`` (None: absent)."""
     snap = table(base_prefix, "syncd_snapshot")
-    key = {"b": blog.blog_id, "m": meta_id}
     if old is None:
         assert new is not None
-        sql = f"INSERT IGNORE INTO {snap} (blog_id, meta_id, post_id, meta_key, value) VALUES (:b, :m, :np, :nk, :nv)"
-        params = {**key, "np": new[0], "nk": new[1], "nv": new[2]}
-    else:
-        was = "blog_id = :b AND meta_id = :m AND post_id = :op AND meta_key = :ok AND value <=> :ov"
-        params = {**key, "op": old[0], "ok": old[1], "ov": old[2]}
-        if new is None:
-            sql = f"DELETE FROM {snap} WHERE {was}"
-        else:
-            sql = f"UPDATE {snap} SET post_id = :np, meta_key = :nk, value = :nv WHERE {was}"
-            params.update({"np": new[0], "nk": new[1], "nv": new[2]})
-    return conn.execute(sa.text(sql), params).rowcount == 1
+        sql = f"INSERT IGNORE INTO {snap} (blog_id, meta_id, post_id, meta_key, value) VALUES (%s, %s, %s, %s, %s)"
+        return sql, [blog.blog_id, meta_id, *new]
+    was = "blog_id = %s AND meta_id = %s AND post_id = %s AND meta_key = %s AND value <=> %s"
+    key = [blog.blog_id, meta_id, *old]
+    if new is None:
+        return f"DELETE FROM {snap} WHERE {was}", key
+    return f"UPDATE {snap} SET post_id = %s, meta_key = %s, value = %s WHERE {was}", [*new, *key]
 
 
 def _change(

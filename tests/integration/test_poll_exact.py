@@ -13,8 +13,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from syncd import derived
-from syncd.poll import poll_blog
+from syncd import db, derived
+from syncd.poll import poll_blog, poll_posts
 from tests.integration.daemon_process import lock_waits, wait_until
 from tests.integration.poll_helpers import snapshot_lag
 from tests.integration.sync_helpers import archived, ids, make_daemon, meta, pending, qty, woo_decrease
@@ -211,4 +211,41 @@ def test_poll_trigger_poll_counts_the_sales_made_under_triggers_once(wp_network)
         d.apply_pending()
         assert {b: qty(net, b, mug[b]) for b in mug} == {b: start[b] - 3 for b in mug}
     finally:
+        d.close()
+
+
+def test_moves_in_one_round_trip_skip_only_the_row_another_poller_moved(wp_network):
+    """The snapshot's compare-and-sets of one comparison go to the server in one round trip (a
+    multi-statement connection, as the daemon's): when another poller moved one of the rows first,
+    exactly that difference is left to it and the others are queued, each once."""
+    net = wp_network
+    mug, cap = ids(net, "MUG"), ids(net, "CAP")
+    d = make_daemon(net, capture=POLL)
+    engine = d.config.database.make_engine(multi_statements=True)
+    try:
+        d.poll()  # baselines
+        blog = d.blogs()[1]
+        woo_decrease(net, 1, mug[1], 2)
+        woo_decrease(net, 1, cap[1], 3)
+        with net.engine.connect() as a, engine.connect() as b:
+            assert db.multi_statements(b)
+            assert poll_posts(a, net.prefix, blog, [mug[1]]) == 1  # A holds MUG's rows
+            second: list[int] = []
+            t = threading.Thread(
+                target=lambda: second.append(poll_posts(b, net.prefix, blog, [mug[1], cap[1]]))
+            )
+            t.start()
+            wait_until(lambda: lock_waits(net) == 1, 10, "poller B to wait for A's rows", poll=0.15)
+            a.commit()
+            t.join(10)
+            assert not t.is_alive()
+            b.commit()
+        assert second == [1]  # CAP's sale only: MUG's was A's
+        assert pending(net) == 2
+        mug_before, cap_before = qty(net, 2, mug[2]), qty(net, 2, cap[2])
+        d.apply_pending()
+        assert [qty(net, b, mug[b]) for b in (1, 2, 3)] == [mug_before - 2] * 3
+        assert [qty(net, b, cap[b]) for b in (1, 2, 3)] == [cap_before - 3] * 3
+    finally:
+        engine.dispose()
         d.close()
