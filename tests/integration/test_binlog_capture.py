@@ -8,6 +8,10 @@ Each test runs its own private server with a ROW binary log (tests.integration.t
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
 
 from syncd import capture, wake
 from tests.integration import test_wake
@@ -15,7 +19,13 @@ from tests.integration.daemon_process import members, quantities
 from tests.integration.sync_helpers import make_daemon, woo_decrease
 from tests.integration.test_wake import Running, until
 
-binlog_factory = test_wake.binlog_factory  # a private server with a ROW binary log, per test
+
+@pytest.fixture(scope="module")
+def binlog_factory(mysql_server: Any) -> Iterator[Any]:
+    """One private server with a ROW binary log for this module (each test takes a fresh network)."""
+    with test_wake.binlog_server(mysql_server) as factory:
+        yield factory
+
 
 #: The full comparison would come after ten minutes: only the binary log can name a product.
 NO_FULL_POLL = {"mode": "binlog", "poll_interval": 600}

@@ -33,7 +33,7 @@ from tests.integration.sync_helpers import archived, ids, make_daemon, pending, 
 from tests.integration.test_fields_exact import price_duplicates, price_values
 from tests.integration.test_settle import CREATE_WINDOWS, duplicates, settling, simple_elsewhere
 from tests.integration.test_storm_property import FOUND, HUNT, poll_ops, run_storm
-from tests.integration.test_wake import BinlogServer, Running, until
+from tests.integration.test_wake import Running, binlog_server, until
 from tests.integration.trace_replay import Replay
 
 BINLOG = {"mode": "binlog", "poll_interval": 600}  # the full comparison only when the stream (re)starts
@@ -42,15 +42,8 @@ BINLOG = {"mode": "binlog", "poll_interval": 600}  # the full comparison only wh
 @pytest.fixture(scope="module")
 def binlog_networks(mysql_server: Any) -> Iterator[NetworkFactory]:
     """One binlog server for the module's tests (each test takes a fresh network from it)."""
-    if not getattr(mysql_server, "private", False):
-        pytest.skip("needs a private server binary to start one with a binary log")
-    server = BinlogServer().start()
-    factory = NetworkFactory(server)
-    try:
+    with binlog_server(mysql_server) as factory:
         yield factory
-    finally:
-        factory.close()
-        server.stop()
 
 
 @pytest.fixture

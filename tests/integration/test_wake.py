@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -30,8 +31,10 @@ class BinlogServer(PrivateServer):
         return [*super()._command(), "--log-bin=binlog", "--binlog-format=ROW", "--server-id=1"]
 
 
-@pytest.fixture
-def binlog_factory(mysql_server: Any) -> Iterator[NetworkFactory]:
+@contextmanager
+def binlog_server(mysql_server: Any) -> Iterator[NetworkFactory]:
+    """A private server writing a ROW binary log, and a factory of networks on it (skipped where
+    the session's server is not a private binary)."""
     if not getattr(mysql_server, "private", False):
         pytest.skip("needs a private server binary to start one with a binary log")
     server = BinlogServer().start()
@@ -41,6 +44,12 @@ def binlog_factory(mysql_server: Any) -> Iterator[NetworkFactory]:
     finally:
         factory.close()
         server.stop()
+
+
+@pytest.fixture
+def binlog_factory(mysql_server: Any) -> Iterator[NetworkFactory]:
+    with binlog_server(mysql_server) as factory:
+        yield factory
 
 
 def until(check: Any, timeout: float, alive: Any = lambda: True) -> bool:
