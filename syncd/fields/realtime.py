@@ -1,10 +1,11 @@
 """Realtime field groups (issue 10): which groups are realtime, what each blog's capture triggers
 watch for them, and what poll mode can and cannot capture.
 
-A realtime group is captured like stock (its meta keys by the postmeta triggers, its posts
-columns and taxonomies by the posts / term_relationships triggers, see :mod:`syncd.capture`) on
-the blogs that take part in it (``[fields.blogs]``); everything else about it (planning, writing)
-goes through the apply pipeline.
+A realtime group is captured like stock (its meta keys by the postmeta triggers, or in binlog
+capture by the snapshot comparison the binary log points to; its posts columns and taxonomies by
+the posts / term_relationships triggers, see :mod:`syncd.capture`) on the blogs that take part in
+it (``[fields.blogs]``); everything else about it (planning, writing) goes through the apply
+pipeline.
 """
 
 from __future__ import annotations
