@@ -299,9 +299,12 @@ class BinlogWake:
         try:
             for ev in self._stream:
                 if not self.following.is_set():
+                    if self.meta_tables is not None:
+                        # Binlog capture: what committed before the stream is compared in full
+                        # now (set before `following`, so whoever sees that sees this too).
+                        self.resynced.set()
+                        self.event.set()
                     self.following.set()
-                    self.resynced.set()
-                    self.event.set()
                 if self._closed.is_set():
                     return
                 self._on_event(ev, txn)
