@@ -164,9 +164,10 @@ def poll_posts(
     The same compare-and-set as :func:`poll_blog`, on the named products only: a difference
     another poller captured first is left to it. Their rows are read with locks: the binary log
     may name a transaction before its commit is visible, and a locking read waits for it (it
-    still holds its row locks) instead of missing it; the poll's own transaction is short. A blog without its baseline, or whose watched
-    key set changed, is polled whole instead (the baseline comes first). A meta row that moved
-    to a product not named here is left to the next full poll.
+    still holds its row locks) instead of missing it; the poll's own transaction is short. A
+    blog without its baseline, or whose watched key set changed, is polled whole instead (the
+    baseline comes first). A meta row that moved to a product not named here is left to the next
+    full poll.
     """
     ids = tuple(sorted(set(posts)))
     keys = tuple(keys)
