@@ -425,6 +425,8 @@ def install_all(config: object, *, out: object = None) -> int:
             conn.rollback()
             selection = config.blogs  # type: ignore[attr-defined]
             groups = realtime.realtime_groups(config)
+            installed = installed_triggers(conn, base)  # each blog's hand-over reads its own entries
+            conn.rollback()
             for blog in network.blogs:
                 if not selection.selects(blog.blog_id):
                     # [blogs] include/exclude: never read or written, and no trigger of ours there.
@@ -440,13 +442,15 @@ def install_all(config: object, *, out: object = None) -> int:
                 try:
                     watch = realtime.watch_for(config, blog.blog_id, groups)
                     if not watch.meta_triggers:  # binlog capture: the poll snapshot takes over, exactly
-                        found = poll.take_over_from_triggers(conn, base, blog, watch.meta_keys)
+                        found = poll.take_over_from_triggers(conn, base, blog, watch.meta_keys, installed)
                         if found is not None:
                             print(
                                 f"blog {blog.blog_id} ({blog.prefix}): postmeta now compared by binlog capture",
                                 file=out,
                             )
-                    elif poll.hand_back_to_triggers(conn, base, blog, watch) is not None:  # after poll/binlog
+                    elif (
+                        poll.hand_back_to_triggers(conn, base, blog, watch, installed) is not None
+                    ):  # after poll/binlog
                         print(
                             f"blog {blog.blog_id} ({blog.prefix}): postmeta captured by triggers again",
                             file=out,

@@ -783,14 +783,14 @@ class Daemon:
                     "binlog_row_image_not_full", binlog_row_image=image, compared="whole blog per write"
                 )
             self.capture_mode = "binlog"
-            self._take_over_postmeta(conn, usable)
+            self._take_over_postmeta(conn, usable, installed)
             return
         if mode == "poll":
             if installed:
                 # Triggers and polling together would capture every change twice. Each blog's
                 # snapshot takes over from its postmeta triggers exactly (an older snapshot, from
                 # an earlier poll-mode run, would find the sales the triggers queued again).
-                self._take_over_postmeta(conn, usable)
+                self._take_over_postmeta(conn, usable, installed)
                 capture.uninstall_all_triggers(conn, self.base)
                 log.warning("triggers_removed_for_poll_mode", triggers=sorted(installed))
             self.capture_mode = "poll"
@@ -801,7 +801,7 @@ class Daemon:
             return
         probe = usable[min(usable)]
         try:
-            self._hand_blog_to_triggers(conn, probe)  # after poll or binlog capture (a snapshot)
+            self._hand_blog_to_triggers(conn, probe, installed)  # after poll or binlog capture (a snapshot)
             capture.install_blog_triggers(conn, self.base, probe, self.watch_for(probe.blog_id))
             self.capture_mode = "trigger"
         except Exception as exc:  # noqa: BLE001 - classified: only a privilege refusal selects polling
@@ -824,18 +824,22 @@ class Daemon:
         blogs where that failed: they get no trigger now, their snapshot stays, and the next
         discovery tries again (its comparison then covers the time between)."""
         failed: set[int] = set()
+        installed = capture.installed_triggers(conn, self.base)  # once per discovery, not per blog
+        conn.rollback()
         for blog_id, blog in sorted(usable.items()):
             try:
-                self._hand_blog_to_triggers(conn, blog)
+                self._hand_blog_to_triggers(conn, blog, installed)
             except Exception as exc:  # noqa: BLE001 - this blog keeps its snapshot, retried later
                 _safe_rollback(conn)
                 self._note_error("capture_hand_over_failed", exc, blog=blog_id)
                 failed.add(blog_id)
         return failed
 
-    def _hand_blog_to_triggers(self, conn: sa.Connection, blog: Blog) -> None:
+    def _hand_blog_to_triggers(
+        self, conn: sa.Connection, blog: Blog, installed: Mapping[str, object] | None = None
+    ) -> None:
         """One blog's hand-over to triggers (see _hand_to_triggers), when it needs one."""
-        queued = poll.hand_back_to_triggers(conn, self.base, blog, self.watch_for(blog.blog_id))
+        queued = poll.hand_back_to_triggers(conn, self.base, blog, self.watch_for(blog.blog_id), installed)
         if queued is not None:
             log.info("capture_handed_to_triggers", blog=blog.blog_id, queued=queued)
 
@@ -850,13 +854,17 @@ class Daemon:
         """postmeta is captured by comparing it with the poll snapshot (poll and binlog capture)."""
         return self.capture_mode in ("poll", "binlog")
 
-    def _take_over_postmeta(self, conn: sa.Connection, usable: Mapping[int, Blog]) -> None:
+    def _take_over_postmeta(
+        self, conn: sa.Connection, usable: Mapping[int, Blog], installed: Mapping[str, object]
+    ) -> None:
         """Poll or binlog capture starts where postmeta triggers capture: per blog, the poll
         snapshot takes over exactly (syncd.poll.take_over_from_triggers). A user who may not drop
         the triggers (they come from `syncd install`) is refused: both would capture every write."""
         for blog_id, blog in sorted(usable.items()):
             try:
-                found = poll.take_over_from_triggers(conn, self.base, blog, self.watch_for(blog_id).meta_keys)
+                found = poll.take_over_from_triggers(
+                    conn, self.base, blog, self.watch_for(blog_id).meta_keys, installed
+                )
             except sa.exc.DBAPIError as exc:
                 conn.rollback()
                 raise StartupRefused(

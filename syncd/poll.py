@@ -186,17 +186,23 @@ def poll_posts(
 
 
 def take_over_from_triggers(
-    conn: sa.Connection, base_prefix: str, blog: Blog, keys: Sequence[str]
+    conn: sa.Connection,
+    base_prefix: str,
+    blog: Blog,
+    keys: Sequence[str],
+    installed: Mapping[str, object] | None = None,
 ) -> int | None:
     """Binlog capture starts on a blog whose postmeta triggers capture: the snapshot takes over
     (:func:`take_over`), the triggers go, the rows they wrote after the snapshot leave the queue.
     Returns those rows' count (the next poll finds their writes), None when the blog had no
     postmeta trigger. Raises when the triggers cannot be dropped (the snapshot is then taken
-    and harmless: the triggers still capture)."""
+    and harmless: the triggers still capture). ``installed``: syncd's triggers, when the caller
+    read them once for every blog (else read here)."""
     from syncd.capture import drop_meta_triggers, installed_triggers, meta_trigger_names  # noqa: PLC0415
 
-    installed = installed_triggers(conn, base_prefix)
-    conn.rollback()
+    if installed is None:
+        installed = installed_triggers(conn, base_prefix)
+        conn.rollback()
     if not any(n in installed for n in meta_trigger_names(base_prefix, blog.blog_id)):
         return None
     last = take_over(conn, base_prefix, blog, keys)
@@ -247,14 +253,22 @@ def drop_captured_after(conn: sa.Connection, base_prefix: str, blog: Blog, last_
     return int(dropped)
 
 
-def hand_back_to_triggers(conn: sa.Connection, base_prefix: str, blog: Blog, watch: Any) -> int | None:
+def hand_back_to_triggers(
+    conn: sa.Connection,
+    base_prefix: str,
+    blog: Blog,
+    watch: Any,
+    installed: Mapping[str, object] | None = None,
+) -> int | None:
     """Trigger capture starts on a blog whose postmeta was compared with the snapshot (poll or
     binlog capture before: a baseline, no postmeta trigger): :func:`hand_to_triggers` with the
     blog's postmeta triggers for ``watch`` (a :class:`syncd.capture.Watch`). Returns the changes
-    queued, None when the blog needed no hand-over. Called by the daemon and by `syncd install`."""
+    queued, None when the blog needed no hand-over. Called by the daemon and by `syncd install`;
+    ``installed`` as for :func:`take_over_from_triggers`."""
     from syncd.capture import EVENTS, installed_triggers, meta_trigger_names, render_trigger  # noqa: PLC0415
 
-    installed = installed_triggers(conn, base_prefix)
+    if installed is None:
+        installed = installed_triggers(conn, base_prefix)
     held = baseline_keys(conn, base_prefix, blog)
     conn.rollback()
     if held is None or any(n in installed for n in meta_trigger_names(base_prefix, blog.blog_id)):
